@@ -1,0 +1,72 @@
+"""Operator routes: the message journal (metadata, never bodies in lists) and replay of a stored message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from starlette.concurrency import run_in_threadpool
+
+from gateway.api.deps import RuntimeDep, require_token
+from gateway.db.repo import MessageRecord, MessageRepo
+from gateway.errors import NotFoundError
+from gateway.metrics import MESSAGES
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_token)])
+
+
+def _summary(record: MessageRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "received_at": record.received_at.isoformat(),
+        "transport": record.transport,
+        "sending_application": record.sending_application,
+        "sending_facility": record.sending_facility,
+        "control_id": record.control_id,
+        "type": f"{record.message_type}^{record.trigger_event}",
+        "outcome": record.outcome,
+        "status": record.status,
+        "error_code": record.error_code,
+        "error_text": record.error_text,
+        "duplicate_of": record.duplicate_of,
+        "size": len(record.raw),
+    }
+
+
+@router.get("/messages", summary="The message journal, newest first")
+async def list_messages(
+    runtime: RuntimeDep,
+    outcome: str | None = Query(default=None, pattern="^(AA|AE|AR)$"),
+    limit: int = Query(default=100, ge=1, le=1000),
+    before_id: int | None = Query(default=None, ge=1),
+) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        with runtime.db.connect() as conn:
+            repo = MessageRepo(conn)
+            rows = repo.list(outcome=outcome, limit=limit, before_id=before_id)
+            return {"counts": repo.counts(), "messages": [_summary(r) for r in rows]}
+
+    return await run_in_threadpool(work)
+
+
+@router.get("/messages/{message_id}", summary="One stored message, with its raw text and ACK")
+async def get_message(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        with runtime.db.connect() as conn:
+            record = MessageRepo(conn).get(message_id)
+        if record is None:
+            raise NotFoundError(f"message {message_id} not found")
+        return {**_summary(record), "raw": record.raw.decode("latin-1"), "ack": record.ack}
+
+    return await run_in_threadpool(work)
+
+
+@router.post("/messages/{message_id}/replay", summary="Run a stored message through the pipeline again")
+async def replay(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
+    try:
+        outcome = await run_in_threadpool(runtime.pipeline.replay, message_id)
+    except LookupError as exc:
+        raise NotFoundError(f"message {message_id} not found") from exc
+    MESSAGES.labels(transport="replay", outcome=outcome.code).inc()
+    return {"code": outcome.code, "status": outcome.status, "message_id": outcome.message_id,
+            "ack": outcome.ack.decode("latin-1")}

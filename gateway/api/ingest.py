@@ -1,0 +1,75 @@
+"""HTTP ingest: ``POST /hl7v2`` with one ER7 message; the answer is always the ACK (200), whatever its code."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from gateway.api.deps import RuntimeDep
+from gateway.metrics import MESSAGES
+
+router = APIRouter(tags=["ingest"])
+ACCEPTED_TYPES = frozenset({"application/hl7-v2", "text/plain", "x-application/hl7-v2+er7", "application/edi-hl7"})
+HL7_MEDIA = "application/hl7-v2"
+CHARSET_NAMES = {"utf-8": "utf-8", "iso8859-15": "iso-8859-15", "latin-1": "iso-8859-1", "cp1252": "windows-1252",
+                 "ascii": "us-ascii"}
+
+
+class TransportError(Exception):
+    """A transport-level problem (4xx): the message never reached the pipeline."""
+
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+async def read_body(request: Request, *, limit: int) -> bytes:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media not in ACCEPTED_TYPES:
+        raise TransportError(415, f"Content-Type must be one of {', '.join(sorted(ACCEPTED_TYPES))}")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TransportError(413, f"message larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TransportError(413, f"message larger than {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip(b" \t\r\n\x0b\x1c"):
+        raise TransportError(400, "empty body: send one HL7 v2 message")
+    return body
+
+
+@router.post(
+    "/hl7v2",
+    summary="Ingest one HL7 v2 message (ER7)",
+    response_class=Response,
+    responses={
+        200: {"content": {HL7_MEDIA: {}}, "description": "The ACK (AA, AE or AR) as ER7"},
+        400: {"description": "Empty body"},
+        413: {"description": "Message too large"},
+        415: {"description": "Unsupported media type"},
+    },
+    openapi_extra={"requestBody": {"required": True, "content": {t: {"schema": {"type": "string"}} for t in
+                                                                  sorted(ACCEPTED_TYPES)}}},
+)
+async def ingest(request: Request, runtime: RuntimeDep) -> Response:
+    try:
+        raw = await read_body(request, limit=runtime.settings.max_message_bytes)
+    except TransportError as exc:
+        return Response(exc.text + "\n", status_code=exc.status, media_type="text/plain")
+    outcome = await run_in_threadpool(runtime.pipeline.ingest, raw, transport="http")
+    MESSAGES.labels(transport="http", outcome=outcome.code).inc()
+    charset = "utf-8"
+    if outcome.message_id is not None or outcome.ack:
+        charset = CHARSET_NAMES.get(_codec_of(raw), "utf-8")
+    return Response(outcome.ack, media_type=f"{HL7_MEDIA}; charset={charset}", headers={"X-Ack-Code": outcome.code})
+
+
+def _codec_of(raw: bytes) -> str:
+    from gateway.hl7.er7 import CHARSETS, sniff_charset
+
+    return CHARSETS.get(sniff_charset(raw), "utf-8")

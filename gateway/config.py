@@ -1,0 +1,60 @@
+"""Settings: one pydantic-settings object (``GATEWAY_*`` variables), built once at start and passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///./var/gateway.db"
+DEFAULT_HTTP_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_MLLP_HOST = "127.0.0.1"
+DEFAULT_MLLP_PORT = 2575
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
+DEFAULT_MLLP_IDLE_TIMEOUT = 300.0
+DEFAULT_DELIVERY_TIMEOUT = 10.0
+#: Retries go on for a day by default: platforms may be down for a night (HAPI's one minute is the
+#: weak spot we avoid). ``0`` means never give up.
+DEFAULT_RETRY_HORIZON = 24 * 3600.0
+DEFAULT_RETRY_BASE = 1.0
+DEFAULT_RETRY_CAP = 600.0
+
+
+def _default_mappings_dir() -> Path:
+    """``mappings/`` beside the package in a checkout, else the current directory's."""
+    beside = Path(__file__).resolve().parent.parent / "mappings"
+    return beside if beside.is_dir() else Path("mappings")
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set; see the README for the table."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore")
+
+    database_url: str = DEFAULT_DATABASE_URL
+    #: SQLite ``synchronous`` pragma: FULL survives power loss with WAL; NORMAL only process crashes.
+    sqlite_synchronous: str = "FULL"
+    http_host: str = DEFAULT_HTTP_HOST
+    http_port: int = DEFAULT_HTTP_PORT
+    mllp_host: str = DEFAULT_MLLP_HOST
+    mllp_port: int = DEFAULT_MLLP_PORT
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    mllp_idle_timeout: float = DEFAULT_MLLP_IDLE_TIMEOUT
+    mappings_dir: Path = Field(default_factory=_default_mappings_dir)
+    base_url: str = ""
+    #: When set, FHIR and admin routes need ``Authorization: Bearer <token>`` (ingest is not guarded:
+    #: hospital engines are admitted by network rules, as MLLP is).
+    api_token: str = ""
+    #: Hosts a subscription endpoint may use over plain http or on a private address (demo, tests).
+    endpoint_allowlist: list[str] = Field(default_factory=list)
+    delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
+    retry_horizon: float = DEFAULT_RETRY_HORIZON
+    retry_base: float = DEFAULT_RETRY_BASE
+    retry_cap: float = DEFAULT_RETRY_CAP
+    worker_poll_interval: float = 0.5
+    run_worker: bool = True
+
+    def public_base(self) -> str:
+        return self.base_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}/fhir"

@@ -1,0 +1,41 @@
+"""Search parameters extracted from each resource when it is written (pure; the repo stores them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = dict[str, Any]
+Entry = tuple[str, str, str]  # (param, system, value)
+
+
+def _identifiers(resource: JSON) -> list[Entry]:
+    return [
+        ("identifier", str(i.get("system", "")), str(i["value"]))
+        for i in resource.get("identifier", [])
+        if i.get("value")
+    ]
+
+
+def _reference(param: str, ref: JSON | None) -> list[Entry]:
+    if ref and ref.get("reference"):
+        return [(param, "", str(ref["reference"]))]
+    return []
+
+
+def search_entries(resource: JSON) -> list[Entry]:
+    """What ``Patient?identifier=``, ``Encounter?patient=`` and friends look up."""
+    rtype = resource.get("resourceType")
+    out = _identifiers(resource)
+    if rtype == "Encounter":
+        out += _reference("patient", resource.get("subject"))
+        out += _reference("subject", resource.get("subject"))
+        if resource.get("status"):
+            out.append(("status", "", str(resource["status"])))
+        if resource.get("class", {}).get("code"):
+            out.append(("class", str(resource["class"].get("system", "")), str(resource["class"]["code"])))
+    elif rtype == "Subscription":
+        if resource.get("status"):
+            out.append(("status", "", str(resource["status"])))
+        if resource.get("criteria"):
+            out.append(("criteria", "", str(resource["criteria"])[:255]))
+    return out

@@ -1,0 +1,570 @@
+"""Repositories: the only place that runs SQL. Each takes a Connection inside the caller's transaction."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
+
+from gateway.db.schema import (
+    facts,
+    messages,
+    outbox,
+    resource_versions,
+    resources,
+    search_index,
+    subscriptions,
+)
+
+JSON = dict[str, Any]
+
+
+def utc(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: they were stored as UTC."""
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def dumps(data: Any) -> str:
+    return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def fhir_instant(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    id: int
+    received_at: datetime
+    transport: str
+    sending_application: str
+    sending_facility: str
+    control_id: str
+    message_type: str
+    trigger_event: str
+    content_sha256: str
+    raw: bytes
+    outcome: str
+    status: str
+    error_code: str | None
+    error_text: str | None
+    ack: str | None
+    duplicate_of: int | None
+
+
+class MessageRepo:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def add(
+        self,
+        *,
+        raw: bytes,
+        transport: str,
+        received_at: datetime,
+        header: dict[str, str],
+        outcome: str,
+        status: str,
+        event_time: datetime | None = None,
+        error_code: str | None = None,
+        error_text: str | None = None,
+        duplicate_of: int | None = None,
+    ) -> int:
+        result = self.conn.execute(
+            insert(messages).values(
+                received_at=received_at,
+                transport=transport,
+                sending_application=header.get("sending_application", "")[:255],
+                sending_facility=header.get("sending_facility", "")[:255],
+                control_id=header.get("control_id", "")[:255],
+                message_type=header.get("message_type", "")[:16],
+                trigger_event=header.get("trigger", "")[:16],
+                event_time=event_time,
+                content_sha256=hashlib.sha256(raw).hexdigest(),
+                raw=raw,
+                outcome=outcome,
+                status=status,
+                error_code=error_code,
+                error_text=error_text,
+                duplicate_of=duplicate_of,
+            )
+        )
+        key = result.inserted_primary_key
+        assert key is not None
+        return int(key[0])
+
+    def finish(
+        self,
+        message_id: int,
+        *,
+        outcome: str,
+        status: str,
+        ack: str,
+        error_code: str | None = None,
+        error_text: str | None = None,
+    ) -> None:
+        self.conn.execute(
+            update(messages)
+            .where(messages.c.id == message_id)
+            .values(outcome=outcome, status=status, ack=ack, error_code=error_code, error_text=error_text)
+        )
+
+    def find_applied(
+        self, *, sending_application: str, sending_facility: str, control_id: str
+    ) -> MessageRecord | None:
+        """The message already applied under this sender and control id, if any."""
+        row = self.conn.execute(
+            select(messages)
+            .where(
+                messages.c.sending_application == sending_application,
+                messages.c.sending_facility == sending_facility,
+                messages.c.control_id == control_id,
+                messages.c.status == "applied",
+            )
+            .order_by(messages.c.id)
+            .limit(1)
+        ).first()
+        return _message(row) if row else None
+
+    def get(self, message_id: int) -> MessageRecord | None:
+        row = self.conn.execute(select(messages).where(messages.c.id == message_id)).first()
+        return _message(row) if row else None
+
+    def list(
+        self, *, outcome: str | None = None, limit: int = 100, before_id: int | None = None
+    ) -> list[MessageRecord]:
+        query = select(messages).order_by(messages.c.id.desc()).limit(limit)
+        if outcome:
+            query = query.where(messages.c.outcome == outcome)
+        if before_id:
+            query = query.where(messages.c.id < before_id)
+        return [_message(r) for r in self.conn.execute(query)]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.conn.execute(select(messages.c.outcome, func.count()).group_by(messages.c.outcome))
+        return {str(outcome): int(count) for outcome, count in rows}
+
+
+def _message(row: Any) -> MessageRecord:
+    m = row._mapping
+    return MessageRecord(
+        id=int(m["id"]),
+        received_at=utc(m["received_at"]) or datetime.now(UTC),
+        transport=m["transport"],
+        sending_application=m["sending_application"],
+        sending_facility=m["sending_facility"],
+        control_id=m["control_id"],
+        message_type=m["message_type"],
+        trigger_event=m["trigger_event"],
+        content_sha256=m["content_sha256"],
+        raw=bytes(m["raw"]),
+        outcome=m["outcome"],
+        status=m["status"],
+        error_code=m["error_code"],
+        error_text=m["error_text"],
+        ack=m["ack"],
+        duplicate_of=m["duplicate_of"],
+    )
+
+
+# -- facts ----------------------------------------------------------------------------------------
+
+
+class FactRepo:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def lock(self, streams: Iterable[str]) -> None:
+        """Serialize writers of the same streams across gateway instances (PostgreSQL advisory locks).
+
+        SQLite needs nothing: BEGIN IMMEDIATE already makes every write transaction exclusive. Locks are
+        taken in sorted order so that two messages touching the same streams cannot deadlock.
+        """
+        if self.conn.dialect.name != "postgresql":
+            return
+        for stream in sorted(set(streams)):
+            key = int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "big", signed=True)
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+
+    def add(self, *, stream: str, message_id: int, event_time: datetime, kind: str, payload: JSON) -> None:
+        self.conn.execute(
+            insert(facts).values(
+                stream=stream, message_id=message_id, event_time=event_time, kind=kind, payload=dumps(payload)
+            )
+        )
+
+    def of(self, stream: str) -> list[JSON]:
+        rows = self.conn.execute(select(facts.c.payload).where(facts.c.stream == stream).order_by(facts.c.id))
+        return [orjson.loads(r[0]) for r in rows]
+
+
+# -- resources ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResource:
+    type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    content: JSON
+    deleted: bool = False
+
+
+class ResourceRepo:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def get(self, rtype: str, rid: str, *, for_update: bool = False) -> StoredResource | None:
+        query = select(resources).where(resources.c.type == rtype, resources.c.id == rid)
+        if for_update and self.conn.dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = self.conn.execute(query).first()
+        return _stored(row) if row else None
+
+    def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
+        row = self.conn.execute(
+            select(resource_versions).where(
+                resource_versions.c.type == rtype,
+                resource_versions.c.id == rid,
+                resource_versions.c.version_id == version,
+            )
+        ).first()
+        return _stored(row) if row else None
+
+    def history(self, rtype: str, rid: str) -> list[StoredResource]:
+        rows = self.conn.execute(
+            select(resource_versions)
+            .where(resource_versions.c.type == rtype, resource_versions.c.id == rid)
+            .order_by(resource_versions.c.version_id.desc())
+        )
+        return [_stored(r) for r in rows]
+
+    def put(
+        self,
+        content: JSON,
+        *,
+        now: datetime,
+        index: Sequence[tuple[str, str, str]],
+    ) -> tuple[StoredResource, bool]:
+        """Write a new version unless the content (meta aside) is unchanged; returns (stored, changed)."""
+        rtype, rid = str(content["resourceType"]), str(content["id"])
+        current = self.get(rtype, rid, for_update=True)
+        if current is not None and not current.deleted and _same(current.content, content):
+            return current, False
+        version = current.version_id + 1 if current else 1
+        body = dict(content)
+        meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+        body["meta"] = {"versionId": str(version), "lastUpdated": fhir_instant(now), **meta}
+        text_body = dumps(body)
+        values = {"version_id": version, "last_updated": now, "deleted": 0, "content": text_body}
+        if current is None:
+            self.conn.execute(insert(resources).values(type=rtype, id=rid, **values))
+        else:
+            self.conn.execute(
+                update(resources).where(resources.c.type == rtype, resources.c.id == rid).values(**values)
+            )
+        self.conn.execute(insert(resource_versions).values(type=rtype, id=rid, **values))
+        self._reindex(rtype, rid, index)
+        return StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body), True
+
+    def _reindex(self, rtype: str, rid: str, index: Sequence[tuple[str, str, str]]) -> None:
+        self.conn.execute(delete(search_index).where(search_index.c.type == rtype, search_index.c.id == rid))
+        rows = [
+            {"type": rtype, "id": rid, "param": p, "system": s[:255], "value": v[:255]}
+            for p, s, v in set(index)
+        ]
+        if rows:
+            self.conn.execute(insert(search_index), rows)
+
+    def search(
+        self, rtype: str, criteria: Sequence[tuple[str, str | None, str]], *, limit: int, offset: int = 0
+    ) -> tuple[list[StoredResource], int]:
+        """Resources matching every (param, system or None, value) criterion; (page, total)."""
+        ids = select(resources.c.id).where(resources.c.type == rtype, resources.c.deleted == 0)
+        for param, system, value in criteria:
+            if param == "_id":
+                ids = ids.where(resources.c.id == value)
+                continue
+            cond = [
+                search_index.c.type == rtype,
+                search_index.c.param == param,
+                search_index.c.value == value,
+            ]
+            if system is not None:
+                cond.append(search_index.c.system == system)
+            ids = ids.where(resources.c.id.in_(select(search_index.c.id).where(and_(*cond))))
+        total = int(self.conn.execute(select(func.count()).select_from(ids.subquery())).scalar_one())
+        rows = self.conn.execute(
+            select(resources)
+            .where(resources.c.type == rtype, resources.c.id.in_(ids))
+            .order_by(resources.c.last_updated.desc(), resources.c.id)
+            .limit(limit)
+            .offset(offset)
+        )
+        return [_stored(r) for r in rows], total
+
+
+def _same(old: JSON, new: JSON) -> bool:
+    strip = lambda d: (
+        {k: v for k, v in d.items() if k != "meta"}
+        | {  # noqa: E731
+            "meta": {k: v for k, v in (d.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+        }
+    )
+    return bool(strip(old) == strip(new))
+
+
+def _stored(row: Any) -> StoredResource:
+    m = row._mapping
+    return StoredResource(
+        type=m["type"],
+        id=m["id"],
+        version_id=int(m["version_id"]),
+        last_updated=utc(m["last_updated"]) or datetime.now(UTC),
+        content=orjson.loads(m["content"]),
+        deleted=bool(m["deleted"]),
+    )
+
+
+# -- subscriptions and outbox --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionRecord:
+    id: str
+    status: str
+    topic: str
+    endpoint: str
+    channel_type: str
+    payload_content: str
+    headers: list[str]
+    filters: list[JSON]
+    secret: str
+    events_since_start: int
+    error: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRecord:
+    id: int
+    subscription_id: str
+    event_number: int
+    notification_type: str
+    topic: str
+    focus_type: str | None
+    focus_id: str | None
+    focus_version: int | None
+    context: list[JSON]
+    occurred_at: datetime
+    status: str
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+
+
+class SubscriptionRepo:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def add(self, record: SubscriptionRecord) -> None:
+        self.conn.execute(
+            insert(subscriptions).values(
+                id=record.id,
+                status=record.status,
+                topic=record.topic,
+                endpoint=record.endpoint,
+                channel_type=record.channel_type,
+                payload_content=record.payload_content,
+                headers=dumps(record.headers),
+                filters=dumps(record.filters),
+                secret=record.secret,
+                events_since_start=record.events_since_start,
+                error=record.error,
+                created_at=record.created_at,
+            )
+        )
+
+    def get(self, sub_id: str) -> SubscriptionRecord | None:
+        row = self.conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id)).first()
+        return _subscription(row) if row else None
+
+    def listening(self, topic: str) -> list[SubscriptionRecord]:
+        """Subscriptions that take events for ``topic`` now (requested ones queue behind the handshake)."""
+        rows = self.conn.execute(
+            select(subscriptions)
+            .where(subscriptions.c.topic == topic, subscriptions.c.status.in_(("requested", "active")))
+            .order_by(subscriptions.c.id)
+        )
+        return [_subscription(r) for r in rows]
+
+    def set_status(self, sub_id: str, status: str, *, error: str | None = None) -> None:
+        self.conn.execute(
+            update(subscriptions).where(subscriptions.c.id == sub_id).values(status=status, error=error)
+        )
+
+    def next_event_number(self, sub_id: str) -> int:
+        """Increment and return the subscription's counter; the row lock keeps numbers gapless."""
+        row = self.conn.execute(
+            update(subscriptions)
+            .where(subscriptions.c.id == sub_id)
+            .values(events_since_start=subscriptions.c.events_since_start + 1)
+            .returning(subscriptions.c.events_since_start)
+        ).first()
+        assert row is not None
+        return int(row[0])
+
+
+def _subscription(row: Any) -> SubscriptionRecord:
+    m = row._mapping
+    return SubscriptionRecord(
+        id=m["id"],
+        status=m["status"],
+        topic=m["topic"],
+        endpoint=m["endpoint"],
+        channel_type=m["channel_type"],
+        payload_content=m["payload_content"],
+        headers=orjson.loads(m["headers"]),
+        filters=orjson.loads(m["filters"]),
+        secret=m["secret"],
+        events_since_start=int(m["events_since_start"]),
+        error=m["error"],
+        created_at=utc(m["created_at"]) or datetime.now(UTC),
+    )
+
+
+class OutboxRepo:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def add(
+        self,
+        *,
+        subscription_id: str,
+        event_number: int,
+        notification_type: str,
+        topic: str,
+        occurred_at: datetime,
+        focus: tuple[str, str, int] | None = None,
+        context: list[JSON] | None = None,
+    ) -> None:
+        self.conn.execute(
+            insert(outbox).values(
+                subscription_id=subscription_id,
+                event_number=event_number,
+                notification_type=notification_type,
+                topic=topic,
+                focus_type=focus[0] if focus else None,
+                focus_id=focus[1] if focus else None,
+                focus_version=focus[2] if focus else None,
+                context=dumps(context or []),
+                occurred_at=occurred_at,
+                status="pending",
+                attempts=0,
+                next_attempt_at=occurred_at,
+            )
+        )
+
+    def heads(self, *, now: datetime, limit: int) -> list[OutboxRecord]:
+        """The oldest pending row of each subscription, if it is due: in-order delivery per subscription.
+
+        A later event never overtakes an earlier one: while a subscription's head is waiting for a
+        retry, nothing behind it is sent.
+        """
+        head_ids = (
+            select(func.min(outbox.c.id).label("id"))
+            .join(subscriptions, subscriptions.c.id == outbox.c.subscription_id)
+            .where(outbox.c.status == "pending", subscriptions.c.status.in_(("requested", "active")))
+            .group_by(outbox.c.subscription_id)
+            .subquery()
+        )
+        rows = self.conn.execute(
+            select(outbox)
+            .where(outbox.c.id.in_(select(head_ids.c.id)), outbox.c.next_attempt_at <= now)
+            .order_by(outbox.c.next_attempt_at, outbox.c.id)
+            .limit(limit)
+        )
+        return [_outbox(r) for r in rows]
+
+    def claim(self, row_id: int, *, now: datetime, lease_until: datetime) -> bool:
+        """Take a due row for delivery; false if another worker got it first (optimistic lease)."""
+        result = self.conn.execute(
+            update(outbox)
+            .where(outbox.c.id == row_id, outbox.c.status == "pending", outbox.c.next_attempt_at <= now)
+            .values(next_attempt_at=lease_until)
+        )
+        return result.rowcount == 1
+
+    def delivered(self, row_id: int, *, now: datetime) -> None:
+        self.conn.execute(
+            update(outbox)
+            .where(outbox.c.id == row_id)
+            .values(status="delivered", delivered_at=now, attempts=outbox.c.attempts + 1, last_error=None)
+        )
+
+    def failed(self, row_id: int, *, error: str, next_attempt_at: datetime | None) -> None:
+        values: dict[str, Any] = {"attempts": outbox.c.attempts + 1, "last_error": error[:500]}
+        if next_attempt_at is None:
+            values["status"] = "failed"
+        else:
+            values["next_attempt_at"] = next_attempt_at
+        self.conn.execute(update(outbox).where(outbox.c.id == row_id).values(**values))
+
+    def first_failure_at(self, row_id: int) -> datetime | None:
+        row = self.conn.execute(select(outbox.c.occurred_at).where(outbox.c.id == row_id)).first()
+        return utc(row[0]) if row else None
+
+    def for_subscription(self, sub_id: str, *, statuses: Sequence[str] | None = None) -> list[OutboxRecord]:
+        query = select(outbox).where(outbox.c.subscription_id == sub_id).order_by(outbox.c.id)
+        if statuses:
+            query = query.where(outbox.c.status.in_(statuses))
+        return [_outbox(r) for r in self.conn.execute(query)]
+
+    def events(self, sub_id: str, *, since: int, until: int | None) -> list[OutboxRecord]:
+        query = select(outbox).where(
+            outbox.c.subscription_id == sub_id,
+            outbox.c.notification_type == "event-notification",
+            outbox.c.event_number >= since,
+        )
+        if until is not None:
+            query = query.where(outbox.c.event_number <= until)
+        return [_outbox(r) for r in self.conn.execute(query.order_by(outbox.c.event_number))]
+
+    def requeue_failed(self, sub_id: str, *, now: datetime) -> int:
+        result = self.conn.execute(
+            update(outbox)
+            .where(outbox.c.subscription_id == sub_id, or_(outbox.c.status == "failed"))
+            .values(status="pending", next_attempt_at=now, attempts=0)
+        )
+        return int(result.rowcount)
+
+
+def _outbox(row: Any) -> OutboxRecord:
+    m = row._mapping
+    return OutboxRecord(
+        id=int(m["id"]),
+        subscription_id=m["subscription_id"],
+        event_number=int(m["event_number"]),
+        notification_type=m["notification_type"],
+        topic=m["topic"],
+        focus_type=m["focus_type"],
+        focus_id=m["focus_id"],
+        focus_version=m["focus_version"],
+        context=orjson.loads(m["context"]),
+        occurred_at=utc(m["occurred_at"]) or datetime.now(UTC),
+        status=m["status"],
+        attempts=int(m["attempts"]),
+        next_attempt_at=utc(m["next_attempt_at"]) or datetime.now(UTC),
+        last_error=m["last_error"],
+    )

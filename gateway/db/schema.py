@@ -1,0 +1,144 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations create them; nothing else defines SQL shape."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
+
+#: Every message received, whatever its outcome: the raw bytes are the source of truth and replayable.
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("transport", String(16), nullable=False),
+    Column("sending_application", String(255), nullable=False, default=""),
+    Column("sending_facility", String(255), nullable=False, default=""),
+    Column("control_id", String(255), nullable=False, default=""),
+    Column("message_type", String(16), nullable=False, default=""),
+    Column("trigger_event", String(16), nullable=False, default=""),
+    Column("event_time", DateTime(timezone=True), nullable=True),
+    Column("content_sha256", String(64), nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("outcome", String(2), nullable=False),
+    Column("status", String(16), nullable=False),  # applied | duplicate | rejected | error | replayed
+    Column("error_code", String(16), nullable=True),
+    Column("error_text", Text, nullable=True),
+    Column("ack", Text, nullable=True),
+    Column("duplicate_of", ID, nullable=True),
+    Index("ix_messages_sender_control", "sending_application", "sending_facility", "control_id"),
+    Index("ix_messages_outcome", "outcome"),
+)
+
+#: Current version of each FHIR resource (JSON text, serialized with orjson).
+resources = Table(
+    "resources",
+    metadata,
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version_id", Integer, nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("deleted", Integer, nullable=False, default=0),
+    Column("content", Text, nullable=False),
+)
+
+#: Every version, for ``_history`` and ``vread``.
+resource_versions = Table(
+    "resource_versions",
+    metadata,
+    Column("type", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("version_id", Integer, primary_key=True),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("deleted", Integer, nullable=False, default=0),
+    Column("content", Text, nullable=False),
+)
+
+#: Search parameters of current versions: rebuilt on each write of the resource.
+search_index = Table(
+    "search_index",
+    metadata,
+    Column("type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("param", String(64), nullable=False),
+    Column("system", String(255), nullable=False, default=""),
+    Column("value", String(255), nullable=False),
+    Index("ix_search_lookup", "type", "param", "value"),
+    Index("ix_search_owner", "type", "id"),
+)
+
+#: Facts extracted from messages, per stream ("Encounter/<id>", "Patient/<id>"). Resources are folds
+#: of their stream sorted by event time, which makes the result independent of arrival order.
+facts = Table(
+    "facts",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("stream", String(160), nullable=False),
+    Column("message_id", ID, nullable=False),
+    Column("event_time", DateTime(timezone=True), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("payload", Text, nullable=False),
+    Index("ix_facts_stream", "stream", "event_time"),
+)
+
+#: Subscriptions' delivery state beside their FHIR resource (stored in ``resources``).
+subscriptions = Table(
+    "subscriptions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("topic", String(255), nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("channel_type", String(16), nullable=False, default="rest-hook"),
+    Column("payload_content", String(16), nullable=False),
+    Column("headers", Text, nullable=False, default="[]"),
+    Column("filters", Text, nullable=False, default="[]"),
+    Column("secret", String(128), nullable=False),
+    Column("events_since_start", BigInteger, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+)
+
+#: Transactional outbox: written in the ingest transaction, drained by the delivery worker in order.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("subscription_id", String(64), nullable=False),
+    Column("event_number", BigInteger, nullable=False),  # 0 for handshakes and heartbeats
+    Column("notification_type", String(32), nullable=False),
+    Column("topic", String(255), nullable=False),
+    Column("focus_type", String(64), nullable=True),
+    Column("focus_id", String(64), nullable=True),
+    Column("focus_version", Integer, nullable=True),
+    Column("context", Text, nullable=False, default="[]"),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False),
+    Column("last_error", Text, nullable=True),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Index("ix_outbox_due", "status", "subscription_id", "id"),
+)

@@ -1,0 +1,184 @@
+"""``gateway demo``: the whole path on one machine, printed step by step.
+
+Starts the gateway (HTTP + MLLP + worker) on a fresh SQLite store under ``./var/demo``, a local receiver
+standing in for an e-parcours platform, subscribes it to the entry and exit topics for the demo patient,
+sends one stay (admission, then discharge) over MLLP, and prints each ACK and each notification received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from gateway.api.app import create_app
+from gateway.config import Settings
+from gateway.hl7.mllp import MLLPClient
+from gateway.runtime import Runtime
+from gateway.subscriptions.channels import SIGNATURE_HEADER, verify
+from gateway.subscriptions.service import SIGNING_SECRET
+from gateway.subscriptions.topics import TOPIC_BASE
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "demo"
+DEMO_PATIENT = "urn:oid:1.2.250.1.999.1.1|480001"
+DEMO_TOKEN = "demo-platform-token"  # noqa: S105 - a visible demo value, not a credential
+
+
+class Receiver:
+    """A minimal webhook endpoint: records each notification and whether its signature verifies."""
+
+    def __init__(self) -> None:
+        self.received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.secrets: dict[str, str] = {}
+        self.app = FastAPI()
+        self.app.post("/notify")(self._notify)
+
+    async def _notify(self, request: Request) -> Response:
+        body = await request.body()
+        bundle = orjson.loads(body)
+        status = bundle["entry"][0]["resource"]
+        params = {p["name"]: p for p in status["parameter"]}
+        sub_id = params["subscription"]["valueReference"]["reference"].rsplit("/", 1)[-1]
+        secret = self.secrets.get(sub_id, "")
+        signed = bool(secret) and verify(body, secret, request.headers.get(SIGNATURE_HEADER, ""))
+        await self.received.put(
+            {"bundle": bundle, "signed": signed, "authorization": request.headers.get("authorization", "")}
+        )
+        return Response(status_code=200)
+
+
+def free_port(preferred: int | None) -> int:
+    for candidate in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free port")
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, port: int) -> AsyncIterator[uvicorn.Server]:
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            await task
+            raise RuntimeError("server failed to start")
+        await asyncio.sleep(0.02)
+    try:
+        yield server
+    finally:
+        server.should_exit = True
+        await task
+
+
+def describe(bundle: dict[str, Any]) -> str:
+    status = bundle["entry"][0]["resource"]
+    params = {p["name"]: p for p in status["parameter"]}
+    kind = params["type"]["valueCode"]
+    topic = params["topic"]["valueCanonical"].rsplit("/", 1)[-1]
+    lines = [f"{kind} on topic {topic} (events since start: {params['events-since-subscription-start']['valueString']})"]
+    for event in (p for p in status["parameter"] if p["name"] == "notification-event"):
+        parts = {p["name"]: p for p in event.get("part", [])}
+        focus = parts.get("focus", {}).get("valueReference", {}).get("reference", "-")
+        codes = [e["valueCoding"]["code"] for e in event.get("extension", []) if "valueCoding" in e]
+        lines.append(f"    event #{parts['event-number']['valueString']} {'/'.join(codes)} focus {focus}")
+    for entry in bundle["entry"][1:]:
+        resource = entry.get("resource")
+        if resource and resource.get("resourceType") == "Encounter":
+            period = resource.get("period", {})
+            lines.append(
+                f"    Encounter status={resource['status']} start={period.get('start')} end={period.get('end', '-')}"
+            )
+    return "\n".join(lines)
+
+
+def _subscription(topic: str, endpoint: str, content: str) -> dict[str, Any]:
+    backport = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+    return {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": f"demo platform follows patient {DEMO_PATIENT}",
+        "criteria": f"{TOPIC_BASE}/{topic}",
+        "_criteria": {
+            "extension": [
+                {"url": f"{backport}/backport-filter-criteria", "valueString": f"Encounter?patient.identifier={DEMO_PATIENT}"}
+            ]
+        },
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": f"{backport}/backport-payload-content", "valueCode": content}]},
+            "header": [f"Authorization: Bearer {DEMO_TOKEN}"],
+        },
+    }
+
+
+async def run_demo(*, keep_running: bool = False, http_port: int | None = None, mllp_port: int | None = None) -> int:
+    var = Path("var/demo")
+    shutil.rmtree(var, ignore_errors=True)
+    var.mkdir(parents=True, exist_ok=True)
+    receiver = Receiver()
+    receiver_port = free_port(None)
+    settings = Settings(
+        database_url=f"sqlite:///{var / 'gateway.db'}",
+        http_port=free_port(http_port or 8000),
+        mllp_port=free_port(mllp_port or 2575),
+        endpoint_allowlist=["127.0.0.1", "localhost"],
+        worker_poll_interval=0.2,
+    )
+    runtime = Runtime.build(settings)
+    base = f"http://127.0.0.1:{settings.http_port}"
+    print(f"1. gateway up: HTTP {base} (FHIR {base}/fhir), MLLP 127.0.0.1:{settings.mllp_port}, store {var}")
+    async with serving(receiver.app, receiver_port), serving(create_app(runtime), settings.http_port):
+        print(f"2. demo receiver (stands in for an e-parcours platform) on http://127.0.0.1:{receiver_port}/notify")
+        async with httpx.AsyncClient(base_url=base) as client:
+            for topic, content in (("encounter-start", "full-resource"), ("encounter-end", "id-only")):
+                answer = await client.post(
+                    "/fhir/Subscription",
+                    content=json.dumps(_subscription(topic, f"http://127.0.0.1:{receiver_port}/notify", content)),
+                    headers={"Content-Type": "application/fhir+json"},
+                )
+                answer.raise_for_status()
+                created = answer.json()
+                secret = next(e["valueString"] for e in created["channel"]["extension"] if e["url"] == SIGNING_SECRET)
+                receiver.secrets[created["id"]] = secret
+                print(f"3. subscribed to {topic} ({content}): Subscription/{created['id']} status={created['status']}")
+            for _ in range(2):
+                note = await asyncio.wait_for(receiver.received.get(), timeout=15)
+                print(f"   receiver got a {describe(note['bundle'])}; signature ok: {note['signed']}")
+            async with MLLPClient("127.0.0.1", settings.mllp_port) as mllp:
+                for path in sorted(FIXTURES.glob("*.hl7")):
+                    ack = await mllp.send(path.read_bytes())
+                    print(f"4. sent {path.name} over MLLP; ACK:")
+                    for segment in ack.decode("latin-1").strip("\r").split("\r"):
+                        print(f"       {segment}")
+            for _ in range(2):
+                note = await asyncio.wait_for(receiver.received.get(), timeout=15)
+                print(f"5. receiver got an {describe(note['bundle'])}")
+                print(f"   signature ok: {note['signed']}, Authorization header passed: {bool(note['authorization'])}")
+            encounters = (await client.get("/fhir/Encounter", params={"identifier": "2026004512"})).json()
+            for entry in encounters.get("entry", []):
+                enc = entry["resource"]
+                print(f"6. GET /fhir/Encounter?identifier=2026004512 → Encounter/{enc['id']} "
+                      f"status={enc['status']} version={enc['meta']['versionId']}")
+        if keep_running:
+            print("gateway keeps running; Ctrl-C to stop")
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.Event().wait()
+    runtime.close()
+    print("demo done.")
+    return 0

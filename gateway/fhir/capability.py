@@ -1,0 +1,65 @@
+"""The CapabilityStatement: what this server reads and searches, and its subscription topics."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from gateway import __version__
+from gateway.subscriptions.topics import TOPICS
+
+TOPIC_CANONICAL_EXT = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
+)
+BACKPORT_IG = "http://hl7.org/fhir/uv/subscriptions-backport/ImplementationGuide/hl7.fhir.uv.subscriptions-backport"
+
+#: type → search parameters (name, type, documentation)
+SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
+    "Patient": [("_id", "token", "logical id"), ("identifier", "token", "IPP, INS (VALI only): [system|]value")],
+    "Encounter": [
+        ("_id", "token", "logical id"),
+        ("identifier", "token", "visit number (VN): [system|]value"),
+        ("patient", "reference", "Patient/<id>"),
+        ("subject", "reference", "Patient/<id>"),
+        ("status", "token", "planned | in-progress | onleave | finished | cancelled"),
+        ("class", "token", "v3-ActCode code"),
+    ],
+    "Practitioner": [("_id", "token", "logical id"), ("identifier", "token", "RPPS or local id: [system|]value")],
+    "Subscription": [("_id", "token", "logical id"), ("status", "token", "requested | active | error | off")],
+}
+
+
+def capability_statement(*, base_url: str, now: datetime) -> dict[str, Any]:
+    resources = []
+    for rtype, params in SEARCH_PARAMS.items():
+        interactions = [{"code": c} for c in ("read", "vread", "history-instance", "search-type")]
+        if rtype == "Subscription":
+            interactions.append({"code": "create"})
+        resources.append(
+            {
+                "type": rtype,
+                "versioning": "versioned",
+                "readHistory": True,
+                "interaction": interactions,
+                "searchParam": [{"name": n, "type": t, "documentation": d} for n, t, d in params],
+            }
+        )
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": now.date().isoformat(),
+        "publisher": "HL7 v2 → FHIR gateway for e-parcours platforms",
+        "kind": "instance",
+        "software": {"name": "hl7-fhir-gateway", "version": __version__},
+        "implementation": {"description": "IHE PAM France ADT feeds as FHIR R4", "url": base_url},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json"],
+        "implementationGuide": [BACKPORT_IG],
+        "rest": [
+            {
+                "mode": "server",
+                "extension": [{"url": TOPIC_CANONICAL_EXT, "valueCanonical": t.url} for t in TOPICS],
+                "resource": resources,
+            }
+        ],
+    }

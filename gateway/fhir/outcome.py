@@ -1,0 +1,27 @@
+"""OperationOutcome bodies: the FHIR face of every error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.errors import FhirError, GatewayError
+
+ERROR_CODE_SYSTEM = "https://gateway.e-parcours.example/fhir/CodeSystem/gateway-error"
+
+
+def operation_outcome(
+    text: str, *, code: str = "processing", severity: str = "error", details: str | None = None,
+    expression: str | None = None,
+) -> dict[str, Any]:
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": text}
+    if details:
+        issue["details"] = {"coding": [{"system": ERROR_CODE_SYSTEM, "code": details}], "text": text}
+    if expression:
+        issue["expression"] = [expression]
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def from_error(exc: GatewayError) -> tuple[int, dict[str, Any]]:
+    if isinstance(exc, FhirError):
+        return exc.status, operation_outcome(exc.message, code=exc.issue_code, details=exc.slug)
+    return 422, operation_outcome(exc.message, code="processing", details=exc.slug)

@@ -1,0 +1,115 @@
+"""Building ACK messages (original acknowledgment mode): MSA echoes MSH-10, ERR says what and where."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from gateway.hl7.er7 import Encoding, Message
+
+SEVERITY = {"error": "E", "warning": "W", "information": "I"}
+_counter = itertools.count(1)
+_LOCATION = re.compile(r"^([A-Z][A-Z0-9]{2})(?:-(\d+))?(?:\.(\d+))?(?:\.(\d+))?$")
+CODE_TEXT = {
+    "0": "Message accepted",
+    "100": "Segment sequence error",
+    "101": "Required field missing",
+    "102": "Data type error",
+    "103": "Table value not found",
+    "200": "Unsupported message type",
+    "201": "Unsupported event code",
+    "203": "Unsupported version id",
+    "205": "Duplicate key identifier",
+    "207": "Application internal error",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AckIssue:
+    """One ERR segment: HL7 table 0357 code, location such as ``PV1-19``, severity E/W/I, human text."""
+
+    code: str
+    text: str
+    location: str = ""
+    severity: str = "E"
+
+
+def escape(text: str, enc: Encoding) -> str:
+    """Escape delimiters so that human text cannot break the ACK's structure."""
+    out = text.replace(enc.escape, f"{enc.escape}E{enc.escape}")
+    for char, code in (
+        (enc.field, "F"),
+        (enc.component, "S"),
+        (enc.subcomponent, "T"),
+        (enc.repetition, "R"),
+    ):
+        out = out.replace(char, f"{enc.escape}{code}{enc.escape}")
+    return out.replace("\r", " ").replace("\n", " ")
+
+
+def _erl(location: str, enc: Encoding) -> str:
+    match = _LOCATION.match(location)
+    if not match:
+        return ""
+    seg, fld, comp, sub = match.groups()
+    parts = [seg, "1", fld or "", "1" if fld else "", comp or "", sub or ""]
+    return enc.component.join(parts).rstrip(enc.component)
+
+
+def build_ack(
+    message: Message | None,
+    *,
+    code: str,
+    issues: list[AckIssue],
+    now: datetime,
+    text: str = "",
+    control_id_hint: str = "",
+) -> str:
+    """The ACK for ``message`` (or, when it could not be parsed, a best-effort one with MSA-2 empty)."""
+    enc = message.encoding if message else Encoding()
+    msh = message.msh if message else None
+    f = enc.field
+    original_control = msh.get(10) if msh else control_id_hint
+    trigger = msh.get(9, 2) if msh else ""
+    header = [
+        "MSH",
+        enc.component + enc.repetition + enc.escape + enc.subcomponent,
+        msh.raw(5) if msh else "",
+        msh.raw(6) if msh else "",
+        msh.raw(3) if msh else "",
+        msh.raw(4) if msh else "",
+        now.strftime("%Y%m%d%H%M%S"),
+        "",
+        enc.component.join(["ACK", trigger, "ACK"]),
+        f"ACK{now.strftime('%Y%m%d%H%M%S')}{next(_counter):06d}",
+        (msh.raw(11) if msh else "") or "P",
+        (msh.raw(12) if msh else "") or "2.5",
+    ]
+    charset = msh.raw(18) if msh else ""
+    if charset:
+        header += ["", "", "", "", "", charset]
+    segments = [f.join(header), f.join(["MSA", code, escape(original_control, enc), escape(text, enc)[:80]])]
+    for issue in issues:
+        segments.append(
+            f.join(
+                [
+                    "ERR",
+                    "",
+                    _erl(issue.location, enc),
+                    enc.component.join([issue.code, escape(CODE_TEXT.get(issue.code, ""), enc), "HL70357"]),
+                    issue.severity,
+                    "",
+                    "",
+                    "",
+                    escape(issue.text, enc),
+                ]
+            )
+        )
+    return "\r".join(segments) + "\r"
+
+
+def encode_ack(ack: str, codec: str) -> bytes:
+    """Encode in the sender's charset (MSH-18); text it cannot hold degrades to '?' rather than failing."""
+    return ack.encode(codec, errors="replace")

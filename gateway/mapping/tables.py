@@ -1,0 +1,235 @@
+"""Loading and validating the mapping tables in ``mappings/`` (data only; checked once at start-up)."""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.errors import ConfigError
+from gateway.hl7.er7 import Path as HL7Path
+
+_TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_]*(\[\])?)*$")
+
+#: Kinds of event the state engine knows (kept here so that table validation needs no state import).
+EVENT_KINDS = frozenset({"admit", "register", "discharge", "cancel-admit", "cancel-discharge"})
+ACTIONS = frozenset({"INSERT", "UPDATE", "CANCEL"})
+
+
+@dataclass(frozen=True, slots=True)
+class CodeRow:
+    code: str
+    target_code: str
+    target_system: str = ""
+    target_display: str = ""
+
+    def coding(self) -> dict[str, str]:
+        out = {"system": self.target_system, "code": self.target_code}
+        if self.target_display:
+            out["display"] = self.target_display
+        return {k: v for k, v in out.items() if v}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    source: HL7Path
+    target: str
+    transform: str
+    args: dict[str, Any] = field(default_factory=dict)
+    repeat: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentMap:
+    name: str
+    resource: str
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    trigger: str
+    kind: str
+    action: str
+    cancels: tuple[str, ...] = ()
+    topic_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Authorities:
+    national: dict[str, str]
+    default: dict[str, str]
+    senders: dict[str, dict[str, str]]
+
+    def system_for(self, *, namespace: str, universal_id: str, sender: tuple[str, str]) -> str | None:
+        """The FHIR system of an assigning authority; ``None`` when no table knows it."""
+        if universal_id and universal_id in self.national:
+            return self.national[universal_id]
+        if universal_id and _OID.fullmatch(universal_id):
+            return f"urn:oid:{universal_id}"
+        app, facility = sender
+        for key in (f"{app}|{facility}", f"*|{facility}"):
+            table = self.senders.get(key)
+            if table and namespace in table:
+                return table[namespace]
+        return self.default.get(namespace)
+
+
+_OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """Every table the engine reads, validated."""
+
+    codes: dict[str, dict[str, CodeRow]]
+    segments: dict[str, SegmentMap]
+    events: dict[str, EventSpec]
+    event_segments: dict[str, str]
+    authorities: Authorities
+    source: Path
+
+    def code(self, table: str, code: str) -> CodeRow | None:
+        return self.codes[table].get(code)
+
+
+def load_tables(directory: Path, *, transforms: frozenset[str]) -> Tables:
+    """Load and check every table; any problem raises :class:`ConfigError` naming the file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ConfigError(f"mappings directory not found: {directory}")
+    codes = {p.stem: _load_codes(p) for p in sorted((directory / "codes").glob("*.csv"))}
+    segments = {
+        p.stem: _load_segment_map(p, transforms, codes)
+        for p in sorted((directory / "segments").glob("*.yaml"))
+    }
+    events, event_segments = _load_events(directory / "messages" / "ADT.yaml", segments)
+    authorities = _load_authorities(directory / "authorities.yaml")
+    return Tables(
+        codes=codes,
+        segments=segments,
+        events=events,
+        event_segments=event_segments,
+        authorities=authorities,
+        source=directory,
+    )
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: missing") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _load_codes(path: Path) -> dict[str, CodeRow]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"code", "target_code"} <= set(reader.fieldnames):
+            raise ConfigError(f"{path}: a code table needs 'code' and 'target_code' columns")
+        rows: dict[str, CodeRow] = {}
+        for line, row in enumerate(reader, start=2):
+            code = (row.get("code") or "").strip()
+            if not code or not (row.get("target_code") or "").strip():
+                raise ConfigError(f"{path}:{line}: empty code or target_code")
+            if code in rows:
+                raise ConfigError(f"{path}:{line}: code {code!r} appears twice")
+            rows[code] = CodeRow(
+                code=code,
+                target_code=row["target_code"].strip(),
+                target_system=(row.get("target_system") or "").strip(),
+                target_display=(row.get("target_display") or "").strip(),
+            )
+    return rows
+
+
+def _load_segment_map(
+    path: Path, transforms: frozenset[str], codes: dict[str, dict[str, CodeRow]]
+) -> SegmentMap:
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("rules"), list) or not data.get("resource"):
+        raise ConfigError(f"{path}: needs 'resource' and a list of 'rules'")
+    rules = []
+    for index, raw in enumerate(data["rules"], start=1):
+        where = f"{path} rule {index}"
+        if not isinstance(raw, dict) or not {"from", "to", "transform"} <= raw.keys():
+            raise ConfigError(f"{where}: needs 'from', 'to' and 'transform'")
+        try:
+            source = HL7Path.parse(str(raw["from"]))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        if not _TARGET.match(str(raw["to"])):
+            raise ConfigError(f"{where}: target {raw['to']!r} is not a dotted element path")
+        if raw["transform"] not in transforms:
+            raise ConfigError(f"{where}: unknown transform {raw['transform']!r}")
+        args = raw.get("args") or {}
+        table = args.get("table")
+        if table is not None and table not in codes:
+            raise ConfigError(f"{where}: unknown code table {table!r}")
+        rules.append(
+            Rule(
+                source=source,
+                target=str(raw["to"]),
+                transform=raw["transform"],
+                args=args,
+                repeat=bool(raw.get("repeat")),
+            )
+        )
+    return SegmentMap(name=path.stem, resource=str(data["resource"]), rules=tuple(rules))
+
+
+def _load_events(path: Path, segments: dict[str, SegmentMap]) -> tuple[dict[str, EventSpec], dict[str, str]]:
+    data = _read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("events"), dict):
+        raise ConfigError(f"{path}: needs an 'events' mapping")
+    event_segments = data.get("segments") or {}
+    for role, name in event_segments.items():
+        if name not in segments:
+            raise ConfigError(f"{path}: segment map {name!r} for {role!r} does not exist")
+    for role in ("patient", "encounter", "movement"):
+        if role not in event_segments:
+            raise ConfigError(f"{path}: 'segments' needs a {role!r} map")
+    events: dict[str, EventSpec] = {}
+    for trigger, spec in data["events"].items():
+        where = f"{path} event {trigger}"
+        if not isinstance(spec, dict) or spec.get("kind") not in EVENT_KINDS:
+            raise ConfigError(f"{where}: kind must be one of {sorted(EVENT_KINDS)}")
+        action = spec.get("action", "INSERT")
+        if action not in ACTIONS:
+            raise ConfigError(f"{where}: action must be one of {sorted(ACTIONS)}")
+        events[str(trigger)] = EventSpec(
+            trigger=str(trigger),
+            kind=spec["kind"],
+            action=action,
+            cancels=tuple(spec.get("cancels") or ()),
+            topic_code=spec.get("topic_code"),
+        )
+    for spec in events.values():
+        for cancelled in spec.cancels:
+            if cancelled not in events:
+                raise ConfigError(f"{path} event {spec.trigger}: cancels unknown trigger {cancelled!r}")
+    return events, dict(event_segments)
+
+
+def _load_authorities(path: Path) -> Authorities:
+    data = _read_yaml(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping")
+    national = {str(k): str(v) for k, v in (data.get("national") or {}).items()}
+    default = {str(k): str(v) for k, v in (data.get("default") or {}).items()}
+    senders: dict[str, dict[str, str]] = {}
+    for key, table in (data.get("senders") or {}).items():
+        if "|" not in str(key) or not isinstance(table, dict):
+            raise ConfigError(f"{path}: sender key {key!r} must be 'MSH-3|MSH-4' with a mapping")
+        senders[str(key)] = {str(k): str(v) for k, v in table.items()}
+    for system in [*national.values(), *default.values(), *(v for t in senders.values() for v in t.values())]:
+        if not re.match(r"^(urn:oid:[0-2](\.\d+)+|urn:[a-z0-9-]+:.+|https?://\S+)$", system):
+            raise ConfigError(f"{path}: {system!r} is not a URI usable as an identifier system")
+    return Authorities(national=national, default=default, senders=senders)

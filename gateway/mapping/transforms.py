@@ -1,0 +1,355 @@
+"""The transforms mapping tables may name: HL7 v2 data types (CX, XPN, XCN, PL, XON, DTM…) → FHIR dicts.
+
+Each transform takes one field repetition and the mapping context and returns a value or ``None``
+(nothing to map). They are pure: no I/O, and the same input always gives the same output.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from gateway.hl7.er7 import Repetition
+from gateway.mapping.ids import resource_id
+from gateway.mapping.tables import Tables
+
+PARIS = ZoneInfo("Europe/Paris")
+_DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
+NOS_MINTED_ROOT = "urn:gateway:authority"
+
+
+@dataclass(slots=True)
+class MapContext:
+    """What a transform may read besides its field: the tables and the sender; and where it reports."""
+
+    tables: Tables
+    sender: tuple[str, str]
+    tz: ZoneInfo = PARIS
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # (location, text)
+    practitioners: dict[str, dict[str, Any]] = field(default_factory=dict)
+    location: str = ""
+
+    def warn(self, text: str) -> None:
+        self.warnings.append((self.location, text))
+
+
+Transform = Callable[[Repetition, MapContext, dict[str, Any]], Any]
+TRANSFORMS: dict[str, Transform] = {}
+
+
+def transform(name: str) -> Callable[[Transform], Transform]:
+    def register(fn: Transform) -> Transform:
+        TRANSFORMS[name] = fn
+        return fn
+
+    return register
+
+
+# -- dates ------------------------------------------------------------------------------------
+
+
+def parse_dtm(text: str, tz: ZoneInfo = PARIS) -> tuple[datetime, int] | None:
+    """HL7 DTM → (aware datetime, precision in characters). Naive times are French local time."""
+    match = _DTM.match(text.strip())
+    if not match:
+        return None
+    year, month, day, hour, minute, second, _frac, offset = match.groups()
+    try:
+        moment = datetime(
+            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0)
+        )
+    except ValueError:
+        return None
+    if offset:
+        sign = 1 if offset[0] == "+" else -1
+        delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
+        moment = moment.replace(tzinfo=timezone(sign * delta))
+    else:
+        moment = moment.replace(tzinfo=tz)
+    precision = len("".join(g for g in (year, month, day, hour, minute, second) if g))
+    return moment, precision
+
+
+def fhir_datetime(text: str, tz: ZoneInfo = PARIS) -> str | None:
+    parsed = parse_dtm(text, tz)
+    if parsed is None:
+        return None
+    moment, precision = parsed
+    if precision <= 4:
+        return moment.strftime("%Y")
+    if precision <= 6:
+        return moment.strftime("%Y-%m")
+    if precision <= 8:
+        return moment.strftime("%Y-%m-%d")
+    return moment.isoformat(timespec="seconds")
+
+
+@transform("datetime")
+def _datetime(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> str | None:
+    text = rep.get(1)
+    if not text:
+        return None
+    value = fhir_datetime(text, ctx.tz)
+    if value is None:
+        ctx.warn(f"not a valid date/time: {len(text)} characters ignored")
+    return value
+
+
+@transform("date")
+def _date(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> str | None:
+    value = _datetime(rep, ctx, args)
+    return value[:10] if value else None
+
+
+# -- simple values ----------------------------------------------------------------------------
+
+
+@transform("string")
+def _string(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> str | None:
+    return rep.get(int(args.get("component", 1))).strip() or None
+
+
+@transform("yes_no")
+def _yes_no(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> bool | None:
+    value = rep.get(1).strip().upper()
+    return {"Y": True, "N": False}.get(value)
+
+
+@transform("code")
+def _code(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> str | None:
+    value = rep.get(1).strip()
+    if not value:
+        return None
+    row = ctx.tables.code(args["table"], value)
+    if row is None:
+        ctx.warn(f"code {value!r} is not in table {args['table']}")
+        return args.get("default")
+    return row.target_code
+
+
+@transform("coding")
+def _coding(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, str] | None:
+    value = rep.get(1).strip()
+    if not value:
+        return None
+    row = ctx.tables.code(args["table"], value)
+    if row is None:
+        ctx.warn(f"code {value!r} is not in table {args['table']}")
+        return None
+    return row.coding()
+
+
+@transform("codeable_concept")
+def _codeable_concept(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    coding = _coding(rep, ctx, args)
+    return {"coding": [coding]} if coding else None
+
+
+# -- identifiers ------------------------------------------------------------------------------
+
+
+def identifier_type(ctx: MapContext, code: str) -> dict[str, Any] | None:
+    row = ctx.tables.code("IdentifierType", code) if code else None
+    return {"coding": [row.coding()]} if row else None
+
+
+def authority_system(ctx: MapContext, *, namespace: str, universal_id: str, fallback: str = "") -> str:
+    """Resolve an assigning authority to a FHIR system, minting a stable one when no table knows it."""
+    system = ctx.tables.authorities.system_for(
+        namespace=namespace, universal_id=universal_id, sender=ctx.sender
+    )
+    if system:
+        return system
+    name = namespace or universal_id or fallback or ctx.sender[1] or ctx.sender[0]
+    ctx.warn("assigning authority not in the authorities table; a local system was minted")
+    return f"{NOS_MINTED_ROOT}:{_slug(ctx.sender[1] or ctx.sender[0])}:{_slug(name)}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", text).strip("-") or "unknown"
+
+
+@transform("identifier_cx")
+def _identifier_cx(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    """CX → Identifier. With no CX-4, the sender facility stands in (two facilities never share a visit)."""
+    value = rep.get(1).strip()
+    if not value:
+        return None
+    namespace, universal_id = rep.get(4, 1).strip(), rep.get(4, 2).strip()
+    if not namespace and not universal_id and args.get("fallback_authority") == "sender":
+        namespace = ctx.sender[1] or ctx.sender[0]
+    system = authority_system(ctx, namespace=namespace, universal_id=universal_id)
+    type_code = rep.get(5).strip() or str(args.get("default_type", ""))
+    out: dict[str, Any] = {"system": system, "value": value}
+    kind = identifier_type(ctx, type_code)
+    if kind:
+        out = {"type": kind, **out}
+    elif type_code:
+        out = {"type": {"text": type_code}, **out}
+    return out
+
+
+@transform("identifier_ei")
+def _identifier_ei(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    """EI (entity id, namespace, universal id) → Identifier, as for ZBE-1 movement ids."""
+    value = rep.get(1).strip()
+    if not value:
+        return None
+    system = authority_system(ctx, namespace=rep.get(2).strip(), universal_id=rep.get(3).strip())
+    out: dict[str, Any] = {"system": system, "value": value}
+    kind = identifier_type(ctx, str(args.get("default_type", "")))
+    return {"type": kind, **out} if kind else out
+
+
+# -- people, places, units --------------------------------------------------------------------
+
+
+@transform("human_name_xpn")
+def _human_name(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    family, given, middle = rep.get(1, 1).strip(), rep.get(2).strip(), rep.get(3).strip()
+    if not family and not given:
+        return None
+    out: dict[str, Any] = {}
+    use = {
+        "L": "official",
+        "D": "usual",
+        "M": "maiden",
+        "N": "nickname",
+        "A": "anonymous",
+        "S": "anonymous",
+    }.get(rep.get(7).strip())
+    if use:
+        out["use"] = use
+    if family:
+        out["family"] = family
+    # PAM-FR: XPN-2 is the first given name, XPN-3 the full list of given names, space separated.
+    givens = middle.split() if middle.startswith(given) else [g for g in [given, *middle.split()] if g]
+    if givens:
+        out["given"] = givens
+    prefix = rep.get(5).strip()
+    if prefix:
+        out["prefix"] = [prefix]
+    return out
+
+
+@transform("address_xad")
+def _address(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    line = [p for p in (rep.get(1, 1).strip(), rep.get(2).strip()) if p]
+    out: dict[str, Any] = {}
+    if line:
+        out["line"] = line
+    for key, comp in (("city", 3), ("state", 4), ("postalCode", 5), ("country", 6)):
+        value = rep.get(comp).strip()
+        if value:
+            out[key] = value
+    kind = rep.get(7).strip()
+    if kind == "BDL":  # PAM-FR: birth place, carried by FR Core's birthPlace extension, not an address
+        return None
+    use = {"H": "home", "O": "work", "C": "temp", "B": "work"}.get(kind)
+    if use and out:
+        out["use"] = use
+    return out or None
+
+
+@transform("telecom_xtn")
+def _telecom(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    value = rep.get(1).strip() or rep.get(4).strip() or rep.get(12).strip()
+    if not value:
+        return None
+    system = "email" if "@" in value or rep.get(3).strip() == "Internet" else "phone"
+    out = {"system": system, "value": value}
+    if args.get("use"):
+        out["use"] = str(args["use"])
+    return out
+
+
+def practitioner_from_xcn(rep: Repetition, ctx: MapContext) -> tuple[str, dict[str, Any]] | None:
+    """XCN → a Practitioner keyed by national id (RPPS/IDNPS) when given, else by the sender's local id."""
+    value = rep.get(1).strip()
+    family, given = rep.get(2, 1).strip(), rep.get(3).strip()
+    if not value and not family:
+        return None
+    namespace, universal_id = rep.get(9, 1).strip(), rep.get(9, 2).strip()
+    identifier: dict[str, Any] | None = None
+    if value:
+        system = authority_system(
+            ctx, namespace=namespace, universal_id=universal_id, fallback="practitioner"
+        )
+        identifier = {"system": system, "value": value}
+        kind = identifier_type(ctx, rep.get(13).strip())
+        if kind:
+            identifier = {"type": kind, **identifier}
+        key = f"{system}|{value}"
+    else:
+        key = f"name|{ctx.sender[1]}|{family}|{given}"
+    pid = resource_id("Practitioner", key)
+    resource: dict[str, Any] = {"resourceType": "Practitioner", "id": pid}
+    if identifier:
+        resource["identifier"] = [identifier]
+    name: dict[str, Any] = {}
+    if family:
+        name["family"] = family
+    if given:
+        name["given"] = [given]
+    if rep.get(6).strip():
+        name["prefix"] = [rep.get(6).strip()]
+    if name:
+        resource["name"] = [name]
+    ctx.practitioners[pid] = resource
+    return pid, resource
+
+
+@transform("participant_xcn")
+def _participant(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    found = practitioner_from_xcn(rep, ctx)
+    if found is None:
+        return None
+    pid, resource = found
+    row = ctx.tables.code("ParticipationType", str(args["type"]))
+    out: dict[str, Any] = {"individual": {"reference": f"Practitioner/{pid}"}}
+    names = resource.get("name")
+    if names:
+        out["individual"]["display"] = " ".join(
+            [*names[0].get("given", []), names[0].get("family", "")]
+        ).strip()
+    if row:
+        out = {"type": [{"coding": [row.coding()]}], **out}
+    return out
+
+
+@transform("location_pl")
+def _location(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    """PL → Encounter.location (logical reference: UF d'hébergement, room, bed as display and identifier)."""
+    unit, room, bed = rep.get(1).strip(), rep.get(2).strip(), rep.get(3).strip()
+    facility = rep.get(4, 1).strip() or rep.get(4, 2).strip()
+    if not (unit or room or bed):
+        return None
+    parts = [p for p in (unit, room, bed) if p]
+    value = "/".join(parts)
+    system = authority_system(ctx, namespace=facility or ctx.sender[1], universal_id=rep.get(4, 2).strip())
+    return {
+        "location": {
+            "identifier": {"system": f"{system}:location", "value": value},
+            "display": " ".join(parts),
+        },
+        "status": "active",
+    }
+
+
+@transform("unit_xon")
+def _unit(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    """XON with 7 = UF and 10 = the UF code (ZBE-7/8) → {code, name, system}."""
+    code = rep.get(10).strip() or rep.get(3).strip()
+    name = rep.get(1).strip()
+    if not code and not name:
+        return None
+    namespace, universal_id = rep.get(6, 1).strip(), rep.get(6, 2).strip()
+    system = authority_system(ctx, namespace=namespace or ctx.sender[1], universal_id=universal_id)
+    out = {"system": f"{system}:uf", "code": code or name}
+    if name:
+        out["name"] = name
+    return out

@@ -1,0 +1,337 @@
+"""The ingest use case, shared by MLLP, HTTP, replay and the sandbox: parse → map → store and apply → ACK.
+
+The ACK is built only after the transaction holding the raw message and all its effects has committed,
+so AA always means "durably stored and applied". Every message is kept, including rejected ones: when
+applying fails, the transaction is rolled back and the raw message is stored again alone, with its error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine as DB
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from gateway.db.repo import MessageRepo, StoredResource
+from gateway.errors import (
+    DuplicateControlIdError,
+    GatewayError,
+    ParseError,
+    StorageUnavailableError,
+)
+from gateway.hl7 import er7
+from gateway.hl7.ack import AckIssue, build_ack, encode_ack
+from gateway.mapping.engine import Engine, Mapped, read_header
+from gateway.state.apply import apply_message
+
+logger = logging.getLogger(__name__)
+Clock = Callable[[], datetime]
+MAX_ATTEMPTS = 3
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """The result of one ingest: the ACK code and bytes, and what was stored."""
+
+    code: str
+    ack: bytes
+    message_id: int | None
+    status: str
+    issues: list[AckIssue] = field(default_factory=list)
+    changed: list[StoredResource] = field(default_factory=list)
+    notifications: int = 0
+
+    @property
+    def ack_text(self) -> str:
+        return self.ack.decode("utf-8", errors="replace")
+
+
+@dataclass(slots=True)
+class Conversion:
+    """A dry run (``gateway convert``, sandbox): the ACK that would be sent and the mapped facts."""
+
+    code: str
+    ack: str
+    mapped: Mapped | None
+    issues: list[AckIssue]
+
+
+def _warnings(mapped: Mapped) -> list[AckIssue]:
+    return [AckIssue(code="0", text=text, location=loc, severity="W") for loc, text in mapped.warnings]
+
+
+def _error_issue(exc: GatewayError) -> AckIssue:
+    return AckIssue(code=exc.code, text=exc.message, location=exc.location, severity="E")
+
+
+def _header_values(message: er7.Message | None) -> dict[str, str]:
+    if message is None:
+        return {}
+    header = read_header(message)
+    return {
+        "sending_application": header.sending_application,
+        "sending_facility": header.sending_facility,
+        "control_id": header.control_id,
+        "message_type": header.message_type,
+        "trigger": header.trigger,
+    }
+
+
+def dry_run(engine: Engine, raw: bytes, *, now: datetime) -> Conversion:
+    """Everything but storage: what the gateway would answer and produce for this message."""
+    message: er7.Message | None = None
+    try:
+        message = er7.parse(raw)
+        _check_header(message)
+        mapped = engine.map(message)
+    except GatewayError as exc:
+        issue = _error_issue(exc)
+        ack = build_ack(message, code=exc.ack_code, issues=[issue], now=now)
+        return Conversion(exc.ack_code, ack, None, [issue])
+    issues = _warnings(mapped)
+    return Conversion("AA", build_ack(message, code="AA", issues=issues, now=now), mapped, issues)
+
+
+def _check_header(message: er7.Message) -> None:
+    if not message.msh.get(10).strip():
+        raise ParseError("MSH-10 (message control id) is empty", location="MSH-10")
+    if not message.msh.get(9, 1).strip():
+        raise ParseError("MSH-9 (message type) is empty", location="MSH-9")
+
+
+class Pipeline:
+    """One instance per process; thread-safe (each call opens its own transaction)."""
+
+    def __init__(
+        self, *, engine: Engine, db: DB, clock: Clock = utcnow, on_commit: Callable[[], None] | None = None
+    ):
+        self.engine = engine
+        self.db = db
+        self.clock = clock
+        self.on_commit = on_commit
+
+    def convert(self, raw: bytes) -> Conversion:
+        return dry_run(self.engine, raw, now=self.clock())
+
+    # -- ingest -----------------------------------------------------------------------------------
+
+    def ingest(self, raw: bytes, *, transport: str) -> Outcome:
+        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK."""
+        now = self.clock()
+        message: er7.Message | None = None
+        try:
+            message = er7.parse(raw)
+            _check_header(message)
+            mapped = self.engine.map(message)
+        except GatewayError as exc:
+            return self._store_rejected(raw, message, exc, transport=transport, now=now)
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return self._apply(raw, message, mapped, transport=transport, now=now)
+            except IntegrityError:
+                # Another instance stored the same message or stream concurrently: try again, and the
+                # duplicate check or the refold sees its committed work.
+                logger.warning("concurrent write on ingest, retrying (attempt %d)", attempt)
+                continue
+            except OperationalError as exc:
+                # Database down, locked past its timeout, or a serialization failure: transient.
+                if attempt == MAX_ATTEMPTS:
+                    return self._unavailable(message, exc, now=now)
+                logger.warning(
+                    "database error on ingest, retrying (attempt %d): %s", attempt, type(exc).__name__
+                )
+                continue
+            except GatewayError as exc:
+                return self._store_rejected(raw, message, exc, transport=transport, now=now)
+            except Exception as exc:
+                logger.exception("unexpected error applying message %s", mapped.header.control_id)
+                error = GatewayError(f"internal error while applying the message ({type(exc).__name__})")
+                return self._store_rejected(raw, message, error, transport=transport, now=now)
+        return self._unavailable(message, None, now=now)
+
+    def _apply(
+        self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
+    ) -> Outcome:
+        header = _header_values(message)
+        digest = hashlib.sha256(raw).hexdigest()
+        with self.db.begin() as conn:
+            repo = MessageRepo(conn)
+            previous = repo.find_applied(
+                sending_application=header["sending_application"],
+                sending_facility=header["sending_facility"],
+                control_id=header["control_id"],
+            )
+            if previous is not None:
+                return self._duplicate(
+                    repo,
+                    raw,
+                    message,
+                    previous.id,
+                    previous.content_sha256 == digest,
+                    header=header,
+                    transport=transport,
+                    now=now,
+                )
+            message_id = repo.add(
+                raw=raw,
+                transport=transport,
+                received_at=now,
+                header=header,
+                outcome="AA",
+                status="applied",
+                event_time=mapped.event_time,
+            )
+            applied = apply_message(conn, mapped, message_id=message_id, now=now)
+            issues = _warnings(mapped)
+            ack = build_ack(message, code="AA", issues=issues, now=now)
+            repo.finish(message_id, outcome="AA", status="applied", ack=ack)
+        if applied.notifications and self.on_commit is not None:
+            self.on_commit()
+        logger.info(
+            "message applied",
+            extra={
+                "message_id": message_id,
+                "control_id": header["control_id"],
+                "changed": len(applied.changed),
+            },
+        )
+        return Outcome(
+            "AA",
+            encode_ack(ack, message.codec),
+            message_id,
+            "applied",
+            issues,
+            applied.changed,
+            applied.notifications,
+        )
+
+    def _duplicate(
+        self,
+        repo: MessageRepo,
+        raw: bytes,
+        message: er7.Message,
+        previous_id: int,
+        same: bool,
+        *,
+        header: dict[str, str],
+        transport: str,
+        now: datetime,
+    ) -> Outcome:
+        """Same sender + control id: a resend gets AA again and changes nothing; other content gets AE."""
+        if same:
+            ack = build_ack(message, code="AA", issues=[], now=now, text="duplicate: already applied")
+            message_id = repo.add(
+                raw=raw,
+                transport=transport,
+                received_at=now,
+                header=header,
+                outcome="AA",
+                status="duplicate",
+                duplicate_of=previous_id,
+            )
+            repo.finish(message_id, outcome="AA", status="duplicate", ack=ack)
+            return Outcome("AA", encode_ack(ack, message.codec), message_id, "duplicate")
+        error = DuplicateControlIdError(
+            "MSH-10 was already used by this sender for a different message", location="MSH-10"
+        )
+        issue = _error_issue(error)
+        ack = build_ack(message, code="AE", issues=[issue], now=now)
+        message_id = repo.add(
+            raw=raw,
+            transport=transport,
+            received_at=now,
+            header=header,
+            outcome="AE",
+            status="rejected",
+            error_code=error.code,
+            error_text=error.message,
+            duplicate_of=previous_id,
+        )
+        repo.finish(
+            message_id,
+            outcome="AE",
+            status="rejected",
+            ack=ack,
+            error_code=error.code,
+            error_text=error.message,
+        )
+        return Outcome("AE", encode_ack(ack, message.codec), message_id, "rejected", [issue])
+
+    def _store_rejected(
+        self, raw: bytes, message: er7.Message | None, exc: GatewayError, *, transport: str, now: datetime
+    ) -> Outcome:
+        issue = _error_issue(exc)
+        code = exc.ack_code
+        ack = build_ack(message, code=code, issues=[issue], now=now)
+        status = "rejected" if code == "AR" else "error"
+        try:
+            with self.db.begin() as conn:
+                repo = MessageRepo(conn)
+                message_id = repo.add(
+                    raw=raw,
+                    transport=transport,
+                    received_at=now,
+                    header=_header_values(message),
+                    outcome=code,
+                    status=status,
+                    error_code=exc.code,
+                    error_text=exc.message,
+                )
+                repo.finish(
+                    message_id,
+                    outcome=code,
+                    status=status,
+                    ack=ack,
+                    error_code=exc.code,
+                    error_text=exc.message,
+                )
+        except DBAPIError as db_exc:
+            return self._unavailable(message, db_exc, now=now)
+        logger.info("message %s", status, extra={"message_id": message_id, "error_code": exc.code})
+        return Outcome(
+            code, encode_ack(ack, message.codec if message else "utf-8"), message_id, status, [issue]
+        )
+
+    def _unavailable(self, message: er7.Message | None, exc: Exception | None, *, now: datetime) -> Outcome:
+        """Nothing could be stored: AR (HL7: rejected for reasons unrelated to content), so the sender resends."""
+        logger.error("storage unavailable: %s", type(exc).__name__ if exc else "retries exhausted")
+        error = StorageUnavailableError("the gateway cannot store messages right now; resend later")
+        issue = _error_issue(error)
+        ack = build_ack(message, code="AR", issues=[issue], now=now)
+        return Outcome(
+            "AR", encode_ack(ack, message.codec if message else "utf-8"), None, "unavailable", [issue]
+        )
+
+    # -- oversize frames and replay ---------------------------------------------------------------
+
+    def reject_oversize(self, prefix: bytes, *, transport: str, limit: int) -> bytes:
+        """A frame over the size limit: keep its head, answer AR from whatever MSH it carries."""
+        now = self.clock()
+        try:
+            message: er7.Message | None = er7.parse(prefix.split(b"\r", 1)[0] + b"\r")
+        except ParseError:
+            message = None
+        error = ParseError(f"message larger than {limit} bytes: not accepted", location="MSH")
+        outcome = self._store_rejected(prefix, message, error, transport=transport, now=now)
+        return outcome.ack
+
+    def replay(self, message_id: int) -> Outcome:
+        """Run a stored message through the pipeline again (after a mapping fix, say)."""
+        with self.db.connect() as conn:
+            record = MessageRepo(conn).get(message_id)
+        if record is None:
+            raise LookupError(message_id)
+        return self.ingest(record.raw, transport="replay")
+
+
+def summary(outcome: Outcome) -> dict[str, Any]:
+    return {"code": outcome.code, "message_id": outcome.message_id, "status": outcome.status}

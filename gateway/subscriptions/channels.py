@@ -1,0 +1,158 @@
+"""Rest-hook delivery of notification Bundles over HTTP, with HMAC signatures and idempotency keys.
+
+Platforms check a notification with :func:`verify` (or its equivalent in their language)::
+
+    expected = "sha256=" + hex(HMAC-SHA256(key=subscription secret, msg=exact request body bytes))
+    constant-time compare with the ``X-Gateway-Signature`` header
+
+and deduplicate redeliveries with the ``Idempotency-Key`` header (``<subscription id>:<event number>``
+for events): a retry after a lost response carries the same key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER: Final = "X-Gateway-Signature"
+SIGNATURE_PREFIX: Final = "sha256="
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
+FHIR_JSON: Final = "application/fhir+json"
+#: Headers the gateway sets itself; a ``channel.header`` cannot override them.
+_RESERVED_HEADERS: Final = frozenset(
+    h.lower() for h in (SIGNATURE_HEADER, IDEMPOTENCY_HEADER, "Content-Type", "Content-Length", "Host")
+)
+#: RFC 9110 token characters for a field name.
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+#: Visible ASCII, space and tab: no CR/LF (header injection), no bytes httpx would refuse to encode.
+_HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
+_RETRYABLE_4XX: Final = frozenset({408, 429})
+
+
+def idempotency_key(
+    *, subscription_id: str, event_number: int | None, notification_type: str, bundle_id: str
+) -> str:
+    """The ``Idempotency-Key`` value: stable per event so redeliveries of one event share it."""
+    if event_number is not None:
+        return f"{subscription_id}:{event_number}"
+    return f"{subscription_id}:{notification_type}:{bundle_id}"
+
+
+def sign(body: bytes, secret: str) -> str:
+    """``sha256=<hex HMAC-SHA256 of the exact body bytes>`` keyed with the subscription secret."""
+    digest = hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+    return f"{SIGNATURE_PREFIX}{digest}"
+
+
+def verify(body: bytes, secret: str, header_value: str) -> bool:
+    """True when ``header_value`` is the signature of ``body``; constant-time to resist timing attacks."""
+    expected = sign(body, secret).encode("ascii")
+    return hmac.compare_digest(expected, header_value.strip().encode("utf-8", errors="replace"))
+
+
+def parse_channel_headers(headers: Sequence[str]) -> dict[str, str]:
+    """``Subscription.channel.header`` strings (``"Name: value"``) as a dict; malformed ones are dropped.
+
+    Values are never logged: they are typically ``Authorization`` credentials.
+    """
+    out: dict[str, str] = {}
+    for index, raw in enumerate(headers):
+        name, sep, value = raw.partition(":")
+        name, value = name.strip(), value.strip()
+        if not sep or not _HEADER_NAME.match(name) or not _HEADER_VALUE.match(value):
+            logger.warning("ignoring malformed channel header #%d", index)
+            continue
+        if name.lower() in _RESERVED_HEADERS:
+            logger.warning("ignoring channel header #%d: %s is set by the gateway", index, name)
+            continue
+        out[name] = value
+    return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeliveryResult:
+    """Outcome of one POST; ``error`` holds a status code or exception class name, never a body."""
+
+    ok: bool
+    status_code: int | None
+    error: str | None
+    retryable: bool
+
+
+class RestHookChannel:
+    """POSTs notification Bundles to subscriber endpoints; never raises for HTTP or network failures.
+
+    Redirects are not followed (the endpoint was vetted, its redirect target was not) and response
+    bodies are never read: they could echo health data or be arbitrarily large.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, *, timeout: float = 10.0) -> None:
+        self._client = client
+        self._timeout = httpx.Timeout(timeout)
+
+    async def send(
+        self, *, endpoint: str, body: bytes, headers: Sequence[str], secret: str, idempotency_key: str
+    ) -> DeliveryResult:
+        """Deliver ``body``; 2xx is success, 408/429/5xx and network errors are worth retrying.
+
+        An empty ``secret`` sends no signature header rather than a signature anyone could forge.
+        """
+        request_headers = parse_channel_headers(headers)
+        request_headers["Content-Type"] = FHIR_JSON
+        request_headers[IDEMPOTENCY_HEADER] = idempotency_key
+        if secret:
+            request_headers[SIGNATURE_HEADER] = sign(body, secret)
+        host = _host_for_log(endpoint)
+        try:
+            async with self._client.stream(
+                "POST",
+                endpoint,
+                content=body,
+                headers=request_headers,
+                timeout=self._timeout,
+                follow_redirects=False,
+            ) as response:
+                status = response.status_code
+        except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
+            retryable = _exception_retryable(exc)
+            logger.info(
+                "delivery %s to %s failed: %s (retryable=%s)",
+                idempotency_key,
+                host,
+                type(exc).__name__,
+                retryable,
+            )
+            return DeliveryResult(ok=False, status_code=None, error=type(exc).__name__, retryable=retryable)
+        if 200 <= status < 300:
+            logger.debug("delivery %s to %s: HTTP %d", idempotency_key, host, status)
+            return DeliveryResult(ok=True, status_code=status, error=None, retryable=False)
+        retryable = status in _RETRYABLE_4XX or status >= 500
+        logger.info("delivery %s to %s: HTTP %d (retryable=%s)", idempotency_key, host, status, retryable)
+        return DeliveryResult(ok=False, status_code=status, error=f"HTTP {status}", retryable=retryable)
+
+
+def _exception_retryable(exc: Exception) -> bool:
+    """Timeouts and transport failures may heal; a bad URL or a request we cannot encode will not."""
+    if isinstance(exc, httpx.TimeoutException):
+        return True
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return False
+    return isinstance(exc, httpx.TransportError)
+
+
+def _host_for_log(endpoint: str) -> str:
+    """Only the host reaches the logs: paths and query strings may embed tokens."""
+    try:
+        return urlsplit(endpoint).hostname or "?"
+    except ValueError:
+        return "?"
