@@ -49,6 +49,7 @@ class Outcome:
     issues: list[AckIssue] = field(default_factory=list)
     changed: list[StoredResource] = field(default_factory=list)
     notifications: int = 0
+    codec: str = "utf-8"
 
     @property
     def ack_text(self) -> str:
@@ -108,6 +109,46 @@ def _check_header(message: er7.Message) -> None:
         raise ParseError("MSH-9 (message type) is empty", location="MSH-9")
 
 
+def _record(
+    repo: MessageRepo,
+    raw: bytes,
+    message: er7.Message | None,
+    *,
+    transport: str,
+    now: datetime,
+    code: str,
+    status: str,
+    ack: str,
+    error: GatewayError | None = None,
+    duplicate_of: int | None = None,
+) -> int:
+    return repo.add(
+        raw=raw,
+        transport=transport,
+        received_at=now,
+        header=_header_values(message),
+        outcome=code,
+        status=status,
+        ack=ack,
+        error_code=error.code if error else None,
+        error_text=error.message if error else None,
+        duplicate_of=duplicate_of,
+    )
+
+
+def _outcome(
+    code: str,
+    ack: str,
+    message: er7.Message | None,
+    *,
+    message_id: int | None,
+    status: str,
+    issues: list[AckIssue] | None = None,
+) -> Outcome:
+    codec = message.codec if message else "utf-8"
+    return Outcome(code, encode_ack(ack, codec), message_id, status, issues or [], codec=codec)
+
+
 class Pipeline:
     """One instance per process; thread-safe (each call opens its own transaction)."""
 
@@ -162,7 +203,6 @@ class Pipeline:
         self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
     ) -> Outcome:
         header = _header_values(message)
-        digest = hashlib.sha256(raw).hexdigest()
         with self.db.begin() as conn:
             repo = MessageRepo(conn)
             previous = repo.find_applied(
@@ -171,15 +211,9 @@ class Pipeline:
                 control_id=header["control_id"],
             )
             if previous is not None:
+                same = previous.content_sha256 == hashlib.sha256(raw).hexdigest()
                 return self._duplicate(
-                    repo,
-                    raw,
-                    message,
-                    previous.id,
-                    previous.content_sha256 == digest,
-                    header=header,
-                    transport=transport,
-                    now=now,
+                    repo, raw, message, previous.id, same=same, transport=transport, now=now
                 )
             message_id = repo.add(
                 raw=raw,
@@ -196,23 +230,10 @@ class Pipeline:
             repo.finish(message_id, outcome="AA", status="applied", ack=ack)
         if applied.notifications and self.on_commit is not None:
             self.on_commit()
-        logger.info(
-            "message applied",
-            extra={
-                "message_id": message_id,
-                "control_id": header["control_id"],
-                "changed": len(applied.changed),
-            },
-        )
-        return Outcome(
-            "AA",
-            encode_ack(ack, message.codec),
-            message_id,
-            "applied",
-            issues,
-            applied.changed,
-            applied.notifications,
-        )
+        logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})
+        outcome = _outcome("AA", ack, message, message_id=message_id, status="applied", issues=issues)
+        outcome.changed, outcome.notifications = applied.changed, applied.notifications
+        return outcome
 
     def _duplicate(
         self,
@@ -220,86 +241,69 @@ class Pipeline:
         raw: bytes,
         message: er7.Message,
         previous_id: int,
-        same: bool,
         *,
-        header: dict[str, str],
+        same: bool,
         transport: str,
         now: datetime,
     ) -> Outcome:
         """Same sender + control id: a resend gets AA again and changes nothing; other content gets AE."""
         if same:
             ack = build_ack(message, code="AA", issues=[], now=now, text="duplicate: already applied")
-            message_id = repo.add(
-                raw=raw,
+            message_id = _record(
+                repo,
+                raw,
+                message,
                 transport=transport,
-                received_at=now,
-                header=header,
-                outcome="AA",
+                now=now,
+                code="AA",
                 status="duplicate",
+                ack=ack,
                 duplicate_of=previous_id,
             )
-            repo.finish(message_id, outcome="AA", status="duplicate", ack=ack)
-            return Outcome("AA", encode_ack(ack, message.codec), message_id, "duplicate")
+            return _outcome("AA", ack, message, message_id=message_id, status="duplicate")
         error = DuplicateControlIdError(
             "MSH-10 was already used by this sender for a different message", location="MSH-10"
         )
         issue = _error_issue(error)
         ack = build_ack(message, code="AE", issues=[issue], now=now)
-        message_id = repo.add(
-            raw=raw,
+        message_id = _record(
+            repo,
+            raw,
+            message,
             transport=transport,
-            received_at=now,
-            header=header,
-            outcome="AE",
-            status="rejected",
-            error_code=error.code,
-            error_text=error.message,
-            duplicate_of=previous_id,
-        )
-        repo.finish(
-            message_id,
-            outcome="AE",
+            now=now,
+            code="AE",
             status="rejected",
             ack=ack,
-            error_code=error.code,
-            error_text=error.message,
+            error=error,
+            duplicate_of=previous_id,
         )
-        return Outcome("AE", encode_ack(ack, message.codec), message_id, "rejected", [issue])
+        return _outcome("AE", ack, message, message_id=message_id, status="rejected", issues=[issue])
 
     def _store_rejected(
         self, raw: bytes, message: er7.Message | None, exc: GatewayError, *, transport: str, now: datetime
     ) -> Outcome:
+        """Keep a message that could not be applied, with its error, so that it can be replayed later."""
         issue = _error_issue(exc)
-        code = exc.ack_code
-        ack = build_ack(message, code=code, issues=[issue], now=now)
-        status = "rejected" if code == "AR" else "error"
+        ack = build_ack(message, code=exc.ack_code, issues=[issue], now=now)
+        status = "rejected" if exc.ack_code == "AR" else "error"
         try:
             with self.db.begin() as conn:
-                repo = MessageRepo(conn)
-                message_id = repo.add(
-                    raw=raw,
+                message_id = _record(
+                    MessageRepo(conn),
+                    raw,
+                    message,
                     transport=transport,
-                    received_at=now,
-                    header=_header_values(message),
-                    outcome=code,
-                    status=status,
-                    error_code=exc.code,
-                    error_text=exc.message,
-                )
-                repo.finish(
-                    message_id,
-                    outcome=code,
+                    now=now,
+                    code=exc.ack_code,
                     status=status,
                     ack=ack,
-                    error_code=exc.code,
-                    error_text=exc.message,
+                    error=exc,
                 )
         except DBAPIError as db_exc:
             return self._unavailable(message, db_exc, now=now)
         logger.info("message %s", status, extra={"message_id": message_id, "error_code": exc.code})
-        return Outcome(
-            code, encode_ack(ack, message.codec if message else "utf-8"), message_id, status, [issue]
-        )
+        return _outcome(exc.ack_code, ack, message, message_id=message_id, status=status, issues=[issue])
 
     def _unavailable(self, message: er7.Message | None, exc: Exception | None, *, now: datetime) -> Outcome:
         """Nothing could be stored: AR (HL7: rejected for reasons unrelated to content), so the sender resends."""
@@ -307,9 +311,7 @@ class Pipeline:
         error = StorageUnavailableError("the gateway cannot store messages right now; resend later")
         issue = _error_issue(error)
         ack = build_ack(message, code="AR", issues=[issue], now=now)
-        return Outcome(
-            "AR", encode_ack(ack, message.codec if message else "utf-8"), None, "unavailable", [issue]
-        )
+        return _outcome("AR", ack, message, message_id=None, status="unavailable", issues=[issue])
 
     # -- oversize frames and replay ---------------------------------------------------------------
 

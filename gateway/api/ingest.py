@@ -63,13 +63,6 @@ async def ingest(request: Request, runtime: RuntimeDep) -> Response:
         return Response(exc.text + "\n", status_code=exc.status, media_type="text/plain")
     outcome = await run_in_threadpool(runtime.pipeline.ingest, raw, transport="http")
     MESSAGES.labels(transport="http", outcome=outcome.code).inc()
-    charset = "utf-8"
-    if outcome.message_id is not None or outcome.ack:
-        charset = CHARSET_NAMES.get(_codec_of(raw), "utf-8")
+    charset = CHARSET_NAMES.get(outcome.codec, "utf-8")
     return Response(outcome.ack, media_type=f"{HL7_MEDIA}; charset={charset}", headers={"X-Ack-Code": outcome.code})
 
-
-def _codec_of(raw: bytes) -> str:
-    from gateway.hl7.er7 import CHARSETS, sniff_charset
-
-    return CHARSETS.get(sniff_charset(raw), "utf-8")

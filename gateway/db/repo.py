@@ -79,6 +79,7 @@ class MessageRepo:
         error_code: str | None = None,
         error_text: str | None = None,
         duplicate_of: int | None = None,
+        ack: str | None = None,
     ) -> int:
         result = self.conn.execute(
             insert(messages).values(
@@ -97,6 +98,7 @@ class MessageRepo:
                 error_code=error_code,
                 error_text=error_text,
                 duplicate_of=duplicate_of,
+                ack=ack,
             )
         )
         key = result.inserted_primary_key

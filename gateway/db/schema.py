@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData(
@@ -48,6 +49,17 @@ messages = Table(
     Column("duplicate_of", ID, nullable=True),
     Index("ix_messages_sender_control", "sending_application", "sending_facility", "control_id"),
     Index("ix_messages_outcome", "outcome"),
+    # At most one applied message per sender and control id, even with several gateway instances: the
+    # loser of a race fails on this index, retries, and then sees the winner as a duplicate.
+    Index(
+        "uq_messages_applied",
+        "sending_application",
+        "sending_facility",
+        "control_id",
+        unique=True,
+        sqlite_where=text("status = 'applied'"),
+        postgresql_where=text("status = 'applied'"),
+    ),
 )
 
 #: Current version of each FHIR resource (JSON text, serialized with orjson).

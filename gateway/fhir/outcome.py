@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import FhirError, GatewayError
+from gateway.fhir.canonical import CANONICAL_BASE
 
-ERROR_CODE_SYSTEM = "https://gateway.e-parcours.example/fhir/CodeSystem/gateway-error"
+ERROR_CODE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/gateway-error"
 
 
 def operation_outcome(

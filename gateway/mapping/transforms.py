@@ -13,13 +13,15 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from gateway.fhir.canonical import CANONICAL_BASE
 from gateway.hl7.er7 import Repetition
 from gateway.mapping.ids import resource_id
 from gateway.mapping.tables import Tables
 
 PARIS = ZoneInfo("Europe/Paris")
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
-NOS_MINTED_ROOT = "urn:gateway:authority"
+#: Systems the gateway mints where HL7 gives only a local namespace (valid URIs, stable across messages).
+LOCAL_SID = f"{CANONICAL_BASE}/sid"
 
 
 @dataclass(slots=True)
@@ -166,7 +168,16 @@ def authority_system(ctx: MapContext, *, namespace: str, universal_id: str, fall
         return system
     name = namespace or universal_id or fallback or ctx.sender[1] or ctx.sender[0]
     ctx.warn("assigning authority not in the authorities table; a local system was minted")
-    return f"{NOS_MINTED_ROOT}:{_slug(ctx.sender[1] or ctx.sender[0])}:{_slug(name)}"
+    return local_system("authority", ctx.sender[1] or ctx.sender[0], name)
+
+
+def local_system(kind: str, *parts: str) -> str:
+    """A gateway-minted identifier system, e.g. ``…/sid/uf/1.2.250.1.999.1.1`` for a facility's UF codes."""
+    return "/".join([LOCAL_SID, kind, *(_slug(p) for p in parts)])
+
+
+def _authority_key(namespace: str, universal_id: str, ctx: MapContext) -> str:
+    return universal_id or namespace or ctx.sender[1] or ctx.sender[0]
 
 
 def _slug(text: str) -> str:
@@ -325,15 +336,13 @@ def _participant(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict
 def _location(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
     """PL → Encounter.location (logical reference: UF d'hébergement, room, bed as display and identifier)."""
     unit, room, bed = rep.get(1).strip(), rep.get(2).strip(), rep.get(3).strip()
-    facility = rep.get(4, 1).strip() or rep.get(4, 2).strip()
     if not (unit or room or bed):
         return None
     parts = [p for p in (unit, room, bed) if p]
-    value = "/".join(parts)
-    system = authority_system(ctx, namespace=facility or ctx.sender[1], universal_id=rep.get(4, 2).strip())
+    system = local_system("location", _authority_key(rep.get(4, 1).strip(), rep.get(4, 2).strip(), ctx))
     return {
         "location": {
-            "identifier": {"system": f"{system}:location", "value": value},
+            "identifier": {"system": system, "value": "/".join(parts)},
             "display": " ".join(parts),
         },
         "status": "active",
@@ -347,9 +356,8 @@ def _unit(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, A
     name = rep.get(1).strip()
     if not code and not name:
         return None
-    namespace, universal_id = rep.get(6, 1).strip(), rep.get(6, 2).strip()
-    system = authority_system(ctx, namespace=namespace or ctx.sender[1], universal_id=universal_id)
-    out = {"system": f"{system}:uf", "code": code or name}
+    system = local_system("uf", _authority_key(rep.get(6, 1).strip(), rep.get(6, 2).strip(), ctx))
+    out = {"system": system, "code": code or name}
     if name:
         out["name"] = name
     return out

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+from gateway.fhir.canonical import CANONICAL_BASE
+
 NOTIFICATION_PROFILE: Final = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4"
 )
@@ -15,7 +17,7 @@ STATUS_PROFILE: Final = (
 )
 #: Extension on a ``notification-event`` parameter carrying the ANS NdE event code (``ADM``/``SOR``).
 #: The Backport IG has no slot for it; platforms following the ANS NdE guide key on it.
-EVENT_CODE_EXTENSION_URL: Final = "https://gateway.example/fhir/StructureDefinition/nde-event-code"
+EVENT_CODE_EXTENSION_URL: Final = f"{CANONICAL_BASE}/StructureDefinition/nde-event-code"
 EVENT_CODE_SYSTEM: Final = "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement"
 
 SUBSCRIPTION_STATUSES: Final = frozenset({"requested", "active", "error", "off"})

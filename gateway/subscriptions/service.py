@@ -15,6 +15,7 @@ from sqlalchemy import Connection
 from gateway.db.indexing import search_entries
 from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
 from gateway.errors import FhirError
+from gateway.fhir.canonical import CANONICAL_BASE
 from gateway.subscriptions.endpoints import check_endpoint
 from gateway.subscriptions.matching import parse_criteria
 from gateway.subscriptions.topics import BY_URL
@@ -25,7 +26,7 @@ FILTER_CRITERIA = f"{BACKPORT}/backport-filter-criteria"
 PAYLOAD_CONTENT = f"{BACKPORT}/backport-payload-content"
 #: Our extension on ``Subscription.channel``: the HMAC-SHA256 key for the body signature. A platform
 #: may send its own; otherwise one is generated and returned once, in the create response only.
-SIGNING_SECRET = "https://gateway.e-parcours.example/fhir/StructureDefinition/subscription-signing-secret"
+SIGNING_SECRET = f"{CANONICAL_BASE}/StructureDefinition/subscription-signing-secret"
 CHANNEL_TYPES = frozenset({"rest-hook"})
 PAYLOAD_CONTENTS = frozenset({"empty", "id-only", "full-resource"})
 Resolver = Callable[..., Any]

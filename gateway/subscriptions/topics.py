@@ -11,7 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-TOPIC_BASE = "https://gateway.e-parcours.example/fhir/SubscriptionTopic"
+from gateway.fhir.canonical import CANONICAL_BASE
+
+TOPIC_BASE = f"{CANONICAL_BASE}/SubscriptionTopic"
 ACTIVE = frozenset({"in-progress", "onleave", "arrived", "triaged"})
 JSON = dict[str, Any]
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:26:04.179116
+Create Date: 2026-11-22 11:36:40.655987
 """
 
 from __future__ import annotations
@@ -62,6 +62,13 @@ def upgrade() -> None:
             "ix_messages_sender_control",
             ["sending_application", "sending_facility", "control_id"],
             unique=False,
+        )
+        batch_op.create_index(
+            "uq_messages_applied",
+            ["sending_application", "sending_facility", "control_id"],
+            unique=True,
+            sqlite_where=sa.text("status = 'applied'"),
+            postgresql_where=sa.text("status = 'applied'"),
         )
 
     op.create_table(
@@ -156,6 +163,11 @@ def downgrade() -> None:
 
     op.drop_table("outbox")
     with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_messages_applied",
+            sqlite_where=sa.text("status = 'applied'"),
+            postgresql_where=sa.text("status = 'applied'"),
+        )
         batch_op.drop_index("ix_messages_sender_control")
         batch_op.drop_index("ix_messages_outcome")
 
