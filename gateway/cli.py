@@ -46,10 +46,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     runtime = Runtime.build(settings)
     app = create_app(runtime)
-    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, log_level=args.log_level.lower(),
-                            access_log=False)
-    print(f"gateway: HTTP on http://{settings.http_host}:{settings.http_port} (FHIR at /fhir), "
-          f"MLLP on {settings.mllp_host}:{settings.mllp_port}, store {_safe_url(settings.database_url)}")
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=args.log_level.lower(),
+        access_log=False,
+    )
+    print(
+        f"gateway: HTTP on http://{settings.http_host}:{settings.http_port} (FHIR at /fhir), "
+        f"MLLP on {settings.mllp_host}:{settings.mllp_port}, store {_safe_url(settings.database_url)}"
+    )
     uvicorn.Server(config).run()
     runtime.close()
     return 0
@@ -197,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs request URLs, and search URLs can carry patient identifiers: keep them out of the logs.
+    for noisy in ("httpx", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
     try:
         return int(args.func(args))
     except ConfigError as exc:

@@ -29,7 +29,14 @@ from gateway.subscriptions.channels import SIGNATURE_HEADER, verify
 from gateway.subscriptions.service import SIGNING_SECRET
 from gateway.subscriptions.topics import TOPIC_BASE
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "demo"
+
+def _fixtures() -> Path:
+    """``fixtures/demo`` of the checkout, else of the current directory (an installed package)."""
+    beside = Path(__file__).resolve().parent.parent / "fixtures" / "demo"
+    return beside if beside.is_dir() else Path("fixtures/demo")
+
+
+FIXTURES = _fixtures()
 DEMO_PATIENT = "urn:oid:1.2.250.1.999.1.1|480001"
 DEMO_TOKEN = "demo-platform-token"  # noqa: S105 - a visible demo value, not a credential
 
@@ -55,6 +62,11 @@ class Receiver:
             {"bundle": bundle, "signed": signed, "authorization": request.headers.get("authorization", "")}
         )
         return Response(status_code=200)
+
+
+def _fresh_directory(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def free_port(preferred: int | None) -> int:
@@ -89,7 +101,9 @@ def describe(bundle: dict[str, Any]) -> str:
     params = {p["name"]: p for p in status["parameter"]}
     kind = params["type"]["valueCode"]
     topic = params["topic"]["valueCanonical"].rsplit("/", 1)[-1]
-    lines = [f"{kind} on topic {topic} (events since start: {params['events-since-subscription-start']['valueString']})"]
+    lines = [
+        f"{kind} on topic {topic} (events since start: {params['events-since-subscription-start']['valueString']})"
+    ]
     for event in (p for p in status["parameter"] if p["name"] == "notification-event"):
         parts = {p["name"]: p for p in event.get("part", [])}
         focus = parts.get("focus", {}).get("valueReference", {}).get("reference", "-")
@@ -114,7 +128,10 @@ def _subscription(topic: str, endpoint: str, content: str) -> dict[str, Any]:
         "criteria": f"{TOPIC_BASE}/{topic}",
         "_criteria": {
             "extension": [
-                {"url": f"{backport}/backport-filter-criteria", "valueString": f"Encounter?patient.identifier={DEMO_PATIENT}"}
+                {
+                    "url": f"{backport}/backport-filter-criteria",
+                    "valueString": f"Encounter?patient.identifier={DEMO_PATIENT}",
+                }
             ]
         },
         "channel": {
@@ -129,8 +146,7 @@ def _subscription(topic: str, endpoint: str, content: str) -> dict[str, Any]:
 
 async def run_demo(*, keep_running: bool = False, http_port: int | None = None, mllp_port: int | None = None) -> int:
     var = Path("var/demo")
-    shutil.rmtree(var, ignore_errors=True)
-    var.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(_fresh_directory, var)
     receiver = Receiver()
     receiver_port = free_port(None)
     settings = Settings(
@@ -173,8 +189,10 @@ async def run_demo(*, keep_running: bool = False, http_port: int | None = None, 
             encounters = (await client.get("/fhir/Encounter", params={"identifier": "2026004512"})).json()
             for entry in encounters.get("entry", []):
                 enc = entry["resource"]
-                print(f"6. GET /fhir/Encounter?identifier=2026004512 → Encounter/{enc['id']} "
-                      f"status={enc['status']} version={enc['meta']['versionId']}")
+                print(
+                    f"6. GET /fhir/Encounter?identifier=2026004512 → Encounter/{enc['id']} "
+                    f"status={enc['status']} version={enc['meta']['versionId']}"
+                )
         if keep_running:
             print("gateway keeps running; Ctrl-C to stop")
             with contextlib.suppress(asyncio.CancelledError):

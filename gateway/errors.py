@@ -84,9 +84,7 @@ class FhirError(GatewayError):
 
     slug = "processing"
 
-    def __init__(
-        self, message: str, *, status: int = 400, issue_code: str = "invalid", location: str = ""
-    ) -> None:
+    def __init__(self, message: str, *, status: int = 400, issue_code: str = "invalid", location: str = "") -> None:
         super().__init__(message, location=location)
         self.status = status
         self.issue_code = issue_code

@@ -152,9 +152,7 @@ def _outcome(
 class Pipeline:
     """One instance per process; thread-safe (each call opens its own transaction)."""
 
-    def __init__(
-        self, *, engine: Engine, db: DB, clock: Clock = utcnow, on_commit: Callable[[], None] | None = None
-    ):
+    def __init__(self, *, engine: Engine, db: DB, clock: Clock = utcnow, on_commit: Callable[[], None] | None = None):
         self.engine = engine
         self.db = db
         self.clock = clock
@@ -187,9 +185,7 @@ class Pipeline:
                 # Database down, locked past its timeout, or a serialization failure: transient.
                 if attempt == MAX_ATTEMPTS:
                     return self._unavailable(message, exc, now=now)
-                logger.warning(
-                    "database error on ingest, retrying (attempt %d): %s", attempt, type(exc).__name__
-                )
+                logger.warning("database error on ingest, retrying (attempt %d): %s", attempt, type(exc).__name__)
                 continue
             except GatewayError as exc:
                 return self._store_rejected(raw, message, exc, transport=transport, now=now)
@@ -199,9 +195,7 @@ class Pipeline:
                 return self._store_rejected(raw, message, error, transport=transport, now=now)
         return self._unavailable(message, None, now=now)
 
-    def _apply(
-        self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
-    ) -> Outcome:
+    def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
         header = _header_values(message)
         with self.db.begin() as conn:
             repo = MessageRepo(conn)
@@ -212,9 +206,7 @@ class Pipeline:
             )
             if previous is not None:
                 same = previous.content_sha256 == hashlib.sha256(raw).hexdigest()
-                return self._duplicate(
-                    repo, raw, message, previous.id, same=same, transport=transport, now=now
-                )
+                return self._duplicate(repo, raw, message, previous.id, same=same, transport=transport, now=now)
             message_id = repo.add(
                 raw=raw,
                 transport=transport,

@@ -44,8 +44,17 @@ class Adt:
         pid3 = f"{self.ipp}^^^{IPP_AUTH}^PI"
         if self.ins:
             pid3 += f"~{self.ins}^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS"
-        pid = ["PID", "1", "", pid3, "", f"{self.family}^{self.given}^{self.given}^^^^L", "", self.birth_date,
-               self.sex] + [""] * 24
+        pid = [
+            "PID",
+            "1",
+            "",
+            pid3,
+            "",
+            f"{self.family}^{self.given}^{self.given}^^^^L",
+            "",
+            self.birth_date,
+            self.sex,
+        ] + [""] * 24
         pid[32] = self.reliability
         pv1 = ["PV1", "1", self.patient_class, "MED^101^1^CH-TEST"] + [""] * 42
         pv1[7] = self.attending

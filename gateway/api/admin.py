@@ -68,5 +68,9 @@ async def replay(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
     except LookupError as exc:
         raise NotFoundError(f"message {message_id} not found") from exc
     MESSAGES.labels(transport="replay", outcome=outcome.code).inc()
-    return {"code": outcome.code, "status": outcome.status, "message_id": outcome.message_id,
-            "ack": outcome.ack.decode("latin-1")}
+    return {
+        "code": outcome.code,
+        "status": outcome.status,
+        "message_id": outcome.message_id,
+        "ack": outcome.ack.decode("latin-1"),
+    }

@@ -11,8 +11,13 @@ from gateway.metrics import MESSAGES
 router = APIRouter(tags=["ingest"])
 ACCEPTED_TYPES = frozenset({"application/hl7-v2", "text/plain", "x-application/hl7-v2+er7", "application/edi-hl7"})
 HL7_MEDIA = "application/hl7-v2"
-CHARSET_NAMES = {"utf-8": "utf-8", "iso8859-15": "iso-8859-15", "latin-1": "iso-8859-1", "cp1252": "windows-1252",
-                 "ascii": "us-ascii"}
+CHARSET_NAMES = {
+    "utf-8": "utf-8",
+    "iso8859-15": "iso-8859-15",
+    "latin-1": "iso-8859-1",
+    "cp1252": "windows-1252",
+    "ascii": "us-ascii",
+}
 
 
 class TransportError(Exception):
@@ -53,8 +58,12 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         413: {"description": "Message too large"},
         415: {"description": "Unsupported media type"},
     },
-    openapi_extra={"requestBody": {"required": True, "content": {t: {"schema": {"type": "string"}} for t in
-                                                                  sorted(ACCEPTED_TYPES)}}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {t: {"schema": {"type": "string"}} for t in sorted(ACCEPTED_TYPES)},
+        }
+    },
 )
 async def ingest(request: Request, runtime: RuntimeDep) -> Response:
     try:
@@ -65,4 +74,3 @@ async def ingest(request: Request, runtime: RuntimeDep) -> Response:
     MESSAGES.labels(transport="http", outcome=outcome.code).inc()
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")
     return Response(outcome.ack, media_type=f"{HL7_MEDIA}; charset={charset}", headers={"X-Ack-Code": outcome.code})
-

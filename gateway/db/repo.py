@@ -121,9 +121,7 @@ class MessageRepo:
             .values(outcome=outcome, status=status, ack=ack, error_code=error_code, error_text=error_text)
         )
 
-    def find_applied(
-        self, *, sending_application: str, sending_facility: str, control_id: str
-    ) -> MessageRecord | None:
+    def find_applied(self, *, sending_application: str, sending_facility: str, control_id: str) -> MessageRecord | None:
         """The message already applied under this sender and control id, if any."""
         row = self.conn.execute(
             select(messages)
@@ -282,10 +280,7 @@ class ResourceRepo:
 
     def _reindex(self, rtype: str, rid: str, index: Sequence[tuple[str, str, str]]) -> None:
         self.conn.execute(delete(search_index).where(search_index.c.type == rtype, search_index.c.id == rid))
-        rows = [
-            {"type": rtype, "id": rid, "param": p, "system": s[:255], "value": v[:255]}
-            for p, s, v in set(index)
-        ]
+        rows = [{"type": rtype, "id": rid, "param": p, "system": s[:255], "value": v[:255]} for p, s, v in set(index)]
         if rows:
             self.conn.execute(insert(search_index), rows)
 
@@ -317,14 +312,14 @@ class ResourceRepo:
         return [_stored(r) for r in rows], total
 
 
+def _without_version(resource: JSON) -> JSON:
+    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
+    return {**{k: v for k, v in resource.items() if k != "meta"}, "meta": meta}
+
+
 def _same(old: JSON, new: JSON) -> bool:
-    strip = lambda d: (
-        {k: v for k, v in d.items() if k != "meta"}
-        | {  # noqa: E731
-            "meta": {k: v for k, v in (d.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-        }
-    )
-    return bool(strip(old) == strip(new))
+    """Equal but for versionId/lastUpdated: then no new version is written (replays change nothing)."""
+    return _without_version(old) == _without_version(new)
 
 
 def _stored(row: Any) -> StoredResource:
@@ -412,9 +407,7 @@ class SubscriptionRepo:
         return [_subscription(r) for r in rows]
 
     def set_status(self, sub_id: str, status: str, *, error: str | None = None) -> None:
-        self.conn.execute(
-            update(subscriptions).where(subscriptions.c.id == sub_id).values(status=status, error=error)
-        )
+        self.conn.execute(update(subscriptions).where(subscriptions.c.id == sub_id).values(status=status, error=error))
 
     def next_event_number(self, sub_id: str) -> int:
         """Increment and return the subscription's counter; the row lock keeps numbers gapless."""

@@ -15,7 +15,10 @@ BACKPORT_IG = "http://hl7.org/fhir/uv/subscriptions-backport/ImplementationGuide
 
 #: type → search parameters (name, type, documentation)
 SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
-    "Patient": [("_id", "token", "logical id"), ("identifier", "token", "IPP, INS (VALI only): [system|]value")],
+    "Patient": [
+        ("_id", "token", "logical id"),
+        ("identifier", "token", "IPP, INS (VALI only): [system|]value"),
+    ],
     "Encounter": [
         ("_id", "token", "logical id"),
         ("identifier", "token", "visit number (VN): [system|]value"),
@@ -24,7 +27,10 @@ SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
         ("status", "token", "planned | in-progress | onleave | finished | cancelled"),
         ("class", "token", "v3-ActCode code"),
     ],
-    "Practitioner": [("_id", "token", "logical id"), ("identifier", "token", "RPPS or local id: [system|]value")],
+    "Practitioner": [
+        ("_id", "token", "logical id"),
+        ("identifier", "token", "RPPS or local id: [system|]value"),
+    ],
     "Subscription": [("_id", "token", "logical id"), ("status", "token", "requested | active | error | off")],
 }
 

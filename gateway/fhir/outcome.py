@@ -11,7 +11,11 @@ ERROR_CODE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/gateway-error"
 
 
 def operation_outcome(
-    text: str, *, code: str = "processing", severity: str = "error", details: str | None = None,
+    text: str,
+    *,
+    code: str = "processing",
+    severity: str = "error",
+    details: str | None = None,
     expression: str | None = None,
 ) -> dict[str, Any]:
     issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": text}

@@ -63,8 +63,16 @@ def search(repo: ResourceRepo, rtype: str, params: list[tuple[str, str]], *, bas
     return searchset(rtype, page, total=total, base_url=base_url, params=params, count=count, offset=offset)
 
 
-def searchset(rtype: str, page: list[StoredResource], *, total: int, base_url: str, params: list[tuple[str, str]],
-              count: int, offset: int) -> dict[str, Any]:
+def searchset(
+    rtype: str,
+    page: list[StoredResource],
+    *,
+    total: int,
+    base_url: str,
+    params: list[tuple[str, str]],
+    count: int,
+    offset: int,
+) -> dict[str, Any]:
     kept = [(k, v) for k, v in params if k not in ("_count", "_offset")]
 
     def link(relation: str, at: int) -> dict[str, str]:
@@ -97,9 +105,11 @@ def history_bundle(versions: list[StoredResource], *, base_url: str) -> dict[str
                 "fullUrl": f"{base_url}/{v.type}/{v.id}",
                 "resource": v.content,
                 "request": {"method": "PUT" if v.version_id > 1 else "POST", "url": f"{v.type}/{v.id}"},
-                "response": {"status": "200" if v.version_id > 1 else "201",
-                             "etag": f'W/"{v.version_id}"',
-                             "lastModified": v.content.get("meta", {}).get("lastUpdated")},
+                "response": {
+                    "status": "200" if v.version_id > 1 else "201",
+                    "etag": f'W/"{v.version_id}"',
+                    "lastModified": v.content.get("meta", {}).get("lastUpdated"),
+                },
             }
             for v in versions
         ],

@@ -97,9 +97,7 @@ def _put(store: ResourceRepo, resource: JSON, *, now: datetime, result: Applied)
     return None
 
 
-def _enqueue(
-    conn: Connection, topic: Topic, focus: StoredResource, *, patient: JSON | None, now: datetime
-) -> int:
+def _enqueue(conn: Connection, topic: Topic, focus: StoredResource, *, patient: JSON | None, now: datetime) -> int:
     subs, outbox = SubscriptionRepo(conn), OutboxRepo(conn)
     queued = 0
     context = [{"reference": focus.content["subject"]["reference"]}] if focus.content.get("subject") else []

@@ -103,7 +103,11 @@ def create_subscription(
     resource = _public_resource(body, sub_id=sub_id, status="requested", error=None)
     stored, _ = ResourceRepo(conn).put(resource, now=now, index=search_entries(resource))
     OutboxRepo(conn).add(
-        subscription_id=sub_id, event_number=0, notification_type="handshake", topic=record.topic, occurred_at=now
+        subscription_id=sub_id,
+        event_number=0,
+        notification_type="handshake",
+        topic=record.topic,
+        occurred_at=now,
     )
     return stored, parsed["secret"] if parsed["secret_generated"] else None
 

@@ -9,6 +9,7 @@ a later event cannot overtake an earlier one while that one waits for a retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -24,7 +25,11 @@ from gateway.config import Settings
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.subscriptions.channels import DeliveryResult, RestHookChannel, idempotency_key
 from gateway.subscriptions.endpoints import check_endpoint
-from gateway.subscriptions.notification import NotificationContext, NotificationEvent, build_notification_bundle
+from gateway.subscriptions.notification import (
+    NotificationContext,
+    NotificationEvent,
+    build_notification_bundle,
+)
 from gateway.subscriptions.retry import RetryPolicy
 from gateway.subscriptions.service import set_status
 from gateway.subscriptions.topics import BY_URL
@@ -94,10 +99,8 @@ class DeliveryWorker:
                 count = 0
             if count == 0:
                 self._wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_interval)
-                except TimeoutError:
-                    pass
 
     def stop(self) -> None:
         self._stopping = True

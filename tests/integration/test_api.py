@@ -41,8 +41,10 @@ def ack_code(body: bytes) -> str:
     return seg.get(1)
 
 
-@pytest.mark.parametrize("media", ["application/hl7-v2", "text/plain", "x-application/hl7-v2+er7",
-                                   "application/hl7-v2; charset=utf-8"])
+@pytest.mark.parametrize(
+    "media",
+    ["application/hl7-v2", "text/plain", "x-application/hl7-v2+er7", "application/hl7-v2; charset=utf-8"],
+)
 def test_ingest_accepts_the_hl7_media_types(client: TestClient, media: str) -> None:
     answer = client.post("/hl7v2", content=Adt().bytes(), headers={"Content-Type": media})
     assert answer.status_code == 200
@@ -66,8 +68,7 @@ def test_ingest_answers_200_with_the_ack_whatever_its_code(client: TestClient) -
     ],
     ids=["empty", "blank", "wrong-type", "too-large"],
 )
-def test_ingest_transport_errors_are_4xx(client: TestClient, body: bytes, headers: dict[str, str], status: int
-                                         ) -> None:
+def test_ingest_transport_errors_are_4xx(client: TestClient, body: bytes, headers: dict[str, str], status: int) -> None:
     assert client.post("/hl7v2", content=body, headers=headers).status_code == status
 
 
@@ -83,8 +84,11 @@ def test_capability_statement_is_valid_r4_and_lists_the_topics(client: TestClien
 
 def test_read_search_history_after_ingest(client: TestClient) -> None:
     client.post("/hl7v2", content=Adt(control_id="M1").bytes(), headers=HL7)
-    client.post("/hl7v2", content=Adt(trigger="A03", control_id="M2", movement="MVT-2",
-                                      event_time="20260305120000").bytes(), headers=HL7)
+    client.post(
+        "/hl7v2",
+        content=Adt(trigger="A03", control_id="M2", movement="MVT-2", event_time="20260305120000").bytes(),
+        headers=HL7,
+    )
 
     patients = client.get("/fhir/Patient", params={"identifier": f"{IPP_SYSTEM}|100001"}).json()
     Bundle.model_validate(patients)
@@ -133,11 +137,21 @@ def subscription(topic: str = "encounter-start", endpoint: str = "http://127.0.0
         "status": "requested",
         "reason": "test",
         "criteria": f"{TOPIC_BASE}/{topic}",
-        "_criteria": {"extension": [{"url": f"{backport}/backport-filter-criteria",
-                                     "valueString": f"Encounter?patient.identifier={IPP_SYSTEM}|100001"}]},
-        "channel": {"type": "rest-hook", "endpoint": endpoint, "payload": "application/fhir+json",
-                    "_payload": {"extension": [{"url": f"{backport}/backport-payload-content", "valueCode": "id-only"}]},
-                    "header": ["Authorization: Bearer x"]},
+        "_criteria": {
+            "extension": [
+                {
+                    "url": f"{backport}/backport-filter-criteria",
+                    "valueString": f"Encounter?patient.identifier={IPP_SYSTEM}|100001",
+                }
+            ]
+        },
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": f"{backport}/backport-payload-content", "valueCode": "id-only"}]},
+            "header": ["Authorization: Bearer x"],
+        },
     }
 
 

@@ -100,8 +100,9 @@ def test_a_reused_control_id_with_other_content_gets_ae_and_is_kept(pipeline: Pi
     ],
     ids=["garbage", "non-adt", "unsupported-event", "no-visit-number", "no-control-id"],
 )
-def test_bad_input_gets_a_clear_ack_and_is_kept(pipeline: Pipeline, db: Engine, raw: bytes, code: str, err: str
-                                                ) -> None:
+def test_bad_input_gets_a_clear_ack_and_is_kept(
+    pipeline: Pipeline, db: Engine, raw: bytes, code: str, err: str
+) -> None:
     outcome = pipeline.ingest(raw, transport="http")
     assert outcome.code == code
     assert msa(outcome.ack)[0] == code
@@ -150,8 +151,14 @@ def test_storage_down_answers_ar_so_the_sender_resends(mapping_engine: MappingEn
 
 
 def test_discharge_before_admission_ends_in_the_right_state(pipeline: Pipeline, db: Engine) -> None:
-    discharge = Adt(trigger="A03", control_id="M2", movement="MVT-2", event_time="20260305120000",
-                    discharge_time="20260305120000", disposition="5")
+    discharge = Adt(
+        trigger="A03",
+        control_id="M2",
+        movement="MVT-2",
+        event_time="20260305120000",
+        discharge_time="20260305120000",
+        disposition="5",
+    )
     assert pipeline.ingest(discharge.bytes(), transport="mllp").code == "AA"
     assert encounter_of(db, "V-5001")["status"] == "finished"  # type: ignore[index]
     assert pipeline.ingest(Adt(control_id="M1").bytes(), transport="mllp").code == "AA"
@@ -172,10 +179,27 @@ def test_a_cancel_for_a_stay_never_seen_creates_nothing(pipeline: Pipeline, db: 
 
 def test_cancel_discharge_reopens_the_stay(pipeline: Pipeline, db: Engine) -> None:
     pipeline.ingest(Adt(control_id="M1").bytes(), transport="mllp")
-    pipeline.ingest(Adt(trigger="A03", control_id="M2", movement="MVT-2", event_time="20260305120000",
-                        discharge_time="20260305120000").bytes(), transport="mllp")
-    pipeline.ingest(Adt(trigger="A13", control_id="M3", movement="MVT-2", action="CANCEL", original_trigger="A03",
-                        event_time="20260305130000").bytes(), transport="mllp")
+    pipeline.ingest(
+        Adt(
+            trigger="A03",
+            control_id="M2",
+            movement="MVT-2",
+            event_time="20260305120000",
+            discharge_time="20260305120000",
+        ).bytes(),
+        transport="mllp",
+    )
+    pipeline.ingest(
+        Adt(
+            trigger="A13",
+            control_id="M3",
+            movement="MVT-2",
+            action="CANCEL",
+            original_trigger="A03",
+            event_time="20260305130000",
+        ).bytes(),
+        transport="mllp",
+    )
     encounter = encounter_of(db, "V-5001")
     assert encounter is not None
     assert encounter["status"] == "in-progress" and "end" not in encounter["period"]
@@ -186,8 +210,10 @@ def test_cancel_discharge_reopens_the_stay(pipeline: Pipeline, db: Engine) -> No
 
 def test_same_visit_number_at_two_facilities_stays_separate(pipeline: Pipeline, db: Engine) -> None:
     pipeline.ingest(Adt(control_id="X1").bytes(), transport="mllp")
-    other = Adt(control_id="X1", sender="GAM-B", facility="CH-B").build().replace(
-        "CH-TEST&1.2.250.1.999.9.2&ISO", "CH-B&1.2.250.1.999.8.2&ISO"
+    other = (
+        Adt(control_id="X1", sender="GAM-B", facility="CH-B")
+        .build()
+        .replace("CH-TEST&1.2.250.1.999.9.2&ISO", "CH-B&1.2.250.1.999.8.2&ISO")
     )
     assert pipeline.ingest(other.encode(), transport="mllp").code == "AA"
     with db.connect() as conn:
@@ -199,9 +225,18 @@ def _subscribe(db: Engine, *, sub_id: str, topic: str, filters: list[dict[str, s
     with db.begin() as conn:
         SubscriptionRepo(conn).add(
             SubscriptionRecord(
-                id=sub_id, status="active", topic=f"{TOPIC_BASE}/{topic}", endpoint="http://127.0.0.1:9/n",
-                channel_type="rest-hook", payload_content="id-only", headers=[], filters=filters, secret="s",
-                events_since_start=0, error=None, created_at=NOW,
+                id=sub_id,
+                status="active",
+                topic=f"{TOPIC_BASE}/{topic}",
+                endpoint="http://127.0.0.1:9/n",
+                channel_type="rest-hook",
+                payload_content="id-only",
+                headers=[],
+                filters=filters,
+                secret="s",
+                events_since_start=0,
+                error=None,
+                created_at=NOW,
             )
         )
 
@@ -209,16 +244,26 @@ def _subscribe(db: Engine, *, sub_id: str, topic: str, filters: list[dict[str, s
 def test_notifications_are_queued_in_the_ingest_transaction_only_for_matching_subscriptions(
     pipeline: Pipeline, db: Engine
 ) -> None:
-    _subscribe(db, sub_id="follows", topic="encounter-start",
-               filters=[{"param": "patient.identifier", "value": f"{IPP_SYSTEM}|100001"}])
-    _subscribe(db, sub_id="other", topic="encounter-start",
-               filters=[{"param": "patient.identifier", "value": f"{IPP_SYSTEM}|999999"}])
+    _subscribe(
+        db,
+        sub_id="follows",
+        topic="encounter-start",
+        filters=[{"param": "patient.identifier", "value": f"{IPP_SYSTEM}|100001"}],
+    )
+    _subscribe(
+        db,
+        sub_id="other",
+        topic="encounter-start",
+        filters=[{"param": "patient.identifier", "value": f"{IPP_SYSTEM}|999999"}],
+    )
     _subscribe(db, sub_id="ends", topic="encounter-end", filters=[])
     pipeline.ingest(Adt(control_id="M1").bytes(), transport="mllp")
     pipeline.ingest(Adt(control_id="M1").bytes(), transport="mllp")  # duplicate: no new event
     pipeline.ingest(Adt(control_id="M2", visit="V-5002", movement="MVT-9").bytes(), transport="mllp")
-    pipeline.ingest(Adt(trigger="A03", control_id="M3", movement="MVT-2", event_time="20260305120000").bytes(),
-                    transport="mllp")
+    pipeline.ingest(
+        Adt(trigger="A03", control_id="M3", movement="MVT-2", event_time="20260305120000").bytes(),
+        transport="mllp",
+    )
     with db.connect() as conn:
         outbox = OutboxRepo(conn)
         follows = outbox.for_subscription("follows")
