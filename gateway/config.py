@@ -54,6 +54,13 @@ class Settings(BaseSettings):
     retry_base: float = DEFAULT_RETRY_BASE
     retry_cap: float = DEFAULT_RETRY_CAP
     worker_poll_interval: float = 0.5
+    #: SMTP relay for ``email`` subscriptions (an MSSanté operator's relay in production); empty = no email.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = "gateway@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: str = ""
     run_worker: bool = True
 
     def public_base(self) -> str:

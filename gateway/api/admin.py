@@ -11,6 +11,8 @@ from gateway.api.deps import RuntimeDep, require_token
 from gateway.db.repo import MessageRecord, MessageRepo
 from gateway.errors import NotFoundError
 from gateway.metrics import MESSAGES
+from gateway.pipeline import utcnow
+from gateway.subscriptions.service import resend
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_token)])
 
@@ -74,3 +76,14 @@ async def replay(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
         "message_id": outcome.message_id,
         "ack": outcome.ack.decode("latin-1"),
     }
+
+
+@router.post("/subscriptions/{sub_id}/resend", summary="Reactivate a subscription and resend what it missed")
+async def resend_subscription(sub_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+    def work() -> int:
+        with runtime.db.begin() as conn:
+            return resend(conn, sub_id, now=utcnow())
+
+    count = await run_in_threadpool(work)
+    runtime.worker.wake()
+    return {"subscription": sub_id, "requeued": count}

@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import RuntimeDep, require_token
 from gateway.api.responses import fhir_response, versioned
-from gateway.db.repo import ResourceRepo, SubscriptionRepo
-from gateway.errors import FhirError, NotFoundError
+from gateway.db.repo import OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
+from gateway.errors import FhirError, NotFoundError, PreconditionFailedError
 from gateway.fhir.capability import SEARCH_PARAMS, capability_statement
 from gateway.fhir.search import history_bundle, search
 from gateway.pipeline import utcnow
 from gateway.runtime import Runtime
-from gateway.subscriptions.notification import NotificationContext, build_status_parameters
-from gateway.subscriptions.service import SIGNING_SECRET, create_subscription
+from gateway.subscriptions.notification import (
+    NotificationContext,
+    build_notification_bundle,
+    build_status_parameters,
+)
+from gateway.subscriptions.service import (
+    SIGNING_SECRET,
+    create_subscription,
+    delete_subscription,
+    update_subscription,
+)
+from gateway.subscriptions.worker import notification_events
 
 router = APIRouter(prefix="/fhir", tags=["fhir"], dependencies=[Depends(require_token)])
 JSON = dict[str, Any]
+MAX_EVENTS = 1000
 
 
 def _check_type(rtype: str) -> None:
@@ -33,14 +45,25 @@ async def metadata(runtime: RuntimeDep) -> Response:
     return fhir_response(capability_statement(base_url=runtime.settings.public_base(), now=utcnow()))
 
 
-@router.post("/Subscription", summary="Create a subscription (R4, Subscriptions R5 Backport IG shape)")
-async def post_subscription(request: Request, runtime: RuntimeDep) -> Response:
+async def _json_body(request: Request) -> JSON:
     try:
         body = orjson.loads(await request.body())
     except orjson.JSONDecodeError as exc:
         raise FhirError("the body is not valid JSON", issue_code="structure") from exc
     if not isinstance(body, dict):
         raise FhirError("the body must be a JSON object", issue_code="structure")
+    return body
+
+
+def _check_channel(runtime: Runtime, body: JSON) -> None:
+    if (body.get("channel") or {}).get("type") == "email" and not runtime.settings.smtp_host:
+        raise FhirError("email channels need an SMTP relay (GATEWAY_SMTP_HOST)", issue_code="not-supported")
+
+
+@router.post("/Subscription", summary="Create a subscription (R4, Subscriptions R5 Backport IG shape)")
+async def post_subscription(request: Request, runtime: RuntimeDep) -> Response:
+    body = await _json_body(request)
+    _check_channel(runtime, body)
 
     def work() -> tuple[JSON, str | None]:
         with runtime.db.begin() as conn:
@@ -57,8 +80,58 @@ async def post_subscription(request: Request, runtime: RuntimeDep) -> Response:
         channel = dict(content.get("channel", {}))
         channel["extension"] = [*channel.get("extension", []), {"url": SIGNING_SECRET, "valueString": secret}]
         shown = {**content, "channel": channel}
-    location = f"{runtime.settings.public_base()}/Subscription/{content['id']}/_history/{content['meta']['versionId']}"
-    return versioned(shown, status=201, location=location)
+    base = runtime.settings.public_base()
+    return versioned(shown, status=201, location=f"{base}/Subscription/{content['id']}/_history/1")
+
+
+@router.put("/Subscription/{sub_id}", summary="Update a subscription (pause with status off, reactivate)")
+async def put_subscription(sub_id: str, request: Request, runtime: RuntimeDep) -> Response:
+    body = await _json_body(request)
+    _check_channel(runtime, body)
+    if body.get("id") not in (None, sub_id):
+        raise FhirError("the body's id does not match the URL", issue_code="invalid")
+    if_match = request.headers.get("if-match")
+
+    def work() -> JSON:
+        with runtime.db.begin() as conn:
+            current = ResourceRepo(conn).get("Subscription", sub_id, for_update=True)
+            if current is None or current.deleted:
+                raise NotFoundError(f"Subscription/{sub_id} not found")
+            if if_match and if_match.strip().removeprefix("W/").strip('"') != str(current.version_id):
+                raise PreconditionFailedError(f"Subscription/{sub_id} is at version {current.version_id}")
+            stored = update_subscription(
+                conn, sub_id, body, allowlist=runtime.settings.endpoint_allowlist, now=utcnow()
+            )
+        return stored.content
+
+    content = await run_in_threadpool(work)
+    runtime.worker.wake()
+    return versioned(content)
+
+
+@router.delete("/Subscription/{sub_id}", summary="Delete a subscription")
+async def delete_subscription_route(sub_id: str, runtime: RuntimeDep) -> Response:
+    def work() -> None:
+        with runtime.db.begin() as conn:
+            delete_subscription(conn, sub_id, now=utcnow())
+
+    await run_in_threadpool(work)
+    return Response(status_code=204)
+
+
+def _status_context(
+    runtime: Runtime, sub: SubscriptionRecord, *, kind: str, content: str | None = None
+) -> NotificationContext:
+    return NotificationContext(
+        subscription_id=sub.id,
+        topic_url=sub.topic,
+        status=sub.status,
+        notification_type=kind,
+        events_since_start=sub.events_since_start,
+        payload_content=content or sub.payload_content,
+        base_url=runtime.settings.public_base(),
+        error=sub.error,
+    )
 
 
 @router.get("/Subscription/{sub_id}/$status", summary="Subscription status (Backport $status)")
@@ -66,20 +139,34 @@ async def subscription_status(sub_id: str, runtime: RuntimeDep) -> Response:
     def work() -> JSON:
         with runtime.db.connect() as conn:
             sub = SubscriptionRepo(conn).get(sub_id)
+        if sub is None:
+            raise NotFoundError(f"Subscription/{sub_id} not found")
+        params = build_status_parameters(_status_context(runtime, sub, kind="query-status"), [])
+        return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": params}]}
+
+    return fhir_response(await run_in_threadpool(work))
+
+
+@router.get("/Subscription/{sub_id}/$events", summary="Past events of a subscription (Backport $events)")
+async def subscription_events(
+    sub_id: str,
+    runtime: RuntimeDep,
+    events_since: int = Query(default=1, ge=1, alias="eventsSinceNumber"),
+    events_until: int | None = Query(default=None, ge=1, alias="eventsUntilNumber"),
+    content: str | None = Query(default=None, pattern="^(empty|id-only|full-resource)$"),
+) -> Response:
+    """Receivers that see a gap in event numbers fetch what they missed here, in order."""
+
+    def work() -> JSON:
+        with runtime.db.connect() as conn:
+            sub = SubscriptionRepo(conn).get(sub_id)
             if sub is None:
                 raise NotFoundError(f"Subscription/{sub_id} not found")
-            ctx = NotificationContext(
-                subscription_id=sub.id,
-                topic_url=sub.topic,
-                status=sub.status,
-                notification_type="query-status",
-                events_since_start=sub.events_since_start,
-                payload_content=sub.payload_content,
-                base_url=runtime.settings.public_base(),
-                error=sub.error,
-            )
-        params = build_status_parameters(ctx, [])
-        return {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": params}]}
+            level = content or sub.payload_content
+            rows = OutboxRepo(conn).events(sub_id, since=events_since, until=events_until)[:MAX_EVENTS]
+            events = notification_events(conn, rows, payload_content=level)
+        ctx = _status_context(runtime, sub, kind="query-event", content=level)
+        return build_notification_bundle(ctx, events, bundle_id=uuid.uuid4().hex, now=utcnow())
 
     return fhir_response(await run_in_threadpool(work))
 
@@ -136,6 +223,8 @@ async def vread(rtype: str, rid: str, vid: str, runtime: RuntimeDep) -> Response
 def _get(runtime: Runtime, rtype: str, rid: str) -> JSON:
     with runtime.db.connect() as conn:
         found = ResourceRepo(conn).get(rtype, rid)
-    if found is None or found.deleted:
+    if found is None:
         raise NotFoundError(f"{rtype}/{rid} not found")
+    if found.deleted:
+        raise FhirError(f"{rtype}/{rid} was deleted", status=410, issue_code="deleted")
     return found.content

@@ -278,6 +278,18 @@ class ResourceRepo:
         self._reindex(rtype, rid, index)
         return StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body), True
 
+    def delete(self, rtype: str, rid: str, *, now: datetime) -> bool:
+        """FHIR delete: a new version marked deleted; reads then answer 410 and searches skip it."""
+        current = self.get(rtype, rid, for_update=True)
+        if current is None or current.deleted:
+            return False
+        version = current.version_id + 1
+        values = {"version_id": version, "last_updated": now, "deleted": 1, "content": dumps(current.content)}
+        self.conn.execute(update(resources).where(resources.c.type == rtype, resources.c.id == rid).values(**values))
+        self.conn.execute(insert(resource_versions).values(type=rtype, id=rid, **values))
+        self._reindex(rtype, rid, [])
+        return True
+
     def _reindex(self, rtype: str, rid: str, index: Sequence[tuple[str, str, str]]) -> None:
         self.conn.execute(delete(search_index).where(search_index.c.type == rtype, search_index.c.id == rid))
         rows = [{"type": rtype, "id": rid, "param": p, "system": s[:255], "value": v[:255]} for p, s, v in set(index)]
@@ -351,6 +363,10 @@ class SubscriptionRecord:
     events_since_start: int
     error: str | None
     created_at: datetime
+    heartbeat_period: int | None = None
+    timeout: int | None = None
+    max_count: int | None = None
+    last_sent_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +385,7 @@ class OutboxRecord:
     attempts: int
     next_attempt_at: datetime
     last_error: str | None
+    retry_since: datetime | None = None
 
 
 class SubscriptionRepo:
@@ -390,18 +407,62 @@ class SubscriptionRepo:
                 events_since_start=record.events_since_start,
                 error=record.error,
                 created_at=record.created_at,
+                heartbeat_period=record.heartbeat_period,
+                timeout=record.timeout,
+                max_count=record.max_count,
             )
         )
+
+    def update(self, record: SubscriptionRecord) -> None:
+        """Replace what a platform may change (never the event counter)."""
+        self.conn.execute(
+            update(subscriptions)
+            .where(subscriptions.c.id == record.id)
+            .values(
+                status=record.status,
+                topic=record.topic,
+                endpoint=record.endpoint,
+                channel_type=record.channel_type,
+                payload_content=record.payload_content,
+                headers=dumps(record.headers),
+                filters=dumps(record.filters),
+                secret=record.secret,
+                error=record.error,
+                heartbeat_period=record.heartbeat_period,
+                timeout=record.timeout,
+                max_count=record.max_count,
+            )
+        )
+
+    def delete(self, sub_id: str) -> None:
+        self.conn.execute(delete(outbox).where(outbox.c.subscription_id == sub_id, outbox.c.status != "delivered"))
+        self.conn.execute(delete(subscriptions).where(subscriptions.c.id == sub_id))
+
+    def sent(self, sub_id: str, *, now: datetime) -> None:
+        self.conn.execute(update(subscriptions).where(subscriptions.c.id == sub_id).values(last_sent_at=now))
+
+    def with_heartbeat(self) -> list[SubscriptionRecord]:
+        rows = self.conn.execute(
+            select(subscriptions).where(
+                subscriptions.c.status == "active", subscriptions.c.heartbeat_period.is_not(None)
+            )
+        )
+        return [_subscription(r) for r in rows]
 
     def get(self, sub_id: str) -> SubscriptionRecord | None:
         row = self.conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id)).first()
         return _subscription(row) if row else None
 
     def listening(self, topic: str) -> list[SubscriptionRecord]:
-        """Subscriptions that take events for ``topic`` now (requested ones queue behind the handshake)."""
+        """Subscriptions that record events for ``topic``.
+
+        Requested ones queue them behind the handshake; those in error keep recording them (undelivered,
+        readable through ``$events``) so that nothing is missed once the platform is back. Only ``off``
+        subscriptions record nothing.
+        """
         rows = self.conn.execute(
             select(subscriptions)
-            .where(subscriptions.c.topic == topic, subscriptions.c.status.in_(("requested", "active")))
+            .where(subscriptions.c.topic == topic, subscriptions.c.status.in_(("requested", "active", "error")))
             .order_by(subscriptions.c.id)
         )
         return [_subscription(r) for r in rows]
@@ -436,6 +497,10 @@ def _subscription(row: Any) -> SubscriptionRecord:
         events_since_start=int(m["events_since_start"]),
         error=m["error"],
         created_at=utc(m["created_at"]) or datetime.now(UTC),
+        heartbeat_period=m["heartbeat_period"],
+        timeout=m["timeout"],
+        max_count=m["max_count"],
+        last_sent_at=utc(m["last_sent_at"]),
     )
 
 
@@ -474,13 +539,18 @@ class OutboxRepo:
     def heads(self, *, now: datetime, limit: int) -> list[OutboxRecord]:
         """The oldest pending row of each subscription, if it is due: in-order delivery per subscription.
 
-        A later event never overtakes an earlier one: while a subscription's head is waiting for a
-        retry, nothing behind it is sent.
+        A later event never overtakes an earlier one: while a subscription's head waits for a retry,
+        nothing behind it is sent. A ``requested`` subscription has only its handshake due; an ``active``
+        one everything but handshakes; one in ``error`` or ``off`` nothing.
         """
+        eligible = or_(
+            and_(subscriptions.c.status == "requested", outbox.c.notification_type == "handshake"),
+            and_(subscriptions.c.status == "active", outbox.c.notification_type != "handshake"),
+        )
         head_ids = (
             select(func.min(outbox.c.id).label("id"))
             .join(subscriptions, subscriptions.c.id == outbox.c.subscription_id)
-            .where(outbox.c.status == "pending", subscriptions.c.status.in_(("requested", "active")))
+            .where(outbox.c.status == "pending", eligible)
             .group_by(outbox.c.subscription_id)
             .subquery()
         )
@@ -491,6 +561,35 @@ class OutboxRepo:
             .limit(limit)
         )
         return [_outbox(r) for r in rows]
+
+    def drop_handshakes(self, sub_id: str) -> None:
+        """Once a handshake succeeded, older queued handshakes of the subscription are moot."""
+        self.conn.execute(
+            delete(outbox).where(
+                outbox.c.subscription_id == sub_id,
+                outbox.c.notification_type == "handshake",
+                outbox.c.status == "pending",
+            )
+        )
+
+    def following(self, head: OutboxRecord, *, limit: int) -> list[OutboxRecord]:
+        """Pending events right behind ``head`` in the same subscription, for one batched notification."""
+        rows = self.conn.execute(
+            select(outbox)
+            .where(
+                outbox.c.subscription_id == head.subscription_id,
+                outbox.c.status == "pending",
+                outbox.c.notification_type == "event-notification",
+                outbox.c.id > head.id,
+            )
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        return [_outbox(r) for r in rows]
+
+    def has_pending(self, sub_id: str) -> bool:
+        query = select(outbox.c.id).where(outbox.c.subscription_id == sub_id, outbox.c.status == "pending").limit(1)
+        return self.conn.execute(query).first() is not None
 
     def claim(self, row_id: int, *, now: datetime, lease_until: datetime) -> bool:
         """Take a due row for delivery; false if another worker got it first (optimistic lease)."""
@@ -508,17 +607,18 @@ class OutboxRepo:
             .values(status="delivered", delivered_at=now, attempts=outbox.c.attempts + 1, last_error=None)
         )
 
-    def failed(self, row_id: int, *, error: str, next_attempt_at: datetime | None) -> None:
-        values: dict[str, Any] = {"attempts": outbox.c.attempts + 1, "last_error": error[:500]}
-        if next_attempt_at is None:
-            values["status"] = "failed"
-        else:
-            values["next_attempt_at"] = next_attempt_at
-        self.conn.execute(update(outbox).where(outbox.c.id == row_id).values(**values))
-
-    def first_failure_at(self, row_id: int) -> datetime | None:
-        row = self.conn.execute(select(outbox.c.occurred_at).where(outbox.c.id == row_id)).first()
-        return utc(row[0]) if row else None
+    def failed(self, row_id: int, *, error: str, next_attempt_at: datetime, now: datetime) -> None:
+        """Record a failed attempt; the row stays pending, due again at ``next_attempt_at``."""
+        self.conn.execute(
+            update(outbox)
+            .where(outbox.c.id == row_id)
+            .values(
+                attempts=outbox.c.attempts + 1,
+                last_error=error[:500],
+                next_attempt_at=next_attempt_at,
+                retry_since=func.coalesce(outbox.c.retry_since, now),
+            )
+        )
 
     def for_subscription(self, sub_id: str, *, statuses: Sequence[str] | None = None) -> list[OutboxRecord]:
         query = select(outbox).where(outbox.c.subscription_id == sub_id).order_by(outbox.c.id)
@@ -536,11 +636,12 @@ class OutboxRepo:
             query = query.where(outbox.c.event_number <= until)
         return [_outbox(r) for r in self.conn.execute(query.order_by(outbox.c.event_number))]
 
-    def requeue_failed(self, sub_id: str, *, now: datetime) -> int:
+    def requeue(self, sub_id: str, *, now: datetime) -> int:
+        """Make the waiting rows due now, with a fresh retry budget (the platform is back)."""
         result = self.conn.execute(
             update(outbox)
-            .where(outbox.c.subscription_id == sub_id, or_(outbox.c.status == "failed"))
-            .values(status="pending", next_attempt_at=now, attempts=0)
+            .where(outbox.c.subscription_id == sub_id, outbox.c.status == "pending")
+            .values(next_attempt_at=now, retry_since=None, attempts=0)
         )
         return int(result.rowcount)
 
@@ -562,4 +663,5 @@ def _outbox(row: Any) -> OutboxRecord:
         attempts=int(m["attempts"]),
         next_attempt_at=utc(m["next_attempt_at"]) or datetime.now(UTC),
         last_error=m["last_error"],
+        retry_since=utc(m["retry_since"]),
     )

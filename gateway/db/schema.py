@@ -129,8 +129,10 @@ subscriptions = Table(
     Column("events_since_start", BigInteger, nullable=False, default=0),
     Column("error", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("lease_owner", String(64), nullable=True),
-    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("heartbeat_period", Integer, nullable=True),  # seconds (backport-heartbeat-period)
+    Column("timeout", Integer, nullable=True),  # seconds per request (backport-timeout)
+    Column("max_count", Integer, nullable=True),  # events per notification (backport-max-count)
+    Column("last_sent_at", DateTime(timezone=True), nullable=True),
 )
 
 #: Transactional outbox: written in the ingest transaction, drained by the delivery worker in order.
@@ -147,10 +149,11 @@ outbox = Table(
     Column("focus_version", Integer, nullable=True),
     Column("context", Text, nullable=False, default="[]"),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
-    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("status", String(16), nullable=False),  # pending | delivered
     Column("attempts", Integer, nullable=False, default=0),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False),
     Column("last_error", Text, nullable=True),
+    Column("retry_since", DateTime(timezone=True), nullable=True),  # first failure since (re)queued
     Column("delivered_at", DateTime(timezone=True), nullable=True),
     Index("ix_outbox_due", "status", "subscription_id", "id"),
 )

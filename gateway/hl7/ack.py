@@ -49,6 +49,19 @@ def escape(text: str, enc: Encoding) -> str:
     return out.replace("\r", " ").replace("\n", " ")
 
 
+def escape_clipped(text: str, enc: Encoding, limit: int) -> str:
+    """``escape`` cut to ``limit`` characters without splitting an escape sequence such as ``\\F\\``."""
+    out: list[str] = []
+    size = 0
+    for char in text:
+        piece = escape(char, enc)
+        if size + len(piece) > limit:
+            break
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
 def _erl(location: str, enc: Encoding) -> str:
     match = _LOCATION.match(location)
     if not match:
@@ -90,7 +103,7 @@ def build_ack(
     charset = msh.raw(18) if msh else ""
     if charset:
         header += ["", "", "", "", "", charset]
-    segments = [f.join(header), f.join(["MSA", code, escape(original_control, enc), escape(text, enc)[:80]])]
+    segments = [f.join(header), f.join(["MSA", code, escape(original_control, enc), escape_clipped(text, enc, 80)])]
     for issue in issues:
         segments.append(
             f.join(

@@ -18,6 +18,8 @@ _TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_]*(\
 #: Kinds of event the state engine knows (kept here so that table validation needs no state import).
 EVENT_KINDS = frozenset({"admit", "register", "discharge", "cancel-admit", "cancel-discharge"})
 ACTIONS = frozenset({"INSERT", "UPDATE", "CANCEL"})
+#: Code tables the transforms read by name rather than through a rule's ``table`` argument.
+BUILTIN_CODE_TABLES = ("IdentifierType", "ParticipationType")
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,9 @@ def load_tables(directory: Path, *, transforms: frozenset[str]) -> Tables:
     if not directory.is_dir():
         raise ConfigError(f"mappings directory not found: {directory}")
     codes = {p.stem: _load_codes(p) for p in sorted((directory / "codes").glob("*.csv"))}
+    for name in BUILTIN_CODE_TABLES:
+        if name not in codes:
+            raise ConfigError(f"{directory / 'codes' / name}.csv: missing (the transforms read it)")
     segments = {
         p.stem: _load_segment_map(p, transforms, codes)
         for p in sorted((directory / "segments").glob("*.yaml"))
@@ -170,6 +175,8 @@ def _load_segment_map(
         if raw["transform"] not in transforms:
             raise ConfigError(f"{where}: unknown transform {raw['transform']!r}")
         args = raw.get("args") or {}
+        if not isinstance(args, dict):
+            raise ConfigError(f"{where}: 'args' must be a mapping")
         table = args.get("table")
         if table is not None and table not in codes:
             raise ConfigError(f"{where}: unknown code table {table!r}")
@@ -230,6 +237,6 @@ def _load_authorities(path: Path) -> Authorities:
             raise ConfigError(f"{path}: sender key {key!r} must be 'MSH-3|MSH-4' with a mapping")
         senders[str(key)] = {str(k): str(v) for k, v in table.items()}
     for system in [*national.values(), *default.values(), *(v for t in senders.values() for v in t.values())]:
-        if not re.match(r"^(urn:oid:[0-2](\.\d+)+|urn:[a-z0-9-]+:.+|https?://\S+)$", system):
+        if not re.match(r"^(urn:oid:[0-2](\.\d+)+|urn:(?!oid:)[a-z0-9-]+:.+|https?://\S+)$", system):
             raise ConfigError(f"{path}: {system!r} is not a URI usable as an identifier system")
     return Authorities(national=national, default=default, senders=senders)

@@ -238,7 +238,9 @@ def _human_name(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[
     if family:
         out["family"] = family
     # PAM-FR: XPN-2 is the first given name, XPN-3 the full list of given names, space separated.
-    givens = middle.split() if middle.startswith(given) else [g for g in [given, *middle.split()] if g]
+    # XPN-3 repeats XPN-2 as its first word(s) in PAM-FR, not in foreign feeds ("DOE^JEAN^JEANNETTE").
+    repeats_first = middle == given or middle.startswith(f"{given} ")
+    givens = middle.split() if repeats_first else [g for g in [given, *middle.split()] if g]
     if givens:
         out["given"] = givens
     prefix = rep.get(5).strip()

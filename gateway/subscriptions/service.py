@@ -1,10 +1,12 @@
-"""Subscription use cases: create (R4 + Backport IG shape), read status; the table and the resource agree."""
+"""Subscription use cases: create, update, delete, resend; the table and the FHIR resource always agree."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +16,7 @@ from sqlalchemy import Connection
 
 from gateway.db.indexing import search_entries
 from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
-from gateway.errors import FhirError
+from gateway.errors import FhirError, NotFoundError
 from gateway.fhir.canonical import CANONICAL_BASE
 from gateway.subscriptions.endpoints import check_endpoint
 from gateway.subscriptions.matching import parse_criteria
@@ -24,20 +26,53 @@ JSON = dict[str, Any]
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 FILTER_CRITERIA = f"{BACKPORT}/backport-filter-criteria"
 PAYLOAD_CONTENT = f"{BACKPORT}/backport-payload-content"
+HEARTBEAT_PERIOD = f"{BACKPORT}/backport-heartbeat-period"
+TIMEOUT = f"{BACKPORT}/backport-timeout"
+MAX_COUNT = f"{BACKPORT}/backport-max-count"
 #: Our extension on ``Subscription.channel``: the HMAC-SHA256 key for the body signature. A platform
 #: may send its own; otherwise one is generated and returned once, in the create response only.
 SIGNING_SECRET = f"{CANONICAL_BASE}/StructureDefinition/subscription-signing-secret"
-CHANNEL_TYPES = frozenset({"rest-hook"})
+CHANNEL_TYPES = frozenset({"rest-hook", "email"})
 PAYLOAD_CONTENTS = frozenset({"empty", "id-only", "full-resource"})
+#: Email carries no clinical detail: at most the reference of what changed (MSSanté is mail, not FHIR).
+EMAIL_CONTENTS = frozenset({"empty", "id-only"})
+MAX_TIMEOUT = 120
+_MAILTO = re.compile(r"^mailto:[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
 Resolver = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """What the gateway keeps of a submitted Subscription."""
+
+    topic: str
+    filters: list[JSON]
+    endpoint: str
+    channel_type: str
+    payload_content: str
+    headers: list[str]
+    secret: str | None
+    requested_status: str
+    heartbeat_period: int | None
+    timeout: int | None
+    max_count: int | None
 
 
 def _extensions(element: JSON | None, url: str) -> list[JSON]:
     return [e for e in (element or {}).get("extension", []) if e.get("url") == url]
 
 
-def parse_subscription(body: JSON, *, allowlist: list[str], resolver: Resolver | None = None) -> dict[str, Any]:
-    """Check a submitted Subscription; return what the gateway keeps of it. Errors are 4xx FhirErrors."""
+def _int_extension(channel: JSON, url: str, *, minimum: int, maximum: int | None = None) -> int | None:
+    for ext in _extensions(channel, url):
+        value = ext.get("valueUnsignedInt", ext.get("valuePositiveInt"))
+        if not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
+            bound = f" and at most {maximum}" if maximum is not None else ""
+            raise FhirError(f"{url.rsplit('/', 1)[-1]} must be an integer of at least {minimum}{bound}")
+        return value
+    return None
+
+
+def _validate(body: JSON) -> None:
     if body.get("resourceType") != "Subscription":
         raise FhirError("the body must be a Subscription resource", issue_code="invalid")
     try:
@@ -46,6 +81,24 @@ def parse_subscription(body: JSON, *, allowlist: list[str], resolver: Resolver |
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise FhirError(f"invalid Subscription: {where}: {first.get('msg')}", issue_code="structure") from exc
+
+
+def _endpoint(channel: JSON, *, allowlist: list[str], resolver: Resolver | None) -> str:
+    endpoint = str(channel.get("endpoint") or "")
+    if channel.get("type") == "email":
+        if not _MAILTO.match(endpoint):
+            raise FhirError("an email channel needs a single mailto: address as endpoint", issue_code="value")
+        return endpoint
+    kwargs = {"resolver": resolver} if resolver else {}
+    refusal = check_endpoint(endpoint, allowlist=allowlist, **kwargs)
+    if refusal:
+        raise FhirError(f"channel.endpoint refused: {refusal}", issue_code="security")
+    return endpoint
+
+
+def parse_subscription(body: JSON, *, allowlist: list[str], resolver: Resolver | None = None) -> Parsed:
+    """Check a submitted Subscription (structure, topic, filters, channel, endpoint). Errors are 4xx."""
+    _validate(body)
     topic = BY_URL.get(str(body.get("criteria", "")))
     if topic is None:
         known = ", ".join(sorted(BY_URL))
@@ -54,29 +107,35 @@ def parse_subscription(body: JSON, *, allowlist: list[str], resolver: Resolver |
     for ext in _extensions(body.get("_criteria"), FILTER_CRITERIA):
         filters += [f.as_json() for f in parse_criteria(str(ext.get("valueString", "")), resource=topic.resource)]
     channel = body.get("channel") or {}
-    if channel.get("type") not in CHANNEL_TYPES:
+    channel_type = str(channel.get("type"))
+    if channel_type not in CHANNEL_TYPES:
         raise FhirError(f"channel.type must be one of {sorted(CHANNEL_TYPES)}", issue_code="not-supported")
-    if channel.get("payload", "application/fhir+json") not in ("application/fhir+json", "application/json"):
+    if channel_type == "rest-hook" and channel.get("payload", "application/fhir+json") not in (
+        "application/fhir+json",
+        "application/json",
+    ):
         raise FhirError("channel.payload must be application/fhir+json", issue_code="not-supported")
-    content = next((str(e.get("valueCode")) for e in _extensions(channel.get("_payload"), PAYLOAD_CONTENT)), "id-only")
-    if content not in PAYLOAD_CONTENTS:
-        raise FhirError(f"payload content must be one of {sorted(PAYLOAD_CONTENTS)}", issue_code="value")
-    endpoint = str(channel.get("endpoint") or "")
-    kwargs = {"resolver": resolver} if resolver else {}
-    refusal = check_endpoint(endpoint, allowlist=allowlist, **kwargs)
-    if refusal:
-        raise FhirError(f"channel.endpoint refused: {refusal}", issue_code="security")
-    secret = next((str(e.get("valueString")) for e in _extensions(channel, SIGNING_SECRET)), "")
-    return {
-        "topic": topic.url,
-        "filters": filters,
-        "endpoint": endpoint,
-        "channel_type": str(channel["type"]),
-        "payload_content": content,
-        "headers": [str(h) for h in channel.get("header", [])],
-        "secret": secret or secrets.token_urlsafe(32),
-        "secret_generated": not secret,
-    }
+    allowed = EMAIL_CONTENTS if channel_type == "email" else PAYLOAD_CONTENTS
+    default = "id-only"
+    content = next((str(e.get("valueCode")) for e in _extensions(channel.get("_payload"), PAYLOAD_CONTENT)), default)
+    if content not in allowed:
+        raise FhirError(f"payload content for {channel_type} must be one of {sorted(allowed)}", issue_code="value")
+    secret = next((str(e.get("valueString")) for e in _extensions(channel, SIGNING_SECRET)), None)
+    if secret is not None and len(secret) < 16:
+        raise FhirError("a signing secret must be at least 16 characters", issue_code="value")
+    return Parsed(
+        topic=topic.url,
+        filters=filters,
+        endpoint=_endpoint(channel, allowlist=allowlist, resolver=resolver),
+        channel_type=channel_type,
+        payload_content=content,
+        headers=[str(h) for h in channel.get("header", [])],
+        secret=secret,
+        requested_status=str(body.get("status", "requested")),
+        heartbeat_period=_int_extension(channel, HEARTBEAT_PERIOD, minimum=1),
+        timeout=_int_extension(channel, TIMEOUT, minimum=1, maximum=MAX_TIMEOUT),
+        max_count=_int_extension(channel, MAX_COUNT, minimum=1, maximum=1000),
+    )
 
 
 def create_subscription(
@@ -84,35 +143,101 @@ def create_subscription(
 ) -> tuple[StoredResource, str | None]:
     """Store a new subscription as ``requested`` and queue its handshake; returns (resource, new secret)."""
     parsed = parse_subscription(body, allowlist=allowlist, resolver=resolver)
-    sub_id = uuid.uuid4().hex
+    secret = parsed.secret or secrets.token_urlsafe(32)
     record = SubscriptionRecord(
-        id=sub_id,
+        id=uuid.uuid4().hex,
         status="requested",
-        topic=parsed["topic"],
-        endpoint=parsed["endpoint"],
-        channel_type=parsed["channel_type"],
-        payload_content=parsed["payload_content"],
-        headers=parsed["headers"],
-        filters=parsed["filters"],
-        secret=parsed["secret"],
+        topic=parsed.topic,
+        endpoint=parsed.endpoint,
+        channel_type=parsed.channel_type,
+        payload_content=parsed.payload_content,
+        headers=parsed.headers,
+        filters=parsed.filters,
+        secret=secret,
         events_since_start=0,
         error=None,
         created_at=now,
+        heartbeat_period=parsed.heartbeat_period,
+        timeout=parsed.timeout,
+        max_count=parsed.max_count,
     )
     SubscriptionRepo(conn).add(record)
-    resource = _public_resource(body, sub_id=sub_id, status="requested", error=None)
-    stored, _ = ResourceRepo(conn).put(resource, now=now, index=search_entries(resource))
-    OutboxRepo(conn).add(
-        subscription_id=sub_id,
-        event_number=0,
-        notification_type="handshake",
-        topic=record.topic,
-        occurred_at=now,
+    stored = _write_resource(conn, body, record, now=now)
+    _queue_handshake(conn, record, now=now)
+    return stored, None if parsed.secret else secret
+
+
+def update_subscription(
+    conn: Connection, sub_id: str, body: JSON, *, allowlist: list[str], now: datetime, resolver: Resolver | None = None
+) -> StoredResource:
+    """PUT: change the channel, filters or topic; ``status: off`` pauses; ``requested`` (or ``active``) on a
+    subscription in error or off asks for a new handshake and sends what it missed, in order."""
+    subs = SubscriptionRepo(conn)
+    current = subs.get(sub_id)
+    if current is None:
+        raise NotFoundError(f"Subscription/{sub_id} not found")
+    parsed = parse_subscription(body, allowlist=allowlist, resolver=resolver)
+    status, error = current.status, current.error
+    restart = parsed.requested_status in ("requested", "active") and current.status in ("error", "off")
+    if parsed.requested_status == "off":
+        status, error = "off", None
+    elif restart or parsed.endpoint != current.endpoint:
+        status, error = "requested", None  # a new endpoint must answer a handshake too
+    record = replace(
+        current,
+        status=status,
+        error=error,
+        topic=parsed.topic,
+        endpoint=parsed.endpoint,
+        channel_type=parsed.channel_type,
+        payload_content=parsed.payload_content,
+        headers=parsed.headers,
+        filters=parsed.filters,
+        secret=parsed.secret or current.secret,
+        heartbeat_period=parsed.heartbeat_period,
+        timeout=parsed.timeout,
+        max_count=parsed.max_count,
     )
-    return stored, parsed["secret"] if parsed["secret_generated"] else None
+    subs.update(record)
+    if status == "requested" and current.status != "requested":
+        OutboxRepo(conn).requeue(sub_id, now=now)
+        _queue_handshake(conn, record, now=now)
+    return _write_resource(conn, body, record, now=now)
 
 
-def _public_resource(body: JSON, *, sub_id: str, status: str, error: str | None) -> JSON:
+def delete_subscription(conn: Connection, sub_id: str, *, now: datetime) -> None:
+    if SubscriptionRepo(conn).get(sub_id) is None:
+        raise NotFoundError(f"Subscription/{sub_id} not found")
+    SubscriptionRepo(conn).delete(sub_id)
+    ResourceRepo(conn).delete("Subscription", sub_id, now=now)
+
+
+def resend(conn: Connection, sub_id: str, *, now: datetime) -> int:
+    """Operator action: reactivate a subscription in error and requeue its undelivered events."""
+    current = SubscriptionRepo(conn).get(sub_id)
+    if current is None:
+        raise NotFoundError(f"Subscription/{sub_id} not found")
+    count = OutboxRepo(conn).requeue(sub_id, now=now)
+    if current.status in ("error", "off"):
+        set_status(conn, sub_id, "requested", now=now)
+        _queue_handshake(conn, current, now=now)
+    return count
+
+
+def _queue_handshake(conn: Connection, record: SubscriptionRecord, *, now: datetime) -> None:
+    """While a subscription is ``requested`` only its handshake is due; its events wait, in order."""
+    OutboxRepo(conn).add(
+        subscription_id=record.id, event_number=0, notification_type="handshake", topic=record.topic, occurred_at=now
+    )
+
+
+def _write_resource(conn: Connection, body: JSON, record: SubscriptionRecord, *, now: datetime) -> StoredResource:
+    resource = public_resource(body, sub_id=record.id, status=record.status, error=record.error)
+    stored, _ = ResourceRepo(conn).put(resource, now=now, index=search_entries(resource))
+    return stored
+
+
+def public_resource(body: JSON, *, sub_id: str, status: str, error: str | None) -> JSON:
     """The Subscription as readable through FHIR: our status, and never the signing secret."""
     resource = {k: v for k, v in body.items() if k not in ("meta", "text")}
     resource["id"] = sub_id
@@ -135,5 +260,5 @@ def set_status(conn: Connection, sub_id: str, status: str, *, now: datetime, err
     store = ResourceRepo(conn)
     current = store.get("Subscription", sub_id)
     if current is not None:
-        resource = _public_resource(current.content, sub_id=sub_id, status=status, error=error)
+        resource = public_resource(current.content, sub_id=sub_id, status=status, error=error)
         store.put(resource, now=now, index=search_entries(resource))

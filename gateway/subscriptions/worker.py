@@ -1,9 +1,10 @@
 """The delivery worker: drains the outbox, one subscription's events strictly in order, with retries.
 
-Shape borrowed from procrastinate: a row is claimed in one statement (a lease on ``next_attempt_at``,
-so two workers or two gateway instances never send the same row at once), delivered outside any
-transaction, then its result recorded. Only the oldest pending row of a subscription is ever due, so
-a later event cannot overtake an earlier one while that one waits for a retry.
+Shape borrowed from procrastinate: rows are claimed with one conditional UPDATE each (a lease on
+``next_attempt_at``, so two workers or two gateway instances never send the same row at once), delivered
+outside any transaction, then their result recorded. Only the oldest pending row of a subscription is
+ever due (plus, with ``maxCount``, the events right behind it, sent in the same notification), so a later
+event cannot overtake an earlier one while that one waits for a retry.
 """
 
 from __future__ import annotations
@@ -24,31 +25,75 @@ from sqlalchemy import Engine as DB
 from gateway.config import Settings
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.subscriptions.channels import DeliveryResult, RestHookChannel, idempotency_key
+from gateway.subscriptions.email import EmailChannel, notice
 from gateway.subscriptions.endpoints import check_endpoint
-from gateway.subscriptions.notification import (
-    NotificationContext,
-    NotificationEvent,
-    build_notification_bundle,
-)
+from gateway.subscriptions.notification import NotificationContext, NotificationEvent, build_notification_bundle
 from gateway.subscriptions.retry import RetryPolicy
 from gateway.subscriptions.service import set_status
 from gateway.subscriptions.topics import BY_URL
 
 logger = logging.getLogger(__name__)
 HANDSHAKE_ATTEMPTS = 3
+HEARTBEAT_CHECK_SECONDS = 1.0
 BATCH = 50
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    row: OutboxRecord
+    rows: list[OutboxRecord]
     subscription: SubscriptionRecord
     body: bytes
     bundle_id: str
+    subject: str = ""
+    text: str = ""
+
+    @property
+    def head(self) -> OutboxRecord:
+        return self.rows[0]
+
+
+def _heartbeat_due(sub: SubscriptionRecord, now: datetime) -> bool:
+    last = sub.last_sent_at or sub.created_at
+    return bool(sub.heartbeat_period) and last + timedelta(seconds=sub.heartbeat_period or 0) <= now
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def notification_events(conn: Connection, rows: list[OutboxRecord], *, payload_content: str) -> list[NotificationEvent]:
+    """The events of outbox rows, with the focus at the version that triggered each (for full-resource)."""
+    store = ResourceRepo(conn)
+    events = []
+    for row in rows:
+        if row.notification_type != "event-notification" or not (row.focus_type and row.focus_id):
+            continue
+        focus = None
+        context_resources = []
+        context_refs = tuple(str(c["reference"]) for c in row.context if c.get("reference"))
+        if payload_content == "full-resource":
+            found = store.vread(row.focus_type, row.focus_id, row.focus_version or 0) or store.get(
+                row.focus_type, row.focus_id
+            )
+            focus = found.content if found else None
+            for ref in context_refs:
+                rtype, _, rid = ref.partition("/")
+                context = store.get(rtype, rid)
+                if context:
+                    context_resources.append(context.content)
+        topic = BY_URL.get(row.topic)
+        events.append(
+            NotificationEvent(
+                event_number=row.event_number,
+                timestamp=row.occurred_at,
+                focus_reference=f"{row.focus_type}/{row.focus_id}",
+                focus_resource=focus,
+                additional_context=context_refs,
+                context_resources=tuple(context_resources),
+                event_code=topic.event_code if topic else None,
+            )
+        )
+    return events
 
 
 class DeliveryWorker:
@@ -65,11 +110,10 @@ class DeliveryWorker:
         self.db = db
         self.settings = settings
         self.client = client or httpx.AsyncClient(follow_redirects=False)
-        self.channel = RestHookChannel(self.client, timeout=settings.delivery_timeout)
+        self.rest_hook = RestHookChannel(self.client, timeout=settings.delivery_timeout)
+        self.email = EmailChannel(settings)
         self.policy = RetryPolicy(
-            base=settings.retry_base,
-            cap=settings.retry_cap,
-            horizon=settings.retry_horizon or None,
+            base=settings.retry_base, cap=settings.retry_cap, horizon=settings.retry_horizon or None
         )
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self.now = utcnow
@@ -77,6 +121,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._next_heartbeat_check = datetime.min.replace(tzinfo=UTC)
         self.delivered_total = 0
         self.failed_total = 0
 
@@ -93,6 +138,7 @@ class DeliveryWorker:
         logger.info("delivery worker %s started", self.worker_id)
         while not self._stopping:
             try:
+                await asyncio.to_thread(self._queue_heartbeats)
                 count = await self.run_once()
             except Exception:
                 logger.exception("delivery worker iteration failed; carrying on")
@@ -106,10 +152,6 @@ class DeliveryWorker:
         self._stopping = True
         self._wake.set()
 
-    async def aclose(self) -> None:
-        self.stop()
-        await self.client.aclose()
-
     # -- one pass ---------------------------------------------------------------------------------
 
     async def run_once(self) -> int:
@@ -121,110 +163,138 @@ class DeliveryWorker:
         await asyncio.to_thread(self._record, list(zip(jobs, results, strict=True)))
         return len(jobs)
 
+    def _queue_heartbeats(self) -> None:
+        """An active subscription with a heartbeat period hears from us at least that often."""
+        now = self.now()
+        if now < self._next_heartbeat_check:
+            return
+        self._next_heartbeat_check = now + timedelta(seconds=HEARTBEAT_CHECK_SECONDS)
+        with self.db.connect() as conn:
+            due = [s for s in SubscriptionRepo(conn).with_heartbeat() if _heartbeat_due(s, now)]
+        if not due:
+            return
+        with self.db.begin() as conn:
+            subs, outbox = SubscriptionRepo(conn), OutboxRepo(conn)
+            for sub in due:
+                if outbox.has_pending(sub.id):
+                    continue  # a pending notification will tell the platform we are alive
+                outbox.add(
+                    subscription_id=sub.id,
+                    event_number=0,
+                    notification_type="heartbeat",
+                    topic=sub.topic,
+                    occurred_at=now,
+                )
+                subs.sent(sub.id, now=now)
+
     def _claim(self) -> list[Job]:
         now = self.now()
-        lease = now + timedelta(seconds=self.settings.delivery_timeout + 30)
         jobs = []
         with self.db.begin() as conn:
             outbox, subs = OutboxRepo(conn), SubscriptionRepo(conn)
-            for row in outbox.heads(now=now, limit=BATCH):
-                if not outbox.claim(row.id, now=now, lease_until=lease):
-                    continue
-                sub = subs.get(row.subscription_id)
+            for head in outbox.heads(now=now, limit=BATCH):
+                sub = subs.get(head.subscription_id)
                 if sub is None:
-                    outbox.failed(row.id, error="subscription deleted", next_attempt_at=None)
                     continue
-                bundle_id = uuid.uuid4().hex
-                body = self._body(conn, row, sub, bundle_id=bundle_id, now=now)
-                jobs.append(Job(row=row, subscription=sub, body=body, bundle_id=bundle_id))
+                lease = now + timedelta(seconds=self._timeout(sub) + 30)
+                if not outbox.claim(head.id, now=now, lease_until=lease):
+                    continue
+                rows = [head]
+                if head.notification_type == "event-notification" and (sub.max_count or 1) > 1:
+                    for row in outbox.following(head, limit=(sub.max_count or 1) - 1):
+                        if outbox.claim(row.id, now=now, lease_until=lease):
+                            rows.append(row)
+                jobs.append(self._job(conn, rows, sub, now=now))
         return jobs
 
-    def _body(
-        self, conn: Connection, row: OutboxRecord, sub: SubscriptionRecord, *, bundle_id: str, now: datetime
-    ) -> bytes:
-        events: list[NotificationEvent] = []
-        if row.notification_type == "event-notification" and row.focus_type and row.focus_id:
-            store = ResourceRepo(conn)
-            focus = store.vread(row.focus_type, row.focus_id, row.focus_version or 0) or store.get(
-                row.focus_type, row.focus_id
-            )
-            context_refs = tuple(str(c["reference"]) for c in row.context if c.get("reference"))
-            context_resources = []
-            if sub.payload_content == "full-resource":
-                for ref in context_refs:
-                    rtype, _, rid = ref.partition("/")
-                    found = store.get(rtype, rid)
-                    if found:
-                        context_resources.append(found.content)
-            topic = BY_URL.get(row.topic)
-            events.append(
-                NotificationEvent(
-                    event_number=row.event_number,
-                    timestamp=row.occurred_at,
-                    focus_reference=f"{row.focus_type}/{row.focus_id}",
-                    focus_resource=focus.content if focus else None,
-                    additional_context=context_refs,
-                    context_resources=tuple(context_resources),
-                    event_code=topic.event_code if topic else None,
-                )
-            )
+    def _timeout(self, sub: SubscriptionRecord) -> float:
+        return float(sub.timeout) if sub.timeout else self.settings.delivery_timeout
+
+    def _job(self, conn: Connection, rows: list[OutboxRecord], sub: SubscriptionRecord, *, now: datetime) -> Job:
+        head = rows[0]
+        events = notification_events(conn, rows, payload_content=sub.payload_content)
         ctx = NotificationContext(
             subscription_id=sub.id,
             topic_url=sub.topic,
-            status="requested" if row.notification_type == "handshake" else sub.status,
-            notification_type=row.notification_type,
-            events_since_start=row.event_number if events else sub.events_since_start,
+            status="requested" if head.notification_type == "handshake" else sub.status,
+            notification_type=head.notification_type,
+            events_since_start=rows[-1].event_number if events else sub.events_since_start,
             payload_content=sub.payload_content,
             base_url=self.settings.public_base(),
         )
-        bundle = build_notification_bundle(ctx, events, bundle_id=bundle_id, now=now)
-        return orjson.dumps(bundle)
+        bundle_id = uuid.uuid4().hex
+        body = orjson.dumps(build_notification_bundle(ctx, events, bundle_id=bundle_id, now=now))
+        if sub.channel_type != "email":
+            return Job(rows=rows, subscription=sub, body=body, bundle_id=bundle_id)
+        topic = BY_URL.get(sub.topic)
+        base = self.settings.public_base()
+        subject, text = notice(
+            topic_title=topic.title if topic else sub.topic,
+            notification_type=head.notification_type,
+            events=[
+                (
+                    e.event_number,
+                    e.timestamp.isoformat(),
+                    f"{base}/{e.focus_reference}" if sub.payload_content == "id-only" else None,
+                )
+                for e in events
+            ],
+            status_url=f"{base}/Subscription/{sub.id}/$status",
+        )
+        return Job(rows=rows, subscription=sub, body=body, bundle_id=bundle_id, subject=subject, text=text)
 
     async def _send(self, job: Job) -> DeliveryResult:
         sub = job.subscription
+        key = idempotency_key(
+            subscription_id=sub.id,
+            event_number=job.rows[-1].event_number,
+            notification_type=job.head.notification_type,
+            bundle_id=job.bundle_id,
+        )
+        if sub.channel_type == "email":
+            return await self.email.send(endpoint=sub.endpoint, subject=job.subject, text=job.text, idempotency_key=key)
         refusal = await asyncio.to_thread(check_endpoint, sub.endpoint, allowlist=self.settings.endpoint_allowlist)
         if refusal:
             # DNS can change after registration: the endpoint is checked again before every send.
             return DeliveryResult(ok=False, status_code=None, error=f"endpoint refused: {refusal}", retryable=False)
-        return await self.channel.send(
-            endpoint=sub.endpoint,
-            body=job.body,
-            headers=sub.headers,
-            secret=sub.secret,
-            idempotency_key=idempotency_key(
-                subscription_id=sub.id,
-                event_number=job.row.event_number,
-                notification_type=job.row.notification_type,
-                bundle_id=job.bundle_id,
-            ),
+        channel = self.rest_hook if not sub.timeout else RestHookChannel(self.client, timeout=self._timeout(sub))
+        return await channel.send(
+            endpoint=sub.endpoint, body=job.body, headers=sub.headers, secret=sub.secret, idempotency_key=key
         )
 
     def _record(self, outcomes: list[tuple[Job, DeliveryResult]]) -> None:
         now = self.now()
         with self.db.begin() as conn:
-            outbox = OutboxRepo(conn)
             for job, result in outcomes:
-                row, sub = job.row, job.subscription
                 if result.ok:
-                    outbox.delivered(row.id, now=now)
-                    self.delivered_total += 1
-                    if row.notification_type == "handshake" and sub.status == "requested":
-                        set_status(conn, sub.id, "active", now=now)
-                    logger.info("delivered", extra={"subscription": sub.id, "event_number": row.event_number})
-                    continue
-                self.failed_total += 1
-                error = result.error or "delivery failed"
-                next_at = self._next_attempt(row, result, now=now)
-                outbox.failed(row.id, error=error, next_attempt_at=next_at)
-                logger.warning(
-                    "delivery failed (%s), attempt %d",
-                    error,
-                    row.attempts + 1,
-                    extra={"subscription": sub.id, "event_number": row.event_number},
-                )
-                if next_at is None:
-                    reason = f"{row.notification_type} delivery failed: {error}"
-                    set_status(conn, sub.id, "error", now=now, error=reason)
+                    self._delivered(conn, job, now=now)
+                else:
+                    self._failed(conn, job, result, now=now)
+
+    def _delivered(self, conn: Connection, job: Job, *, now: datetime) -> None:
+        outbox, sub = OutboxRepo(conn), job.subscription
+        for row in job.rows:
+            outbox.delivered(row.id, now=now)
+        SubscriptionRepo(conn).sent(sub.id, now=now)
+        self.delivered_total += len(job.rows)
+        if job.head.notification_type == "handshake":
+            outbox.drop_handshakes(sub.id)
+            if sub.status == "requested":
+                set_status(conn, sub.id, "active", now=now)
+        logger.info("delivered %d row(s)", len(job.rows), extra={"subscription": sub.id})
+
+    def _failed(self, conn: Connection, job: Job, result: DeliveryResult, *, now: datetime) -> None:
+        outbox, sub, head = OutboxRepo(conn), job.subscription, job.head
+        self.failed_total += 1
+        error = result.error or "delivery failed"
+        next_at = self._next_attempt(head, result, now=now)
+        for row in job.rows:
+            # Give-up leaves rows pending: they stay in line, readable through $events, and go out in
+            # order once the subscription is reactivated. Only the subscription changes state.
+            outbox.failed(row.id, error=error, next_attempt_at=next_at or now, now=now)
+        logger.warning("delivery failed (%s), attempt %d", error, head.attempts + 1, extra={"subscription": sub.id})
+        if next_at is None:
+            set_status(conn, sub.id, "error", now=now, error=f"{head.notification_type} delivery failed: {error}")
 
     def _next_attempt(self, row: OutboxRecord, result: DeliveryResult, *, now: datetime) -> datetime | None:
         attempt = row.attempts + 1
@@ -232,4 +302,5 @@ class DeliveryWorker:
             return None
         if row.notification_type == "handshake" and attempt >= HANDSHAKE_ATTEMPTS:
             return None
-        return self.policy.next_attempt(attempt=attempt, first_failure_at=row.occurred_at, now=now, rng=self.rng)
+        since = row.retry_since or now
+        return self.policy.next_attempt(attempt=attempt, first_failure_at=since, now=now, rng=self.rng)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:36:40.655987
+Create Date: 2026-11-22 11:42:57.588014
 """
 
 from __future__ import annotations
@@ -55,9 +55,7 @@ def upgrade() -> None:
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.create_index("ix_messages_outcome", ["outcome"], unique=False)
         batch_op.create_index(
-            "ix_messages_sender_control",
-            ["sending_application", "sending_facility", "control_id"],
-            unique=False,
+            "ix_messages_sender_control", ["sending_application", "sending_facility", "control_id"], unique=False
         )
         batch_op.create_index(
             "uq_messages_applied",
@@ -83,6 +81,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("retry_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
     )
@@ -135,8 +134,10 @@ def upgrade() -> None:
         sa.Column("events_since_start", sa.BigInteger(), nullable=False),
         sa.Column("error", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("lease_owner", sa.String(length=64), nullable=True),
-        sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("heartbeat_period", sa.Integer(), nullable=True),
+        sa.Column("timeout", sa.Integer(), nullable=True),
+        sa.Column("max_count", sa.Integer(), nullable=True),
+        sa.Column("last_sent_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_subscriptions")),
     )
     # ### end Alembic commands ###
