@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Engine as DB
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
+from gateway.db.engine import transaction
 from gateway.db.repo import MessageRepo, StoredResource
 from gateway.errors import (
     DuplicateControlIdError,
@@ -197,7 +198,7 @@ class Pipeline:
 
     def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
         header = _header_values(message)
-        with self.db.begin() as conn:
+        with transaction(self.db) as conn:
             repo = MessageRepo(conn)
             previous = repo.find_applied(
                 sending_application=header["sending_application"],
@@ -280,7 +281,7 @@ class Pipeline:
         ack = build_ack(message, code=exc.ack_code, issues=[issue], now=now)
         status = "rejected" if exc.ack_code == "AR" else "error"
         try:
-            with self.db.begin() as conn:
+            with transaction(self.db) as conn:
                 message_id = _record(
                     MessageRepo(conn),
                     raw,

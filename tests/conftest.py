@@ -27,6 +27,15 @@ FIXTURES = ROOT / "fixtures"
 PG_ADMIN_URL = os.environ.get("GATEWAY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the golden files under tests/golden/ from the current output (review the diff after)",
+    )
+
+
 def _pg_required() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import RuntimeDep, require_token
+from gateway.db.engine import transaction
 from gateway.db.repo import MessageRecord, MessageRepo
 from gateway.errors import NotFoundError
 from gateway.metrics import MESSAGES
@@ -81,7 +82,7 @@ async def replay(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
 @router.post("/subscriptions/{sub_id}/resend", summary="Reactivate a subscription and resend what it missed")
 async def resend_subscription(sub_id: str, runtime: RuntimeDep) -> dict[str, Any]:
     def work() -> int:
-        with runtime.db.begin() as conn:
+        with transaction(runtime.db) as conn:
             return resend(conn, sub_id, now=utcnow())
 
     count = await run_in_threadpool(work)

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import RuntimeDep, require_token
 from gateway.api.responses import fhir_response, versioned
+from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.errors import FhirError, NotFoundError, PreconditionFailedError
 from gateway.fhir.capability import SEARCH_PARAMS, capability_statement
@@ -66,7 +67,7 @@ async def post_subscription(request: Request, runtime: RuntimeDep) -> Response:
     _check_channel(runtime, body)
 
     def work() -> tuple[JSON, str | None]:
-        with runtime.db.begin() as conn:
+        with transaction(runtime.db) as conn:
             stored, secret = create_subscription(
                 conn, body, allowlist=runtime.settings.endpoint_allowlist, now=utcnow()
             )
@@ -93,7 +94,7 @@ async def put_subscription(sub_id: str, request: Request, runtime: RuntimeDep) -
     if_match = request.headers.get("if-match")
 
     def work() -> JSON:
-        with runtime.db.begin() as conn:
+        with transaction(runtime.db) as conn:
             current = ResourceRepo(conn).get("Subscription", sub_id, for_update=True)
             if current is None or current.deleted:
                 raise NotFoundError(f"Subscription/{sub_id} not found")
@@ -112,7 +113,7 @@ async def put_subscription(sub_id: str, request: Request, runtime: RuntimeDep) -
 @router.delete("/Subscription/{sub_id}", summary="Delete a subscription")
 async def delete_subscription_route(sub_id: str, runtime: RuntimeDep) -> Response:
     def work() -> None:
-        with runtime.db.begin() as conn:
+        with transaction(runtime.db) as conn:
             delete_subscription(conn, sub_id, now=utcnow())
 
     await run_in_threadpool(work)

@@ -221,9 +221,7 @@ class MLLPServer:
         if self._server is not None:
             raise RuntimeError("MLLP server already started")
         self._stopped = asyncio.Event()
-        self._server = await asyncio.start_server(
-            self._on_connection, host=self._host, port=self._requested_port
-        )
+        self._server = await asyncio.start_server(self._on_connection, host=self._host, port=self._requested_port)
         logger.info("MLLP server listening on %s:%d", self._host, self.port)
 
     async def serve_forever(self) -> None:
@@ -266,9 +264,7 @@ class MLLPServer:
         _, pending = await asyncio.wait(tasks, timeout=grace)
         if not pending:
             return
-        logger.warning(
-            "MLLP shutdown grace of %.1f s over: aborting %d busy connections", grace, len(pending)
-        )
+        logger.warning("MLLP shutdown grace of %.1f s over: aborting %d busy connections", grace, len(pending))
         for conn in list(self._connections):
             conn.writer.transport.abort()
         for task in pending:
@@ -294,9 +290,7 @@ class MLLPServer:
             # Cancelled by stop(): ending normally is the expected outcome of this task.
             logger.info("MLLP connection from %s closed by shutdown", conn.peer)
         except Exception:
-            logger.exception(
-                "MLLP connection from %s failed after %d ACKs; closing it", conn.peer, conn.acked
-            )
+            logger.exception("MLLP connection from %s failed after %d ACKs; closing it", conn.peer, conn.acked)
         finally:
             self._connections.discard(conn)
             await _close_writer(writer)
@@ -342,9 +336,7 @@ class MLLPServer:
             finally:
                 conn.busy = False
             conn.acked += 1
-            logger.debug(
-                "MLLP %d-byte message from %s acked (%d-byte ACK)", len(message), conn.peer, len(ack)
-            )
+            logger.debug("MLLP %d-byte message from %s acked (%d-byte ACK)", len(message), conn.peer, len(ack))
         return not self._stopping
 
     async def _write(self, conn: _Connection, payload: bytes) -> None:

@@ -104,9 +104,7 @@ class Engine:
         action = (movement or {}).get("action") or event.action
         if action not in ACTIONS:
             ctx.location = "ZBE-4"
-            ctx.warn(
-                f"movement action {action!r} is not INSERT, UPDATE or CANCEL; the event's default applies"
-            )
+            ctx.warn(f"movement action {action!r} is not INSERT, UPDATE or CANCEL; the event's default applies")
             action = event.action
         return Mapped(
             header=header,
@@ -124,14 +122,10 @@ class Engine:
 
     def _route(self, header: Header) -> EventSpec:
         if header.message_type != "ADT":
-            raise UnsupportedError(
-                f"unsupported message type {header.message_type or '(empty)'}", location="MSH-9.1"
-            )
+            raise UnsupportedError(f"unsupported message type {header.message_type or '(empty)'}", location="MSH-9.1")
         event = self.tables.events.get(header.trigger)
         if event is None:
-            raise UnsupportedEventError(
-                f"unsupported event ADT^{header.trigger or '(empty)'}", location="MSH-9.2"
-            )
+            raise UnsupportedEventError(f"unsupported event ADT^{header.trigger or '(empty)'}", location="MSH-9.2")
         return event
 
     @staticmethod
@@ -160,9 +154,7 @@ class Engine:
         if pid is None:
             raise MappingError("PID segment is missing", location="PID")
         facts = self._apply(self.tables.segments[self.tables.event_segments["patient"]], pid, ctx)
-        identifiers = filter_identifiers(
-            facts.get("identifier", []), reliability=pid.get(32).strip().upper(), ctx=ctx
-        )
+        identifiers = filter_identifiers(facts.get("identifier", []), reliability=pid.get(32).strip().upper(), ctx=ctx)
         key = patient_key(identifiers)
         if key is None:
             raise MappingError("PID-3 holds no usable patient identifier (IPP)", location="PID-3")
@@ -197,9 +189,7 @@ class Engine:
         facts = self._apply(self.tables.segments[self.tables.event_segments["encounter"]], pv1, ctx)
         visit = next((i for i in facts.get("identifier", []) if type_code(i) == "VN"), None)
         if visit is None:
-            raise MappingError(
-                "PV1-19 (visit number) is empty: the stay cannot be identified", location="PV1-19"
-            )
+            raise MappingError("PV1-19 (visit number) is empty: the stay cannot be identified", location="PV1-19")
         encounter: dict[str, Any] = {
             "resourceType": "Encounter",
             "id": resource_id("Encounter", f"{visit['system']}|{visit['value']}"),
@@ -256,9 +246,7 @@ def type_code(identifier: dict[str, Any]) -> str:
     return str(codings[0].get("code", ""))
 
 
-def filter_identifiers(
-    identifiers: list[dict[str, Any]], *, reliability: str, ctx: MapContext
-) -> list[dict[str, Any]]:
+def filter_identifiers(identifiers: list[dict[str, Any]], *, reliability: str, ctx: MapContext) -> list[dict[str, Any]]:
     """Keep the INS only when PID-32 is VALI (PAM-FR §6.6.1); never keep the billing NIR (CX-5 NH)."""
     kept = []
     for ident in identifiers:

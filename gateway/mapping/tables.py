@@ -109,8 +109,7 @@ def load_tables(directory: Path, *, transforms: frozenset[str]) -> Tables:
         if name not in codes:
             raise ConfigError(f"{directory / 'codes' / name}.csv: missing (the transforms read it)")
     segments = {
-        p.stem: _load_segment_map(p, transforms, codes)
-        for p in sorted((directory / "segments").glob("*.yaml"))
+        p.stem: _load_segment_map(p, transforms, codes) for p in sorted((directory / "segments").glob("*.yaml"))
     }
     events, event_segments = _load_events(directory / "messages" / "ADT.yaml", segments)
     authorities = _load_authorities(directory / "authorities.yaml")
@@ -155,9 +154,7 @@ def _load_codes(path: Path) -> dict[str, CodeRow]:
     return rows
 
 
-def _load_segment_map(
-    path: Path, transforms: frozenset[str], codes: dict[str, dict[str, CodeRow]]
-) -> SegmentMap:
+def _load_segment_map(path: Path, transforms: frozenset[str], codes: dict[str, dict[str, CodeRow]]) -> SegmentMap:
     data = _read_yaml(path)
     if not isinstance(data, dict) or not isinstance(data.get("rules"), list) or not data.get("resource"):
         raise ConfigError(f"{path}: needs 'resource' and a list of 'rules'")

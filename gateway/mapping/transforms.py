@@ -61,9 +61,7 @@ def parse_dtm(text: str, tz: ZoneInfo = PARIS) -> tuple[datetime, int] | None:
         return None
     year, month, day, hour, minute, second, _frac, offset = match.groups()
     try:
-        moment = datetime(
-            int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0)
-        )
+        moment = datetime(int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0))
     except ValueError:
         return None
     if offset:
@@ -161,9 +159,7 @@ def identifier_type(ctx: MapContext, code: str) -> dict[str, Any] | None:
 
 def authority_system(ctx: MapContext, *, namespace: str, universal_id: str, fallback: str = "") -> str:
     """Resolve an assigning authority to a FHIR system, minting a stable one when no table knows it."""
-    system = ctx.tables.authorities.system_for(
-        namespace=namespace, universal_id=universal_id, sender=ctx.sender
-    )
+    system = ctx.tables.authorities.system_for(namespace=namespace, universal_id=universal_id, sender=ctx.sender)
     if system:
         return system
     name = namespace or universal_id or fallback or ctx.sender[1] or ctx.sender[0]
@@ -289,9 +285,7 @@ def practitioner_from_xcn(rep: Repetition, ctx: MapContext) -> tuple[str, dict[s
     namespace, universal_id = rep.get(9, 1).strip(), rep.get(9, 2).strip()
     identifier: dict[str, Any] | None = None
     if value:
-        system = authority_system(
-            ctx, namespace=namespace, universal_id=universal_id, fallback="practitioner"
-        )
+        system = authority_system(ctx, namespace=namespace, universal_id=universal_id, fallback="practitioner")
         identifier = {"system": system, "value": value}
         kind = identifier_type(ctx, rep.get(13).strip())
         if kind:
@@ -326,9 +320,7 @@ def _participant(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict
     out: dict[str, Any] = {"individual": {"reference": f"Practitioner/{pid}"}}
     names = resource.get("name")
     if names:
-        out["individual"]["display"] = " ".join(
-            [*names[0].get("given", []), names[0].get("family", "")]
-        ).strip()
+        out["individual"]["display"] = " ".join([*names[0].get("given", []), names[0].get("family", "")]).strip()
     if row:
         out = {"type": [{"coding": [row.coding()]}], **out}
     return out

@@ -79,6 +79,10 @@ def live_inserts(facts: list[VisitFact]) -> tuple[list[VisitFact], list[VisitFac
         target = _cancel_target(cancel, inserts, cancelled)
         if target is not None:
             cancelled.add(target)
+            key = cancel.movement_key
+            if key is not None and inserts[target].movement_key == key:
+                # ZBE-1 is the movement's identity: an INSERT re-sent under a new MSH-10 is undone with it.
+                cancelled.update(i for i, insert in enumerate(inserts) if insert.movement_key == key)
     return inserts, [f for i, f in enumerate(inserts) if i not in cancelled]
 
 

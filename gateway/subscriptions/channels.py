@@ -39,9 +39,7 @@ _HEADER_VALUE = re.compile(r"^[\t\x20-\x7e]*$")
 _RETRYABLE_4XX: Final = frozenset({408, 429})
 
 
-def idempotency_key(
-    *, subscription_id: str, event_number: int | None, notification_type: str, bundle_id: str
-) -> str:
+def idempotency_key(*, subscription_id: str, event_number: int | None, notification_type: str, bundle_id: str) -> str:
     """The ``Idempotency-Key`` value: stable per event so redeliveries of one event share it."""
     if event_number is not None:
         return f"{subscription_id}:{event_number}"

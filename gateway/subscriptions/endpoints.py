@@ -14,9 +14,7 @@ Resolver = Callable[[str, int | None], Iterable[tuple[Any, ...]]]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def check_endpoint(
-    url: str, *, allowlist: Sequence[str], resolver: Resolver = socket.getaddrinfo
-) -> str | None:
+def check_endpoint(url: str, *, allowlist: Sequence[str], resolver: Resolver = socket.getaddrinfo) -> str | None:
     """``None`` if the gateway may POST to ``url``, else a reason a human can act on.
 
     https is required, except for hosts in ``allowlist`` (exact host names or IP literals, case-

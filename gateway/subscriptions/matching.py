@@ -41,9 +41,7 @@ def parse_criteria(text: str, *, resource: str) -> list[Filter]:
     filters = []
     for param, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if param not in SUPPORTED.get(resource, frozenset()):
-            raise FhirError(
-                f"filter parameter {param!r} is not supported for {resource}", issue_code="not-supported"
-            )
+            raise FhirError(f"filter parameter {param!r} is not supported for {resource}", issue_code="not-supported")
         if not value:
             raise FhirError(f"filter parameter {param!r} has no value", issue_code="invalid")
         filters.append(Filter(param, value))
@@ -53,7 +51,8 @@ def parse_criteria(text: str, *, resource: str) -> list[Filter]:
 def _token_match(value: str, identifiers: list[JSON]) -> bool:
     system, sep, code = value.rpartition("|")
     for ident in identifiers:
-        if ident.get("value") == code and (not sep or ident.get("system") == system):
+        # FHIR token search: "code" any system, "system|code" that system, "|code" no system at all
+        if ident.get("value") == code and (not sep or (ident.get("system") or "") == system):
             return True
     return False
 

@@ -21,9 +21,7 @@ EVENT_CODE_EXTENSION_URL: Final = f"{CANONICAL_BASE}/StructureDefinition/nde-eve
 EVENT_CODE_SYSTEM: Final = "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement"
 
 SUBSCRIPTION_STATUSES: Final = frozenset({"requested", "active", "error", "off"})
-NOTIFICATION_TYPES: Final = frozenset(
-    {"handshake", "heartbeat", "event-notification", "query-status", "query-event"}
-)
+NOTIFICATION_TYPES: Final = frozenset({"handshake", "heartbeat", "event-notification", "query-status", "query-event"})
 PAYLOAD_CONTENTS: Final = frozenset({"empty", "id-only", "full-resource"})
 #: Notification types that never carry events, whatever the caller passes.
 _EVENTLESS_TYPES: Final = frozenset({"handshake", "heartbeat"})

@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 from sqlalchemy import Engine as DB
 
 from gateway.config import Settings
+from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.subscriptions.channels import DeliveryResult, RestHookChannel, idempotency_key
 from gateway.subscriptions.email import EmailChannel, notice
@@ -173,7 +174,7 @@ class DeliveryWorker:
             due = [s for s in SubscriptionRepo(conn).with_heartbeat() if _heartbeat_due(s, now)]
         if not due:
             return
-        with self.db.begin() as conn:
+        with transaction(self.db) as conn:
             subs, outbox = SubscriptionRepo(conn), OutboxRepo(conn)
             for sub in due:
                 if outbox.has_pending(sub.id):
@@ -190,7 +191,7 @@ class DeliveryWorker:
     def _claim(self) -> list[Job]:
         now = self.now()
         jobs = []
-        with self.db.begin() as conn:
+        with transaction(self.db) as conn:
             outbox, subs = OutboxRepo(conn), SubscriptionRepo(conn)
             for head in outbox.heads(now=now, limit=BATCH):
                 sub = subs.get(head.subscription_id)
@@ -264,7 +265,7 @@ class DeliveryWorker:
 
     def _record(self, outcomes: list[tuple[Job, DeliveryResult]]) -> None:
         now = self.now()
-        with self.db.begin() as conn:
+        with transaction(self.db) as conn:
             for job, result in outcomes:
                 if result.ok:
                     self._delivered(conn, job, now=now)

@@ -133,9 +133,7 @@ def test_id_only_payload() -> None:
 
 
 def test_full_resource_payload() -> None:
-    bundle = validated(
-        build_notification_bundle(ctx("full-resource"), [event()], bundle_id=BUNDLE_ID, now=NOW)
-    )
+    bundle = validated(build_notification_bundle(ctx("full-resource"), [event()], bundle_id=BUNDLE_ID, now=NOW))
     enc, pat = bundle["entry"][1:]
     assert enc["fullUrl"] == f"{BASE}/Encounter/abc"
     assert enc["resource"] == ENCOUNTER

@@ -65,8 +65,7 @@ def test_gives_up_after_horizon() -> None:
     assert not policy.gives_up(first_failure_at=T0, now=T0 + timedelta(seconds=3599))
     assert policy.gives_up(first_failure_at=T0, now=T0 + timedelta(seconds=3600))
     assert (
-        policy.next_attempt(attempt=9, first_failure_at=T0, now=T0 + timedelta(hours=2), rng=random.Random(0))
-        is None
+        policy.next_attempt(attempt=9, first_failure_at=T0, now=T0 + timedelta(hours=2), rng=random.Random(0)) is None
     )
 
 

@@ -1,0 +1,158 @@
+"""MLLP ingest throughput and ACK latency, end to end through the real gateway (in-process).
+
+Starts the gateway's MLLP listener and delivery worker (``Runtime``) on a temporary SQLite file by
+default, with the gateway's default durability settings (WAL, ``synchronous=FULL``, one transaction and
+one commit per message before its ACK). Generates distinct stays from the demo A01/A03 fixtures by byte
+substitution (MSH-10, the IPP in PID-3, the visit number in PV1-19, the movement id in ZBE-1), spreads
+the stays over C concurrent MLLP connections (each sends its stays' A01 then A03 one at a time and
+waits for each ACK, as a hospital engine does) and prints throughput, ACK latency and peak RSS.
+
+    .venv/bin/python bench/mllp_ingest.py --messages 2000 --connections 4
+    .venv/bin/python bench/mllp_ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench
+
+The sender runs in the same process and event loop as the gateway, so the figures include its cost.
+Exit status 1 when any message is not acknowledged AA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import secrets
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.config import Settings
+from gateway.hl7.mllp import MLLPClient
+from gateway.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures" / "demo"
+ADMISSION = (FIXTURES / "01_A01_admission.hl7").read_bytes()
+DISCHARGE = (FIXTURES / "02_A03_discharge.hl7").read_bytes()
+
+
+def _replace_once(text: bytes, old: bytes, new: bytes) -> bytes:
+    count = text.count(old)
+    if count != 1:
+        raise SystemExit(f"fixture pattern {old!r} found {count} times, expected once: fixtures changed?")
+    return text.replace(old, new)
+
+
+def stay(run: str, k: int) -> list[bytes]:
+    """A01 then A03 of stay ``k``: a new patient (IPP) and a new visit, unique per run tag."""
+    ipp, visit = f"9{run}{k:06d}".encode(), f"8{run}{k:07d}".encode()
+    out = []
+    for template, control, movement in ((ADMISSION, b"DEMO-0001", b"MVT-1001"), (DISCHARGE, b"DEMO-0002", b"MVT-1002")):
+        message = _replace_once(template, b"|" + control + b"|", f"|B{run}-{k:07d}-{control[-1:].decode()}|".encode())
+        message = _replace_once(message, b"|480001^", b"|" + ipp + b"^")
+        message = _replace_once(message, b"|2026004512^", b"|" + visit + b"^")
+        message = _replace_once(message, b"|" + movement + b"^", f"|MVT-{run}-{k}-{control[-1:].decode()}^".encode())
+        out.append(message)
+    return out
+
+
+def control_id(message: bytes) -> bytes:
+    return message.split(b"\r", 1)[0].split(b"|")[9]
+
+
+def ack_code(ack: bytes, expected_control_id: bytes) -> str:
+    for segment in ack.split(b"\r"):
+        if segment.startswith(b"MSA|"):
+            fields = segment.split(b"|")
+            code = fields[1].decode("ascii", "replace")
+            echoed = fields[2] if len(fields) > 2 else b""
+            return code if echoed == expected_control_id else f"{code}(MSA-2 mismatch)"
+    return "no MSA"
+
+
+@dataclass
+class Results:
+    latencies: list[float] = field(default_factory=list)
+    codes: Counter[str] = field(default_factory=Counter)
+    first_bad: bytes | None = None
+
+
+async def sender(port: int, messages: list[bytes], results: Results) -> None:
+    async with MLLPClient("127.0.0.1", port, timeout=60) as client:
+        for message in messages:
+            started = time.perf_counter()
+            ack = await client.send(message)
+            results.latencies.append(time.perf_counter() - started)
+            code = ack_code(ack, control_id(message))
+            results.codes[code] += 1
+            if code != "AA" and results.first_bad is None:
+                results.first_bad = ack
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run(n_messages: int, connections: int, database_url: str) -> int:
+    run_tag = f"{secrets.randbelow(10_000):04d}"  # keeps a re-run on the same database free of duplicates
+    stays = [stay(run_tag, k) for k in range((n_messages + 1) // 2)]
+    per_connection: list[list[bytes]] = [[] for _ in range(connections)]
+    for k, pair in enumerate(stays):
+        per_connection[k % connections].extend(pair)  # A03 follows its A01 on the same connection
+    excess = 2 * len(stays) - n_messages  # odd N: the last stay is admitted only
+    if excess:
+        per_connection[(len(stays) - 1) % connections].pop()
+    total = sum(len(batch) for batch in per_connection)
+
+    settings = Settings(database_url=database_url, mllp_port=0, mllp_host="127.0.0.1")
+    runtime = Runtime.build(settings)
+    await runtime.start(mllp=True, worker=True)
+    assert runtime.mllp is not None
+    results = Results()
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(sender(runtime.mllp.port, batch, results) for batch in per_connection if batch))
+        elapsed = time.perf_counter() - started
+    finally:
+        await runtime.stop()
+        runtime.close()
+
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    backend = database_url.split(":", 1)[0]
+    durability = f", synchronous={settings.sqlite_synchronous}" if backend.startswith("sqlite") else ""
+    print(f"mllp_ingest: {backend}{durability}, {connections} connections, {os.cpu_count()} CPUs")
+    print(f"  messages        {total}")
+    print(f"  elapsed         {elapsed:.2f} s")
+    print(f"  throughput      {total / elapsed:.0f} messages/s")
+    print(f"  ACK latency p50 {percentile(results.latencies, 0.50) * 1000:.1f} ms")
+    print(f"  ACK latency p99 {percentile(results.latencies, 0.99) * 1000:.1f} ms")
+    print(f"  ACK latency max {max(results.latencies) * 1000:.1f} ms")
+    print(f"  AA              {results.codes['AA']}/{total}")
+    print(f"  peak RSS        {peak_rss_mb:.0f} MiB")
+    if results.codes["AA"] != total:
+        print(f"ERROR: not every message was acknowledged AA: {dict(results.codes)}", file=sys.stderr)
+        if results.first_bad is not None:
+            print(results.first_bad.decode("latin-1").replace("\r", "\n"), file=sys.stderr)
+        return 1
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--messages", type=int, default=2000, help="messages to send (A01/A03 pairs)")
+    parser.add_argument("--connections", type=int, default=4, help="concurrent MLLP connections")
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    args = parser.parse_args()
+    if args.messages < 1 or args.connections < 1:
+        parser.error("--messages and --connections must be positive")
+    if args.database_url:
+        return asyncio.run(run(args.messages, args.connections, args.database_url))
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        return asyncio.run(run(args.messages, args.connections, f"sqlite:///{Path(tmp) / 'gateway.db'}"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
