@@ -183,8 +183,8 @@ def _codes(resource: dict[str, Any]) -> list[str]:
             out.append(f"{path}.use {ident['use']!r} is not an R4 identifier-use")
         for i, coding in enumerate((ident.get("type") or {}).get("coding", [])):
             pair = (coding.get("system", ""), coding.get("code", ""))
-            if pair not in table_targets("IdentifierType"):
-                out.append(f"{path}.type.coding[{i}] {pair} is not a target of IdentifierType.csv")
+            if pair not in table_targets("IdentifierType") | table_targets("InsAuthority_to_IdentifierType"):
+                out.append(f"{path}.type.coding[{i}] {pair} is not a target of an identifier type table")
     return out
 
 

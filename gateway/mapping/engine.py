@@ -22,13 +22,11 @@ PROFILE_PATIENT = f"{FR_CORE}/fr-core-patient"
 PROFILE_PATIENT_INS = f"{FR_CORE}/fr-core-patient-ins"
 PROFILE_ENCOUNTER = f"{FR_CORE}/fr-core-encounter"
 PROFILE_PRACTITIONER = f"{FR_CORE}/fr-core-practitioner"
-INS_TYPES = frozenset({"INS", "INS-NIR", "INS-NIA", "INS-C"})
-INS_OIDS = {
-    "urn:oid:1.2.250.1.213.1.4.8": "production",
-    "urn:oid:1.2.250.1.213.1.4.9": "production",
-    "urn:oid:1.2.250.1.213.1.4.10": "test",
-    "urn:oid:1.2.250.1.213.1.4.11": "demo",
-}
+#: Identifier types that mean "an INS" (CX-5 INS maps to INS-NIR; the authority table then decides).
+INS_TYPES = frozenset({"INS", "INS-NIR", "INS-NIA", "INS-C", "INS-NIR-TEST", "INS-NIR-DEMO"})
+#: The INS kinds that make a production, qualified identity (fr-core-patient-ins).
+PRODUCTION_INS = frozenset({"INS-NIR", "INS-NIA"})
+INS_TABLE = "InsAuthority_to_IdentifierType"
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,11 +152,14 @@ class Engine:
         if pid is None:
             raise MappingError("PID segment is missing", location="PID")
         facts = self._apply(self.tables.segments[self.tables.event_segments["patient"]], pid, ctx)
-        identifiers = filter_identifiers(facts.get("identifier", []), reliability=pid.get(32).strip().upper(), ctx=ctx)
+        reliability = frozenset(rep.get(1).strip().upper() for rep in pid.repetitions(32))
+        identifiers = filter_identifiers(facts.get("identifier", []), reliability=reliability, ctx=ctx)
         key = patient_key(identifiers)
         if key is None:
             raise MappingError("PID-3 holds no usable patient identifier (IPP)", location="PID-3")
-        has_ins = any(type_code(i) in INS_TYPES for i in identifiers)
+        if "deceasedDateTime" in facts:
+            facts.pop("deceasedBoolean", None)  # R4 deceased[x]: one of the two; the date says more
+        has_ins = any(type_code(i) in PRODUCTION_INS for i in identifiers)
         patient: dict[str, Any] = {
             "resourceType": "Patient",
             "id": resource_id("Patient", key),
@@ -246,17 +247,31 @@ def type_code(identifier: dict[str, Any]) -> str:
     return str(codings[0].get("code", ""))
 
 
-def filter_identifiers(identifiers: list[dict[str, Any]], *, reliability: str, ctx: MapContext) -> list[dict[str, Any]]:
-    """Keep the INS only when PID-32 is VALI (PAM-FR §6.6.1); never keep the billing NIR (CX-5 NH)."""
+def filter_identifiers(
+    identifiers: list[dict[str, Any]], *, reliability: frozenset[str], ctx: MapContext
+) -> list[dict[str, Any]]:
+    """The identifiers a receiver may trust (PAM-FR §6.6.1).
+
+    An INS is kept only when PID-32 says VALI (in any repetition: the status and its attributes repeat),
+    and is typed by its authority OID, so that test and demo INS never pass for production ones. The
+    billing NIR (CX-5 NH) is never kept: it is not an identity.
+    """
     kept = []
     for ident in identifiers:
         code = type_code(ident)
-        if code in INS_TYPES and reliability != "VALI":
-            ctx.location = "PID-32"
-            ctx.warn("INS received without a VALI identity status: dropped")
-            continue
         if code == "NH":
             continue
+        if code in INS_TYPES:
+            ctx.location = "PID-32"
+            if "VALI" not in reliability:
+                ctx.warn("INS received without a VALI identity status: dropped")
+                continue
+            row = ctx.tables.code(INS_TABLE, str(ident.get("system", "")).removeprefix("urn:oid:"))
+            if row is None:
+                ctx.location = "PID-3"
+                ctx.warn("INS under an authority that is not an INS OID: dropped")
+                continue
+            ident = {**ident, "type": {"coding": [row.coding()]}}
         kept.append(ident)
     return kept
 

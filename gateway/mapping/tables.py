@@ -19,7 +19,7 @@ _TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_]*(\
 EVENT_KINDS = frozenset({"admit", "register", "discharge", "cancel-admit", "cancel-discharge"})
 ACTIONS = frozenset({"INSERT", "UPDATE", "CANCEL"})
 #: Code tables the transforms read by name rather than through a rule's ``table`` argument.
-BUILTIN_CODE_TABLES = ("IdentifierType", "ParticipationType")
+BUILTIN_CODE_TABLES = ("IdentifierType", "ParticipationType", "InsAuthority_to_IdentifierType")
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,14 +276,41 @@ def test_nda_without_cx5_gets_type_an() -> None:
     assert by_type(patient)["AN"]["value"] == "900002"
 
 
-def test_ins_kept_with_vali() -> None:
+def test_test_ins_kept_with_vali_but_typed_as_test() -> None:
     mapped = run(pid={3: f"{IPP}~{INS}", 32: "VALI"})
     ins = [i for i in mapped.patient["identifier"] if i["system"] == f"urn:oid:{INS_TEST_OID}"]
     assert len(ins) == 1
     assert ins[0]["value"] == "279129999999942"
-    assert type_code(ins[0]) == "INS-NIR"
-    assert mapped.patient["meta"]["profile"] == [PROFILE_PATIENT_INS]
+    assert type_code(ins[0]) == "INS-NIR-TEST"  # a test OID is never a production INS
+    assert mapped.patient["meta"]["profile"] == [PROFILE_PATIENT]
     assert warned(mapped, "PID-32") == []
+
+
+@pytest.mark.parametrize(
+    ("oid", "kind", "profile"),
+    [
+        ("1.2.250.1.213.1.4.8", "INS-NIR", PROFILE_PATIENT_INS),
+        ("1.2.250.1.213.1.4.9", "INS-NIA", PROFILE_PATIENT_INS),
+        ("1.2.250.1.213.1.4.11", "INS-NIR-DEMO", PROFILE_PATIENT),
+    ],
+)
+def test_ins_typed_by_its_authority(oid: str, kind: str, profile: str) -> None:
+    ins = f"279129999999942^^^ASIP-SANTE-INS-NIR&{oid}&ISO^INS"
+    mapped = run(pid={3: f"{IPP}~{ins}", 32: "VALI"})
+    kept = [i for i in mapped.patient["identifier"] if i["system"] == f"urn:oid:{oid}"]
+    assert [type_code(i) for i in kept] == [kind]
+    assert mapped.patient["meta"]["profile"] == [profile]
+
+
+def test_ins_under_an_unknown_authority_is_dropped() -> None:
+    mapped = run(pid={3: f"{IPP}~279129999999942^^^SOMEONE&1.2.3.4&ISO^INS", 32: "VALI"})
+    assert all(i["value"] != "279129999999942" for i in mapped.patient["identifier"])
+    assert len(warned(mapped, "PID-3")) == 1
+
+
+def test_vali_in_a_later_repetition_counts() -> None:
+    mapped = run(pid={3: f"{IPP}~{INS}", 32: "HOMA~VALI"})
+    assert any(i["value"] == "279129999999942" for i in mapped.patient["identifier"])
 
 
 @pytest.mark.parametrize("reliability", ["vali", "VALI~HOMA"])
