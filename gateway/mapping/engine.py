@@ -271,7 +271,8 @@ def filter_identifiers(
                 ctx.location = "PID-3"
                 ctx.warn("INS under an authority that is not an INS OID: dropped")
                 continue
-            ident = {**ident, "type": {"coding": [row.coding()]}}
+            kept.append({**ident, "type": {"coding": [row.coding()]}})
+            continue
         kept.append(ident)
     return kept
 
