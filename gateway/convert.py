@@ -1,47 +1,67 @@
-"""``gateway convert``: the dry run an integrator starts with — the ACK and the FHIR a file would produce."""
+"""``gateway convert``: the dry run an integrator starts with — the ACKs and the FHIR some files produce.
+
+The messages run through the real pipeline, in order, on a throw-away in-memory store: what is printed
+is exactly what the gateway would hold after them (stays folded, movements, care circle, merges), and
+nothing touches the real store.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.mapping.engine import Engine, Mapped
-from gateway.pipeline import dry_run, utcnow
-from gateway.state.apply import visit_fact
-from gateway.state.patients import fold_patient, patient_payload
-from gateway.state.visits import fold_visit
+from sqlalchemy import select
+
+from gateway.config import Settings
+from gateway.db.engine import make_engine, migrate
+from gateway.db.schema import resources
+from gateway.hl7.ack import AckIssue
+from gateway.mapping.engine import Engine
+from gateway.pipeline import Pipeline, utcnow
+
+JSON = dict[str, Any]
+#: Resource types in the order a reader expects them.
+ORDER = ("Patient", "Encounter", "CareTeam", "Practitioner", "Subscription")
 
 
-def resources_of(mapped: Mapped) -> list[dict[str, Any]]:
-    """The resources one message would produce on an empty store (no earlier facts)."""
-    out: list[dict[str, Any]] = []
-    patient = fold_patient(
-        [patient_payload(patient=mapped.patient, event_time=mapped.event_time, control_id=mapped.header.control_id)]
-    )
-    if patient:
-        out.append(patient)
-    out.extend(mapped.practitioners)
-    if mapped.encounter is not None:
-        encounter = fold_visit([visit_fact(mapped, mapped.encounter)])
-        if encounter:
-            out.append(encounter)
-    return out
+@dataclass(slots=True)
+class Converted:
+    """What a sequence of messages produced: each ACK (code, issues) and the resulting resources."""
+
+    acks: list[tuple[str, list[AckIssue], str]]
+    resources: list[JSON]
+
+
+def convert_messages(raws: Iterable[bytes], *, engine: Engine, clock: Callable[[], datetime] = utcnow) -> Converted:
+    db = make_engine(Settings(database_url="sqlite://"))
+    try:
+        migrate(db)
+        pipeline = Pipeline(engine=engine, db=db, clock=clock)
+        acks = []
+        for raw in raws:
+            outcome = pipeline.ingest(raw, transport="convert")
+            acks.append((outcome.code, outcome.issues, outcome.ack_text))
+        with db.connect() as conn:
+            rows = conn.execute(select(resources.c.content).where(resources.c.deleted == 0)).all()
+    finally:
+        db.dispose()
+    found = [json.loads(r[0]) for r in rows]
+    found.sort(key=lambda r: (ORDER.index(r["resourceType"]) if r["resourceType"] in ORDER else 99, r["id"]))
+    return Converted(acks=acks, resources=found)
 
 
 def convert_files(files: list[Path], *, mappings_dir: Path, out: TextIO) -> int:
     engine = Engine.from_directory(mappings_dir)
+    result = convert_messages((Path(f).read_bytes() for f in files), engine=engine)
     worst = 0
-    for path in files:
-        result = dry_run(engine, Path(path).read_bytes(), now=utcnow())
-        out.write(f"=== {path}: {result.code}\n")
-        out.write(result.ack.replace("\r", "\n"))
-        if result.mapped is not None:
-            bundle = {
-                "resourceType": "Bundle",
-                "type": "collection",
-                "entry": [{"resource": r} for r in resources_of(result.mapped)],
-            }
-            out.write(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n")
-        worst = max(worst, {"AA": 0, "AE": 1, "AR": 1}[result.code])
+    for path, (code, _issues, ack) in zip(files, result.acks, strict=True):
+        out.write(f"=== {path}: {code}\n")
+        out.write(ack.replace("\r", "\n"))
+        worst = max(worst, 0 if code == "AA" else 1)
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in result.resources]}
+    out.write(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n")
     return worst

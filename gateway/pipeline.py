@@ -217,7 +217,7 @@ class Pipeline:
                 status="applied",
                 event_time=mapped.event_time,
             )
-            applied = apply_message(conn, mapped, message_id=message_id, now=now)
+            applied = apply_message(conn, mapped, message_id=message_id, now=now, tables=self.engine.tables)
             issues = _warnings(mapped)
             ack = build_ack(message, code="AA", issues=issues, now=now)
             repo.finish(message_id, outcome="AA", status="applied", ack=ack)

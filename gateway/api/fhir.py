@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import RuntimeDep, require_token
 from gateway.api.responses import fhir_response, versioned
 from gateway.db.engine import transaction
-from gateway.db.repo import OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
+from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
 from gateway.errors import FhirError, NotFoundError, PreconditionFailedError
 from gateway.fhir.capability import SEARCH_PARAMS, capability_statement
 from gateway.fhir.search import history_bundle, search
 from gateway.pipeline import utcnow
 from gateway.runtime import Runtime
+from gateway.state import platform as platform_edits
+from gateway.state.apply import Unit
 from gateway.subscriptions.notification import (
     NotificationContext,
     build_notification_bundle,
@@ -170,6 +174,57 @@ async def subscription_events(
         return build_notification_bundle(ctx, events, bundle_id=uuid.uuid4().hex, now=utcnow())
 
     return fhir_response(await run_in_threadpool(work))
+
+
+def _platform(request: Request) -> str:
+    """Who edits a care circle: the ``X-Platform`` header (e.g. Parceo, eTICSS), recorded as the source."""
+    name = request.headers.get("x-platform", "").strip()
+    return "".join(ch for ch in name if ch.isalnum() or ch in "-_. ")[:64] or "platform"
+
+
+def _careteam_edit(runtime: Runtime, work: Callable[[Connection], tuple[StoredResource, Unit]]) -> Response:
+    with transaction(runtime.db) as conn:
+        stored, unit = work(conn)
+    if unit.result.notifications:
+        runtime.worker.wake()
+    return versioned(stored.content)
+
+
+@router.put("/CareTeam/{team_id}", summary="Replace a care circle's platform members (If-Match aware)")
+async def put_careteam(team_id: str, request: Request, runtime: RuntimeDep) -> Response:
+    body = await _json_body(request)
+    platform, if_match = _platform(request), request.headers.get("if-match")
+
+    def work(conn: Connection) -> tuple[StoredResource, Unit]:
+        return platform_edits.replace(
+            conn, team_id, body, tables=runtime.engine.tables, now=utcnow(), platform=platform, if_match=if_match
+        )
+
+    return await run_in_threadpool(_careteam_edit, runtime, work)
+
+
+@router.post("/CareTeam/{team_id}/$add-member", summary="Add one platform member to a care circle")
+async def add_member(team_id: str, request: Request, runtime: RuntimeDep) -> Response:
+    params, platform = await _json_body(request), _platform(request)
+
+    def work(conn: Connection) -> tuple[StoredResource, Unit]:
+        return platform_edits.add_member(
+            conn, team_id, params, tables=runtime.engine.tables, now=utcnow(), platform=platform
+        )
+
+    return await run_in_threadpool(_careteam_edit, runtime, work)
+
+
+@router.post("/CareTeam/{team_id}/$end-member", summary="End one platform member's participation")
+async def end_member(team_id: str, request: Request, runtime: RuntimeDep) -> Response:
+    params, platform = await _json_body(request), _platform(request)
+
+    def work(conn: Connection) -> tuple[StoredResource, Unit]:
+        return platform_edits.end_member(
+            conn, team_id, params, tables=runtime.engine.tables, now=utcnow(), platform=platform
+        )
+
+    return await run_in_threadpool(_careteam_edit, runtime, work)
 
 
 @router.get("/{rtype}", summary="Search")

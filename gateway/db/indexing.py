@@ -29,10 +29,26 @@ def search_entries(resource: JSON) -> list[Entry]:
     if rtype == "Encounter":
         out += _reference("patient", resource.get("subject"))
         out += _reference("subject", resource.get("subject"))
+        out += _reference("part-of", resource.get("partOf"))
         if resource.get("status"):
             out.append(("status", "", str(resource["status"])))
         if resource.get("class", {}).get("code"):
             out.append(("class", str(resource["class"].get("system", "")), str(resource["class"]["code"])))
+    elif rtype == "Patient":
+        out += [("link", "", str(link["other"]["reference"])) for link in resource.get("link", []) if link.get("other")]
+        if "active" in resource:
+            out.append(("active", "", "true" if resource["active"] else "false"))
+    elif rtype == "CareTeam":
+        out += _reference("patient", resource.get("subject"))
+        out += _reference("subject", resource.get("subject"))
+        for participant in resource.get("participant", []):
+            member = participant.get("member", {})
+            out += _reference("participant", member)
+            ident = member.get("identifier")
+            if ident and ident.get("value"):
+                out.append(("participant.identifier", str(ident.get("system", "")), str(ident["value"])))
+        if resource.get("status"):
+            out.append(("status", "", str(resource["status"])))
     elif rtype == "Subscription":
         if resource.get("status"):
             out.append(("status", "", str(resource["status"])))

@@ -15,6 +15,7 @@ from gateway.db.schema import (
     facts,
     messages,
     outbox,
+    patient_links,
     resource_versions,
     resources,
     search_index,
@@ -203,9 +204,49 @@ class FactRepo:
             )
         )
 
-    def of(self, stream: str) -> list[JSON]:
-        rows = self.conn.execute(select(facts.c.payload).where(facts.c.stream == stream).order_by(facts.c.id))
-        return [orjson.loads(r[0]) for r in rows]
+    def of(self, stream: str, *, kinds: Sequence[str] | None = None) -> list[JSON]:
+        """The stream's facts in the order they were written (folds sort them by event time)."""
+        query = select(facts.c.payload).where(facts.c.stream == stream).order_by(facts.c.id)
+        if kinds is not None:
+            query = query.where(facts.c.kind.in_(kinds))
+        return [orjson.loads(r[0]) for r in self.conn.execute(query)]
+
+
+class PatientLinkRepo:
+    """Merged patient → survivor, followed transitively (A merged into B, B later into C: A → C)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def link(self, *, merged_id: str, survivor_id: str, now: datetime) -> None:
+        if self.survivor(survivor_id) == merged_id:
+            return  # a merge in the other direction already stands; a cycle would loop forever
+        self.conn.execute(delete(patient_links).where(patient_links.c.merged_id == merged_id))
+        self.conn.execute(insert(patient_links).values(merged_id=merged_id, survivor_id=survivor_id, created_at=now))
+
+    def survivor(self, patient_id: str) -> str:
+        seen = {patient_id}
+        current = patient_id
+        while True:
+            row = self.conn.execute(
+                select(patient_links.c.survivor_id).where(patient_links.c.merged_id == current)
+            ).first()
+            if row is None or row[0] in seen:
+                return current
+            current = str(row[0])
+            seen.add(current)
+
+    def merged_into(self, survivor_id: str) -> list[str]:
+        """Every patient that ends up in ``survivor_id`` (transitively)."""
+        found: list[str] = []
+        frontier = [survivor_id]
+        while frontier:
+            rows = self.conn.execute(
+                select(patient_links.c.merged_id).where(patient_links.c.survivor_id.in_(frontier))
+            ).all()
+            frontier = [str(r[0]) for r in rows if str(r[0]) not in found and str(r[0]) != survivor_id]
+            found.extend(frontier)
+        return sorted(found)
 
 
 # -- resources ------------------------------------------------------------------------------------

@@ -113,6 +113,16 @@ facts = Table(
     Index("ix_facts_stream", "stream", "event_time"),
 )
 
+#: A40 merges (and A47 IPP changes): the merged patient points at its survivor. Stays, filters and
+#: care circles of a merged patient follow the survivor through this table.
+patient_links = Table(
+    "patient_links",
+    metadata,
+    Column("merged_id", String(64), primary_key=True),
+    Column("survivor_id", String(64), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
 #: Subscriptions' delivery state beside their FHIR resource (stored in ``resources``).
 subscriptions = Table(
     "subscriptions",

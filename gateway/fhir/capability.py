@@ -23,6 +23,7 @@ SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
         ("_id", "token", "logical id"),
         ("identifier", "token", "visit number (VN): [system|]value"),
         ("patient", "reference", "Patient/<id>"),
+        ("part-of", "reference", "Encounter/<stay id>: the movements of a stay"),
         ("subject", "reference", "Patient/<id>"),
         ("status", "token", "planned | in-progress | onleave | finished | cancelled"),
         ("class", "token", "v3-ActCode code"),
@@ -30,6 +31,14 @@ SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
     "Practitioner": [
         ("_id", "token", "logical id"),
         ("identifier", "token", "RPPS or local id: [system|]value"),
+    ],
+    "CareTeam": [
+        ("_id", "token", "logical id"),
+        ("patient", "reference", "Patient/<id>: the patient's care circle"),
+        ("subject", "reference", "Patient/<id>"),
+        ("participant", "reference", "Practitioner/<id> or Organization reference: circles a member belongs to"),
+        ("participant.identifier", "token", "a member's RPPS or local id, [system|]value"),
+        ("status", "token", "active | inactive"),
     ],
     "Subscription": [("_id", "token", "logical id"), ("status", "token", "requested | active | error | off")],
 }
@@ -40,7 +49,9 @@ def capability_statement(*, base_url: str, now: datetime) -> dict[str, Any]:
     for rtype, params in SEARCH_PARAMS.items():
         interactions = [{"code": c} for c in ("read", "vread", "history-instance", "search-type")]
         if rtype == "Subscription":
-            interactions.append({"code": "create"})
+            interactions += [{"code": "create"}, {"code": "update"}, {"code": "delete"}]
+        if rtype == "CareTeam":
+            interactions.append({"code": "update"})
         resources.append(
             {
                 "type": rtype,

@@ -13,6 +13,10 @@ from gateway.fhir.capability import SEARCH_PARAMS
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
 CONTROL = frozenset({"_count", "_offset", "_format"})
+#: Reference parameters and the resource type they point at (``patient=123`` means ``Patient/123``).
+REFERENCE_TARGETS = {"patient": "Patient", "subject": "Patient", "part-of": "Encounter", "link": "Patient"}
+#: Reference parameters whose value must name its type (a member may be a Practitioner or an Organization).
+TYPED_REFERENCES = frozenset({"participant"})
 
 
 def parse_search(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, str | None, str]]:
@@ -31,13 +35,14 @@ def parse_search(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, s
 
 
 def _criterion(name: str, value: str) -> tuple[str, str | None, str]:
-    if name in ("identifier", "class"):
+    if name in ("identifier", "class", "participant.identifier"):
         system, sep, code = value.rpartition("|")
         return name, (system if sep else None), code
-    if name in ("patient", "subject"):
-        ref = value.rstrip("/")
-        parts = ref.split("/")
-        return name, None, f"Patient/{parts[-1]}"
+    parts = value.rstrip("/").split("/")
+    if name in REFERENCE_TARGETS:
+        return name, None, f"{REFERENCE_TARGETS[name]}/{parts[-1]}"
+    if name in TYPED_REFERENCES:
+        return name, None, "/".join(parts[-2:])
     return name, None, value
 
 

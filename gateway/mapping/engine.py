@@ -13,9 +13,10 @@ from typing import Any
 
 from gateway.errors import MappingError, UnsupportedError, UnsupportedEventError
 from gateway.hl7.er7 import Message, Segment
+from gateway.hl7.er7 import Path as HL7Path
 from gateway.mapping.ids import resource_id
 from gateway.mapping.tables import ACTIONS, EventSpec, SegmentMap, Tables, load_tables
-from gateway.mapping.transforms import PARIS, TRANSFORMS, MapContext, parse_dtm
+from gateway.mapping.transforms import PARIS, TRANSFORMS, MapContext, local_system, parse_dtm
 
 FR_CORE = "https://hl7.fr/ig/fhir/core/StructureDefinition"
 PROFILE_PATIENT = f"{FR_CORE}/fr-core-patient"
@@ -27,6 +28,13 @@ INS_TYPES = frozenset({"INS", "INS-NIR", "INS-NIA", "INS-C", "INS-NIR-TEST", "IN
 #: The INS kinds that make a production, qualified identity (fr-core-patient-ins).
 PRODUCTION_INS = frozenset({"INS-NIR", "INS-NIA"})
 INS_TABLE = "InsAuthority_to_IdentifierType"
+#: Event kinds without a visit: their PV1 (often "PV1|1|N") is not read.
+VISITLESS_KINDS = frozenset({"person", "person-update", "change-identifier", "merge"})
+SUPPORTED_VERSIONS = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"})
+HL7_NULL = '""'
+IDENTITY_RELIABILITY = f"{FR_CORE}/fr-core-identity-reliability"
+IDENTITY_STATUS_SYSTEM = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-identity-status"
+IDENTITY_COMMENT_SYSTEM = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-identity-status-comment"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,16 @@ class Mapped:
     movement: dict[str, Any] | None
     practitioners: list[dict[str, Any]]
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    #: When the sender recorded the event (EVN-2, else MSH-7): orders corrections of one movement.
+    recorded_at: datetime | None = None
+    #: MRG: the patient a merge (A40), an identifier change (A47) or an account move (A44) comes from.
+    prior: dict[str, Any] | None = None
+    #: Care circle statements: ROL segments and PD1-4 (member reference, role, action, period).
+    participations: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def visitless(self) -> bool:
+        return self.encounter is None
 
 
 def read_header(message: Message) -> Header:
@@ -95,10 +113,15 @@ class Engine:
         event = self._route(header)
         ctx = MapContext(tables=self.tables, sender=header.sender)
         ctx.warnings.extend(("MSH", w) for w in message.warnings)
+        self._check_header(message, header, ctx)
         self._check_evn(message, header, ctx)
         patient = self._patient(message, ctx)
-        movement = self._movement(message, ctx)
-        encounter = self._encounter(message, ctx, patient_id=patient["id"])
+        participations = self._participations(message, ctx)
+        visit = event.kind not in VISITLESS_KINDS
+        movement = self._movement(message, ctx) if visit else None
+        encounter = self._encounter(message, ctx, patient_id=patient["id"]) if visit else None
+        if visit and event.kind == "discharge":
+            self._death_on_discharge(message, patient, encounter, movement, ctx)
         action = (movement or {}).get("action") or event.action
         if action not in ACTIONS:
             ctx.location = "ZBE-4"
@@ -114,6 +137,9 @@ class Engine:
             movement=movement,
             practitioners=sorted(ctx.practitioners.values(), key=lambda r: str(r["id"])),
             warnings=ctx.warnings,
+            recorded_at=self._recorded_at(message, header),
+            prior=self._prior(message, ctx),
+            participations=participations,
         )
 
     # -- routing --------------------------------------------------------------------------------
@@ -134,7 +160,37 @@ class Engine:
             ctx.location = "EVN-1"
             ctx.warn(f"EVN-1 {declared} disagrees with MSH-9.2 {header.trigger}; MSH-9.2 is used")
 
+    def _check_header(self, message: Message, header: Header, ctx: MapContext) -> None:
+        """Oddities that do not stop the message but that the sender should hear about (ACK warnings)."""
+        structure = message.msh.get(9, 3).strip().upper()
+        expected = self.tables.code("MessageStructure", header.trigger)
+        if structure and expected and structure != expected.target_code:
+            ctx.location = "MSH-9.3"
+            ctx.warn(
+                f"MSH-9.3 {structure} is not the structure of ADT^{header.trigger} ({expected.target_code}); ignored"
+            )
+        if header.version and header.version not in SUPPORTED_VERSIONS:
+            ctx.location = "MSH-12"
+            ctx.warn(f"HL7 version {header.version} is outside 2.3-2.8; read leniently as 2.5")
+
     # -- segments -------------------------------------------------------------------------------
+
+    def _participations(self, message: Message, ctx: MapContext) -> list[dict[str, Any]]:
+        """ROL segments (each one a statement) and PD1-4 (the médecin traitant, confirmed)."""
+        out = []
+        for name, segment_name in (("ROL_to_Participation", "ROL"), ("PD1_to_Participation", "PD1")):
+            for segment in message.all(segment_name):
+                statement = self._apply(self.tables.segments[name], segment, ctx)
+                if "member" not in statement:
+                    continue
+                statement["role"] = str(statement.get("role", "")).upper()
+                statement["action"] = str(statement.get("action", "UC")).upper()
+                if self.tables.code("CareTeamRole", statement["role"]) is None:
+                    ctx.location = f"{segment_name}-3"
+                    ctx.warn(f"care circle role {statement['role']!r} is not in CareTeamRole; ignored")
+                    continue
+                out.append(statement)
+        return out
 
     def _apply(self, seg_map: SegmentMap, segment: Segment, ctx: MapContext) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -142,9 +198,13 @@ class Engine:
             ctx.location = str(rule.source)
             reps = segment.repetitions(rule.source.field)
             for rep in reps if rule.repeat else reps[:1]:
+                if rep.component_raw(1) == HL7_NULL:
+                    continue  # "" is HL7's explicit null: the value is deleted, so nothing is mapped
                 value = TRANSFORMS[rule.transform](rep, ctx, rule.args)
                 if value is not None:
                     set_path(out, rule.target, value)
+        if out and seg_map.defaults:
+            out = {**seg_map.defaults, **out}
         return out
 
     def _patient(self, message: Message, ctx: MapContext) -> dict[str, Any]:
@@ -160,6 +220,7 @@ class Engine:
         if "deceasedDateTime" in facts:
             facts.pop("deceasedBoolean", None)  # R4 deceased[x]: one of the two; the date says more
         has_ins = any(type_code(i) in PRODUCTION_INS for i in identifiers)
+        received_ins = any(type_code(i) in INS_TYPES for i in facts.get("identifier", []))
         patient: dict[str, Any] = {
             "resourceType": "Patient",
             "id": resource_id("Patient", key),
@@ -167,7 +228,50 @@ class Engine:
             **facts,
             "identifier": identifiers,
         }
+        reliability_ext = identity_reliability(pid, qualified_ins=has_ins, received_ins=received_ins)
+        if reliability_ext:
+            patient["extension"] = [reliability_ext]
         return patient
+
+    def _prior(self, message: Message, ctx: MapContext) -> dict[str, Any] | None:
+        """MRG-1: the identifiers of the patient this message moves, merges or renames from."""
+        mrg = message.segment("MRG")
+        if mrg is None:
+            return None
+        ctx.location = "MRG-1"
+        identifiers = [
+            ident
+            for rep in mrg.repetitions(1)
+            if rep.component_raw(1) != HL7_NULL
+            and (ident := TRANSFORMS["identifier_cx"](rep, ctx, {"default_type": "PI"})) is not None
+        ]
+        if not identifiers:
+            return None
+        key = patient_key(identifiers)
+        return {"identifiers": identifiers, "patient_id": resource_id("Patient", key) if key else None}
+
+    def _death_on_discharge(
+        self,
+        message: Message,
+        patient: dict[str, Any],
+        encounter: dict[str, Any] | None,
+        movement: dict[str, Any] | None,
+        ctx: MapContext,
+    ) -> None:
+        """A discharge by death (ZFM-2 = 9, or HL7 0112 "20") marks the patient deceased."""
+        for row in self.tables.codes["DeathOnDischarge"].values():
+            position, _, code = row.code.partition("=")
+            if message.value(HL7Path.parse(position)).strip() != code:
+                continue
+            if "deceasedDateTime" not in patient:
+                moment = (encounter or {}).get("period", {}).get("end") or (movement or {}).get("date")
+                if moment:
+                    patient["deceasedDateTime"] = moment
+                    patient.pop("deceasedBoolean", None)
+                else:
+                    patient["deceasedBoolean"] = True
+            ctx.location = position
+            return
 
     def _movement(self, message: Message, ctx: MapContext) -> dict[str, Any] | None:
         zbe = message.segment("ZBE")
@@ -181,6 +285,10 @@ class Engine:
         movement = self._apply(self.tables.segments[self.tables.event_segments["movement"]], zbe, ctx)
         if "action" in movement:
             movement["action"] = str(movement["action"]).upper()
+        nature = movement.get("nature")
+        if nature and "MovementNature" in self.tables.codes and self.tables.code("MovementNature", nature) is None:
+            ctx.location = "ZBE-9"
+            ctx.warn(f"ZBE-9 movement nature {nature!r} is not in the PAM-FR table; kept as is")
         return movement or None
 
     def _encounter(self, message: Message, ctx: MapContext, *, patient_id: str) -> dict[str, Any] | None:
@@ -188,17 +296,40 @@ class Engine:
         if pv1 is None:
             raise MappingError("PV1 segment is missing", location="PV1")
         facts = self._apply(self.tables.segments[self.tables.event_segments["encounter"]], pv1, ctx)
-        visit = next((i for i in facts.get("identifier", []) if type_code(i) == "VN"), None)
+        visit = next((i for i in facts.get("identifier", []) if type_code(i) == "VN"), None)  # PV1-19
         if visit is None:
-            raise MappingError("PV1-19 (visit number) is empty: the stay cannot be identified", location="PV1-19")
+            visit = self._account_as_visit(message, ctx)
+            if visit is not None:
+                facts.setdefault("identifier", []).append(visit)
+        if visit is None:
+            raise MappingError(
+                "PV1-19 (visit number) and PID-18 (account number) are empty: the stay cannot be identified",
+                location="PV1-19",
+            )
         encounter: dict[str, Any] = {
             "resourceType": "Encounter",
             "id": resource_id("Encounter", f"{visit['system']}|{visit['value']}"),
-            "meta": {"profile": [PROFILE_ENCOUNTER]},
+            # meta.source names the sending facility: subscriptions may filter on it (``facility``).
+            "meta": {"profile": [PROFILE_ENCOUNTER], "source": local_system("sender", ctx.sender[1] or ctx.sender[0])},
             **facts,
             "subject": {"reference": f"Patient/{patient_id}"},
         }
         return encounter
+
+    @staticmethod
+    def _account_as_visit(message: Message, ctx: MapContext) -> dict[str, Any] | None:
+        """Without PV1-19, the account number (PID-18, NDA) identifies the stay: many non-French feeds
+        leave PV1-19 empty and key visits on the account. Said in the ACK as a warning."""
+        pid = message.segment("PID")
+        rep = pid.first(18) if pid is not None else None
+        if rep is None or not rep.get(1).strip() or rep.component_raw(1) == HL7_NULL:
+            return None
+        ctx.location = "PV1-19"
+        ctx.warn("PV1-19 is empty: the account number (PID-18) identifies the stay")
+        ident: dict[str, Any] | None = TRANSFORMS["identifier_cx"](
+            rep, ctx, {"default_type": "AN", "fallback_authority": "sender"}
+        )
+        return ident
 
     @staticmethod
     def _event_time(message: Message, movement: dict[str, Any] | None, header: Header) -> datetime:
@@ -211,6 +342,42 @@ class Engine:
             if parsed:
                 return parsed[0]
         return header.sent_at or datetime(1970, 1, 1, tzinfo=UTC)
+
+    @staticmethod
+    def _recorded_at(message: Message, header: Header) -> datetime | None:
+        return _recorded_at_impl(message, header)
+
+
+def _recorded_at_impl(message: Message, header: Header) -> datetime | None:
+    evn = message.segment("EVN")
+    parsed = parse_dtm(evn.get(2)) if evn is not None and evn.get(2) else None
+    return parsed[0] if parsed else header.sent_at
+
+
+def identity_reliability(pid: Segment, *, qualified_ins: bool, received_ins: bool) -> dict[str, Any] | None:
+    """PID-32 as FR Core's identity-reliability extension (RNIV statuses PROV / RECUP / VALI / QUAL).
+
+    PAM-FR carries PROV or VALI in PID-32 and the INS in PID-3; the RNIV status follows from both: VALI
+    with a kept INS is QUAL, VALI alone VALI, PROV with an INS received RECUP (the INS itself is dropped),
+    PROV alone PROV. The other PID-32 repetitions (HOMA, DOUT, FICT…) become ``comment`` codes.
+    """
+    codes = [rep.get(1).strip().upper() for rep in pid.repetitions(32) if rep.get(1).strip()]
+    if not codes:
+        return None
+    valid = "VALI" in codes
+    status = ("QUAL" if qualified_ins else "VALI") if valid else ("RECUP" if received_ins else "PROV")
+    parts: list[dict[str, Any]] = [
+        {"url": "identityStatus", "valueCoding": {"system": IDENTITY_STATUS_SYSTEM, "code": status}}
+    ]
+    for code in codes:
+        if code not in ("VALI", "PROV", "RECUP", "QUAL"):
+            parts.append(
+                {
+                    "url": "comment",
+                    "valueCodeableConcept": {"coding": [{"system": IDENTITY_COMMENT_SYSTEM, "code": code}]},
+                }
+            )
+    return {"url": IDENTITY_RELIABILITY, "extension": parts}
 
 
 def instant(value: str) -> datetime:

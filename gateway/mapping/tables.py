@@ -16,10 +16,56 @@ from gateway.hl7.er7 import Path as HL7Path
 _TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_]*(\[\])?)*$")
 
 #: Kinds of event the state engine knows (kept here so that table validation needs no state import).
-EVENT_KINDS = frozenset({"admit", "register", "discharge", "cancel-admit", "cancel-discharge"})
+#: Visit kinds are folded by ``gateway.state.visits``; identity kinds carry no visit (DOMAIN.md §2).
+EVENT_KINDS = frozenset(
+    {
+        # movements (INSERT)
+        "preadmit",
+        "pending-admit",
+        "admit",
+        "register",
+        "change-class",
+        "transfer",
+        "pending-transfer",
+        "doctor-change",
+        "leave",
+        "return",
+        "pending-discharge",
+        "discharge",
+        # visit changes without a movement
+        "update",
+        "correction",
+        "move-account",
+        # cancels
+        "cancel-preadmit",
+        "cancel-pending-admit",
+        "cancel-admit",
+        "cancel-transfer",
+        "cancel-pending-transfer",
+        "cancel-doctor-change",
+        "cancel-leave",
+        "cancel-return",
+        "cancel-pending-discharge",
+        "cancel-discharge",
+        # identity (no visit)
+        "person",
+        "person-update",
+        "change-identifier",
+        "merge",
+    }
+)
 ACTIONS = frozenset({"INSERT", "UPDATE", "CANCEL"})
 #: Code tables the transforms read by name rather than through a rule's ``table`` argument.
-BUILTIN_CODE_TABLES = ("IdentifierType", "ParticipationType", "InsAuthority_to_IdentifierType")
+BUILTIN_CODE_TABLES = (
+    "IdentifierType",
+    "ParticipationType",
+    "InsAuthority_to_IdentifierType",
+    "MessageStructure",
+    "DeathOnDischarge",
+    "CareTeamRole",
+)
+#: Segment maps the engine uses by name, besides those ADT.yaml names.
+BUILTIN_SEGMENT_MAPS = ("ROL_to_Participation", "PD1_to_Participation")
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +96,8 @@ class SegmentMap:
     name: str
     resource: str
     rules: tuple[Rule, ...]
+    #: Constant elements added to a non-empty output (e.g. PD1-4 always means the médecin traitant).
+    defaults: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +159,9 @@ def load_tables(directory: Path, *, transforms: frozenset[str]) -> Tables:
     segments = {
         p.stem: _load_segment_map(p, transforms, codes) for p in sorted((directory / "segments").glob("*.yaml"))
     }
+    for name in BUILTIN_SEGMENT_MAPS:
+        if name not in segments:
+            raise ConfigError(f"{directory / 'segments' / name}.yaml: missing (the engine reads it)")
     events, event_segments = _load_events(directory / "messages" / "ADT.yaml", segments)
     authorities = _load_authorities(directory / "authorities.yaml")
     return Tables(
@@ -186,7 +237,10 @@ def _load_segment_map(path: Path, transforms: frozenset[str], codes: dict[str, d
                 repeat=bool(raw.get("repeat")),
             )
         )
-    return SegmentMap(name=path.stem, resource=str(data["resource"]), rules=tuple(rules))
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, dict) or not all(isinstance(v, str) for v in defaults.values()):
+        raise ConfigError(f"{path}: 'defaults' must map element names to strings")
+    return SegmentMap(name=path.stem, resource=str(data["resource"]), rules=tuple(rules), defaults=dict(defaults))
 
 
 def _load_events(path: Path, segments: dict[str, SegmentMap]) -> tuple[dict[str, EventSpec], dict[str, str]]:
@@ -216,10 +270,24 @@ def _load_events(path: Path, segments: dict[str, SegmentMap]) -> tuple[dict[str,
             topic_code=spec.get("topic_code"),
         )
     for spec in events.values():
-        for cancelled in spec.cancels:
-            if cancelled not in events:
-                raise ConfigError(f"{path} event {spec.trigger}: cancels unknown trigger {cancelled!r}")
+        _check_event(spec, events, where=f"{path} event {spec.trigger}")
     return events, dict(event_segments)
+
+
+def _check_event(spec: EventSpec, events: dict[str, EventSpec], *, where: str) -> None:
+    """Cross-event rules: a cancel must say what it undoes, and only an insert can be undone.
+
+    A06/A07 are inserts that list ``cancels`` too: ZBE-4 CANCEL turns each into the cancel of the other.
+    """
+    for cancelled in spec.cancels:
+        if cancelled not in events:
+            raise ConfigError(f"{where}: cancels unknown trigger {cancelled!r}")
+        if events[cancelled].action != "INSERT":
+            raise ConfigError(f"{where}: cancels {cancelled}, which is not an INSERT event")
+    if spec.action == "CANCEL" and not spec.cancels:
+        raise ConfigError(f"{where}: a CANCEL event needs 'cancels' (the trigger(s) it undoes)")
+    if spec.kind == "correction" and spec.action != "UPDATE":
+        raise ConfigError(f"{where}: a correction is an UPDATE (ZBE-4), not {spec.action}")
 
 
 def _load_authorities(path: Path) -> Authorities:

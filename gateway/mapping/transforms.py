@@ -310,17 +310,33 @@ def practitioner_from_xcn(rep: Repetition, ctx: MapContext) -> tuple[str, dict[s
     return pid, resource
 
 
+@transform("practitioner_ref_xcn")
+def _practitioner_ref(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    """XCN → a Reference to the Practitioner (registered for writing), with the name as display."""
+    found = practitioner_from_xcn(rep, ctx)
+    if found is None:
+        return None
+    return practitioner_reference(*found)
+
+
+def practitioner_reference(pid: str, resource: dict[str, Any]) -> dict[str, Any]:
+    """A Reference with the id, the national or local identifier (searchable) and the name as display."""
+    ref: dict[str, Any] = {"reference": f"Practitioner/{pid}"}
+    if resource.get("identifier"):
+        ref["identifier"] = resource["identifier"][0]
+    names = resource.get("name")
+    if names:
+        ref["display"] = " ".join([*names[0].get("given", []), names[0].get("family", "")]).strip()
+    return ref
+
+
 @transform("participant_xcn")
 def _participant(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
     found = practitioner_from_xcn(rep, ctx)
     if found is None:
         return None
-    pid, resource = found
     row = ctx.tables.code("ParticipationType", str(args["type"]))
-    out: dict[str, Any] = {"individual": {"reference": f"Practitioner/{pid}"}}
-    names = resource.get("name")
-    if names:
-        out["individual"]["display"] = " ".join([*names[0].get("given", []), names[0].get("family", "")]).strip()
+    out: dict[str, Any] = {"individual": practitioner_reference(*found)}
     if row:
         out = {"type": [{"coding": [row.coding()]}], **out}
     return out

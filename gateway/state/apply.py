@@ -3,6 +3,10 @@
 Order of work: lock the streams → record the facts → refold patient and stay → write the versions
 that changed → queue a notification for each topic that fired and each subscription whose filters
 match. Everything commits with the raw message, or nothing does.
+
+Merges (A40, and A47 when MRG-1 names another IPP) link the merged patient to the survivor; every stay
+of the merged patient is refolded so that its subject becomes the survivor, and subscriptions that
+named the merged patient keep hearing about him through the survivor.
 """
 
 from __future__ import annotations
@@ -14,14 +18,34 @@ from typing import Any
 from sqlalchemy import Connection
 
 from gateway.db.indexing import search_entries
-from gateway.db.repo import FactRepo, OutboxRepo, ResourceRepo, StoredResource, SubscriptionRepo
+from gateway.db.repo import (
+    FactRepo,
+    OutboxRepo,
+    PatientLinkRepo,
+    ResourceRepo,
+    StoredResource,
+    SubscriptionRepo,
+)
+from gateway.errors import MappingError
 from gateway.mapping.engine import Mapped
-from gateway.state.patients import fold_patient, patient_payload
-from gateway.state.visits import VisitFact, fold_visit
-from gateway.subscriptions.matching import matches
-from gateway.subscriptions.topics import Topic, fired
+from gateway.mapping.tables import Tables
+from gateway.state.careteam import Participation, careteam_id, fold_careteam
+from gateway.state.patients import (
+    ABSORBED,
+    DEMOGRAPHICS,
+    MERGED_INTO,
+    fold_patient,
+    merge_payloads,
+    patient_payload,
+)
+from gateway.state.visits import VisitFact, fold_stay
+from gateway.subscriptions.matching import Target, matches
+from gateway.subscriptions.topics import Change, Topic, fired, members_changed
 
 JSON = dict[str, Any]
+MAX_REFOLD = 500
+PARTICIPATION, PLATFORM = "participation", "platform"
+PATIENT_KINDS = (DEMOGRAPHICS, MERGED_INTO, ABSORBED)
 
 
 @dataclass(slots=True)
@@ -33,47 +57,27 @@ class Applied:
     topics: list[str] = field(default_factory=list)
 
 
-def apply_message(conn: Connection, mapped: Mapped, *, message_id: int, now: datetime) -> Applied:
-    facts, store = FactRepo(conn), ResourceRepo(conn)
-    patient_stream = f"Patient/{mapped.patient['id']}"
-    visit_stream = f"Encounter/{mapped.encounter['id']}" if mapped.encounter else None
-    facts.lock([patient_stream, *([visit_stream] if visit_stream else [])])
-    result = Applied()
+@dataclass(slots=True)
+class Unit:
+    """The store and the facts of one transaction, with what it has changed so far."""
 
-    facts.add(
-        stream=patient_stream,
-        message_id=message_id,
-        event_time=mapped.event_time,
-        kind="demographics",
-        payload=patient_payload(
-            patient=mapped.patient, event_time=mapped.event_time, control_id=mapped.header.control_id
-        ),
-    )
-    patient = fold_patient(facts.of(patient_stream))
-    if patient is not None:
-        _put(store, patient, now=now, result=result)
+    conn: Connection
+    now: datetime
+    message_id: int
+    facts: FactRepo
+    store: ResourceRepo
+    links: PatientLinkRepo
+    result: Applied
+    tables: Tables
 
-    for practitioner in mapped.practitioners:
-        _put(store, practitioner, now=now, result=result)
+    @classmethod
+    def of(cls, conn: Connection, *, now: datetime, message_id: int, tables: Tables) -> Unit:
+        return cls(conn, now, message_id, FactRepo(conn), ResourceRepo(conn), PatientLinkRepo(conn), Applied(), tables)
 
-    if visit_stream and mapped.encounter is not None:
-        fact = visit_fact(mapped, mapped.encounter)
-        facts.add(
-            stream=visit_stream,
-            message_id=message_id,
-            event_time=mapped.event_time,
-            kind=mapped.event.kind,
-            payload=fact.to_payload(),
-        )
-        encounter = fold_visit([VisitFact.from_payload(p) for p in facts.of(visit_stream)])
-        if encounter is not None:
-            previous = store.get("Encounter", encounter["id"])
-            stored = _put(store, encounter, now=now, result=result)
-            if stored is not None:
-                for topic in fired("Encounter", previous.content if previous else None, stored.content):
-                    result.topics.append(topic.code)
-                    result.notifications += _enqueue(conn, topic, stored, patient=patient, now=now)
-    return result
+    @property
+    def roles(self) -> dict[str, JSON]:
+        """Care circle role code → CodeableConcept (mappings/codes/CareTeamRole.csv)."""
+        return {code: {"coding": [row.coding()]} for code, row in self.tables.codes["CareTeamRole"].items()}
 
 
 def visit_fact(mapped: Mapped, encounter: JSON) -> VisitFact:
@@ -86,23 +90,260 @@ def visit_fact(mapped: Mapped, encounter: JSON) -> VisitFact:
         control_id=mapped.header.control_id,
         encounter=encounter,
         movement=mapped.movement,
+        recorded_at=mapped.recorded_at or mapped.event_time,
     )
 
 
-def _put(store: ResourceRepo, resource: JSON, *, now: datetime, result: Applied) -> StoredResource | None:
-    stored, changed = store.put(resource, now=now, index=search_entries(resource))
-    if changed:
-        result.changed.append(stored)
-        return stored
-    return None
+def apply_message(conn: Connection, mapped: Mapped, *, message_id: int, now: datetime, tables: Tables) -> Applied:
+    unit = Unit.of(conn, now=now, message_id=message_id, tables=tables)
+    patient_id = str(mapped.patient["id"])
+    prior_id = (mapped.prior or {}).get("patient_id")
+    merging = mapped.event.kind == "merge" or (
+        mapped.event.kind == "change-identifier" and prior_id is not None and prior_id != patient_id
+    )
+    if mapped.event.kind == "merge" and (prior_id is None or prior_id == patient_id):
+        raise MappingError("MRG-1 must name the merged patient's IPP, other than the survivor's", location="MRG-1")
+    streams = [f"Patient/{patient_id}", f"CareTeam/{careteam_id(patient_id)}"]
+    if merging and prior_id:
+        streams += [f"Patient/{prior_id}", f"CareTeam/{careteam_id(prior_id)}"]
+    if mapped.encounter is not None:
+        streams.append(f"Encounter/{mapped.encounter['id']}")
+    unit.facts.lock(streams)
+
+    _record_demographics(unit, mapped)
+    _record_participations(unit, mapped)
+    if merging and prior_id:
+        _merge(unit, mapped, merged_id=prior_id, survivor_id=patient_id)
+    _refold_patient(unit, patient_id, action=mapped.action)
+    for practitioner in mapped.practitioners:
+        _put(unit, practitioner)
+    if mapped.encounter is not None:
+        unit.facts.add(
+            stream=f"Encounter/{mapped.encounter['id']}",
+            message_id=message_id,
+            event_time=mapped.event_time,
+            kind=mapped.event.kind,
+            payload=visit_fact(mapped, mapped.encounter).to_payload(),
+        )
+        _refold_stay(unit, str(mapped.encounter["id"]), action=mapped.action)
+    if merging and prior_id:
+        refold_careteam(unit, prior_id, action=mapped.action)
+    refold_careteam(unit, patient_id, action=mapped.action)
+    return unit.result
 
 
-def _enqueue(conn: Connection, topic: Topic, focus: StoredResource, *, patient: JSON | None, now: datetime) -> int:
-    subs, outbox = SubscriptionRepo(conn), OutboxRepo(conn)
+def _record_demographics(unit: Unit, mapped: Mapped) -> None:
+    unit.facts.add(
+        stream=f"Patient/{mapped.patient['id']}",
+        message_id=unit.message_id,
+        event_time=mapped.event_time,
+        kind="demographics",
+        payload=patient_payload(
+            patient=mapped.patient, event_time=mapped.event_time, control_id=mapped.header.control_id
+        ),
+    )
+
+
+def _record_participations(unit: Unit, mapped: Mapped) -> None:
+    source = f"hospital:{mapped.header.sending_facility or mapped.header.sending_application}"
+    for statement in mapped.participations:
+        fact = Participation(
+            member=statement["member"],
+            role=statement["role"],
+            action=statement["action"],
+            event_time=mapped.event_time,
+            control_id=mapped.header.control_id,
+            source=source,
+            start=statement.get("start"),
+            end=statement.get("end"),
+        )
+        unit.facts.add(
+            stream=f"Patient/{mapped.patient['id']}",
+            message_id=unit.message_id,
+            event_time=mapped.event_time,
+            kind=PARTICIPATION,
+            payload=fact.to_payload(),
+        )
+
+
+def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT") -> None:
+    """The circle of ``patient_id``: its own facts and stays, those of patients merged into it, and what
+    platforms added. A patient merged into another keeps an inactive, empty circle pointing there."""
+    survivor = unit.links.survivor(patient_id)
+    patient = unit.store.get("Patient", patient_id)
+    if patient is None:
+        return
+    merged_into = survivor if survivor != patient_id else None
+    participations: list[Participation] = []
+    stays: list[tuple[JSON, list[JSON]]] = []
+    if merged_into is None:
+        for pid in [patient_id, *unit.links.merged_into(patient_id)]:
+            participations += [
+                Participation.from_payload(p) for p in unit.facts.of(f"Patient/{pid}", kinds=(PARTICIPATION,))
+            ]
+        stays = _stays_of(unit, patient_id)
+    team_id = careteam_id(patient_id)
+    # Platform edits are serialized by the CareTeam stream lock: the last one written is the current list.
+    platform = unit.facts.of(f"CareTeam/{team_id}", kinds=(PLATFORM,))
+    latest_platform = platform[-1]["participants"] if platform else []
+    team = fold_careteam(
+        patient=patient.content,
+        participations=participations,
+        stays=stays,
+        platform_participants=[] if merged_into else latest_platform,
+        roles=unit.roles,
+        merged_into=merged_into,
+    )
+    previous = unit.store.get("CareTeam", team_id)
+    stored = _put(unit, team)
+    if stored is not None:
+        _notify(unit, Change(previous.content if previous else None, stored.content, action), stored)
+
+
+def _stays_of(unit: Unit, patient_id: str) -> list[tuple[JSON, list[JSON]]]:
+    found, _ = unit.store.search("Encounter", [("patient", None, f"Patient/{patient_id}")], limit=MAX_REFOLD)
+    stays = [r.content for r in found if "partOf" not in r.content]
+    out = []
+    for stay in stays:
+        movements, _ = unit.store.search("Encounter", [("part-of", None, f"Encounter/{stay['id']}")], limit=MAX_REFOLD)
+        out.append((stay, sorted((m.content for m in movements), key=lambda m: str(m.get("period", {}).get("start")))))
+    return out
+
+
+def _merge(unit: Unit, mapped: Mapped, *, merged_id: str, survivor_id: str) -> None:
+    merged_fact, absorbed_fact = merge_payloads(
+        merged_id=merged_id,
+        merged_identifiers=(mapped.prior or {}).get("identifiers", []),
+        survivor_id=survivor_id,
+        event_time=mapped.event_time,
+        control_id=mapped.header.control_id,
+    )
+    for stream, payload in ((f"Patient/{merged_id}", merged_fact), (f"Patient/{survivor_id}", absorbed_fact)):
+        unit.facts.add(
+            stream=stream,
+            message_id=unit.message_id,
+            event_time=mapped.event_time,
+            kind=str(payload["kind"]),
+            payload=payload,
+        )
+    unit.links.link(merged_id=merged_id, survivor_id=survivor_id, now=unit.now)
+    _refold_patient(unit, merged_id, action=mapped.action)
+    stays, _ = unit.store.search("Encounter", [("patient", None, f"Patient/{merged_id}")], limit=MAX_REFOLD)
+    for stay in stays:
+        if "partOf" not in stay.content:  # movements follow their stay's refold
+            _refold_stay(unit, stay.id, action=mapped.action)
+
+
+def _refold_patient(unit: Unit, patient_id: str, *, action: str) -> None:
+    patient = fold_patient(unit.facts.of(f"Patient/{patient_id}", kinds=PATIENT_KINDS))
+    if patient is None:
+        return
+    previous = unit.store.get("Patient", patient_id)
+    stored = _put(unit, patient)
+    if stored is not None:
+        _notify(unit, Change(previous.content if previous else None, stored.content, action), stored)
+
+
+def _redirect(unit: Unit, resource: JSON) -> JSON:
+    """A stay of a merged patient belongs to the survivor."""
+    ref = str(resource.get("subject", {}).get("reference", ""))
+    if not ref.startswith("Patient/"):
+        return resource
+    survivor = unit.links.survivor(ref.removeprefix("Patient/"))
+    return {**resource, "subject": {"reference": f"Patient/{survivor}"}}
+
+
+def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
+    facts = [VisitFact.from_payload(p) for p in unit.facts.of(f"Encounter/{stay_id}")]
+    stay = fold_stay(facts, natures=unit.tables.codes.get("MovementNature"))
+    if stay.encounter is None:
+        return  # nothing but cancels or corrections of movements never seen: nothing is created
+    previous = unit.store.get("Encounter", stay_id)
+    stored = _put(unit, _redirect(unit, stay.encounter))
+    if stored is not None:
+        _notify(unit, Change(previous.content if previous else None, stored.content, action), stored)
+    _write_movements(unit, stay_id, [_redirect(unit, m) for m in stay.movements])
+
+
+def _write_movements(unit: Unit, stay_id: str, movements: list[JSON]) -> None:
+    """Movement Encounters ``partOf`` the stay; one that a later cancel removed becomes entered-in-error."""
+    current = {str(m["id"]) for m in movements}
+    for movement in movements:
+        _put(unit, movement)
+    stored, _ = unit.store.search("Encounter", [("part-of", None, f"Encounter/{stay_id}")], limit=MAX_REFOLD)
+    for old in stored:
+        if old.id not in current and old.content.get("status") != "entered-in-error":
+            _put(unit, {**old.content, "status": "entered-in-error"})
+
+
+def _put(unit: Unit, resource: JSON) -> StoredResource | None:
+    stored, changed = unit.store.put(resource, now=unit.now, index=search_entries(resource))
+    if not changed:
+        return None
+    unit.result.changed.append(stored)
+    return stored
+
+
+def _notify(unit: Unit, change: Change, stored: StoredResource) -> None:
+    topics = fired(stored.type, change)
+    if not topics:
+        return
+    patient, target = _target(unit, stored)
+    context = [{"reference": f"Patient/{patient['id']}"}] if patient and stored.type != "Patient" else []
+    if stored.type == "CareTeam":
+        joined, left = members_changed(change.prev, change.new)
+        context += [{"reference": m["reference"], "change": "joined"} for m in joined if m.get("reference")]
+        context += [{"reference": m["reference"], "change": "left"} for m in left if m.get("reference")]
+    for topic in topics:
+        unit.result.topics.append(topic.code)
+        unit.result.notifications += _enqueue(unit, topic, stored, target=target, context=context)
+
+
+def _target(unit: Unit, stored: StoredResource) -> tuple[JSON | None, Target]:
+    content = stored.content
+    if stored.type == "Patient":
+        patient: JSON | None = content
+    else:
+        ref = str(content.get("subject", {}).get("reference", ""))
+        found = unit.store.get("Patient", ref.removeprefix("Patient/")) if ref.startswith("Patient/") else None
+        patient = found.content if found else None
+    aliases = unit.links.merged_into(str(patient["id"])) if patient else []
+    alias_identifiers: list[JSON] = []
+    for alias in aliases:
+        merged = unit.store.get("Patient", alias)
+        if merged is not None:
+            alias_identifiers += merged.content.get("identifier", [])
+    target = Target(
+        resource=content,
+        patient=patient,
+        alias_refs=tuple(f"Patient/{a}" for a in aliases),
+        alias_identifiers=tuple(alias_identifiers),
+        care_team_identifiers=_circle_identifiers(unit, stored, patient),
+    )
+    return patient, target
+
+
+def _circle_identifiers(unit: Unit, stored: StoredResource, patient: JSON | None) -> tuple[JSON, ...]:
+    """Identifiers of the active members of the patient's circle, for ``care-team-member`` filters."""
+    if stored.type == "CareTeam":
+        team: JSON | None = stored.content
+    elif patient is not None:
+        found = unit.store.get("CareTeam", careteam_id(unit.links.survivor(str(patient["id"]))))
+        team = found.content if found else None
+    else:
+        team = None
+    return tuple(
+        p["member"]["identifier"]
+        for p in (team or {}).get("participant", [])
+        if p.get("member", {}).get("identifier") and not p.get("period", {}).get("end")
+    )
+
+
+def _enqueue(unit: Unit, topic: Topic, focus: StoredResource, *, target: Target, context: list[JSON]) -> int:
+    subs, outbox = SubscriptionRepo(unit.conn), OutboxRepo(unit.conn)
     queued = 0
-    context = [{"reference": focus.content["subject"]["reference"]}] if focus.content.get("subject") else []
     for sub in subs.listening(topic.url):
-        if not matches(sub.filters, resource=focus.content, patient=patient):
+        if not matches(sub.filters, target):
             continue
         number = subs.next_event_number(sub.id)
         outbox.add(
@@ -110,7 +351,7 @@ def _enqueue(conn: Connection, topic: Topic, focus: StoredResource, *, patient: 
             event_number=number,
             notification_type="event-notification",
             topic=topic.url,
-            occurred_at=now,
+            occurred_at=unit.now,
             focus=(focus.type, focus.id, focus.version_id),
             context=context,
         )

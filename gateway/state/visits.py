@@ -1,30 +1,139 @@
-"""Folding a stay's facts into its Encounter: the same set of facts gives the same Encounter in any order.
+"""Folding a stay's facts into its Encounter and its movements: the same facts give the same result in any order.
 
-A stay is the set of movements the hospital sent for one visit number. Rather than patching the stored
-Encounter message by message (which makes the result depend on arrival order), the state engine keeps
-every fact and recomputes the Encounter from all of them, sorted by event time:
+A stay is the set of movements the hospital sent for one visit number (PV1-19). Rather than patching the
+stored Encounter message by message (which makes the result depend on arrival order), the state engine
+keeps every fact and recomputes the stay from all of them, sorted by event time:
 
-1. inserts are the movements that happened; cancels name the insert they undo (by ZBE-1, else the
-   latest insert of the cancelled trigger before the cancel);
-2. the remaining inserts, in event order, build the Encounter;
-3. a stay whose facts hold no insert at all (a cancel for a movement never seen) produces nothing.
+1. inserts are the movements that happened (an INSERT re-sent under a new MSH-10 is the same movement:
+   ZBE-1 is its identity); A08 and A44 are inserts too, but change data without being movements;
+2. corrections (Z99, ZBE-4 UPDATE) restate the movement named by their ZBE-1: its date, PV1 facts, units
+   and nature. Several corrections of one movement apply in the order the sender *recorded* them
+   (EVN-2, else MSH-7), so an old correction that arrives late never wins (DOMAIN.md §7.4);
+3. cancels undo the insert they name by ZBE-1, else (no ZBE) the latest insert of a cancelled trigger at
+   or before the cancel. A cancel or a correction for a movement never seen changes and creates nothing;
+4. the live inserts, in event order, build the Encounter: each movement kind moves the status (table
+   ``KINDS``), the latest one describes the present (class, place, people, UF médicale). Event order, not
+   arrival order, is also what keeps a historic movement (ZBE-5 = Y) from overwriting the present.
+
+Modelling choice: the stay's Encounter shows the *current* state of the visit; its history is a list of
+movement Encounters, one per movement with a ZBE-1, each ``partOf`` the stay (FR Core allows it, with the
+ZBE-1 as an ``MN`` identifier), readable with ``GET /fhir/Encounter?part-of=Encounter/<id>``. The real
+movements chain: each one lasts until the next one (the last until the stay's end). Pending movements
+(A05, A14, A15, A16) are plans: listed as ``planned``, outside the chain. An undone movement stays listed
+as ``cancelled``, so that a movement Encounter stored earlier is superseded rather than left stale.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+import copy
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
-#: Kind of each insert → the status it leaves the stay in (DOMAIN.md §4, with the French A04 fix).
-STATUS_BY_KIND = {"admit": "in-progress", "register": "in-progress", "discharge": "finished"}
-#: Tie-break for facts at the same instant: the admission comes before the discharge.
-KIND_RANK = {"admit": 0, "register": 0, "discharge": 2, "cancel-admit": 3, "cancel-discharge": 3}
+from gateway.mapping.engine import PROFILE_ENCOUNTER
+from gateway.mapping.ids import resource_id
+from gateway.mapping.tables import CodeRow
+
+JSON = dict[str, Any]
+
+MOVEMENT_TYPE_SYSTEM = "https://gateway.e-parcours.example/fhir/CodeSystem/movement-type"
+#: Stand-in for "not given" in :class:`VisitFact`: then the sender recorded the event when it happened.
+UNRECORDED = datetime.min.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class KindRule:
+    """What a live insert of one kind does to its stay."""
+
+    rank: int  # tie-break at the same instant: the order things happen within a stay
+    status: str | None  # the status it leaves the stay in; None leaves the status as it was
+    movement: bool = True  # a movement (listed when it has a ZBE-1); False: a change of data only
+    present: bool = True  # its PV1/ZBE describe the stay's present; a pending transfer describes a plan
+    chained: bool = True  # a real movement: lasts until the next one. Pending ones are plans, set aside
+    starts: bool = False  # opens the stay: its PV1-44 (else ZBE-2, else event time) is period.start
+
+
+#: Insert kinds (mappings/messages/ADT.yaml) → their effect. DOMAIN.md §4 with the French fix: A04 means
+#: the visit has started. A14/A15/A16 (and A05) are plans: they do not move an admitted stay.
+KINDS: dict[str, KindRule] = {
+    "preadmit": KindRule(0, "planned", chained=False),
+    "pending-admit": KindRule(0, "planned", chained=False),
+    "admit": KindRule(1, "in-progress", starts=True),
+    "register": KindRule(1, "in-progress", starts=True),
+    "change-class": KindRule(2, "in-progress"),
+    "transfer": KindRule(2, "in-progress"),
+    "doctor-change": KindRule(2, "in-progress"),
+    "pending-transfer": KindRule(2, None, present=False, chained=False),
+    "pending-discharge": KindRule(2, None, present=False, chained=False),
+    "update": KindRule(2, None, movement=False),
+    "move-account": KindRule(2, None, movement=False),
+    "leave": KindRule(3, "onleave"),
+    "return": KindRule(4, "in-progress"),
+    "discharge": KindRule(5, "finished"),
+}
+#: What a fact outside ``KINDS`` (a cancel, a correction) would do as an insert: nothing.
+_INERT = KindRule(9, None, movement=False, present=False, chained=False)
+#: Kinds that undo an insert whatever ZBE-4 says (A06/A07 cancel only when ZBE-4 says CANCEL).
+CANCEL_KINDS = frozenset(
+    {
+        "cancel-preadmit",
+        "cancel-pending-admit",
+        "cancel-admit",
+        "cancel-transfer",
+        "cancel-pending-transfer",
+        "cancel-doctor-change",
+        "cancel-leave",
+        "cancel-return",
+        "cancel-pending-discharge",
+        "cancel-discharge",
+    }
+)
+CORRECTION_KIND = "correction"
+#: Identity events carry no visit: the engine and apply layer route them elsewhere; the fold ignores them.
+IDENTITY_KINDS = frozenset({"person", "person-update", "change-identifier", "merge"})
+_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+#: A06/A07 without PV1-2: the class the event itself means (rows I and O of PatientClass_to_EncounterClass).
+CLASS_BY_TRIGGER: dict[str, JSON] = {
+    "A06": {"system": _ACT_CODE, "code": "IMP", "display": "inpatient encounter"},
+    "A07": {"system": _ACT_CODE, "code": "AMB", "display": "ambulatory"},
+}
+#: Encounter status → the status of the locations it lists (R4 EncounterLocationStatus). On leave, the
+#: bed is kept for the patient: "reserved". A cancelled movement never used its place: no status.
+LOCATION_STATUS: dict[str, str | None] = {
+    "planned": "planned",
+    "onleave": "reserved",
+    "finished": "completed",
+    "cancelled": None,
+}
+#: ZBE fields a correction restates (with the date, when it gives one, and the PV1 facts).
+CORRECTED_ZBE = ("medical_unit", "care_unit", "nature")
+_UNKNOWN_CLASS = {"system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "code": "UNK", "display": "unknown"}
+_ORDER = [
+    "resourceType",
+    "id",
+    "meta",
+    "identifier",
+    "status",
+    "class",
+    "type",
+    "subject",
+    "participant",
+    "partOf",
+    "period",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class VisitFact:
-    """One message's contribution to a stay (stored as JSON in the ``facts`` table)."""
+    """One message's contribution to a stay (stored as JSON in the ``facts`` table).
+
+    ``event_time`` is when the event happened (ZBE-2, else EVN-6, …): the fold sorts on it.
+    ``recorded_at`` is when the sender recorded it (EVN-2, else MSH-7): it orders corrections of one
+    movement. Left out, it is the event time.
+    """
 
     trigger: str
     kind: str
@@ -32,65 +141,157 @@ class VisitFact:
     cancels: tuple[str, ...]
     event_time: datetime
     control_id: str
-    encounter: dict[str, Any]
-    movement: dict[str, Any] | None
+    encounter: JSON
+    movement: JSON | None
+    recorded_at: datetime = UNRECORDED
+
+    def __post_init__(self) -> None:
+        if self.recorded_at == UNRECORDED:
+            object.__setattr__(self, "recorded_at", self.event_time)
 
     @property
     def movement_key(self) -> str | None:
         ident = (self.movement or {}).get("identifier")
         return f"{ident.get('system')}|{ident.get('value')}" if ident else None
 
-    def sort_key(self) -> tuple[datetime, int, str, str]:
-        """Event order; never the arrival order, so that the fold does not depend on it."""
-        return (self.event_time, KIND_RANK.get(self.kind, 1), self.movement_key or "", self.control_id)
+    @property
+    def role(self) -> str | None:
+        """``insert``, ``correct``, ``cancel``, or ``None`` for a fact the visit fold does not use."""
+        if self.action == "CANCEL" or self.kind in CANCEL_KINDS:
+            return "cancel"
+        if self.kind == CORRECTION_KIND or self.action == "UPDATE":
+            return "correct"
+        return "insert" if self.kind in KINDS else None
 
-    def to_payload(self) -> dict[str, Any]:
+    @property
+    def rule(self) -> KindRule:
+        return KINDS.get(self.kind, _INERT)
+
+    def content_key(self) -> str:
+        """The whole fact as text: the last tie-break, so that no two different facts ever compare equal."""
+        return json.dumps(self.to_payload(), sort_keys=True, default=str)
+
+    def sort_key(self) -> tuple[datetime, int, str, str, str]:
+        """Event order; never the arrival order, so that the fold does not depend on it."""
+        return (self.event_time, self.rule.rank, self.movement_key or "", self.control_id, self.content_key())
+
+    def record_key(self) -> tuple[datetime, str, str]:
+        """The order the sender recorded things in: among versions of one movement, the last one wins."""
+        return (self.recorded_at, self.control_id, self.content_key())
+
+    def to_payload(self) -> JSON:
         return {
             "trigger": self.trigger,
             "kind": self.kind,
             "action": self.action,
             "cancels": list(self.cancels),
             "event_time": self.event_time.isoformat(),
+            "recorded_at": self.recorded_at.isoformat(),
             "control_id": self.control_id,
             "encounter": self.encounter,
             "movement": self.movement,
         }
 
     @classmethod
-    def from_payload(cls, data: dict[str, Any]) -> VisitFact:
+    def from_payload(cls, data: JSON) -> VisitFact:
+        event_time = datetime.fromisoformat(data["event_time"])
+        recorded = data.get("recorded_at")
         return cls(
             trigger=data["trigger"],
             kind=data["kind"],
             action=data["action"],
             cancels=tuple(data.get("cancels", ())),
-            event_time=datetime.fromisoformat(data["event_time"]),
+            event_time=event_time,
             control_id=data.get("control_id", ""),
             encounter=data["encounter"],
             movement=data.get("movement"),
+            recorded_at=datetime.fromisoformat(recorded) if recorded else event_time,
         )
 
 
-def live_inserts(facts: list[VisitFact]) -> tuple[list[VisitFact], list[VisitFact]]:
-    """(all inserts, inserts not undone by a cancel), both in event order."""
-    ordered = sorted(facts, key=VisitFact.sort_key)
-    inserts = [f for f in ordered if f.action == "INSERT"]
+@dataclass(frozen=True, slots=True)
+class Stay:
+    """A folded stay: its Encounter (``None`` when nothing but cancels, corrections or updates came) and
+    its movement Encounters, ordered by date."""
+
+    encounter: JSON | None
+    movements: list[JSON] = field(default_factory=list)
+
+
+# -- which inserts are live --------------------------------------------------------------------
+
+
+def live_inserts(facts: Iterable[VisitFact]) -> tuple[list[VisitFact], list[VisitFact]]:
+    """(all inserts, inserts not undone by a cancel), both in event order, corrections applied."""
+    resolved = _resolve(facts)
+    return [f for f, _ in resolved], [f for f, live in resolved if live]
+
+
+def _resolve(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
+    """Every insert (one per movement), corrected, in event order, with whether it is still live."""
+    unique = {f.content_key(): f for f in facts}  # the same fact stored twice is one fact
+    by_role: dict[str | None, list[VisitFact]] = {"insert": [], "correct": [], "cancel": []}
+    for fact in sorted(unique.values(), key=VisitFact.sort_key):
+        by_role.setdefault(fact.role, []).append(fact)
+    inserts = sorted(_corrected(_one_per_movement(by_role["insert"]), by_role["correct"]), key=VisitFact.sort_key)
     cancelled: set[int] = set()
-    for cancel in (f for f in ordered if f.action == "CANCEL"):
+    for cancel in by_role["cancel"]:
         target = _cancel_target(cancel, inserts, cancelled)
         if target is not None:
             cancelled.add(target)
-            key = cancel.movement_key
-            if key is not None and inserts[target].movement_key == key:
-                # ZBE-1 is the movement's identity: an INSERT re-sent under a new MSH-10 is undone with it.
-                cancelled.update(i for i, insert in enumerate(inserts) if insert.movement_key == key)
-    return inserts, [f for i, f in enumerate(inserts) if i not in cancelled]
+    return [(f, i not in cancelled) for i, f in enumerate(inserts)]
+
+
+def _one_per_movement(inserts: list[VisitFact]) -> list[VisitFact]:
+    """ZBE-1 is the movement's identity: an INSERT received again is the same movement (its latest
+    recorded version stands). Inserts without ZBE-1 cannot be told apart and all count, and so do A08/A44,
+    which are no movements even when a sender gives them a ZBE-1."""
+    keyed: dict[str, VisitFact] = {}
+    out = []
+    for fact in inserts:
+        key = fact.movement_key if fact.rule.movement else None
+        if key is None:
+            out.append(fact)
+        elif key not in keyed or fact.record_key() > keyed[key].record_key():
+            keyed[key] = fact
+    return [*out, *keyed.values()]
+
+
+def _corrected(inserts: list[VisitFact], corrections: list[VisitFact]) -> list[VisitFact]:
+    """Apply each movement's corrections in the order the sender recorded them (DOMAIN.md §7.4)."""
+    out = []
+    for insert in inserts:
+        key = insert.movement_key
+        mine = [c for c in corrections if key is not None and c.movement_key == key]
+        current = insert
+        for correction in sorted(mine, key=VisitFact.record_key):
+            current = _restate(current, correction)
+        out.append(current)
+    return out
+
+
+def _restate(insert: VisitFact, correction: VisitFact) -> VisitFact:
+    """A Z99 restates the whole movement: its PV1 facts, units and nature replace the insert's; its date
+    too when it gives one. The movement keeps its trigger, kind and identity."""
+    old, new = insert.movement or {}, correction.movement or {}
+    movement = {k: v for k, v in old.items() if k not in CORRECTED_ZBE}
+    movement.update({k: new[k] for k in CORRECTED_ZBE if k in new})
+    moved = bool(new.get("date"))
+    if moved:
+        movement["date"] = new["date"]
+    return replace(
+        insert,
+        encounter=correction.encounter,
+        movement=movement,
+        event_time=correction.event_time if moved else insert.event_time,
+    )
 
 
 def _cancel_target(cancel: VisitFact, inserts: list[VisitFact], cancelled: set[int]) -> int | None:
     key = cancel.movement_key
     if key is not None:
         for index, insert in enumerate(inserts):
-            if index not in cancelled and insert.movement_key == key:
+            if insert.movement_key == key:
                 return index
         if any(i.movement_key for i in inserts):
             return None  # movements are identified and none matches: a cancel for a movement never seen
@@ -102,94 +303,211 @@ def _cancel_target(cancel: VisitFact, inserts: list[VisitFact], cancelled: set[i
     return candidates[-1] if candidates else None
 
 
-def fold_visit(facts: list[VisitFact]) -> dict[str, Any] | None:
-    """The stay's Encounter, or ``None`` when nothing but cancels (or nothing) was received."""
-    inserts, live = live_inserts(facts)
-    if not inserts:
-        return None
-    encounter: dict[str, Any] = {}
-    for fact in inserts:  # identity elements survive cancellation: the stay is still this stay
-        _merge_identity(encounter, fact.encounter)
-    if not live:
-        encounter["status"] = "cancelled"
-        return _finish(encounter)
-    start: str | None = None
-    end: str | None = None
+# -- the stay ----------------------------------------------------------------------------------
+
+
+def fold_visit(facts: Iterable[VisitFact]) -> JSON | None:
+    """The stay's Encounter, or ``None`` when no movement was ever inserted."""
+    return fold_stay(facts).encounter
+
+
+def fold_stay(facts: Iterable[VisitFact], *, natures: Mapping[str, CodeRow] | None = None) -> Stay:
+    """The stay's Encounter and its movement Encounters.
+
+    ``natures`` is the ZBE-9 table (``MovementNature``) used to code a movement's nature when the engine
+    passed it as a bare code; a nature the engine already coded is used as it is, an unknown one omitted.
+    """
+    resolved = _resolve(facts)
+    inserts = [f for f, _ in resolved]
+    if not any(f.rule.movement for f in inserts):
+        return Stay(None)  # cancels, corrections or updates for a stay never seen create nothing
+    live = [f for f, is_live in resolved if is_live]
+    encounter = _identity(inserts)
+    status = _status([f for f in live if f.rule.movement])
+    encounter["status"] = status
+    if status != "cancelled":
+        _present(encounter, [f for f in live if f.rule.present])
+        period = _period(live, status)
+        if period:
+            encounter["period"] = period
+    stay = _finish(encounter)
+    # Copies: the result shares nothing with the stored facts, so a caller may change it freely.
+    return Stay(copy.deepcopy(stay), copy.deepcopy(_movements(stay, resolved, natures or {})))
+
+
+def _identity(inserts: list[VisitFact]) -> JSON:
+    """What stays true of the stay even when every movement is cancelled: it is still this stay."""
+    encounter: JSON = {}
+    for fact in inserts:
+        for key in ("resourceType", "id", "meta", "subject"):
+            if key in fact.encounter:
+                encounter[key] = fact.encounter[key]
+        for ident in fact.encounter.get("identifier", []):
+            if ident not in encounter.setdefault("identifier", []):
+                encounter["identifier"].append(ident)
+        if "class" not in encounter and (cls := _class_of(fact)):
+            encounter["class"] = cls
+    moves = [f for f in inserts if f.kind == "move-account" and f.encounter.get("subject")]
+    if moves:
+        encounter["subject"] = moves[-1].encounter["subject"]  # A44: the visit now belongs to that patient
+    return encounter
+
+
+def _class_of(fact: VisitFact) -> JSON | None:
+    """PV1-2 when given; else, for A06/A07, the class the event itself means."""
+    cls = fact.encounter.get("class") or (CLASS_BY_TRIGGER.get(fact.trigger) if fact.kind == "change-class" else None)
+    return dict(cls) if cls else None
+
+
+def _status(live_movements: list[VisitFact]) -> str:
+    """The status the live movements leave the stay in, taken in event order."""
+    if not live_movements:
+        return "cancelled"
+    status: str | None = None
+    for fact in live_movements:
+        wanted = fact.rule.status
+        if wanted == "planned" and status not in (None, "planned"):
+            continue  # a plan recorded once the stay began does not un-begin it
+        status = wanted or status
+    # Only pending transfers or discharges: one cannot plan moving a patient who is not in.
+    return status or "in-progress"
+
+
+def _present(encounter: JSON, live: list[VisitFact]) -> None:
+    """Later facts describe the present: their class, place, people and unit replace the earlier ones."""
     for fact in live:
-        _merge_current(encounter, fact.encounter, fact.movement)
-        moment = _movement_time(fact)
-        if fact.kind in ("admit", "register"):
-            start = start or fact.encounter.get("period", {}).get("start") or moment
-            end = None
-        elif fact.kind == "discharge":
-            start = start or fact.encounter.get("period", {}).get("start")
-            end = fact.encounter.get("period", {}).get("end") or moment
-    encounter["status"] = STATUS_BY_KIND.get(live[-1].kind, "in-progress")
+        cls = _class_of(fact)
+        if cls:
+            encounter["class"] = cls
+        for key in ("location", "participant"):
+            if fact.encounter.get(key):
+                encounter[key] = fact.encounter[key]
+        provider = _service_provider(fact.movement)
+        if provider:
+            encounter["serviceProvider"] = provider
+        disposition = fact.encounter.get("hospitalization", {}).get("dischargeDisposition")
+        if disposition:
+            encounter.setdefault("hospitalization", {})["dischargeDisposition"] = disposition
     if encounter["status"] != "finished":
-        end = None
         encounter.get("hospitalization", {}).pop("dischargeDisposition", None)
-    else:
-        encounter["location"] = [{**loc, "status": "completed"} for loc in encounter.get("location", [])]
-    period = {k: v for k, v in (("start", start), ("end", end)) if v}
-    if period:
-        encounter["period"] = period
-    else:
-        encounter.pop("period", None)
-    return _finish(encounter)
+    if "location" in encounter:
+        encounter["location"] = _locations(encounter["location"], encounter["status"])
+
+
+def _period(live: list[VisitFact], status: str) -> JSON:
+    """Start at the first admission (PV1-44, else ZBE-2, else event time); end at the discharge that
+    finished the stay (PV1-45, else ZBE-2, else event time). A planned stay has not started."""
+    if status == "planned":
+        return {}
+    opening = next((f for f in live if f.rule.starts), None)
+    start = (_pv1_period(opening, "start") or _movement_time(opening)) if opening else None
+    if start is None:  # no admission received: any begun fact's PV1-44 still says when the stay began
+        start = next((s for f in live if f.rule.status != "planned" and (s := _pv1_period(f, "start"))), None)
+    end = None
+    if status == "finished":
+        closing = [f for f in live if f.kind == "discharge"][-1]
+        end = _pv1_period(closing, "end") or _movement_time(closing)
+    return {k: v for k, v in (("start", start), ("end", end)) if v}
+
+
+def _pv1_period(fact: VisitFact | None, edge: str) -> str | None:
+    value = (fact.encounter.get("period") or {}).get(edge) if fact else None
+    return str(value) if value else None
 
 
 def _movement_time(fact: VisitFact) -> str:
     return str((fact.movement or {}).get("date") or fact.event_time.isoformat(timespec="seconds"))
 
 
-def _merge_identity(encounter: dict[str, Any], facts: dict[str, Any]) -> None:
-    for key in ("resourceType", "id", "meta", "subject"):
-        if key in facts:
-            encounter[key] = facts[key]
-    for ident in facts.get("identifier", []):
-        encounter.setdefault("identifier", [])
-        if ident not in encounter["identifier"]:
-            encounter["identifier"].append(ident)
-    if "class" in facts and "class" not in encounter:
-        encounter["class"] = facts["class"]
+def _service_provider(movement: JSON | None) -> JSON | None:
+    """ZBE-7, the UF de responsabilité médicale, is the unit in charge (PAM-FR §6.13)."""
+    unit = (movement or {}).get("medical_unit")
+    if not unit:
+        return None
+    return {
+        "identifier": {"system": unit["system"], "value": unit["code"]},
+        **({"display": unit["name"]} if unit.get("name") else {}),
+    }
 
 
-def _merge_current(encounter: dict[str, Any], facts: dict[str, Any], fact_movement: dict[str, Any] | None) -> None:
-    """Later movements describe the present: their class, place and people replace the earlier ones."""
-    for key in ("class", "location", "participant"):
-        if facts.get(key):
-            encounter[key] = facts[key]
-    unit = (fact_movement or {}).get("medical_unit")
-    if unit:
-        # ZBE-7, the UF de responsabilité médicale, is the unit in charge of the stay (PAM-FR §6.13).
-        encounter["serviceProvider"] = {
-            "identifier": {"system": unit["system"], "value": unit["code"]},
-            **({"display": unit["name"]} if unit.get("name") else {}),
-        }
-    disposition = facts.get("hospitalization", {}).get("dischargeDisposition")
-    if disposition:
-        encounter.setdefault("hospitalization", {})["dischargeDisposition"] = disposition
+def _locations(locations: list[JSON], status: str) -> list[JSON]:
+    wanted = LOCATION_STATUS.get(status, "active")
+    out = []
+    for loc in locations:
+        rest = {k: v for k, v in loc.items() if k != "status"}
+        out.append({**rest, "status": wanted} if wanted else rest)
+    return out
 
 
-def _finish(encounter: dict[str, Any]) -> dict[str, Any]:
+def _finish(encounter: JSON) -> JSON:
     if not encounter.get("hospitalization"):
         encounter.pop("hospitalization", None)
     if "class" not in encounter:
         # Encounter.class is required in R4; PV1-2 empty or unknown leaves it unknown, said plainly.
-        encounter["class"] = {
-            "system": "http://terminology.hl7.org/CodeSystem/v3-NullFlavor",
-            "code": "UNK",
-            "display": "unknown",
-        }
-    order = [
-        "resourceType",
-        "id",
-        "meta",
-        "identifier",
-        "status",
-        "class",
-        "subject",
-        "participant",
-        "period",
-    ]
-    return {k: encounter[k] for k in [*order, *sorted(set(encounter) - set(order))] if k in encounter}
+        encounter["class"] = dict(_UNKNOWN_CLASS)
+    return {k: encounter[k] for k in [*_ORDER, *sorted(set(encounter) - set(_ORDER))] if k in encounter}
+
+
+# -- the movements -----------------------------------------------------------------------------
+
+
+def _movements(stay: JSON, resolved: list[tuple[VisitFact, bool]], natures: Mapping[str, CodeRow]) -> list[JSON]:
+    """One Encounter ``partOf`` the stay per movement with a ZBE-1, in date order.
+
+    Real movements chain: each lasts until the next (with or without ZBE-1), the last until the stay's
+    end; all are finished but the last, which has the stay's status. Plans are ``planned``; undone
+    movements ``cancelled``.
+    """
+    chain = [f for f, live in resolved if live and f.rule.movement and f.rule.chained]
+    ends = {id(f): _movement_time(nxt) for f, nxt in pairwise(chain)}
+    if chain and stay["status"] == "finished":
+        ends[id(chain[-1])] = stay.get("period", {}).get("end")
+    out = []
+    for fact, live in resolved:
+        if not fact.rule.movement or fact.movement_key is None:
+            continue
+        if not live or stay["status"] == "cancelled":
+            status = "cancelled"
+        elif not fact.rule.chained:
+            status = "planned"
+        else:
+            status = stay["status"] if fact is chain[-1] else "finished"
+        out.append(_movement(stay, fact, status=status, end=ends.get(id(fact)), natures=natures))
+    return out
+
+
+def _movement(stay: JSON, fact: VisitFact, *, status: str, end: str | None, natures: Mapping[str, CodeRow]) -> JSON:
+    movement = fact.movement or {}
+    ident = movement["identifier"]
+    codings = [{"system": MOVEMENT_TYPE_SYSTEM, "code": fact.trigger, "display": fact.kind}]
+    nature = _nature(movement.get("nature"), natures)
+    if nature:
+        codings.append(nature)
+    out: JSON = {
+        "resourceType": "Encounter",
+        "id": resource_id("Encounter", f"movement|{stay['id']}|{ident.get('system')}|{ident.get('value')}"),
+        "meta": {"profile": [PROFILE_ENCOUNTER]},
+        "identifier": [ident],
+        "status": status,
+        "class": stay["class"],
+        "type": [{"coding": codings}],
+        "partOf": {"reference": f"Encounter/{stay['id']}"},
+        "period": {k: v for k, v in (("start", _movement_time(fact)), ("end", end)) if v},
+    }
+    if "subject" in stay:
+        out["subject"] = stay["subject"]
+    if fact.encounter.get("location"):
+        out["location"] = _locations(fact.encounter["location"], status)
+    provider = _service_provider(movement)
+    if provider:
+        out["serviceProvider"] = provider
+    return _finish(out)
+
+
+def _nature(value: Any, natures: Mapping[str, CodeRow]) -> JSON | None:
+    """ZBE-9 as a coding: already coded by the engine, or looked up; values outside the table are left
+    out here (the engine warns about them)."""
+    if isinstance(value, dict):
+        return dict(value) if value.get("code") else None
+    row = natures.get(str(value)) if value else None
+    return row.coding() if row else None

@@ -6,6 +6,7 @@ which subscriptions get an outbox row, so that a platform hears only of the pati
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -14,10 +15,13 @@ from gateway.errors import FhirError
 
 JSON = dict[str, Any]
 
-#: Filter parameters each topic resource supports, and what they read.
+#: Filter parameters each topic resource supports.
 SUPPORTED = {
-    "Encounter": frozenset({"patient", "patient.identifier", "identifier", "class", "status"}),
+    "Encounter": frozenset({"patient", "patient.identifier", "identifier", "class", "status", "facility"}),
+    "Patient": frozenset({"patient", "patient.identifier", "identifier", "care-team-member"}),
+    "CareTeam": frozenset({"patient", "patient.identifier", "care-team-member"}),
 }
+SUPPORTED["Encounter"] = SUPPORTED["Encounter"] | {"care-team-member"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,26 +61,56 @@ def _token_match(value: str, identifiers: list[JSON]) -> bool:
     return False
 
 
-def matches(filters: list[JSON], *, resource: JSON, patient: JSON | None) -> bool:
-    """All filters must hold (AND), as in a FHIR search."""
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a filter is matched against: the focus, its patient, and the patients merged into him.
+
+    After an A40 the survivor's events still reach subscriptions that named the merged patient
+    (by reference or identifier): ``aliases`` carries the merged patients' references and identifiers.
+    """
+
+    resource: JSON
+    patient: JSON | None
+    alias_refs: tuple[str, ...] = ()
+    alias_identifiers: tuple[JSON, ...] = ()
+    #: identifiers (RPPS…) of the active members of the patient's care circle
+    care_team_identifiers: tuple[JSON, ...] = ()
+
+    def patient_ref(self) -> str:
+        if self.resource.get("resourceType") == "Patient":
+            return f"Patient/{self.resource.get('id')}"
+        return str(self.resource.get("subject", {}).get("reference", ""))
+
+    def patient_identifiers(self) -> list[JSON]:
+        return [*((self.patient or {}).get("identifier", [])), *self.alias_identifiers]
+
+
+def _patient(value: str, t: Target) -> bool:
+    wanted = value if "/" in value else f"Patient/{value}"
+    return wanted == t.patient_ref() or wanted in t.alias_refs
+
+
+def _facility(value: str, t: Target) -> bool:
+    """The sending facility (MSH-4) recorded in ``meta.source`` when the stay was first received."""
+    source = str(t.resource.get("meta", {}).get("source", ""))
+    return source.rsplit("/", 1)[-1] == value
+
+
+PREDICATES: dict[str, Callable[[str, Target], bool]] = {
+    "patient": _patient,
+    "patient.identifier": lambda value, t: _token_match(value, t.patient_identifiers()),
+    "identifier": lambda value, t: _token_match(value, t.resource.get("identifier", [])),
+    "class": lambda value, t: t.resource.get("class", {}).get("code") == value.rpartition("|")[2],
+    "status": lambda value, t: t.resource.get("status") == value,
+    "facility": _facility,
+    "care-team-member": lambda value, t: _token_match(value, list(t.care_team_identifiers)),
+}
+
+
+def matches(filters: list[JSON], target: Target) -> bool:
+    """All filters must hold (AND), as in a FHIR search; an unknown parameter never matches."""
     for f in filters:
-        param, value = f["param"], f["value"]
-        if param == "patient":
-            ref = resource.get("subject", {}).get("reference", "")
-            if ref != value and ref.rsplit("/", 1)[-1] != value:
-                return False
-        elif param == "patient.identifier":
-            if patient is None or not _token_match(value, patient.get("identifier", [])):
-                return False
-        elif param == "identifier":
-            if not _token_match(value, resource.get("identifier", [])):
-                return False
-        elif param == "class":
-            if resource.get("class", {}).get("code") != value.rpartition("|")[2]:
-                return False
-        elif param == "status":
-            if resource.get("status") != value:
-                return False
-        else:
+        predicate = PREDICATES.get(str(f["param"]))
+        if predicate is None or not predicate(str(f["value"]), target):
             return False
     return True

@@ -18,6 +18,8 @@ STATUS_PROFILE: Final = (
 #: Extension on a ``notification-event`` parameter carrying the ANS NdE event code (``ADM``/``SOR``).
 #: The Backport IG has no slot for it; platforms following the ANS NdE guide key on it.
 EVENT_CODE_EXTENSION_URL: Final = f"{CANONICAL_BASE}/StructureDefinition/nde-event-code"
+#: Extension on a ``notification-event`` for the care circle topic: who joined (``joined``) or left (``left``).
+MEMBER_CHANGE_EXTENSION_URL: Final = f"{CANONICAL_BASE}/StructureDefinition/careteam-member-change"
 EVENT_CODE_SYSTEM: Final = "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement"
 
 SUBSCRIPTION_STATUSES: Final = frozenset({"requested", "active", "error", "off"})
@@ -43,6 +45,8 @@ class NotificationEvent:
     context_resources: tuple[dict[str, Any], ...] = ()
     #: ANS NdE event code (``"ADM"``, ``"SOR"``), carried in :data:`EVENT_CODE_EXTENSION_URL`.
     event_code: str | None = None
+    #: Care circle changes: (``"joined"`` or ``"left"``, relative reference), in the CareTeam change extension.
+    member_changes: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,13 +149,23 @@ def _event_parameter(ctx: NotificationContext, event: NotificationEvent) -> dict
             for ref in _context_references(event)
         )
     parameter: dict[str, Any] = {"name": "notification-event", "part": parts}
+    extensions: list[dict[str, Any]] = []
     if event.event_code:
-        parameter["extension"] = [
+        extensions.append(
+            {"url": EVENT_CODE_EXTENSION_URL, "valueCoding": {"system": EVENT_CODE_SYSTEM, "code": event.event_code}}
+        )
+    if event.member_changes and ctx.payload_content != "empty":
+        extensions.append(
             {
-                "url": EVENT_CODE_EXTENSION_URL,
-                "valueCoding": {"system": EVENT_CODE_SYSTEM, "code": event.event_code},
+                "url": MEMBER_CHANGE_EXTENSION_URL,
+                "extension": [
+                    {"url": change, "valueReference": {"reference": _absolute(ctx.base_url, ref)}}
+                    for change, ref in event.member_changes
+                ],
             }
-        ]
+        )
+    if extensions:
+        parameter["extension"] = extensions
     return parameter
 
 

@@ -199,7 +199,8 @@ def update_subscription(
         max_count=parsed.max_count,
     )
     subs.update(record)
-    if status == "requested" and current.status != "requested":
+    if status == "requested" and (current.status != "requested" or parsed.endpoint != current.endpoint):
+        # A new endpoint gets a fresh handshake budget even if the old one was still being tried.
         OutboxRepo(conn).requeue(sub_id, now=now)
         _queue_handshake(conn, record, now=now)
     return _write_resource(conn, body, record, now=now)
@@ -259,6 +260,7 @@ def set_status(conn: Connection, sub_id: str, status: str, *, now: datetime, err
     SubscriptionRepo(conn).set_status(sub_id, status, error=error)
     store = ResourceRepo(conn)
     current = store.get("Subscription", sub_id)
-    if current is not None:
+    # A delivery in flight when the subscription was deleted must not bring its resource back.
+    if current is not None and not current.deleted:
         resource = public_resource(current.content, sub_id=sub_id, status=status, error=error)
         store.put(resource, now=now, index=search_entries(resource))

@@ -1,8 +1,9 @@
 """Subscription topics: their canonical URLs and the state changes that trigger them.
 
-Topics fire on the change between the stored Encounter and its new version (R5 SubscriptionTopic
+Topics fire on the change between the stored resource and its new version (R5 SubscriptionTopic
 ``resourceTrigger`` style), not on the trigger event: a discharge applied before its admission, a
 cancel, or a replay then notify exactly what changed for the platform, and a duplicate notifies nothing.
+The message's movement action is passed along only to tell a correction (Z99) from other changes.
 """
 
 from __future__ import annotations
@@ -15,7 +16,21 @@ from gateway.fhir.canonical import CANONICAL_BASE
 
 TOPIC_BASE = f"{CANONICAL_BASE}/SubscriptionTopic"
 ACTIVE = frozenset({"in-progress", "onleave", "arrived", "triaged"})
+VOID = frozenset({"cancelled", "entered-in-error"})
 JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One resource's change: its previous version (``None`` if new), its new one, and the action."""
+
+    prev: JSON | None
+    new: JSON
+    action: str = "INSERT"
+
+    @property
+    def prev_status(self) -> str | None:
+        return self.prev.get("status") if self.prev else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,19 +41,73 @@ class Topic:
     resource: str
     #: ANS NdE TRE_R254 event code, where one exists
     event_code: str | None
-    fires: Callable[[JSON | None, JSON], bool]
+    fires: Callable[[Change], bool]
 
     @property
     def url(self) -> str:
         return f"{TOPIC_BASE}/{self.code}"
 
 
-def _started(prev: JSON | None, new: JSON) -> bool:
-    return new.get("status") in ACTIVE and (prev is None or prev.get("status") not in ACTIVE | {"finished"})
+def _started(c: Change) -> bool:
+    return c.new.get("status") in ACTIVE and c.prev_status not in ACTIVE | {"finished"}
 
 
-def _ended(prev: JSON | None, new: JSON) -> bool:
-    return new.get("status") == "finished" and (prev is None or prev.get("status") != "finished")
+def _ended(c: Change) -> bool:
+    return c.new.get("status") == "finished" and c.prev_status != "finished"
+
+
+def _where(resource: JSON) -> tuple[Any, Any]:
+    return resource.get("location"), resource.get("serviceProvider")
+
+
+def _transferred(c: Change) -> bool:
+    """Bed, room, unit or UF in charge changed while the patient is in (A02, and its Z99 or A12)."""
+    return (
+        c.prev is not None
+        and c.prev_status in ACTIVE
+        and c.new.get("status") in ACTIVE
+        and _where(c.prev) != _where(c.new)
+    )
+
+
+def _cancelled_or_corrected(c: Change) -> bool:
+    """The stay was cancelled (A11, A38), its discharge undone (A13), or a movement corrected (Z99)."""
+    if c.prev is None:
+        return False
+    if c.new.get("status") in VOID and c.prev_status not in VOID:
+        return True
+    if c.prev_status == "finished" and c.new.get("status") != "finished":
+        return True
+    return c.action == "UPDATE"
+
+
+def _dead(patient: JSON | None) -> bool:
+    return bool(patient) and bool(patient.get("deceasedDateTime") or patient.get("deceasedBoolean"))  # type: ignore[union-attr]
+
+
+def _died(c: Change) -> bool:
+    return _dead(c.new) and not _dead(c.prev)
+
+
+def _circle_changed(c: Change) -> bool:
+    joined, left = members_changed(c.prev, c.new)
+    return bool(joined or left)
+
+
+def members_changed(prev: JSON | None, new: JSON) -> tuple[list[JSON], list[JSON]]:
+    """(joined, left) members between two versions: who is now active and was not, and the reverse."""
+
+    def active(team: JSON | None) -> dict[str, JSON]:
+        return {
+            str(p["member"].get("reference") or p["member"].get("display")): p["member"]
+            for p in (team or {}).get("participant", [])
+            if not p.get("period", {}).get("end")
+        }
+
+    before, after = active(prev), active(new)
+    joined = [after[k] for k in sorted(after.keys() - before.keys())]
+    left = [before[k] for k in sorted(before.keys() - after.keys())]
+    return joined, left
 
 
 TOPICS: tuple[Topic, ...] = (
@@ -58,9 +127,41 @@ TOPICS: tuple[Topic, ...] = (
         event_code="SOR",
         fires=_ended,
     ),
+    Topic(
+        code="encounter-transfer",
+        title="Mutation ou transfert",
+        description="The location or the unit in charge of an in-progress stay changed (A02, Z99, A12).",
+        resource="Encounter",
+        event_code=None,
+        fires=_transferred,
+    ),
+    Topic(
+        code="encounter-cancelled-or-corrected",
+        title="Séjour annulé ou corrigé",
+        description="A stay was cancelled (A11, A38), its discharge cancelled (A13), or corrected (Z99).",
+        resource="Encounter",
+        event_code=None,
+        fires=_cancelled_or_corrected,
+    ),
+    Topic(
+        code="patient-death",
+        title="Décès",
+        description="A patient is recorded deceased (PID-29/30, or a discharge by death).",
+        resource="Patient",
+        event_code=None,
+        fires=_died,
+    ),
+    Topic(
+        code="careteam-changed",
+        title="Cercle de soins modifié",
+        description="A member joined or left a patient's care circle (hospital feed or platform).",
+        resource="CareTeam",
+        event_code=None,
+        fires=_circle_changed,
+    ),
 )
 BY_URL = {t.url: t for t in TOPICS}
 
 
-def fired(resource_type: str, prev: JSON | None, new: JSON) -> list[Topic]:
-    return [t for t in TOPICS if t.resource == resource_type and t.fires(prev, new)]
+def fired(resource_type: str, change: Change) -> list[Topic]:
+    return [t for t in TOPICS if t.resource == resource_type and t.fires(change)]

@@ -71,7 +71,8 @@ def notification_events(conn: Connection, rows: list[OutboxRecord], *, payload_c
             continue
         focus = None
         context_resources = []
-        context_refs = tuple(str(c["reference"]) for c in row.context if c.get("reference"))
+        context_refs = tuple(str(c["reference"]) for c in row.context if c.get("reference") and not c.get("change"))
+        changes = tuple((str(c["change"]), str(c["reference"])) for c in row.context if c.get("change"))
         if payload_content == "full-resource":
             found = store.vread(row.focus_type, row.focus_id, row.focus_version or 0) or store.get(
                 row.focus_type, row.focus_id
@@ -92,6 +93,7 @@ def notification_events(conn: Connection, rows: list[OutboxRecord], *, payload_c
                 additional_context=context_refs,
                 context_resources=tuple(context_resources),
                 event_code=topic.event_code if topic else None,
+                member_changes=changes,
             )
         )
     return events
@@ -138,14 +140,16 @@ class DeliveryWorker:
         self._loop = asyncio.get_running_loop()
         logger.info("delivery worker %s started", self.worker_id)
         while not self._stopping:
+            # Cleared before looking, not after: a wake() that comes while run_once finds nothing (the
+            # ingest commits meanwhile) must cut the wait short, not be lost for a whole poll interval.
+            self._wake.clear()
             try:
                 await asyncio.to_thread(self._queue_heartbeats)
                 count = await self.run_once()
             except Exception:
                 logger.exception("delivery worker iteration failed; carrying on")
                 count = 0
-            if count == 0:
-                self._wake.clear()
+            if count == 0 and not self._stopping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_interval)
 
@@ -246,9 +250,12 @@ class DeliveryWorker:
 
     async def _send(self, job: Job) -> DeliveryResult:
         sub = job.subscription
+        # Handshakes and heartbeats carry event number 0: each gets its own key, not a shared "<id>:0"
+        # that a deduplicating receiver (or a mail server, through the Message-ID) would drop.
+        is_event = job.head.notification_type == "event-notification"
         key = idempotency_key(
             subscription_id=sub.id,
-            event_number=job.rows[-1].event_number,
+            event_number=job.rows[-1].event_number if is_event else None,
             notification_type=job.head.notification_type,
             bundle_id=job.bundle_id,
         )

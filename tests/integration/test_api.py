@@ -98,8 +98,11 @@ def test_read_search_history_after_ingest(client: TestClient) -> None:
     assert client.get("/fhir/Patient", params={"identifier": "urn:oid:9.9|100001"}).json()["total"] == 0
 
     by_patient = client.get("/fhir/Encounter", params={"patient": f"Patient/{patient_id}"}).json()
-    assert by_patient["total"] == 1
-    encounter = by_patient["entry"][0]["resource"]
+    stays = [e["resource"] for e in by_patient["entry"] if "partOf" not in e["resource"]]
+    assert len(stays) == 1
+    encounter = stays[0]
+    movements = client.get("/fhir/Encounter", params={"part-of": f"Encounter/{encounter['id']}"}).json()
+    assert movements["total"] == 2 and by_patient["total"] == 3  # the stay and its two movements
     assert encounter["status"] == "finished"
     assert client.get("/fhir/Encounter", params={"identifier": f"{VISIT_SYSTEM}|V-5001"}).json()["total"] == 1
 

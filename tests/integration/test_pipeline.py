@@ -42,6 +42,7 @@ def count(db: Engine, table: schema.Table) -> int:
 
 
 def encounter_of(db: Engine, visit: str) -> dict | None:
+    """The stay (the movements, ``partOf`` it, carry the ZBE-1 identifier, not the visit number)."""
     with db.connect() as conn:
         found, _ = ResourceRepo(conn).search("Encounter", [("identifier", VISIT_SYSTEM, visit)], limit=5)
     assert len(found) <= 1
@@ -52,7 +53,7 @@ def test_admission_is_stored_applied_and_acknowledged(pipeline: Pipeline, db: En
     outcome = pipeline.ingest(Adt().bytes(), transport="http")
     assert outcome.code == "AA"
     assert msa(outcome.ack) == ("AA", "MSG-1")
-    assert {r.type for r in outcome.changed} == {"Patient", "Practitioner", "Encounter"}
+    assert {r.type for r in outcome.changed} == {"Patient", "Practitioner", "Encounter", "CareTeam"}
     encounter = encounter_of(db, "V-5001")
     assert encounter is not None
     assert encounter["status"] == "in-progress"

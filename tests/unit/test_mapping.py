@@ -236,9 +236,9 @@ def test_parser_warnings_reach_the_mapping_warnings() -> None:
         ({"omit": ("PID",)}, "PID"),
         ({"omit": ("PID", "PV1")}, "PID"),
         ({"omit": ("PV1",)}, "PV1"),
-        ({"pv1": {19: None}}, "PV1-19"),
-        ({"pv1": {19: "^^^CH-TEST^VN"}}, "PV1-19"),
-        ({"pv1": {19: f"V26-0001^^^CH-TEST&{NDA_OID}&ISO^AN"}}, "PV1-19"),
+        ({"pv1": {19: None}, "pid": {18: None}}, "PV1-19"),
+        ({"pv1": {19: "^^^CH-TEST^VN"}, "pid": {18: None}}, "PV1-19"),
+        ({"pv1": {19: f"V26-0001^^^CH-TEST&{NDA_OID}&ISO^AN"}, "pid": {18: None}}, "PV1-19"),
         ({"pid": {3: None, 18: None}}, "PID-3"),
         ({"pid": {3: INS, 18: None}}, "PID-3"),
     ],
@@ -249,6 +249,15 @@ def test_missing_required_parts(kwargs: dict[str, Any], location: str) -> None:
     assert info.value.location == location
     assert info.value.code == "101"
     assert info.value.ack_code == "AE"
+
+
+def test_without_pv1_19_the_account_number_identifies_the_stay() -> None:
+    with_account = run(pv1={19: None})
+    assert with_account.encounter is not None
+    kinds = {type_code(i): i["value"] for i in with_account.encounter["identifier"]}
+    assert list(kinds) == ["AN"]
+    assert any(loc == "PV1-19" for loc, _ in with_account.warnings)
+    assert run(pv1={19: None}).encounter["id"] == with_account.encounter["id"]  # type: ignore[index]
 
 
 def test_no_evn_and_no_zbe_still_map() -> None:
@@ -696,7 +705,7 @@ def test_discharge_disposition_and_end() -> None:
     assert mapped.event.kind == "discharge"
     assert mapped.encounter is not None
     coding = mapped.encounter["hospitalization"]["dischargeDisposition"]["coding"]
-    assert coding == [{"system": CIRCONSTANCES_SORTIE, "code": "5", "display": "Retour au domicile"}]
+    assert coding == [{"system": CIRCONSTANCES_SORTIE, "code": "5", "display": "En attente d'examen"}]
     assert mapped.encounter["period"]["end"] == paris(2026, 3, 20, 14, 30)
 
 

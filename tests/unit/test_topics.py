@@ -1,4 +1,4 @@
-"""Topics fire on the change between two versions of an Encounter, never on the trigger event."""
+"""Topics fire on the change between two versions of a resource, never on the trigger event."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.subscriptions.topics import BY_URL, TOPIC_BASE, TOPICS, fired
+from gateway.subscriptions.topics import BY_URL, TOPIC_BASE, TOPICS, Change, fired, members_changed
 
 
 def encounter(status: str) -> dict[str, Any]:
@@ -15,7 +15,7 @@ def encounter(status: str) -> dict[str, Any]:
 
 
 def codes(prev: str | None, new: str, resource_type: str = "Encounter") -> list[str]:
-    return [t.code for t in fired(resource_type, encounter(prev) if prev else None, encounter(new))]
+    return [t.code for t in fired(resource_type, Change(encounter(prev) if prev else None, encounter(new)))]
 
 
 @pytest.mark.parametrize("prev", [None, "planned"])
@@ -28,9 +28,9 @@ def test_start_does_not_fire_again_while_active(prev: str) -> None:
     assert codes(prev, "in-progress") == []
 
 
-def test_start_does_not_fire_when_a_discharge_is_cancelled() -> None:
+def test_a_cancelled_discharge_is_a_cancellation_not_a_new_start() -> None:
     # A13: finished → in-progress; the platform heard of this admission already.
-    assert codes("finished", "in-progress") == []
+    assert codes("finished", "in-progress") == ["encounter-cancelled-or-corrected"]
 
 
 def test_start_fires_again_after_a_cancelled_admission_is_readmitted() -> None:
@@ -51,32 +51,71 @@ def test_end_fires_once() -> None:
     assert fired_codes == ["encounter-start", "encounter-end"]
 
 
-@pytest.mark.parametrize(
-    ("prev", "new"),
-    [
-        (None, "planned"),
-        (None, "cancelled"),
-        ("in-progress", "cancelled"),
-        ("finished", "cancelled"),
-        ("planned", "planned"),
-        ("in-progress", "entered-in-error"),
-    ],
-)
+@pytest.mark.parametrize(("prev", "new"), [(None, "planned"), (None, "cancelled"), ("planned", "planned")])
 def test_nothing_fires(prev: str | None, new: str) -> None:
     assert codes(prev, new) == []
 
 
-def test_only_encounters_fire() -> None:
-    assert codes(None, "in-progress", resource_type="Patient") == []
-    assert codes("in-progress", "finished", resource_type="Patient") == []
+@pytest.mark.parametrize(
+    ("prev", "new"), [("in-progress", "cancelled"), ("finished", "cancelled"), ("in-progress", "entered-in-error")]
+)
+def test_cancellation_fires_only_the_cancel_topic(prev: str, new: str) -> None:
+    assert codes(prev, new) == ["encounter-cancelled-or-corrected"]
+
+
+def test_a_correction_fires_the_cancel_or_correct_topic() -> None:
+    change = Change(encounter("in-progress"), {**encounter("in-progress"), "period": {"start": "2026-01-01"}}, "UPDATE")
+    assert [t.code for t in fired("Encounter", change)] == ["encounter-cancelled-or-corrected"]
+
+
+def test_transfer_fires_when_the_place_changes_while_in() -> None:
+    before = {**encounter("in-progress"), "location": [{"location": {"display": "A"}}]}
+    after = {**encounter("in-progress"), "location": [{"location": {"display": "B"}}]}
+    assert [t.code for t in fired("Encounter", Change(before, after))] == ["encounter-transfer"]
+    assert [t.code for t in fired("Encounter", Change(before, before))] == []
+
+
+def test_death_fires_once_on_the_patient() -> None:
+    alive = {"resourceType": "Patient", "id": "p"}
+    dead = {**alive, "deceasedDateTime": "2026-03-05"}
+    assert [t.code for t in fired("Patient", Change(alive, dead))] == ["patient-death"]
+    assert [t.code for t in fired("Patient", Change(dead, dead))] == []
+
+
+def test_care_circle_change_says_who_joined_and_left() -> None:
+    def team(*refs: str, ended: str = "") -> dict:
+        parts = [{"member": {"reference": r}} for r in refs]
+        if ended:
+            parts.append({"member": {"reference": ended}, "period": {"start": "2026", "end": "2026-02"}})
+        return {"resourceType": "CareTeam", "participant": parts}
+
+    assert [t.code for t in fired("CareTeam", Change(team("Practitioner/a"), team("Practitioner/a")))] == []
+    change = Change(team("Practitioner/a"), team("Practitioner/b", ended="Practitioner/a"))
+    assert [t.code for t in fired("CareTeam", change)] == ["careteam-changed"]
+    assert members_changed(change.prev, change.new) == (
+        [{"reference": "Practitioner/b"}],
+        [{"reference": "Practitioner/a"}],
+    )
+
+
+def test_encounter_topics_ignore_other_resources() -> None:
+    assert codes(None, "in-progress", resource_type="Practitioner") == []
+    assert codes("in-progress", "finished", resource_type="Practitioner") == []
 
 
 def test_topic_identity() -> None:
     by_code = {t.code: t for t in TOPICS}
-    assert set(by_code) == {"encounter-start", "encounter-end"}
+    assert set(by_code) == {
+        "encounter-start",
+        "encounter-end",
+        "encounter-transfer",
+        "encounter-cancelled-or-corrected",
+        "patient-death",
+        "careteam-changed",
+    }
     assert by_code["encounter-start"].event_code == "ADM"  # ANS NdE TRE_R254: admission
     assert by_code["encounter-end"].event_code == "SOR"  # discharge
     for topic in TOPICS:
         assert topic.url == f"{TOPIC_BASE}/{topic.code}"
         assert BY_URL[topic.url] is topic
-        assert topic.resource == "Encounter"
+        assert topic.resource in ("Encounter", "Patient", "CareTeam")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-22 11:42:57.588014
+Create Date: 2026-11-22 11:57:24.773008
 """
 
 from __future__ import annotations
@@ -89,6 +89,16 @@ def upgrade() -> None:
         batch_op.create_index("ix_outbox_due", ["status", "subscription_id", "id"], unique=False)
 
     op.create_table(
+        "patient_links",
+        sa.Column("merged_id", sa.String(length=64), nullable=False),
+        sa.Column("survivor_id", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("merged_id", name=op.f("pk_patient_links")),
+    )
+    with op.batch_alter_table("patient_links", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_patient_links_survivor_id"), ["survivor_id"], unique=False)
+
+    op.create_table(
         "resource_versions",
         sa.Column("type", sa.String(length=64), nullable=False),
         sa.Column("id", sa.String(length=64), nullable=False),
@@ -153,6 +163,10 @@ def downgrade() -> None:
     op.drop_table("search_index")
     op.drop_table("resources")
     op.drop_table("resource_versions")
+    with op.batch_alter_table("patient_links", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_patient_links_survivor_id"))
+
+    op.drop_table("patient_links")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index("ix_outbox_due")
 
