@@ -13,7 +13,7 @@ from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.api import admin, fhir, ingest
+from gateway.api import admin, fhir, ingest, sandbox
 from gateway.api.responses import fhir_response
 from gateway.errors import GatewayError
 from gateway.fhir.outcome import from_error, operation_outcome
@@ -45,6 +45,7 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(fhir.router)
     app.include_router(admin.router)
+    app.include_router(sandbox.router)
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability")
     async def health() -> Response:
