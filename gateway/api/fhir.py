@@ -18,6 +18,7 @@ from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, Subscripti
 from gateway.errors import FhirError, NotFoundError, PreconditionFailedError
 from gateway.fhir.capability import SEARCH_PARAMS, capability_statement
 from gateway.fhir.search import history_bundle, search
+from gateway.fhir.topics import topic_resources
 from gateway.pipeline import utcnow
 from gateway.runtime import Runtime
 from gateway.state import platform as platform_edits
@@ -225,6 +226,34 @@ async def end_member(team_id: str, request: Request, runtime: RuntimeDep) -> Res
         )
 
     return await run_in_threadpool(_careteam_edit, runtime, work)
+
+
+@router.get("/Basic", summary="Subscription topics (Backport IG: R5 SubscriptionTopic as Basic)")
+async def list_topics(runtime: RuntimeDep, url: str | None = None) -> Response:
+    base = runtime.settings.public_base()
+    found = [t for t in topic_resources() if url is None or _topic_url(t) == url]
+    return fhir_response(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": len(found),
+            "entry": [
+                {"fullUrl": f"{base}/Basic/{t['id']}", "resource": t, "search": {"mode": "match"}} for t in found
+            ],
+        }
+    )
+
+
+@router.get("/Basic/{topic_id}", summary="One subscription topic")
+async def read_topic(topic_id: str) -> Response:
+    for topic in topic_resources():
+        if topic["id"] == topic_id:
+            return fhir_response(topic)
+    raise NotFoundError(f"Basic/{topic_id} not found")
+
+
+def _topic_url(resource: JSON) -> str:
+    return next(str(e["valueUri"]) for e in resource["extension"] if e["url"].endswith(".url"))
 
 
 @router.get("/{rtype}", summary="Search")

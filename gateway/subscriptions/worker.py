@@ -142,7 +142,6 @@ class DeliveryWorker:
         while not self._stopping:
             # Cleared before looking, not after: a wake() that comes while run_once finds nothing (the
             # ingest commits meanwhile) must cut the wait short, not be lost for a whole poll interval.
-            self._wake.clear()
             try:
                 await asyncio.to_thread(self._queue_heartbeats)
                 count = await self.run_once()
@@ -150,6 +149,7 @@ class DeliveryWorker:
                 logger.exception("delivery worker iteration failed; carrying on")
                 count = 0
             if count == 0 and not self._stopping:
+                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_interval)
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.basic import Basic
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.capabilitystatement import CapabilityStatement
 from fhir.resources.R4B.subscription import Subscription
@@ -223,3 +224,19 @@ def test_admin_journal_and_replay(client: TestClient) -> None:
     assert client.post("/admin/messages/999999/replay").status_code == 404
     assert client.get("/health").json() == {"status": "ok"}
     assert "gateway_messages_total" in client.get("/metrics").text
+
+
+def test_topics_are_readable_as_backport_basic_resources(client: TestClient) -> None:
+    listing = client.get("/fhir/Basic").json()
+    assert listing["total"] >= 6
+    urls = set()
+    for entry in listing["entry"]:
+        Basic.model_validate(entry["resource"])
+        urls |= {e["valueUri"] for e in entry["resource"]["extension"] if e["url"].endswith("SubscriptionTopic.url")}
+    metadata = client.get("/fhir/metadata").json()
+    advertised = {e["valueCanonical"] for e in metadata["rest"][0]["extension"] if e["url"] == TOPIC_CANONICAL_EXT}
+    assert urls == advertised
+    one = client.get("/fhir/Basic/encounter-start").json()
+    assert one["code"]["coding"][0]["code"] == "SubscriptionTopic"
+    assert client.get("/fhir/Basic", params={"url": f"{TOPIC_BASE}/encounter-end"}).json()["total"] == 1
+    assert client.get("/fhir/Basic/nope").status_code == 404
