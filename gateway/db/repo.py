@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, text, update
 
 from gateway.db.schema import (
     facts,
@@ -340,27 +340,29 @@ class ResourceRepo:
     def search(
         self, rtype: str, criteria: Sequence[tuple[str, str | None, str]], *, limit: int, offset: int = 0
     ) -> tuple[list[StoredResource], int]:
-        """Resources matching every (param, system or None, value) criterion; (page, total)."""
-        ids = select(resources.c.id).where(resources.c.type == rtype, resources.c.deleted == 0)
+        """Resources matching every (param, system or None, value) criterion; (page, total).
+
+        Each criterion is a correlated EXISTS on (type, param, value) then (type, id): both indexed, so the
+        plan stays an index lookup as the store grows (nested IN subqueries made PostgreSQL scan).
+        """
+        matching = select(resources).where(resources.c.type == rtype, resources.c.deleted == 0)
         for param, system, value in criteria:
             if param == "_id":
-                ids = ids.where(resources.c.id == value)
+                matching = matching.where(resources.c.id == value)
                 continue
-            cond = [
-                search_index.c.type == rtype,
-                search_index.c.param == param,
-                search_index.c.value == value,
+            entry = search_index.alias()
+            conditions = [
+                entry.c.type == rtype,
+                entry.c.param == param,
+                entry.c.value == value,
+                entry.c.id == resources.c.id,
             ]
             if system is not None:
-                cond.append(search_index.c.system == system)
-            ids = ids.where(resources.c.id.in_(select(search_index.c.id).where(and_(*cond))))
-        total = int(self.conn.execute(select(func.count()).select_from(ids.subquery())).scalar_one())
+                conditions.append(entry.c.system == system)
+            matching = matching.where(exists().where(*conditions))
+        total = int(self.conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one())
         rows = self.conn.execute(
-            select(resources)
-            .where(resources.c.type == rtype, resources.c.id.in_(ids))
-            .order_by(resources.c.last_updated.desc(), resources.c.id)
-            .limit(limit)
-            .offset(offset)
+            matching.order_by(resources.c.last_updated.desc(), resources.c.id).limit(limit).offset(offset)
         )
         return [_stored(r) for r in rows], total
 

@@ -43,7 +43,9 @@ from gateway.subscriptions.matching import Target, matches
 from gateway.subscriptions.topics import Change, Topic, fired, members_changed
 
 JSON = dict[str, Any]
-MAX_REFOLD = 500
+MAX_REFOLD = 2000
+#: How many of a patient's latest stays feed his care circle (see _stays_of).
+CIRCLE_STAYS = 20
 PARTICIPATION, PLATFORM = "participation", "platform"
 PATIENT_KINDS = (DEMOGRAPHICS, MERGED_INTO, ABSORBED)
 
@@ -69,10 +71,19 @@ class Unit:
     links: PatientLinkRepo
     result: Applied
     tables: Tables
+    #: changes waiting to be matched against subscriptions, once every refold of the unit is done
+    pending: list[tuple[Change, StoredResource]] = field(default_factory=list)
 
     @classmethod
     def of(cls, conn: Connection, *, now: datetime, message_id: int, tables: Tables) -> Unit:
         return cls(conn, now, message_id, FactRepo(conn), ResourceRepo(conn), PatientLinkRepo(conn), Applied(), tables)
+
+    def notify_all(self) -> None:
+        """Match the unit's changes only now, so that filters see the state after the whole message (a
+        care circle filter must hear of the admission that adds the doctor)."""
+        pending, self.pending = self.pending, []
+        for change, stored in pending:
+            _notify(self, change, stored)
 
     @property
     def roles(self) -> dict[str, JSON]:
@@ -103,7 +114,8 @@ def apply_message(conn: Connection, mapped: Mapped, *, message_id: int, now: dat
     )
     if mapped.event.kind == "merge" and (prior_id is None or prior_id == patient_id):
         raise MappingError("MRG-1 must name the merged patient's IPP, other than the survivor's", location="MRG-1")
-    streams = [f"Patient/{patient_id}", f"CareTeam/{careteam_id(patient_id)}"]
+    survivor_id = unit.links.survivor(patient_id)
+    streams = [f"Patient/{patient_id}", f"CareTeam/{careteam_id(patient_id)}", f"CareTeam/{careteam_id(survivor_id)}"]
     if merging and prior_id:
         streams += [f"Patient/{prior_id}", f"CareTeam/{careteam_id(prior_id)}"]
     if mapped.encounter is not None:
@@ -129,6 +141,10 @@ def apply_message(conn: Connection, mapped: Mapped, *, message_id: int, now: dat
     if merging and prior_id:
         refold_careteam(unit, prior_id, action=mapped.action)
     refold_careteam(unit, patient_id, action=mapped.action)
+    if survivor_id != patient_id:
+        # a message naming a merged patient feeds the survivor's circle (his stays now belong there)
+        refold_careteam(unit, survivor_id, action=mapped.action)
+    unit.notify_all()
     return unit.result
 
 
@@ -197,17 +213,30 @@ def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT") -> N
     previous = unit.store.get("CareTeam", team_id)
     stored = _put(unit, team)
     if stored is not None:
-        _notify(unit, Change(previous.content if previous else None, stored.content, action), stored)
+        unit.pending.append((Change(previous.content if previous else None, stored.content, action), stored))
 
 
 def _stays_of(unit: Unit, patient_id: str) -> list[tuple[JSON, list[JSON]]]:
+    """The patient's most recent stays with their movements, in one query (movements share the subject).
+
+    Only the ``CIRCLE_STAYS`` latest stays feed the circle: a patient in séances (dialysis, chemotherapy)
+    has hundreds of stays, and the circle is about who cares for him now and lately, not a full archive
+    (the stays themselves stay readable). The cut depends on the stays' dates, never on the clock.
+    """
     found, _ = unit.store.search("Encounter", [("patient", None, f"Patient/{patient_id}")], limit=MAX_REFOLD)
-    stays = [r.content for r in found if "partOf" not in r.content]
-    out = []
-    for stay in stays:
-        movements, _ = unit.store.search("Encounter", [("part-of", None, f"Encounter/{stay['id']}")], limit=MAX_REFOLD)
-        out.append((stay, sorted((m.content for m in movements), key=lambda m: str(m.get("period", {}).get("start")))))
-    return out
+    movements: dict[str, list[JSON]] = {}
+    stays = []
+    for resource in (r.content for r in found):
+        parent = resource.get("partOf", {}).get("reference")
+        if parent:
+            movements.setdefault(str(parent).removeprefix("Encounter/"), []).append(resource)
+        else:
+            stays.append(resource)
+    stays.sort(key=lambda s: (str(s.get("period", {}).get("start", "")), str(s["id"])), reverse=True)
+    return [
+        (stay, sorted(movements.get(str(stay["id"]), []), key=lambda m: str(m.get("period", {}).get("start"))))
+        for stay in stays[:CIRCLE_STAYS]
+    ]
 
 
 def _merge(unit: Unit, mapped: Mapped, *, merged_id: str, survivor_id: str) -> None:
@@ -241,7 +270,7 @@ def _refold_patient(unit: Unit, patient_id: str, *, action: str) -> None:
     previous = unit.store.get("Patient", patient_id)
     stored = _put(unit, patient)
     if stored is not None:
-        _notify(unit, Change(previous.content if previous else None, stored.content, action), stored)
+        unit.pending.append((Change(previous.content if previous else None, stored.content, action), stored))
 
 
 def _redirect(unit: Unit, resource: JSON) -> JSON:
@@ -261,7 +290,7 @@ def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
     previous = unit.store.get("Encounter", stay_id)
     stored = _put(unit, _redirect(unit, stay.encounter))
     if stored is not None:
-        _notify(unit, Change(previous.content if previous else None, stored.content, action), stored)
+        unit.pending.append((Change(previous.content if previous else None, stored.content, action), stored))
     _write_movements(unit, stay_id, [_redirect(unit, m) for m in stay.movements])
 
 

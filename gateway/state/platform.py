@@ -65,6 +65,7 @@ def _save(unit: Unit, current: StoredResource, participants: list[JSON]) -> Stor
     )
     patient_id = str(current.content["subject"]["reference"]).removeprefix("Patient/")
     refold_careteam(unit, patient_id)
+    unit.notify_all()
     stored = unit.store.get("CareTeam", current.id)
     assert stored is not None
     return stored

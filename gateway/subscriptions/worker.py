@@ -142,6 +142,7 @@ class DeliveryWorker:
         while not self._stopping:
             # Cleared before looking, not after: a wake() that comes while run_once finds nothing (the
             # ingest commits meanwhile) must cut the wait short, not be lost for a whole poll interval.
+            self._wake.clear()
             try:
                 await asyncio.to_thread(self._queue_heartbeats)
                 count = await self.run_once()
@@ -149,7 +150,6 @@ class DeliveryWorker:
                 logger.exception("delivery worker iteration failed; carrying on")
                 count = 0
             if count == 0 and not self._stopping:
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_interval)
 
@@ -286,9 +286,13 @@ class DeliveryWorker:
         SubscriptionRepo(conn).sent(sub.id, now=now)
         self.delivered_total += len(job.rows)
         if job.head.notification_type == "handshake":
-            outbox.drop_handshakes(sub.id)
-            if sub.status == "requested":
-                set_status(conn, sub.id, "active", now=now)
+            # Judge on the subscription as it is now, not as claimed: a PUT (new endpoint, or off) or a
+            # DELETE while the handshake was in flight wins, and a new endpoint needs its own handshake.
+            current = SubscriptionRepo(conn).get(sub.id)
+            if current is not None and current.endpoint == sub.endpoint:
+                outbox.drop_handshakes(sub.id)
+                if current.status == "requested":
+                    set_status(conn, sub.id, "active", now=now)
         logger.info("delivered %d row(s)", len(job.rows), extra={"subscription": sub.id})
 
     def _failed(self, conn: Connection, job: Job, result: DeliveryResult, *, now: datetime) -> None:
@@ -301,7 +305,9 @@ class DeliveryWorker:
             # order once the subscription is reactivated. Only the subscription changes state.
             outbox.failed(row.id, error=error, next_attempt_at=next_at or now, now=now)
         logger.warning("delivery failed (%s), attempt %d", error, head.attempts + 1, extra={"subscription": sub.id})
-        if next_at is None:
+        current = SubscriptionRepo(conn).get(sub.id)
+        changed = current is None or (current.endpoint, current.status) != (sub.endpoint, sub.status)
+        if next_at is None and not changed:
             set_status(conn, sub.id, "error", now=now, error=f"{head.notification_type} delivery failed: {error}")
 
     def _next_attempt(self, row: OutboxRecord, result: DeliveryResult, *, now: datetime) -> datetime | None:
