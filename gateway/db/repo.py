@@ -435,47 +435,37 @@ class SubscriptionRepo:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
+    @staticmethod
+    def _settable(record: SubscriptionRecord) -> dict[str, Any]:
+        """The columns a platform sets (the event counter and creation time are the gateway's)."""
+        return {
+            "status": record.status,
+            "topic": record.topic,
+            "endpoint": record.endpoint,
+            "channel_type": record.channel_type,
+            "payload_content": record.payload_content,
+            "headers": dumps(record.headers),
+            "filters": dumps(record.filters),
+            "secret": record.secret,
+            "error": record.error,
+            "heartbeat_period": record.heartbeat_period,
+            "timeout": record.timeout,
+            "max_count": record.max_count,
+        }
+
     def add(self, record: SubscriptionRecord) -> None:
         self.conn.execute(
             insert(subscriptions).values(
                 id=record.id,
-                status=record.status,
-                topic=record.topic,
-                endpoint=record.endpoint,
-                channel_type=record.channel_type,
-                payload_content=record.payload_content,
-                headers=dumps(record.headers),
-                filters=dumps(record.filters),
-                secret=record.secret,
                 events_since_start=record.events_since_start,
-                error=record.error,
                 created_at=record.created_at,
-                heartbeat_period=record.heartbeat_period,
-                timeout=record.timeout,
-                max_count=record.max_count,
+                **self._settable(record),
             )
         )
 
     def update(self, record: SubscriptionRecord) -> None:
         """Replace what a platform may change (never the event counter)."""
-        self.conn.execute(
-            update(subscriptions)
-            .where(subscriptions.c.id == record.id)
-            .values(
-                status=record.status,
-                topic=record.topic,
-                endpoint=record.endpoint,
-                channel_type=record.channel_type,
-                payload_content=record.payload_content,
-                headers=dumps(record.headers),
-                filters=dumps(record.filters),
-                secret=record.secret,
-                error=record.error,
-                heartbeat_period=record.heartbeat_period,
-                timeout=record.timeout,
-                max_count=record.max_count,
-            )
-        )
+        self.conn.execute(update(subscriptions).where(subscriptions.c.id == record.id).values(**self._settable(record)))
 
     def delete(self, sub_id: str) -> None:
         self.conn.execute(delete(outbox).where(outbox.c.subscription_id == sub_id, outbox.c.status != "delivered"))

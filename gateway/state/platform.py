@@ -116,15 +116,21 @@ def _param(params: JSON, name: str) -> JSON | None:
     return next((p for p in params.get("parameter", []) if p.get("name") == name), None)
 
 
-def add_member(
-    conn: Connection, team_id: str, params: JSON, *, tables: Tables, now: datetime, platform: str
-) -> tuple[StoredResource, Unit]:
-    """``$add-member``: member (Reference), role (CodeableConcept, optional), start (dateTime, optional)."""
+def _member_args(params: JSON, *, moment: str, now: datetime) -> tuple[JSON, JSON | None, str]:
+    """(member, role or None, the start/end date: given, else now) from an operation's Parameters."""
     member = (_param(params, "member") or {}).get("valueReference")
     if not member:
         raise FhirError("parameter 'member' (valueReference) is required", issue_code="required")
     role = (_param(params, "role") or {}).get("valueCodeableConcept")
-    start = (_param(params, "start") or {}).get("valueDateTime") or now.isoformat(timespec="seconds")
+    when = (_param(params, moment) or {}).get("valueDateTime") or now.isoformat(timespec="seconds")
+    return member, role, str(when)
+
+
+def add_member(
+    conn: Connection, team_id: str, params: JSON, *, tables: Tables, now: datetime, platform: str
+) -> tuple[StoredResource, Unit]:
+    """``$add-member``: member (Reference), role (CodeableConcept, optional), start (dateTime, optional)."""
+    member, role, start = _member_args(params, moment="start", now=now)
     unit = Unit.of(conn, now=now, message_id=0, tables=tables)
     current = _load(unit, team_id, if_match=None)
     mine = _platform_participants(current.content)
@@ -146,11 +152,7 @@ def end_member(
     conn: Connection, team_id: str, params: JSON, *, tables: Tables, now: datetime, platform: str
 ) -> tuple[StoredResource, Unit]:
     """``$end-member``: member (Reference), role (optional: every role otherwise), end (optional: now)."""
-    member = (_param(params, "member") or {}).get("valueReference")
-    if not member:
-        raise FhirError("parameter 'member' (valueReference) is required", issue_code="required")
-    role = (_param(params, "role") or {}).get("valueCodeableConcept")
-    end = (_param(params, "end") or {}).get("valueDateTime") or now.isoformat(timespec="seconds")
+    member, role, end = _member_args(params, moment="end", now=now)
     unit = Unit.of(conn, now=now, message_id=0, tables=tables)
     current = _load(unit, team_id, if_match=None)
     wanted = frozenset(c.get("code", "") for c in (role or {}).get("coding", []))

@@ -35,7 +35,7 @@ from typing import Any
 
 from gateway.mapping.engine import PROFILE_ENCOUNTER
 from gateway.mapping.ids import resource_id
-from gateway.mapping.tables import CodeRow
+from gateway.mapping.tables import EVENT_KINDS, CodeRow
 
 JSON = dict[str, Any]
 
@@ -77,20 +77,7 @@ KINDS: dict[str, KindRule] = {
 #: What a fact outside ``KINDS`` (a cancel, a correction) would do as an insert: nothing.
 _INERT = KindRule(9, None, movement=False, present=False, chained=False)
 #: Kinds that undo an insert whatever ZBE-4 says (A06/A07 cancel only when ZBE-4 says CANCEL).
-CANCEL_KINDS = frozenset(
-    {
-        "cancel-preadmit",
-        "cancel-pending-admit",
-        "cancel-admit",
-        "cancel-transfer",
-        "cancel-pending-transfer",
-        "cancel-doctor-change",
-        "cancel-leave",
-        "cancel-return",
-        "cancel-pending-discharge",
-        "cancel-discharge",
-    }
-)
+CANCEL_KINDS = frozenset(kind for kind in EVENT_KINDS if kind.startswith("cancel-"))
 CORRECTION_KIND = "correction"
 #: Identity events carry no visit: the engine and apply layer route them elsewhere; the fold ignores them.
 IDENTITY_KINDS = frozenset({"person", "person-update", "change-identifier", "merge"})

@@ -30,12 +30,6 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
     rt.close()
 
 
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime, start_services=False), raise_server_exceptions=False) as c:
-        yield c
-
-
 def ack_code(body: bytes) -> str:
     seg = er7.parse(body).segment("MSA")
     assert seg is not None

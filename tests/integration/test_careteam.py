@@ -7,15 +7,12 @@ Every expectation below follows from the messages the test sends (DOMAIN.md §5)
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.api.app import create_app
-from gateway.config import Settings
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo
 from gateway.db.schema import metadata
@@ -126,19 +123,6 @@ def discharge(control_id: str = "D1", event_time: str = "20260305120000", **fiel
 
 
 # -- the API ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    rt = Runtime.build(settings, run_migrations=False)  # the ``database_url`` fixture migrated it
-    yield rt
-    rt.close()
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime, start_services=False), raise_server_exceptions=False) as c:
-        yield c
 
 
 def send(client: TestClient, message: Adt | str) -> None:

@@ -7,14 +7,11 @@ changes only the INS keeps the same Patient. Every expectation follows from the 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.api.app import create_app
-from gateway.config import Settings
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo
 from gateway.db.schema import metadata
@@ -118,19 +115,6 @@ def discharge(ipp: str, visit: str, control_id: str, event_time: str, **fields: 
 
 
 # -- the API ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    rt = Runtime.build(settings, run_migrations=False)  # the ``database_url`` fixture migrated it
-    yield rt
-    rt.close()
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime, start_services=False), raise_server_exceptions=False) as c:
-        yield c
 
 
 def send(client: TestClient, message: Adt | str) -> None:

@@ -1,23 +1,10 @@
 """The sandbox runs a whole stay on a throw-away store and keeps nothing."""
 
-from collections.abc import Iterator
 
-import pytest
 from fastapi.testclient import TestClient
 
-from gateway.api.app import create_app
 from gateway.api.sandbox import split_messages
-from gateway.config import Settings
-from gateway.runtime import Runtime
 from tests.messages import Adt
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    runtime = Runtime.build(settings)
-    with TestClient(create_app(runtime, start_services=False)) as c:
-        yield c
-    runtime.close()
 
 
 def test_a_stay_in_the_sandbox_shows_acks_and_resources_and_stores_nothing(client: TestClient) -> None:

@@ -29,19 +29,6 @@ HOOK = "http://127.0.0.1:9/hook"
 JSON = dict[str, Any]
 
 
-@pytest.fixture
-def runtime(settings: Settings) -> Iterator[Runtime]:
-    rt = Runtime.build(settings)
-    yield rt
-    rt.close()
-
-
-@pytest.fixture
-def client(runtime: Runtime) -> Iterator[TestClient]:
-    with TestClient(create_app(runtime, start_services=False), raise_server_exceptions=False) as c:
-        yield c
-
-
 def body(
     *,
     criteria: str | None = f"Encounter?patient.identifier={IPP_SYSTEM}|100001",
