@@ -208,6 +208,9 @@ class Pipeline:
             if previous is not None:
                 same = previous.content_sha256 == hashlib.sha256(raw).hexdigest()
                 return self._duplicate(repo, raw, message, previous.id, same=same, transport=transport, now=now)
+            # The AA is written with the message: it only stands if the whole transaction commits.
+            issues = _warnings(mapped)
+            ack = build_ack(message, code="AA", issues=issues, now=now)
             message_id = repo.add(
                 raw=raw,
                 transport=transport,
@@ -216,11 +219,9 @@ class Pipeline:
                 outcome="AA",
                 status="applied",
                 event_time=mapped.event_time,
+                ack=ack,
             )
             applied = apply_message(conn, mapped, message_id=message_id, now=now, tables=self.engine.tables)
-            issues = _warnings(mapped)
-            ack = build_ack(message, code="AA", issues=issues, now=now)
-            repo.finish(message_id, outcome="AA", status="applied", ack=ack)
         if applied.notifications and self.on_commit is not None:
             self.on_commit()
         logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})

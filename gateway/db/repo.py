@@ -106,22 +106,6 @@ class MessageRepo:
         assert key is not None
         return int(key[0])
 
-    def finish(
-        self,
-        message_id: int,
-        *,
-        outcome: str,
-        status: str,
-        ack: str,
-        error_code: str | None = None,
-        error_text: str | None = None,
-    ) -> None:
-        self.conn.execute(
-            update(messages)
-            .where(messages.c.id == message_id)
-            .values(outcome=outcome, status=status, ack=ack, error_code=error_code, error_text=error_text)
-        )
-
     def find_applied(self, *, sending_application: str, sending_facility: str, control_id: str) -> MessageRecord | None:
         """The message already applied under this sender and control id, if any."""
         row = self.conn.execute(
@@ -299,10 +283,20 @@ class ResourceRepo:
         index: Sequence[tuple[str, str, str]],
     ) -> tuple[StoredResource, bool]:
         """Write a new version unless the content (meta aside) is unchanged; returns (stored, changed)."""
+        stored, previous = self.write(content, now=now, index=index)
+        return stored, stored is not previous
+
+    def write(
+        self, content: JSON, *, now: datetime, index: Sequence[tuple[str, str, str]]
+    ) -> tuple[StoredResource, StoredResource | None]:
+        """Like :meth:`put`, returning (stored, previous): ``stored is previous`` when nothing changed.
+
+        Callers that compare versions (topics) get the previous one from the same read.
+        """
         rtype, rid = str(content["resourceType"]), str(content["id"])
         current = self.get(rtype, rid, for_update=True)
         if current is not None and not current.deleted and _same(current.content, content):
-            return current, False
+            return current, current
         version = current.version_id + 1 if current else 1
         body = dict(content)
         meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
@@ -316,8 +310,8 @@ class ResourceRepo:
                 update(resources).where(resources.c.type == rtype, resources.c.id == rid).values(**values)
             )
         self.conn.execute(insert(resource_versions).values(type=rtype, id=rid, **values))
-        self._reindex(rtype, rid, index)
-        return StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body), True
+        self._reindex(rtype, rid, index, fresh=current is None)
+        return StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body), current
 
     def delete(self, rtype: str, rid: str, *, now: datetime) -> bool:
         """FHIR delete: a new version marked deleted; reads then answer 410 and searches skip it."""
@@ -331,14 +325,21 @@ class ResourceRepo:
         self._reindex(rtype, rid, [])
         return True
 
-    def _reindex(self, rtype: str, rid: str, index: Sequence[tuple[str, str, str]]) -> None:
-        self.conn.execute(delete(search_index).where(search_index.c.type == rtype, search_index.c.id == rid))
+    def _reindex(self, rtype: str, rid: str, index: Sequence[tuple[str, str, str]], *, fresh: bool = False) -> None:
+        if not fresh:  # a new resource has no entries yet
+            self.conn.execute(delete(search_index).where(search_index.c.type == rtype, search_index.c.id == rid))
         rows = [{"type": rtype, "id": rid, "param": p, "system": s[:255], "value": v[:255]} for p, s, v in set(index)]
         if rows:
             self.conn.execute(insert(search_index), rows)
 
     def search(
-        self, rtype: str, criteria: Sequence[tuple[str, str | None, str]], *, limit: int, offset: int = 0
+        self,
+        rtype: str,
+        criteria: Sequence[tuple[str, str | None, str]],
+        *,
+        limit: int,
+        offset: int = 0,
+        count: bool = True,
     ) -> tuple[list[StoredResource], int]:
         """Resources matching every (param, system or None, value) criterion; (page, total).
 
@@ -360,11 +361,14 @@ class ResourceRepo:
             if system is not None:
                 conditions.append(entry.c.system == system)
             matching = matching.where(exists().where(*conditions))
-        total = int(self.conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one())
         rows = self.conn.execute(
             matching.order_by(resources.c.last_updated.desc(), resources.c.id).limit(limit).offset(offset)
         )
-        return [_stored(r) for r in rows], total
+        page = [_stored(r) for r in rows]
+        if not count:
+            return page, len(page)  # internal callers want the rows, not a total (one query fewer)
+        total = int(self.conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one())
+        return page, total
 
 
 def _without_version(resource: JSON) -> JSON:

@@ -24,6 +24,7 @@ from gateway.db.repo import (
     PatientLinkRepo,
     ResourceRepo,
     StoredResource,
+    SubscriptionRecord,
     SubscriptionRepo,
 )
 from gateway.errors import MappingError
@@ -73,10 +74,24 @@ class Unit:
     tables: Tables
     #: changes waiting to be matched against subscriptions, once every refold of the unit is done
     pending: list[tuple[Change, StoredResource]] = field(default_factory=list)
+    _listening: dict[str, list[SubscriptionRecord]] = field(default_factory=dict)
+    _survivors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, conn: Connection, *, now: datetime, message_id: int, tables: Tables) -> Unit:
         return cls(conn, now, message_id, FactRepo(conn), ResourceRepo(conn), PatientLinkRepo(conn), Applied(), tables)
+
+    def survivor(self, patient_id: str) -> str:
+        """The patient a (possibly merged) patient now is, read once per message."""
+        if patient_id not in self._survivors:
+            self._survivors[patient_id] = self.links.survivor(patient_id)
+        return self._survivors[patient_id]
+
+    def listening(self, topic_url: str) -> list[SubscriptionRecord]:
+        """Subscriptions recording ``topic_url``, read once per message."""
+        if topic_url not in self._listening:
+            self._listening[topic_url] = SubscriptionRepo(self.conn).listening(topic_url)
+        return self._listening[topic_url]
 
     def notify_all(self) -> None:
         """Match the unit's changes only now, so that filters see the state after the whole message (a
@@ -114,7 +129,7 @@ def apply_message(conn: Connection, mapped: Mapped, *, message_id: int, now: dat
     )
     if mapped.event.kind == "merge" and (prior_id is None or prior_id == patient_id):
         raise MappingError("MRG-1 must name the merged patient's IPP, other than the survivor's", location="MRG-1")
-    survivor_id = unit.links.survivor(patient_id)
+    survivor_id = unit.survivor(patient_id)
     streams = [f"Patient/{patient_id}", f"CareTeam/{careteam_id(patient_id)}", f"CareTeam/{careteam_id(survivor_id)}"]
     if merging and prior_id:
         streams += [f"Patient/{prior_id}", f"CareTeam/{careteam_id(prior_id)}"]
@@ -185,7 +200,7 @@ def _record_participations(unit: Unit, mapped: Mapped) -> None:
 def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT") -> None:
     """The circle of ``patient_id``: its own facts and stays, those of patients merged into it, and what
     platforms added. A patient merged into another keeps an inactive, empty circle pointing there."""
-    survivor = unit.links.survivor(patient_id)
+    survivor = unit.survivor(patient_id)
     patient = unit.store.get("Patient", patient_id)
     if patient is None:
         return
@@ -210,10 +225,7 @@ def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT") -> N
         roles=unit.roles,
         merged_into=merged_into,
     )
-    previous = unit.store.get("CareTeam", team_id)
-    stored = _put(unit, team)
-    if stored is not None:
-        unit.pending.append((Change(previous.content if previous else None, stored.content, action), stored))
+    _put(unit, team, action=action)
 
 
 def _stays_of(unit: Unit, patient_id: str) -> list[tuple[JSON, list[JSON]]]:
@@ -223,7 +235,9 @@ def _stays_of(unit: Unit, patient_id: str) -> list[tuple[JSON, list[JSON]]]:
     has hundreds of stays, and the circle is about who cares for him now and lately, not a full archive
     (the stays themselves stay readable). The cut depends on the stays' dates, never on the clock.
     """
-    found, _ = unit.store.search("Encounter", [("patient", None, f"Patient/{patient_id}")], limit=MAX_REFOLD)
+    found, _ = unit.store.search(
+        "Encounter", [("patient", None, f"Patient/{patient_id}")], limit=MAX_REFOLD, count=False
+    )
     movements: dict[str, list[JSON]] = {}
     stays = []
     for resource in (r.content for r in found):
@@ -256,8 +270,11 @@ def _merge(unit: Unit, mapped: Mapped, *, merged_id: str, survivor_id: str) -> N
             payload=payload,
         )
     unit.links.link(merged_id=merged_id, survivor_id=survivor_id, now=unit.now)
+    unit._survivors.clear()
     _refold_patient(unit, merged_id, action=mapped.action)
-    stays, _ = unit.store.search("Encounter", [("patient", None, f"Patient/{merged_id}")], limit=MAX_REFOLD)
+    stays, _ = unit.store.search(
+        "Encounter", [("patient", None, f"Patient/{merged_id}")], limit=MAX_REFOLD, count=False
+    )
     for stay in stays:
         if "partOf" not in stay.content:  # movements follow their stay's refold
             _refold_stay(unit, stay.id, action=mapped.action)
@@ -267,10 +284,7 @@ def _refold_patient(unit: Unit, patient_id: str, *, action: str) -> None:
     patient = fold_patient(unit.facts.of(f"Patient/{patient_id}", kinds=PATIENT_KINDS))
     if patient is None:
         return
-    previous = unit.store.get("Patient", patient_id)
-    stored = _put(unit, patient)
-    if stored is not None:
-        unit.pending.append((Change(previous.content if previous else None, stored.content, action), stored))
+    _put(unit, patient, action=action)
 
 
 def _redirect(unit: Unit, resource: JSON) -> JSON:
@@ -278,7 +292,7 @@ def _redirect(unit: Unit, resource: JSON) -> JSON:
     ref = str(resource.get("subject", {}).get("reference", ""))
     if not ref.startswith("Patient/"):
         return resource
-    survivor = unit.links.survivor(ref.removeprefix("Patient/"))
+    survivor = unit.survivor(ref.removeprefix("Patient/"))
     return {**resource, "subject": {"reference": f"Patient/{survivor}"}}
 
 
@@ -287,10 +301,7 @@ def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
     stay = fold_stay(facts, natures=unit.tables.codes.get("MovementNature"))
     if stay.encounter is None:
         return  # nothing but cancels or corrections of movements never seen: nothing is created
-    previous = unit.store.get("Encounter", stay_id)
-    stored = _put(unit, _redirect(unit, stay.encounter))
-    if stored is not None:
-        unit.pending.append((Change(previous.content if previous else None, stored.content, action), stored))
+    _put(unit, _redirect(unit, stay.encounter), action=action)
     _write_movements(unit, stay_id, [_redirect(unit, m) for m in stay.movements])
 
 
@@ -299,24 +310,29 @@ def _write_movements(unit: Unit, stay_id: str, movements: list[JSON]) -> None:
     current = {str(m["id"]) for m in movements}
     for movement in movements:
         _put(unit, movement)
-    stored, _ = unit.store.search("Encounter", [("part-of", None, f"Encounter/{stay_id}")], limit=MAX_REFOLD)
+    stored, _ = unit.store.search(
+        "Encounter", [("part-of", None, f"Encounter/{stay_id}")], limit=MAX_REFOLD, count=False
+    )
     for old in stored:
         if old.id not in current and old.content.get("status") != "entered-in-error":
             _put(unit, {**old.content, "status": "entered-in-error"})
 
 
-def _put(unit: Unit, resource: JSON) -> StoredResource | None:
-    stored, changed = unit.store.put(resource, now=unit.now, index=search_entries(resource))
-    if not changed:
+def _put(unit: Unit, resource: JSON, *, action: str | None = None) -> StoredResource | None:
+    """Write ``resource`` if it changed; with ``action``, queue the change for the topics."""
+    stored, previous = unit.store.write(resource, now=unit.now, index=search_entries(resource))
+    if stored is previous:
         return None
     unit.result.changed.append(stored)
+    if action is not None:
+        unit.pending.append((Change(previous.content if previous else None, stored.content, action), stored))
     return stored
 
 
 def _notify(unit: Unit, change: Change, stored: StoredResource) -> None:
-    topics = fired(stored.type, change)
+    topics = [t for t in fired(stored.type, change) if unit.listening(t.url)]
     if not topics:
-        return
+        return  # most changes interest no subscription: skip building the match target
     patient, target = _target(unit, stored)
     context = [{"reference": f"Patient/{patient['id']}"}] if patient and stored.type != "Patient" else []
     if stored.type == "CareTeam":
@@ -357,7 +373,7 @@ def _circle_identifiers(unit: Unit, stored: StoredResource, patient: JSON | None
     if stored.type == "CareTeam":
         team: JSON | None = stored.content
     elif patient is not None:
-        found = unit.store.get("CareTeam", careteam_id(unit.links.survivor(str(patient["id"]))))
+        found = unit.store.get("CareTeam", careteam_id(unit.survivor(str(patient["id"]))))
         team = found.content if found else None
     else:
         team = None
@@ -371,7 +387,7 @@ def _circle_identifiers(unit: Unit, stored: StoredResource, patient: JSON | None
 def _enqueue(unit: Unit, topic: Topic, focus: StoredResource, *, target: Target, context: list[JSON]) -> int:
     subs, outbox = SubscriptionRepo(unit.conn), OutboxRepo(unit.conn)
     queued = 0
-    for sub in subs.listening(topic.url):
+    for sub in unit.listening(topic.url):
         if not matches(sub.filters, target):
             continue
         number = subs.next_event_number(sub.id)

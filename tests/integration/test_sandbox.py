@@ -1,6 +1,5 @@
 """The sandbox runs a whole stay on a throw-away store and keeps nothing."""
 
-
 from fastapi.testclient import TestClient
 
 from gateway.api.sandbox import split_messages
