@@ -343,24 +343,36 @@ class ResourceRepo:
     ) -> tuple[list[StoredResource], int]:
         """Resources matching every (param, system or None, value) criterion; (page, total).
 
-        Each criterion is a correlated EXISTS on (type, param, value) then (type, id): both indexed, so the
-        plan stays an index lookup as the store grows (nested IN subqueries made PostgreSQL scan).
+        The first criterion is a one-level ``id IN (ids from the index on type, param, value)``; the others
+        are correlated EXISTS. Driving from resources made SQLite scan every resource of the type, a DISTINCT
+        derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
+        grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
         matching = select(resources).where(resources.c.type == rtype, resources.c.deleted == 0)
+        driving = True
         for param, system, value in criteria:
             if param == "_id":
                 matching = matching.where(resources.c.id == value)
                 continue
-            entry = search_index.alias()
-            conditions = [
-                entry.c.type == rtype,
-                entry.c.param == param,
-                entry.c.value == value,
-                entry.c.id == resources.c.id,
-            ]
+            conditions = [search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value]
             if system is not None:
-                conditions.append(entry.c.system == system)
-            matching = matching.where(exists().where(*conditions))
+                conditions.append(search_index.c.system == system)
+            if driving:
+                # The first criterion drives the query from the index (type, param, value): the plan stays an
+                # index lookup however large the store grows, on SQLite and PostgreSQL alike.
+                matching = matching.where(resources.c.id.in_(select(search_index.c.id).where(*conditions)))
+                driving = False
+                continue
+            entry = search_index.alias()
+            matching = matching.where(
+                exists().where(
+                    entry.c.type == rtype,
+                    entry.c.param == param,
+                    entry.c.value == value,
+                    entry.c.id == resources.c.id,
+                    *([entry.c.system == system] if system is not None else []),
+                )
+            )
         rows = self.conn.execute(
             matching.order_by(resources.c.last_updated.desc(), resources.c.id).limit(limit).offset(offset)
         )
