@@ -114,11 +114,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def send(port: int, messages: list[bytes]) -> list[float]:
-    """Send one at a time, waiting for each ACK; returns the send start time of each message."""
-    started = []
+async def send(port: int, messages: list[bytes], *, rate: float = 0.0) -> list[float]:
+    """Send one at a time, waiting for each ACK; ``rate`` > 0 paces the sends (messages/s), as a real
+    feed does. Returns the send start time of each message."""
+    started: list[float] = []
     async with MLLPClient("127.0.0.1", port, timeout=60) as client:
-        for message in messages:
+        for index, message in enumerate(messages):
+            if rate > 0 and started:
+                await asyncio.sleep(max(0.0, started[0] + index / rate - time.perf_counter()))
             started.append(time.perf_counter())
             ack = await client.send(message)
             if b"MSA|AA|" not in ack:
@@ -126,7 +129,7 @@ async def send(port: int, messages: list[bytes]) -> list[float]:
     return started
 
 
-async def run(n: int, max_count: int, database_url: str) -> int:
+async def run(n: int, max_count: int, database_url: str, rate: float = 0.0) -> int:
     run_tag = f"{secrets.randbelow(10_000):04d}"
     settings = Settings(
         database_url=database_url,
@@ -166,7 +169,7 @@ async def run(n: int, max_count: int, database_url: str) -> int:
             # -- live ------------------------------------------------------------------------------
             receiver.expect(n)
             t0 = time.perf_counter()
-            sent_at = await send(mllp_port, [admission(run_tag, k) for k in range(n)])
+            sent_at = await send(mllp_port, [admission(run_tag, k) for k in range(n)], rate=rate)
             ingest_done = time.perf_counter()
             await asyncio.wait_for(receiver.all_in.wait(), timeout=WAIT)
             live_elapsed = max(receiver.arrived.values()) - t0
@@ -197,7 +200,8 @@ async def run(n: int, max_count: int, database_url: str) -> int:
     backend = database_url.split(":", 1)[0]
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"delivery: {backend}, maxCount={max_count}, {os.cpu_count()} CPUs, one MLLP connection")
-    print(f"  live: {n} admissions sent one at a time, each notified as it is committed")
+    pace = f"paced at {rate:g}/s" if rate > 0 else "as fast as acknowledged"
+    print(f"  live: {n} admissions sent one at a time ({pace}), each notified as it is committed")
     print(f"    ingest             {n / (ingest_done - t0):.0f} messages/s")
     print(f"    delivered          {n} events in {live_requests} requests, {live_elapsed:.2f} s")
     print(
@@ -232,13 +236,14 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=500, help="admissions per phase")
     parser.add_argument("--max-count", type=int, default=1, help="events per notification (backport-max-count)")
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    parser.add_argument("--rate", type=float, default=0.0, help="live phase: messages/s (0 = as fast as acked)")
     args = parser.parse_args()
     if args.messages < 1 or not 1 <= args.max_count <= 1000:
         parser.error("--messages must be positive and --max-count within 1..1000")
     if args.database_url:
-        return asyncio.run(run(args.messages, args.max_count, args.database_url))
+        return asyncio.run(run(args.messages, args.max_count, args.database_url, args.rate))
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        return asyncio.run(run(args.messages, args.max_count, f"sqlite:///{Path(tmp) / 'gateway.db'}"))
+        return asyncio.run(run(args.messages, args.max_count, f"sqlite:///{Path(tmp) / 'gateway.db'}", args.rate))
 
 
 if __name__ == "__main__":
