@@ -14,10 +14,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.db.engine import transaction
-from gateway.db.repo import OutboxRecord, OutboxRepo
+from gateway.db.repo import OutboxRecord
 from gateway.db.schema import metadata
 from gateway.runtime import Runtime
-from gateway.subscriptions.topics import TOPIC_BASE
+from tests.api_helpers import events, subscribe
 from tests.messages import IPP_AUTH, IPP_SYSTEM, RPPS, Adt
 
 JSON = dict[str, Any]
@@ -207,31 +207,6 @@ def end_member(client: TestClient, team_id: str, member: JSON, *, end: str | Non
     if end:
         params["parameter"].append({"name": "end", "valueDateTime": end})
     return client.post(f"/fhir/CareTeam/{team_id}/$end-member", json=params, headers=PARCEO)
-
-
-def subscribe(client: TestClient, topic: str, criteria: str) -> str:
-    body = {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "care circle test",
-        "criteria": f"{TOPIC_BASE}/{topic}",
-        "_criteria": {"extension": [{"url": f"{BACKPORT}/backport-filter-criteria", "valueString": criteria}]},
-        "channel": {
-            "type": "rest-hook",
-            "endpoint": "http://127.0.0.1:9/hook",
-            "payload": "application/fhir+json",
-            "_payload": {"extension": [{"url": f"{BACKPORT}/backport-payload-content", "valueCode": "id-only"}]},
-        },
-    }
-    answer = client.post("/fhir/Subscription", json=body)
-    assert answer.status_code == 201, answer.text
-    return str(answer.json()["id"])
-
-
-def events(runtime: Runtime, sub_id: str) -> list[OutboxRecord]:
-    with runtime.db.connect() as conn:
-        found = OutboxRepo(conn).for_subscription(sub_id)
-    return [r for r in found if r.notification_type == "event-notification"]
 
 
 def changes(record: OutboxRecord) -> list[tuple[str, str]]:

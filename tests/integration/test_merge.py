@@ -13,10 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway.db.engine import transaction
-from gateway.db.repo import OutboxRecord, OutboxRepo
 from gateway.db.schema import metadata
 from gateway.runtime import Runtime
-from gateway.subscriptions.topics import TOPIC_BASE
+from tests.api_helpers import events, subscribe
 from tests.messages import IPP_AUTH, IPP_SYSTEM, RPPS, VISIT_SYSTEM, Adt
 
 JSON = dict[str, Any]
@@ -166,31 +165,6 @@ def summary(team: JSON) -> list[tuple[str, str, str, JSON]]:
 
 def visits(resources: list[JSON]) -> list[str]:
     return sorted(r["identifier"][0]["value"] for r in resources if "partOf" not in r)
-
-
-def subscribe(client: TestClient, topic: str, criteria: str) -> str:
-    body = {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "merge test",
-        "criteria": f"{TOPIC_BASE}/{topic}",
-        "_criteria": {"extension": [{"url": f"{BACKPORT}/backport-filter-criteria", "valueString": criteria}]},
-        "channel": {
-            "type": "rest-hook",
-            "endpoint": "http://127.0.0.1:9/hook",
-            "payload": "application/fhir+json",
-            "_payload": {"extension": [{"url": f"{BACKPORT}/backport-payload-content", "valueCode": "id-only"}]},
-        },
-    }
-    answer = client.post("/fhir/Subscription", json=body)
-    assert answer.status_code == 201, answer.text
-    return str(answer.json()["id"])
-
-
-def events(runtime: Runtime, sub_id: str) -> list[OutboxRecord]:
-    with runtime.db.connect() as conn:
-        found = OutboxRepo(conn).for_subscription(sub_id)
-    return [r for r in found if r.notification_type == "event-notification"]
 
 
 def empty_store(runtime: Runtime) -> None:
