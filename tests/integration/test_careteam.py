@@ -27,7 +27,6 @@ CDS_PROFILE = "https://interop.esante.gouv.fr/ig/fhir/cds/StructureDefinition/cd
 SOURCE_EXT = "https://gateway.e-parcours.example/fhir/StructureDefinition/careteam-participant-source"
 TRE_R259 = "https://mos.esante.gouv.fr/NOS/TRE_R259-HL7ParticipationFunction/FHIR/TRE-R259-HL7ParticipationFunction"
 GATEWAY_ROLES = "https://gateway.e-parcours.example/fhir/CodeSystem/careteam-role"
-BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 HOSPITAL = "hospital:CH-TEST"
 PARCEO = {"X-Platform": "Parceo"}
 CARDIO_UF = f"Cardiologie^^^^^{IPP_AUTH}^UF^^^3002"

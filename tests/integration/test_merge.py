@@ -20,7 +20,6 @@ from tests.messages import IPP_AUTH, IPP_SYSTEM, RPPS, VISIT_SYSTEM, Adt
 
 JSON = dict[str, Any]
 HL7 = {"Content-Type": "application/hl7-v2"}
-BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 SOURCE_EXT = "https://gateway.e-parcours.example/fhir/StructureDefinition/careteam-participant-source"
 PS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"
 INS_AUTH = "ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO"
