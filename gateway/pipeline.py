@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import Engine as DB
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -57,16 +56,6 @@ class Outcome:
         return self.ack.decode("utf-8", errors="replace")
 
 
-@dataclass(slots=True)
-class Conversion:
-    """A dry run (``gateway convert``, sandbox): the ACK that would be sent and the mapped facts."""
-
-    code: str
-    ack: str
-    mapped: Mapped | None
-    issues: list[AckIssue]
-
-
 def _warnings(mapped: Mapped) -> list[AckIssue]:
     return [AckIssue(code="0", text=text, location=loc, severity="W") for loc, text in mapped.warnings]
 
@@ -86,21 +75,6 @@ def _header_values(message: er7.Message | None) -> dict[str, str]:
         "message_type": header.message_type,
         "trigger": header.trigger,
     }
-
-
-def dry_run(engine: Engine, raw: bytes, *, now: datetime) -> Conversion:
-    """Everything but storage: what the gateway would answer and produce for this message."""
-    message: er7.Message | None = None
-    try:
-        message = er7.parse(raw)
-        _check_header(message)
-        mapped = engine.map(message)
-    except GatewayError as exc:
-        issue = _error_issue(exc)
-        ack = build_ack(message, code=exc.ack_code, issues=[issue], now=now)
-        return Conversion(exc.ack_code, ack, None, [issue])
-    issues = _warnings(mapped)
-    return Conversion("AA", build_ack(message, code="AA", issues=issues, now=now), mapped, issues)
 
 
 def _check_header(message: er7.Message) -> None:
@@ -158,9 +132,6 @@ class Pipeline:
         self.db = db
         self.clock = clock
         self.on_commit = on_commit
-
-    def convert(self, raw: bytes) -> Conversion:
-        return dry_run(self.engine, raw, now=self.clock())
 
     # -- ingest -----------------------------------------------------------------------------------
 
@@ -327,7 +298,3 @@ class Pipeline:
         if record is None:
             raise LookupError(message_id)
         return self.ingest(record.raw, transport="replay")
-
-
-def summary(outcome: Outcome) -> dict[str, Any]:
-    return {"code": outcome.code, "message_id": outcome.message_id, "status": outcome.status}

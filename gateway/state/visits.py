@@ -208,12 +208,6 @@ class Stay:
 # -- which inserts are live --------------------------------------------------------------------
 
 
-def live_inserts(facts: Iterable[VisitFact]) -> tuple[list[VisitFact], list[VisitFact]]:
-    """(all inserts, inserts not undone by a cancel), both in event order, corrections applied."""
-    resolved = _resolve(facts)
-    return [f for f, _ in resolved], [f for f, live in resolved if live]
-
-
 def _resolve(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
     """Every insert (one per movement), corrected, in event order, with whether it is still live."""
     unique = {f.content_key(): f for f in facts}  # the same fact stored twice is one fact

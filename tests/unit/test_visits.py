@@ -30,7 +30,6 @@ from gateway.state.visits import (
     VisitFact,
     fold_stay,
     fold_visit,
-    live_inserts,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -366,13 +365,6 @@ def test_payload_round_trip() -> None:
     restored = [VisitFact.from_payload(f.to_payload()) for f in facts]
     assert restored == facts
     assert fold_visit(restored) == fold_visit(facts)
-
-
-def test_live_inserts() -> None:
-    a, d = admission(), discharge()
-    inserts, live = live_inserts([d, cancel("A13", T0 + timedelta(days=4), movement_id="MV-2"), a])
-    assert inserts == [a, d]
-    assert live == [a]
 
 
 # -- property: any arrival order gives the same Encounter -------------------------------------
