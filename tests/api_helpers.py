@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.testclient import TestClient
 
+from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo
+from gateway.db.schema import metadata
 from gateway.runtime import Runtime
 from gateway.subscriptions.topics import TOPIC_BASE
 
+JSON = dict[str, Any]
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 
 
@@ -36,3 +41,16 @@ def events(runtime: Runtime, sub_id: str) -> list[OutboxRecord]:
     with runtime.db.connect() as conn:
         found = OutboxRepo(conn).for_subscription(sub_id)
     return [r for r in found if r.notification_type == "event-notification"]
+
+
+def empty_store(runtime: Runtime) -> None:
+    """Empty every table, to replay the same messages in another order on the same store."""
+    with transaction(runtime.db) as conn:
+        for table in reversed(metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+def without_meta_versions(resource: JSON) -> JSON:
+    """A resource without meta.versionId/lastUpdated, which depend on the arrival order and the clock."""
+    meta = {k: v for k, v in resource.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
+    return {**resource, "meta": meta}

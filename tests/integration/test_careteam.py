@@ -13,11 +13,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord
-from gateway.db.schema import metadata
 from gateway.runtime import Runtime
-from tests.api_helpers import events, subscribe
+from tests.api_helpers import empty_store, events, subscribe, without_meta_versions
 from tests.messages import IPP_AUTH, IPP_SYSTEM, RPPS, Adt
 
 JSON = dict[str, Any]
@@ -211,17 +209,6 @@ def end_member(client: TestClient, team_id: str, member: JSON, *, end: str | Non
 def changes(record: OutboxRecord) -> list[tuple[str, str]]:
     """(change, member reference) entries of an event's context: who joined or left the circle."""
     return [(str(c["change"]), str(c["reference"])) for c in record.context if "change" in c]
-
-
-def empty_store(runtime: Runtime) -> None:
-    with transaction(runtime.db) as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-
-
-def without_meta_versions(resource: JSON) -> JSON:
-    meta = {k: v for k, v in resource.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
-    return {**resource, "meta": meta}
 
 
 # -- one circle per patient ------------------------------------------------------------------------

@@ -12,10 +12,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from gateway.db.engine import transaction
-from gateway.db.schema import metadata
 from gateway.runtime import Runtime
-from tests.api_helpers import events, subscribe
+from tests.api_helpers import empty_store, events, subscribe, without_meta_versions
 from tests.messages import IPP_AUTH, IPP_SYSTEM, RPPS, VISIT_SYSTEM, Adt
 
 JSON = dict[str, Any]
@@ -164,17 +162,6 @@ def summary(team: JSON) -> list[tuple[str, str, str, JSON]]:
 
 def visits(resources: list[JSON]) -> list[str]:
     return sorted(r["identifier"][0]["value"] for r in resources if "partOf" not in r)
-
-
-def empty_store(runtime: Runtime) -> None:
-    with transaction(runtime.db) as conn:
-        for table in reversed(metadata.sorted_tables):
-            conn.execute(table.delete())
-
-
-def without_meta_versions(resource: JSON) -> JSON:
-    meta = {k: v for k, v in resource.get("meta", {}).items() if k not in ("versionId", "lastUpdated")}
-    return {**resource, "meta": meta}
 
 
 # -- A40 -------------------------------------------------------------------------------------------
