@@ -14,7 +14,13 @@ DEFAULT_COUNT = 50
 MAX_COUNT = 500
 CONTROL = frozenset({"_count", "_offset", "_format"})
 #: Reference parameters and the resource type they point at (``patient=123`` means ``Patient/123``).
-REFERENCE_TARGETS = {"patient": "Patient", "subject": "Patient", "part-of": "Encounter", "link": "Patient"}
+REFERENCE_TARGETS = {
+    "patient": "Patient",
+    "subject": "Patient",
+    "part-of": "Encounter",
+    "link": "Patient",
+    "encounter": "Encounter",
+}
 #: Reference parameters whose value must name its type (a member may be a Practitioner or an Organization).
 TYPED_REFERENCES = frozenset({"participant"})
 
@@ -35,7 +41,7 @@ def parse_search(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, s
 
 
 def _criterion(name: str, value: str) -> tuple[str, str | None, str]:
-    if name in ("identifier", "class", "participant.identifier"):
+    if name in ("identifier", "class", "participant.identifier", "patient.identifier", "event-type"):
         system, sep, code = value.rpartition("|")
         return name, (system if sep else None), code
     parts = value.rstrip("/").split("/")

@@ -65,6 +65,7 @@ BUILTIN_CODE_TABLES = (
     "CareTeamRole",
     "TRE_R254_TypeEvenement",
     "ADT_to_TRE_R254",
+    "ChannelType_to_Medium",
 )
 #: ANS NdE: the TRE_R254 event types ADT triggers express (each checked against the terminology table).
 EVENT_TYPE_TABLE, EVENT_TYPE_TERMINOLOGY = "ADT_to_TRE_R254", "TRE_R254_TypeEvenement"
