@@ -131,7 +131,8 @@ def _check_contained(body: JSON) -> None:
 
 def _event_type(body: JSON, known: Mapping[str, CodeRow]) -> str:
     element = "Subscription.extension[EventType].valueCodeableConcept"
-    codes = event_type_codes(_one(body, EXT_EVENT_TYPE))
+    _one(body, EXT_EVENT_TYPE)
+    codes = event_type_codes(body)
     if not codes:
         raise _refuse(element, f"a coding from TRE_R254-TypeEvenement ({EVENT_TYPE_SYSTEM}) is required")
     system, code = codes[0]
