@@ -17,6 +17,7 @@ from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
 from gateway.errors import FhirError, NotFoundError, PreconditionFailedError
 from gateway.fhir.capability import SEARCH_PARAMS, capability_statement
+from gateway.fhir.outcome import operation_outcome
 from gateway.fhir.search import history_bundle, search
 from gateway.fhir.topics import topic_resources
 from gateway.pipeline import utcnow
@@ -128,7 +129,8 @@ async def delete_subscription_route(sub_id: str, runtime: RuntimeDep) -> Respons
             delete_subscription(conn, sub_id, now=utcnow())
 
     await run_in_threadpool(work)
-    return Response(status_code=204)
+    # 200 with an OperationOutcome: ANS NdE flux 2 expects « 200 deleted » (FHIR allows 200 or 204)
+    return fhir_response(operation_outcome(f"Subscription/{sub_id} deleted", code="deleted", severity="information"))
 
 
 def _status_context(
