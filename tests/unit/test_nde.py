@@ -17,6 +17,7 @@ from gateway.mapping.engine import Engine
 from gateway.subscriptions.channels import DeliveryResult
 from gateway.subscriptions.nde_order import judge, notification_order, target
 from gateway.subscriptions.nde_subscription import is_nde, parse_nde
+from gateway.subscriptions.selection import selected_patients
 from tests import nde_constraints
 from tests.nde_constraints import SD
 
@@ -269,3 +270,18 @@ def test_only_201_created_delivers_an_order(status: int, ok: bool) -> None:
         assert result.retryable and str(status) in str(result.error)
     backport = judge(_record("backport"), DeliveryResult(ok=True, status_code=status, error=None, retryable=False))
     assert backport.ok  # Backport keeps "any 2xx"
+
+
+# -- which patients a subscription selects (for the authorization policy) ------------------------------
+
+
+def test_selected_patients_of_an_nde_and_a_backport_subscription() -> None:
+    nde = selected_patients(parse_nde(ours(), known=KNOWN, emitted=EMITTED).filters)
+    assert nde.identifiers == (((INS, "1800175123456"),),) and not nde.everyone
+    assert nde.indirect == ("event-type",)
+    backport = selected_patients([{"param": "patient", "value": "p1"}, {"param": "class", "value": "IMP"}])
+    assert backport.patients == ("Patient/p1",) and backport.indirect == ("class",)
+    assert selected_patients([{"param": "care-team-member", "value": "123"}]).everyone
+    nameless = example("Exemple1")  # the guide's Subject has no identifier
+    selection = selected_patients(parse_nde(nameless, known=KNOWN, emitted=EMITTED).filters)
+    assert selection.identifiers == ((),)  # one group with no identifier: nobody matches it
