@@ -36,6 +36,11 @@ def parse_search(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, s
             raise FhirError(f"search parameter {name!r} is not supported for {rtype}", issue_code="not-supported")
         if not value:
             raise FhirError(f"search parameter {name!r} has no value", issue_code="invalid")
+        if name == "event-type" and "," in value:
+            # refused rather than read as one odd code: a list would silently find nothing
+            raise FhirError(
+                "event-type takes one code per search here (search ADM and SOR apart)", issue_code="not-supported"
+            )
         criteria.append(_criterion(name, value))
     return criteria
 

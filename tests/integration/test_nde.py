@@ -251,3 +251,20 @@ def test_end_is_honoured(client: TestClient, runtime: Runtime) -> None:
     assert client.get(f"/fhir/Subscription/{live_id}").json()["status"] == "off"
     bad = client.post("/fhir/Subscription", json={**past, "end": "2030-01-01T00:00:00"})  # an instant needs its offset
     assert bad.status_code == 400 and "end" in bad.json()["issue"][0]["diagnostics"]
+
+
+def test_start_is_honoured_and_a_put_changes_what_is_selected(client: TestClient, runtime: Runtime) -> None:
+    later = nde_subscription()
+    later["extension"][1]["valueDateTime"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    waiting = client.post("/fhir/Subscription", json=later).json()["id"]
+    sub = nde_subscription(codes="SOR")
+    sub_id = client.post("/fhir/Subscription", json=sub).json()["id"]
+    ingest(client, control_id="S1")
+    assert events(runtime, waiting) == []  # not valid before its Start
+    assert events(runtime, sub_id) == []  # SOR only
+    changed = client.put(f"/fhir/Subscription/{sub_id}", json={**nde_subscription(codes="ADM"), "id": sub_id})
+    assert changed.status_code == 200, changed.text
+    nde_constraints.check(changed.json())
+    ingest(client, control_id="S2", visit="V-2", movement="MVT-22")
+    assert [r.event_number for r in events(runtime, sub_id)] == [1]
+    assert client.get("/fhir/CommunicationRequest", params={"event-type": "ADM,SOR"}).status_code == 400
