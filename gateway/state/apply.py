@@ -282,6 +282,8 @@ def _merge(unit: Unit, mapped: Mapped, *, merged_id: str, survivor_id: str) -> N
     unit.links.link(merged_id=merged_id, survivor_id=survivor_id, now=unit.now)
     unit._survivors.clear()
     _refold_patient(unit, merged_id, action=mapped.action)
+    # the survivor first: the merged patient's stays (and their NdE declarations) are now about him
+    _refold_patient(unit, survivor_id, action=mapped.action)
     stays, _ = unit.store.search(
         "Encounter", [("patient", None, f"Patient/{merged_id}")], limit=MAX_REFOLD, count=False
     )

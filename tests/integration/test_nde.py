@@ -22,6 +22,7 @@ from gateway.subscriptions.service import expire_ended
 from gateway.subscriptions.topics import TOPIC_BASE, TOPICS
 from tests import nde_constraints
 from tests.api_helpers import BACKPORT, events, subscribe
+from tests.integration.test_merge import MERGED, SURVIVOR, a40, admission
 from tests.messages import IPP_SYSTEM, Adt
 
 HL7 = {"Content-Type": "application/hl7-v2"}
@@ -268,3 +269,19 @@ def test_start_is_honoured_and_a_put_changes_what_is_selected(client: TestClient
     ingest(client, control_id="S2", visit="V-2", movement="MVT-22")
     assert [r.event_number for r in events(runtime, sub_id)] == [1]
     assert client.get("/fhir/CommunicationRequest", params={"event-type": "ADM,SOR"}).status_code == 400
+
+
+def test_after_a_merge_the_subscription_hears_the_survivors_events(client: TestClient, runtime: Runtime) -> None:
+    sub = nde_subscription(codes="ADM")
+    sub["contained"][0]["identifier"] = [{"system": IPP_SYSTEM, "value": MERGED}]  # by IPP, with its system
+    sub_id = client.post("/fhir/Subscription", json=sub).json()["id"]
+    for message in (
+        admission(MERGED, "V-M", "M1", "20260301080000").bytes(),
+        a40("M2", "20260302080000").encode(),
+        admission(SURVIVOR, "V-S", "M3", "20260304080000").bytes(),
+    ):
+        assert client.post("/hl7v2", content=message, headers=HL7).headers["X-Ack-Code"] == "AA"
+    assert [r.event_number for r in events(runtime, sub_id)] == [1, 2]  # the merged's stay, then the survivor's
+    survivor_id = client.get("/fhir/Patient", params={"identifier": f"{IPP_SYSTEM}|{SURVIVOR}"}).json()["entry"][0]
+    found = declarations(client, subject=f"Patient/{survivor_id['resource']['id']}")
+    assert len(found) == 2  # the merged patient's stay and its declaration followed the survivor
