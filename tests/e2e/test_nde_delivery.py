@@ -25,7 +25,7 @@ from gateway.subscriptions.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER,
 from gateway.subscriptions.notification import EVENT_CODE_EXTENSION_URL
 from gateway.subscriptions.service import SIGNING_SECRET
 from tests import nde_constraints
-from tests.e2e.test_delivery import SCENARIO, WAIT, bounded, event_parts, kind, running_gateway
+from tests.e2e.test_delivery import SCENARIO, WAIT, SmtpSink, bounded, event_parts, kind, running_gateway
 from tests.integration.test_nde import INS, INS_SYSTEM, nde_subscription
 from tests.messages import Adt
 
@@ -151,5 +151,26 @@ def test_a_backport_client_discovers_topics_where_the_ig_puts_them_subscribes_an
         assert event_parts(note["bundle"])[0]["focus"]["valueReference"]["reference"].split("/")[-2] == "Encounter"
         (code,) = [e for e in event["extension"] if e["url"] == EVENT_CODE_EXTENSION_URL]
         assert code["valueCodeableConcept"]["coding"][0]["code"] == "ADM"
+
+    asyncio.run(asyncio.wait_for(scenario(), timeout=SCENARIO))
+
+
+def test_an_nde_email_subscription_gets_the_short_flux_5_mail(settings: Settings) -> None:
+    async def scenario() -> None:
+        async with (
+            SmtpSink() as smtp,
+            running_gateway(settings, smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_from="gw@ars.example.fr") as gw,
+        ):
+            address = "coordination@dac.mssante.example.fr"
+            sub = nde_subscription(codes="ADM", type="email", endpoint=f"mailto:{address}")
+            created = await gw.http.post("/fhir/Subscription", content=json.dumps(sub))
+            assert created.status_code == 201 and created.json()["status"] == "active", created.text
+            await send(gw.mllp_port, Adt(control_id="M-1", reliability="VALI", ins=INS, family="MARTINEAU"))
+            to, mail = await bounded(smtp.messages.get(), "the flux 5 mail")  # no handshake mail: NdE has none
+        assert to == [address] and "#1" in str(mail["Subject"])
+        content = mail.get_content()
+        assert "CommunicationRequest/" in content  # the declaration's reference, no more
+        raw = mail.as_string().upper()
+        assert "MARTINEAU" not in raw and INS not in raw
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=SCENARIO))
