@@ -14,11 +14,12 @@ from fastapi.testclient import TestClient
 
 from gateway.config import Settings
 from gateway.db.engine import transaction
+from gateway.db.repo import OutboxRepo
 from gateway.fhir.capability import BACKPORT_OPERATIONS, BACKPORT_SERVER, INSTANTIATES, TOPIC_CANONICAL_EXT
 from gateway.runtime import Runtime
 from gateway.subscriptions.nde import CAPABILITY_EMITTER, CAPABILITY_NOTIFICATION_MANAGER
 from gateway.subscriptions.nde import CAPABILITY_SUBSCRIPTION_MANAGER as SUBSCRIPTION_MANAGER
-from gateway.subscriptions.service import expire_ended
+from gateway.subscriptions.service import expire_ended, set_status
 from gateway.subscriptions.topics import TOPIC_BASE, TOPICS
 from tests import nde_constraints
 from tests.api_helpers import BACKPORT, events, subscribe
@@ -285,3 +286,18 @@ def test_after_a_merge_the_subscription_hears_the_survivors_events(client: TestC
     survivor_id = client.get("/fhir/Patient", params={"identifier": f"{IPP_SYSTEM}|{SURVIVOR}"}).json()["entry"][0]
     found = declarations(client, subject=f"Patient/{survivor_id['resource']['id']}")
     assert len(found) == 2  # the merged patient's stay and its declaration followed the survivor
+
+
+def test_an_nde_subscription_in_error_is_resent_without_a_handshake(client: TestClient, runtime: Runtime) -> None:
+    sub_id = client.post("/fhir/Subscription", json=nde_subscription()).json()["id"]
+    ingest(client, control_id="R1")
+    with transaction(runtime.db) as conn:
+        set_status(conn, sub_id, "error", now=datetime.now(UTC), error="event-notification delivery failed: HTTP 500")
+    answer = client.post(f"/admin/subscriptions/{sub_id}/resend")
+    assert answer.status_code == 200, answer.text
+    assert client.get(f"/fhir/Subscription/{sub_id}").json()["status"] == "active"
+    queued = events(runtime, sub_id)
+    assert [(r.event_number, r.status, r.attempts) for r in queued] == [(1, "pending", 0)]
+    with runtime.db.connect() as conn:
+        kinds = {r.notification_type for r in OutboxRepo(conn).for_subscription(sub_id)}
+    assert kinds == {"event-notification"}  # NdE has no handshake to queue
