@@ -100,13 +100,17 @@ def _install_middleware(app: FastAPI, runtime: Runtime) -> None:
         )
 
 
+#: Methods a route of ours may serve (probed one by one: included routers hide their routes' methods).
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
 def allowed_methods(app: FastAPI, request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette names only the first route's)."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "__any__"})
-        if match is not Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
+    """Every method some route serves at this path (Starlette's own ``Allow`` names only the first route's)."""
+    methods = {
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in app.router.routes)
+    }
     if "GET" in methods:
         methods.add("HEAD")
     return sorted(methods)

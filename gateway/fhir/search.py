@@ -14,8 +14,10 @@ from gateway.fhir.capability import SEARCH_PARAMS
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
 #: Result parameters: they shape the answer, they do not filter (``_lastUpdated`` filters, on its own column).
+#: ``_totalMethod`` is HAPI's hint that fhirpy's ``count()`` sends: we always count exactly, so it is moot.
 CONTROL = frozenset(
     {"_count", "_offset", "_format", "_pretty", "_summary", "_elements", "_sort", "_total", "_lastUpdated"}
+    | {"_totalMethod"}
 )
 #: Parameters ``_sort`` takes besides ``_lastUpdated`` and ``_id``: the date parameters, indexed as ISO text.
 SORTABLE = {"Encounter": frozenset({"date"})}

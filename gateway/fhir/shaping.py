@@ -67,7 +67,13 @@ def summarize(resource: JSON, mode: str) -> JSON:
 
 
 def select_elements(resource: JSON, elements: frozenset[str]) -> JSON:
-    """``_elements=a,b``: the named top-level elements (and their ``_a`` extensions) plus id and meta."""
+    """``_elements=a,b``: the named top-level elements (and their ``_a`` extensions) plus id and meta.
+
+    ``_elements=-a,b`` (fhirpy's ``elements(..., exclude=True)``, as HAPI takes it) keeps all but those.
+    """
+    excluded = frozenset(e[1:] for e in elements if e.startswith("-"))
+    if excluded:
+        return _tagged(resource, lambda k: k.lstrip("_") not in excluded)
     return _tagged(resource, lambda k: k.lstrip("_") in elements)
 
 
@@ -82,8 +88,9 @@ def parse_summary(value: str | None) -> str | None:
 def parse_elements(value: str | None) -> frozenset[str] | None:
     if value is None:
         return None
-    names = frozenset(part.strip().split(".")[-1] for part in value.split(",") if part.strip())
-    return names or None
+    exclude = value.startswith("-")
+    names = [part.strip().split(".")[-1] for part in value.removeprefix("-").split(",") if part.strip()]
+    return frozenset(f"-{n}" if exclude else n for n in names) or None
 
 
 def shape(body: JSON, *, summary: str | None, elements: frozenset[str] | None) -> JSON:
