@@ -54,11 +54,12 @@ def convert_messages(raws: Iterable[bytes], *, engine: Engine, clock: Callable[[
     return Converted(acks=acks, resources=found)
 
 
-def convert_files(files: list[Path], *, mappings_dir: Path, out: TextIO) -> int:
+def convert_files(inputs: list[tuple[str, bytes]], *, mappings_dir: Path, out: TextIO) -> int:
+    """``inputs`` are (name, bytes) pairs; exit status 1 when any message is not AA."""
     engine = Engine.from_directory(mappings_dir)
-    result = convert_messages((Path(f).read_bytes() for f in files), engine=engine)
+    result = convert_messages((raw for _, raw in inputs), engine=engine)
     worst = 0
-    for path, (code, _issues, ack) in zip(files, result.acks, strict=True):
+    for (path, _raw), (code, _issues, ack) in zip(inputs, result.acks, strict=True):
         out.write(f"=== {path}: {code}\n")
         out.write(ack.replace("\r", "\n"))
         worst = max(worst, 0 if code == "AA" else 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextvars import ContextVar
@@ -21,6 +22,7 @@ import orjson
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+HANDLER_NAME = "gateway"
 #: What every ``LogRecord`` has; anything else on a record came through ``extra=`` or the context.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 _CONTEXT: ContextVar[dict[str, Any] | None] = ContextVar("gateway_log_context", default=None)
@@ -39,6 +41,19 @@ def bound(**fields: Any) -> Iterator[None]:
 def bind(**fields: Any) -> None:
     """Add ``fields`` to the current context until it ends (a request, a worker thread's task)."""
     _CONTEXT.set({**(_CONTEXT.get() or {}), **{k: v for k, v in fields.items() if v is not None}})
+
+
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+def control_id_of(raw: bytes) -> str | None:
+    """MSH-10 read from the first bytes, before any parsing (which may fail): the message's own id."""
+    head = raw.lstrip(b"\x0b\r\n ")[:1024].split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if not head.startswith(b"MSH") or len(head) < 4:
+        return None
+    fields = head.split(head[3:4])
+    value = fields[9].decode("latin-1") if len(fields) > 9 else ""
+    return _SAFE_ID.sub("_", value)[:64] or None
 
 
 def current() -> dict[str, Any]:
@@ -90,15 +105,29 @@ class TextFormatter(logging.Formatter):
         return f"{head} [{extra}]{sep}{tail}"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time (a test runner swaps it per test)."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        pass
+
+
 def configure(*, level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Set up the root logger once per process (the CLI calls it; tests leave logging alone)."""
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {fmt!r}")
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(ContextFilter())
+    handler.set_name(HANDLER_NAME)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace only our own handler: others (a test runner's capture, say) stay.
+    root.handlers[:] = [h for h in root.handlers if h.get_name() != HANDLER_NAME] + [handler]
     root.setLevel(level.upper())
     # httpx logs request URLs, and search URLs can carry patient identifiers: keep them out of the logs.
     for noisy in ("httpx", "httpcore", "alembic"):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine as DB
 
+from gateway import logs
 from gateway.config import Settings
 from gateway.db.engine import make_engine, migrate
 from gateway.hl7.mllp import MLLPServer
@@ -44,7 +45,8 @@ class Runtime:
     async def ingest(self, raw: bytes, *, transport: str) -> bytes:
         """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""
         started = time.perf_counter()
-        outcome = await asyncio.to_thread(self.pipeline.ingest, raw, transport=transport)
+        with logs.bound(control_id=logs.control_id_of(raw), transport=transport):
+            outcome = await asyncio.to_thread(self.pipeline.ingest, raw, transport=transport)
         record_message(
             transport=transport, outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started
         )

@@ -7,6 +7,7 @@ import time
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from gateway import logs
 from gateway.api.deps import RuntimeDep
 from gateway.metrics import record_message
 
@@ -73,7 +74,8 @@ async def ingest(request: Request, runtime: RuntimeDep) -> Response:
     except TransportError as exc:
         return Response(exc.text + "\n", status_code=exc.status, media_type="text/plain")
     started = time.perf_counter()
-    outcome = await run_in_threadpool(runtime.pipeline.ingest, raw, transport="http")
+    with logs.bound(control_id=logs.control_id_of(raw), transport="http"):
+        outcome = await run_in_threadpool(runtime.pipeline.ingest, raw, transport="http")
     record_message(transport="http", outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started)
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")
     return Response(outcome.ack, media_type=f"{HL7_MEDIA}; charset={charset}", headers={"X-Ack-Code": outcome.code})

@@ -188,6 +188,11 @@ class FactRepo:
             )
         )
 
+    def forget_message(self, message_id: int) -> int:
+        """Drop the facts a message recorded, before reprocessing it through the current mappings."""
+        result = self.conn.execute(delete(facts).where(facts.c.message_id == message_id))
+        return int(result.rowcount or 0)
+
     def of(self, stream: str, *, kinds: Sequence[str] | None = None) -> list[JSON]:
         """The stream's facts in the order they were written (folds sort them by event time)."""
         query = select(facts.c.payload).where(facts.c.stream == stream).order_by(facts.c.id)
