@@ -171,7 +171,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from gateway.convert import convert_files
 
     settings = _settings(args)
-    return convert_files(read_inputs(args.files), mappings_dir=settings.mappings_dir, out=sys.stdout)
+    inputs = read_inputs(args.files)
+    return convert_files(inputs, mappings_dir=settings.mappings_dir, out=sys.stdout, report=sys.stderr)
 
 
 def _ack_code(ack: bytes) -> str:

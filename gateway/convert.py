@@ -8,6 +8,7 @@ nothing touches the real store.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,7 +55,9 @@ def convert_messages(raws: Iterable[bytes], *, engine: Engine, clock: Callable[[
     return Converted(acks=acks, resources=found)
 
 
-def convert_files(inputs: list[tuple[str, bytes]], *, mappings_dir: Path, out: TextIO) -> int:
+def convert_files(
+    inputs: list[tuple[str, bytes]], *, mappings_dir: Path, out: TextIO, report: TextIO | None = None
+) -> int:
     """``inputs`` are (name, bytes) pairs; exit status 1 when any message is not AA."""
     engine = Engine.from_directory(mappings_dir)
     result = convert_messages((raw for _, raw in inputs), engine=engine)
@@ -65,4 +68,8 @@ def convert_files(inputs: list[tuple[str, bytes]], *, mappings_dir: Path, out: T
         worst = max(worst, 0 if code == "AA" else 1)
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in result.resources]}
     out.write(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n")
+    if report is not None:  # the summary goes apart from the output, which scripts may parse
+        tally = Counter(code for code, _issues, _ack in result.acks)
+        counts = " ".join(f"{code}={n}" for code, n in sorted(tally.items()))
+        report.write(f"converted: {len(result.acks)} message(s) ({counts}), {len(result.resources)} resource(s)\n")
     return worst

@@ -76,6 +76,8 @@ async def replay(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
         "status": outcome.status,
         "message_id": outcome.message_id,
         "ack": outcome.ack.decode("latin-1"),
+        # What reprocessing gave a new version (after a mapping fix); empty when nothing changed.
+        "changed": [f"{r.type}/{r.id}/_history/{r.version_id}" for r in outcome.changed],
     }
 
 

@@ -213,3 +213,11 @@ def test_request_id_echoed_or_made(client: TestClient) -> None:
     assert client.get("/fhir/metadata", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
     made = client.get("/fhir/metadata", headers={"X-Request-ID": "bad id with spaces"}).headers["X-Request-ID"]
     assert made != "bad id with spaces" and len(made) == 32
+
+
+def test_admin_replay_of_an_applied_message_reprocesses_it(client: TestClient) -> None:
+    admit(client, 1)
+    entry = client.get("/admin/messages").json()["messages"][0]
+    replayed = client.post(f"/admin/messages/{entry['id']}/replay").json()
+    assert (replayed["code"], replayed["status"], replayed["changed"]) == ("AA", "reprocessed", [])
+    assert replayed["message_id"] == entry["id"]

@@ -86,8 +86,9 @@ def test_convert_reads_stdin_and_directories_and_refuses_missing_files(
     code, _out, err = run(capsys, "convert", "--mappings-dir", str(MAPPINGS), str(tmp_path))
     assert code == 2 and "without *.hl7 files" in err
     (tmp_path / "a.hl7").write_bytes(Adt().bytes())
-    code, out, _err = run(capsys, "convert", "--mappings-dir", str(MAPPINGS), str(tmp_path))
+    code, out, err = run(capsys, "convert", "--mappings-dir", str(MAPPINGS), str(tmp_path))
     assert code == 0 and f"=== {tmp_path / 'a.hl7'}: AA" in out
+    assert "converted: 1 message(s) (AA=1)" in err
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(Adt().bytes())))
     code, out, _err = run(capsys, "convert", "--mappings-dir", str(MAPPINGS), "-")
     assert code == 0 and "=== <stdin>: AA" in out and '"resourceType": "Patient"' in out
