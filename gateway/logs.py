@@ -70,8 +70,14 @@ class ContextFilter(logging.Filter):
         return True
 
 
+#: uvicorn's ANSI-coloured copy of its message: noise in any format.
+_DROPPED = frozenset({"color_message"})
+#: Fields the access log's text already spells out; kept in JSON, where they are the point.
+_SAID_IN_TEXT = frozenset({"http_method", "http_path", "http_status", "duration_ms"})
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and k not in _DROPPED and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -98,7 +104,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items() if k not in _SAID_IN_TEXT)
         if not extra:
             return line
         head, sep, tail = line.partition("\n")  # keep a traceback below the fields
