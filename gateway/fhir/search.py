@@ -103,7 +103,8 @@ def _instant_range(text: str) -> tuple[datetime, datetime]:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise FhirError(f"_lastUpdated: {text!r} is not a FHIR date or dateTime", issue_code="invalid") from exc
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    # In UTC: SQLite compares the stored UTC text, so an offset must not reach it.
+    moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     return moment, moment + timedelta(milliseconds=1)
 
 
