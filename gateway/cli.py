@@ -232,7 +232,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 continue
             progress.step(outcome.code)
             changed = ", ".join(f"{r.type}/{r.id} v{r.version_id}" for r in outcome.changed) or "nothing changed"
-            print(f"message {message_id}: {outcome.code} ({outcome.status}), stored as {outcome.message_id}: {changed}")
+            stored = "" if outcome.message_id == message_id else f", stored as {outcome.message_id}"
+            print(f"message {message_id}: {outcome.code} ({outcome.status}){stored}: {changed}")
             status = status or (0 if outcome.code == "AA" else 1)
     finally:
         runtime.close()
