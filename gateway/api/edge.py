@@ -26,6 +26,8 @@ from gateway.metrics import HTTP_REQUESTS
 
 access_log = logging.getLogger("gateway.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+#: An RFC 7239 node (address, ``[v6]:port``, ``unknown``, an obfuscated ``_name``): nothing else is logged.
+NODE = re.compile(r"^[A-Za-z0-9.:\[\]_-]{1,64}$")
 HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
@@ -112,17 +114,26 @@ class EdgeMiddleware:
                 try:
                     await self.app(scope, receive, wrapped)
                 finally:
-                    self._log(scope, status["code"], time.perf_counter() - started, head=head)
+                    client = self._client(scope, headers)
+                    self._log(scope, status["code"], time.perf_counter() - started, head=head, client=client)
         finally:
             REQUEST_BASE.reset(token)
 
+    def _client(self, scope: Scope, headers: Headers) -> str:
+        """The client's address; behind a trusted proxy, the one it forwards for (else the proxy's own)."""
+        peer = str((scope.get("client") or ("-", 0))[0])
+        if not (self.settings.trusted_proxies and self.settings.is_trusted_proxy(peer)):
+            return peer
+        forwarded = _forwarded_pairs(headers["forwarded"]).get("for") if "forwarded" in headers else None
+        forwarded = forwarded or headers.get("x-forwarded-for", "").split(",")[0].strip()
+        return forwarded if forwarded and NODE.match(forwarded) else peer
+
     @staticmethod
-    def _log(scope: Scope, status: int, seconds: float, *, head: bool) -> None:
+    def _log(scope: Scope, status: int, seconds: float, *, head: bool, client: str) -> None:
         method = "HEAD" if head else str(scope["method"])
         route: Any = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         HTTP_REQUESTS.labels(method=method, route=template, status=str(status)).observe(seconds)
-        client = scope.get("client") or ("-", 0)
         access_log.info(
             "%s %s %d %.1f ms",
             method,
@@ -134,6 +145,6 @@ class EdgeMiddleware:
                 "http_path": scope["path"],
                 "http_status": status,
                 "duration_ms": round(seconds * 1000, 1),
-                "client": client[0],
+                "client": client,
             },
         )

@@ -9,7 +9,8 @@ route added later (by anyone) gets the same behaviour with no edit:
   → ``304 Not Modified``;
 - ``_summary`` (``true``, ``text``, ``data``, ``false``; ``count`` is the search's) and ``_elements`` on a
   resource or on each matched resource of a Bundle; ``_pretty=true`` indents;
-- ``Prefer: return=minimal | representation | OperationOutcome`` on create and update.
+- ``Prefer: return=minimal | representation | OperationOutcome`` on create and update, and
+  ``Prefer: handling=lenient`` on a search (unknown parameters dropped rather than refused).
 
 Responses of ``/fhir`` are buffered (they are small JSON documents built in one piece anyway).
 """
@@ -27,7 +28,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.responses import FHIR_JSON
 from gateway.errors import FhirError
+from gateway.fhir.capability import SEARCH_PARAMS
 from gateway.fhir.outcome import operation_outcome
+from gateway.fhir.search import CONTROL
 from gateway.fhir.shaping import parse_elements, parse_summary, shape
 
 PREFIX = "/fhir"
@@ -124,6 +127,7 @@ class FhirRestMiddleware:
         query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         try:
             scope, receive, query = await self._post_search(scope, receive, headers, query)
+            query = _lenient(scope, headers, query)
             _check_format(query, headers)
             params = dict(query)
             summary, elements = parse_summary(params.get("_summary")), parse_elements(params.get("_elements"))
@@ -200,17 +204,37 @@ def _reshape(body: bytes, asked: Asked) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_INDENT_2 if asked.pretty else 0)
 
 
-def _prefer_return(prefer: str) -> str | None:
-    """``Prefer: return=minimal`` (RFC 7240); other preferences are ignored, as the RFC allows."""
+def _preference(prefer: str, name: str) -> str | None:
+    """One preference of an RFC 7240 ``Prefer`` header (``return=minimal, handling=lenient``)."""
     for part in prefer.split(","):
-        name, _, value = part.strip().partition("=")
-        if name.strip().lower() == "return" and value.strip().strip('"') in {
-            "minimal",
-            "representation",
-            "OperationOutcome",
-        }:
+        key, _, value = part.strip().partition("=")
+        if key.strip().lower() == name:
             return value.strip().strip('"')
     return None
+
+
+def _prefer_return(prefer: str) -> str | None:
+    """``Prefer: return=minimal | representation | OperationOutcome``; anything else is ignored."""
+    value = _preference(prefer, "return")
+    return value if value in {"minimal", "representation", "OperationOutcome"} else None
+
+
+def _lenient(scope: Scope, headers: Headers, query: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``Prefer: handling=lenient`` on a search: unknown parameters are dropped instead of refused.
+
+    The FHIR default (``strict``, and ours without the header) refuses them, so that a mistyped filter never
+    returns everyone; a client that asks for leniency gets it, and the self link shows what was used.
+    """
+    if scope["method"] != "GET" or _preference(headers.get("prefer", ""), "handling") != "lenient":
+        return query
+    rtype = str(scope["path"]).removeprefix(PREFIX).strip("/")
+    if rtype not in SEARCH_PARAMS:
+        return query
+    known = {name for name, _, _ in SEARCH_PARAMS[rtype]} | CONTROL
+    kept = [(k, v) for k, v in query if k in known]
+    if len(kept) != len(query):
+        scope["query_string"] = urlencode(kept).encode()
+    return kept
 
 
 async def _send_outcome(send: Send, exc: FhirError) -> None:

@@ -4,8 +4,10 @@ parameters, Prefer, _format, Allow, deletions in _history, public base behind pr
 from __future__ import annotations
 
 import gzip
+import logging
 from email.utils import parsedate_to_datetime
 
+import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 
@@ -184,7 +186,9 @@ def test_deletion_in_history_and_410_on_its_version(client: TestClient) -> None:
     Bundle.model_validate(history)
 
 
-def test_public_base_from_trusted_proxy_only(settings: Settings) -> None:
+def test_public_base_and_client_address_from_trusted_proxy_only(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     proxied = settings.model_copy(update={"trusted_proxies": ["testclient", "127.0.0.0/8"], "http_host": "0.0.0.0"})
     runtime = Runtime.build(proxied, run_migrations=False)
     try:
@@ -197,6 +201,11 @@ def test_public_base_from_trusted_proxy_only(settings: Settings) -> None:
             assert forwarded.json()["link"][0]["url"].startswith("https://h.example/fhir/Patient?")
             plain = client.get("/fhir/Patient").json()["link"][0]["url"]
             assert "0.0.0.0" not in plain
+            with caplog.at_level(logging.INFO, logger="gateway.access"):
+                client.get("/fhir/metadata", headers={"X-Forwarded-For": "198.51.100.7, 127.0.0.1"})
+            assert [getattr(r, "client", None) for r in caplog.records if r.name == "gateway.access"] == [
+                "198.51.100.7"
+            ]
         with TestClient(create_app(runtime, start_services=False), client=("10.1.1.1", 5000)) as outsider:
             url = outsider.get("/fhir/Patient", headers={"X-Forwarded-Host": "evil.example"}).json()["link"][0]["url"]
             assert "evil.example" not in url and "0.0.0.0" not in url
@@ -221,3 +230,11 @@ def test_admin_replay_of_an_applied_message_reprocesses_it(client: TestClient) -
     replayed = client.post(f"/admin/messages/{entry['id']}/replay").json()
     assert (replayed["code"], replayed["status"], replayed["changed"]) == ("AA", "reprocessed", [])
     assert replayed["message_id"] == entry["id"]
+
+
+def test_lenient_handling_drops_unknown_search_parameters(client: TestClient) -> None:
+    admit(client, 1)
+    assert client.get("/fhir/Patient", params={"family": "X"}).status_code == 400  # strict by default
+    lenient = client.get("/fhir/Patient", params={"family": "X"}, headers={"Prefer": "handling=lenient"})
+    assert lenient.status_code == 200 and lenient.json()["total"] == 1
+    assert "family" not in lenient.json()["link"][0]["url"]
