@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import socket
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_busy_ports_fail_in_one_line_before_anything_starts(capsys: pytest.Captu
         store = f"sqlite:///{tmp_path / 'g.db'}"
         for flags, what in (
             (["--http-port", str(port), "--mllp-port", "0"], "HTTP"),
-            (["--mllp-port", str(port)], "MLLP"),
+            (["--mllp-port", str(port), "--http-port", "0"], "MLLP"),
         ):
             code, out, err = run(capsys, "serve", "--database-url", store, *flags)
             assert code == 2 and f"{what} port 127.0.0.1:{port} is not available" in err
@@ -76,6 +77,12 @@ def test_busy_ports_fail_in_one_line_before_anything_starts(capsys: pytest.Captu
 def test_unreadable_mappings_fail_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _out, err = run(capsys, "check-mappings", "--mappings-dir", str(tmp_path / "none"))
     assert code == 2 and "mappings directory not found" in err and len(err.strip().splitlines()) == 1
+    copy = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, copy)
+    (copy / "messages" / "ADT.yaml").write_text("events: [\n", encoding="utf-8")
+    argv = ["--mappings-dir", str(copy), "--database-url", "sqlite://", "--http-port", "0", "--mllp-port", "0"]
+    code, _out, err = run(capsys, "serve", *argv)
+    assert code == 2 and "ADT.yaml: not valid YAML" in err and len(err.strip().splitlines()) == 1
 
 
 def test_convert_reads_stdin_and_directories_and_refuses_missing_files(
