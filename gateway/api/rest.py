@@ -39,6 +39,7 @@ JSON_FORMATS = frozenset({"json", "application/json", "application/fhir+json", "
 JSON_ACCEPTS = frozenset({*JSON_FORMATS, "*/*", "application/*", "text/*", "text/json"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH"})
 FORM = "application/x-www-form-urlencoded"
+MAX_SEARCH_FORM_BYTES = 64 * 1024
 
 
 def _accepts_json(accept: str) -> bool:
@@ -51,7 +52,7 @@ def _accepts_json(accept: str) -> bool:
 
 def _check_format(query: list[tuple[str, str]], headers: Headers) -> None:
     for name, value in query:
-        if name == "_format" and value.strip().lower() not in JSON_FORMATS:
+        if name == "_format" and value.strip() and value.strip().lower() not in JSON_FORMATS:
             raise FhirError(
                 f"_format={value} is not available: this server answers application/fhir+json only",
                 status=406,
@@ -64,10 +65,17 @@ def _check_format(query: list[tuple[str, str]], headers: Headers) -> None:
 
 
 async def _read_body(receive: Receive) -> bytes:
-    chunks = []
+    """A ``_search`` form, bounded: search parameters fit in far less than this."""
+    chunks, size = [], 0
     while True:
         message = await receive()
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_SEARCH_FORM_BYTES:
+            raise FhirError(
+                f"a _search form is limited to {MAX_SEARCH_FORM_BYTES} bytes", status=413, issue_code="too-costly"
+            )
+        chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
 

@@ -101,11 +101,11 @@ def _instant_range(text: str) -> tuple[datetime, datetime]:
             start = datetime.fromisoformat(text).replace(tzinfo=UTC)
             return start, start + timedelta(days=1)
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
+        # In UTC: SQLite compares the stored UTC text, so an offset must not reach it.
+        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return moment, moment + timedelta(milliseconds=1)
+    except (ValueError, OverflowError) as exc:
         raise FhirError(f"_lastUpdated: {text!r} is not a FHIR date or dateTime", issue_code="invalid") from exc
-    # In UTC: SQLite compares the stored UTC text, so an offset must not reach it.
-    moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-    return moment, moment + timedelta(milliseconds=1)
 
 
 def parse_last_updated(values: list[str]) -> list[tuple[str, datetime]]:

@@ -10,6 +10,9 @@ from email.utils import parsedate_to_datetime
 import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 
 from gateway.api.app import create_app
 from gateway.config import Settings
@@ -94,6 +97,8 @@ def test_post_search_equals_get_search(client: TestClient) -> None:
     assert posted.json()["entry"][0]["resource"]["id"] == got["entry"][0]["resource"]["id"]
     bad = client.post("/fhir/Patient/_search", content=b"{}", headers={"Content-Type": "application/json"})
     assert bad.status_code == 415 and bad.json()["resourceType"] == "OperationOutcome"
+    huge = client.post("/fhir/Patient/_search", data={"identifier": "x" * 70_000})
+    assert huge.status_code == 413 and huge.json()["resourceType"] == "OperationOutcome"
 
 
 def test_summary_count_elements_and_total(client: TestClient) -> None:
@@ -238,3 +243,20 @@ def test_lenient_handling_drops_unknown_search_parameters(client: TestClient) ->
     lenient = client.get("/fhir/Patient", params={"family": "X"}, headers={"Prefer": "handling=lenient"})
     assert lenient.status_code == 200 and lenient.json()["total"] == 1
     assert "family" not in lenient.json()["link"][0]["url"]
+
+
+RESULT_PARAMS = ["_summary", "_elements", "_sort", "_lastUpdated", "_total", "_format", "_pretty", "_count", "_offset"]
+
+
+@settings_(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    params=st.lists(st.tuples(st.sampled_from(RESULT_PARAMS), st.text(max_size=30)), max_size=4),
+    prefer=st.sampled_from(["", "handling=lenient", "return=minimal", "handling=strict, return=OperationOutcome"]),
+    accept=st.sampled_from(["", "*/*", "application/fhir+xml", "application/fhir+json;q=0.5, text/html"]),
+)
+def test_result_parameters_never_crash(client: TestClient, params: list, prefer: str, accept: str) -> None:
+    headers = {k: v for k, v in (("Prefer", prefer), ("Accept", accept)) if v}
+    for path in ("/fhir/Patient", "/fhir/Encounter", "/fhir/metadata"):
+        answer = client.get(path, params=params, headers=headers)
+        assert answer.status_code in (200, 400, 406), answer.text
+        assert answer.headers["content-type"].startswith("application/fhir+json")

@@ -66,8 +66,9 @@ def test_last_updated_ranges_follow_the_precision() -> None:
     ]
     assert parse_last_updated(["gt2026-12"]) == [("ge", datetime(2027, 1, 1, tzinfo=UTC))]
     assert parse_last_updated(["le2026-03-01T10:00:00+02:00"])[0][1].hour == 8  # in UTC
-    with pytest.raises(FhirError):
-        parse_last_updated(["ge2026-13"])
+    for bad in ("ge2026-13", "9999-12-31", "ge9999-12-31T23:59:59.9999+00:00", "ge", "abcd", "2026-02-30"):
+        with pytest.raises(FhirError):
+            parse_last_updated([bad])
 
 
 def test_sort_keys() -> None:
