@@ -1,0 +1,134 @@
+"""Issue 12 on a real store: bad dates, long keys, internal failures and resends that differ only in framing.
+
+Each test names the numbered item of the issue it guards. The rule they share: every input gets an
+ACK with an ERR when it is not AA, the raw message is kept, and the next message is handled normally.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine
+
+from gateway.db.repo import MessageRepo
+from gateway.hl7 import er7
+from gateway.mapping.engine import Engine as MappingEngine
+from gateway.pipeline import Pipeline
+from tests.messages import Adt
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def pipeline(db: Engine, mapping_engine: MappingEngine) -> Pipeline:
+    return Pipeline(engine=mapping_engine, db=db, clock=lambda: NOW)
+
+
+def msa(ack: bytes) -> tuple[str, str]:
+    seg = er7.parse(ack).segment("MSA")
+    assert seg is not None
+    return seg.get(1), seg.get(2)
+
+
+def errs(ack: bytes) -> list[tuple[str, str]]:
+    """(ERR-3 code, ERR-2 location as ER7) of each ERR segment."""
+    return [(seg.get(3), seg.raw(2)) for seg in er7.parse(ack).all("ERR")]
+
+
+def stored(db: Engine, message_id: int | None) -> tuple[str, str, bytes]:
+    assert message_id is not None
+    with db.connect() as conn:
+        record = MessageRepo(conn).get(message_id)
+    assert record is not None
+    return record.outcome, record.status, record.raw
+
+
+@pytest.mark.parametrize(
+    "event_time",
+    ["20260301080000+2400", "20260301080000+9999", "20260301080000-9999", "00010101", "00010101000000-0100"],
+)
+def test_item1_bad_dates_are_not_instants_and_the_feed_goes_on(pipeline: Pipeline, db: Engine, event_time: str) -> None:
+    raw = Adt(control_id="BAD-DATE", event_time=event_time, birth_date=event_time).bytes()
+    outcome = pipeline.ingest(raw, transport="mllp")
+    assert outcome.code in {"AA", "AE", "AR"}
+    assert msa(outcome.ack)[1] == "BAD-DATE"
+    assert stored(db, outcome.message_id)[2] == raw
+    following = pipeline.ingest(Adt(control_id="NEXT", visit="V-2").bytes(), transport="mllp")
+    assert following.code == "AA"
+
+
+def test_item2_control_id_longer_than_stored_is_refused_precisely_and_kept(pipeline: Pipeline, db: Engine) -> None:
+    raw = Adt(control_id="C" * 256).bytes()
+    outcomes = [pipeline.ingest(raw, transport="mllp") for _ in range(3)]  # resends get the same answer
+    for outcome in outcomes:
+        assert outcome.code == "AR"
+        assert errs(outcome.ack) == [("102", "MSH^1^10^1")]
+        assert "256 characters" in outcome.ack_text
+        assert "resend later" not in outcome.ack_text
+        assert stored(db, outcome.message_id)[:2] == ("AR", "rejected")
+    assert len({o.message_id for o in outcomes}) == 3
+    accepted = pipeline.ingest(Adt(control_id="C" * 255).bytes(), transport="mllp")
+    assert accepted.code == "AA"
+    assert pipeline.ingest(Adt(control_id="C" * 255).bytes(), transport="mllp").status == "duplicate"
+
+
+@pytest.mark.parametrize("field", ["sender", "facility"])
+def test_item2_sender_keys_longer_than_stored_are_refused(pipeline: Pipeline, field: str) -> None:
+    outcome = pipeline.ingest(Adt(**{field: "S" * 300}).bytes(), transport="http")
+    assert outcome.code == "AR"
+    assert errs(outcome.ack)[0][0] == "102"
+
+
+def test_any_internal_failure_becomes_an_ae_with_err_and_the_message_is_kept(
+    pipeline: Pipeline, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("mapping bug")
+
+    monkeypatch.setattr(pipeline.engine, "map", boom)
+    raw = Adt(control_id="BUG-1").bytes()
+    outcome = pipeline.ingest(raw, transport="mllp")
+    assert msa(outcome.ack) == ("AE", "BUG-1")
+    assert errs(outcome.ack)[0][0] == "207"
+    assert "RuntimeError" in outcome.ack_text
+    assert stored(db, outcome.message_id) == ("AE", "error", raw)
+
+
+def test_a_failure_outside_every_step_still_answers_and_keeps_the_message(
+    pipeline: Pipeline, db: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(*_args: object, **_kwargs: object) -> None:
+        raise KeyError("not expected")
+
+    monkeypatch.setattr("gateway.pipeline._check_header", boom)
+    raw = Adt(control_id="BUG-2").bytes()
+    outcome = pipeline.ingest(raw, transport="http")
+    assert msa(outcome.ack) == ("AE", "BUG-2")
+    assert stored(db, outcome.message_id)[2] == raw
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        lambda raw: raw.rstrip(b"\r"),  # python-hl7's mllp_send --loose strips the final terminator
+        lambda raw: raw.replace(b"\r", b"\n"),
+        lambda raw: raw.replace(b"\r", b"\r\n"),
+        lambda raw: raw.rstrip(b"\r").replace(b"\r", b"\r\n"),
+    ],
+    ids=["no-final-cr", "lf", "crlf", "crlf-no-final"],
+)
+def test_item9_resend_with_other_segment_terminators_is_a_duplicate(pipeline: Pipeline, variant: object) -> None:
+    raw = Adt(control_id="DUP-1").bytes()
+    assert pipeline.ingest(raw, transport="mllp").code == "AA"
+    assert callable(variant)
+    again = pipeline.ingest(variant(raw), transport="mllp")
+    assert again.code == "AA"
+    assert again.status == "duplicate"
+
+
+def test_item9_resend_with_other_content_is_still_refused(pipeline: Pipeline) -> None:
+    assert pipeline.ingest(Adt(control_id="DUP-2").bytes(), transport="mllp").code == "AA"
+    other = pipeline.ingest(Adt(control_id="DUP-2", given="BOB").bytes(), transport="mllp")
+    assert other.code == "AE"
+    assert errs(other.ack)[0][0] == "205"
