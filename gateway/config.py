@@ -14,6 +14,9 @@ DEFAULT_MLLP_HOST = "127.0.0.1"
 DEFAULT_MLLP_PORT = 2575
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 DEFAULT_MLLP_IDLE_TIMEOUT = 300.0
+DEFAULT_MLLP_FRAME_TIMEOUT = 60.0
+DEFAULT_MLLP_MAX_CONNECTIONS = 256
+DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER = 32
 DEFAULT_DELIVERY_TIMEOUT = 10.0
 #: Retries go on for a day by default: platforms may be down for a night (HAPI's one minute is the
 #: weak spot we avoid). ``0`` means never give up.
@@ -41,7 +44,12 @@ class Settings(BaseSettings):
     mllp_host: str = DEFAULT_MLLP_HOST
     mllp_port: int = DEFAULT_MLLP_PORT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: Seconds from the connection (or the last ACK) to the next complete message; bytes do not reset it.
     mllp_idle_timeout: float = DEFAULT_MLLP_IDLE_TIMEOUT
+    #: Seconds from a frame's start block to its end block.
+    mllp_frame_timeout: float = DEFAULT_MLLP_FRAME_TIMEOUT
+    mllp_max_connections: int = DEFAULT_MLLP_MAX_CONNECTIONS
+    mllp_max_connections_per_peer: int = DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER
     mappings_dir: Path = Field(default_factory=_default_mappings_dir)
     base_url: str = ""
     #: When set, FHIR and admin routes need ``Authorization: Bearer <token>`` (ingest is not guarded:

@@ -63,6 +63,9 @@ class Runtime:
                 port=self.settings.mllp_port,
                 max_message_bytes=self.settings.max_message_bytes,
                 idle_timeout=self.settings.mllp_idle_timeout,
+                frame_timeout=self.settings.mllp_frame_timeout,
+                max_connections=self.settings.mllp_max_connections,
+                max_connections_per_peer=self.settings.mllp_max_connections_per_peer,
                 on_oversize=self._oversize,
             )
             await self.mllp.start()
