@@ -96,7 +96,7 @@ def test_item8_connections_over_the_per_peer_cap_are_refused_and_others_still_se
         async with serving(max_connections_per_peer=3) as server, AsyncExitStack() as stack:
             held = [await stack.enter_async_context(connection(server)) for _ in range(3)]
             await asyncio.sleep(0.05)
-            reader, writer = await stack.enter_async_context(connection(server))
+            reader, _writer = await stack.enter_async_context(connection(server))
             assert await read_until_eof(reader) == b""
             assert server.refused_total == 1
             held_reader, held_writer = held[0]
