@@ -197,6 +197,25 @@ def mutate(seed: bytes, rng: random.Random, *, max_rounds: int = 3) -> tuple[byt
     return data, names
 
 
+#: Key fields (segment, field index) made distinct per input, so that stays do not pile up in one stream.
+_KEY_FIELDS = ((b"MSH", 9), (b"PID", 3), (b"PV1", 19), (b"ZBE", 1), (b"MRG", 1))
+
+
+def distinct_keys(data: bytes, tag: str) -> bytes:
+    """Suffix MSH-10, the IPP, the visit number, the movement id and MRG-1 with ``tag`` (first component)."""
+    segs = re.split(rb"(\r\n|\r|\n)", data)
+    suffix = b"-" + tag.encode("ascii")
+    for i, seg in enumerate(segs):
+        for name, index in _KEY_FIELDS:
+            if seg.startswith(name + b"|"):
+                fields = seg.split(b"|")
+                if len(fields) > index and fields[index]:
+                    head, caret, rest = fields[index].partition(b"^")
+                    fields[index] = head + suffix + caret + rest
+                segs[i] = b"|".join(fields)
+    return b"".join(segs)
+
+
 def unique_ids(data: bytes, tag: str) -> bytes:
     """Make MSH-10 unique (so most inputs are applied, not duplicates) while keeping the rest as is."""
     fields = data.split(b"|", 10)
