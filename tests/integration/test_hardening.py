@@ -9,12 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from gateway.db.repo import MessageRepo
 from gateway.hl7 import er7
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
+from gateway.subscriptions.topics import TOPIC_BASE
 from tests.messages import Adt
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -132,3 +134,35 @@ def test_item9_resend_with_other_content_is_still_refused(pipeline: Pipeline) ->
     other = pipeline.ingest(Adt(control_id="DUP-2", given="BOB").bytes(), transport="mllp")
     assert other.code == "AE"
     assert errs(other.ack)[0][0] == "205"
+
+
+# -- API edge: channel.header (item 6) --------------------------------------------------------------
+
+
+def _subscription(headers: list[str]) -> dict[str, object]:
+    return {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": "test",
+        "criteria": f"{TOPIC_BASE}/encounter-start",
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": "http://127.0.0.1:9/hook",
+            "payload": "application/fhir+json",
+            "header": headers,
+        },
+    }
+
+
+@pytest.mark.parametrize("header", ["Transfer-Encoding: chunked", "Content-Length: 12", "Host: other", "Connection: x"])
+def test_item6_forbidden_channel_header_is_refused_at_create_and_update(client: TestClient, header: str) -> None:
+    name = header.split(":", 1)[0]
+    created = client.post("/fhir/Subscription", json=_subscription([header]))
+    assert created.status_code == 422
+    assert name in created.json()["issue"][0]["diagnostics"]
+    ok = client.post("/fhir/Subscription", json=_subscription(["Authorization: Bearer x"]))
+    assert ok.status_code == 201
+    sub_id = ok.json()["id"]
+    updated = client.put(f"/fhir/Subscription/{sub_id}", json={**_subscription([header]), "id": sub_id})
+    assert updated.status_code == 422
+    assert name in updated.json()["issue"][0]["diagnostics"]
