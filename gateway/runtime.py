@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine as DB
@@ -54,6 +55,17 @@ class Runtime:
         ack = await asyncio.to_thread(self.pipeline.reject_oversize, prefix, transport="mllp", limit=limit)
         MESSAGES.labels(transport="mllp", outcome="AR").inc()
         return ack
+
+    def worker_state(self) -> str:
+        """``alive``, ``stalled`` (its loop has not turned for a long while), ``stopped`` or ``disabled``."""
+        task = next((t for t in self._tasks if t.get_name() == "delivery-worker"), None)
+        if task is None:
+            return "disabled" if not self.settings.run_worker else "stopped"
+        if task.done():
+            return "stopped"
+        # One iteration may legitimately last a whole batch of deliveries, each up to its deadline.
+        stall = max(60.0, 3 * self.settings.delivery_timeout + 30.0)
+        return "alive" if time.monotonic() - self.worker.last_beat < stall else "stalled"
 
     async def start(self, *, mllp: bool = True, worker: bool = True) -> None:
         if mllp:

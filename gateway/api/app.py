@@ -9,11 +9,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.api import admin, fhir, ingest, sandbox
+from gateway.api import admin, fhir, health, ingest, sandbox
 from gateway.api.responses import fhir_response
 from gateway.errors import GatewayError
 from gateway.fhir.outcome import from_error, operation_outcome
@@ -46,16 +45,7 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(sandbox.router)
-
-    @app.get("/health", tags=["ops"], summary="Liveness and database reachability")
-    async def health() -> Response:
-        try:
-            with runtime.db.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception:
-            logger.exception("health check: database unreachable")
-            return Response('{"status":"unavailable"}', status_code=503, media_type="application/json")
-        return Response('{"status":"ok"}', media_type="application/json")
+    app.include_router(health.router)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:

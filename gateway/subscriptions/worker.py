@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -127,6 +128,8 @@ class DeliveryWorker:
         self._next_heartbeat_check = datetime.min.replace(tzinfo=UTC)
         self.delivered_total = 0
         self.failed_total = 0
+        #: ``time.monotonic()`` at the start of the last loop iteration: readiness checks the loop turns.
+        self.last_beat = time.monotonic()
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -143,6 +146,7 @@ class DeliveryWorker:
             # Cleared before looking, not after: a wake() that comes while run_once finds nothing (the
             # ingest commits meanwhile) must cut the wait short, not be lost for a whole poll interval.
             self._wake.clear()
+            self.last_beat = time.monotonic()
             try:
                 await asyncio.to_thread(self._queue_heartbeats)
                 count = await self.run_once()

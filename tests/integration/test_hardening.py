@@ -6,16 +6,23 @@ ACK with an ERR when it is not AA, the raw message is kept, and the next message
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import OperationalError
 
+from gateway.api.app import create_app
+from gateway.config import Settings
+from gateway.db.engine import make_engine, postgres_connect_args
 from gateway.db.repo import MessageRepo
 from gateway.hl7 import er7
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
+from gateway.runtime import Runtime
 from gateway.subscriptions.topics import TOPIC_BASE
 from tests.messages import Adt
 
@@ -166,3 +173,80 @@ def test_item6_forbidden_channel_header_is_refused_at_create_and_update(client: 
     updated = client.put(f"/fhir/Subscription/{sub_id}", json={**_subscription([header]), "id": sub_id})
     assert updated.status_code == 422
     assert name in updated.json()["issue"][0]["diagnostics"]
+
+
+# -- health probes and database time limits (item 4) -----------------------------------------------
+
+
+def test_item4_liveness_does_no_io(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_database(*_args: object) -> None:
+        raise AssertionError("liveness touched the database")
+
+    monkeypatch.setattr("gateway.api.health.ping", no_database)
+    live = client.get("/health/live")
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+
+
+def test_item4_readiness_checks_database_migrations_and_worker(settings: Settings, database_url: str) -> None:
+    runtime = Runtime.build(settings.model_copy(update={"run_worker": False}), run_migrations=False)
+    try:
+        with TestClient(create_app(runtime, start_services=False)) as c:
+            ready = c.get("/health/ready")
+            assert ready.status_code == 200
+            assert ready.json() == {"status": "ok", "database": "ok", "migrations": "current", "worker": "disabled"}
+            assert c.get("/health").json() == {"status": "ok", "database": "ok"}
+            with runtime.db.begin() as conn:
+                conn.execute(text("DELETE FROM alembic_version"))
+            pending = c.get("/health/ready")
+            assert (pending.status_code, pending.json()["migrations"]) == (503, "pending")
+    finally:
+        runtime.close()
+
+
+def test_item4_readiness_fails_when_the_worker_is_not_running(client: TestClient) -> None:
+    ready = client.get("/health/ready")  # the client fixture does not start the worker
+    assert (ready.status_code, ready.json()["worker"]) == (503, "stopped")
+
+
+def test_item4_a_hung_database_makes_probes_answer_503_quickly_not_freeze(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    release = threading.Event()
+
+    def hung(*_args: object) -> None:
+        release.wait(10)  # a database that does not answer: blocks a worker thread, not the event loop
+
+    monkeypatch.setattr("gateway.api.health.ping", hung)
+    runtime = Runtime.build(settings.model_copy(update={"health_timeout": 0.2}), run_migrations=False)
+    try:
+        with TestClient(create_app(runtime, start_services=False)) as c:
+            started = time.monotonic()
+            answers = [c.get("/health").status_code, c.get("/health/ready").status_code]
+            assert c.get("/health/live").status_code == 200
+            elapsed = time.monotonic() - started
+            release.set()
+        assert answers == [503, 503]
+        assert elapsed < 5  # two probes of 0.2 s each while the database stays hung
+    finally:
+        release.set()
+        runtime.close()
+
+
+def test_item4_postgres_sessions_get_connect_statement_and_lock_timeouts() -> None:
+    settings = Settings(db_connect_timeout=3, db_statement_timeout=1.5, db_lock_timeout=0.25)
+    assert postgres_connect_args(settings) == {
+        "connect_timeout": 3,
+        "options": "-c statement_timeout=1500 -c lock_timeout=250",
+    }
+
+
+@pytest.mark.postgres
+def test_item4_postgres_statement_timeout_is_in_force(pg_database: str) -> None:
+    engine = make_engine(Settings(database_url=pg_database, db_statement_timeout=0.2))
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "200ms"
+            with pytest.raises(OperationalError):
+                conn.execute(text("SELECT pg_sleep(2)"))
+    finally:
+        engine.dispose()
