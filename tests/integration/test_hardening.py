@@ -6,10 +6,13 @@ ACK with an ERR when it is not AA, the raw message is kept, and the next message
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
@@ -250,3 +253,59 @@ def test_item4_postgres_statement_timeout_is_in_force(pg_database: str) -> None:
                 conn.execute(text("SELECT pg_sleep(2)"))
     finally:
         engine.dispose()
+
+
+# -- unbounded inputs at the API edge (item 5) -----------------------------------------------------
+
+
+@pytest.fixture
+def limited(settings: Settings) -> Iterator[TestClient]:
+    small = {"max_fhir_body_bytes": 20_000, "max_json_depth": 32, "sandbox_max_bytes": 50_000}
+    runtime = Runtime.build(settings.model_copy(update=small), run_migrations=False)
+    try:
+        with TestClient(create_app(runtime, start_services=False), raise_server_exceptions=False) as c:
+            yield c
+    finally:
+        runtime.close()
+
+
+def _streamed(data: bytes) -> Iterator[bytes]:
+    """A body without Content-Length (chunked): the limit must hold while reading, not only when declared."""
+    for i in range(0, len(data), 4096):
+        yield data[i : i + 4096]
+
+
+def test_item5_fhir_body_over_the_limit_is_refused_declared_or_streamed(limited: TestClient) -> None:
+    big = orjson.dumps({**_subscription([]), "reason": "x" * 30_000})
+    for kwargs in ({"content": big}, {"content": _streamed(big)}):
+        answer = limited.post("/fhir/Subscription", headers={"Content-Type": "application/fhir+json"}, **kwargs)
+        assert answer.status_code == 413
+        assert answer.json()["issue"][0]["code"] == "too-long"
+
+
+@pytest.mark.parametrize("depth", [33, 400, 1100])  # 1100: past orjson's own limit of 1024
+def test_item5_deeply_nested_json_is_a_400_not_a_500(limited: TestClient, depth: int) -> None:
+    leaf = '{"url":"http://example.org/x","valueString":"leaf"}'
+    nested = '{"extension":[' * depth + leaf + "]}" * depth
+    body = json.dumps(_subscription([]))[:-1] + ',"extension":[' + nested + "]}"  # written as text: too deep for json
+    answer = limited.post("/fhir/Subscription", content=body, headers={"Content-Type": "application/fhir+json"})
+    assert answer.status_code == 400
+    assert answer.json()["resourceType"] == "OperationOutcome"
+
+
+def test_item5_sandbox_request_size_is_limited(limited: TestClient) -> None:
+    answer = limited.post("/sandbox/convert", content=b"MSH|" + b"x" * 60_000, headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 413
+
+
+def test_item5_sandbox_cpu_budget_leaves_out_the_rest_and_says_so(settings: Settings) -> None:
+    runtime = Runtime.build(settings.model_copy(update={"sandbox_cpu_seconds": 0.0}), run_migrations=False)
+    try:
+        with TestClient(create_app(runtime, start_services=False)) as c:
+            body = b"\r\n\r\n".join(Adt(control_id=f"S-{i}").bytes() for i in range(3))
+            answer = c.post("/sandbox/convert", content=body, headers={"Content-Type": "text/plain"}).json()
+    finally:
+        runtime.close()
+    assert answer["skipped"] >= 1
+    assert len(answer["messages"]) + answer["skipped"] == 3
+    assert "CPU budget" in answer["skippedReason"]
