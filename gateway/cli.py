@@ -41,18 +41,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.api.server import uvicorn_config
     from gateway.runtime import Runtime
 
     settings = _settings(args)
     runtime = Runtime.build(settings)
     app = create_app(runtime)
-    config = uvicorn.Config(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_level=args.log_level.lower(),
-        access_log=False,
-    )
+    config = uvicorn_config(app, settings, log_level=args.log_level.lower(), access_log=False)
     print(
         f"gateway: HTTP on http://{settings.http_host}:{settings.http_port} (FHIR at /fhir), "
         f"MLLP on {settings.mllp_host}:{settings.mllp_port}, store {_safe_url(settings.database_url)}"
