@@ -39,7 +39,6 @@ import traceback
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -49,16 +48,12 @@ sys.path.insert(0, str(ROOT))
 
 from gateway.config import Settings  # noqa: E402
 from gateway.db.engine import make_engine, migrate  # noqa: E402
-from gateway.errors import GatewayError  # noqa: E402
-from gateway.hl7 import er7  # noqa: E402
-from gateway.hl7.ack import AckIssue, build_ack  # noqa: E402
 from gateway.hl7.mllp import FrameDecoder, frame  # noqa: E402
 from gateway.mapping.engine import Engine  # noqa: E402
-from gateway.pipeline import Pipeline, _check_header, _check_key_lengths  # noqa: E402
-from tests.fuzzing import ack_problem, distinct_keys, load_seeds, mutate  # noqa: E402
+from gateway.pipeline import Pipeline  # noqa: E402
+from tests.fuzzing import ack_problem, distinct_keys, load_seeds, mutate, pure_step  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
-NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 def rss_mib(pid: int | None = None) -> float:
@@ -113,21 +108,6 @@ def inputs(seed: int, count: int, *, distinct: bool) -> Iterator[tuple[int, byte
             base = distinct_keys(base, f"F{own:x}")
         data, names = mutate(base, rng)
         yield own, data, names
-
-
-def pure_step(engine: Engine, raw: bytes) -> bytes:
-    """The ingest without storage: what it would answer; raises only what the pipeline would catch."""
-    message = None
-    try:
-        message = er7.parse(raw)
-        _check_header(message)
-        _check_key_lengths(message)
-        mapped = engine.map(message)
-    except GatewayError as exc:
-        issue = AckIssue(code=exc.code, text=exc.message, location=exc.location)
-        return build_ack(message, code=exc.ack_code, issues=[issue], now=NOW).encode("utf-8")
-    issues = [AckIssue(code="0", text=text, location=loc, severity="W") for loc, text in mapped.warnings]
-    return build_ack(message, code="AA", issues=issues, now=NOW).encode("utf-8")
 
 
 class Store:

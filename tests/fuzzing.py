@@ -11,7 +11,14 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+
+from gateway.errors import GatewayError
+from gateway.hl7 import er7
+from gateway.hl7.ack import AckIssue, build_ack
+from gateway.mapping.engine import Engine
+from gateway.pipeline import _check_header, _check_key_lengths
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_DIRS = (ROOT / "fixtures" / "adt", ROOT / "fixtures" / "demo")
@@ -47,6 +54,7 @@ _TIMESTAMP = re.compile(rb"(?<![0-9])(19|20)[0-9]{6,12}(?![0-9])")
 _FIELD = re.compile(rb"\|")
 
 Mutator = Callable[[bytes, random.Random], bytes]
+NOW = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 
 
 def load_seeds() -> list[bytes]:
@@ -239,3 +247,18 @@ def ack_problem(ack: bytes) -> str | None:
     if code != "AA" and not any(s.startswith("ERR") for s in segs):
         return f"{code} without ERR"
     return None
+
+
+def pure_step(engine: Engine, raw: bytes) -> bytes:
+    """The ingest without storage: what it would answer; raises only what the pipeline would catch."""
+    message = None
+    try:
+        message = er7.parse(raw)
+        _check_header(message)
+        _check_key_lengths(message)
+        mapped = engine.map(message)
+    except GatewayError as exc:
+        issue = AckIssue(code=exc.code, text=exc.message, location=exc.location)
+        return build_ack(message, code=exc.ack_code, issues=[issue], now=NOW).encode("utf-8")
+    issues = [AckIssue(code="0", text=text, location=loc, severity="W") for loc, text in mapped.warnings]
+    return build_ack(message, code="AA", issues=issues, now=NOW).encode("utf-8")
