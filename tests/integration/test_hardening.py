@@ -6,6 +6,7 @@ ACK with an ERR when it is not AA, the raw message is kept, and the next message
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -23,6 +24,7 @@ from gateway.config import Settings
 from gateway.db.engine import make_engine, postgres_connect_args
 from gateway.db.repo import MessageRepo
 from gateway.hl7 import er7
+from gateway.hl7.mllp import MLLPClient
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
 from gateway.runtime import Runtime
@@ -309,3 +311,21 @@ def test_item5_sandbox_cpu_budget_leaves_out_the_rest_and_says_so(settings: Sett
     assert answer["skipped"] >= 1
     assert len(answer["messages"]) + answer["skipped"] == 3
     assert "CPU budget" in answer["skippedReason"]
+
+
+def test_item1_over_mllp_a_bad_date_is_answered_and_the_next_message_too(runtime: Runtime) -> None:
+    async def scenario() -> list[bytes]:
+        await runtime.start(worker=False)
+        assert runtime.mllp is not None
+        try:
+            async with MLLPClient("127.0.0.1", runtime.mllp.port, timeout=30) as client:
+                bad = Adt(control_id="D-1", event_time="20260301080000+2400", birth_date="00010101").bytes()
+                acks = [await client.send(bad), await client.send(Adt(control_id="D-2", visit="V-9").bytes())]
+            assert runtime.mllp.connections_total == 1
+        finally:
+            await runtime.stop()
+        return acks
+
+    first, second = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+    assert msa(first)[1] == "D-1"
+    assert msa(second) == ("AA", "D-2")
