@@ -20,6 +20,7 @@ from gateway.errors import FhirError, NotFoundError
 from gateway.fhir.canonical import CANONICAL_BASE
 from gateway.mapping.tables import EVENT_TYPE_TABLE, EVENT_TYPE_TERMINOLOGY, Tables
 from gateway.subscriptions import nde
+from gateway.subscriptions.channels import channel_header_refusal
 from gateway.subscriptions.endpoints import check_endpoint
 from gateway.subscriptions.matching import parse_criteria
 from gateway.subscriptions.nde_subscription import is_nde, parse_nde
@@ -105,6 +106,14 @@ def _endpoint(channel: JSON, *, allowlist: list[str], resolver: Resolver | None)
     if refusal:
         raise FhirError(f"channel.endpoint refused: {refusal}", issue_code="security")
     return endpoint
+
+
+def _channel_headers(channel: JSON) -> list[str]:
+    headers = channel.get("header") or []
+    refusal = channel_header_refusal(headers if isinstance(headers, list) else [headers])
+    if refusal:
+        raise FhirError(refusal, status=422, issue_code="value", location="Subscription.channel.header")
+    return [str(h) for h in headers]
 
 
 def _end(body: JSON) -> datetime | None:
@@ -196,7 +205,7 @@ def _channel(body: JSON, *, allowlist: list[str], resolver: Resolver | None) -> 
         "endpoint": _endpoint(channel, allowlist=allowlist, resolver=resolver),
         "channel_type": channel_type,
         "payload_content": content,
-        "headers": [str(h) for h in channel.get("header", [])],
+        "headers": _channel_headers(channel),
         "secret": secret,
     }
 
