@@ -22,6 +22,7 @@ from gateway.errors import (
     DuplicateControlIdError,
     GatewayError,
     ParseError,
+    SenderNotAllowedError,
     StorageUnavailableError,
 )
 from gateway.hl7 import er7
@@ -84,6 +85,17 @@ def _check_header(message: er7.Message) -> None:
         raise ParseError("MSH-9 (message type) is empty", location="MSH-9")
 
 
+def _check_facility(message: er7.Message, facilities: frozenset[str] | None) -> None:
+    """Sender binding (#13): a sender posts only as one of its registered facilities (MSH-4, or its
+    namespace id); any other claim is kept and answered AR."""
+    if facilities is None:
+        return
+    claimed = read_header(message).sending_facility
+    if claimed in facilities or claimed.split("^")[0] in facilities:
+        return
+    raise SenderNotAllowedError(f"MSH-4 {claimed!r} is not a facility registered for this sender", location="MSH-4")
+
+
 def _record(
     repo: MessageRepo,
     raw: bytes,
@@ -135,13 +147,17 @@ class Pipeline:
 
     # -- ingest -----------------------------------------------------------------------------------
 
-    def ingest(self, raw: bytes, *, transport: str) -> Outcome:
-        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK."""
+    def ingest(self, raw: bytes, *, transport: str, facilities: frozenset[str] | None = None) -> Outcome:
+        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK.
+
+        ``facilities``: the authenticated sender's registered MSH-4 values (None: not checked).
+        """
         now = self.clock()
         message: er7.Message | None = None
         try:
             message = er7.parse(raw)
             _check_header(message)
+            _check_facility(message, facilities)
             mapped = self.engine.map(message)
         except GatewayError as exc:
             return self._store_rejected(raw, message, exc, transport=transport, now=now)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine as DB
 
+from gateway.auth.gate import Gate
+from gateway.auth.tokens import TokenService
 from gateway.config import Settings
 from gateway.db.engine import make_engine, migrate
 from gateway.hl7.mllp import MLLPServer
@@ -26,6 +28,8 @@ class Runtime:
     engine: Engine
     pipeline: Pipeline
     worker: DeliveryWorker
+    tokens: TokenService
+    gate: Gate
     mllp: MLLPServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -38,7 +42,15 @@ class Runtime:
             migrate(db)
         worker = DeliveryWorker(db=db, settings=settings)
         pipeline = Pipeline(engine=engine, db=db, on_commit=worker.wake)
-        return cls(settings=settings, db=db, engine=engine, pipeline=pipeline, worker=worker)
+        tokens = TokenService(
+            db,
+            issuer=settings.public_origin(),
+            audience=settings.public_base(),
+            lifetime=settings.token_lifetime,
+            key=settings.token_signing_key,
+        )
+        gate = Gate(db, settings, tokens)
+        return cls(settings=settings, db=db, engine=engine, pipeline=pipeline, worker=worker, tokens=tokens, gate=gate)
 
     async def ingest(self, raw: bytes, *, transport: str) -> bytes:
         """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from gateway.api.deps import RuntimeDep, require_token
+from gateway.api.deps import AccessDep, RuntimeDep
 from gateway.db.engine import transaction
 from gateway.db.repo import MessageRecord, MessageRepo
 from gateway.errors import NotFoundError
@@ -15,7 +15,7 @@ from gateway.metrics import MESSAGES
 from gateway.pipeline import utcnow
 from gateway.subscriptions.service import resend
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 def _summary(record: MessageRecord) -> dict[str, Any]:
@@ -53,12 +53,13 @@ async def list_messages(
 
 
 @router.get("/messages/{message_id}", summary="One stored message, with its raw text and ACK")
-async def get_message(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
+async def get_message(message_id: int, runtime: RuntimeDep, access: AccessDep) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         with runtime.db.connect() as conn:
             record = MessageRepo(conn).get(message_id)
         if record is None:
             raise NotFoundError(f"message {message_id} not found")
+        access.trail.raw_message(message_id)  # raw messages are patient data: operators' views are audited
         return {**_summary(record), "raw": record.raw.decode("latin-1"), "ack": record.ack}
 
     return await run_in_threadpool(work)

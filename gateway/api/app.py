@@ -6,16 +6,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
-from gateway.api import admin, fhir, ingest, sandbox
+from gateway.api import admin, fhir, ingest, oauth, sandbox
+from gateway.api.deps import authorize
 from gateway.api.responses import fhir_response
-from gateway.errors import GatewayError
+from gateway.errors import AuthenticationError, GatewayError
 from gateway.fhir.outcome import from_error, operation_outcome
 from gateway.runtime import Runtime
 
@@ -40,12 +41,15 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
         version=__version__,
         description="IHE PAM France ADT feeds in, FHIR R4 Patient/Encounter and Subscriptions out.",
         lifespan=lifespan,
+        # Every route goes through the one authorization edge (a route without a rule is refused).
+        dependencies=[Depends(authorize)],
     )
     app.state.runtime = runtime
     app.include_router(ingest.router)
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(sandbox.router)
+    app.include_router(oauth.router)
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability")
     async def health() -> Response:
@@ -73,7 +77,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
         status, body = from_error(exc)
-        return fhir_response(body, status=status)
+        headers = {"WWW-Authenticate": exc.www_authenticate()} if isinstance(exc, AuthenticationError) else None
+        return fhir_response(body, status=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

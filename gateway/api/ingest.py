@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from gateway.api.deps import RuntimeDep
+from gateway.api.deps import AccessDep, RuntimeDep
 from gateway.metrics import MESSAGES
 
 router = APIRouter(tags=["ingest"])
@@ -65,12 +65,14 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         }
     },
 )
-async def ingest(request: Request, runtime: RuntimeDep) -> Response:
+async def ingest(request: Request, runtime: RuntimeDep, access: AccessDep) -> Response:
     try:
         raw = await read_body(request, limit=runtime.settings.max_message_bytes)
     except TransportError as exc:
         return Response(exc.text + "\n", status_code=exc.status, media_type="text/plain")
-    outcome = await run_in_threadpool(runtime.pipeline.ingest, raw, transport="http")
+    outcome = await run_in_threadpool(
+        runtime.pipeline.ingest, raw, transport="http", facilities=access.sender_facilities
+    )
     MESSAGES.labels(transport="http", outcome=outcome.code).inc()
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")
     return Response(outcome.ack, media_type=f"{HL7_MEDIA}; charset={charset}", headers={"X-Ack-Code": outcome.code})
