@@ -144,6 +144,8 @@ class Pipeline:
         self.db = db
         self.clock = clock
         self.on_commit = on_commit
+        #: GATEWAY_CONFIDENTIAL_PLATFORM_ACCESS: platforms hear of PD1-12 = Y patients too (#13)
+        self.confidential_to_platforms = False
 
     # -- ingest -----------------------------------------------------------------------------------
 
@@ -208,7 +210,14 @@ class Pipeline:
                 event_time=mapped.event_time,
                 ack=ack,
             )
-            applied = apply_message(conn, mapped, message_id=message_id, now=now, tables=self.engine.tables)
+            applied = apply_message(
+                conn,
+                mapped,
+                message_id=message_id,
+                now=now,
+                tables=self.engine.tables,
+                confidential_to_platforms=self.confidential_to_platforms,
+            )
         if applied.notifications and self.on_commit is not None:
             self.on_commit()
         logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})

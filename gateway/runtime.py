@@ -42,6 +42,7 @@ class Runtime:
             migrate(db)
         worker = DeliveryWorker(db=db, settings=settings)
         pipeline = Pipeline(engine=engine, db=db, on_commit=worker.wake)
+        pipeline.confidential_to_platforms = settings.confidential_platform_access
         tokens = TokenService(
             db,
             issuer=settings.public_origin(),

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from gateway.api.app import create_app
 from gateway.db.repo import SubscriptionRepo
 from gateway.runtime import Runtime
+from tests.api_helpers import events
 from tests.auth_helpers import login, subscribe_as, subscription_body
 from tests.messages import IPP_SYSTEM, Adt
 
@@ -182,3 +183,28 @@ def test_accesses_are_audited_and_searchable_by_operators(world: World) -> None:
     c.get(f"/admin/messages/{message}", headers=world.ops)
     raw = c.get("/fhir/AuditEvent", params={"agent": "ops"}, headers=world.ops).json()
     assert any(e["resource"]["subtype"][0]["code"] == "raw" for e in raw["entry"])
+
+
+PROTECTED = "PD1" + "|" * 12 + "Y"
+UNPROTECTED = "PD1" + "|" * 12 + "N"
+
+
+def test_a_protected_patient_is_labelled_and_hidden_from_platforms(world: World) -> None:
+    c, a = world.client, world.a
+    before = len(events(world.runtime, world.sub_a))
+    msg = Adt(control_id="P-1", visit="V-9", movement="MVT-9", event_time="20260302080000", extra_segments=[PROTECTED])
+    assert world.runtime.pipeline.ingest(msg.bytes(), transport="test").code == "AA"
+    patient = c.get(f"/fhir/Patient/{world.alice}", headers=world.ops).json()
+    assert patient["meta"]["security"] == [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R", "display": "restricted"}
+    ]
+    assert len(events(world.runtime, world.sub_a)) == before  # not announced
+    assert c.get(f"/fhir/Patient/{world.alice}", headers=a).status_code == 404
+    assert c.get("/fhir/Encounter", headers=a).json()["total"] == 0
+    later = Adt(control_id="P-2", trigger="A08", event_time="20260302090000", with_zbe=False)
+    assert world.runtime.pipeline.ingest(later.bytes(), transport="test").code == "AA"
+    assert c.get(f"/fhir/Patient/{world.alice}", headers=a).status_code == 404  # PD1 absent: label stays
+    lifted = Adt(control_id="P-3", trigger="A08", event_time="20260302100000", with_zbe=False)
+    lifted.extra_segments = [UNPROTECTED]
+    assert world.runtime.pipeline.ingest(lifted.bytes(), transport="test").code == "AA"
+    assert "security" not in c.get(f"/fhir/Patient/{world.alice}", headers=a).json()["meta"]
