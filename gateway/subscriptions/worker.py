@@ -22,7 +22,9 @@ import orjson
 from sqlalchemy import Connection
 from sqlalchemy import Engine as DB
 
+from gateway.auth.audit import notification_records
 from gateway.config import Settings
+from gateway.db.access import AuditRepo
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.subscriptions.channels import DeliveryResult, RestHookChannel, idempotency_key
@@ -56,6 +58,24 @@ class Job:
 def _heartbeat_due(sub: SubscriptionRecord, now: datetime) -> bool:
     last = sub.last_sent_at or sub.created_at
     return bool(sub.heartbeat_period) and last + timedelta(seconds=sub.heartbeat_period or 0) <= now
+
+
+def _patient_of(row: OutboxRecord) -> str | None:
+    if row.focus_type == "Patient":
+        return row.focus_id
+    refs = [str(c.get("reference", "")) for c in row.context]
+    return next((r.removeprefix("Patient/") for r in refs if r.startswith("Patient/")), None)
+
+
+def _audit_delivery(conn: Connection, job: Job, *, now: datetime) -> None:
+    """A notification sent is an access to patient data: recorded with the delivery, same transaction."""
+    sent = [(f"{r.focus_type}/{r.focus_id}", _patient_of(r)) for r in job.rows if r.focus_type and r.focus_id]
+    if sent:
+        owner = job.subscription.owner or "operator"
+        records = notification_records(
+            client_id=owner, client_name=owner, patients=sent, topic=job.subscription.topic, now=now
+        )
+        AuditRepo(conn).add(records)
 
 
 def utcnow() -> datetime:
@@ -284,6 +304,7 @@ class DeliveryWorker:
         for row in job.rows:
             outbox.delivered(row.id, now=now)
         SubscriptionRepo(conn).sent(sub.id, now=now)
+        _audit_delivery(conn, job, now=now)
         self.delivered_total += len(job.rows)
         if job.head.notification_type == "handshake":
             # Judge on the subscription as it is now, not as claimed: a PUT (new endpoint, or off) or a

@@ -3,10 +3,13 @@ senders post only as their facilities; accesses are audited and readable as Audi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
+import respx
 from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
@@ -208,3 +211,16 @@ def test_a_protected_patient_is_labelled_and_hidden_from_platforms(world: World)
     lifted.extra_segments = [UNPROTECTED]
     assert world.runtime.pipeline.ingest(lifted.bytes(), transport="test").code == "AA"
     assert "security" not in c.get(f"/fhir/Patient/{world.alice}", headers=a).json()["meta"]
+
+
+def test_a_notification_sent_is_audited(world: World) -> None:
+    with respx.mock(assert_all_mocked=True) as router:
+        router.post("http://127.0.0.1:9/hook").mock(return_value=httpx.Response(200))
+        asyncio.run(world.runtime.worker.run_once())  # the handshake
+        msg = Adt(control_id="N-1", visit="V-7", movement="MVT-7", event_time="20260303080000")
+        assert world.runtime.pipeline.ingest(msg.bytes(), transport="test").code == "AA"
+        asyncio.run(world.runtime.worker.run_once())
+        assert router.calls.call_count >= 2
+    trail = world.client.get("/fhir/AuditEvent", params={"patient": world.alice}, headers=world.ops).json()
+    sent = [e["resource"] for e in trail["entry"] if e["resource"]["subtype"][0]["code"] == "notify"]
+    assert sent and all(e["agent"][0]["who"]["identifier"]["value"] != "operator" for e in sent)
