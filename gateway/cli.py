@@ -18,7 +18,17 @@ logger = logging.getLogger("gateway")
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("database_url", "http_host", "http_port", "mllp_host", "mllp_port", "mappings_dir"):
+    for name in (
+        "database_url",
+        "http_host",
+        "http_port",
+        "mllp_host",
+        "mllp_port",
+        "mappings_dir",
+        "mllp_tls_cert",
+        "mllp_tls_key",
+        "mllp_tls_client_ca",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -35,6 +45,11 @@ def _add_ports(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, help="HTTP port (GATEWAY_HTTP_PORT, default 8000)")
     parser.add_argument("--mllp-host", help="MLLP bind address (GATEWAY_MLLP_HOST, default 127.0.0.1)")
     parser.add_argument("--mllp-port", type=int, help="MLLP port (GATEWAY_MLLP_PORT, default 2575)")
+    parser.add_argument("--mllp-tls-cert", type=Path, help="MLLP over TLS: server certificate, PEM")
+    parser.add_argument("--mllp-tls-key", type=Path, help="MLLP over TLS: server private key, PEM")
+    parser.add_argument(
+        "--mllp-tls-client-ca", type=Path, help="require client certificates signed by this CA (CN = sender name)"
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine as DB
 
 from gateway.auth.gate import Gate
+from gateway.auth.mllp import MllpBinding, context_from
 from gateway.auth.tokens import TokenService
 from gateway.config import Settings
 from gateway.db.engine import make_engine, migrate
-from gateway.hl7.mllp import MLLPServer
+from gateway.hl7.mllp import MLLPServer, current_peer
 from gateway.mapping.engine import Engine
 from gateway.metrics import MESSAGES
 from gateway.pipeline import Pipeline
@@ -30,6 +31,7 @@ class Runtime:
     worker: DeliveryWorker
     tokens: TokenService
     gate: Gate
+    binding: MllpBinding
     mllp: MLLPServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -51,16 +53,26 @@ class Runtime:
             key=settings.token_signing_key,
         )
         gate = Gate(db, settings, tokens)
-        return cls(settings=settings, db=db, engine=engine, pipeline=pipeline, worker=worker, tokens=tokens, gate=gate)
+        return cls(
+            settings=settings,
+            db=db,
+            engine=engine,
+            pipeline=pipeline,
+            worker=worker,
+            tokens=tokens,
+            gate=gate,
+            binding=MllpBinding(db, settings, gate),
+        )
 
-    async def ingest(self, raw: bytes, *, transport: str) -> bytes:
+    async def ingest(self, raw: bytes, *, transport: str, facilities: frozenset[str] | None = None) -> bytes:
         """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""
-        outcome = await asyncio.to_thread(self.pipeline.ingest, raw, transport=transport)
+        outcome = await asyncio.to_thread(self.pipeline.ingest, raw, transport=transport, facilities=facilities)
         MESSAGES.labels(transport=transport, outcome=outcome.code).inc()
         return outcome.ack
 
     async def _mllp_ingest(self, raw: bytes) -> bytes:
-        return await self.ingest(raw, transport="mllp")
+        facilities = await asyncio.to_thread(self.binding.facilities, current_peer())
+        return await self.ingest(raw, transport="mllp", facilities=facilities)
 
     async def _oversize(self, prefix: bytes) -> bytes | None:
         limit = self.settings.max_message_bytes
@@ -77,6 +89,7 @@ class Runtime:
                 max_message_bytes=self.settings.max_message_bytes,
                 idle_timeout=self.settings.mllp_idle_timeout,
                 on_oversize=self._oversize,
+                ssl_context=context_from(self.settings),
             )
             await self.mllp.start()
             logger.info("MLLP listening on %s:%d", self.settings.mllp_host, self.mllp.port)
