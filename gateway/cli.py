@@ -203,7 +203,24 @@ def _clients_authorities(engine: Any, args: argparse.Namespace) -> int:
             merged = record.authorities
     for authority, system in sorted(merged.items()):
         print(f"{authority} = {system}")
+    _print_undeclared(engine, args.id)
     return 0
+
+
+def _print_undeclared(engine: Any, client_id: str) -> None:
+    """Authorities this sender's messages used that nobody declared (a system was minted for them)."""
+    import re
+
+    from gateway.auth.authorities import MINTED_PREFIX, undeclared
+    from gateway.db.access import ClientRepo, systems_starting
+
+    with engine.connect() as conn:
+        record = ClientRepo(conn).get(client_id)
+        minted = undeclared(systems_starting(conn, MINTED_PREFIX))
+    slugs = {re.sub(r"[^A-Za-z0-9.-]+", "-", f).strip("-") for f in (record.facilities if record else ())}
+    for item in minted:
+        if item["facility"] in slugs:
+            print(f"undeclared: {item['authority']} (seen from {item['facility']}, minted {item['minted_system']})")
 
 
 CLIENT_ACTIONS = {

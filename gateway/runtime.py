@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine as DB
 
+from gateway.auth.authorities import with_declared
 from gateway.auth.gate import Gate
 from gateway.auth.mllp import MllpBinding, context_from
 from gateway.auth.tokens import TokenService
 from gateway.config import Settings
+from gateway.db.access import ClientRepo
 from gateway.db.engine import make_engine, migrate
 from gateway.hl7.mllp import MLLPServer, current_peer
 from gateway.mapping.engine import Engine
+from gateway.mapping.tables import Tables
 from gateway.metrics import MESSAGES
 from gateway.pipeline import Pipeline
 from gateway.subscriptions.worker import DeliveryWorker
 
 logger = logging.getLogger(__name__)
+AUTHORITIES_REFRESH_SECONDS = 60.0
 
 
 @dataclass
@@ -34,6 +39,9 @@ class Runtime:
     binding: MllpBinding
     mllp: MLLPServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: the mapping tables as the files give them; the registry's declarations are laid over them
+    _file_tables: Tables | None = None
+    _refresh: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, run_migrations: bool = True) -> Runtime:
@@ -53,7 +61,7 @@ class Runtime:
             key=settings.token_signing_key,
         )
         gate = Gate(db, settings, tokens)
-        return cls(
+        runtime = cls(
             settings=settings,
             db=db,
             engine=engine,
@@ -62,7 +70,19 @@ class Runtime:
             tokens=tokens,
             gate=gate,
             binding=MllpBinding(db, settings, gate),
+            _file_tables=engine.tables,
         )
+        if run_migrations:
+            runtime.refresh_authorities()
+        return runtime
+
+    def refresh_authorities(self) -> None:
+        """Lay the senders' declared identifier domains over the file tables (a swap: maps in flight
+        keep the tables they started with)."""
+        assert self._file_tables is not None
+        with self.db.connect() as conn:
+            clients = ClientRepo(conn).list()
+        self.engine.tables = with_declared(self._file_tables, clients)
 
     async def ingest(self, raw: bytes, *, transport: str, facilities: frozenset[str] | None = None) -> bytes:
         """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""
@@ -95,8 +115,23 @@ class Runtime:
             logger.info("MLLP listening on %s:%d", self.settings.mllp_host, self.mllp.port)
         if worker and self.settings.run_worker:
             self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
+        self._refresh = asyncio.create_task(self._refresh_loop(), name="authorities-refresh")
+
+    async def _refresh_loop(self) -> None:
+        """Declarations made with ``gateway clients`` in another process reach this one within a minute."""
+        while True:
+            await asyncio.sleep(AUTHORITIES_REFRESH_SECONDS)
+            try:
+                await asyncio.to_thread(self.refresh_authorities)
+            except Exception:
+                logger.exception("could not refresh the senders' declared authorities")
 
     async def stop(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
+            self._refresh = None
         if self.mllp is not None:
             await self.mllp.stop()
         self.worker.stop()

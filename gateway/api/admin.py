@@ -8,6 +8,9 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import AccessDep, RuntimeDep
+from gateway.auth.authorities import MINTED_PREFIX, undeclared
+from gateway.auth.clients import SENDER
+from gateway.db.access import ClientRepo, systems_starting
 from gateway.db.engine import transaction
 from gateway.db.repo import MessageRecord, MessageRepo
 from gateway.errors import NotFoundError
@@ -78,6 +81,24 @@ async def replay(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
         "message_id": outcome.message_id,
         "ack": outcome.ack.decode("latin-1"),
     }
+
+
+@router.get("/authorities", summary="Senders' identifier domains: declared ones, and those seen but undeclared")
+async def list_authorities(runtime: RuntimeDep) -> dict[str, Any]:
+    """What to declare with ``gateway clients authorities ID --set AUTHORITY=SYSTEM``."""
+
+    def work() -> dict[str, Any]:
+        with runtime.db.connect() as conn:
+            clients = ClientRepo(conn).list()
+            minted = systems_starting(conn, MINTED_PREFIX)
+        declared = [
+            {"client_id": c.id, "name": c.name, "facilities": list(c.facilities), "authorities": c.authorities}
+            for c in clients
+            if c.kind == SENDER
+        ]
+        return {"declared": declared, "undeclared": undeclared(minted)}
+
+    return await run_in_threadpool(work)
 
 
 @router.post("/subscriptions/{sub_id}/resend", summary="Reactivate a subscription and resend what it missed")

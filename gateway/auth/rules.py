@@ -76,6 +76,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/messages/{message_id}"): allow(OPERATOR),
     ("POST", "/admin/messages/{message_id}/replay"): allow(OPERATOR),
     ("POST", "/admin/subscriptions/{sub_id}/resend"): allow(OPERATOR),
+    ("GET", "/admin/authorities"): allow(OPERATOR),
 }
 
 

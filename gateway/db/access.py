@@ -185,6 +185,12 @@ class FollowRepo:
         return {str(r[0]) for r in rows}
 
 
+def systems_starting(conn: Connection, prefix: str, *, limit: int = 1000) -> list[str]:
+    """Identifier systems in the index that begin with ``prefix`` (minted ones: undeclared authorities)."""
+    query = select(search_index.c.system).where(search_index.c.system.startswith(prefix, autoescape=True))
+    return [str(r[0]) for r in conn.execute(query.distinct().limit(limit))]
+
+
 # -- clients ---------------------------------------------------------------------------------------
 
 

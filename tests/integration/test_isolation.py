@@ -13,11 +13,13 @@ import respx
 from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
+from gateway.auth.clients import set_authorities
+from gateway.db.engine import transaction
 from gateway.db.repo import SubscriptionRepo
 from gateway.runtime import Runtime
 from tests.api_helpers import events
-from tests.auth_helpers import login, subscribe_as, subscription_body
-from tests.messages import IPP_SYSTEM, Adt
+from tests.auth_helpers import login, register, subscribe_as, subscription_body
+from tests.messages import IPP_AUTH, IPP_SYSTEM, Adt
 
 HL7 = {"Content-Type": "application/hl7-v2"}
 SECRET_HEADER = "Authorization: Bearer platform-a-own-token"
@@ -224,3 +226,21 @@ def test_a_notification_sent_is_audited(world: World) -> None:
     trail = world.client.get("/fhir/AuditEvent", params={"patient": world.alice}, headers=world.ops).json()
     sent = [e["resource"] for e in trail["entry"] if e["resource"]["subtype"][0]["code"] == "notify"]
     assert sent and all(e["agent"][0]["who"]["identifier"]["value"] != "operator" for e in sent)
+
+
+def test_declared_identifier_domains_feed_the_authority_table(world: World) -> None:
+    c, rt = world.client, world.runtime
+    sender_id, _ = register(rt, "sender", "CHU-Dom", facilities=["CH-TEST"])
+    first = Adt(ipp="500005", control_id="D-1", visit="V-51").build().replace(IPP_AUTH, "LOCALDOM")
+    assert rt.pipeline.ingest(first.encode(), transport="test").code == "AA"
+    seen = c.get("/admin/authorities", headers=world.ops).json()
+    assert {"facility": "CH-TEST", "authority": "LOCALDOM"}.items() <= seen["undeclared"][0].items()
+    with transaction(rt.db) as conn:
+        set_authorities(conn, sender_id, {"LOCALDOM&1.2.3&L": "urn:oid:1.2.250.1.999.7.7"})
+    rt.refresh_authorities()
+    second = Adt(ipp="600006", control_id="D-2", visit="V-61").build().replace(IPP_AUTH, "LOCALDOM")
+    assert rt.pipeline.ingest(second.encode(), transport="test").code == "AA"
+    found = c.get("/fhir/Patient", params={"identifier": "urn:oid:1.2.250.1.999.7.7|600006"}, headers=world.ops)
+    assert found.json()["total"] == 1
+    declared = c.get("/admin/authorities", headers=world.ops).json()["declared"]
+    assert {"LOCALDOM&1.2.3&L": "urn:oid:1.2.250.1.999.7.7"} in [d["authorities"] for d in declared]
