@@ -14,8 +14,8 @@ import contextlib
 import json
 import shutil
 import socket
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
