@@ -52,7 +52,8 @@ def _check(rule: Rule, principal: Principal, request: Request) -> None:
         return
     resource = rule.resource
     if resource == "{rtype}":
-        resource = str(request.path_params.get("rtype", ""))
+        params = request.path_params
+        resource = str(params.get("rtype") or params.get("type") or params.get("resource_type") or "")
     if not principal.grant.allows(resource, rule.permission):
         raise ForbiddenError(f"the token's scopes do not allow system/{resource}.{rule.permission}")
 

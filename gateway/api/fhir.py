@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import AccessDep, RuntimeDep
 from gateway.api.responses import fhir_response, versioned
-from gateway.auth.audit import audit_event
+from gateway.auth.audit import audit_event, event_patient
 from gateway.auth.policy import Access
 from gateway.db.access import AuditRepo
 from gateway.db.engine import transaction
@@ -218,6 +218,13 @@ async def subscription_events(
             level = content or sub.payload_content
             rows = OutboxRepo(conn).events(sub_id, since=events_since, until=events_until)[:MAX_EVENTS]
             events = notification_events(conn, rows, payload_content=level)
+        access.trail.events(
+            [
+                (f"{r.focus_type}/{r.focus_id}", event_patient(r.focus_type, r.focus_id, r.context))
+                for r in rows
+                if r.focus_type and r.focus_id
+            ]
+        )
         ctx = _status_context(runtime, sub, kind="query-event", content=level)
         return build_notification_bundle(ctx, events, bundle_id=uuid.uuid4().hex, now=utcnow())
 

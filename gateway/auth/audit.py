@@ -24,7 +24,15 @@ if TYPE_CHECKING:
 
 JSON = dict[str, Any]
 PATIENT_DATA = frozenset({"Patient", "Encounter", "CareTeam"})
-ACTIONS = {"read": "R", "vread": "R", "history-instance": "R", "search-type": "E", "notify": "R", "raw": "R"}
+ACTIONS = {
+    "read": "R",
+    "vread": "R",
+    "history-instance": "R",
+    "search-type": "E",
+    "notify": "R",
+    "events": "R",
+    "raw": "R",
+}
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 INTERACTION = "http://hl7.org/fhir/restful-interaction"
 GATEWAY_SUBTYPES = "https://gateway.example.org/fhir/CodeSystem/audit-subtype"
@@ -71,6 +79,11 @@ class AuditTrail:
         if not found and interaction != "search-type":
             self._add(interaction, rtype, None, MINOR_FAILURE, "not found or not visible")
 
+    def events(self, focuses: Sequence[tuple[str, str | None]]) -> None:
+        """``$events`` handed back past events: (focus reference, patient id) of each."""
+        for focus, patient in focuses:
+            self._add("events", focus, patient, SUCCESS)
+
     def raw_message(self, message_id: int) -> None:
         self._add("raw", f"message/{message_id}", None, SUCCESS)
 
@@ -83,6 +96,14 @@ class AuditTrail:
         with transaction(db) as conn:
             AuditRepo(conn).add(self.records)
         self.records = []
+
+
+def event_patient(focus_type: str | None, focus_id: str | None, context: Sequence[JSON]) -> str | None:
+    """The patient an outbox event is about: the focus itself, or the Patient its context names."""
+    if focus_type == "Patient":
+        return focus_id
+    refs = [str(c.get("reference", "")) for c in context]
+    return next((r.removeprefix("Patient/") for r in refs if r.startswith("Patient/")), None)
 
 
 def notification_records(

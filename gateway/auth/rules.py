@@ -17,7 +17,8 @@ from gateway.auth.clients import OPERATOR, PLATFORM, SENDER
 class Rule:
     #: kinds of client allowed; empty means open to anyone, without a token
     kinds: frozenset[str]
-    #: FHIR type the SMART scope must name ("{rtype}": the path parameter), or None for no scope check
+    #: FHIR type the SMART scope must name ("{rtype}": the route's rtype, type or resource_type path
+    #: parameter), or None for no scope check
     resource: str | None = None
     #: the SMART permission letter needed (c, r, u, d or s)
     permission: str | None = None

@@ -62,8 +62,8 @@ class Visibility:
     all_patients: bool = False
     #: subscriptions of this owner only
     owner: str = ""
-    #: types readable without a patient link (directory data, topics)
-    open_types: frozenset[str] = frozenset({"Practitioner"})
+    #: types readable without a patient link (directory data: who the professionals and structures are)
+    open_types: frozenset[str] = frozenset({"Practitioner", "PractitionerRole", "Organization"})
     #: may read patients labelled ``R`` (PD1-12 = Y)
     confidential: bool = False
 

@@ -22,7 +22,7 @@ import orjson
 from sqlalchemy import Connection
 from sqlalchemy import Engine as DB
 
-from gateway.auth.audit import notification_records
+from gateway.auth.audit import event_patient, notification_records
 from gateway.config import Settings
 from gateway.db.access import AuditRepo
 from gateway.db.engine import transaction
@@ -60,16 +60,13 @@ def _heartbeat_due(sub: SubscriptionRecord, now: datetime) -> bool:
     return bool(sub.heartbeat_period) and last + timedelta(seconds=sub.heartbeat_period or 0) <= now
 
 
-def _patient_of(row: OutboxRecord) -> str | None:
-    if row.focus_type == "Patient":
-        return row.focus_id
-    refs = [str(c.get("reference", "")) for c in row.context]
-    return next((r.removeprefix("Patient/") for r in refs if r.startswith("Patient/")), None)
-
-
 def _audit_delivery(conn: Connection, job: Job, *, now: datetime) -> None:
     """A notification sent is an access to patient data: recorded with the delivery, same transaction."""
-    sent = [(f"{r.focus_type}/{r.focus_id}", _patient_of(r)) for r in job.rows if r.focus_type and r.focus_id]
+    sent = [
+        (f"{r.focus_type}/{r.focus_id}", event_patient(r.focus_type, r.focus_id, r.context))
+        for r in job.rows
+        if r.focus_type and r.focus_id
+    ]
     if sent:
         owner = job.subscription.owner or "operator"
         records = notification_records(

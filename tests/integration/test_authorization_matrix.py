@@ -123,7 +123,7 @@ def _expected(rule_kinds: frozenset[str], caller: str, *, owned: bool, whose: st
 
 def _cases(params: list[str]) -> list[tuple[str, str]]:
     """(whose, rtype) pairs: others' first, since the own case may delete its resource."""
-    types = TENANT_TYPES if "rtype" in params else ("Patient",)
+    types = TENANT_TYPES if {"rtype", "type"} & set(params) else ("Patient",)
     return [(whose, rtype) for whose in ("other", "own") for rtype in types]
 
 
@@ -136,7 +136,7 @@ def test_matrix(tenants: Tenants, runtime: Runtime) -> None:
         assert rule is not None
         params = re.findall(r"{(\w+)}", template)
         for whose, rtype in _cases(params):
-            values = {**(tenants.other if whose == "other" else tenants.own), "rtype": rtype}
+            values = {**(tenants.other if whose == "other" else tenants.own), "rtype": rtype, "type": rtype}
             if "rid" in params:
                 values["rid"] = values[rtype]
             unknown = [p for p in params if p not in values]

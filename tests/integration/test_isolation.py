@@ -244,3 +244,18 @@ def test_declared_identifier_domains_feed_the_authority_table(world: World) -> N
     assert found.json()["total"] == 1
     declared = c.get("/admin/authorities", headers=world.ops).json()["declared"]
     assert {"LOCALDOM&1.2.3&L": "urn:oid:1.2.250.1.999.7.7"} in [d["authorities"] for d in declared]
+
+
+def test_the_operator_setting_relaxes_confidentiality(world: World) -> None:
+    rt, c = world.runtime, world.client
+    rt.settings = rt.settings.model_copy(update={"confidential_platform_access": True})
+    rt.pipeline.confidential_to_platforms = True
+    before = len(events(rt, world.sub_a))
+    msg = Adt(control_id="R-1", visit="V-8", movement="MVT-8", event_time="20260302080000", extra_segments=[PROTECTED])
+    assert rt.pipeline.ingest(msg.bytes(), transport="test").code == "AA"
+    assert len(events(rt, world.sub_a)) == before + 1
+    assert c.get(f"/fhir/Patient/{world.alice}", headers=world.a).json()["meta"]["security"][0]["code"] == "R"
+    past = c.get(f"/fhir/Subscription/{world.sub_a}/$events", headers=world.a)
+    assert past.status_code == 200
+    trail = c.get("/fhir/AuditEvent", params={"patient": world.alice}, headers=world.ops).json()
+    assert any(e["resource"]["subtype"][0]["code"] == "events" for e in trail["entry"])
