@@ -192,8 +192,9 @@ def test_serve_refuses_a_public_address_without_clients_or_token(settings: Setti
     )
     assert _exposed_without_auth(tokened) is None
     register(exposed, "operator", "ops")
-    assert _exposed_without_auth(Runtime.build(exposed.settings, run_migrations=False)) is None
-    for rt in (exposed, local, tokened):
+    registered = Runtime.build(exposed.settings, run_migrations=False)
+    assert _exposed_without_auth(registered) is None
+    for rt in (exposed, local, tokened, registered):
         rt.close()
 
 
