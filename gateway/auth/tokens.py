@@ -39,6 +39,7 @@ ASSERTION_ALGORITHMS = ("RS384", "ES384", "RS256", "ES256", "PS384", "PS256")
 MAX_ASSERTION_LIFETIME = timedelta(minutes=5)
 LEEWAY = timedelta(seconds=30)
 DEFAULT_TOKEN_LIFETIME = 300
+SHARED_KID = "shared-1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,9 @@ class TokenService:
                 with transaction(self.db) as conn:
                     keys = SigningKeyRepo(conn)
                     if keys.current() is None:
-                        keys.add(uuid.uuid4().hex, secrets.token_urlsafe(48), now=now)
+                        # One fixed kid: two instances racing to create the key collide on the primary key,
+                        # and the loser reads the winner's, so every instance signs with the same key.
+                        keys.add(SHARED_KID, secrets.token_urlsafe(48), now=now)
                     self._key = keys.current()
             assert self._key is not None
             return self._key

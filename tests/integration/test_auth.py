@@ -221,3 +221,14 @@ def test_expired_assertion_lifetime_is_bounded(secured: TestClient, runtime: Run
 def test_login_helper_gives_a_working_platform_token(secured: TestClient, runtime: Runtime) -> None:
     headers = login(secured, runtime, "platform", "Helper")
     assert secured.get("/fhir/Patient", headers=headers).json()["total"] == 0
+
+
+def test_instances_on_one_database_share_the_signing_key(secured: TestClient, runtime: Runtime) -> None:
+    client_id, secret = register(runtime, "platform", "Shared")
+    issued = token(secured, client_id, secret)
+    other = Runtime.build(runtime.settings, run_migrations=False)  # a second gateway instance
+    try:
+        with TestClient(create_app(other, start_services=False), raise_server_exceptions=False) as second:
+            assert second.get("/fhir/Patient", headers=bearer(issued)).status_code == 200
+    finally:
+        other.close()
