@@ -93,6 +93,12 @@ def _check_facility(message: er7.Message, facilities: frozenset[str] | None) -> 
     claimed = read_header(message).sending_facility
     if claimed in facilities or claimed.split("^")[0] in facilities:
         return
+    if not facilities:
+        raise SenderNotAllowedError(
+            "this connection may send for no facility: unregistered client certificate, or plain MLLP "
+            "from a network the operator did not declare trusted",
+            location="MSH-4",
+        )
     raise SenderNotAllowedError(f"MSH-4 {claimed!r} is not a facility registered for this sender", location="MSH-4")
 
 

@@ -43,6 +43,8 @@ ANY_CLIENT = (PLATFORM, SENDER, OPERATOR)
 RULES: dict[tuple[str, str], Rule] = {
     # open: discovery, token, liveness
     ("GET", "/health"): OPEN,
+    ("GET", "/health/live"): OPEN,
+    ("GET", "/health/ready"): OPEN,
     ("GET", "/.well-known/smart-configuration"): OPEN,
     ("POST", "/oauth/token"): OPEN,
     ("GET", "/fhir/metadata"): OPEN,
