@@ -106,8 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     refusal = _exposed_without_auth(runtime)
     if refusal:
         runtime.close()
-        print(f"gateway: refusing to start: {refusal}", file=sys.stderr)
-        return 2
+        raise StartupError(f"refusing to start: {refusal}")
     try:
         sock = _bind_http(settings.http_host, settings.http_port)
     except StartupError:

@@ -14,7 +14,7 @@ from gateway import logs
 from gateway.auth.authorities import with_declared
 from gateway.auth.gate import Gate
 from gateway.auth.mllp import MllpBinding, context_from
-from gateway.auth.tokens import TokenService
+from gateway.auth.tokens import TokenService, token_audience, token_issuer
 from gateway.config import Settings
 from gateway.db.access import ClientRepo
 from gateway.db.engine import make_engine, migrate
@@ -57,8 +57,8 @@ class Runtime:
         pipeline.confidential_to_platforms = settings.confidential_platform_access
         tokens = TokenService(
             db,
-            issuer=settings.public_origin(),
-            audience=settings.public_base(),
+            issuer=token_issuer(settings),
+            audience=token_audience(settings),
             lifetime=settings.token_lifetime,
             key=settings.token_signing_key,
         )

@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 
 from gateway.auth.hashing import verify_secret
 from gateway.auth.scopes import Grant, ScopeError, parse_scopes
+from gateway.config import Settings
 from gateway.db.access import AssertionRepo, ClientRecord, ClientRepo, SigningKeyRepo
 from gateway.db.engine import transaction
 from gateway.errors import AuthenticationError, OAuthError
@@ -40,6 +41,20 @@ MAX_ASSERTION_LIFETIME = timedelta(minutes=5)
 LEEWAY = timedelta(seconds=30)
 DEFAULT_TOKEN_LIFETIME = 300
 SHARED_KID = "shared-1"
+
+
+#: Without ``GATEWAY_BASE_URL`` the public base depends on the host (and on a proxy's headers): instances
+#: sharing a database would disagree on it and refuse each other's tokens, so a constant stands in.
+DEFAULT_AUDIENCE = "urn:hl7-fhir-gateway:fhir"
+DEFAULT_ISSUER = "urn:hl7-fhir-gateway"
+
+
+def token_audience(settings: Settings) -> str:
+    return settings.base_url.rstrip("/") or DEFAULT_AUDIENCE
+
+
+def token_issuer(settings: Settings) -> str:
+    return settings.public_origin() if settings.base_url else DEFAULT_ISSUER
 
 
 @dataclass(frozen=True, slots=True)

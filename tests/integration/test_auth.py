@@ -114,9 +114,9 @@ def test_every_bad_token_is_401_with_www_authenticate(secured: TestClient, runti
     good = token(secured, client_id, secret)
     now = int(time.time())
     base = {
-        "iss": runtime.settings.public_origin(),
+        "iss": runtime.tokens.issuer,
         "sub": client_id,
-        "aud": runtime.settings.public_base(),
+        "aud": runtime.tokens.audience,
         "iat": now,
         "exp": now + 300,
         "scope": "system/Patient.rs",
