@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -17,7 +17,7 @@ from starlette.routing import Match
 
 from gateway import __version__
 from gateway.api import admin, fhir, health, ingest, oauth, sandbox
-from gateway.api.deps import authorize
+from gateway.api.deps import AUTHORIZE
 from gateway.api.edge import EdgeMiddleware
 from gateway.api.responses import fhir_response
 from gateway.api.rest import FhirRestMiddleware
@@ -53,7 +53,7 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
         description="IHE PAM France ADT feeds in, FHIR R4 Patient/Encounter and Subscriptions out.",
         lifespan=lifespan,
         # Every route goes through the one authorization edge (a route without a rule is refused).
-        dependencies=[Depends(authorize)],
+        dependencies=[AUTHORIZE],
     )
     app.state.runtime = runtime
     app.include_router(ingest.router)

@@ -74,4 +74,8 @@ async def authorize(request: Request, runtime: RuntimeDep) -> AsyncIterator[Acce
             await run_in_threadpool(access.trail.flush, runtime.db)
 
 
-AccessDep = Annotated[Access, Depends(authorize)]
+#: One dependency object for the app-wide edge and the routes' ``access`` parameter (resolved once per
+#: request). ``scope="function"``: the audit records are written before the response leaves, so a caller
+#: never holds data whose access is not yet recorded.
+AUTHORIZE = Depends(authorize, scope="function")
+AccessDep = Annotated[Access, AUTHORIZE]

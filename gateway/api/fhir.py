@@ -53,8 +53,10 @@ def _check_type(rtype: str) -> None:
 @router.get("/metadata", summary="CapabilityStatement")
 async def metadata(runtime: RuntimeDep) -> Response:
     statement = capability_statement(base_url=runtime.settings.public_base(), now=utcnow())
-    for rest in statement.get("rest", []):
-        rest["security"] = security_block(runtime.settings.token_url())
+    if await run_in_threadpool(runtime.gate.enabled):
+        # Declared only when tokens are required: FHIR clients that read oauth-uris then insist on OAuth.
+        for rest in statement.get("rest", []):
+            rest["security"] = security_block(runtime.settings.token_url())
     return fhir_response(statement)
 
 
