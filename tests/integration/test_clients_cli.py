@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -11,6 +13,18 @@ from gateway.cli import main
 from gateway.config import Settings
 from gateway.db.access import ClientRepo
 from gateway.db.engine import make_engine
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_alone() -> Iterator[None]:
+    """``main()`` configures logging for the process: put it back, later tests count log records."""
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.Logger.manager.loggerDict))]
+    saved = [(lg, lg.level, list(lg.handlers), lg.propagate) for lg in loggers]
+    yield
+    for lg, level, handlers, propagate in saved:
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
