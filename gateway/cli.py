@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve | migrate | check-mappings | convert | send | replay | demo | openapi."""
+"""The ``gateway`` command: serve | migrate | clients | check-mappings | convert | send | replay | demo | openapi."""
 
 from __future__ import annotations
 
@@ -28,7 +28,18 @@ class UsageError(Exception):
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for name in ("database_url", "http_host", "http_port", "mllp_host", "mllp_port", "mappings_dir", "log_level"):
+    for name in (
+        "database_url",
+        "http_host",
+        "http_port",
+        "mllp_host",
+        "mllp_port",
+        "mappings_dir",
+        "mllp_tls_cert",
+        "mllp_tls_key",
+        "mllp_tls_client_ca",
+        "log_level",
+    ):
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
@@ -45,6 +56,11 @@ def _add_ports(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, help="HTTP port (GATEWAY_HTTP_PORT, default 8000)")
     parser.add_argument("--mllp-host", help="MLLP bind address (GATEWAY_MLLP_HOST, default 127.0.0.1)")
     parser.add_argument("--mllp-port", type=int, help="MLLP port (GATEWAY_MLLP_PORT, default 2575)")
+    parser.add_argument("--mllp-tls-cert", type=Path, help="MLLP over TLS: server certificate, PEM")
+    parser.add_argument("--mllp-tls-key", type=Path, help="MLLP over TLS: server private key, PEM")
+    parser.add_argument(
+        "--mllp-tls-client-ca", type=Path, help="require client certificates signed by this CA (CN = sender name)"
+    )
 
 
 def _probe_port(host: str, port: int, what: str, setting: str) -> None:
@@ -87,6 +103,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _probe_port(settings.mllp_host, settings.mllp_port, "MLLP", "--mllp-port or GATEWAY_MLLP_PORT")
     _probe_port(settings.http_host, settings.http_port, "HTTP", "--http-port or GATEWAY_HTTP_PORT")
     runtime = Runtime.build(settings)
+    refusal = _exposed_without_auth(runtime)
+    if refusal:
+        runtime.close()
+        raise StartupError(f"refusing to start: {refusal}")
     try:
         sock = _bind_http(settings.http_host, settings.http_port)
     except StartupError:
@@ -110,6 +130,182 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.close()
         runtime.close()
     return 0
+
+
+def _exposed_without_auth(runtime: Any) -> str | None:
+    """Bound beyond loopback with no client and no token, anyone could read every patient: refuse."""
+    import ipaddress
+
+    settings = runtime.settings
+    host = settings.http_host.strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback or settings.api_token or runtime.gate.enabled():
+        return None
+    return (
+        f"HTTP bound to {settings.http_host} (not loopback) with no client registered and no API token; "
+        "register one with 'gateway clients add' or bind to 127.0.0.1"
+    )
+
+
+def cmd_clients(args: argparse.Namespace) -> int:
+    """``gateway clients add|list|rotate|revoke|authorities``: the client registry."""
+    from gateway.db.engine import make_engine, migrate
+
+    settings = _settings(args)
+    engine = make_engine(settings)
+    migrate(engine)
+    try:
+        return int(CLIENT_ACTIONS[args.action](engine, args))
+    finally:
+        engine.dispose()
+
+
+def _clients_add(engine: Any, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.auth.clients import add_client, parse_authorities, public_view
+    from gateway.db.engine import transaction
+
+    jwks = None
+    if args.jwks:
+        try:
+            jwks = json.loads(Path(args.jwks).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the JWKS file {args.jwks}: {exc}") from exc
+    with transaction(engine) as conn:
+        created = add_client(
+            conn,
+            kind=args.kind,
+            name=args.name,
+            now=datetime.now(UTC),
+            facilities=args.facility,
+            scopes=args.scope,
+            jwks=jwks,
+            authorities=parse_authorities(args.authority),
+        )
+    view = public_view(created.record)
+    if created.secret:
+        view["client_secret"] = created.secret
+    if args.json:
+        print(json.dumps(view, sort_keys=True))
+    else:
+        print(f"client {view['client_id']} ({args.kind} {args.name!r}), scope: {view['scope'] or '-'}")
+        if created.secret:
+            print(f"client_secret: {created.secret}  (shown once: store it now)")
+    return 0
+
+
+def _clients_list(engine: Any, args: argparse.Namespace) -> int:
+    from gateway.auth.clients import public_view
+    from gateway.db.access import ClientRepo
+
+    with engine.connect() as conn:
+        views = [public_view(r) for r in ClientRepo(conn).list()]
+    if args.json:
+        print(json.dumps(views, sort_keys=True))
+        return 0
+    for v in views:
+        facilities = ",".join(v["facilities"]) or "-"
+        print(f"{v['client_id']}  {v['kind']:<8} {v['status']:<7} {v['auth']:<15} {v['name']}  facilities={facilities}")
+    return 0
+
+
+def _clients_rotate(engine: Any, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from gateway.auth.clients import rotate_secret
+    from gateway.db.engine import transaction
+
+    with transaction(engine) as conn:
+        secret = rotate_secret(conn, args.id, now=datetime.now(UTC))
+    if args.json:
+        print(json.dumps({"client_id": args.id, "client_secret": secret}))
+    else:
+        print(f"client_secret: {secret}  (shown once; the old secret no longer works)")
+    return 0
+
+
+def _clients_revoke(engine: Any, args: argparse.Namespace) -> int:
+    from gateway.auth.clients import revoke
+    from gateway.db.engine import transaction
+
+    with transaction(engine) as conn:
+        revoke(conn, args.id)
+    print(f"client {args.id} revoked: its tokens are refused from now on")
+    return 0
+
+
+def _clients_authorities(engine: Any, args: argparse.Namespace) -> int:
+    from gateway.auth.clients import parse_authorities, set_authorities
+    from gateway.db.access import ClientRepo
+    from gateway.db.engine import transaction
+
+    with transaction(engine) as conn:
+        if args.set:
+            merged = set_authorities(conn, args.id, parse_authorities(args.set))
+        else:
+            record = ClientRepo(conn).get(args.id)
+            if record is None:
+                raise ConfigError(f"no client {args.id!r}")
+            merged = record.authorities
+    for authority, system in sorted(merged.items()):
+        print(f"{authority} = {system}")
+    _print_undeclared(engine, args.id)
+    return 0
+
+
+def _print_undeclared(engine: Any, client_id: str) -> None:
+    """Authorities this sender's messages used that nobody declared (a system was minted for them)."""
+    import re
+
+    from gateway.auth.authorities import MINTED_PREFIX, undeclared
+    from gateway.db.access import ClientRepo, systems_starting
+
+    with engine.connect() as conn:
+        record = ClientRepo(conn).get(client_id)
+        minted = undeclared(systems_starting(conn, MINTED_PREFIX))
+    slugs = {re.sub(r"[^A-Za-z0-9.-]+", "-", f).strip("-") for f in (record.facilities if record else ())}
+    for item in minted:
+        if item["facility"] in slugs:
+            print(f"undeclared: {item['authority']} (seen from {item['facility']}, minted {item['minted_system']})")
+
+
+CLIENT_ACTIONS = {
+    "add": _clients_add,
+    "list": _clients_list,
+    "rotate": _clients_rotate,
+    "revoke": _clients_revoke,
+    "authorities": _clients_authorities,
+}
+
+
+def _add_clients_parser(sub: Any) -> None:
+    clients = sub.add_parser("clients", help="register and manage clients (platforms, senders, operators)")
+    actions = clients.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="register a client; prints its id and, once, its secret")
+    add.add_argument("--kind", required=True, choices=["platform", "sender", "operator"])
+    add.add_argument("--name", required=True, help="unique; a platform's name is recorded on its care circle edits")
+    add.add_argument("--facility", action="append", default=[], help="MSH-4 a sender may claim (repeatable)")
+    add.add_argument("--scope", action="append", default=[], help="SMART scope, e.g. system/Patient.rs (repeatable)")
+    add.add_argument("--jwks", help="JWKS file of public keys: the client signs assertions (private_key_jwt)")
+    add.add_argument("--authority", action="append", default=[], help="AUTHORITY=SYSTEM identifier domain")
+    add.add_argument("--json", action="store_true", help="print one JSON object")
+    listing = actions.add_parser("list", help="list clients (never their secrets)")
+    listing.add_argument("--json", action="store_true")
+    rotate = actions.add_parser("rotate", help="replace a client's secret; prints the new one once")
+    rotate.add_argument("id")
+    rotate.add_argument("--json", action="store_true")
+    revoke = actions.add_parser("revoke", help="revoke a client: its tokens are refused at once")
+    revoke.add_argument("id")
+    authorities = actions.add_parser("authorities", help="a sender's identifier domains (AUTHORITY=SYSTEM)")
+    authorities.add_argument("id")
+    authorities.add_argument("--set", action="append", default=[], metavar="AUTHORITY=SYSTEM")
+    for parser in (clients, add, listing, rotate, revoke, authorities):
+        _add_common(parser)
+    clients.set_defaults(func=cmd_clients)
 
 
 def _safe_url(url: str) -> str:
@@ -276,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(serve)
     _add_ports(serve)
     serve.set_defaults(func=cmd_serve)
+
+    _add_clients_parser(sub)
 
     migrate = sub.add_parser("migrate", help="apply database migrations")
     _add_common(migrate)

@@ -42,6 +42,7 @@ DEFAULT_HTTP_MAX_CONNECTIONS = 1000
 DEFAULT_RETRY_HORIZON = 24 * 3600.0
 DEFAULT_RETRY_BASE = 1.0
 DEFAULT_RETRY_CAP = 600.0
+DEFAULT_TOKEN_LIFETIME = 300
 DEFAULT_DATA_DIR = Path("var")
 #: Bind addresses that mean "every interface": never a valid host in a link a client must follow.
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})  # noqa: S104 - compared against, not bound
@@ -82,9 +83,23 @@ class Settings(BaseSettings):
     mllp_max_connections_per_peer: int = DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER
     mappings_dir: Path = Field(default_factory=_default_mappings_dir)
     base_url: str = ""
-    #: When set, FHIR and admin routes need ``Authorization: Bearer <token>`` (ingest is not guarded:
-    #: hospital engines are admitted by network rules, as MLLP is).
+    #: Operator shortcut for local use: this bearer token acts as an operator. With no client registered
+    #: it guards FHIR and admin routes as before; registered clients use ``POST /oauth/token``.
     api_token: str = ""
+    #: ``auto``: authentication is on once one client is registered; ``required``: always on.
+    auth: str = "auto"
+    #: access-token lifetime, seconds
+    token_lifetime: int = DEFAULT_TOKEN_LIFETIME
+    #: HS256 key for access tokens; empty = a random key kept in the database, shared by all instances
+    token_signing_key: str = ""
+    #: PD1-12 = Y patients: platforms neither read them nor hear of them unless this is true
+    confidential_platform_access: bool = False
+    #: MLLP over TLS: server certificate and key (PEM); client CA to require client certificates
+    mllp_tls_cert: Path | None = None
+    mllp_tls_key: Path | None = None
+    mllp_tls_client_ca: Path | None = None
+    #: networks (CIDR) whose senders may use plain MLLP beside loopback, e.g. ["10.1.2.0/24"]
+    mllp_trusted_networks: list[str] = Field(default_factory=list)
     #: Hosts a subscription endpoint may use over plain http or on a private address (demo, tests).
     endpoint_allowlist: list[str] = Field(default_factory=list)
     #: Seconds for a whole rest-hook request (connection, upload, answer), not per read.
@@ -154,3 +169,14 @@ class Settings(BaseSettings):
             except ValueError:
                 continue
         return False
+
+    def public_origin(self) -> str:
+        """The public base without ``/fhir``: where ``/oauth/token`` lives."""
+        return self.public_base().removesuffix("/fhir")
+
+    def token_url(self) -> str:
+        return f"{self.public_origin()}/oauth/token"
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth.strip().lower() == "required"

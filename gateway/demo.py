@@ -1,9 +1,11 @@
 """``gateway demo``: the whole path on one machine, printed step by step.
 
 Starts the gateway (HTTP + MLLP + worker) on a fresh SQLite store in a temporary directory (removed at the
-end), a local receiver standing in for an e-parcours platform, subscribes it to the entry and exit topics
-for the demo patient, sends one stay (admission, then discharge) over MLLP, and prints each ACK and each
-notification received. Ports given with ``--http-port``/``--mllp-port`` are used as given, or it stops.
+end), registers a platform and a sender client (as ``gateway clients add`` does), gets their tokens from
+``POST /oauth/token`` (the curl command is printed), subscribes the platform's receiver to the entry and exit
+topics for the demo patient with the platform's token, sends the admission over HTTP with the sender's token
+and the discharge over MLLP (loopback), and prints each ACK and each notification received. Ports given with
+``--http-port``/``--mllp-port`` are used as given, or it stops.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import shutil
 import socket
 import tempfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,9 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from gateway.api.app import create_app
+from gateway.auth.clients import add_client
 from gateway.config import Settings
+from gateway.db.engine import transaction
 from gateway.errors import StartupError
 from gateway.hl7.mllp import MLLPClient
 from gateway.runtime import Runtime
@@ -127,6 +132,18 @@ def describe(bundle: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _register(runtime: Runtime, kind: str, name: str, **options: Any) -> tuple[str, str]:
+    with transaction(runtime.db) as conn:
+        created = add_client(conn, kind=kind, name=name, now=datetime.now(UTC), **options)
+    return created.record.id, created.secret or ""
+
+
+async def _token(client: httpx.AsyncClient, client_id: str, secret: str) -> dict[str, str]:
+    answer = await client.post("/oauth/token", data={"grant_type": "client_credentials"}, auth=(client_id, secret))
+    answer.raise_for_status()
+    return {"Authorization": f"Bearer {answer.json()['access_token']}"}
+
+
 def _subscription(topic: str, endpoint: str, content: str) -> dict[str, Any]:
     backport = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
     return {
@@ -150,6 +167,12 @@ def _subscription(topic: str, endpoint: str, content: str) -> dict[str, Any]:
             "header": [f"Authorization: Bearer {DEMO_TOKEN}"],
         },
     }
+
+
+def _print_ack(what: str, ack: bytes) -> None:
+    print(f"{what}; ACK:")
+    for segment in ack.decode("latin-1").strip("\r").split("\r"):
+        print(f"       {segment}")
 
 
 async def run_demo(*, keep_running: bool = False, http_port: int | None = None, mllp_port: int | None = None) -> int:
@@ -177,14 +200,26 @@ async def _demo(var: Path, *, ports: tuple[int, int], keep_running: bool) -> int
     try:
         base = f"http://127.0.0.1:{settings.http_port}"
         print(f"1. gateway up: HTTP {base} (FHIR {base}/fhir), MLLP 127.0.0.1:{settings.mllp_port}, store {var}")
+        platform_id, platform_secret = _register(runtime, "platform", "demo-platform")
+        sender_id, sender_secret = _register(runtime, "sender", "demo-hospital", facilities=["CH-DEMO"])
+        print(
+            f"   registered platform demo-platform ({platform_id}) "
+            f"and sender demo-hospital ({sender_id}, MSH-4 CH-DEMO)"
+        )
+        print(
+            f"   token, as a platform would get it: curl -u {platform_id}:{platform_secret} "
+            f"-d grant_type=client_credentials {base}/oauth/token"
+        )
         async with serving(receiver.app, receiver_port), serving(create_app(runtime), settings.http_port):
             print(f"2. demo receiver (stands in for an e-parcours platform) on http://127.0.0.1:{receiver_port}/notify")
             async with httpx.AsyncClient(base_url=base) as client:
+                as_platform = await _token(client, platform_id, platform_secret)
+                as_sender = await _token(client, sender_id, sender_secret)
                 for topic, content in (("encounter-start", "full-resource"), ("encounter-end", "id-only")):
                     answer = await client.post(
                         "/fhir/Subscription",
                         content=json.dumps(_subscription(topic, f"http://127.0.0.1:{receiver_port}/notify", content)),
-                        headers={"Content-Type": "application/fhir+json"},
+                        headers={"Content-Type": "application/fhir+json", **as_platform},
                     )
                     answer.raise_for_status()
                     created = answer.json()
@@ -198,19 +233,23 @@ async def _demo(var: Path, *, ports: tuple[int, int], keep_running: bool) -> int
                 for _ in range(2):
                     note = await asyncio.wait_for(receiver.received.get(), timeout=15)
                     print(f"   receiver got a {describe(note['bundle'])}; signature ok: {note['signed']}")
+                first, *rest = sorted(FIXTURES.glob("*.hl7"))
+                posted = await client.post(
+                    "/hl7v2", content=first.read_bytes(), headers={"Content-Type": "application/hl7-v2", **as_sender}
+                )
+                _print_ack(f"4. sent {first.name} over HTTP with the sender's token", posted.content)
                 async with MLLPClient("127.0.0.1", settings.mllp_port) as mllp:
-                    for path in sorted(FIXTURES.glob("*.hl7")):
-                        ack = await mllp.send(path.read_bytes())
-                        print(f"4. sent {path.name} over MLLP; ACK:")
-                        for segment in ack.decode("latin-1").strip("\r").split("\r"):
-                            print(f"       {segment}")
+                    for path in rest:
+                        _print_ack(f"4. sent {path.name} over MLLP (loopback)", await mllp.send(path.read_bytes()))
                 for _ in range(2):
                     note = await asyncio.wait_for(receiver.received.get(), timeout=15)
                     print(f"5. receiver got an {describe(note['bundle'])}")
                     print(
                         f"   signature ok: {note['signed']}, Authorization header passed: {bool(note['authorization'])}"
                     )
-                encounters = (await client.get("/fhir/Encounter", params={"identifier": "2026004512"})).json()
+                encounters = (
+                    await client.get("/fhir/Encounter", params={"identifier": "2026004512"}, headers=as_platform)
+                ).json()
                 for entry in encounters.get("entry", []):
                     enc = entry["resource"]
                     print(

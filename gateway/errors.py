@@ -8,9 +8,13 @@ GatewayError
 ├── StateError            cannot be applied to the stored state (ACK AE, 207)
 ├── DuplicateControlIdError  MSH-10 reused with other content (ACK AE, 205)
 ├── StorageUnavailableError  database down: nothing stored (ACK AR, 207) — the sender must resend
+├── SenderNotAllowedError    MSH-4 is not one of the authenticated sender's facilities (ACK AR, 207)
 ├── ConfigError           mapping tables or settings invalid (fails start-up)
 │   └── StartupError      the database or a port cannot be had at start-up (fails start-up)
-└── FhirError             REST API problems (OperationOutcome, HTTP status)
+├── FhirError             REST API problems (OperationOutcome, HTTP status)
+│   ├── AuthenticationError  no or bad credential (401 + WWW-Authenticate)
+│   └── ForbiddenError       authenticated, but not allowed (403)
+└── OAuthError            token endpoint errors (RFC 6749 JSON: invalid_client, invalid_scope…)
 """
 
 from __future__ import annotations
@@ -81,6 +85,12 @@ class StorageUnavailableError(GatewayError):
     slug = "storage-unavailable"
 
 
+class SenderNotAllowedError(GatewayError):
+    code = "207"
+    ack_code = "AR"
+    slug = "facility-not-allowed"
+
+
 class ConfigError(GatewayError):
     slug = "invalid-configuration"
 
@@ -110,3 +120,37 @@ class NotFoundError(FhirError):
 class PreconditionFailedError(FhirError):
     def __init__(self, message: str) -> None:
         super().__init__(message, status=412, issue_code="conflict")
+
+
+class AuthenticationError(FhirError):
+    """401 with ``WWW-Authenticate: Bearer`` (RFC 6750): missing, malformed, expired, forged, revoked."""
+
+    slug = "invalid-token"
+
+    def __init__(self, message: str, *, error: str = "invalid_token") -> None:
+        super().__init__(message, status=401, issue_code="login")
+        self.error = error
+
+    def www_authenticate(self) -> str:
+        text = self.message.replace('"', "'")
+        return f'Bearer realm="gateway", error="{self.error}", error_description="{text}"'
+
+
+class ForbiddenError(FhirError):
+    """403: the caller is known but its kind or scopes do not allow this."""
+
+    slug = "forbidden"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=403, issue_code="forbidden")
+
+
+class OAuthError(GatewayError):
+    """An RFC 6749 section 5.2 error from ``POST /oauth/token``."""
+
+    slug = "oauth-error"
+
+    def __init__(self, error: str, description: str, *, status: int = 400) -> None:
+        super().__init__(description)
+        self.error = error
+        self.status = status

@@ -24,6 +24,7 @@ from gateway.errors import (
     GatewayError,
     KeyTooLongError,
     ParseError,
+    SenderNotAllowedError,
     StorageUnavailableError,
 )
 from gateway.hl7 import er7
@@ -85,6 +86,23 @@ def _check_header(message: er7.Message) -> None:
         raise ParseError("MSH-10 (message control id) is empty", location="MSH-10")
     if not message.msh.get(9, 1).strip():
         raise ParseError("MSH-9 (message type) is empty", location="MSH-9")
+
+
+def _check_facility(message: er7.Message, facilities: frozenset[str] | None) -> None:
+    """Sender binding (#13): a sender posts only as one of its registered facilities (MSH-4, or its
+    namespace id); any other claim is kept and answered AR."""
+    if facilities is None:
+        return
+    claimed = read_header(message).sending_facility
+    if claimed in facilities or claimed.split("^")[0] in facilities:
+        return
+    if not facilities:
+        raise SenderNotAllowedError(
+            "this connection may send for no facility: unregistered client certificate, or plain MLLP "
+            "from a network the operator did not declare trusted",
+            location="MSH-4",
+        )
+    raise SenderNotAllowedError(f"MSH-4 {claimed!r} is not a facility registered for this sender", location="MSH-4")
 
 
 #: Where each stored sender key comes from, for the ERR location of a key that is too long.
@@ -160,28 +178,35 @@ class Pipeline:
         self.db = db
         self.clock = clock
         self.on_commit = on_commit
+        #: GATEWAY_CONFIDENTIAL_PLATFORM_ACCESS: platforms hear of PD1-12 = Y patients too (#13)
+        self.confidential_to_platforms = False
 
     # -- ingest -----------------------------------------------------------------------------------
 
-    def ingest(self, raw: bytes, *, transport: str) -> Outcome:
+    def ingest(self, raw: bytes, *, transport: str, facilities: frozenset[str] | None = None) -> Outcome:
         """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK.
 
         This is the loop boundary of one message: whatever escapes the steps below (a bug, a library
         surprise) still ends as an AE with an ERR and the raw message kept, so the feed goes on.
+
+        ``facilities``: the authenticated sender's registered MSH-4 values (None: not checked).
         """
         now = self.clock()
         try:
-            return self._ingest(raw, transport=transport, now=now)
+            return self._ingest(raw, transport=transport, now=now, facilities=facilities)
         except Exception as exc:
             logger.exception("unexpected error on ingest (%s)", transport)
             return self._last_resort(raw, exc, transport=transport, now=now)
 
-    def _ingest(self, raw: bytes, *, transport: str, now: datetime) -> Outcome:
+    def _ingest(
+        self, raw: bytes, *, transport: str, now: datetime, facilities: frozenset[str] | None = None
+    ) -> Outcome:
         message: er7.Message | None = None
         try:
             message = er7.parse(raw)
             _check_header(message)
             _check_key_lengths(message)
+            _check_facility(message, facilities)
             mapped = self.engine.map(message)
         except GatewayError as exc:
             return self._store_rejected(raw, message, exc, transport=transport, now=now)
@@ -247,7 +272,14 @@ class Pipeline:
                 ack=ack,
             )
             with timed(FOLD_SECONDS):
-                applied = apply_message(conn, mapped, message_id=message_id, now=now, tables=self.engine.tables)
+                applied = apply_message(
+                    conn,
+                    mapped,
+                    message_id=message_id,
+                    now=now,
+                    tables=self.engine.tables,
+                    confidential_to_platforms=self.confidential_to_platforms,
+                )
         if applied.notifications and self.on_commit is not None:
             self.on_commit()
         logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})

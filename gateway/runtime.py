@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -10,15 +11,22 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine as DB
 
 from gateway import logs
+from gateway.auth.authorities import with_declared
+from gateway.auth.gate import Gate
+from gateway.auth.mllp import MllpBinding, context_from
+from gateway.auth.tokens import TokenService, token_audience, token_issuer
 from gateway.config import Settings
+from gateway.db.access import ClientRepo
 from gateway.db.engine import make_engine, migrate
-from gateway.hl7.mllp import MLLPServer
+from gateway.hl7.mllp import MLLPServer, current_peer
 from gateway.mapping.engine import Engine
+from gateway.mapping.tables import Tables
 from gateway.metrics import record_message
 from gateway.pipeline import Pipeline
 from gateway.subscriptions.worker import DeliveryWorker
 
 logger = logging.getLogger(__name__)
+AUTHORITIES_REFRESH_SECONDS = 60.0
 
 
 @dataclass
@@ -28,8 +36,14 @@ class Runtime:
     engine: Engine
     pipeline: Pipeline
     worker: DeliveryWorker
+    tokens: TokenService
+    gate: Gate
+    binding: MllpBinding
     mllp: MLLPServer | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    #: the mapping tables as the files give them; the registry's declarations are laid over them
+    _file_tables: Tables | None = None
+    _refresh: asyncio.Task[None] | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, run_migrations: bool = True) -> Runtime:
@@ -40,20 +54,51 @@ class Runtime:
             migrate(db)
         worker = DeliveryWorker(db=db, settings=settings, mediums=engine.tables.codes["ChannelType_to_Medium"])
         pipeline = Pipeline(engine=engine, db=db, on_commit=worker.wake)
-        return cls(settings=settings, db=db, engine=engine, pipeline=pipeline, worker=worker)
+        pipeline.confidential_to_platforms = settings.confidential_platform_access
+        tokens = TokenService(
+            db,
+            issuer=token_issuer(settings),
+            audience=token_audience(settings),
+            lifetime=settings.token_lifetime,
+            key=settings.token_signing_key,
+        )
+        gate = Gate(db, settings, tokens)
+        runtime = cls(
+            settings=settings,
+            db=db,
+            engine=engine,
+            pipeline=pipeline,
+            worker=worker,
+            tokens=tokens,
+            gate=gate,
+            binding=MllpBinding(db, settings, gate),
+            _file_tables=engine.tables,
+        )
+        if run_migrations:
+            runtime.refresh_authorities()
+        return runtime
 
-    async def ingest(self, raw: bytes, *, transport: str) -> bytes:
+    def refresh_authorities(self) -> None:
+        """Lay the senders' declared identifier domains over the file tables (a swap: maps in flight
+        keep the tables they started with)."""
+        assert self._file_tables is not None
+        with self.db.connect() as conn:
+            clients = ClientRepo(conn).list()
+        self.engine.tables = with_declared(self._file_tables, clients)
+
+    async def ingest(self, raw: bytes, *, transport: str, facilities: frozenset[str] | None = None) -> bytes:
         """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""
         started = time.perf_counter()
         with logs.bound(control_id=logs.control_id_of(raw), transport=transport):
-            outcome = await asyncio.to_thread(self.pipeline.ingest, raw, transport=transport)
+            outcome = await asyncio.to_thread(self.pipeline.ingest, raw, transport=transport, facilities=facilities)
         record_message(
             transport=transport, outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started
         )
         return outcome.ack
 
     async def _mllp_ingest(self, raw: bytes) -> bytes:
-        return await self.ingest(raw, transport="mllp")
+        facilities = await asyncio.to_thread(self.binding.facilities, current_peer())
+        return await self.ingest(raw, transport="mllp", facilities=facilities)
 
     async def _oversize(self, prefix: bytes) -> bytes | None:
         limit = self.settings.max_message_bytes
@@ -84,13 +129,29 @@ class Runtime:
                 max_connections=self.settings.mllp_max_connections,
                 max_connections_per_peer=self.settings.mllp_max_connections_per_peer,
                 on_oversize=self._oversize,
+                ssl_context=context_from(self.settings),
             )
             await self.mllp.start()
             logger.info("MLLP listening on %s:%d", self.settings.mllp_host, self.mllp.port)
         if worker and self.settings.run_worker:
             self._tasks.append(asyncio.create_task(self.worker.run(), name="delivery-worker"))
+        self._refresh = asyncio.create_task(self._refresh_loop(), name="authorities-refresh")
+
+    async def _refresh_loop(self) -> None:
+        """Declarations made with ``gateway clients`` in another process reach this one within a minute."""
+        while True:
+            await asyncio.sleep(AUTHORITIES_REFRESH_SECONDS)
+            try:
+                await asyncio.to_thread(self.refresh_authorities)
+            except Exception:
+                logger.exception("could not refresh the senders' declared authorities")
 
     async def stop(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh
+            self._refresh = None
         if self.mllp is not None:
             await self.mllp.stop()
         self.worker.stop()

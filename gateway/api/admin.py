@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
-from gateway.api.deps import RuntimeDep, require_token
+from gateway.api.deps import AccessDep, RuntimeDep
+from gateway.auth.authorities import MINTED_PREFIX, undeclared
+from gateway.auth.clients import SENDER
+from gateway.db.access import ClientRepo, systems_starting
 from gateway.db.engine import transaction
 from gateway.db.repo import MessageRecord, MessageRepo
 from gateway.errors import NotFoundError
@@ -15,7 +18,7 @@ from gateway.metrics import record_message
 from gateway.pipeline import utcnow
 from gateway.subscriptions.service import resend
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_token)])
+router = APIRouter(prefix="/admin", tags=["admin"])
 
 
 def _summary(record: MessageRecord) -> dict[str, Any]:
@@ -53,12 +56,13 @@ async def list_messages(
 
 
 @router.get("/messages/{message_id}", summary="One stored message, with its raw text and ACK")
-async def get_message(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
+async def get_message(message_id: int, runtime: RuntimeDep, access: AccessDep) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         with runtime.db.connect() as conn:
             record = MessageRepo(conn).get(message_id)
         if record is None:
             raise NotFoundError(f"message {message_id} not found")
+        access.trail.raw_message(message_id)  # raw messages are patient data: operators' views are audited
         return {**_summary(record), "raw": record.raw.decode("latin-1"), "ack": record.ack}
 
     return await run_in_threadpool(work)
@@ -79,6 +83,24 @@ async def replay(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
         # What reprocessing gave a new version (after a mapping fix); empty when nothing changed.
         "changed": [f"{r.type}/{r.id}/_history/{r.version_id}" for r in outcome.changed],
     }
+
+
+@router.get("/authorities", summary="Senders' identifier domains: declared ones, and those seen but undeclared")
+async def list_authorities(runtime: RuntimeDep) -> dict[str, Any]:
+    """What to declare with ``gateway clients authorities ID --set AUTHORITY=SYSTEM``."""
+
+    def work() -> dict[str, Any]:
+        with runtime.db.connect() as conn:
+            clients = ClientRepo(conn).list()
+            minted = systems_starting(conn, MINTED_PREFIX)
+        declared = [
+            {"client_id": c.id, "name": c.name, "facilities": list(c.facilities), "authorities": c.authorities}
+            for c in clients
+            if c.kind == SENDER
+        ]
+        return {"declared": declared, "undeclared": undeclared(minted)}
+
+    return await run_in_threadpool(work)
 
 
 @router.post("/subscriptions/{sub_id}/resend", summary="Reactivate a subscription and resend what it missed")

@@ -16,12 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from gateway import __version__
-from gateway.api import admin, fhir, health, ingest, sandbox
+from gateway.api import admin, fhir, health, ingest, oauth, sandbox
+from gateway.api.deps import AUTHORIZE
 from gateway.api.edge import EdgeMiddleware
 from gateway.api.responses import fhir_response
 from gateway.api.rest import FhirRestMiddleware
 from gateway.db.stats import pool_figures, store_figures
-from gateway.errors import GatewayError
+from gateway.errors import AuthenticationError, GatewayError
 from gateway.fhir.outcome import from_error, operation_outcome
 from gateway.metrics import StoreCollector
 from gateway.runtime import Runtime
@@ -51,6 +52,8 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
         version=__version__,
         description="IHE PAM France ADT feeds in, FHIR R4 Patient/Encounter and Subscriptions out.",
         lifespan=lifespan,
+        # Every route goes through the one authorization edge (a route without a rule is refused).
+        dependencies=[AUTHORIZE],
     )
     app.state.runtime = runtime
     app.include_router(ingest.router)
@@ -58,6 +61,7 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(sandbox.router)
     app.include_router(health.router)
+    app.include_router(oauth.router)
 
     store = CollectorRegistry(auto_describe=False)
     store.register(StoreCollector(lambda: store_figures(runtime.db), lambda: pool_figures(runtime.db)))
@@ -114,7 +118,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
         status, body = from_error(exc)
-        return fhir_response(body, status=status, headers=getattr(exc, "headers", None))
+        headers = dict(getattr(exc, "headers", None) or {})
+        if isinstance(exc, AuthenticationError):
+            headers["WWW-Authenticate"] = exc.www_authenticate()
+        return fhir_response(body, status=status, headers=headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway import logs
-from gateway.api.deps import RuntimeDep
+from gateway.api.deps import AccessDep, RuntimeDep
 from gateway.metrics import record_message
 
 router = APIRouter(tags=["ingest"])
@@ -68,14 +68,16 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         }
     },
 )
-async def ingest(request: Request, runtime: RuntimeDep) -> Response:
+async def ingest(request: Request, runtime: RuntimeDep, access: AccessDep) -> Response:
     try:
         raw = await read_body(request, limit=runtime.settings.max_message_bytes)
     except TransportError as exc:
         return Response(exc.text + "\n", status_code=exc.status, media_type="text/plain")
     started = time.perf_counter()
     with logs.bound(control_id=logs.control_id_of(raw), transport="http"):
-        outcome = await run_in_threadpool(runtime.pipeline.ingest, raw, transport="http")
+        outcome = await run_in_threadpool(
+            runtime.pipeline.ingest, raw, transport="http", facilities=access.sender_facilities
+        )
     record_message(transport="http", outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started)
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")
     return Response(outcome.ack, media_type=f"{HL7_MEDIA}; charset={charset}", headers={"X-Ack-Code": outcome.code})

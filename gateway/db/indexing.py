@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.fhir.canonical import CANONICAL_BASE
+
 JSON = dict[str, Any]
 Entry = tuple[str, str, str]  # (param, system, value)
+#: gateway/state/careteam.py's participant source extension (hospital:… or platform:<name>)
+PARTICIPANT_SOURCE = f"{CANONICAL_BASE}/StructureDefinition/careteam-participant-source"
 
 
 def _identifiers(resource: JSON) -> list[Entry]:
@@ -67,12 +71,23 @@ def search_entries(resource: JSON) -> list[Entry]:
         out += [("link", "", str(link["other"]["reference"])) for link in resource.get("link", []) if link.get("other")]
         if "active" in resource:
             out.append(("active", "", "true" if resource["active"] else "false"))
+        for label in (resource.get("meta") or {}).get("security", []):
+            if label.get("code"):
+                # confidential patients (PD1-12 = Y → R) are hidden from platforms by the access policy
+                out.append(("_security", str(label.get("system", "")), str(label["code"])))
     elif rtype == "CareTeam":
         out += _reference("patient", resource.get("subject"))
         out += _reference("subject", resource.get("subject"))
         for participant in resource.get("participant", []):
             member = participant.get("member", {})
             out += _reference("participant", member)
+            source = next(
+                (e.get("valueString") for e in participant.get("extension", []) if e.get("url") == PARTICIPANT_SOURCE),
+                None,
+            )
+            if source and str(source).startswith("platform:"):
+                # who a platform follows: circles holding a member it added (gateway/db/access.py)
+                out.append(("_platform-source", "", str(source)))
             ident = member.get("identifier")
             if ident and ident.get("value"):
                 out.append(("participant.identifier", str(ident.get("system", "")), str(ident["value"])))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, text, update
 
+from gateway.db.access import Visibility, visible_clause
 from gateway.db.schema import (
     facts,
     messages,
@@ -251,18 +252,52 @@ class StoredResource:
     deleted: bool = False
 
 
+#: Told what a filtered repository returned: (interaction, resource type, resources), for the audit trail.
+AuditSink = Callable[[str, str, Sequence["StoredResource"]], None]
+
+
 class ResourceRepo:
-    def __init__(self, conn: Connection) -> None:
+    """Resources; built with a ``visibility`` (a caller's, from the authorization policy), every read,
+    version read, history and search is filtered by it in SQL, and an ``audit`` sink hears what was returned.
+    Internal callers (ingest, delivery) pass neither and see everything."""
+
+    def __init__(
+        self, conn: Connection, *, visibility: Visibility | None = None, audit: AuditSink | None = None
+    ) -> None:
         self.conn = conn
+        self.visibility = visibility
+        self.audit = audit
+
+    def _heard(self, interaction: str, rtype: str, found: Sequence[StoredResource]) -> None:
+        if self.audit is not None:
+            self.audit(interaction, rtype, found)
+
+    def _visible(self, rtype: str, rid: str) -> bool:
+        return self.visibility is None or self.visibility.everything or self.exists(rtype, rid)
+
+    def exists(self, rtype: str, rid: str) -> bool:
+        """Whether the resource exists and is visible (no content read, nothing audited)."""
+        query = select(resources.c.id).where(resources.c.type == rtype, resources.c.id == rid)
+        clause = visible_clause(self.visibility, rtype)
+        if clause is not None:
+            query = query.where(clause)
+        return self.conn.execute(query).first() is not None
 
     def get(self, rtype: str, rid: str, *, for_update: bool = False) -> StoredResource | None:
         query = select(resources).where(resources.c.type == rtype, resources.c.id == rid)
+        clause = visible_clause(self.visibility, rtype)
+        if clause is not None:
+            query = query.where(clause)
         if for_update and self.conn.dialect.name == "postgresql":
             query = query.with_for_update()
         row = self.conn.execute(query).first()
-        return _stored(row) if row else None
+        found = _stored(row) if row else None
+        self._heard("read", rtype, [found] if found else [])
+        return found
 
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
+        if not self._visible(rtype, rid):
+            return None
         row = self.conn.execute(
             select(resource_versions).where(
                 resource_versions.c.type == rtype,
@@ -270,15 +305,21 @@ class ResourceRepo:
                 resource_versions.c.version_id == version,
             )
         ).first()
-        return _stored(row) if row else None
+        found = _stored(row) if row else None
+        self._heard("vread", rtype, [found] if found else [])
+        return found
 
     def history(self, rtype: str, rid: str) -> list[StoredResource]:
+        if not self._visible(rtype, rid):
+            return []
         rows = self.conn.execute(
             select(resource_versions)
             .where(resource_versions.c.type == rtype, resource_versions.c.id == rid)
             .order_by(resource_versions.c.version_id.desc())
         )
-        return [_stored(r) for r in rows]
+        found = [_stored(r) for r in rows]
+        self._heard("history-instance", rtype, found[:1])
+        return found
 
     def put(
         self,
@@ -359,6 +400,9 @@ class ResourceRepo:
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
         matching = select(resources).where(resources.c.type == rtype, resources.c.deleted == 0)
+        clause = visible_clause(self.visibility, rtype)
+        if clause is not None:
+            matching = matching.where(clause)
         driving = True
         for param, system, value in criteria:
             if param == "_id":
@@ -389,6 +433,7 @@ class ResourceRepo:
             )
         rows = self.conn.execute(matching.order_by(*_sort_keys(rtype, order)).limit(limit).offset(offset))
         page = [_stored(r) for r in rows]
+        self._heard("search-type", rtype, page)
         if not count:
             return page, len(page)  # internal callers want the rows, not a total (one query fewer)
         total = int(self.conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one())
@@ -463,6 +508,8 @@ class SubscriptionRecord:
     dialect: str = "backport"
     start_at: datetime | None = None
     end_at: datetime | None = None
+    #: the platform client that created it; empty before clients existed (#13)
+    owner: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,8 +532,11 @@ class OutboxRecord:
 
 
 class SubscriptionRepo:
-    def __init__(self, conn: Connection) -> None:
+    """Subscriptions; built with an ``owner`` (a platform's client id), :meth:`get` finds only its own."""
+
+    def __init__(self, conn: Connection, *, owner: str | None = None) -> None:
         self.conn = conn
+        self.owner = owner
 
     @staticmethod
     def _settable(record: SubscriptionRecord) -> dict[str, Any]:
@@ -515,6 +565,7 @@ class SubscriptionRepo:
                 id=record.id,
                 events_since_start=record.events_since_start,
                 created_at=record.created_at,
+                owner=record.owner,
                 **self._settable(record),
             )
         )
@@ -539,10 +590,16 @@ class SubscriptionRepo:
         return [_subscription(r) for r in rows]
 
     def all(self) -> list[SubscriptionRecord]:
-        return [_subscription(r) for r in self.conn.execute(select(subscriptions).order_by(subscriptions.c.id))]
+        query = select(subscriptions).order_by(subscriptions.c.id)
+        if self.owner is not None:
+            query = query.where(subscriptions.c.owner == self.owner)
+        return [_subscription(r) for r in self.conn.execute(query)]
 
     def get(self, sub_id: str) -> SubscriptionRecord | None:
-        row = self.conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id)).first()
+        query = select(subscriptions).where(subscriptions.c.id == sub_id)
+        if self.owner is not None:
+            query = query.where(subscriptions.c.owner == self.owner)
+        row = self.conn.execute(query).first()
         return _subscription(row) if row else None
 
     def listening(self, topic: str, *, now: datetime | None = None) -> list[SubscriptionRecord]:
@@ -608,6 +665,7 @@ def _subscription(row: Any) -> SubscriptionRecord:
         dialect=m["dialect"] or "backport",
         start_at=utc(m["start_at"]),
         end_at=utc(m["end_at"]),
+        owner=m["owner"],
     )
 
 

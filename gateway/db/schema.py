@@ -154,6 +154,9 @@ subscriptions = Table(
     Column("dialect", String(16), nullable=False, server_default="backport"),
     Column("start_at", DateTime(timezone=True), nullable=True),  # NdE Start: no event before it
     Column("end_at", DateTime(timezone=True), nullable=True),  # Subscription.end: off from then on
+    #: the platform client that created it (#13); empty for subscriptions made before clients existed
+    Column("owner", String(64), nullable=False, default="", server_default=""),
+    Index("ix_subscriptions_owner", "owner"),
 )
 
 #: Transactional outbox: written in the ingest transaction, drained by the delivery worker in order.
@@ -177,4 +180,59 @@ outbox = Table(
     Column("retry_since", DateTime(timezone=True), nullable=True),  # first failure since (re)queued
     Column("delivered_at", DateTime(timezone=True), nullable=True),
     Index("ix_outbox_due", "status", "subscription_id", "id"),
+)
+
+#: Registered clients (#13): platforms, senders (hospital engines) and operators. Secrets are stored as
+#: scrypt hashes only; JWKS-registered clients authenticate with signed assertions and have none.
+clients = Table(
+    "clients",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # platform | sender | operator
+    Column("name", String(128), nullable=False, unique=True),
+    Column("secret_hash", String(255), nullable=True),
+    Column("jwks", Text, nullable=True),
+    Column("scopes", Text, nullable=False, default=""),  # space-separated, as OAuth writes them
+    Column("facilities", Text, nullable=False, default="[]"),  # MSH-4 values a sender may claim
+    Column("authorities", Text, nullable=False, default="{}"),  # assigning authority -> identifier system
+    Column("status", String(16), nullable=False, default="active"),  # active | revoked
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("rotated_at", DateTime(timezone=True), nullable=True),
+)
+
+#: The access-token signing key, shared by every gateway instance on the same database.
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("kid", String(64), primary_key=True),
+    Column("secret", String(255), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+#: ``jti`` of client assertions already used (private_key_jwt): a replay hits the primary key.
+client_assertions = Table(
+    "client_assertions",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Audit trail of access to patient data (read as FHIR AuditEvent by operators).
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", ID, primary_key=True, autoincrement=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("client_id", String(64), nullable=False),
+    Column("client_name", String(128), nullable=False),
+    Column("action", String(1), nullable=False),  # FHIR AuditEvent.action: C R U D E
+    Column("subtype", String(32), nullable=False),  # read | vread | history-instance | search-type | notify | ...
+    Column("entity", String(160), nullable=False),  # Type/id, or Type for a search
+    Column("patient", String(64), nullable=True),  # Patient id the access concerns
+    Column("outcome", String(2), nullable=False),  # AuditEvent.outcome: 0 success, 4 minor failure, 8 serious
+    Column("detail", Text, nullable=True),
+    Index("ix_audit_patient", "patient", "recorded_at"),
+    Index("ix_audit_client", "client_id", "recorded_at"),
+    Index("ix_audit_recorded", "recorded_at"),
 )

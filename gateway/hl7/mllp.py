@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -191,6 +193,25 @@ class _Connection:
     host: str = ""
 
 
+@dataclass(slots=True)
+class Peer:
+    """Who is at the other end of the connection being served: its address and, over TLS with client
+    certificates, its verified certificate. Handlers read it with :func:`current_peer` (a context variable:
+    each connection is its own task), so the handler's signature stays ``bytes -> ACK``."""
+
+    host: str
+    certificate: dict[str, object] | None
+    #: what the handler concluded about this peer, kept for the connection's next messages
+    resolved: object = None
+
+
+_PEER: contextvars.ContextVar[Peer | None] = contextvars.ContextVar("mllp_peer", default=None)
+
+
+def current_peer() -> Peer | None:
+    return _PEER.get()
+
+
 def _peer_name(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
@@ -254,6 +275,7 @@ class MLLPServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER,
         on_oversize: OversizeHandler | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if max_message_bytes < 1:
             raise ValueError("max_message_bytes must be positive")
@@ -266,6 +288,7 @@ class MLLPServer:
         self._max_connections = max_connections
         self._max_per_peer = max_connections_per_peer
         self._on_oversize = on_oversize
+        self._ssl = ssl_context
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._stopping = False
@@ -292,7 +315,9 @@ class MLLPServer:
         if self._server is not None:
             raise RuntimeError("MLLP server already started")
         self._stopped = asyncio.Event()
-        self._server = await asyncio.start_server(self._on_connection, host=self._host, port=self._requested_port)
+        self._server = await asyncio.start_server(
+            self._on_connection, host=self._host, port=self._requested_port, ssl=self._ssl
+        )
         logger.info("MLLP server listening on %s:%d", self._host, self.port)
 
     async def serve_forever(self) -> None:
@@ -355,6 +380,7 @@ class MLLPServer:
             await _close_writer(writer)
             return
         conn = _Connection(peer=_peer_name(writer), writer=writer, task=asyncio.current_task(), host=host)
+        _PEER.set(Peer(host, writer.get_extra_info("peercert")))
         self._connections.add(conn)
         self.connections_total += 1
         logger.info("MLLP connection from %s opened", conn.peer)
@@ -509,10 +535,12 @@ class MLLPClient:
         *,
         timeout: float = 30.0,
         max_message_bytes: int = 16 * 1_048_576,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self._ssl = ssl_context
         self._max_message_bytes = max_message_bytes
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -537,7 +565,7 @@ class MLLPClient:
         if self._writer is not None:
             return
         async with asyncio.timeout(self.timeout):
-            self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+            self._reader, self._writer = await asyncio.open_connection(self.host, self.port, ssl=self._ssl)
         self._decoder = FrameDecoder(max_message_bytes=self._max_message_bytes)
         self._pending.clear()
 

@@ -98,6 +98,22 @@ def read_header(message: Message) -> Header:
     )
 
 
+#: PAM-FR PD1-12 = Y (patient under protection: no disclosure) → meta.security R (v3-Confidentiality).
+CONFIDENTIALITY_RESTRICTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality",
+    "code": "R",
+    "display": "restricted",
+}
+
+
+def _protection(pd1: Any) -> bool | None:
+    """PD1-12 (protection indicator): True for Y, False for N, None when the message says nothing."""
+    if pd1 is None:
+        return None
+    value = pd1.get(12).strip().upper()
+    return {"Y": True, "N": False}.get(value)
+
+
 class Engine:
     """Holds the validated tables; :meth:`map` is the pure conversion."""
 
@@ -228,6 +244,10 @@ class Engine:
             **facts,
             "identifier": identifiers,
         }
+        protection = _protection(message.segment("PD1"))
+        if protection is not None:
+            # an empty list says "PD1-12 = N": the patient fold lifts an earlier label, then drops the key
+            patient["meta"]["security"] = [CONFIDENTIALITY_RESTRICTED] if protection else []
         reliability_ext = identity_reliability(pid, qualified_ins=has_ins, received_ins=received_ins)
         if reliability_ext:
             patient["extension"] = [reliability_ext]

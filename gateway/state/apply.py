@@ -78,6 +78,8 @@ class Unit:
     pending: list[tuple[Change, StoredResource]] = field(default_factory=list)
     _listening: dict[str, list[SubscriptionRecord]] = field(default_factory=dict)
     _survivors: dict[str, str] = field(default_factory=dict)
+    #: PD1-12 = Y patients: notify platforms' subscriptions about them too (operator setting, #13)
+    confidential_to_platforms: bool = False
 
     @classmethod
     def of(cls, conn: Connection, *, now: datetime, message_id: int, tables: Tables) -> Unit:
@@ -122,8 +124,17 @@ def visit_fact(mapped: Mapped, encounter: JSON) -> VisitFact:
     )
 
 
-def apply_message(conn: Connection, mapped: Mapped, *, message_id: int, now: datetime, tables: Tables) -> Applied:
+def apply_message(
+    conn: Connection,
+    mapped: Mapped,
+    *,
+    message_id: int,
+    now: datetime,
+    tables: Tables,
+    confidential_to_platforms: bool = False,
+) -> Applied:
     unit = Unit.of(conn, now=now, message_id=message_id, tables=tables)
+    unit.confidential_to_platforms = confidential_to_platforms
     patient_id = str(mapped.patient["id"])
     prior_id = (mapped.prior or {}).get("patient_id")
     merging = mapped.event.kind == "merge" or (
@@ -408,12 +419,19 @@ def _circle_identifiers(unit: Unit, stored: StoredResource, patient: JSON | None
     )
 
 
+def _restricted(patient: JSON | None) -> bool:
+    """Labelled ``R`` (v3-Confidentiality) from PAM-FR PD1-12 = Y."""
+    labels = ((patient or {}).get("meta") or {}).get("security", [])
+    return any(label.get("code") == "R" for label in labels)
+
+
 def _enqueue(unit: Unit, topic: Topic, focus: StoredResource, *, target: Target, context: list[JSON]) -> int:
     subs, outbox = SubscriptionRepo(unit.conn), OutboxRepo(unit.conn)
     queued = 0
+    hidden = not unit.confidential_to_platforms and _restricted(target.patient)
     for sub in unit.listening(topic.url):
-        if not matches(sub.filters, target):
-            continue
+        if (hidden and sub.owner) or not matches(sub.filters, target):
+            continue  # a protected patient (PD1-12 = Y) is not announced to platforms
         number = subs.next_event_number(sub.id)
         outbox.add(
             subscription_id=sub.id,

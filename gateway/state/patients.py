@@ -46,6 +46,19 @@ def _has_death_info(patient: JSON) -> bool:
     return "deceasedDateTime" in patient or "deceasedBoolean" in patient
 
 
+def _fold_protection(patient: JSON, snapshots: list[JSON]) -> None:
+    """PD1-12 is sticky like death: the latest snapshot that said Y or N decides (``meta.security``)."""
+    said = next((s["patient"]["meta"]["security"] for s in reversed(snapshots) if _says_protection(s)), None)
+    meta = {k: v for k, v in (patient.get("meta") or {}).items() if k != "security"}
+    if said:
+        meta["security"] = said
+    patient["meta"] = meta
+
+
+def _says_protection(snapshot: JSON) -> bool:
+    return "security" in (snapshot["patient"].get("meta") or {})
+
+
 def fold_patient(payloads: list[JSON]) -> JSON | None:
     """The Patient of a stream, or ``None`` when the stream holds nothing that describes one."""
     snapshots = sorted((p for p in payloads if p.get("kind", DEMOGRAPHICS) == DEMOGRAPHICS), key=_order)
@@ -58,6 +71,7 @@ def fold_patient(payloads: list[JSON]) -> JSON | None:
         death = next((s["patient"] for s in reversed(snapshots) if _has_death_info(s["patient"])), None)
         if death is not None:
             patient.update({k: death[k] for k in ("deceasedDateTime", "deceasedBoolean") if k in death})
+        _fold_protection(patient, snapshots)
     elif merges:
         last = merges[-1]
         patient = {

@@ -75,10 +75,26 @@ def _platform_participants(team: JSON) -> list[JSON]:
     return [p for p in team.get("participant", []) if is_platform(p)]
 
 
+def _theirs(participants: list[JSON], platform: str) -> list[JSON]:
+    """Platform participants another platform added (an authenticated platform may not touch them)."""
+    return [p for p in participants if is_platform(p) and source_of(p) != f"platform:{platform}"]
+
+
 def replace(
-    conn: Connection, team_id: str, body: JSON, *, tables: Tables, now: datetime, platform: str, if_match: str | None
+    conn: Connection,
+    team_id: str,
+    body: JSON,
+    *,
+    tables: Tables,
+    now: datetime,
+    platform: str,
+    if_match: str | None,
+    own_only: bool = False,
 ) -> tuple[StoredResource, Unit]:
-    """PUT: the body's platform participants become the circle's; its hospital ones must be unchanged."""
+    """PUT: the body's platform participants become the circle's; its hospital ones must be unchanged.
+
+    With ``own_only`` (an authenticated platform), other platforms' members must come back unchanged too.
+    """
     if body.get("resourceType") != "CareTeam" or body.get("id") not in (None, team_id):
         raise FhirError("the body must be this CareTeam", issue_code="invalid")
     try:
@@ -99,11 +115,17 @@ def replace(
         raise _unprocessable(
             "hospital-sourced participants are maintained by the hospital feed: send them back unchanged"
         )
+    kept: list[JSON] = []
+    if own_only:
+        kept = _theirs(current.content.get("participant", []), platform)
+        if sorted(map(_member_fingerprint, _theirs(sent, platform))) != sorted(map(_member_fingerprint, kept)):
+            raise _unprocessable("members other platforms added are theirs: send them back unchanged")
+        sent = [p for p in sent if p not in _theirs(sent, platform)]
     mine = [_tag(p, platform) for p in sent if not source_of(p) or is_platform(p)]
     for participant in mine:
         if not participant.get("member"):
             raise FhirError("each participant needs a member", issue_code="required")
-    return _save(unit, current, mine), unit
+    return _save(unit, current, kept + mine), unit
 
 
 def _member_fingerprint(participant: JSON) -> str:
@@ -149,7 +171,14 @@ def add_member(
 
 
 def end_member(
-    conn: Connection, team_id: str, params: JSON, *, tables: Tables, now: datetime, platform: str
+    conn: Connection,
+    team_id: str,
+    params: JSON,
+    *,
+    tables: Tables,
+    now: datetime,
+    platform: str,
+    own_only: bool = False,
 ) -> tuple[StoredResource, Unit]:
     """``$end-member``: member (Reference), role (optional: every role otherwise), end (optional: now)."""
     member, role, end = _member_args(params, moment="end", now=now)
@@ -159,6 +188,8 @@ def end_member(
     mine, ended = [], 0
     for participant in _platform_participants(current.content):
         same = _member_key(participant["member"]) == _member_key(member)
+        if own_only and source_of(participant) != f"platform:{platform}":
+            same = False
         if same and (not wanted or _role_codes(participant) == wanted) and not participant.get("period", {}).get("end"):
             mine.append({**participant, "period": {**participant.get("period", {}), "end": end}})
             ended += 1

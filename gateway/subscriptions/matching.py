@@ -12,7 +12,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from gateway.errors import FhirError
-from gateway.subscriptions.nde import event_type_codes, split_tokens
+from gateway.fhir.tokens import split_tokens
+from gateway.subscriptions.nde import event_type_codes
 
 JSON = dict[str, Any]
 

@@ -68,24 +68,6 @@ def contained(resource: JSON, reference: str | None) -> JSON | None:
     return None
 
 
-def split_tokens(value: str) -> list[str]:
-    """A FHIR token list (``ADM,SOR``), with ``\\,`` escaping a comma inside a value."""
-    parts, current, escaped = [], "", False
-    for ch in value:
-        if escaped:
-            current += ch
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == ",":
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    return [p.strip() for p in parts if p.strip()]
-
-
 def join_tokens(values: Iterable[str]) -> str:
     return ",".join(v.replace("\\", "\\\\").replace(",", "\\,") for v in values)
 

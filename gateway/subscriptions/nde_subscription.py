@@ -17,6 +17,7 @@ from typing import Final
 from urllib.parse import parse_qsl
 
 from gateway.errors import FhirError
+from gateway.fhir.tokens import split_tokens
 from gateway.mapping.tables import CodeRow
 from gateway.subscriptions.nde import (
     CONTAINED_TYPES,
@@ -34,7 +35,6 @@ from gateway.subscriptions.nde import (
     event_type_codes,
     extensions,
     join_tokens,
-    split_tokens,
 )
 
 #: Extension → (element name in errors, resource types its reference may target; empty: a dateTime).

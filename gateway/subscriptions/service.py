@@ -46,6 +46,10 @@ PAYLOAD_CONTENTS = frozenset({"empty", "id-only", "full-resource"})
 #: Email carries no clinical detail: at most the reference of what changed (MSSanté is mail, not FHIR).
 EMAIL_CONTENTS = frozenset({"empty", "id-only"})
 MAX_TIMEOUT = 120
+#: Filters that name patients (a reference, an identifier, a care circle member): a subscription without
+#: one selects patients nobody named (a whole facility, every admission) and needs the population grant.
+NAMING_FILTERS = frozenset({"patient", "patient.identifier", "identifier", "care-team-member"})
+MASK = "***"
 _MAILTO = re.compile(r"^mailto:[^@\s,;]+@[^@\s,;]+\.[^@\s,;]+$")
 Resolver = Callable[..., Any]
 
@@ -218,6 +222,32 @@ def _initial_status(parsed: Parsed, *, now: datetime) -> str:
     return "active" if parsed.dialect == nde.DIALECT else "requested"
 
 
+def _check_population(parsed: Parsed, *, may_select_population: bool) -> None:
+    if may_select_population or any(f["param"] in NAMING_FILTERS for f in parsed.filters):
+        return
+    raise FhirError(
+        "this subscription selects patients nobody named (no patient, identifier or care-team-member filter): "
+        "it needs the gateway/population scope, granted by the operator",
+        status=403,
+        issue_code="forbidden",
+    )
+
+
+def _unmasked(headers: list[str], current: list[str]) -> list[str]:
+    """A platform that PUTs back what it read sends ``Name: ***``: keep the value it set before."""
+    before = {h.partition(":")[0].strip().lower(): h for h in current}
+    out = []
+    for header in headers:
+        name, _, value = header.partition(":")
+        if value.strip() == MASK and name.strip().lower() in before:
+            out.append(before[name.strip().lower()])
+        elif value.strip() == MASK:
+            raise FhirError(f"channel.header {name.strip()!r}: send its value, not the mask", issue_code="value")
+        else:
+            out.append(header)
+    return out
+
+
 def create_subscription(
     conn: Connection,
     body: JSON,
@@ -226,9 +256,14 @@ def create_subscription(
     now: datetime,
     resolver: Resolver | None = None,
     tables: Tables | None = None,
+    owner: str = "",
+    may_select_population: bool = True,
 ) -> tuple[StoredResource, str | None]:
     """Store a new subscription and queue its handshake if it needs one; returns (resource, new secret)."""
     parsed = parse_subscription(body, allowlist=allowlist, resolver=resolver, tables=tables)
+    _check_population(parsed, may_select_population=may_select_population)
+    if any(h.partition(":")[2].strip() == MASK for h in parsed.headers):
+        raise FhirError("channel.header: send the header's value, not the mask", issue_code="value")
     secret = parsed.secret or secrets.token_urlsafe(32)
     record = SubscriptionRecord(
         id=uuid.uuid4().hex,
@@ -249,6 +284,7 @@ def create_subscription(
         dialect=parsed.dialect,
         start_at=parsed.start_at,
         end_at=parsed.end_at,
+        owner=owner,
     )
     SubscriptionRepo(conn).add(record)
     stored = _write_resource(conn, body, record, now=now)
@@ -266,14 +302,20 @@ def update_subscription(
     now: datetime,
     resolver: Resolver | None = None,
     tables: Tables | None = None,
+    owner: str | None = None,
+    may_select_population: bool = True,
 ) -> StoredResource:
     """PUT: change the channel, filters or topic; ``status: off`` pauses; ``requested`` (or ``active``) on a
-    subscription in error or off asks for a new handshake and sends what it missed, in order."""
-    subs = SubscriptionRepo(conn)
+    subscription in error or off asks for a new handshake and sends what it missed, in order.
+
+    With an ``owner`` (a platform), another platform's subscription is not found."""
+    subs = SubscriptionRepo(conn, owner=owner)
     current = subs.get(sub_id)
     if current is None:
         raise NotFoundError(f"Subscription/{sub_id} not found")
     parsed = parse_subscription(body, allowlist=allowlist, resolver=resolver, tables=tables)
+    _check_population(parsed, may_select_population=may_select_population)
+    parsed = replace(parsed, headers=_unmasked(parsed.headers, current.headers))
     status, error = current.status, current.error
     restart = parsed.requested_status in ("requested", "active") and current.status in ("error", "off")
     if parsed.requested_status == "off" or (parsed.end_at is not None and parsed.end_at <= now):
@@ -309,8 +351,8 @@ def update_subscription(
     return _write_resource(conn, body, record, now=now)
 
 
-def delete_subscription(conn: Connection, sub_id: str, *, now: datetime) -> None:
-    if SubscriptionRepo(conn).get(sub_id) is None:
+def delete_subscription(conn: Connection, sub_id: str, *, now: datetime, owner: str | None = None) -> None:
+    if SubscriptionRepo(conn, owner=owner).get(sub_id) is None:
         raise NotFoundError(f"Subscription/{sub_id} not found")
     SubscriptionRepo(conn).delete(sub_id)
     ResourceRepo(conn).delete("Subscription", sub_id, now=now)
@@ -353,15 +395,20 @@ def _write_resource(conn: Connection, body: JSON, record: SubscriptionRecord, *,
 
 
 def public_resource(body: JSON, *, sub_id: str, status: str, error: str | None) -> JSON:
-    """The Subscription as readable through FHIR: our status, and never the signing secret.
+    """The Subscription as readable through FHIR: our status, never the signing secret, headers masked.
 
     It claims the profile it meets: NdE's ``nde-subscription``, or the Backport IG's
     ``backport-subscription``, with the payload content the gateway applies stated in its extension.
+    Secrets are write-only: ``channel.header`` values often carry the platform's own bearer token, so
+    only their names are kept (``Authorization: ***``); the delivery worker reads the real ones from the
+    subscriptions table.
     """
     resource = {k: v for k, v in body.items() if k not in ("meta", "text")}
     resource["id"] = sub_id
     resource["status"] = status
     channel = dict(resource.get("channel") or {})
+    if channel.get("header"):
+        channel["header"] = [mask_header(str(h)) for h in channel["header"]]
     channel["extension"] = [e for e in channel.get("extension", []) if e.get("url") != SIGNING_SECRET]
     if not channel["extension"]:
         channel.pop("extension")
@@ -399,3 +446,8 @@ def set_status(conn: Connection, sub_id: str, status: str, *, now: datetime, err
     if current is not None and not current.deleted:
         resource = public_resource(current.content, sub_id=sub_id, status=status, error=error)
         store.put(resource, now=now, index=search_entries(resource))
+
+
+def mask_header(header: str) -> str:
+    name, sep, _ = header.partition(":")
+    return f"{name.strip()}: {MASK}" if sep else MASK

@@ -24,7 +24,9 @@ import orjson
 from sqlalchemy import Connection
 from sqlalchemy import Engine as DB
 
+from gateway.auth.audit import event_patient, notification_records
 from gateway.config import Settings
+from gateway.db.access import AuditRepo
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.mapping.tables import CodeRow
@@ -61,6 +63,21 @@ class Job:
 def _heartbeat_due(sub: SubscriptionRecord, now: datetime) -> bool:
     last = sub.last_sent_at or sub.created_at
     return bool(sub.heartbeat_period) and last + timedelta(seconds=sub.heartbeat_period or 0) <= now
+
+
+def _audit_delivery(conn: Connection, job: Job, *, now: datetime) -> None:
+    """A notification sent is an access to patient data: recorded with the delivery, same transaction."""
+    sent = [
+        (f"{r.focus_type}/{r.focus_id}", event_patient(r.focus_type, r.focus_id, r.context))
+        for r in job.rows
+        if r.focus_type and r.focus_id
+    ]
+    if sent:
+        owner = job.subscription.owner or "operator"
+        records = notification_records(
+            client_id=owner, client_name=owner, patients=sent, topic=job.subscription.topic, now=now
+        )
+        AuditRepo(conn).add(records)
 
 
 def utcnow() -> datetime:
@@ -324,6 +341,7 @@ class DeliveryWorker:
         for row in job.rows:
             outbox.delivered(row.id, now=now)
         SubscriptionRepo(conn).sent(sub.id, now=now)
+        _audit_delivery(conn, job, now=now)
         self.delivered_total += len(job.rows)
         if job.head.notification_type == "handshake":
             # Judge on the subscription as it is now, not as claimed: a PUT (new endpoint, or off) or a

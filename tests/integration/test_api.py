@@ -199,11 +199,13 @@ def test_subscription_with_unknown_filter_or_bad_json(client: TestClient) -> Non
 
 
 def test_bearer_token_guards_fhir_and_admin_but_not_ingest(settings: Settings) -> None:
+    """With no client registered, the API token still guards FHIR and admin; metadata is open (#13)."""
     rt = Runtime.build(settings.model_copy(update={"api_token": "s3cret"}))
     with TestClient(create_app(rt, start_services=False)) as c:
-        assert c.get("/fhir/metadata").status_code == 401
+        assert c.get("/fhir/metadata").status_code == 200
+        assert c.get("/fhir/Patient").status_code == 401
         assert c.get("/admin/messages").status_code == 401
-        assert c.get("/fhir/metadata", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.get("/fhir/Patient", headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.post("/hl7v2", content=Adt().bytes(), headers=HL7).status_code == 200
     rt.close()
 
