@@ -13,15 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine as DB
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-
-from gateway.db.engine import transaction
+from gateway.db.engine import Database as DB
+from gateway.db.engine import reading, transaction
 from gateway.db.repo import MessageRepo, StoredResource
+from gateway.db.unit import unit_of_work
 from gateway.errors import (
     DuplicateControlIdError,
     GatewayError,
     ParseError,
+    StorageConflictError,
+    StorageError,
     StorageUnavailableError,
 )
 from gateway.hl7 import er7
@@ -148,16 +149,16 @@ class Pipeline:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return self._apply(raw, message, mapped, transport=transport, now=now)
-            except IntegrityError:
+            except StorageConflictError:
                 # Another instance stored the same message or stream concurrently: try again, and the
                 # duplicate check or the refold sees its committed work.
                 logger.warning("concurrent write on ingest, retrying (attempt %d)", attempt)
                 continue
-            except OperationalError as exc:
+            except StorageUnavailableError as exc:
                 # Database down, locked past its timeout, or a serialization failure: transient.
                 if attempt == MAX_ATTEMPTS:
                     return self._unavailable(message, exc, now=now)
-                logger.warning("database error on ingest, retrying (attempt %d): %s", attempt, type(exc).__name__)
+                logger.warning("database error on ingest, retrying (attempt %d): %s", attempt, exc.message)
                 continue
             except GatewayError as exc:
                 return self._store_rejected(raw, message, exc, transport=transport, now=now)
@@ -169,8 +170,8 @@ class Pipeline:
 
     def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
         header = _header_values(message)
-        with transaction(self.db) as conn:
-            repo = MessageRepo(conn)
+        with unit_of_work(self.db) as uow:
+            repo = uow.messages
             previous = repo.find_applied(
                 sending_application=header["sending_application"],
                 sending_facility=header["sending_facility"],
@@ -192,7 +193,7 @@ class Pipeline:
                 event_time=mapped.event_time,
                 ack=ack,
             )
-            applied = apply_message(conn, mapped, message_id=message_id, now=now, tables=self.engine.tables)
+            applied = apply_message(uow, mapped, message_id=message_id, now=now, tables=self.engine.tables)
         if applied.notifications and self.on_commit is not None:
             self.on_commit()
         logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})
@@ -265,14 +266,14 @@ class Pipeline:
                     ack=ack,
                     error=exc,
                 )
-        except DBAPIError as db_exc:
+        except StorageError as db_exc:
             return self._unavailable(message, db_exc, now=now)
         logger.info("message %s", status, extra={"message_id": message_id, "error_code": exc.code})
         return _outcome(exc.ack_code, ack, message, message_id=message_id, status=status, issues=[issue])
 
-    def _unavailable(self, message: er7.Message | None, exc: Exception | None, *, now: datetime) -> Outcome:
+    def _unavailable(self, message: er7.Message | None, exc: StorageError | None, *, now: datetime) -> Outcome:
         """Nothing could be stored: AR (HL7: rejected for reasons unrelated to content), so the sender resends."""
-        logger.error("storage unavailable: %s", type(exc).__name__ if exc else "retries exhausted")
+        logger.error("storage unavailable: %s", exc.message if exc else "retries exhausted")
         error = StorageUnavailableError("the gateway cannot store messages right now; resend later")
         issue = _error_issue(error)
         ack = build_ack(message, code="AR", issues=[issue], now=now)
@@ -293,7 +294,7 @@ class Pipeline:
 
     def replay(self, message_id: int) -> Outcome:
         """Run a stored message through the pipeline again (after a mapping fix, say)."""
-        with self.db.connect() as conn:
+        with reading(self.db) as conn:
             record = MessageRepo(conn).get(message_id)
         if record is None:
             raise LookupError(message_id)

@@ -15,11 +15,16 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from gateway.config import Settings
+from gateway.errors import StorageConflictError, StorageError, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
+
+#: The engine type as the layers above ``db/`` name it, so that they need not import SQLAlchemy.
+Database = Engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -81,9 +86,34 @@ def write_lock(engine: Engine) -> AbstractContextManager[Any]:
 
 
 @contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Translate the driver's errors into the gateway's tree, once, here (as httpx maps its transports').
+
+    A unique-index violation means a concurrent writer won: :class:`StorageConflictError`, worth a retry.
+    An operational error (connection lost, lock or statement timeout, serialization failure) is transient:
+    :class:`StorageUnavailableError`. Any other driver error is a :class:`StorageError`.
+    """
+    try:
+        yield
+    except IntegrityError as exc:
+        raise StorageConflictError(f"concurrent write ({type(exc.orig).__name__})") from exc
+    except OperationalError as exc:
+        raise StorageUnavailableError(f"database unavailable ({type(exc.orig).__name__})") from exc
+    except DBAPIError as exc:
+        raise StorageError(f"database error ({type(exc.orig).__name__})") from exc
+
+
+@contextlib.contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
-    """A write transaction: ``engine.begin()`` behind this process's SQLite write lock."""
-    with write_lock(engine), engine.begin() as conn:
+    """A write transaction: ``engine.begin()`` behind this process's SQLite write lock; errors translated."""
+    with translated(), write_lock(engine), engine.begin() as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only connection, with the driver's errors translated as in :func:`transaction`."""
+    with translated(), engine.connect() as conn:
         yield conn
 
 

@@ -15,18 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
-
 from gateway.db.indexing import search_entries
-from gateway.db.repo import (
-    FactRepo,
-    OutboxRepo,
-    PatientLinkRepo,
-    ResourceRepo,
-    StoredResource,
-    SubscriptionRecord,
-    SubscriptionRepo,
-)
+from gateway.db.repo import FactRepo, PatientLinkRepo, ResourceRepo, StoredResource, SubscriptionRecord
+from gateway.db.unit import UnitOfWork
 from gateway.errors import MappingError
 from gateway.mapping.engine import Mapped
 from gateway.mapping.tables import Tables
@@ -64,7 +55,7 @@ class Applied:
 class Unit:
     """The store and the facts of one transaction, with what it has changed so far."""
 
-    conn: Connection
+    storage: UnitOfWork
     now: datetime
     message_id: int
     facts: FactRepo
@@ -74,12 +65,11 @@ class Unit:
     tables: Tables
     #: changes waiting to be matched against subscriptions, once every refold of the unit is done
     pending: list[tuple[Change, StoredResource]] = field(default_factory=list)
-    _listening: dict[str, list[SubscriptionRecord]] = field(default_factory=dict)
     _survivors: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, conn: Connection, *, now: datetime, message_id: int, tables: Tables) -> Unit:
-        return cls(conn, now, message_id, FactRepo(conn), ResourceRepo(conn), PatientLinkRepo(conn), Applied(), tables)
+    def of(cls, storage: UnitOfWork, *, now: datetime, message_id: int, tables: Tables) -> Unit:
+        return cls(storage, now, message_id, storage.facts, storage.resources, storage.links, Applied(), tables)
 
     def survivor(self, patient_id: str) -> str:
         """The patient a (possibly merged) patient now is, read once per message."""
@@ -88,10 +78,8 @@ class Unit:
         return self._survivors[patient_id]
 
     def listening(self, topic_url: str) -> list[SubscriptionRecord]:
-        """Subscriptions recording ``topic_url``, read once per message."""
-        if topic_url not in self._listening:
-            self._listening[topic_url] = SubscriptionRepo(self.conn).listening(topic_url)
-        return self._listening[topic_url]
+        """Subscriptions recording ``topic_url`` (the unit of work reads them once)."""
+        return self.storage.listening(topic_url)
 
     def notify_all(self) -> None:
         """Match the unit's changes only now, so that filters see the state after the whole message (a
@@ -120,8 +108,8 @@ def visit_fact(mapped: Mapped, encounter: JSON) -> VisitFact:
     )
 
 
-def apply_message(conn: Connection, mapped: Mapped, *, message_id: int, now: datetime, tables: Tables) -> Applied:
-    unit = Unit.of(conn, now=now, message_id=message_id, tables=tables)
+def apply_message(storage: UnitOfWork, mapped: Mapped, *, message_id: int, now: datetime, tables: Tables) -> Applied:
+    unit = Unit.of(storage, now=now, message_id=message_id, tables=tables)
     patient_id = str(mapped.patient["id"])
     prior_id = (mapped.prior or {}).get("patient_id")
     merging = mapped.event.kind == "merge" or (
@@ -385,7 +373,7 @@ def _circle_identifiers(unit: Unit, stored: StoredResource, patient: JSON | None
 
 
 def _enqueue(unit: Unit, topic: Topic, focus: StoredResource, *, target: Target, context: list[JSON]) -> int:
-    subs, outbox = SubscriptionRepo(unit.conn), OutboxRepo(unit.conn)
+    subs, outbox = unit.storage.subscriptions, unit.storage.outbox
     queued = 0
     for sub in unit.listening(topic.url):
         if not matches(sub.filters, target):
