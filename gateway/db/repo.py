@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, delete, exists, func, insert, or_, select, text, update
+from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, or_, select, text, update
 
 from gateway.db.schema import (
     facts,
@@ -38,6 +38,70 @@ def dumps(data: Any) -> str:
 
 def fhir_instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# -- statements built once -----------------------------------------------------------------------
+#
+# The hot path runs these with a dict of parameters. Building a Core statement per call cost ~95 µs
+# (coercions, cache key), against ~15 µs for one built once and found in the compiled cache.
+
+_INSERT_MESSAGE = insert(messages)
+_FIND_APPLIED = (
+    select(messages)
+    .where(
+        messages.c.sending_application == bindparam("app"),
+        messages.c.sending_facility == bindparam("facility"),
+        messages.c.control_id == bindparam("control_id"),
+        messages.c.status == "applied",
+    )
+    .order_by(messages.c.id)
+    .limit(1)
+)
+_INSERT_FACT = insert(facts)
+_FACTS_OF = select(facts.c.payload).where(facts.c.stream == bindparam("stream")).order_by(facts.c.id)
+_FACTS_OF_KINDS = (
+    select(facts.c.payload)
+    .where(facts.c.stream == bindparam("stream"), facts.c.kind.in_(bindparam("kinds", expanding=True)))
+    .order_by(facts.c.id)
+)
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+_SURVIVOR = select(patient_links.c.survivor_id).where(patient_links.c.merged_id == bindparam("merged"))
+_MERGED_INTO = select(patient_links.c.merged_id).where(
+    patient_links.c.survivor_id.in_(bindparam("survivors", expanding=True))
+)
+_GET_RESOURCE = select(resources).where(resources.c.type == bindparam("rtype"), resources.c.id == bindparam("rid"))
+_GET_RESOURCE_LOCKED = _GET_RESOURCE.with_for_update()
+_INSERT_RESOURCE = insert(resources)
+_UPDATE_RESOURCE = (
+    update(resources)
+    .where(resources.c.type == bindparam("rtype"), resources.c.id == bindparam("rid"))
+    .values(
+        version_id=bindparam("version_id"),
+        last_updated=bindparam("last_updated"),
+        deleted=bindparam("deleted"),
+        content=bindparam("content"),
+    )
+)
+_INSERT_VERSION = insert(resource_versions)
+_DELETE_INDEX = delete(search_index).where(
+    search_index.c.type == bindparam("rtype"), search_index.c.id == bindparam("rid")
+)
+_INSERT_INDEX = insert(search_index)
+_LISTENING = (
+    select(subscriptions)
+    .where(
+        subscriptions.c.topic == bindparam("topic"),
+        subscriptions.c.status.in_(("requested", "active", "error")),
+    )
+    .order_by(subscriptions.c.id)
+)
+_NEXT_EVENT_NUMBER = (
+    update(subscriptions)
+    .where(subscriptions.c.id == bindparam("sub_id"))
+    .values(events_since_start=subscriptions.c.events_since_start + 1)
+    .returning(subscriptions.c.events_since_start)
+)
+_INSERT_OUTBOX = insert(outbox)
 
 
 # -- messages -------------------------------------------------------------------------------------
@@ -83,24 +147,25 @@ class MessageRepo:
         ack: str | None = None,
     ) -> int:
         result = self.conn.execute(
-            insert(messages).values(
-                received_at=received_at,
-                transport=transport,
-                sending_application=header.get("sending_application", "")[:255],
-                sending_facility=header.get("sending_facility", "")[:255],
-                control_id=header.get("control_id", "")[:255],
-                message_type=header.get("message_type", "")[:16],
-                trigger_event=header.get("trigger", "")[:16],
-                event_time=event_time,
-                content_sha256=hashlib.sha256(raw).hexdigest(),
-                raw=raw,
-                outcome=outcome,
-                status=status,
-                error_code=error_code,
-                error_text=error_text,
-                duplicate_of=duplicate_of,
-                ack=ack,
-            )
+            _INSERT_MESSAGE,
+            {
+                "received_at": received_at,
+                "transport": transport,
+                "sending_application": header.get("sending_application", "")[:255],
+                "sending_facility": header.get("sending_facility", "")[:255],
+                "control_id": header.get("control_id", "")[:255],
+                "message_type": header.get("message_type", "")[:16],
+                "trigger_event": header.get("trigger", "")[:16],
+                "event_time": event_time,
+                "content_sha256": hashlib.sha256(raw).hexdigest(),
+                "raw": raw,
+                "outcome": outcome,
+                "status": status,
+                "error_code": error_code,
+                "error_text": error_text,
+                "duplicate_of": duplicate_of,
+                "ack": ack,
+            },
         )
         key = result.inserted_primary_key
         assert key is not None
@@ -108,17 +173,8 @@ class MessageRepo:
 
     def find_applied(self, *, sending_application: str, sending_facility: str, control_id: str) -> MessageRecord | None:
         """The message already applied under this sender and control id, if any."""
-        row = self.conn.execute(
-            select(messages)
-            .where(
-                messages.c.sending_application == sending_application,
-                messages.c.sending_facility == sending_facility,
-                messages.c.control_id == control_id,
-                messages.c.status == "applied",
-            )
-            .order_by(messages.c.id)
-            .limit(1)
-        ).first()
+        params = {"app": sending_application, "facility": sending_facility, "control_id": control_id}
+        row = self.conn.execute(_FIND_APPLIED, params).first()
         return _message(row) if row else None
 
     def get(self, message_id: int) -> MessageRecord | None:
@@ -179,21 +235,27 @@ class FactRepo:
             return
         for stream in sorted(set(streams)):
             key = int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "big", signed=True)
-            self.conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+            self.conn.execute(_ADVISORY_LOCK, {"key": key})
 
     def add(self, *, stream: str, message_id: int, event_time: datetime, kind: str, payload: JSON) -> None:
         self.conn.execute(
-            insert(facts).values(
-                stream=stream, message_id=message_id, event_time=event_time, kind=kind, payload=dumps(payload)
-            )
+            _INSERT_FACT,
+            {
+                "stream": stream,
+                "message_id": message_id,
+                "event_time": event_time,
+                "kind": kind,
+                "payload": dumps(payload),
+            },
         )
 
     def of(self, stream: str, *, kinds: Sequence[str] | None = None) -> list[JSON]:
         """The stream's facts in the order they were written (folds sort them by event time)."""
-        query = select(facts.c.payload).where(facts.c.stream == stream).order_by(facts.c.id)
-        if kinds is not None:
-            query = query.where(facts.c.kind.in_(kinds))
-        return [orjson.loads(r[0]) for r in self.conn.execute(query)]
+        if kinds is None:
+            rows = self.conn.execute(_FACTS_OF, {"stream": stream})
+        else:
+            rows = self.conn.execute(_FACTS_OF_KINDS, {"stream": stream, "kinds": list(kinds)})
+        return [orjson.loads(r[0]) for r in rows]
 
 
 class PatientLinkRepo:
@@ -212,9 +274,7 @@ class PatientLinkRepo:
         seen = {patient_id}
         current = patient_id
         while True:
-            row = self.conn.execute(
-                select(patient_links.c.survivor_id).where(patient_links.c.merged_id == current)
-            ).first()
+            row = self.conn.execute(_SURVIVOR, {"merged": current}).first()
             if row is None or row[0] in seen:
                 return current
             current = str(row[0])
@@ -225,9 +285,7 @@ class PatientLinkRepo:
         found: list[str] = []
         frontier = [survivor_id]
         while frontier:
-            rows = self.conn.execute(
-                select(patient_links.c.merged_id).where(patient_links.c.survivor_id.in_(frontier))
-            ).all()
+            rows = self.conn.execute(_MERGED_INTO, {"survivors": frontier}).all()
             frontier = [str(r[0]) for r in rows if str(r[0]) not in found and str(r[0]) != survivor_id]
             found.extend(frontier)
         return sorted(found)
@@ -251,10 +309,8 @@ class ResourceRepo:
         self.conn = conn
 
     def get(self, rtype: str, rid: str, *, for_update: bool = False) -> StoredResource | None:
-        query = select(resources).where(resources.c.type == rtype, resources.c.id == rid)
-        if for_update and self.conn.dialect.name == "postgresql":
-            query = query.with_for_update()
-        row = self.conn.execute(query).first()
+        locked = for_update and self.conn.dialect.name == "postgresql"
+        row = self.conn.execute(_GET_RESOURCE_LOCKED if locked else _GET_RESOURCE, {"rtype": rtype, "rid": rid}).first()
         return _stored(row) if row else None
 
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
@@ -304,12 +360,10 @@ class ResourceRepo:
         text_body = dumps(body)
         values = {"version_id": version, "last_updated": now, "deleted": 0, "content": text_body}
         if current is None:
-            self.conn.execute(insert(resources).values(type=rtype, id=rid, **values))
+            self.conn.execute(_INSERT_RESOURCE, {"type": rtype, "id": rid, **values})
         else:
-            self.conn.execute(
-                update(resources).where(resources.c.type == rtype, resources.c.id == rid).values(**values)
-            )
-        self.conn.execute(insert(resource_versions).values(type=rtype, id=rid, **values))
+            self.conn.execute(_UPDATE_RESOURCE, {"rtype": rtype, "rid": rid, **values})
+        self.conn.execute(_INSERT_VERSION, {"type": rtype, "id": rid, **values})
         self._reindex(rtype, rid, index, fresh=current is None)
         return StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body), current
 
@@ -327,10 +381,10 @@ class ResourceRepo:
 
     def _reindex(self, rtype: str, rid: str, index: Sequence[tuple[str, str, str]], *, fresh: bool = False) -> None:
         if not fresh:  # a new resource has no entries yet
-            self.conn.execute(delete(search_index).where(search_index.c.type == rtype, search_index.c.id == rid))
+            self.conn.execute(_DELETE_INDEX, {"rtype": rtype, "rid": rid})
         rows = [{"type": rtype, "id": rid, "param": p, "system": s[:255], "value": v[:255]} for p, s, v in set(index)]
         if rows:
-            self.conn.execute(insert(search_index), rows)
+            self.conn.execute(_INSERT_INDEX, rows)
 
     def search(
         self,
@@ -509,24 +563,14 @@ class SubscriptionRepo:
         readable through ``$events``) so that nothing is missed once the platform is back. Only ``off``
         subscriptions record nothing.
         """
-        rows = self.conn.execute(
-            select(subscriptions)
-            .where(subscriptions.c.topic == topic, subscriptions.c.status.in_(("requested", "active", "error")))
-            .order_by(subscriptions.c.id)
-        )
-        return [_subscription(r) for r in rows]
+        return [_subscription(r) for r in self.conn.execute(_LISTENING, {"topic": topic})]
 
     def set_status(self, sub_id: str, status: str, *, error: str | None = None) -> None:
         self.conn.execute(update(subscriptions).where(subscriptions.c.id == sub_id).values(status=status, error=error))
 
     def next_event_number(self, sub_id: str) -> int:
         """Increment and return the subscription's counter; the row lock keeps numbers gapless."""
-        row = self.conn.execute(
-            update(subscriptions)
-            .where(subscriptions.c.id == sub_id)
-            .values(events_since_start=subscriptions.c.events_since_start + 1)
-            .returning(subscriptions.c.events_since_start)
-        ).first()
+        row = self.conn.execute(_NEXT_EVENT_NUMBER, {"sub_id": sub_id}).first()
         assert row is not None
         return int(row[0])
 
@@ -569,20 +613,21 @@ class OutboxRepo:
         context: list[JSON] | None = None,
     ) -> None:
         self.conn.execute(
-            insert(outbox).values(
-                subscription_id=subscription_id,
-                event_number=event_number,
-                notification_type=notification_type,
-                topic=topic,
-                focus_type=focus[0] if focus else None,
-                focus_id=focus[1] if focus else None,
-                focus_version=focus[2] if focus else None,
-                context=dumps(context or []),
-                occurred_at=occurred_at,
-                status="pending",
-                attempts=0,
-                next_attempt_at=occurred_at,
-            )
+            _INSERT_OUTBOX,
+            {
+                "subscription_id": subscription_id,
+                "event_number": event_number,
+                "notification_type": notification_type,
+                "topic": topic,
+                "focus_type": focus[0] if focus else None,
+                "focus_id": focus[1] if focus else None,
+                "focus_version": focus[2] if focus else None,
+                "context": dumps(context or []),
+                "occurred_at": occurred_at,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": occurred_at,
+            },
         )
 
     def heads(self, *, now: datetime, limit: int) -> list[OutboxRecord]:
