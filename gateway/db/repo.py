@@ -59,6 +59,7 @@ _FIND_APPLIED = (
 )
 _INSERT_FACT = insert(facts)
 _FACTS_OF = select(facts.c.payload).where(facts.c.stream == bindparam("stream")).order_by(facts.c.id)
+_STREAM = select(facts.c.kind, facts.c.payload).where(facts.c.stream == bindparam("stream")).order_by(facts.c.id)
 _FACTS_OF_KINDS = (
     select(facts.c.payload)
     .where(facts.c.stream == bindparam("stream"), facts.c.kind.in_(bindparam("kinds", expanding=True)))
@@ -94,6 +95,11 @@ _LISTENING = (
         subscriptions.c.status.in_(("requested", "active", "error")),
     )
     .order_by(subscriptions.c.id)
+)
+_LISTENING_ALL = (
+    select(subscriptions)
+    .where(subscriptions.c.status.in_(("requested", "active", "error")))
+    .order_by(subscriptions.c.topic, subscriptions.c.id)
 )
 _NEXT_EVENT_NUMBER = (
     update(subscriptions)
@@ -221,9 +227,21 @@ def _message(row: Any) -> MessageRecord:
 # -- facts ----------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class NewFact:
+    stream: str
+    kind: str
+    payload: JSON
+
+
 class FactRepo:
-    def __init__(self, conn: Connection) -> None:
+    """Facts per stream. With ``cached``, a stream read once is kept (as JSON text, parsed on each read so
+    that no caller can change another's copy) and kept current by this repo's own writes: for the unit of
+    work, whose stream locks guarantee no one else writes those streams meanwhile."""
+
+    def __init__(self, conn: Connection, *, cached: bool = False) -> None:
         self.conn = conn
+        self._streams: dict[str, list[tuple[str, str]]] | None = {} if cached else None
 
     def lock(self, streams: Iterable[str]) -> None:
         """Serialize writers of the same streams across gateway instances (PostgreSQL advisory locks).
@@ -238,24 +256,43 @@ class FactRepo:
             self.conn.execute(_ADVISORY_LOCK, {"key": key})
 
     def add(self, *, stream: str, message_id: int, event_time: datetime, kind: str, payload: JSON) -> None:
-        self.conn.execute(
-            _INSERT_FACT,
+        self.add_many([NewFact(stream, kind, payload)], message_id=message_id, event_time=event_time)
+
+    def add_many(self, new: Sequence[NewFact], *, message_id: int, event_time: datetime) -> None:
+        """Several facts of one message in one statement, in order."""
+        rows: list[dict[str, Any]] = [
             {
-                "stream": stream,
+                "stream": f.stream,
                 "message_id": message_id,
                 "event_time": event_time,
-                "kind": kind,
-                "payload": dumps(payload),
-            },
-        )
+                "kind": f.kind,
+                "payload": dumps(f.payload),
+            }
+            for f in new
+        ]
+        if not rows:
+            return
+        self.conn.execute(_INSERT_FACT, rows if len(rows) > 1 else rows[0])
+        if self._streams is not None:
+            for row in rows:
+                if row["stream"] in self._streams:
+                    self._streams[row["stream"]].append((row["kind"], row["payload"]))
 
     def of(self, stream: str, *, kinds: Sequence[str] | None = None) -> list[JSON]:
         """The stream's facts in the order they were written (folds sort them by event time)."""
+        if self._streams is not None:
+            return self._cached(stream, kinds)
         if kinds is None:
             rows = self.conn.execute(_FACTS_OF, {"stream": stream})
         else:
             rows = self.conn.execute(_FACTS_OF_KINDS, {"stream": stream, "kinds": list(kinds)})
         return [orjson.loads(r[0]) for r in rows]
+
+    def _cached(self, stream: str, kinds: Sequence[str] | None) -> list[JSON]:
+        assert self._streams is not None
+        if stream not in self._streams:
+            self._streams[stream] = [(str(k), str(p)) for k, p in self.conn.execute(_STREAM, {"stream": stream})]
+        return [orjson.loads(p) for k, p in self._streams[stream] if kinds is None or k in kinds]
 
 
 class PatientLinkRepo:
@@ -305,13 +342,29 @@ class StoredResource:
 
 
 class ResourceRepo:
-    def __init__(self, conn: Connection) -> None:
+    """Resources and their versions. With ``cached`` (the unit of work), resources read or written are kept
+    by id for the transaction (an identity map): refolds read the patient and the circle several times."""
+
+    def __init__(self, conn: Connection, *, cached: bool = False) -> None:
         self.conn = conn
+        self._seen: dict[tuple[str, str], StoredResource | None] | None = {} if cached else None
+        self._locked: set[tuple[str, str]] = set()
 
     def get(self, rtype: str, rid: str, *, for_update: bool = False) -> StoredResource | None:
+        key = (rtype, rid)
         locked = for_update and self.conn.dialect.name == "postgresql"
+        if self._seen is not None and key in self._seen and (not locked or key in self._locked):
+            return self._seen[key]
         row = self.conn.execute(_GET_RESOURCE_LOCKED if locked else _GET_RESOURCE, {"rtype": rtype, "rid": rid}).first()
-        return _stored(row) if row else None
+        found = _stored(row) if row else None
+        self._remember(key, found, locked=locked)
+        return found
+
+    def _remember(self, key: tuple[str, str], found: StoredResource | None, *, locked: bool = False) -> None:
+        if self._seen is not None:
+            self._seen[key] = found
+            if locked:
+                self._locked.add(key)
 
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
         row = self.conn.execute(
@@ -365,7 +418,9 @@ class ResourceRepo:
             self.conn.execute(_UPDATE_RESOURCE, {"rtype": rtype, "rid": rid, **values})
         self.conn.execute(_INSERT_VERSION, {"type": rtype, "id": rid, **values})
         self._reindex(rtype, rid, index, fresh=current is None)
-        return StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body), current
+        stored = StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body)
+        self._remember((rtype, rid), stored)
+        return stored, current
 
     def delete(self, rtype: str, rid: str, *, now: datetime) -> bool:
         """FHIR delete: a new version marked deleted; reads then answer 410 and searches skip it."""
@@ -377,6 +432,7 @@ class ResourceRepo:
         self.conn.execute(update(resources).where(resources.c.type == rtype, resources.c.id == rid).values(**values))
         self.conn.execute(insert(resource_versions).values(type=rtype, id=rid, **values))
         self._reindex(rtype, rid, [])
+        self._remember((rtype, rid), _stored_values(rtype, rid, values, content=current.content))
         return True
 
     def _reindex(self, rtype: str, rid: str, index: Sequence[tuple[str, str, str]], *, fresh: bool = False) -> None:
@@ -445,6 +501,17 @@ def _without_version(resource: JSON) -> JSON:
 def _same(old: JSON, new: JSON) -> bool:
     """Equal but for versionId/lastUpdated: then no new version is written (replays change nothing)."""
     return _without_version(old) == _without_version(new)
+
+
+def _stored_values(rtype: str, rid: str, values: dict[str, Any], *, content: JSON) -> StoredResource:
+    return StoredResource(
+        type=rtype,
+        id=rid,
+        version_id=int(values["version_id"]),
+        last_updated=values["last_updated"],
+        content=content,
+        deleted=bool(values["deleted"]),
+    )
 
 
 def _stored(row: Any) -> StoredResource:
@@ -564,6 +631,14 @@ class SubscriptionRepo:
         subscriptions record nothing.
         """
         return [_subscription(r) for r in self.conn.execute(_LISTENING, {"topic": topic})]
+
+    def listening_by_topic(self) -> dict[str, list[SubscriptionRecord]]:
+        """:meth:`listening` for every topic at once: topic URL → subscriptions, ordered by id."""
+        out: dict[str, list[SubscriptionRecord]] = {}
+        for row in self.conn.execute(_LISTENING_ALL):
+            record = _subscription(row)
+            out.setdefault(record.topic, []).append(record)
+        return out
 
     def set_status(self, sub_id: str, status: str, *, error: str | None = None) -> None:
         self.conn.execute(update(subscriptions).where(subscriptions.c.id == sub_id).values(status=status, error=error))

@@ -31,18 +31,19 @@ class UnitOfWork:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.messages = MessageRepo(conn)
-        self.facts = FactRepo(conn)
-        self.resources = ResourceRepo(conn)
+        self.facts = FactRepo(conn, cached=True)
+        self.resources = ResourceRepo(conn, cached=True)
         self.links = PatientLinkRepo(conn)
         self.subscriptions = SubscriptionRepo(conn)
         self.outbox = OutboxRepo(conn)
-        self._listening: dict[str, list[SubscriptionRecord]] = {}
+        self._listening: dict[str, list[SubscriptionRecord]] | None = None
 
     def listening(self, topic_url: str) -> list[SubscriptionRecord]:
-        """Subscriptions recording events of ``topic_url``, read once per transaction."""
-        if topic_url not in self._listening:
-            self._listening[topic_url] = self.subscriptions.listening(topic_url)
-        return self._listening[topic_url]
+        """Subscriptions recording events of ``topic_url``: those of every topic read in one query, once
+        per transaction (a message fires several topics; most fire none that anyone listens to)."""
+        if self._listening is None:
+            self._listening = self.subscriptions.listening_by_topic()
+        return self._listening.get(topic_url, [])
 
 
 @contextlib.contextmanager

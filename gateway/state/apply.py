@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.db.indexing import search_entries
-from gateway.db.repo import FactRepo, PatientLinkRepo, ResourceRepo, StoredResource, SubscriptionRecord
+from gateway.db.repo import FactRepo, NewFact, PatientLinkRepo, ResourceRepo, StoredResource, SubscriptionRecord
 from gateway.db.unit import UnitOfWork
 from gateway.errors import MappingError
 from gateway.mapping.engine import Mapped
@@ -125,8 +125,7 @@ def apply_message(storage: UnitOfWork, mapped: Mapped, *, message_id: int, now: 
         streams.append(f"Encounter/{mapped.encounter['id']}")
     unit.facts.lock(streams)
 
-    _record_demographics(unit, mapped)
-    _record_participations(unit, mapped)
+    _record_patient_facts(unit, mapped)
     if merging and prior_id:
         _merge(unit, mapped, merged_id=prior_id, survivor_id=patient_id)
     _refold_patient(unit, patient_id, action=mapped.action)
@@ -151,19 +150,13 @@ def apply_message(storage: UnitOfWork, mapped: Mapped, *, message_id: int, now: 
     return unit.result
 
 
-def _record_demographics(unit: Unit, mapped: Mapped) -> None:
-    unit.facts.add(
-        stream=f"Patient/{mapped.patient['id']}",
-        message_id=unit.message_id,
-        event_time=mapped.event_time,
-        kind="demographics",
-        payload=patient_payload(
-            patient=mapped.patient, event_time=mapped.event_time, control_id=mapped.header.control_id
-        ),
+def _record_patient_facts(unit: Unit, mapped: Mapped) -> None:
+    """The message's demographics and care-circle statements, on the patient's stream, in one write."""
+    stream = f"Patient/{mapped.patient['id']}"
+    demographics = patient_payload(
+        patient=mapped.patient, event_time=mapped.event_time, control_id=mapped.header.control_id
     )
-
-
-def _record_participations(unit: Unit, mapped: Mapped) -> None:
+    new = [NewFact(stream, "demographics", demographics)]
     source = f"hospital:{mapped.header.sending_facility or mapped.header.sending_application}"
     for statement in mapped.participations:
         fact = Participation(
@@ -176,13 +169,8 @@ def _record_participations(unit: Unit, mapped: Mapped) -> None:
             start=statement.get("start"),
             end=statement.get("end"),
         )
-        unit.facts.add(
-            stream=f"Patient/{mapped.patient['id']}",
-            message_id=unit.message_id,
-            event_time=mapped.event_time,
-            kind=PARTICIPATION,
-            payload=fact.to_payload(),
-        )
+        new.append(NewFact(stream, PARTICIPATION, fact.to_payload()))
+    unit.facts.add_many(new, message_id=unit.message_id, event_time=mapped.event_time)
 
 
 def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT") -> None:
