@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -9,7 +10,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, and_, bindparam, delete, exists, func, insert, or_, select, text, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from gateway.db.schema import (
     facts,
@@ -458,39 +474,60 @@ class ResourceRepo:
         derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
-        matching = select(resources).where(resources.c.type == rtype, resources.c.deleted == 0)
-        driving = True
-        for param, system, value in criteria:
-            if param == "_id":
-                matching = matching.where(resources.c.id == value)
-                continue
-            conditions = [search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value]
-            if system is not None:
-                conditions.append(search_index.c.system == system)
-            if driving:
-                # The first criterion drives the query from the index (type, param, value): the plan stays an
-                # index lookup however large the store grows, on SQLite and PostgreSQL alike.
-                matching = matching.where(resources.c.id.in_(select(search_index.c.id).where(*conditions)))
-                driving = False
-                continue
-            entry = search_index.alias()
-            matching = matching.where(
-                exists().where(
-                    entry.c.type == rtype,
-                    entry.c.param == param,
-                    entry.c.value == value,
-                    entry.c.id == resources.c.id,
-                    *([entry.c.system == system] if system is not None else []),
-                )
-            )
-        rows = self.conn.execute(
-            matching.order_by(resources.c.last_updated.desc(), resources.c.id).limit(limit).offset(offset)
-        )
-        page = [_stored(r) for r in rows]
+        shape = tuple((param == "_id", system is not None) for param, system, _ in criteria)
+        params: dict[str, Any] = {"rtype": rtype, "limit": limit, "offset": offset}
+        for i, (param, system, value) in enumerate(criteria):
+            params.update({f"p{i}": param, f"v{i}": value, f"s{i}": system})
+        page_query, count_query = _search_statements(shape)
+        page = [_stored(r) for r in self.conn.execute(page_query, params)]
         if not count:
             return page, len(page)  # internal callers want the rows, not a total (one query fewer)
-        total = int(self.conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one())
+        total = int(self.conn.execute(count_query, params).scalar_one())
         return page, total
+
+
+@functools.lru_cache(maxsize=128)
+def _search_statements(shape: tuple[tuple[bool, bool], ...]) -> tuple[Select[Any], Select[Any]]:
+    """(page, count) statements for criteria of this shape ((is ``_id``, has a system) each), built once.
+
+    Values are bound as ``p<i>`` (param), ``s<i>`` (system), ``v<i>`` (value), plus ``rtype``, ``limit`` and
+    ``offset``: the refolds search on every message, and building the statement cost more than running it.
+    """
+    rtype: BindParameter[str] = bindparam("rtype")
+    matching = select(resources).where(resources.c.type == rtype, resources.c.deleted == 0)
+    driving = True
+    for i, (is_id, has_system) in enumerate(shape):
+        param: BindParameter[str] = bindparam(f"p{i}")
+        system: BindParameter[str] = bindparam(f"s{i}")
+        value: BindParameter[str] = bindparam(f"v{i}")
+        if is_id:
+            matching = matching.where(resources.c.id == value)
+            continue
+        conditions = [search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value]
+        if has_system:
+            conditions.append(search_index.c.system == system)
+        if driving:
+            # The first criterion drives the query from the index (type, param, value): the plan stays an
+            # index lookup however large the store grows, on SQLite and PostgreSQL alike.
+            matching = matching.where(resources.c.id.in_(select(search_index.c.id).where(*conditions)))
+            driving = False
+            continue
+        entry = search_index.alias()
+        matching = matching.where(
+            exists().where(
+                entry.c.type == rtype,
+                entry.c.param == param,
+                entry.c.value == value,
+                entry.c.id == resources.c.id,
+                *([entry.c.system == system] if has_system else []),
+            )
+        )
+    page = (
+        matching.order_by(resources.c.last_updated.desc(), resources.c.id)
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))
+    )
+    return page, select(func.count()).select_from(matching.subquery())
 
 
 def _without_version(resource: JSON) -> JSON:
