@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from gateway.db.engine import Database as DB
 from gateway.db.engine import reading, transaction
 from gateway.db.repo import MessageRepo, StoredResource
-from gateway.db.unit import unit_of_work
+from gateway.db.unit import UnitOfWork, batch, unit_of_work
 from gateway.errors import (
     DuplicateControlIdError,
     GatewayError,
@@ -33,6 +35,9 @@ from gateway.state.apply import apply_message
 logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 MAX_ATTEMPTS = 3
+#: Messages committed together at most (group commit); they come from different connections, since each
+#: connection waits for its ACK before sending the next message.
+MAX_GROUP = 64
 
 
 def utcnow() -> datetime:
@@ -125,14 +130,45 @@ def _outcome(
     return Outcome(code, encode_ack(ack, codec), message_id, status, issues or [], codec=codec)
 
 
-class Pipeline:
-    """One instance per process; thread-safe (each call opens its own transaction)."""
+@dataclass(slots=True)
+class _Pending:
+    """A mapped message waiting for the group commit; ``outcome`` stays None if it must go alone."""
 
-    def __init__(self, *, engine: Engine, db: DB, clock: Clock = utcnow, on_commit: Callable[[], None] | None = None):
+    raw: bytes
+    message: er7.Message
+    mapped: Mapped
+    transport: str
+    now: datetime
+    done: bool = False
+    outcome: Outcome | None = None
+
+
+class Pipeline:
+    """One instance per process; thread-safe.
+
+    Group commit: threads ingesting at the same time hand their mapped messages to whichever of them
+    holds the leader lock, which applies each in a SAVEPOINT of one transaction, commits once, and only
+    then lets every thread return its AA. A message that fails rolls back alone and is then taken again
+    on its own (:meth:`_ingest_alone`), where it is stored as rejected or retried exactly as before.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        db: DB,
+        clock: Clock = utcnow,
+        on_commit: Callable[[], None] | None = None,
+        group_commit: bool = True,
+    ):
         self.engine = engine
         self.db = db
         self.clock = clock
         self.on_commit = on_commit
+        self.group_commit = group_commit
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._leader = threading.Lock()
 
     # -- ingest -----------------------------------------------------------------------------------
 
@@ -146,6 +182,16 @@ class Pipeline:
             mapped = self.engine.map(message)
         except GatewayError as exc:
             return self._store_rejected(raw, message, exc, transport=transport, now=now)
+        if self.group_commit:
+            outcome = self._grouped(_Pending(raw, message, mapped, transport, now))
+            if outcome is not None:
+                return outcome
+        return self._ingest_alone(raw, message, mapped, transport=transport, now=now)
+
+    def _ingest_alone(
+        self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
+    ) -> Outcome:
+        """One message in its own transaction, with retries; every failure becomes an ACK."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return self._apply(raw, message, mapped, transport=transport, now=now)
@@ -168,34 +214,86 @@ class Pipeline:
                 return self._store_rejected(raw, message, error, transport=transport, now=now)
         return self._unavailable(message, None, now=now)
 
-    def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
-        header = _header_values(message)
-        with unit_of_work(self.db) as uow:
-            repo = uow.messages
-            previous = repo.find_applied(
-                sending_application=header["sending_application"],
-                sending_facility=header["sending_facility"],
-                control_id=header["control_id"],
+    def _grouped(self, item: _Pending) -> Outcome | None:
+        """Wait until some thread (perhaps this one) has committed ``item`` with others; None: go alone."""
+        with self._queue_lock:
+            self._queue.append(item)
+        while True:
+            with self._leader:
+                if item.done:
+                    return item.outcome
+                with self._queue_lock:
+                    group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+                self._commit_group(group)
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """Apply ``group`` in one transaction, under the leader lock, so that the next group gathers meanwhile.
+
+        A message alone takes the ordinary path (no savepoint). In a group, a message whose outcome is left
+        None (it failed, or the commit did) is taken again alone by its own thread.
+        """
+        if len(group) == 1:
+            item = group[0]
+            item.outcome = self._ingest_alone(
+                item.raw, item.message, item.mapped, transport=item.transport, now=item.now
             )
-            if previous is not None:
-                same = previous.content_sha256 == hashlib.sha256(raw).hexdigest()
-                return self._duplicate(repo, raw, message, previous.id, same=same, transport=transport, now=now)
-            # The AA is written with the message: it only stands if the whole transaction commits.
-            issues = _warnings(mapped)
-            ack = build_ack(message, code="AA", issues=issues, now=now)
-            message_id = repo.add(
-                raw=raw,
-                transport=transport,
-                received_at=now,
-                header=header,
-                outcome="AA",
-                status="applied",
-                event_time=mapped.event_time,
-                ack=ack,
-            )
-            applied = apply_message(uow, mapped, message_id=message_id, now=now, tables=self.engine.tables)
-        if applied.notifications and self.on_commit is not None:
+            item.done = True
+            return
+        try:
+            with batch(self.db) as tx:
+                outcomes = [self._apply_in_group(tx.message(), item) for item in group]
+        except GatewayError as exc:
+            # The commit itself failed: nothing of the group stands, each message goes again alone.
+            logger.warning("group commit of %d messages failed: %s", len(group), exc.message)
+            outcomes = [None] * len(group)
+        for item, outcome in zip(group, outcomes, strict=True):
+            item.outcome, item.done = outcome, True
+        if self.on_commit is not None and any(o is not None and o.notifications for o in outcomes):
             self.on_commit()
+
+    def _apply_in_group(self, unit: AbstractContextManager[UnitOfWork], item: _Pending) -> Outcome | None:
+        """Apply one message of a group under its savepoint; None when it failed (it rolled back alone)."""
+        try:
+            with unit as uow:
+                return self._apply_in(uow, item.raw, item.message, item.mapped, transport=item.transport, now=item.now)
+        except Exception:  # a loop boundary: the message is taken again alone, and reported there
+            return None
+
+    def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
+        with unit_of_work(self.db) as uow:
+            outcome = self._apply_in(uow, raw, message, mapped, transport=transport, now=now)
+        if outcome.notifications and self.on_commit is not None:
+            self.on_commit()
+        return outcome
+
+    def _apply_in(
+        self, uow: UnitOfWork, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
+    ) -> Outcome:
+        """The one place a message is applied: duplicate check, the message row with its AA, the state."""
+        header = _header_values(message)
+        repo = uow.messages
+        previous = repo.find_applied(
+            sending_application=header["sending_application"],
+            sending_facility=header["sending_facility"],
+            control_id=header["control_id"],
+        )
+        if previous is not None:
+            same = previous.content_sha256 == hashlib.sha256(raw).hexdigest()
+            return self._duplicate(repo, raw, message, previous.id, same=same, transport=transport, now=now)
+        # The AA is written with the message: it only stands if the whole transaction commits.
+        issues = _warnings(mapped)
+        ack = build_ack(message, code="AA", issues=issues, now=now)
+        message_id = repo.add(
+            raw=raw,
+            transport=transport,
+            received_at=now,
+            header=header,
+            outcome="AA",
+            status="applied",
+            event_time=mapped.event_time,
+            ack=ack,
+        )
+        applied = apply_message(uow, mapped, message_id=message_id, now=now, tables=self.engine.tables)
         logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})
         outcome = _outcome("AA", ack, message, message_id=message_id, status="applied", issues=issues)
         outcome.changed, outcome.notifications = applied.changed, applied.notifications

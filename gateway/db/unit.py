@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from sqlalchemy import Connection
 
-from gateway.db.engine import Database, transaction
+from gateway.db.engine import Database, transaction, translated
 from gateway.db.repo import (
     FactRepo,
     MessageRepo,
@@ -51,3 +51,23 @@ def unit_of_work(db: Database) -> Iterator[UnitOfWork]:
     """A write transaction (see :func:`gateway.db.engine.transaction`) and its unit of work."""
     with transaction(db) as conn:
         yield UnitOfWork(conn)
+
+
+class Batch:
+    """One write transaction holding several messages, each in a SAVEPOINT of its own (group commit)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    @contextlib.contextmanager
+    def message(self) -> Iterator[UnitOfWork]:
+        """A unit of work for one message; when it raises, only its own writes are rolled back."""
+        with translated(), self.conn.begin_nested():
+            yield UnitOfWork(self.conn)
+
+
+@contextlib.contextmanager
+def batch(db: Database) -> Iterator[Batch]:
+    """A write transaction for a group of messages, committed once."""
+    with transaction(db) as conn:
+        yield Batch(conn)

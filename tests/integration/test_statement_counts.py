@@ -25,12 +25,12 @@ CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 #: (kind, message, statements on SQLite, advisory locks added on PostgreSQL)
 STAY = Adt(control_id="S-1", ipp="300001", visit="V-3001", movement="M-1")
 CASES: list[tuple[str, Adt, int, int]] = [
-    ("A01 new patient and stay", STAY, 35, 3),
+    ("A01 new patient and stay", STAY, 32, 3),
     ("A01 resent (duplicate)", STAY, 2, 0),
     (
         "A02 transfer",
         Adt(trigger="A02", control_id="S-2", ipp="300001", visit="V-3001", movement="M-2", event_time="20260301120000"),
-        26,
+        24,
         3,
     ),
     (
@@ -44,7 +44,7 @@ CASES: list[tuple[str, Adt, int, int]] = [
             family="RENOMME",
             event_time="20260301130000",
         ),
-        23,
+        21,
         3,
     ),
     (
@@ -58,7 +58,7 @@ CASES: list[tuple[str, Adt, int, int]] = [
             event_time="20260302100000",
             discharge_time="20260302100000",
         ),
-        41,
+        38,
         3,
     ),
 ]
