@@ -174,6 +174,50 @@ class Pipeline:
 
     def ingest(self, raw: bytes, *, transport: str) -> Outcome:
         """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK."""
+        item = self._prepare(raw, transport=transport)
+        if isinstance(item, Outcome):
+            return item
+        if self.group_commit:
+            outcome = self._grouped(item)
+            if outcome is not None:
+                return outcome
+        return self._ingest_alone(item.raw, item.message, item.mapped, transport=transport, now=item.now)
+
+    def ingest_many(self, raws: list[bytes], *, transport: str) -> list[Outcome]:
+        """The bulk path (``gateway import``): messages in the given order, up to ``MAX_GROUP`` per commit.
+
+        Same guarantees as :meth:`ingest` message by message (a failing one rolls back alone and is stored
+        as rejected); only the commits are shared.
+        """
+        outcomes: list[Outcome | None] = []
+        group: list[_Pending] = []
+        slots: list[int] = []
+        for raw in raws:
+            item = self._prepare(raw, transport=transport)
+            if isinstance(item, Outcome):
+                outcomes.append(item)
+                continue
+            slots.append(len(outcomes))
+            outcomes.append(None)
+            group.append(item)
+            if len(group) == MAX_GROUP:
+                self._flush_group(group, slots, outcomes)
+                group, slots = [], []
+        self._flush_group(group, slots, outcomes)
+        return [o for o in outcomes if o is not None]
+
+    def _flush_group(self, group: list[_Pending], slots: list[int], outcomes: list[Outcome | None]) -> None:
+        if not group:
+            return
+        with self._leader:
+            self._commit_group(group)
+        for slot, item in zip(slots, group, strict=True):
+            outcomes[slot] = item.outcome or self._ingest_alone(
+                item.raw, item.message, item.mapped, transport=item.transport, now=item.now
+            )
+
+    def _prepare(self, raw: bytes, *, transport: str) -> _Pending | Outcome:
+        """Parse and map (no storage); a message that fails here is stored as rejected at once."""
         now = self.clock()
         message: er7.Message | None = None
         try:
@@ -182,11 +226,7 @@ class Pipeline:
             mapped = self.engine.map(message)
         except GatewayError as exc:
             return self._store_rejected(raw, message, exc, transport=transport, now=now)
-        if self.group_commit:
-            outcome = self._grouped(_Pending(raw, message, mapped, transport, now))
-            if outcome is not None:
-                return outcome
-        return self._ingest_alone(raw, message, mapped, transport=transport, now=now)
+        return _Pending(raw, message, mapped, transport, now)
 
     def _ingest_alone(
         self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
