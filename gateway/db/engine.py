@@ -64,7 +64,11 @@ def make_engine(settings: Settings) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    # psycopg prepares a statement on the server after 5 runs, and PostgreSQL may then keep a generic plan
+    # chosen while the tables were empty (no ANALYZE yet on a fresh database): the stays lookup went from
+    # ~1 ms to seconds after a few hundred messages. Planned on each run, it follows the tables' real size.
+    connect_args = {"prepare_threshold": None} if make_url(url).get_driver_name() == "psycopg" else {}
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, connect_args=connect_args)
 
 
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
