@@ -18,16 +18,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import orjson
 from sqlalchemy import Connection
 from sqlalchemy import Engine as DB
 
 from gateway.config import Settings
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
-from gateway.subscriptions.channels import DeliveryResult, RestHookChannel, idempotency_key
-from gateway.subscriptions.email import EmailChannel, notice
-from gateway.subscriptions.endpoints import check_endpoint
+from gateway.subscriptions.channels import DeliveryResult, idempotency_key
+from gateway.subscriptions.delivery import DEFAULT_CHANNEL, Channel, Notice, Outgoing, channels
 from gateway.subscriptions.notification import NotificationContext, NotificationEvent, build_notification_bundle
 from gateway.subscriptions.retry import RetryPolicy
 from gateway.subscriptions.service import set_status
@@ -43,10 +41,8 @@ BATCH = 50
 class Job:
     rows: list[OutboxRecord]
     subscription: SubscriptionRecord
-    body: bytes
+    outgoing: Outgoing
     bundle_id: str
-    subject: str = ""
-    text: str = ""
 
     @property
     def head(self) -> OutboxRecord:
@@ -113,8 +109,7 @@ class DeliveryWorker:
         self.db = db
         self.settings = settings
         self.client = client or httpx.AsyncClient(follow_redirects=False)
-        self.rest_hook = RestHookChannel(self.client, timeout=settings.delivery_timeout)
-        self.email = EmailChannel(settings)
+        self.channels = channels(settings, self.client)
         self.policy = RetryPolicy(
             base=settings.retry_base, cap=settings.retry_cap, horizon=settings.retry_horizon or None
         )
@@ -228,25 +223,18 @@ class DeliveryWorker:
             base_url=self.settings.public_base(),
         )
         bundle_id = uuid.uuid4().hex
-        body = orjson.dumps(build_notification_bundle(ctx, events, bundle_id=bundle_id, now=now))
-        if sub.channel_type != "email":
-            return Job(rows=rows, subscription=sub, body=body, bundle_id=bundle_id)
-        topic = BY_URL.get(sub.topic)
-        base = self.settings.public_base()
-        subject, text = notice(
-            topic_title=topic.title if topic else sub.topic,
+        bundle = build_notification_bundle(ctx, events, bundle_id=bundle_id, now=now)
+        notice = Notice(
+            subscription=sub,
             notification_type=head.notification_type,
-            events=[
-                (
-                    e.event_number,
-                    e.timestamp.isoformat(),
-                    f"{base}/{e.focus_reference}" if sub.payload_content == "id-only" else None,
-                )
-                for e in events
-            ],
-            status_url=f"{base}/Subscription/{sub.id}/$status",
+            events=events,
+            bundle=bundle,
+            base_url=self.settings.public_base(),
         )
-        return Job(rows=rows, subscription=sub, body=body, bundle_id=bundle_id, subject=subject, text=text)
+        return Job(rows=rows, subscription=sub, outgoing=self._channel(sub).build(notice), bundle_id=bundle_id)
+
+    def _channel(self, sub: SubscriptionRecord) -> Channel:
+        return self.channels.get(sub.channel_type) or self.channels[DEFAULT_CHANNEL]
 
     async def _send(self, job: Job) -> DeliveryResult:
         sub = job.subscription
@@ -259,16 +247,7 @@ class DeliveryWorker:
             notification_type=job.head.notification_type,
             bundle_id=job.bundle_id,
         )
-        if sub.channel_type == "email":
-            return await self.email.send(endpoint=sub.endpoint, subject=job.subject, text=job.text, idempotency_key=key)
-        refusal = await asyncio.to_thread(check_endpoint, sub.endpoint, allowlist=self.settings.endpoint_allowlist)
-        if refusal:
-            # DNS can change after registration: the endpoint is checked again before every send.
-            return DeliveryResult(ok=False, status_code=None, error=f"endpoint refused: {refusal}", retryable=False)
-        channel = self.rest_hook if not sub.timeout else RestHookChannel(self.client, timeout=self._timeout(sub))
-        return await channel.send(
-            endpoint=sub.endpoint, body=job.body, headers=sub.headers, secret=sub.secret, idempotency_key=key
-        )
+        return await self._channel(sub).send(sub, job.outgoing, key=key)
 
     def _record(self, outcomes: list[tuple[Job, DeliveryResult]]) -> None:
         now = self.now()
