@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 from sqlalchemy import Engine as DB
 
 from gateway.config import Settings
-from gateway.db.engine import transaction
+from gateway.db.engine import reading, transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.subscriptions.channels import DeliveryResult, idempotency_key
 from gateway.subscriptions.delivery import DEFAULT_CHANNEL, Channel, Notice, Outgoing, channels
@@ -120,6 +120,7 @@ class DeliveryWorker:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_heartbeat_check = datetime.min.replace(tzinfo=UTC)
+        self._inflight: set[asyncio.Task[None]] = set()
         self.delivered_total = 0
         self.failed_total = 0
 
@@ -132,21 +133,55 @@ class DeliveryWorker:
             loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
+        """Deliver until stopped; each claimed job runs on its own, so a slow endpoint holds only its
+        own subscription (whose next row stays behind the lease of the one in flight: order is kept)."""
         self._loop = asyncio.get_running_loop()
         logger.info("delivery worker %s started", self.worker_id)
-        while not self._stopping:
-            # Cleared before looking, not after: a wake() that comes while run_once finds nothing (the
-            # ingest commits meanwhile) must cut the wait short, not be lost for a whole poll interval.
-            self._wake.clear()
-            try:
-                await asyncio.to_thread(self._queue_heartbeats)
-                count = await self.run_once()
-            except Exception:
-                logger.exception("delivery worker iteration failed; carrying on")
-                count = 0
-            if count == 0 and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_interval)
+        inflight = self._inflight
+        try:
+            while not self._stopping:
+                # Cleared before looking, not after: a wake() that comes while the claim finds nothing (the
+                # ingest commits meanwhile) must cut the wait short, not be lost for a whole poll interval.
+                self._wake.clear()
+                count = await self.dispatch()
+                if count == 0 and not self._stopping:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_interval)
+            if inflight:
+                await asyncio.wait(inflight, timeout=self.settings.delivery_timeout)
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def dispatch(self) -> int:
+        """One pass of :meth:`run`: claim what is due (up to the free slots) and start one task per job,
+        without waiting for them; the number started. (:meth:`run_once` is the pass that waits.)"""
+        inflight = self._inflight
+        free = BATCH - len(inflight)
+        if free <= 0:
+            await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+            return 1
+        try:
+            await asyncio.to_thread(self._queue_heartbeats)
+            jobs = await asyncio.to_thread(self._claim, limit=free)
+        except Exception:
+            logger.exception("delivery worker iteration failed; carrying on")
+            return 0
+        for job in jobs:
+            task = asyncio.create_task(self._deliver(job))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        return len(jobs)
+
+    async def _deliver(self, job: Job) -> None:
+        """Send one job and record its result; then look again (its subscription's next row is due now)."""
+        try:
+            result = await self._send(job)
+            await asyncio.to_thread(self._record, [(job, result)])
+        except Exception:
+            logger.exception("delivery failed unexpectedly; the row is retried once its lease ends")
+        self._wake.set()
 
     def stop(self) -> None:
         self._stopping = True
@@ -187,12 +222,14 @@ class DeliveryWorker:
                 )
                 subs.sent(sub.id, now=now)
 
-    def _claim(self) -> list[Job]:
+    def _claim(self, *, limit: int = BATCH) -> list[Job]:
+        """Lease due rows in one short write transaction; build their payloads after it, from a read
+        connection, so that the write lock (SQLite's only one) is not held while Bundles are built."""
         now = self.now()
-        jobs = []
+        claimed: list[tuple[list[OutboxRecord], SubscriptionRecord]] = []
         with transaction(self.db) as conn:
             outbox, subs = OutboxRepo(conn), SubscriptionRepo(conn)
-            for head in outbox.heads(now=now, limit=BATCH):
+            for head in outbox.heads(now=now, limit=limit):
                 sub = subs.get(head.subscription_id)
                 if sub is None:
                     continue
@@ -204,8 +241,11 @@ class DeliveryWorker:
                     for row in outbox.following(head, limit=(sub.max_count or 1) - 1):
                         if outbox.claim(row.id, now=now, lease_until=lease):
                             rows.append(row)
-                jobs.append(self._job(conn, rows, sub, now=now))
-        return jobs
+                claimed.append((rows, sub))
+        if not claimed:
+            return []
+        with reading(self.db) as conn:
+            return [self._job(conn, rows, sub, now=now) for rows, sub in claimed]
 
     def _timeout(self, sub: SubscriptionRecord) -> float:
         return float(sub.timeout) if sub.timeout else self.settings.delivery_timeout
