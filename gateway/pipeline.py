@@ -7,8 +7,8 @@ applying fails, the transaction is rolled back and the raw message is stored aga
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -18,10 +18,12 @@ from datetime import UTC, datetime
 from gateway.db.engine import Database as DB
 from gateway.db.engine import reading, transaction
 from gateway.db.repo import MessageRepo, StoredResource
+from gateway.db.schema import MESSAGE_KEY_LENGTHS
 from gateway.db.unit import UnitOfWork, batch, unit_of_work
 from gateway.errors import (
     DuplicateControlIdError,
     GatewayError,
+    KeyTooLongError,
     ParseError,
     StorageConflictError,
     StorageError,
@@ -30,6 +32,7 @@ from gateway.errors import (
 from gateway.hl7 import er7
 from gateway.hl7.ack import AckIssue, build_ack, encode_ack
 from gateway.mapping.engine import Engine, Mapped, read_header
+from gateway.metrics import FOLD_SECONDS, timed
 from gateway.state.apply import apply_message
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,31 @@ def _check_header(message: er7.Message) -> None:
         raise ParseError("MSH-10 (message control id) is empty", location="MSH-10")
     if not message.msh.get(9, 1).strip():
         raise ParseError("MSH-9 (message type) is empty", location="MSH-9")
+
+
+#: Where each stored sender key comes from, for the ERR location of a key that is too long.
+_KEY_FIELDS = {"sending_application": "MSH-3", "sending_facility": "MSH-4", "control_id": "MSH-10"}
+_SEGMENT_END = re.compile(rb"\r\n|\n|\r")
+
+
+def _check_key_lengths(message: er7.Message) -> None:
+    """A key longer than its column would be stored cut and looked up whole: refuse it, precisely."""
+    header = _header_values(message)
+    for name, location in _KEY_FIELDS.items():
+        limit = MESSAGE_KEY_LENGTHS[name]
+        if limit and len(header[name]) > limit:
+            raise KeyTooLongError(
+                f"{location} is {len(header[name])} characters long; at most {limit} are accepted", location=location
+            )
+
+
+def normalised(raw: bytes) -> bytes:
+    """The message with CR, LF or CRLF as CR and no trailing terminator: resends compare equal on this."""
+    return _SEGMENT_END.sub(b"\r", raw).rstrip(b"\r")
+
+
+def same_content(raw: bytes, previous: bytes) -> bool:
+    return normalised(raw) == normalised(previous)
 
 
 def _record(
@@ -173,15 +201,44 @@ class Pipeline:
     # -- ingest -----------------------------------------------------------------------------------
 
     def ingest(self, raw: bytes, *, transport: str) -> Outcome:
-        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK."""
-        item = self._prepare(raw, transport=transport)
+        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK.
+
+        This is the loop boundary of one message: whatever escapes the steps below (a bug, a library
+        surprise) still ends as an AE with an ERR and the raw message kept, so the feed goes on.
+        """
+        now = self.clock()
+        try:
+            return self._ingest(raw, transport=transport, now=now)
+        except Exception as exc:
+            logger.exception("unexpected error on ingest (%s)", transport)
+            return self._last_resort(raw, exc, transport=transport, now=now)
+
+    def _ingest(self, raw: bytes, *, transport: str, now: datetime) -> Outcome:
+        item = self._prepare(raw, transport=transport, now=now)
         if isinstance(item, Outcome):
             return item
         if self.group_commit:
             outcome = self._grouped(item)
             if outcome is not None:
                 return outcome
-        return self._ingest_alone(item.raw, item.message, item.mapped, transport=transport, now=item.now)
+        return self._ingest_alone(item.raw, item.message, item.mapped, transport=transport, now=now)
+
+    def _prepare(self, raw: bytes, *, transport: str, now: datetime | None = None) -> _Pending | Outcome:
+        """Parse and map (no storage); a message that fails here is stored as rejected at once."""
+        now = now or self.clock()
+        message: er7.Message | None = None
+        try:
+            message = er7.parse(raw)
+            _check_header(message)
+            _check_key_lengths(message)
+            mapped = self.engine.map(message)
+        except GatewayError as exc:
+            return self._store_rejected(raw, message, exc, transport=transport, now=now)
+        except Exception as exc:
+            logger.exception("unexpected error reading or mapping a message")
+            error = GatewayError(f"internal error while reading the message ({type(exc).__name__})")
+            return self._store_rejected(raw, message, error, transport=transport, now=now)
+        return _Pending(raw, message, mapped, transport, now)
 
     def ingest_many(self, raws: list[bytes], *, transport: str) -> list[Outcome]:
         """The bulk path (``gateway import``): messages in the given order, up to ``MAX_GROUP`` per commit.
@@ -216,18 +273,6 @@ class Pipeline:
                 item.raw, item.message, item.mapped, transport=item.transport, now=item.now
             )
 
-    def _prepare(self, raw: bytes, *, transport: str) -> _Pending | Outcome:
-        """Parse and map (no storage); a message that fails here is stored as rejected at once."""
-        now = self.clock()
-        message: er7.Message | None = None
-        try:
-            message = er7.parse(raw)
-            _check_header(message)
-            mapped = self.engine.map(message)
-        except GatewayError as exc:
-            return self._store_rejected(raw, message, exc, transport=transport, now=now)
-        return _Pending(raw, message, mapped, transport, now)
-
     def _ingest_alone(
         self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
     ) -> Outcome:
@@ -253,6 +298,16 @@ class Pipeline:
                 error = GatewayError(f"internal error while applying the message ({type(exc).__name__})")
                 return self._store_rejected(raw, message, error, transport=transport, now=now)
         return self._unavailable(message, None, now=now)
+
+    def _last_resort(self, raw: bytes, exc: Exception, *, transport: str, now: datetime) -> Outcome:
+        """Keep the raw message with an internal error; answer from its MSH if it can still be read."""
+        error = GatewayError(f"internal error ({type(exc).__name__})")
+        try:
+            message: er7.Message | None = er7.parse(raw)
+            return self._store_rejected(raw, message, error, transport=transport, now=now)
+        except Exception:
+            logger.exception("answering from the MSH failed too; answering without it")
+        return self._store_rejected(raw, None, error, transport=transport, now=now)
 
     def _grouped(self, item: _Pending) -> Outcome | None:
         """Wait until some thread (perhaps this one) has committed ``item`` with others; None: go alone."""
@@ -318,7 +373,7 @@ class Pipeline:
             control_id=header["control_id"],
         )
         if previous is not None:
-            same = previous.content_sha256 == hashlib.sha256(raw).hexdigest()
+            same = same_content(raw, previous.raw)
             return self._duplicate(repo, raw, message, previous.id, same=same, transport=transport, now=now)
         # The AA is written with the message: it only stands if the whole transaction commits.
         issues = _warnings(mapped)
@@ -333,7 +388,8 @@ class Pipeline:
             event_time=mapped.event_time,
             ack=ack,
         )
-        applied = apply_message(uow, mapped, message_id=message_id, now=now, tables=self.engine.tables)
+        with timed(FOLD_SECONDS):
+            applied = apply_message(uow, mapped, message_id=message_id, now=now, tables=self.engine.tables)
         logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})
         outcome = _outcome("AA", ack, message, message_id=message_id, status="applied", issues=issues)
         outcome.changed, outcome.notifications = applied.changed, applied.notifications
@@ -406,12 +462,16 @@ class Pipeline:
                 )
         except StorageError as db_exc:
             return self._unavailable(message, db_exc, now=now)
+        except Exception as store_exc:
+            logger.exception("storing a rejected message failed")
+            return self._unavailable(message, store_exc, now=now)
         logger.info("message %s", status, extra={"message_id": message_id, "error_code": exc.code})
         return _outcome(exc.ack_code, ack, message, message_id=message_id, status=status, issues=[issue])
 
-    def _unavailable(self, message: er7.Message | None, exc: StorageError | None, *, now: datetime) -> Outcome:
+    def _unavailable(self, message: er7.Message | None, exc: Exception | None, *, now: datetime) -> Outcome:
         """Nothing could be stored: AR (HL7: rejected for reasons unrelated to content), so the sender resends."""
-        logger.error("storage unavailable: %s", exc.message if exc else "retries exhausted")
+        reason = (exc.message if isinstance(exc, GatewayError) else type(exc).__name__) if exc else "retries exhausted"
+        logger.error("storage unavailable: %s", reason)
         error = StorageUnavailableError("the gateway cannot store messages right now; resend later")
         issue = _error_issue(error)
         ack = build_ack(message, code="AR", issues=[issue], now=now)
@@ -431,9 +491,39 @@ class Pipeline:
         return outcome.ack
 
     def replay(self, message_id: int) -> Outcome:
-        """Run a stored message through the pipeline again (after a mapping fix, say)."""
+        """Run a stored message through the pipeline again (after a mapping fix, say).
+
+        An applied message is *reprocessed*: its facts are replaced by what the current mappings make of
+        it, and what is refolded differently gets new versions (and notifications), listed in
+        ``Outcome.changed``. Any other message (AE, AR) is ingested anew, as if resent.
+        """
         with reading(self.db) as conn:
             record = MessageRepo(conn).get(message_id)
         if record is None:
             raise LookupError(message_id)
-        return self.ingest(record.raw, transport="replay")
+        if record.status != "applied":
+            return self.ingest(record.raw, transport="replay")
+        return self._reprocess(record.id, record.raw)
+
+    def _reprocess(self, message_id: int, raw: bytes) -> Outcome:
+        now = self.clock()
+        message: er7.Message | None = None
+        try:
+            message = er7.parse(raw)
+            mapped = self.engine.map(message)
+            with unit_of_work(self.db) as uow:
+                uow.facts.forget_message(message_id)
+                applied = apply_message(uow, mapped, message_id=message_id, now=now, tables=self.engine.tables)
+        except StorageError as exc:
+            return self._unavailable(message, exc, now=now)
+        except GatewayError as exc:  # the current mappings refuse it: the stored state stays as it was
+            issue = _error_issue(exc)
+            ack = build_ack(message, code=exc.ack_code, issues=[issue], now=now)
+            return _outcome(exc.ack_code, ack, message, message_id=message_id, status="unchanged", issues=[issue])
+        if applied.notifications and self.on_commit is not None:
+            self.on_commit()
+        logger.info("message reprocessed", extra={"message_id": message_id, "changed": len(applied.changed)})
+        ack = build_ack(message, code="AA", issues=_warnings(mapped), now=now, text="reprocessed")
+        outcome = _outcome("AA", ack, message, message_id=message_id, status="reprocessed", issues=_warnings(mapped))
+        outcome.changed, outcome.notifications = applied.changed, applied.notifications
+        return outcome

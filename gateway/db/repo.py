@@ -294,6 +294,11 @@ class FactRepo:
                 if row["stream"] in self._streams:
                     self._streams[row["stream"]].append((row["kind"], row["payload"]))
 
+    def forget_message(self, message_id: int) -> int:
+        """Drop the facts a message recorded, before reprocessing it through the current mappings."""
+        result = self.conn.execute(delete(facts).where(facts.c.message_id == message_id))
+        return int(result.rowcount or 0)
+
     def of(self, stream: str, *, kinds: Sequence[str] | None = None) -> list[JSON]:
         """The stream's facts in the order they were written (folds sort them by event time)."""
         if self._streams is not None:
@@ -466,19 +471,28 @@ class ResourceRepo:
         limit: int,
         offset: int = 0,
         count: bool = True,
+        order: Sequence[tuple[str, bool]] = (),
+        updated: Sequence[tuple[str, datetime]] = (),
     ) -> tuple[list[StoredResource], int]:
         """Resources matching every (param, system or None, value) criterion; (page, total).
+
+        ``order`` is ``_sort``: (``_lastUpdated`` | ``_id`` | an indexed parameter, descending?) keys, newest
+        first by default. ``updated`` is ``_lastUpdated``: (``ge`` | ``lt``, instant) bounds.
 
         The first criterion is a one-level ``id IN (ids from the index on type, param, value)``; the others
         are correlated EXISTS. Driving from resources made SQLite scan every resource of the type, a DISTINCT
         derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
-        shape = tuple((param == "_id", system is not None) for param, system, _ in criteria)
-        params: dict[str, Any] = {"rtype": rtype, "limit": limit, "offset": offset}
-        for i, (param, system, value) in enumerate(criteria):
-            params.update({f"p{i}": param, f"v{i}": value, f"s{i}": system})
-        page_query, count_query = _search_statements(shape)
+        if order or updated:
+            page_query, count_query = _dynamic_search(rtype, criteria, order=order, updated=updated)
+            params: dict[str, Any] = {"limit": limit, "offset": offset}
+        else:
+            shape = tuple((param == "_id", system is not None) for param, system, _ in criteria)
+            params = {"rtype": rtype, "limit": limit, "offset": offset}
+            for i, (param, system, value) in enumerate(criteria):
+                params.update({f"p{i}": param, f"v{i}": value, f"s{i}": system})
+            page_query, count_query = _search_statements(shape)
         page = [_stored(r) for r in self.conn.execute(page_query, params)]
         if not count:
             return page, len(page)  # internal callers want the rows, not a total (one query fewer)
@@ -528,6 +542,71 @@ def _search_statements(shape: tuple[tuple[bool, bool], ...]) -> tuple[Select[Any
         .offset(bindparam("offset", type_=Integer))
     )
     return page, select(func.count()).select_from(matching.subquery())
+
+
+def _dynamic_search(
+    rtype: str,
+    criteria: Sequence[tuple[str, str | None, str]],
+    *,
+    order: Sequence[tuple[str, bool]],
+    updated: Sequence[tuple[str, datetime]],
+) -> tuple[Select[Any], Select[Any]]:
+    """(page, count) statements for ``_sort`` and ``_lastUpdated`` searches (the REST API's, built per
+    request); values are inline, ``limit`` and ``offset`` bound as in :func:`_search_statements`."""
+    matching = select(resources).where(resources.c.type == rtype, resources.c.deleted == 0)
+    driving = True
+    for param, system, value in criteria:
+        if param == "_id":
+            matching = matching.where(resources.c.id == value)
+            continue
+        conditions = [search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value]
+        if system is not None:
+            conditions.append(search_index.c.system == system)
+        if driving:
+            # The first criterion drives the query from the index (type, param, value): the plan stays an
+            # index lookup however large the store grows, on SQLite and PostgreSQL alike.
+            matching = matching.where(resources.c.id.in_(select(search_index.c.id).where(*conditions)))
+            driving = False
+            continue
+        entry = search_index.alias()
+        matching = matching.where(
+            exists().where(
+                entry.c.type == rtype,
+                entry.c.param == param,
+                entry.c.value == value,
+                entry.c.id == resources.c.id,
+                *([entry.c.system == system] if system is not None else []),
+            )
+        )
+    for op, bound in updated:
+        matching = matching.where(resources.c.last_updated >= bound if op == "ge" else resources.c.last_updated < bound)
+    page = (
+        matching.order_by(*_sort_keys(rtype, order))
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))
+    )
+    return page, select(func.count()).select_from(matching.subquery())
+
+
+def _sort_keys(rtype: str, order: Sequence[tuple[str, bool]]) -> list[Any]:
+    """ORDER BY for ``_sort``; the id breaks ties so that paging is stable."""
+    keys: list[Any] = []
+    for name, descending in order or [("_lastUpdated", True)]:
+        if name == "_lastUpdated":
+            column: Any = resources.c.last_updated
+        elif name == "_id":
+            column = resources.c.id
+        else:  # an indexed parameter (a date): its smallest indexed value, resources without it last
+            entry = search_index.alias()
+            column = (
+                select(func.min(entry.c.value))
+                .where(entry.c.type == rtype, entry.c.id == resources.c.id, entry.c.param == name)
+                .scalar_subquery()
+            )
+            keys.append(column.is_(None))
+        keys.append(column.desc() if descending else column.asc())
+    keys.append(resources.c.id)
+    return keys
 
 
 def _without_version(resource: JSON) -> JSON:

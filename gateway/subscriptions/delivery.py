@@ -21,7 +21,7 @@ from gateway.db.repo import SubscriptionRecord
 from gateway.subscriptions.channels import DeliveryResult, RestHookChannel
 from gateway.subscriptions.email import EmailChannel
 from gateway.subscriptions.email import notice as notice_text
-from gateway.subscriptions.endpoints import check_endpoint
+from gateway.subscriptions.endpoints import vet_endpoint
 from gateway.subscriptions.notification import NotificationEvent
 from gateway.subscriptions.topics import BY_URL
 
@@ -56,7 +56,8 @@ class Channel(Protocol):
 
 
 class RestHook:
-    """``rest-hook``: the Bundle as signed JSON, POSTed to an endpoint checked again before every send."""
+    """``rest-hook``: the Bundle as signed JSON, POSTed to an endpoint checked again before every send
+    (the connection goes to the address vetted then: no second resolution that DNS rebinding could change)."""
 
     def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
         self.client, self.settings = client, settings
@@ -66,13 +67,19 @@ class RestHook:
         return Outgoing(body=orjson.dumps(notice.bundle))
 
     async def send(self, sub: SubscriptionRecord, outgoing: Outgoing, *, key: str) -> DeliveryResult:
-        refusal = await asyncio.to_thread(check_endpoint, sub.endpoint, allowlist=self.settings.endpoint_allowlist)
-        if refusal:
+        vetted = await asyncio.to_thread(vet_endpoint, sub.endpoint, allowlist=self.settings.endpoint_allowlist)
+        if vetted.refusal:
             # DNS can change after registration: the endpoint is checked again before every send.
-            return DeliveryResult(ok=False, status_code=None, error=f"endpoint refused: {refusal}", retryable=False)
+            error = f"endpoint refused: {vetted.refusal}"
+            return DeliveryResult(ok=False, status_code=None, error=error, retryable=False)
         channel = self.default if not sub.timeout else RestHookChannel(self.client, timeout=float(sub.timeout))
         return await channel.send(
-            endpoint=sub.endpoint, body=outgoing.body, headers=sub.headers, secret=sub.secret, idempotency_key=key
+            endpoint=sub.endpoint,
+            body=outgoing.body,
+            headers=sub.headers,
+            secret=sub.secret,
+            idempotency_key=key,
+            address=vetted.address,
         )
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,8 @@ from sqlalchemy import Engine as DB
 from gateway.config import Settings
 from gateway.db.engine import reading, transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
-from gateway.subscriptions.channels import DeliveryResult, idempotency_key
+from gateway.metrics import record_delivery
+from gateway.subscriptions.channels import DeliveryResult, delivery_client, idempotency_key
 from gateway.subscriptions.delivery import DEFAULT_CHANNEL, Channel, Notice, Outgoing, channels
 from gateway.subscriptions.notification import NotificationContext, NotificationEvent, build_notification_bundle
 from gateway.subscriptions.retry import RetryPolicy
@@ -108,7 +110,7 @@ class DeliveryWorker:
     ) -> None:
         self.db = db
         self.settings = settings
-        self.client = client or httpx.AsyncClient(follow_redirects=False)
+        self.client = client or delivery_client()
         self.channels = channels(settings, self.client)
         self.policy = RetryPolicy(
             base=settings.retry_base, cap=settings.retry_cap, horizon=settings.retry_horizon or None
@@ -123,6 +125,8 @@ class DeliveryWorker:
         self._inflight: set[asyncio.Task[None]] = set()
         self.delivered_total = 0
         self.failed_total = 0
+        #: ``time.monotonic()`` at the start of the last loop iteration: readiness checks the loop turns.
+        self.last_beat = time.monotonic()
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class DeliveryWorker:
                 # Cleared before looking, not after: a wake() that comes while the claim finds nothing (the
                 # ingest commits meanwhile) must cut the wait short, not be lost for a whole poll interval.
                 self._wake.clear()
+                self.last_beat = time.monotonic()
                 count = await self.dispatch()
                 if count == 0 and not self._stopping:
                     with contextlib.suppress(TimeoutError):
@@ -177,7 +182,7 @@ class DeliveryWorker:
     async def _deliver(self, job: Job) -> None:
         """Send one job and record its result; then look again (its subscription's next row is due now)."""
         try:
-            result = await self._send(job)
+            result = await self._timed_send(job)
             await asyncio.to_thread(self._record, [(job, result)])
         except Exception:
             logger.exception("delivery failed unexpectedly; the row is retried once its lease ends")
@@ -194,7 +199,7 @@ class DeliveryWorker:
         jobs = await asyncio.to_thread(self._claim)
         if not jobs:
             return 0
-        results = await asyncio.gather(*(self._send(job) for job in jobs))
+        results = await asyncio.gather(*(self._timed_send(job) for job in jobs))
         await asyncio.to_thread(self._record, list(zip(jobs, results, strict=True)))
         return len(jobs)
 
@@ -275,6 +280,18 @@ class DeliveryWorker:
 
     def _channel(self, sub: SubscriptionRecord) -> Channel:
         return self.channels.get(sub.channel_type) or self.channels[DEFAULT_CHANNEL]
+
+    async def _timed_send(self, job: Job) -> DeliveryResult:
+        started = time.perf_counter()
+        result = await self._send(job)
+        seconds = time.perf_counter() - started
+        record_delivery(
+            channel=job.subscription.channel_type,
+            notification_type=job.head.notification_type,
+            ok=result.ok,
+            seconds=seconds,
+        )
+        return result
 
     async def _send(self, job: Job) -> DeliveryResult:
         sub = job.subscription
