@@ -201,16 +201,16 @@ def test_item4_readiness_checks_database_migrations_and_worker(settings: Setting
             assert ready.json() == {"status": "ok", "database": "ok", "migrations": "current", "worker": "disabled"}
             assert c.get("/health").json() == {"status": "ok"}
             with runtime.db.begin() as conn:
-                revisions = [r[0] for r in conn.execute(text("SELECT version_num FROM alembic_version"))]
+                versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
                 conn.execute(text("DELETE FROM alembic_version"))
             try:
                 pending = c.get("/health/ready")
                 assert (pending.status_code, pending.json()["migrations"]) == (503, "pending")
             finally:
-                # The PostgreSQL store is shared by the session: later tests (and migrate()) need it current.
+                # The store is shared by the session's tests (PostgreSQL): put its version back.
                 with runtime.db.begin() as conn:
-                    for revision in revisions:
-                        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": revision})
+                    for version in versions:
+                        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": version})
     finally:
         runtime.close()
 
