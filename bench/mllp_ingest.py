@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import resource
 import secrets
+import sqlite3
 import sys
 import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from floor import floor_server
+from sqlalchemy import create_engine, text
 
 from gateway.config import Settings
 from gateway.hl7.mllp import MLLPClient
@@ -96,7 +101,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def run(n_messages: int, connections: int, database_url: str) -> int:
+def spread(n_messages: int, connections: int) -> list[list[bytes]]:
+    """Distinct stays over the connections, each stay's A03 after its A01 on the same connection."""
     run_tag = f"{secrets.randbelow(10_000):04d}"  # keeps a re-run on the same database free of duplicates
     stays = [stay(run_tag, k) for k in range((n_messages + 1) // 2)]
     per_connection: list[list[bytes]] = [[] for _ in range(connections)]
@@ -105,20 +111,58 @@ async def run(n_messages: int, connections: int, database_url: str) -> int:
     excess = 2 * len(stays) - n_messages  # odd N: the last stay is admitted only
     if excess:
         per_connection[(len(stays) - 1) % connections].pop()
+    return per_connection
+
+
+async def send_all(port: int, per_connection: list[list[bytes]]) -> tuple[Results, float]:
+    results = Results()
+    started = time.perf_counter()
+    await asyncio.gather(*(sender(port, batch, results) for batch in per_connection if batch))
+    return results, time.perf_counter() - started
+
+
+async def floors(n_messages: int, connections: int, database_url: str) -> dict[str, tuple[float, Results]]:
+    """The floor server (bench/floor.py) in both modes, same messages and sender: messages/s and results."""
+    out = {}
+    for mode in ("one", "group"):
+        per_connection = spread(n_messages, connections)
+        async with floor_server(database_url, mode=mode) as port:
+            results, elapsed = await send_all(port, per_connection)
+        out[mode] = (sum(map(len, per_connection)) / elapsed, results)
+    return out
+
+
+def store_bytes(database_url: str) -> int:
+    """Bytes the store takes on disk (SQLite: database file and WAL; PostgreSQL: the database)."""
+    if database_url.startswith("sqlite"):
+        path = Path(database_url.split("///", 1)[1])
+        if path.exists():  # fold the WAL back into the file first: it holds page copies, not more data
+            with contextlib.closing(sqlite3.connect(path)) as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return sum(p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists())
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        size = int(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one())
+    engine.dispose()
+    return size
+
+
+async def run(n_messages: int, connections: int, database_url: str, *, with_floors: bool = False) -> int:
+    per_connection = spread(n_messages, connections)
     total = sum(len(batch) for batch in per_connection)
 
     settings = Settings(database_url=database_url, mllp_port=0, mllp_host="127.0.0.1")
     runtime = Runtime.build(settings)
+    size_before = store_bytes(database_url)
     await runtime.start(mllp=True, worker=True)
     assert runtime.mllp is not None
-    results = Results()
     try:
-        started = time.perf_counter()
-        await asyncio.gather(*(sender(runtime.mllp.port, batch, results) for batch in per_connection if batch))
-        elapsed = time.perf_counter() - started
+        results, elapsed = await send_all(runtime.mllp.port, per_connection)
     finally:
         await runtime.stop()
         runtime.close()
+    stored = store_bytes(database_url) - size_before
+    floor_figures = await floors(n_messages, connections, _floor_url(database_url)) if with_floors else {}
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     backend = database_url.split(":", 1)[0]
@@ -132,6 +176,14 @@ async def run(n_messages: int, connections: int, database_url: str) -> int:
     print(f"  ACK latency max {max(results.latencies) * 1000:.1f} ms")
     print(f"  AA              {results.codes['AA']}/{total}")
     print(f"  peak RSS        {peak_rss_mb:.0f} MiB")
+    print(f"  store growth    {stored / total / 1024:.1f} KiB/message, {2 * stored / total / 1024:.1f} KiB/stay")
+    for mode, (rate, floor_results) in floor_figures.items():
+        label = "one commit/msg" if mode == "one" else "group commit"
+        p99 = percentile(floor_results.latencies, 0.99) * 1000
+        print(
+            f"  floor, {label:14} {rate:,.0f} messages/s (ACK p99 {p99:.1f} ms); "
+            f"gateway = {total / elapsed / rate:.2f}x"
+        )
     if results.codes["AA"] != total:
         print(f"ERROR: not every message was acknowledged AA: {dict(results.codes)}", file=sys.stderr)
         if results.first_bad is not None:
@@ -145,13 +197,22 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2000, help="messages to send (A01/A03 pairs)")
     parser.add_argument("--connections", type=int, default=4, help="concurrent MLLP connections")
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    parser.add_argument("--floors", action="store_true", help="also run bench/floor.py (both modes), print ratios")
     args = parser.parse_args()
     if args.messages < 1 or args.connections < 1:
         parser.error("--messages and --connections must be positive")
     if args.database_url:
-        return asyncio.run(run(args.messages, args.connections, args.database_url))
+        return asyncio.run(run(args.messages, args.connections, args.database_url, with_floors=args.floors))
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        return asyncio.run(run(args.messages, args.connections, f"sqlite:///{Path(tmp) / 'gateway.db'}"))
+        url = f"sqlite:///{Path(tmp) / 'gateway.db'}"
+        return asyncio.run(run(args.messages, args.connections, url, with_floors=args.floors))
+
+
+def _floor_url(database_url: str) -> str:
+    """The floor's store: a sibling SQLite file, or the same PostgreSQL database (its own table)."""
+    if database_url.startswith("sqlite"):
+        return database_url.replace(".db", "-floor.db") if database_url.endswith(".db") else database_url + "-floor"
+    return database_url
 
 
 if __name__ == "__main__":

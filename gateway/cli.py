@@ -1,4 +1,5 @@
-"""The ``gateway`` command: serve | migrate | clients | check-mappings | convert | send | replay | demo | openapi."""
+"""The ``gateway`` command: serve | migrate | clients | check-mappings | convert | send | replay | import | demo
+| openapi."""
 
 from __future__ import annotations
 
@@ -438,6 +439,22 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Bulk onboarding: every message of the files and folders named, in event order; exit 1 if any is not AA."""
+    from gateway.importer import Progress, collect, print_summary, run_import
+    from gateway.runtime import Runtime
+
+    sources = collect(args.paths)
+    runtime = Runtime.build(_settings(args))
+    try:
+        progress = None if args.quiet else Progress(len(sources), out=sys.stderr)
+        summary = run_import(runtime.pipeline, sources, progress=progress)
+    finally:
+        runtime.close()
+    print_summary(summary)
+    return 0 if summary.codes.get("AA", 0) == summary.total else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -500,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(replay)
     replay.add_argument("ids", nargs="+", type=int)
     replay.set_defaults(func=cmd_replay)
+
+    importer = sub.add_parser("import", help="bulk-load message files and folders, in event order")
+    _add_common(importer)
+    importer.add_argument("paths", nargs="+", type=Path, metavar="FILE|DIR")
+    importer.add_argument("--quiet", "-q", action="store_true", help="no progress bar, only the summary")
+    importer.set_defaults(func=cmd_import)
 
     demo = sub.add_parser("demo", help="start everything, subscribe a demo receiver, send a stay, print all")
     demo.add_argument("--keep-running", action="store_true", help="keep the gateway up after the demo")

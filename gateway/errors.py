@@ -7,7 +7,10 @@ GatewayError
 ├── MappingError          understood but a required element is missing/invalid (ACK AE, 101/103)
 ├── StateError            cannot be applied to the stored state (ACK AE, 207)
 ├── DuplicateControlIdError  MSH-10 reused with other content (ACK AE, 205)
-├── StorageUnavailableError  database down: nothing stored (ACK AR, 207) — the sender must resend
+├── StorageError          the database failed (translated once, in ``gateway.db.engine``)
+│   ├── StorageConflictError     a concurrent writer won (unique index): retry, then see its work
+│   └── StorageUnavailableError  database down, locked or serialization failure: nothing stored (ACK AR,
+│                                207) — the sender must resend
 ├── SenderNotAllowedError    MSH-4 is not one of the authenticated sender's facilities (ACK AR, 207)
 ├── ConfigError           mapping tables or settings invalid (fails start-up)
 │   └── StartupError      the database or a port cannot be had at start-up (fails start-up)
@@ -79,7 +82,21 @@ class DuplicateControlIdError(GatewayError):
     slug = "duplicate-control-id"
 
 
-class StorageUnavailableError(GatewayError):
+class StorageError(GatewayError):
+    """The database refused a statement for a reason that retrying will not fix (a bug, not the input)."""
+
+    code = "207"
+    ack_code = "AE"
+    slug = "storage-error"
+
+
+class StorageConflictError(StorageError):
+    """Another transaction (perhaps another gateway instance) wrote the same unique key first."""
+
+    slug = "storage-conflict"
+
+
+class StorageUnavailableError(StorageError):
     code = "207"
     ack_code = "AR"
     slug = "storage-unavailable"

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine as DB
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-
-from gateway.db.engine import transaction
-from gateway.db.repo import FactRepo, MessageRepo, StoredResource
+from gateway.db.engine import Database as DB
+from gateway.db.engine import reading, transaction
+from gateway.db.repo import MessageRepo, StoredResource
 from gateway.db.schema import MESSAGE_KEY_LENGTHS
+from gateway.db.unit import UnitOfWork, batch, unit_of_work
 from gateway.errors import (
     DuplicateControlIdError,
     GatewayError,
     KeyTooLongError,
     ParseError,
     SenderNotAllowedError,
+    StorageConflictError,
+    StorageError,
     StorageUnavailableError,
 )
 from gateway.hl7 import er7
@@ -36,6 +39,9 @@ from gateway.state.apply import apply_message
 logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 MAX_ATTEMPTS = 3
+#: Messages committed together at most (group commit); they come from different connections, since each
+#: connection waits for its ACK before sending the next message.
+MAX_GROUP = 64
 
 
 def utcnow() -> datetime:
@@ -170,16 +176,47 @@ def _outcome(
     return Outcome(code, encode_ack(ack, codec), message_id, status, issues or [], codec=codec)
 
 
-class Pipeline:
-    """One instance per process; thread-safe (each call opens its own transaction)."""
+@dataclass(slots=True)
+class _Pending:
+    """A mapped message waiting for the group commit; ``outcome`` stays None if it must go alone."""
 
-    def __init__(self, *, engine: Engine, db: DB, clock: Clock = utcnow, on_commit: Callable[[], None] | None = None):
+    raw: bytes
+    message: er7.Message
+    mapped: Mapped
+    transport: str
+    now: datetime
+    done: bool = False
+    outcome: Outcome | None = None
+
+
+class Pipeline:
+    """One instance per process; thread-safe.
+
+    Group commit: threads ingesting at the same time hand their mapped messages to whichever of them
+    holds the leader lock, which applies each in a SAVEPOINT of one transaction, commits once, and only
+    then lets every thread return its AA. A message that fails rolls back alone and is then taken again
+    on its own (:meth:`_ingest_alone`), where it is stored as rejected or retried exactly as before.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        db: DB,
+        clock: Clock = utcnow,
+        on_commit: Callable[[], None] | None = None,
+        group_commit: bool = True,
+    ):
         self.engine = engine
         self.db = db
         self.clock = clock
         self.on_commit = on_commit
         #: GATEWAY_CONFIDENTIAL_PLATFORM_ACCESS: platforms hear of PD1-12 = Y patients too (#13)
         self.confidential_to_platforms = False
+        self.group_commit = group_commit
+        self._queue: list[_Pending] = []
+        self._queue_lock = threading.Lock()
+        self._leader = threading.Lock()
 
     # -- ingest -----------------------------------------------------------------------------------
 
@@ -201,6 +238,20 @@ class Pipeline:
     def _ingest(
         self, raw: bytes, *, transport: str, now: datetime, facilities: frozenset[str] | None = None
     ) -> Outcome:
+        item = self._prepare(raw, transport=transport, now=now, facilities=facilities)
+        if isinstance(item, Outcome):
+            return item
+        if self.group_commit:
+            outcome = self._grouped(item)
+            if outcome is not None:
+                return outcome
+        return self._ingest_alone(item.raw, item.message, item.mapped, transport=transport, now=now)
+
+    def _prepare(
+        self, raw: bytes, *, transport: str, now: datetime | None = None, facilities: frozenset[str] | None = None
+    ) -> _Pending | Outcome:
+        """Parse and map (no storage); a message that fails here is stored as rejected at once."""
+        now = now or self.clock()
         message: er7.Message | None = None
         try:
             message = er7.parse(raw)
@@ -214,19 +265,58 @@ class Pipeline:
             logger.exception("unexpected error reading or mapping a message")
             error = GatewayError(f"internal error while reading the message ({type(exc).__name__})")
             return self._store_rejected(raw, message, error, transport=transport, now=now)
+        return _Pending(raw, message, mapped, transport, now)
+
+    def ingest_many(self, raws: list[bytes], *, transport: str) -> list[Outcome]:
+        """The bulk path (``gateway import``): messages in the given order, up to ``MAX_GROUP`` per commit.
+
+        Same guarantees as :meth:`ingest` message by message (a failing one rolls back alone and is stored
+        as rejected); only the commits are shared.
+        """
+        outcomes: list[Outcome | None] = []
+        group: list[_Pending] = []
+        slots: list[int] = []
+        for raw in raws:
+            item = self._prepare(raw, transport=transport)
+            if isinstance(item, Outcome):
+                outcomes.append(item)
+                continue
+            slots.append(len(outcomes))
+            outcomes.append(None)
+            group.append(item)
+            if len(group) == MAX_GROUP:
+                self._flush_group(group, slots, outcomes)
+                group, slots = [], []
+        self._flush_group(group, slots, outcomes)
+        return [o for o in outcomes if o is not None]
+
+    def _flush_group(self, group: list[_Pending], slots: list[int], outcomes: list[Outcome | None]) -> None:
+        if not group:
+            return
+        with self._leader:
+            self._commit_group(group)
+        for slot, item in zip(slots, group, strict=True):
+            outcomes[slot] = item.outcome or self._ingest_alone(
+                item.raw, item.message, item.mapped, transport=item.transport, now=item.now
+            )
+
+    def _ingest_alone(
+        self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
+    ) -> Outcome:
+        """One message in its own transaction, with retries; every failure becomes an ACK."""
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return self._apply(raw, message, mapped, transport=transport, now=now)
-            except IntegrityError:
+            except StorageConflictError:
                 # Another instance stored the same message or stream concurrently: try again, and the
                 # duplicate check or the refold sees its committed work.
                 logger.warning("concurrent write on ingest, retrying (attempt %d)", attempt)
                 continue
-            except OperationalError as exc:
+            except StorageUnavailableError as exc:
                 # Database down, locked past its timeout, or a serialization failure: transient.
                 if attempt == MAX_ATTEMPTS:
                     return self._unavailable(message, exc, now=now)
-                logger.warning("database error on ingest, retrying (attempt %d): %s", attempt, type(exc).__name__)
+                logger.warning("database error on ingest, retrying (attempt %d): %s", attempt, exc.message)
                 continue
             except GatewayError as exc:
                 return self._store_rejected(raw, message, exc, transport=transport, now=now)
@@ -246,42 +336,94 @@ class Pipeline:
             logger.exception("answering from the MSH failed too; answering without it")
         return self._store_rejected(raw, None, error, transport=transport, now=now)
 
-    def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
-        header = _header_values(message)
-        with transaction(self.db) as conn:
-            repo = MessageRepo(conn)
-            previous = repo.find_applied(
-                sending_application=header["sending_application"],
-                sending_facility=header["sending_facility"],
-                control_id=header["control_id"],
+    def _grouped(self, item: _Pending) -> Outcome | None:
+        """Wait until some thread (perhaps this one) has committed ``item`` with others; None: go alone."""
+        with self._queue_lock:
+            self._queue.append(item)
+        while True:
+            with self._leader:
+                if item.done:
+                    return item.outcome
+                with self._queue_lock:
+                    group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+                self._commit_group(group)
+
+    def _commit_group(self, group: list[_Pending]) -> None:
+        """Apply ``group`` in one transaction, under the leader lock, so that the next group gathers meanwhile.
+
+        A message alone takes the ordinary path (no savepoint). In a group, a message whose outcome is left
+        None (it failed, or the commit did) is taken again alone by its own thread.
+        """
+        if len(group) == 1:
+            item = group[0]
+            item.outcome = self._ingest_alone(
+                item.raw, item.message, item.mapped, transport=item.transport, now=item.now
             )
-            if previous is not None:
-                same = same_content(raw, previous.raw)
-                return self._duplicate(repo, raw, message, previous.id, same=same, transport=transport, now=now)
-            # The AA is written with the message: it only stands if the whole transaction commits.
-            issues = _warnings(mapped)
-            ack = build_ack(message, code="AA", issues=issues, now=now)
-            message_id = repo.add(
-                raw=raw,
-                transport=transport,
-                received_at=now,
-                header=header,
-                outcome="AA",
-                status="applied",
-                event_time=mapped.event_time,
-                ack=ack,
-            )
-            with timed(FOLD_SECONDS):
-                applied = apply_message(
-                    conn,
-                    mapped,
-                    message_id=message_id,
-                    now=now,
-                    tables=self.engine.tables,
-                    confidential_to_platforms=self.confidential_to_platforms,
-                )
-        if applied.notifications and self.on_commit is not None:
+            item.done = True
+            return
+        try:
+            with batch(self.db) as tx:
+                outcomes = [self._apply_in_group(tx.message(), item) for item in group]
+        except GatewayError as exc:
+            # The commit itself failed: nothing of the group stands, each message goes again alone.
+            logger.warning("group commit of %d messages failed: %s", len(group), exc.message)
+            outcomes = [None] * len(group)
+        for item, outcome in zip(group, outcomes, strict=True):
+            item.outcome, item.done = outcome, True
+        if self.on_commit is not None and any(o is not None and o.notifications for o in outcomes):
             self.on_commit()
+
+    def _apply_in_group(self, unit: AbstractContextManager[UnitOfWork], item: _Pending) -> Outcome | None:
+        """Apply one message of a group under its savepoint; None when it failed (it rolled back alone)."""
+        try:
+            with unit as uow:
+                return self._apply_in(uow, item.raw, item.message, item.mapped, transport=item.transport, now=item.now)
+        except Exception:  # a loop boundary: the message is taken again alone, and reported there
+            return None
+
+    def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
+        with unit_of_work(self.db) as uow:
+            outcome = self._apply_in(uow, raw, message, mapped, transport=transport, now=now)
+        if outcome.notifications and self.on_commit is not None:
+            self.on_commit()
+        return outcome
+
+    def _apply_in(
+        self, uow: UnitOfWork, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
+    ) -> Outcome:
+        """The one place a message is applied: duplicate check, the message row with its AA, the state."""
+        header = _header_values(message)
+        repo = uow.messages
+        previous = repo.find_applied(
+            sending_application=header["sending_application"],
+            sending_facility=header["sending_facility"],
+            control_id=header["control_id"],
+        )
+        if previous is not None:
+            same = same_content(raw, previous.raw)
+            return self._duplicate(repo, raw, message, previous.id, same=same, transport=transport, now=now)
+        # The AA is written with the message: it only stands if the whole transaction commits.
+        issues = _warnings(mapped)
+        ack = build_ack(message, code="AA", issues=issues, now=now)
+        message_id = repo.add(
+            raw=raw,
+            transport=transport,
+            received_at=now,
+            header=header,
+            outcome="AA",
+            status="applied",
+            event_time=mapped.event_time,
+            ack=ack,
+        )
+        with timed(FOLD_SECONDS):
+            applied = apply_message(
+                uow,
+                mapped,
+                message_id=message_id,
+                now=now,
+                tables=self.engine.tables,
+                confidential_to_platforms=self.confidential_to_platforms,
+            )
         logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})
         outcome = _outcome("AA", ack, message, message_id=message_id, status="applied", issues=issues)
         outcome.changed, outcome.notifications = applied.changed, applied.notifications
@@ -352,7 +494,7 @@ class Pipeline:
                     ack=ack,
                     error=exc,
                 )
-        except DBAPIError as db_exc:
+        except StorageError as db_exc:
             return self._unavailable(message, db_exc, now=now)
         except Exception as store_exc:
             logger.exception("storing a rejected message failed")
@@ -362,7 +504,8 @@ class Pipeline:
 
     def _unavailable(self, message: er7.Message | None, exc: Exception | None, *, now: datetime) -> Outcome:
         """Nothing could be stored: AR (HL7: rejected for reasons unrelated to content), so the sender resends."""
-        logger.error("storage unavailable: %s", type(exc).__name__ if exc else "retries exhausted")
+        reason = (exc.message if isinstance(exc, GatewayError) else type(exc).__name__) if exc else "retries exhausted"
+        logger.error("storage unavailable: %s", reason)
         error = StorageUnavailableError("the gateway cannot store messages right now; resend later")
         issue = _error_issue(error)
         ack = build_ack(message, code="AR", issues=[issue], now=now)
@@ -388,7 +531,7 @@ class Pipeline:
         it, and what is refolded differently gets new versions (and notifications), listed in
         ``Outcome.changed``. Any other message (AE, AR) is ingested anew, as if resent.
         """
-        with self.db.connect() as conn:
+        with reading(self.db) as conn:
             record = MessageRepo(conn).get(message_id)
         if record is None:
             raise LookupError(message_id)
@@ -402,15 +545,22 @@ class Pipeline:
         try:
             message = er7.parse(raw)
             mapped = self.engine.map(message)
-            with transaction(self.db) as conn:
-                FactRepo(conn).forget_message(message_id)
-                applied = apply_message(conn, mapped, message_id=message_id, now=now, tables=self.engine.tables)
+            with unit_of_work(self.db) as uow:
+                uow.facts.forget_message(message_id)
+                applied = apply_message(
+                    uow,
+                    mapped,
+                    message_id=message_id,
+                    now=now,
+                    tables=self.engine.tables,
+                    confidential_to_platforms=self.confidential_to_platforms,
+                )
+        except StorageError as exc:
+            return self._unavailable(message, exc, now=now)
         except GatewayError as exc:  # the current mappings refuse it: the stored state stays as it was
             issue = _error_issue(exc)
             ack = build_ack(message, code=exc.ack_code, issues=[issue], now=now)
             return _outcome(exc.ack_code, ack, message, message_id=message_id, status="unchanged", issues=[issue])
-        except DBAPIError as exc:
-            return self._unavailable(message, exc, now=now)
         if applied.notifications and self.on_commit is not None:
             self.on_commit()
         logger.info("message reprocessed", extra={"message_id": message_id, "changed": len(applied.changed)})

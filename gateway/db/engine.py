@@ -17,14 +17,17 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from gateway.config import Settings
-from gateway.errors import ConfigError, StartupError
+from gateway.errors import ConfigError, StartupError, StorageConflictError, StorageError, StorageUnavailableError
 from gateway.metrics import COMMIT_SECONDS, timed
 
 logger = logging.getLogger(__name__)
+
+#: The engine type as the layers above ``db/`` name it, so that they need not import SQLAlchemy.
+Database = Engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -123,7 +126,13 @@ def make_engine(settings: Settings) -> Engine:
 
 
 def postgres_connect_args(settings: Settings) -> dict[str, Any]:
-    """libpq time limits: a database that does not answer fails the request instead of holding it forever."""
+    """libpq time limits: a database that does not answer fails the request instead of holding it forever.
+
+    And no server-side prepared statements: psycopg prepares a statement after 5 runs, and PostgreSQL may
+    then keep a generic plan chosen while the tables were empty (no ANALYZE yet on a fresh database): the
+    stays lookup went from ~1 ms to seconds after a few hundred messages. Planned on each run, it follows
+    the tables' real size.
+    """
     options = " ".join(
         f"-c {name}={max(1, int(seconds * 1000))}"
         for name, seconds in (
@@ -133,6 +142,8 @@ def postgres_connect_args(settings: Settings) -> dict[str, Any]:
         if seconds > 0
     )
     args: dict[str, Any] = {"connect_timeout": max(1, round(settings.db_connect_timeout))}
+    if make_url(settings.database_url).get_driver_name() == "psycopg":
+        args["prepare_threshold"] = None
     if options:
         args["options"] = options
     return args
@@ -171,9 +182,28 @@ def write_lock(engine: Engine) -> AbstractContextManager[Any]:
 
 
 @contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Translate the driver's errors into the gateway's tree, once, here (as httpx maps its transports').
+
+    A unique-index violation means a concurrent writer won: :class:`StorageConflictError`, worth a retry.
+    An operational error (connection lost, lock or statement timeout, serialization failure) is transient:
+    :class:`StorageUnavailableError`. Any other driver error is a :class:`StorageError`.
+    """
+    try:
+        yield
+    except IntegrityError as exc:
+        raise StorageConflictError(f"concurrent write ({type(exc.orig).__name__})") from exc
+    except OperationalError as exc:
+        raise StorageUnavailableError(f"database unavailable ({type(exc.orig).__name__})") from exc
+    except DBAPIError as exc:
+        raise StorageError(f"database error ({type(exc.orig).__name__})") from exc
+
+
+@contextlib.contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
-    """A write transaction behind this process's SQLite write lock; its commit is timed for ``/metrics``."""
-    with write_lock(engine), engine.connect() as conn:
+    """A write transaction behind this process's SQLite write lock, its driver errors translated; its
+    commit is timed for ``/metrics``."""
+    with translated(), write_lock(engine), engine.connect() as conn:
         trans = conn.begin()
         try:
             yield conn
@@ -182,6 +212,13 @@ def transaction(engine: Engine) -> Iterator[Connection]:
             raise
         with timed(COMMIT_SECONDS):
             trans.commit()
+
+
+@contextlib.contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A read-only connection, with the driver's errors translated as in :func:`transaction`."""
+    with translated(), engine.connect() as conn:
+        yield conn
 
 
 def alembic_config(url: str) -> Config:

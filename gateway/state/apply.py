@@ -15,18 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
-
 from gateway.db.indexing import search_entries
-from gateway.db.repo import (
-    FactRepo,
-    OutboxRepo,
-    PatientLinkRepo,
-    ResourceRepo,
-    StoredResource,
-    SubscriptionRecord,
-    SubscriptionRepo,
-)
+from gateway.db.repo import FactRepo, NewFact, PatientLinkRepo, ResourceRepo, StoredResource, SubscriptionRecord
+from gateway.db.unit import UnitOfWork
 from gateway.errors import MappingError
 from gateway.mapping.engine import Mapped
 from gateway.mapping.tables import Tables
@@ -66,7 +57,7 @@ class Applied:
 class Unit:
     """The store and the facts of one transaction, with what it has changed so far."""
 
-    conn: Connection
+    storage: UnitOfWork
     now: datetime
     message_id: int
     facts: FactRepo
@@ -76,14 +67,13 @@ class Unit:
     tables: Tables
     #: changes waiting to be matched against subscriptions, once every refold of the unit is done
     pending: list[tuple[Change, StoredResource]] = field(default_factory=list)
-    _listening: dict[str, list[SubscriptionRecord]] = field(default_factory=dict)
     _survivors: dict[str, str] = field(default_factory=dict)
     #: PD1-12 = Y patients: notify platforms' subscriptions about them too (operator setting, #13)
     confidential_to_platforms: bool = False
 
     @classmethod
-    def of(cls, conn: Connection, *, now: datetime, message_id: int, tables: Tables) -> Unit:
-        return cls(conn, now, message_id, FactRepo(conn), ResourceRepo(conn), PatientLinkRepo(conn), Applied(), tables)
+    def of(cls, storage: UnitOfWork, *, now: datetime, message_id: int, tables: Tables) -> Unit:
+        return cls(storage, now, message_id, storage.facts, storage.resources, storage.links, Applied(), tables)
 
     def survivor(self, patient_id: str) -> str:
         """The patient a (possibly merged) patient now is, read once per message."""
@@ -92,10 +82,8 @@ class Unit:
         return self._survivors[patient_id]
 
     def listening(self, topic_url: str) -> list[SubscriptionRecord]:
-        """Subscriptions recording ``topic_url``, read once per message."""
-        if topic_url not in self._listening:
-            self._listening[topic_url] = SubscriptionRepo(self.conn).listening(topic_url, now=self.now)
-        return self._listening[topic_url]
+        """Subscriptions recording ``topic_url`` and valid now (the unit of work reads them once)."""
+        return self.storage.listening(topic_url, now=self.now)
 
     def notify_all(self) -> None:
         """Match the unit's changes only now, so that filters see the state after the whole message (a
@@ -125,7 +113,7 @@ def visit_fact(mapped: Mapped, encounter: JSON) -> VisitFact:
 
 
 def apply_message(
-    conn: Connection,
+    storage: UnitOfWork,
     mapped: Mapped,
     *,
     message_id: int,
@@ -133,7 +121,7 @@ def apply_message(
     tables: Tables,
     confidential_to_platforms: bool = False,
 ) -> Applied:
-    unit = Unit.of(conn, now=now, message_id=message_id, tables=tables)
+    unit = Unit.of(storage, now=now, message_id=message_id, tables=tables)
     unit.confidential_to_platforms = confidential_to_platforms
     patient_id = str(mapped.patient["id"])
     prior_id = (mapped.prior or {}).get("patient_id")
@@ -150,8 +138,7 @@ def apply_message(
         streams.append(f"Encounter/{mapped.encounter['id']}")
     unit.facts.lock(streams)
 
-    _record_demographics(unit, mapped)
-    _record_participations(unit, mapped)
+    _record_patient_facts(unit, mapped)
     if merging and prior_id:
         _merge(unit, mapped, merged_id=prior_id, survivor_id=patient_id)
     _refold_patient(unit, patient_id, action=mapped.action)
@@ -184,19 +171,13 @@ def record_received(unit: Unit, resource: JSON) -> StoredResource | None:
     return stored
 
 
-def _record_demographics(unit: Unit, mapped: Mapped) -> None:
-    unit.facts.add(
-        stream=f"Patient/{mapped.patient['id']}",
-        message_id=unit.message_id,
-        event_time=mapped.event_time,
-        kind="demographics",
-        payload=patient_payload(
-            patient=mapped.patient, event_time=mapped.event_time, control_id=mapped.header.control_id
-        ),
+def _record_patient_facts(unit: Unit, mapped: Mapped) -> None:
+    """The message's demographics and care-circle statements, on the patient's stream, in one write."""
+    stream = f"Patient/{mapped.patient['id']}"
+    demographics = patient_payload(
+        patient=mapped.patient, event_time=mapped.event_time, control_id=mapped.header.control_id
     )
-
-
-def _record_participations(unit: Unit, mapped: Mapped) -> None:
+    new = [NewFact(stream, "demographics", demographics)]
     source = f"hospital:{mapped.header.sending_facility or mapped.header.sending_application}"
     for statement in mapped.participations:
         fact = Participation(
@@ -209,13 +190,8 @@ def _record_participations(unit: Unit, mapped: Mapped) -> None:
             start=statement.get("start"),
             end=statement.get("end"),
         )
-        unit.facts.add(
-            stream=f"Patient/{mapped.patient['id']}",
-            message_id=unit.message_id,
-            event_time=mapped.event_time,
-            kind=PARTICIPATION,
-            payload=fact.to_payload(),
-        )
+        new.append(NewFact(stream, PARTICIPATION, fact.to_payload()))
+    unit.facts.add_many(new, message_id=unit.message_id, event_time=mapped.event_time)
 
 
 def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT") -> None:
@@ -426,7 +402,7 @@ def _restricted(patient: JSON | None) -> bool:
 
 
 def _enqueue(unit: Unit, topic: Topic, focus: StoredResource, *, target: Target, context: list[JSON]) -> int:
-    subs, outbox = SubscriptionRepo(unit.conn), OutboxRepo(unit.conn)
+    subs, outbox = unit.storage.subscriptions, unit.storage.outbox
     queued = 0
     hidden = not unit.confidential_to_platforms and _restricted(target.patient)
     for sub in unit.listening(topic.url):

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from gateway.db.repo import StoredResource
+from gateway.db.unit import UnitOfWork
 from gateway.errors import FhirError, NotFoundError, PreconditionFailedError
 from gateway.mapping.tables import Tables
 from gateway.state.apply import PLATFORM, Unit, refold_careteam
@@ -104,7 +105,7 @@ def replace(
         raise FhirError(
             f"invalid CareTeam: {'.'.join(map(str, first['loc']))}: {first['msg']}", issue_code="structure"
         ) from exc
-    unit = Unit.of(conn, now=now, message_id=0, tables=tables)
+    unit = Unit.of(UnitOfWork(conn), now=now, message_id=0, tables=tables)
     current = _load(unit, team_id, if_match=if_match)
     if body.get("subject") and body["subject"] != current.content["subject"]:
         raise _unprocessable("a care circle stays with its patient: subject cannot change")
@@ -153,7 +154,7 @@ def add_member(
 ) -> tuple[StoredResource, Unit]:
     """``$add-member``: member (Reference), role (CodeableConcept, optional), start (dateTime, optional)."""
     member, role, start = _member_args(params, moment="start", now=now)
-    unit = Unit.of(conn, now=now, message_id=0, tables=tables)
+    unit = Unit.of(UnitOfWork(conn), now=now, message_id=0, tables=tables)
     current = _load(unit, team_id, if_match=None)
     mine = _platform_participants(current.content)
     participant: JSON = {"member": member, "period": {"start": start}}
@@ -182,7 +183,7 @@ def end_member(
 ) -> tuple[StoredResource, Unit]:
     """``$end-member``: member (Reference), role (optional: every role otherwise), end (optional: now)."""
     member, role, end = _member_args(params, moment="end", now=now)
-    unit = Unit.of(conn, now=now, message_id=0, tables=tables)
+    unit = Unit.of(UnitOfWork(conn), now=now, message_id=0, tables=tables)
     current = _load(unit, team_id, if_match=None)
     wanted = frozenset(c.get("code", "") for c in (role or {}).get("coding", []))
     mine, ended = [], 0

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from gateway.db.repo import ResourceRepo, StoredResource
+from gateway.db.unit import UnitOfWork
 from gateway.errors import FhirError
 from gateway.mapping.tables import Tables
 from gateway.state.apply import Unit, record_received
@@ -151,7 +152,7 @@ def receive(conn: Connection, body: JSON, *, tables: Tables, now: datetime) -> S
     resource["meta"] = {"profile": [PROFILE_ORDER if kind == "order" else PROFILE_DECLARATION]}
     if kind == "declaration":
         resource = _as_known_patient(ResourceRepo(conn), resource)
-    unit = Unit.of(conn, now=now, message_id=0, tables=tables)
+    unit = Unit.of(UnitOfWork(conn), now=now, message_id=0, tables=tables)
     stored = record_received(unit, resource)
     if stored is None:  # cannot happen for a new id; keeps the type honest
         raise FhirError("the CommunicationRequest was not stored", status=500, issue_code="exception")

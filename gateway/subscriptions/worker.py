@@ -20,21 +20,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import orjson
 from sqlalchemy import Connection
 from sqlalchemy import Engine as DB
 
 from gateway.auth.audit import event_patient, notification_records
 from gateway.config import Settings
 from gateway.db.access import AuditRepo
-from gateway.db.engine import transaction
+from gateway.db.engine import reading, transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.mapping.tables import CodeRow
 from gateway.metrics import record_delivery
 from gateway.subscriptions import nde_order
-from gateway.subscriptions.channels import DeliveryResult, RestHookChannel, delivery_client, idempotency_key
-from gateway.subscriptions.email import EmailChannel, notice
-from gateway.subscriptions.endpoints import vet_endpoint
+from gateway.subscriptions.channels import DeliveryResult, delivery_client, idempotency_key
+from gateway.subscriptions.delivery import DEFAULT_CHANNEL, Channel, Notice, Outgoing, channels
 from gateway.subscriptions.notification import NotificationContext, NotificationEvent, build_notification_bundle
 from gateway.subscriptions.retry import RetryPolicy
 from gateway.subscriptions.service import expire_ended, set_status
@@ -50,10 +48,8 @@ BATCH = 50
 class Job:
     rows: list[OutboxRecord]
     subscription: SubscriptionRecord
-    body: bytes
+    outgoing: Outgoing
     bundle_id: str
-    subject: str = ""
-    text: str = ""
 
     @property
     def head(self) -> OutboxRecord:
@@ -138,8 +134,7 @@ class DeliveryWorker:
         self.mediums = mediums or {}
         self.settings = settings
         self.client = client or delivery_client()
-        self.rest_hook = RestHookChannel(self.client, timeout=settings.delivery_timeout)
-        self.email = EmailChannel(settings)
+        self.channels = channels(settings, self.client)
         self.policy = RetryPolicy(
             base=settings.retry_base, cap=settings.retry_cap, horizon=settings.retry_horizon or None
         )
@@ -150,6 +145,7 @@ class DeliveryWorker:
         self._stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_heartbeat_check = datetime.min.replace(tzinfo=UTC)
+        self._inflight: set[asyncio.Task[None]] = set()
         self.delivered_total = 0
         self.failed_total = 0
         #: ``time.monotonic()`` at the start of the last loop iteration: readiness checks the loop turns.
@@ -164,22 +160,56 @@ class DeliveryWorker:
             loop.call_soon_threadsafe(self._wake.set)
 
     async def run(self) -> None:
+        """Deliver until stopped; each claimed job runs on its own, so a slow endpoint holds only its
+        own subscription (whose next row stays behind the lease of the one in flight: order is kept)."""
         self._loop = asyncio.get_running_loop()
         logger.info("delivery worker %s started", self.worker_id)
-        while not self._stopping:
-            # Cleared before looking, not after: a wake() that comes while run_once finds nothing (the
-            # ingest commits meanwhile) must cut the wait short, not be lost for a whole poll interval.
-            self._wake.clear()
-            self.last_beat = time.monotonic()
-            try:
-                await asyncio.to_thread(self._queue_heartbeats)
-                count = await self.run_once()
-            except Exception:
-                logger.exception("delivery worker iteration failed; carrying on")
-                count = 0
-            if count == 0 and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_interval)
+        inflight = self._inflight
+        try:
+            while not self._stopping:
+                # Cleared before looking, not after: a wake() that comes while the claim finds nothing (the
+                # ingest commits meanwhile) must cut the wait short, not be lost for a whole poll interval.
+                self._wake.clear()
+                self.last_beat = time.monotonic()
+                count = await self.dispatch()
+                if count == 0 and not self._stopping:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_interval)
+            if inflight:
+                await asyncio.wait(inflight, timeout=self.settings.delivery_timeout)
+        finally:
+            for task in inflight:
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
+
+    async def dispatch(self) -> int:
+        """One pass of :meth:`run`: claim what is due (up to the free slots) and start one task per job,
+        without waiting for them; the number started. (:meth:`run_once` is the pass that waits.)"""
+        inflight = self._inflight
+        free = BATCH - len(inflight)
+        if free <= 0:
+            await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+            return 1
+        try:
+            await asyncio.to_thread(self._queue_heartbeats)
+            jobs = await asyncio.to_thread(self._claim, limit=free)
+        except Exception:
+            logger.exception("delivery worker iteration failed; carrying on")
+            return 0
+        for job in jobs:
+            task = asyncio.create_task(self._deliver(job))
+            inflight.add(task)
+            task.add_done_callback(inflight.discard)
+        return len(jobs)
+
+    async def _deliver(self, job: Job) -> None:
+        """Send one job and record its result; then look again (its subscription's next row is due now)."""
+        try:
+            result = await self._timed_send(job)
+            await asyncio.to_thread(self._record, [(job, result)])
+        except Exception:
+            logger.exception("delivery failed unexpectedly; the row is retried once its lease ends")
+        self._wake.set()
 
     def stop(self) -> None:
         self._stopping = True
@@ -225,12 +255,14 @@ class DeliveryWorker:
                 )
                 subs.sent(sub.id, now=now)
 
-    def _claim(self) -> list[Job]:
+    def _claim(self, *, limit: int = BATCH) -> list[Job]:
+        """Lease due rows in one short write transaction; build their payloads after it, from a read
+        connection, so that the write lock (SQLite's only one) is not held while Bundles are built."""
         now = self.now()
-        jobs = []
+        claimed: list[tuple[list[OutboxRecord], SubscriptionRecord]] = []
         with transaction(self.db) as conn:
             outbox, subs = OutboxRepo(conn), SubscriptionRepo(conn)
-            for head in outbox.heads(now=now, limit=BATCH):
+            for head in outbox.heads(now=now, limit=limit):
                 sub = subs.get(head.subscription_id)
                 if sub is None:
                     continue
@@ -242,8 +274,11 @@ class DeliveryWorker:
                     for row in outbox.following(head, limit=(sub.max_count or 1) - 1):
                         if outbox.claim(row.id, now=now, lease_until=lease):
                             rows.append(row)
-                jobs.append(self._job(conn, rows, sub, now=now))
-        return jobs
+                claimed.append((rows, sub))
+        if not claimed:
+            return []
+        with reading(self.db) as conn:
+            return [self._job(conn, rows, sub, now=now) for rows, sub in claimed]
 
     def _timeout(self, sub: SubscriptionRecord) -> float:
         return float(sub.timeout) if sub.timeout else self.settings.delivery_timeout
@@ -253,7 +288,7 @@ class DeliveryWorker:
         base_url = self.settings.public_base()
         order = nde_order.build_order(conn, rows, sub, base_url=base_url, mediums=self.mediums)
         if order is not None:  # ANS NdE dialect: a flux 4 CommunicationRequest instead of a Bundle
-            return Job(rows=rows, subscription=sub, body=order.body, bundle_id=order.id)
+            return Job(rows=rows, subscription=sub, outgoing=Outgoing(body=order.body), bundle_id=order.id)
         events = notification_events(conn, rows, payload_content=sub.payload_content)
         ctx = NotificationContext(
             subscription_id=sub.id,
@@ -265,25 +300,18 @@ class DeliveryWorker:
             base_url=self.settings.public_base(),
         )
         bundle_id = uuid.uuid4().hex
-        body = orjson.dumps(build_notification_bundle(ctx, events, bundle_id=bundle_id, now=now))
-        if sub.channel_type != "email":
-            return Job(rows=rows, subscription=sub, body=body, bundle_id=bundle_id)
-        topic = BY_URL.get(sub.topic)
-        base = self.settings.public_base()
-        subject, text = notice(
-            topic_title=topic.title if topic else sub.topic,
+        bundle = build_notification_bundle(ctx, events, bundle_id=bundle_id, now=now)
+        notice = Notice(
+            subscription=sub,
             notification_type=head.notification_type,
-            events=[
-                (
-                    e.event_number,
-                    e.timestamp.isoformat(),
-                    f"{base}/{e.focus_reference}" if sub.payload_content == "id-only" else None,
-                )
-                for e in events
-            ],
-            status_url=f"{base}/Subscription/{sub.id}/$status",
+            events=events,
+            bundle=bundle,
+            base_url=self.settings.public_base(),
         )
-        return Job(rows=rows, subscription=sub, body=body, bundle_id=bundle_id, subject=subject, text=text)
+        return Job(rows=rows, subscription=sub, outgoing=self._channel(sub).build(notice), bundle_id=bundle_id)
+
+    def _channel(self, sub: SubscriptionRecord) -> Channel:
+        return self.channels.get(sub.channel_type) or self.channels[DEFAULT_CHANNEL]
 
     async def _timed_send(self, job: Job) -> DeliveryResult:
         started = time.perf_counter()
@@ -308,24 +336,7 @@ class DeliveryWorker:
             notification_type=job.head.notification_type,
             bundle_id=job.bundle_id,
         )
-        if sub.channel_type == "email":
-            return await self.email.send(endpoint=sub.endpoint, subject=job.subject, text=job.text, idempotency_key=key)
-        vetted = await asyncio.to_thread(vet_endpoint, sub.endpoint, allowlist=self.settings.endpoint_allowlist)
-        if vetted.refusal:
-            # DNS can change after registration: the endpoint is checked again before every send, and the
-            # connection goes to the address checked here (no second resolution that rebinding could change).
-            error = f"endpoint refused: {vetted.refusal}"
-            return DeliveryResult(ok=False, status_code=None, error=error, retryable=False)
-        channel = self.rest_hook if not sub.timeout else RestHookChannel(self.client, timeout=self._timeout(sub))
-        result = await channel.send(
-            endpoint=nde_order.target(sub),  # the same host as sub.endpoint: the vetted address holds
-            body=job.body,
-            headers=sub.headers,
-            secret=sub.secret,
-            idempotency_key=key,
-            address=vetted.address,
-        )
-        return nde_order.judge(sub, result)
+        return await self._channel(sub).send(sub, job.outgoing, key=key)
 
     def _record(self, outcomes: list[tuple[Job, DeliveryResult]]) -> None:
         now = self.now()

@@ -53,3 +53,45 @@ def test_searches_are_driven_by_the_lookup_index(
     plan = " | ".join(row[3] for row in sqlite3.connect(path).execute("EXPLAIN QUERY PLAN " + statement, params))
     assert "ix_search_lookup" in plan, plan
     assert "SCAN resources" not in plan and "SCAN search_index" not in plan, plan
+
+
+#: Tables read on the hot path that may be scanned: the subscriptions listening are a handful of rows,
+#: read once per transaction.
+SCANNABLE = ("subscriptions",)
+
+
+@pytest.mark.postgres
+def test_postgres_ingest_reads_go_through_indexes(pg_database: str, mapping_engine: Engine) -> None:
+    """Every SELECT of an admission and a discharge, explained on PostgreSQL with sequential scans priced
+    out: a statement that no index can serve still shows a Seq Scan, and fails here. Plans are made per
+    execution (no server-side prepared statements, see ``make_engine``), so they follow the tables' size
+    without waiting for ANALYZE."""
+    db = make_engine(Settings(database_url=pg_database))
+    pipeline = Pipeline(engine=mapping_engine, db=db)
+    for i in range(20):
+        pipeline.ingest(
+            Adt(control_id=f"P{i}", ipp=f"8{i:05d}", visit=f"W-{i}", movement=f"N{i}").bytes(), transport="t"
+        )
+    statements: list[tuple[str, Any]] = []
+
+    @event.listens_for(db, "before_cursor_execute")
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "pg_advisory" not in statement:
+            statements.append((statement, params))
+
+    admit = Adt(control_id="P-A", ipp="899999", visit="W-X", movement="N-A")
+    discharge = Adt(trigger="A03", control_id="P-D", ipp="899999", visit="W-X", movement="N-D",
+                    event_time="20260302100000", discharge_time="20260302100000")  # fmt: skip
+    for message in (admit, discharge):
+        assert pipeline.ingest(message.bytes(), transport="t").code == "AA"
+    event.remove(db, "before_cursor_execute", capture)
+    assert statements
+    scans = []
+    with db.connect() as conn:
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        for statement, params in statements:
+            plan = "\n".join(str(r[0]) for r in conn.exec_driver_sql("EXPLAIN " + statement, params))
+            tables = [line.split(" on ")[1].split()[0] for line in plan.splitlines() if "Seq Scan on" in line]
+            scans += [(table, statement.split("WHERE")[0][:60]) for table in tables if table not in SCANNABLE]
+    db.dispose()
+    assert scans == []

@@ -28,7 +28,7 @@ from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, Subscription
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
 from gateway.runtime import Runtime
-from gateway.subscriptions import worker as worker_module
+from gateway.subscriptions import delivery as delivery_module
 from gateway.subscriptions.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
 from gateway.subscriptions.endpoints import vet_endpoint
 from gateway.subscriptions.service import (
@@ -631,7 +631,7 @@ def test_an_endpoint_resolving_to_a_private_address_at_send_time_is_refused(
     def resolver(host: str, port: int | None) -> list[tuple[Any, ...]]:
         return [(2, 1, 6, "", (resolved["address"], port or 443))]
 
-    monkeypatch.setattr(worker_module, "vet_endpoint", partial(vet_endpoint, resolver=resolver))
+    monkeypatch.setattr(delivery_module, "vet_endpoint", partial(vet_endpoint, resolver=resolver))
     route = platform.post(endpoint).respond(200)
     harness = Harness(db, settings, clock, pipeline)
     try:
@@ -693,7 +693,7 @@ def test_a_wake_during_an_empty_pass_is_not_lost(db: Engine, fast: Settings) -> 
                 worker.stop()
             return 0
 
-        worker.run_once = empty_pass  # type: ignore[method-assign]
+        worker.dispatch = empty_pass  # type: ignore[method-assign]
         task = asyncio.create_task(worker.run())
         try:
             await asyncio.wait_for(second.wait(), timeout=10)
@@ -745,3 +745,46 @@ def test_status_off_during_an_inflight_delivery_stays_off(
     record = harness.sub(sub_id)
     assert record.status == "off" and record.error is None
     assert harness.resource(sub_id)["status"] == "off"
+
+
+def test_a_slow_endpoint_does_not_hold_another_subscription(harness: Harness, platform: respx.MockRouter) -> None:
+    """``run`` starts each job on its own: one subscription waiting on its endpoint never delays another."""
+    slow_hook, quick_hook = "http://platform.test/slow", "http://platform.test/quick"
+    slow, quick = harness.subscribe(endpoint=slow_hook), harness.subscribe(endpoint=quick_hook)
+    platform.post(quick_hook).respond(200)
+    platform.post(slow_hook).respond(200)
+    assert harness.run_once() == 2  # both handshakes
+    seen: dict[str, bool] = {}
+
+    def delivered(sub_id: str) -> bool:
+        return any(r.status == "delivered" for r in harness.rows(sub_id, kind="event-notification"))
+
+    async def until(condition: Callable[[], bool]) -> None:
+        for _ in range(500):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+
+    async def main() -> None:
+        release = asyncio.Event()
+
+        async def hold(request: httpx.Request) -> httpx.Response:
+            await release.wait()
+            return httpx.Response(200)
+
+        platform.post(slow_hook).mock(side_effect=hold)
+        harness.admit()
+        task = asyncio.create_task(harness.worker.run())
+        try:
+            await until(lambda: delivered(quick))
+            seen["quick"], seen["slow meanwhile"] = delivered(quick), delivered(slow)
+            release.set()
+            await until(lambda: delivered(slow))
+            seen["slow"] = delivered(slow)
+        finally:
+            release.set()
+            harness.worker.stop()
+            await task
+
+    asyncio.run(main())
+    assert seen == {"quick": True, "slow meanwhile": False, "slow": True}

@@ -1,0 +1,75 @@
+"""The unit of work: one write transaction's repositories, as ``state/`` and the pipeline see them.
+
+``state/`` folds facts into resources without knowing SQL; it reaches the store only through this object,
+whose repositories share one connection and keep, for the length of the transaction, what they already
+read (resources by id, a stream's facts, the subscriptions listening per topic). Nothing is cached across
+transactions: another gateway instance may write between two of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from gateway.db.engine import Database, transaction, translated
+from gateway.db.repo import (
+    FactRepo,
+    MessageRepo,
+    OutboxRepo,
+    PatientLinkRepo,
+    ResourceRepo,
+    SubscriptionRecord,
+    SubscriptionRepo,
+)
+
+
+class UnitOfWork:
+    """Repositories over one connection, inside the caller's transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.messages = MessageRepo(conn)
+        self.facts = FactRepo(conn, cached=True)
+        self.resources = ResourceRepo(conn, cached=True)
+        self.links = PatientLinkRepo(conn)
+        self.subscriptions = SubscriptionRepo(conn)
+        self.outbox = OutboxRepo(conn)
+        self._listening: dict[str, list[SubscriptionRecord]] | None = None
+
+    def listening(self, topic_url: str, *, now: datetime | None = None) -> list[SubscriptionRecord]:
+        """Subscriptions recording events of ``topic_url`` (and, given ``now``, valid then: start, ``end``):
+        those of every topic read in one query, once per transaction (a message fires several topics; most
+        fire none that anyone listens to)."""
+        if self._listening is None:
+            self._listening = self.subscriptions.listening_by_topic(now=now)
+        return self._listening.get(topic_url, [])
+
+
+@contextlib.contextmanager
+def unit_of_work(db: Database) -> Iterator[UnitOfWork]:
+    """A write transaction (see :func:`gateway.db.engine.transaction`) and its unit of work."""
+    with transaction(db) as conn:
+        yield UnitOfWork(conn)
+
+
+class Batch:
+    """One write transaction holding several messages, each in a SAVEPOINT of its own (group commit)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    @contextlib.contextmanager
+    def message(self) -> Iterator[UnitOfWork]:
+        """A unit of work for one message; when it raises, only its own writes are rolled back."""
+        with translated(), self.conn.begin_nested():
+            yield UnitOfWork(self.conn)
+
+
+@contextlib.contextmanager
+def batch(db: Database) -> Iterator[Batch]:
+    """A write transaction for a group of messages, committed once."""
+    with transaction(db) as conn:
+        yield Batch(conn)

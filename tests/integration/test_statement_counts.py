@@ -1,0 +1,92 @@
+"""SQL statements per message kind, pinned: a change that adds (or saves) a statement on the hot path
+shows here, on SQLite and PostgreSQL, instead of in a benchmark weeks later.
+
+Transaction control (BEGIN, COMMIT, SAVEPOINT) is not counted. PostgreSQL adds one advisory lock per
+stream a message touches (see ``FactRepo.lock``). When a change lowers a count on purpose, lower the
+pinned figure with it (and say in ``bench/README.md`` what it bought).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event
+
+from gateway.mapping.engine import Engine as MappingEngine
+from gateway.pipeline import Pipeline
+from tests.messages import Adt
+
+NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
+
+#: (kind, message, statements on SQLite, advisory locks added on PostgreSQL). Re-pinned when ANS NdE event
+#: declarations (flux 3, written with the stay: a patient read and each declaration's write) joined the
+#: unit of work: A01 32 → 36, A02 24 → 25, A08 21 → 26, A03 38 → 47.
+STAY = Adt(control_id="S-1", ipp="300001", visit="V-3001", movement="M-1")
+CASES: list[tuple[str, Adt, int, int]] = [
+    ("A01 new patient and stay", STAY, 36, 3),
+    ("A01 resent (duplicate)", STAY, 2, 0),
+    (
+        "A02 transfer",
+        Adt(trigger="A02", control_id="S-2", ipp="300001", visit="V-3001", movement="M-2", event_time="20260301120000"),
+        25,
+        3,
+    ),
+    (
+        "A08 demographics",
+        Adt(
+            trigger="A08",
+            control_id="S-3",
+            ipp="300001",
+            visit="V-3001",
+            movement="M-3",
+            family="RENOMME",
+            event_time="20260301130000",
+        ),
+        26,
+        3,
+    ),
+    (
+        "A03 discharge",
+        Adt(
+            trigger="A03",
+            control_id="S-4",
+            ipp="300001",
+            visit="V-3001",
+            movement="M-4",
+            event_time="20260302100000",
+            discharge_time="20260302100000",
+        ),
+        47,
+        3,
+    ),
+]
+
+
+@pytest.fixture
+def counted(db: Engine) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if not statement.lstrip().upper().startswith(CONTROL):
+            statements.append(statement)
+
+    event.listen(db, "before_cursor_execute", capture)
+    yield statements
+    event.remove(db, "before_cursor_execute", capture)
+
+
+def test_statements_per_message_kind(db: Engine, mapping_engine: MappingEngine, counted: list[str]) -> None:
+    pipeline = Pipeline(engine=mapping_engine, db=db, clock=lambda: NOW)
+    postgres = db.dialect.name == "postgresql"
+    seen = []
+    for kind, message, _, _ in CASES:
+        counted.clear()
+        outcome = pipeline.ingest(message.bytes(), transport="test")
+        assert outcome.code == "AA", (kind, outcome.ack_text)
+        seen.append((kind, len(counted)))
+    expected = [(kind, n + (locks if postgres else 0)) for kind, _, n, locks in CASES]
+    assert seen == expected
