@@ -30,7 +30,8 @@ COPY fixtures/demo ./fixtures/demo
 USER gateway
 VOLUME ["/data"]
 EXPOSE 8000 2575
-# The port the gateway really listens on (GATEWAY_HTTP_PORT, as overridden at run time), not a fixed one.
+# Readiness (database reached, migrations current, worker alive) on the port the gateway really listens
+# on (GATEWAY_HTTP_PORT, as overridden at run time), not a fixed one. compose.yaml orders start-up by it.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('GATEWAY_HTTP_PORT', '8000'), timeout=4)"
+    CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('GATEWAY_HTTP_PORT', '8000'), timeout=4)"
 CMD ["gateway", "serve"]

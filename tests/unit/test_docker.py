@@ -28,6 +28,7 @@ def test_dependencies_are_installed_in_a_layer_before_the_code() -> None:
 def test_health_check_uses_the_configured_port() -> None:
     health = next(arg for op, arg in _instructions() if op == "HEALTHCHECK")
     assert "GATEWAY_HTTP_PORT" in health and ":8000/" not in health
+    assert "/health/ready" in health  # migrations current: compose starts the second instance after it
 
 
 def test_dockerignore_keeps_stores_and_virtualenvs_out() -> None:
