@@ -201,9 +201,16 @@ def test_item4_readiness_checks_database_migrations_and_worker(settings: Setting
             assert ready.json() == {"status": "ok", "database": "ok", "migrations": "current", "worker": "disabled"}
             assert c.get("/health").json() == {"status": "ok"}
             with runtime.db.begin() as conn:
+                versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
                 conn.execute(text("DELETE FROM alembic_version"))
-            pending = c.get("/health/ready")
+            try:
+                pending = c.get("/health/ready")
+            finally:  # the PostgreSQL test database is shared by the session: put its version back
+                with runtime.db.begin() as conn:
+                    for version in versions:
+                        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": version})
             assert (pending.status_code, pending.json()["migrations"]) == (503, "pending")
+            assert c.get("/health/ready").status_code == 200
     finally:
         runtime.close()
 

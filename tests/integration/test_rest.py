@@ -206,6 +206,7 @@ def test_public_base_and_client_address_from_trusted_proxy_only(
             assert forwarded.json()["link"][0]["url"].startswith("https://h.example/fhir/Patient?")
             plain = client.get("/fhir/Patient").json()["link"][0]["url"]
             assert "0.0.0.0" not in plain
+            caplog.clear()  # earlier requests' lines are captured too once a CLI test has set the root level
             with caplog.at_level(logging.INFO, logger="gateway.access"):
                 client.get("/fhir/metadata", headers={"X-Forwarded-For": "198.51.100.7, 127.0.0.1"})
             assert [getattr(r, "client", None) for r in caplog.records if r.name == "gateway.access"] == [
