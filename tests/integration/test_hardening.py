@@ -205,12 +205,12 @@ def test_item4_readiness_checks_database_migrations_and_worker(settings: Setting
                 conn.execute(text("DELETE FROM alembic_version"))
             try:
                 pending = c.get("/health/ready")
-                assert (pending.status_code, pending.json()["migrations"]) == (503, "pending")
-            finally:
-                # The store is shared by the session's tests (PostgreSQL): put its version back.
+            finally:  # the PostgreSQL test database is shared by the session: put its version back
                 with runtime.db.begin() as conn:
                     for version in versions:
                         conn.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": version})
+            assert (pending.status_code, pending.json()["migrations"]) == (503, "pending")
+            assert c.get("/health/ready").status_code == 200
     finally:
         runtime.close()
 
