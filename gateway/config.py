@@ -20,6 +20,13 @@ DEFAULT_DELIVERY_TIMEOUT = 10.0
 DEFAULT_RETRY_HORIZON = 24 * 3600.0
 DEFAULT_RETRY_BASE = 1.0
 DEFAULT_RETRY_CAP = 600.0
+#: Sandbox limits per call (the page and ``POST /sandbox/*``): bytes, messages, CPU seconds, and calls per
+#: minute per client (bursts of ``SANDBOX_BURST``). A day of a hospital feed is a few thousand messages.
+DEFAULT_SANDBOX_MAX_BYTES = 10 * DEFAULT_MAX_MESSAGE_BYTES
+DEFAULT_SANDBOX_MAX_MESSAGES = 2000
+DEFAULT_SANDBOX_CPU_SECONDS = 10.0
+DEFAULT_SANDBOX_RATE_PER_MINUTE = 30.0
+DEFAULT_SANDBOX_BURST = 10
 
 
 def _default_mappings_dir() -> Path:
@@ -62,6 +69,12 @@ class Settings(BaseSettings):
     smtp_username: str = ""
     smtp_password: str = ""
     run_worker: bool = True
+    sandbox_max_bytes: int = DEFAULT_SANDBOX_MAX_BYTES
+    sandbox_max_messages: int = DEFAULT_SANDBOX_MAX_MESSAGES
+    sandbox_cpu_seconds: float = DEFAULT_SANDBOX_CPU_SECONDS
+    #: ``0`` turns the per-client rate limit off.
+    sandbox_rate_per_minute: float = DEFAULT_SANDBOX_RATE_PER_MINUTE
+    sandbox_burst: int = DEFAULT_SANDBOX_BURST
 
     def public_base(self) -> str:
         return self.base_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}/fhir"

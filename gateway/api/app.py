@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway import __version__
+from gateway import __version__, web
 from gateway.api import admin, fhir, ingest, sandbox
 from gateway.api.responses import fhir_response
 from gateway.errors import GatewayError
@@ -27,12 +29,18 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sampler = None
         if start_services:
             await runtime.start()
+            sampler = asyncio.create_task(app.state.live.run(), name="live-sampler")
         try:
             yield
         finally:
             if start_services:
+                app.state.live.stop()
+                if sampler is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sampler
                 await runtime.stop()
 
     app = FastAPI(
@@ -40,12 +48,15 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
         version=__version__,
         description="IHE PAM France ADT feeds in, FHIR R4 Patient/Encounter and Subscriptions out.",
         lifespan=lifespan,
+        docs_url=None,  # served by gateway.web from local assets (no CDN)
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.include_router(ingest.router)
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(sandbox.router)
+    web.install(app)
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability")
     async def health() -> Response:

@@ -1,0 +1,64 @@
+// The live view: poll /console/live/data and draw each series as a small SVG line over the last hour.
+"use strict";
+
+(function () {
+  const NS = "http://www.w3.org/2000/svg";
+  const W = 360, H = 120, PAD = 4;
+  const charts = document.getElementById("charts");
+  const status = document.getElementById("live-status");
+
+  function svg(tag, attrs) {
+    const node = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+    return node;
+  }
+
+  function format(value) {
+    if (value === null || value === undefined) return "–";
+    if (Math.abs(value) >= 100) return value.toFixed(0);
+    if (Math.abs(value) >= 1) return value.toFixed(2);
+    return value.toPrecision(2);
+  }
+
+  function chart(series) {
+    const figure = document.createElement("figure");
+    figure.className = "chart panel";
+    const points = series.points;
+    const latest = points.length ? points[points.length - 1][1] : null;
+    const caption = document.createElement("figcaption");
+    caption.textContent = `${series.name} (${series.kind}, ${series.unit}): latest ${format(latest)}`;
+    const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
+      "aria-label": `${series.name} over the last hour, latest ${format(latest)}` });
+    box.append(svg("rect", { x: 0, y: 0, width: W, height: H, class: "plot" }));
+    if (points.length > 1) {
+      const now = Date.now() / 1000;
+      const t0 = now - 3600;
+      const max = Math.max(...points.map((p) => p[1]), 1e-9);
+      const xy = points.map(([t, v]) => [PAD + ((t - t0) / 3600) * (W - 2 * PAD), H - PAD - (v / max) * (H - 2 * PAD)]);
+      box.append(svg("polyline", { points: xy.map((p) => p.join(",")).join(" "), class: "line" }));
+      const top = svg("text", { x: PAD + 2, y: 14, class: "axis" });
+      top.textContent = "max " + format(max);
+      box.append(top);
+    } else {
+      const wait = svg("text", { x: PAD + 2, y: H / 2, class: "axis" });
+      wait.textContent = "collecting…";
+      box.append(wait);
+    }
+    figure.append(caption, box);
+    return figure;
+  }
+
+  async function refresh() {
+    try {
+      const answer = await fetch("/console/live/data", { headers: { Accept: "application/json" } });
+      const data = await answer.json();
+      charts.replaceChildren(...data.series.map(chart));
+      status.textContent = `Updated ${new Date().toLocaleTimeString()}: ${data.series.length} figure(s).`;
+      setTimeout(refresh, Math.max(2, data.interval) * 1000);
+    } catch (error) {
+      status.textContent = "Could not read the figures: " + error.message;
+      setTimeout(refresh, 10000);
+    }
+  }
+  refresh();
+})();
