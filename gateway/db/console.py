@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, String, distinct, func, literal, select
+from sqlalchemy import Connection, String, func, literal, select
 
 from gateway.db.repo import MessageRecord, _message, utc
 from gateway.db.schema import facts, messages, outbox, search_index, subscriptions
@@ -59,7 +59,7 @@ def _messages_of_ipp(ipp: str) -> Any:
     patients = select(literal("Patient/", type_=String) + search_index.c.id).where(
         search_index.c.type == "Patient", search_index.c.param == "identifier", search_index.c.value == ipp
     )
-    return select(distinct(facts.c.message_id)).where(facts.c.stream.in_(patients))
+    return select(facts.c.message_id).where(facts.c.stream.in_(patients))
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,9 +65,9 @@ def point(prev: Reading, cur: Reading, name: str) -> float | None:
     kind = cur.kinds.get(name)
     elapsed = cur.at - prev.at
     if kind == "counter":
-        if name not in prev.values or elapsed <= 0:
+        if name not in prev.kinds or elapsed <= 0:
             return None
-        return max(0.0, cur.values.get(name, 0.0) - prev.values[name]) / elapsed
+        return max(0.0, cur.values.get(name, 0.0) - prev.values.get(name, 0.0)) / elapsed
     if kind in {"histogram", "summary"}:
         done = cur.counts.get(name, 0.0) - prev.counts.get(name, 0.0)
         if done <= 0:

@@ -21,7 +21,7 @@ SEVERITY = {"AR": 0, "AE": 1, "AA": 2}
 WORST_LIMIT = 50
 CSV_COLUMNS = ("number", "control_id", "trigger", "outcome", "errors", "warnings", "first_issue")
 #: Numbers and quoted values vary between messages; the kind of a warning is its text without them.
-_VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|\b\d[\d.:-]*\b")
+_VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|(?<![\w-])\d[\d.:-]*\b")
 
 
 def build_report(trial: Trial) -> JSON:
@@ -32,7 +32,7 @@ def build_report(trial: Trial) -> JSON:
     kinds: Counter[tuple[str, str, str]] = Counter()
     for step in trial.steps:
         for issue in step.issues:
-            kinds[(issue.severity, issue.location.split(".")[0], _VARYING.sub("…", issue.text))] += 1
+            kinds[(issue.severity, issue.location, _VARYING.sub("…", issue.text))] += 1
     worst = sorted(rows, key=lambda r: (SEVERITY.get(r["outcome"], 0), -r["errors"], -r["warnings"], r["number"]))
     return {
         "messages": len(rows),

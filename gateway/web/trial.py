@@ -17,8 +17,9 @@ from typing import Any
 from sqlalchemy import Engine as DB
 
 from gateway.config import Settings
-from gateway.db.engine import make_engine, migrate, transaction
+from gateway.db.engine import make_engine, transaction
 from gateway.db.repo import OutboxRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
+from gateway.db.schema import metadata
 from gateway.hl7.ack import AckIssue
 from gateway.mapping.engine import Engine
 from gateway.pipeline import Pipeline, utcnow
@@ -79,7 +80,7 @@ def run_trial(
     """
     db = make_engine(Settings(database_url="sqlite://"))
     try:
-        migrate(db)
+        metadata.create_all(db)  # the declared schema (= the migrations' head, a test checks), 20x faster
         subscribers = _subscribe_to_every_topic(db, now=clock()) if notifications else []
         pipeline = Pipeline(engine=engine, db=db, clock=clock)
         started = time.thread_time()
