@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
+from fastapi import FastAPI
 
 from gateway.api.app import create_app
 from gateway.config import Settings
@@ -21,6 +22,7 @@ START_TIMEOUT = 10.0
 @dataclass
 class Served:
     runtime: Runtime
+    app: FastAPI
     base: str
     host: str
 
@@ -40,7 +42,7 @@ def serve_in_thread(settings: Settings) -> Iterator[Served]:
             raise RuntimeError("the gateway did not start")
         time.sleep(0.02)
     try:
-        yield Served(runtime=runtime, base=f"http://127.0.0.1:{port}", host=f"127.0.0.1:{port}")
+        yield Served(runtime=runtime, app=app, base=f"http://127.0.0.1:{port}", host=f"127.0.0.1:{port}")
     finally:
         server.should_exit = True
         thread.join(timeout=START_TIMEOUT)
