@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     #: ``0`` turns the per-client rate limit off.
     sandbox_rate_per_minute: float = DEFAULT_SANDBOX_RATE_PER_MINUTE
     sandbox_burst: int = DEFAULT_SANDBOX_BURST
+    #: The isolated store of sandbox senders (empty: no sandbox tenants), e.g. ``sqlite:///./var/sandbox.db``.
+    sandbox_database_url: str = ""
+    #: Sandbox senders as ``MSH-3|MSH-4`` (``MSH-3`` alone: any facility), until the client registry says so.
+    sandbox_senders: list[str] = Field(default_factory=list)
 
     def public_base(self) -> str:
         return self.base_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}/fhir"

@@ -15,6 +15,7 @@ from gateway.mapping.engine import Engine
 from gateway.metrics import MESSAGES
 from gateway.pipeline import Pipeline
 from gateway.subscriptions.worker import DeliveryWorker
+from gateway.web.tenants import SandboxStore
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ class Runtime:
     pipeline: Pipeline
     worker: DeliveryWorker
     mllp: MLLPServer | None = None
+    #: Where sandbox senders' messages go (``GATEWAY_SANDBOX_DATABASE_URL``); ``None``: no sandbox tenants.
+    sandbox: SandboxStore | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
@@ -38,11 +41,18 @@ class Runtime:
             migrate(db)
         worker = DeliveryWorker(db=db, settings=settings)
         pipeline = Pipeline(engine=engine, db=db, on_commit=worker.wake)
-        return cls(settings=settings, db=db, engine=engine, pipeline=pipeline, worker=worker)
+        sandbox = SandboxStore.build(settings, engine=engine, run_migrations=run_migrations)
+        return cls(settings=settings, db=db, engine=engine, pipeline=pipeline, worker=worker, sandbox=sandbox)
+
+    def pipeline_for(self, raw: bytes) -> Pipeline:
+        """The sandbox store's pipeline for a sandbox sender's message, else the real one."""
+        if self.sandbox is not None and self.sandbox.takes(raw):
+            return self.sandbox.pipeline
+        return self.pipeline
 
     async def ingest(self, raw: bytes, *, transport: str) -> bytes:
         """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""
-        outcome = await asyncio.to_thread(self.pipeline.ingest, raw, transport=transport)
+        outcome = await asyncio.to_thread(self.pipeline_for(raw).ingest, raw, transport=transport)
         MESSAGES.labels(transport=transport, outcome=outcome.code).inc()
         return outcome.ack
 
@@ -84,3 +94,5 @@ class Runtime:
 
     def close(self) -> None:
         self.db.dispose()
+        if self.sandbox is not None:
+            self.sandbox.close()

@@ -14,12 +14,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway import __version__, web
+from gateway import __version__
 from gateway.api import admin, fhir, ingest, sandbox
 from gateway.api.responses import fhir_response
 from gateway.errors import GatewayError
 from gateway.fhir.outcome import from_error, operation_outcome
 from gateway.runtime import Runtime
+from gateway.web.mount import install as install_pages
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(sandbox.router)
-    web.install(app)
+    app.include_router(sandbox.store_router)
+    install_pages(app)
 
     @app.get("/health", tags=["ops"], summary="Liveness and database reachability")
     async def health() -> Response:

@@ -70,7 +70,7 @@ async def ingest(request: Request, runtime: RuntimeDep) -> Response:
         raw = await read_body(request, limit=runtime.settings.max_message_bytes)
     except TransportError as exc:
         return Response(exc.text + "\n", status_code=exc.status, media_type="text/plain")
-    outcome = await run_in_threadpool(runtime.pipeline.ingest, raw, transport="http")
+    outcome = await run_in_threadpool(runtime.pipeline_for(raw).ingest, raw, transport="http")
     MESSAGES.labels(transport="http", outcome=outcome.code).inc()
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")
     return Response(outcome.ack, media_type=f"{HL7_MEDIA}; charset={charset}", headers={"X-Ack-Code": outcome.code})

@@ -12,18 +12,22 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from gateway.api.deps import RuntimeDep
+from gateway.api.deps import RuntimeDep, require_token
 from gateway.api.ingest import ACCEPTED_TYPES, TransportError, read_body
+from gateway.db.repo import MessageRepo
+from gateway.errors import NotFoundError
 from gateway.fhir.outcome import operation_outcome
+from gateway.hl7 import er7
 from gateway.runtime import Runtime
 from gateway.web.limits import RateLimiter, client_key
 from gateway.web.present import present_trial
 from gateway.web.report import build_report, report_csv
 from gateway.web.samples import build_samples
+from gateway.web.tenants import SandboxStore
 from gateway.web.trial import run_trial
 
 router = APIRouter(prefix="/sandbox", tags=["sandbox"])
@@ -133,3 +137,52 @@ async def sandbox_report(
 @router.get("/samples", summary="The sample messages: one per PAM-FR event the gateway handles")
 async def sandbox_samples(runtime: RuntimeDep) -> list[dict[str, str]]:
     return [{"trigger": s.trigger, "title": s.title, "text": s.text} for s in build_samples(runtime.engine.tables)]
+
+
+# -- sandbox tenants: what sandbox senders sent over HTTP and MLLP, kept in the isolated store ---------
+
+store_router = APIRouter(prefix="/sandbox/store", tags=["sandbox"], dependencies=[Depends(require_token)])
+
+
+def _store(runtime: Runtime) -> SandboxStore:
+    if runtime.sandbox is None:
+        raise NotFoundError("no sandbox store: set GATEWAY_SANDBOX_DATABASE_URL and GATEWAY_SANDBOX_SENDERS")
+    return runtime.sandbox
+
+
+@store_router.get("/messages", summary="Messages sandbox senders sent (isolated store), newest first")
+async def sandbox_store_messages(runtime: RuntimeDep, limit: int = Query(default=20, ge=1, le=200)) -> dict[str, Any]:
+    store = _store(runtime)
+
+    def work() -> list[dict[str, Any]]:
+        with store.db.connect() as conn:
+            return [
+                {
+                    "id": m.id,
+                    "received_at": m.received_at.isoformat(),
+                    "transport": m.transport,
+                    "sender": f"{m.sending_application}|{m.sending_facility}",
+                    "control_id": m.control_id,
+                    "type": f"{m.message_type}^{m.trigger_event}",
+                    "outcome": m.outcome,
+                    "error_text": m.error_text,
+                }
+                for m in MessageRepo(conn).list(limit=limit)
+            ]
+
+    return {"senders": sorted("|".join(s) for s in store.senders), "messages": await run_in_threadpool(work)}
+
+
+@store_router.get("/messages/{message_id}", summary="One message of the sandbox store, with its raw text and ACK")
+async def sandbox_store_message(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
+    store = _store(runtime)
+
+    def work() -> dict[str, Any]:
+        with store.db.connect() as conn:
+            record = MessageRepo(conn).get(message_id)
+        if record is None:
+            raise NotFoundError(f"sandbox message {message_id} not found")
+        text, _codec, _warnings = er7.decode(record.raw)
+        return {"id": record.id, "outcome": record.outcome, "raw": text, "ack": record.ack}
+
+    return await run_in_threadpool(work)

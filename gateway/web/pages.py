@@ -19,7 +19,8 @@ async def sandbox_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
     samples = build_samples(runtime.engine.tables)
     settings = runtime.settings
     limits = {"cpu": settings.sandbox_cpu_seconds, "bytes": settings.sandbox_max_bytes}
-    return TEMPLATES.TemplateResponse(request, "sandbox.html", {"samples": samples, "limits": limits})
+    context = {"samples": samples, "limits": limits, "tenants": runtime.sandbox is not None}
+    return TEMPLATES.TemplateResponse(request, "sandbox.html", context)
 
 
 @router.get("/docs", response_class=HTMLResponse)

@@ -51,14 +51,19 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def gateway(tmp_path: Path) -> Iterator[Served]:
-    settings = Settings(
+def gateway_settings(tmp_path: Path) -> Settings:
+    """A module may override this fixture to serve other settings."""
+    return Settings(
         database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
         mappings_dir=MAPPINGS,
         run_worker=False,
         sandbox_rate_per_minute=0,
     )
-    with serve_in_thread(settings) as served:
+
+
+@pytest.fixture
+def gateway(gateway_settings: Settings) -> Iterator[Served]:
+    with serve_in_thread(gateway_settings) as served:
         yield served
 
 

@@ -180,6 +180,34 @@
     out.querySelector("h2").focus?.();
   }
 
+  // -- sandbox tenants: what sandbox senders sent, from the isolated store ------------------------
+  async function loadTenants() {
+    const section = $("tenants");
+    if (!section) return;
+    const note = $("tenants-status");
+    const answer = await fetch("/sandbox/store/messages");
+    if (!answer.ok) {
+      note.textContent = answer.status === 401 ? "These need an operator token." : "Could not read the sandbox store.";
+      return;
+    }
+    const data = await answer.json();
+    note.textContent = `Sandbox senders: ${data.senders.join(", ") || "none registered"}; ${data.messages.length} message(s).`;
+    const body = section.querySelector("tbody");
+    body.replaceChildren();
+    for (const m of data.messages) {
+      const open = el("button", { type: "button", text: "Open", "aria-label": `Open sandbox message ${m.id}` });
+      open.addEventListener("click", async () => {
+        const detail = await (await fetch(`/sandbox/store/messages/${m.id}`)).json();
+        $("message").value = detail.raw.replace(/\r\n?/g, "\n");
+        $("convert-form").requestSubmit();
+      });
+      body.append(el("tr", {}, el("td", { text: m.received_at.slice(0, 19).replace("T", " ") }), el("td", {}, ack(m.outcome)),
+        el("td", { text: m.type }), el("td", { text: m.sender }), el("td", { text: m.control_id }),
+        el("td", { text: m.transport }), el("td", {}, open)));
+    }
+  }
+  loadTenants();
+
   // -- a file: the conformance report -----------------------------------------------------------
   let lastFile = null;
 

@@ -1,0 +1,21 @@
+"""Wiring the pages into the FastAPI app: static assets, the page routers, the live view's sampler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from gateway.web import console, pages
+from gateway.web.live import LiveSampler
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def install(app: FastAPI) -> None:
+    """Mount the static assets and the page routers; the live view's sampler goes on ``app.state``."""
+    app.state.live = LiveSampler()
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(pages.router)
+    app.include_router(console.router)
