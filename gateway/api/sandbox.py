@@ -61,6 +61,31 @@ def split_messages(body: bytes) -> list[bytes]:
     return [p for p in parts if p]
 
 
+def as_sent(message: bytes, *, charset: str) -> bytes:
+    """Text typed in a browser arrives in UTF-8 whatever MSH-18 says: re-encode it as a sender would.
+
+    Only when the request declares ``charset=utf-8`` (the page does): a file uploaded as bytes, or a
+    body without a charset, goes through untouched, exactly as the gateway would receive it.
+    """
+    if charset != "utf-8":
+        return message
+    codec = er7.CHARSETS.get(er7.sniff_charset(message))
+    if codec is None or codec.replace("_", "-").lower() in {"utf-8", "utf8"}:
+        return message
+    try:
+        return message.decode("utf-8").encode(codec, errors="replace")
+    except UnicodeDecodeError:
+        return message  # not UTF-8 after all: leave the bytes to the pipeline's own fallback
+
+
+def _charset(request: Request) -> str:
+    for param in request.headers.get("content-type", "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return ""
+
+
 def _limiter(request: Request, runtime: Runtime) -> RateLimiter:
     """One limiter per app, built on first use from the settings (the event loop makes this race-free)."""
     limiter: RateLimiter | None = getattr(request.app.state, "sandbox_limiter", None)
@@ -81,7 +106,8 @@ async def _messages(request: Request, runtime: Runtime, *, limit: int) -> list[b
         raw = await read_body(request, limit=runtime.settings.sandbox_max_bytes)
     except TransportError as exc:
         return JSONResponse(operation_outcome(exc.text, code="invalid"), status_code=exc.status)
-    return split_messages(raw)[:limit]
+    charset = _charset(request)
+    return [as_sent(m, charset=charset) for m in split_messages(raw)[:limit]]
 
 
 @router.post(

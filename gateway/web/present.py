@@ -12,6 +12,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from gateway.hl7 import er7
 from gateway.hl7.ack import AckIssue
 from gateway.web.trial import Step, Trial
 
@@ -35,7 +36,7 @@ def present_trial(trial: Trial) -> JSON:
 
 
 def present_step(step: Step) -> JSON:
-    text = step.raw.decode("utf-8", errors="replace")
+    text, _codec, _warnings = er7.decode(step.raw)  # by MSH-18, as the pipeline read it
     return {
         "number": step.number,
         "code": step.code,

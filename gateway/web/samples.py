@@ -88,7 +88,8 @@ def _sample(spec: EventSpec, tables: Tables) -> Sample:
     messages = []
     for n, step in enumerate(steps, start=1):
         row = tables.code("MessageStructure", step.trigger)
-        messages.append(_render(step, n, structure=row.target_code if row else "ADT_A01"))
+        control_id = f"SBX-{spec.trigger}-{n:03d}"  # unique across samples: each may be sent to a real gateway
+        messages.append(_render(step, control_id, n, structure=row.target_code if row else "ADT_A01"))
     title = f"{spec.trigger} — {_describe(spec, events)}"
     return Sample(trigger=spec.trigger, title=title, messages=tuple(messages))
 
@@ -137,11 +138,11 @@ def _person_steps(spec: EventSpec) -> list[_Step]:
     return [_Step(spec.trigger, 1, person=True)]
 
 
-def _render(step: _Step, n: int, *, structure: str) -> str:
+def _render(step: _Step, control_id: str, n: int, *, structure: str) -> str:
     when = f"202612{1 + n:02d}0{8 + n % 2}3000"
     segments = [
         f"MSH|^~\\&|GAM-SANDBOX|CH-SANDBOX|GATEWAY|ARS-SANDBOX|{when}||ADT^{step.trigger}^{structure}|"
-        f"SBX-{step.trigger}-{n:03d}|P|2.5^FRA^2.11|||||FRA|UNICODE UTF-8|FR||2.11^IHE_FRANCE-2.11-PAM",
+        f"{control_id}|P|2.5^FRA^2.11|||||FRA|UNICODE UTF-8|FR||2.11^IHE_FRANCE-2.11-PAM",
         f"EVN||{when}||||{when}",
         _pid(step),
     ]

@@ -35,8 +35,10 @@ TIMEOUT_MS = 10_000
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Per module, not per session: while Playwright's sync API runs, the main thread has a running event
+    loop, and the other tests' ``asyncio.run`` would fail; closing it after each module gives it back."""
     if not CHROMIUM.exists():
         message = f"no chromium at {CHROMIUM} (apt-get install chromium, or set GATEWAY_CHROMIUM)"
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):

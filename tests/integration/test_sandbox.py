@@ -79,8 +79,22 @@ def test_sandbox_calls_are_rate_limited_per_client(runtime: Runtime) -> None:
         throttled = client.post("/sandbox/report", content=Adt().bytes(), headers=headers)
         assert throttled.json()["issue"][0]["code"] == "throttled"
         assert int(throttled.headers["Retry-After"]) > 0
-        other = {**headers, "Authorization": "Bearer another-integrator"}
-        assert client.post("/sandbox/convert", content=Adt().bytes(), headers=other).status_code == 200
+        rotated = {**headers, "Authorization": "Bearer a-new-token-per-call"}
+        assert client.post("/sandbox/convert", content=Adt().bytes(), headers=rotated).status_code == 429
+
+
+def test_text_typed_in_utf8_is_sent_in_the_charset_msh18_declares(client: TestClient) -> None:
+    latin = Adt(family="BÉRANGER", charset="8859/15").build()
+    answer = client.post(
+        "/sandbox/convert", content=latin.encode("utf-8"), headers={"Content-Type": "text/plain; charset=utf-8"}
+    ).json()
+    patient = next(e["resource"] for e in answer["bundle"]["entry"] if e["resource"]["resourceType"] == "Patient")
+    assert patient["name"][0]["family"] == "BÉRANGER"
+    assert "BÉRANGER" in answer["messages"][0]["message"]
+    as_bytes = client.post(
+        "/sandbox/convert", content=latin.encode("iso-8859-15"), headers={"Content-Type": "text/plain"}
+    )
+    assert "BÉRANGER" in as_bytes.text
 
 
 def test_sandbox_bodies_are_bounded(runtime: Runtime) -> None:

@@ -27,3 +27,8 @@ def test_the_text_area_form_separates_messages_with_a_blank_line(mapping_engine:
     cancel = next(s for s in build_samples(mapping_engine.tables) if s.trigger == "A11")
     assert cancel.text.count("\n\nMSH|") == len(cancel.messages) - 1
     assert "\r" not in cancel.text
+
+
+def test_control_ids_are_unique_across_samples(mapping_engine: Engine) -> None:
+    ids = [m.split("\r")[0].split("|")[9] for s in build_samples(mapping_engine.tables) for m in s.messages]
+    assert len(ids) == len(set(ids))

@@ -34,8 +34,11 @@
     if (option) $("message").value = option.dataset.text;
   });
 
+  // Typed text is sent as UTF-8 and says so (the server re-encodes it as MSH-18 declares); a file is sent
+  // as its own bytes, exactly as a sender's engine would send them.
   async function post(url, body) {
-    const answer = await fetch(url, { method: "POST", headers: { "Content-Type": "text/plain" }, body });
+    const media = typeof body === "string" ? "text/plain; charset=utf-8" : "text/plain";
+    const answer = await fetch(url, { method: "POST", headers: { "Content-Type": media }, body });
     const type = answer.headers.get("content-type") || "";
     const data = type.includes("json") ? await answer.json() : await answer.text();
     if (!answer.ok) {
