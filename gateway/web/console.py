@@ -111,21 +111,50 @@ async def messages_page(request: Request, runtime: RuntimeDep, query: Annotated[
 
 
 @dataclass(frozen=True, slots=True)
+class FieldView:
+    location: str
+    value: str
+    #: The ACK's ERR text pointing at this field, if any (the page marks the field).
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentView:
     name: str
-    fields: list[tuple[str, str]]
+    fields: list[FieldView]
+    problem: str = ""
 
 
-def segments_of(raw: bytes) -> list[SegmentView]:
-    """The raw message, one row per segment, each field with its location (``PID-5``) for a tooltip."""
+def err_locations(ack: str | None) -> dict[tuple[str, int], str]:
+    """ERR-2 (ERL: segment^sequence^field) → ERR-8 text, from the stored ACK; field 0 is the segment."""
+    found: dict[tuple[str, int], str] = {}
+    for line in (ack or "").replace("\n", "\r").split("\r"):
+        fields = line.split("|")
+        if fields[0] != "ERR" or len(fields) < 3:
+            continue
+        erl = fields[2].split("^")
+        number = int(erl[2]) if len(erl) > 2 and erl[2].isdigit() else 0
+        text = fields[8] if len(fields) > 8 else ""
+        found[(erl[0], number)] = "; ".join(filter(None, [found.get((erl[0], number), ""), text]))
+    return found
+
+
+def segments_of(raw: bytes, *, ack: str | None = None) -> list[SegmentView]:
+    """The raw message, one row per segment, each field with its location (``PID-5``) for a tooltip, and
+    the fields the ACK's ERR segments point at marked (the first segment of that name, as ERL says ``1``)."""
     text, _codec, _warnings = er7.decode(raw)
+    problems = err_locations(ack)
+    seen: set[str] = set()
     views = []
     for line in text.replace("\r\n", "\r").replace("\n", "\r").split("\r"):
         if not line.strip():
             continue
         name, *values = line.split("|")
         first = 1 if name != "MSH" else 2  # MSH-1 is the field separator itself
-        views.append(SegmentView(name, [(f"{name}-{n}", v) for n, v in enumerate(values, start=first)]))
+        marked = {} if name in seen else {n: t for (seg, n), t in problems.items() if seg == name}
+        seen.add(name)
+        fields = [FieldView(f"{name}-{n}", v, marked.get(n, "")) for n, v in enumerate(values, start=first)]
+        views.append(SegmentView(name, fields, marked.get(0, "")))
     return views
 
 
@@ -166,7 +195,7 @@ async def message_page(
     record, changed = await run_in_threadpool(work)
     context = {
         "m": record,
-        "segments": segments_of(record.raw),
+        "segments": segments_of(record.raw, ack=record.ack),
         "changed": changed,
         "ack": (record.ack or "(none)").replace("\r", "\n"),
         "replayed": replayed if replayed in OUTCOMES else "",

@@ -30,18 +30,21 @@ class Reading:
 
     at: float
     kinds: dict[str, str]
+    docs: dict[str, str]
     values: dict[str, float]
     counts: dict[str, float]
 
 
 def read_registry(registry: CollectorRegistry, *, at: float) -> Reading:
     kinds: dict[str, str] = {}
+    docs: dict[str, str] = {}
     values: dict[str, float] = {}
     counts: dict[str, float] = {}
     for family in registry.collect():
         if not family.name.startswith(PREFIX):
             continue
         kinds[family.name] = family.type
+        docs[family.name] = family.documentation
         for sample in family.samples:
             if family.type in {"histogram", "summary"}:
                 if sample.name.endswith("_sum"):
@@ -50,7 +53,7 @@ def read_registry(registry: CollectorRegistry, *, at: float) -> Reading:
                     counts[family.name] = counts.get(family.name, 0.0) + sample.value
             elif _plotted(family.type, family.name, sample.name):
                 values[family.name] = values.get(family.name, 0.0) + sample.value
-    return Reading(at=at, kinds=kinds, values=values, counts=counts)
+    return Reading(at=at, kinds=kinds, docs=docs, values=values, counts=counts)
 
 
 def _plotted(kind: str, family: str, sample: str) -> bool:
@@ -119,7 +122,8 @@ class LiveSampler:
                 points = [[at, value] for at, value in pairs if value is not None]
             else:
                 points = [[r.at, r.values[name]] for r in readings if name in r.values]
-            out.append({"name": name, "kind": kind, "unit": UNITS.get(kind, "value"), "points": points})
+            title = readings[-1].docs.get(name) or name
+            out.append({"name": name, "title": title, "kind": kind, "unit": UNITS.get(kind, "value"), "points": points})
         return out
 
     async def run(self) -> None:

@@ -97,3 +97,11 @@ def test_the_console_is_behind_the_api_token(runtime: Runtime) -> None:
 def test_the_live_data_lists_the_registry_figures(client: TestClient) -> None:
     data = client.get("/console/live/data").json()
     assert "gateway_messages" in {s["name"] for s in data["series"]}
+
+
+def test_the_message_page_marks_the_fields_its_ack_points_at(client: TestClient) -> None:
+    client.post("/hl7v2", content=Adt(control_id="E1", visit="").bytes(), headers=HL7)
+    [message] = client.get("/admin/messages").json()["messages"]
+    assert message["outcome"] == "AE"
+    page = client.get(f"/console/messages/{message['id']}").text
+    assert '<mark class="field" title="PV1-19: PV1-19 (visit number)' in page

@@ -39,6 +39,7 @@ def test_counters_become_rates_histograms_means_and_gauges_values() -> None:
 
     series = _series(sampler)
     assert set(series) == {"gateway_test_messages", "gateway_test_ack_seconds", "gateway_test_backlog"}
+    assert series["gateway_test_backlog"]["title"] == "b"  # the family's HELP text
     assert series["gateway_test_messages"]["points"] == [[5010.0, pytest.approx(2.0)]]
     assert series["gateway_test_ack_seconds"]["points"] == [[5010.0, pytest.approx(0.2)]]
     assert series["gateway_test_backlog"]["points"] == [[5000.0, 0.0], [5010.0, 7.0]]

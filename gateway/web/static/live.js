@@ -26,9 +26,12 @@
     const points = series.points;
     const latest = points.length ? points[points.length - 1][1] : null;
     const caption = document.createElement("figcaption");
-    caption.textContent = `${series.name} (${series.kind}, ${series.unit}): latest ${format(latest)}`;
+    caption.textContent = `${series.title}: latest ${format(latest)}`;
+    const detail = document.createElement("small");
+    detail.textContent = ` ${series.name}, ${series.kind}, ${series.unit}`;
+    caption.append(document.createElement("br"), detail);
     const box = svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img",
-      "aria-label": `${series.name} over the last hour, latest ${format(latest)}` });
+      "aria-label": `${series.title} over the last hour, latest ${format(latest)}` });
     box.append(svg("rect", { x: 0, y: 0, width: W, height: H, class: "plot" }));
     if (points.length > 1) {
       // The last hour, or less while the gateway has not been up that long.
