@@ -61,11 +61,24 @@ def test_the_console_filters_messages_and_replays_one(page: Page, gateway: Serve
     expect(page.get_by_role("status")).to_contain_text("Replayed: the pipeline answered AA")
 
 
+#: Controls without an accessible name (label, aria-label, or a button's text).
+UNLABELLED = """() => [...document.querySelectorAll("input, select, textarea, button")]
+  .filter((c) => !(c.labels && c.labels.length) && !c.getAttribute("aria-label") && !c.textContent.trim())
+  .map((c) => c.outerHTML)"""
+
+
 def test_every_page_works_with_the_network_cut_off(page: Page, gateway: Served, offline: Offline) -> None:
     _feed(gateway)
     page.goto("/sandbox")
-    page.get_by_label("Sample messages").select_option("A01")
-    page.get_by_role("button", name="Convert").click()
+    assert page.evaluate(UNLABELLED) == []
+    # Keyboard only: a sample chosen with the arrow keys, Tab to Convert, Enter.
+    page.get_by_label("Sample messages").focus()
+    page.keyboard.press("Home")
+    expect(page.get_by_label("HL7 v2 message", exact=True)).to_have_value(re.compile("ADT\\^A05"))
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("button", name="Convert")).to_be_focused()
+    page.keyboard.press("Enter")
     expect(page.get_by_role("region", name="Results").locator("h3 .ack")).to_have_text(["AA"])
 
     page.goto("/docs")
@@ -74,6 +87,7 @@ def test_every_page_works_with_the_network_cut_off(page: Page, gateway: Served, 
 
     page.goto("/console/messages")
     expect(page.get_by_role("heading", name="Messages")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == []
     page.goto("/console/subscriptions")
     expect(page.get_by_role("heading", name="Subscriptions")).to_be_visible()
     page.goto("/console/live")

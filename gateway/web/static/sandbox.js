@@ -180,7 +180,10 @@
       out.append(details(`${topic.split("/").pop()} — ${focus ? focus.reference.split("/").slice(-2).join("/") : ""}`,
         JSON.stringify(bundle, null, 2)));
     }
-    out.querySelector("h2").focus?.();
+    // Keyboard and screen-reader users land on the results, not back at the top of the form.
+    const first = out.querySelector("h2");
+    first.tabIndex = -1;
+    first.focus({ preventScroll: true });
   }
 
   // -- sandbox tenants: what sandbox senders sent, from the isolated store ------------------------
@@ -242,7 +245,8 @@
     const out = $("report");
     out.replaceChildren();
     out.hidden = false;
-    out.append(el("h2", { text: `Conformance report: ${name}` }));
+    const heading = el("h2", { text: `Conformance report: ${name}`, tabindex: "-1" });
+    out.append(heading);
     const outcomes = ["AA", "AE", "AR"].map((c) => `${c} ${report.outcomes[c] || 0}`).join(" · ");
     out.append(el("p", { class: "counts", text: `${report.messages} message(s): ${outcomes}` +
       (report.skipped ? ` (${report.skipped} not run: CPU budget spent)` : "") }));
@@ -262,5 +266,6 @@
       report.issues_by_kind.map((k) => [String(k.count), k.severity === "W" ? "warning" : "error", k.location, k.kind])));
     out.append(table("Worst messages first", ["#", "Control id", "Trigger", "Outcome", "Errors", "Warnings", "First issue"],
       report.worst.map((r) => [String(r.number), r.control_id, r.trigger, ack(r.outcome), String(r.errors), String(r.warnings), r.first_issue])));
+    heading.focus({ preventScroll: true });
   }
 })();
