@@ -13,7 +13,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,12 +35,13 @@ class Reading:
     counts: dict[str, float]
 
 
-def read_registry(registry: CollectorRegistry, *, at: float) -> Reading:
+def read_registry(registries: Sequence[CollectorRegistry], *, at: float) -> Reading:
+    """One reading of every registry ``/metrics`` serves (the process-wide one, and any per-app one)."""
     kinds: dict[str, str] = {}
     docs: dict[str, str] = {}
     values: dict[str, float] = {}
     counts: dict[str, float] = {}
-    for family in registry.collect():
+    for family in (f for registry in registries for f in registry.collect()):
         if not family.name.startswith(PREFIX):
             continue
         kinds[family.name] = family.type
@@ -88,12 +89,12 @@ class LiveSampler:
     def __init__(
         self,
         *,
-        registry: CollectorRegistry = REGISTRY,
+        registries: Sequence[CollectorRegistry] = (REGISTRY,),
         interval: float = DEFAULT_INTERVAL,
         horizon: float = DEFAULT_HORIZON,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.registry = registry
+        self.registries = tuple(registries)
         self.interval = interval
         self.clock = clock
         self._readings: deque[Reading] = deque(maxlen=max(2, int(horizon / interval) + 1))
@@ -106,7 +107,7 @@ class LiveSampler:
         with self._lock:
             if not force and self._readings and now - self._readings[-1].at < self.interval:
                 return
-            self._readings.append(read_registry(self.registry, at=now))
+            self._readings.append(read_registry(self.registries, at=now))
 
     def series(self) -> list[dict[str, Any]]:
         with self._lock:

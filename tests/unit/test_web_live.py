@@ -27,7 +27,7 @@ def test_counters_become_rates_histograms_means_and_gauges_values() -> None:
     backlog = Gauge("gateway_test_backlog", "b", registry=registry)
     Counter("other_total", "not ours", registry=registry).inc()
     clock = Clock()
-    sampler = LiveSampler(registry=registry, interval=10, clock=clock)
+    sampler = LiveSampler(registries=[registry], interval=10, clock=clock)
     sampler.sample()
     messages.labels(outcome="AA").inc(15)
     messages.labels(outcome="AR").inc(5)
@@ -49,7 +49,7 @@ def test_readings_closer_than_the_interval_are_skipped_and_an_hour_is_kept() -> 
     registry = CollectorRegistry()
     gauge = Gauge("gateway_test_depth", "d", registry=registry)
     clock = Clock()
-    sampler = LiveSampler(registry=registry, interval=10, horizon=60, clock=clock)
+    sampler = LiveSampler(registries=[registry], interval=10, horizon=60, clock=clock)
     for step in range(20):
         gauge.set(step)
         sampler.sample()
@@ -60,9 +60,18 @@ def test_readings_closer_than_the_interval_are_skipped_and_an_hour_is_kept() -> 
     assert [p[1] for p in points] == [6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0]
 
 
+def test_every_registry_metrics_serves_is_read() -> None:
+    process, per_app = CollectorRegistry(), CollectorRegistry()
+    Gauge("gateway_test_a", "a", registry=process).set(1)
+    Gauge("gateway_test_b", "b", registry=per_app).set(2)
+    sampler = LiveSampler(registries=[process, per_app], interval=1, clock=Clock())
+    sampler.sample()
+    assert set(_series(sampler)) == {"gateway_test_a", "gateway_test_b"}
+
+
 def test_a_metric_registered_later_shows_up() -> None:
     registry = CollectorRegistry()
-    sampler = LiveSampler(registry=registry, interval=1, clock=Clock())
+    sampler = LiveSampler(registries=[registry], interval=1, clock=Clock())
     sampler.sample()
     assert sampler.series() == []
     Gauge("gateway_test_new", "n", registry=registry).set(3)
