@@ -36,9 +36,14 @@
 
   // Typed text is sent as UTF-8 and says so (the server re-encodes it as MSH-18 declares); a file is sent
   // as its own bytes, exactly as a sender's engine would send them.
+  function withToken(headers) {
+    const token = $("token").value.trim();
+    return token ? { ...headers, Authorization: "Bearer " + token } : headers;
+  }
+
   async function post(url, body) {
     const media = typeof body === "string" ? "text/plain; charset=utf-8" : "text/plain";
-    const answer = await fetch(url, { method: "POST", headers: { "Content-Type": media }, body });
+    const answer = await fetch(url, { method: "POST", headers: withToken({ "Content-Type": media }), body });
     const type = answer.headers.get("content-type") || "";
     const data = type.includes("json") ? await answer.json() : await answer.text();
     if (!answer.ok) {
@@ -191,9 +196,9 @@
     const section = $("tenants");
     if (!section) return;
     const note = $("tenants-status");
-    const answer = await fetch("/sandbox/store/messages");
+    const answer = await fetch("/sandbox/store/messages", { headers: withToken({}) });
     if (!answer.ok) {
-      note.textContent = answer.status === 401 ? "These need an operator token." : "Could not read the sandbox store.";
+      note.textContent = answer.status === 401 ? "These need a token: give it under Access token, above." : "Could not read the sandbox store.";
       return;
     }
     const data = await answer.json();
@@ -203,7 +208,7 @@
     for (const m of data.messages) {
       const open = el("button", { type: "button", text: "Open", "aria-label": `Open sandbox message ${m.id}` });
       open.addEventListener("click", async () => {
-        const detail = await (await fetch(`/sandbox/store/messages/${m.id}`)).json();
+        const detail = await (await fetch(`/sandbox/store/messages/${m.id}`, { headers: withToken({}) })).json();
         $("message").value = detail.raw.replace(/\r\n?/g, "\n");
         $("convert-form").requestSubmit();
       });
@@ -213,6 +218,7 @@
     }
   }
   loadTenants();
+  $("token").addEventListener("change", loadTenants);
 
   // -- a file: the conformance report -----------------------------------------------------------
   let lastFile = null;
@@ -255,7 +261,7 @@
     asJson.addEventListener("click", () => download("sandbox-report.json", "application/json", JSON.stringify(report, null, 2)));
     const asCsv = el("button", { type: "button", text: "Download CSV" });
     asCsv.addEventListener("click", async () => {
-      const answer = await fetch("/sandbox/report?format=csv", { method: "POST", headers: { "Content-Type": "text/plain" }, body: lastFile });
+      const answer = await fetch("/sandbox/report?format=csv", { method: "POST", headers: withToken({ "Content-Type": "text/plain" }), body: lastFile });
       download("sandbox-report.csv", "text/csv", await answer.text());
     });
     buttons.append(asJson, " ", asCsv);
