@@ -29,7 +29,7 @@ from gateway.state.careteam import careteam_id
 from gateway.subscriptions.service import resend
 from gateway.web.live import LiveSampler
 from gateway.web.present import summarize
-from gateway.web.templating import TEMPLATES
+from gateway.web.templating import render
 
 router = APIRouter(prefix="/console", include_in_schema=False, dependencies=[Depends(require_token)])
 PAGE_SIZE = 50
@@ -107,7 +107,7 @@ async def messages_page(request: Request, runtime: RuntimeDep, query: Annotated[
     filters = query.filters()
     older = {**{k: v for k, v in filters.items() if v}, "before_id": rows[-1].id} if more and rows else None
     context = {"rows": rows, "counts": counts, "filters": filters, "outcomes": OUTCOMES, "older": older}
-    return TEMPLATES.TemplateResponse(request, "console_messages.html", context)
+    return render(request, "console_messages.html", context)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +200,7 @@ async def message_page(
         "ack": (record.ack or "(none)").replace("\r", "\n"),
         "replayed": replayed if replayed in OUTCOMES else "",
     }
-    return TEMPLATES.TemplateResponse(request, "console_message.html", context)
+    return render(request, "console_message.html", context)
 
 
 @router.post("/messages/{message_id}/replay")
@@ -230,7 +230,7 @@ async def subscriptions_page(
 
     lines = await run_in_threadpool(work)
     context = {"lines": lines, "resent": resent, "requeued": requeued}
-    return TEMPLATES.TemplateResponse(request, "console_subscriptions.html", context)
+    return render(request, "console_subscriptions.html", context)
 
 
 @router.post("/subscriptions/{sub_id}/resend")
@@ -256,7 +256,7 @@ def _sampler(request: Request) -> LiveSampler:
 
 @router.get("/live", response_class=HTMLResponse)
 async def live_page(request: Request) -> HTMLResponse:
-    return TEMPLATES.TemplateResponse(request, "console_live.html", {"interval": _sampler(request).interval})
+    return render(request, "console_live.html", {"interval": _sampler(request).interval})
 
 
 @router.get("/live/data")

@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse
 
 from gateway.api.deps import RuntimeDep
 from gateway.web.samples import build_samples
-from gateway.web.templating import TEMPLATES
+from gateway.web.templating import render
 
 router = APIRouter(include_in_schema=False)
 SWAGGER = "/static/swagger"
@@ -20,7 +20,7 @@ async def sandbox_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
     settings = runtime.settings
     limits = {"cpu": settings.sandbox_cpu_seconds, "bytes": settings.sandbox_max_bytes}
     context = {"samples": samples, "limits": limits, "tenants": runtime.sandbox is not None}
-    return TEMPLATES.TemplateResponse(request, "sandbox.html", context)
+    return render(request, "sandbox.html", context)
 
 
 @router.get("/docs", response_class=HTMLResponse)

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, Route, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
 
 from gateway.config import Settings
 from tests.browser.server import Served, serve_in_thread
@@ -31,6 +31,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 TIMEOUT_MS = 10_000
+HANDLED_STATUS = "Failed to load resource: the server responded with a status of"
 
 pytestmark = pytest.mark.browser
 
@@ -77,6 +78,12 @@ class Offline:
     blocked: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
+    def console(self, message: ConsoleMessage) -> None:
+        """Console errors count (a Content-Security-Policy refusal shows there), except an HTTP error status
+        the page handles itself (a 401 before the user gives a token, say)."""
+        if message.type == "error" and not message.text.startswith(HANDLED_STATUS):
+            self.errors.append(message.text)
+
     def route(self, route: Route) -> None:
         parts = urlsplit(route.request.url)
         if parts.scheme in {"http", "https"} and parts.netloc == self.gateway_host:
@@ -102,8 +109,9 @@ def page(browser: Browser, gateway: Served, offline: Offline) -> Iterator[Page]:
     context.route("**/*", offline.route)
     page = context.new_page()
     page.on("pageerror", lambda exc: offline.errors.append(str(exc)))
+    page.on("console", offline.console)
     try:
         yield page
     finally:
         context.close()
-    assert offline.errors == [], "JavaScript errors on the page"
+    assert offline.errors == [], "JavaScript or console errors on the page"

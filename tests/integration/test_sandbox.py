@@ -107,3 +107,14 @@ def test_sandbox_bodies_are_bounded(runtime: Runtime) -> None:
 def test_the_samples_are_listed(client: TestClient) -> None:
     samples = client.get("/sandbox/samples").json()
     assert {"A01", "A03", "A11", "A40", "Z99"} <= {s["trigger"] for s in samples}
+
+
+def test_the_pages_allow_only_their_own_assets(client: TestClient) -> None:
+    for path in ("/sandbox", "/console/messages", "/console/subscriptions", "/console/live"):
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        assert "default-src 'self'" in answer.headers["content-security-policy"], path
+        assert answer.headers["cache-control"] == "no-store", path
+    docs = client.get("/docs")
+    assert "/static/swagger/swagger-ui-bundle.js" in docs.text and "cdn." not in docs.text
+    assert client.get("/static/swagger/swagger-ui.css").status_code == 200
