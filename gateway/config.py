@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
+from contextvars import ContextVar
 from pathlib import Path
 
 from pydantic import Field
@@ -27,6 +31,17 @@ DEFAULT_SANDBOX_MAX_MESSAGES = 2000
 DEFAULT_SANDBOX_CPU_SECONDS = 10.0
 DEFAULT_SANDBOX_RATE_PER_MINUTE = 30.0
 DEFAULT_SANDBOX_BURST = 10
+DEFAULT_DATA_DIR = Path("var")
+#: Bind addresses that mean "every interface": never a valid host in a link a client must follow.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})  # noqa: S104 - compared against, not bound
+#: The public FHIR base of the request being served, when a trusted proxy said it (set by the HTTP edge).
+REQUEST_BASE: ContextVar[str | None] = ContextVar("gateway_request_base", default=None)
+
+
+@functools.cache
+def _machine_name() -> str:
+    """Looked up once: ``getfqdn`` may ask the resolver."""
+    return socket.getfqdn() or socket.gethostname() or "localhost"
 
 
 def _default_mappings_dir() -> Path:
@@ -69,6 +84,14 @@ class Settings(BaseSettings):
     smtp_username: str = ""
     smtp_password: str = ""
     run_worker: bool = True
+    #: Where the gateway may create its SQLite store's directories; a path elsewhere must exist already.
+    data_dir: Path = DEFAULT_DATA_DIR
+    #: Browser origins allowed by CORS (``["*"]`` for any); empty: no CORS headers at all.
+    cors_origins: list[str] = Field(default_factory=list)
+    #: Proxies (addresses or networks) whose ``Forwarded`` / ``X-Forwarded-*`` headers are believed.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    log_level: str = "INFO"
+    log_format: str = "text"  # text | json
     sandbox_max_bytes: int = DEFAULT_SANDBOX_MAX_BYTES
     sandbox_max_messages: int = DEFAULT_SANDBOX_MAX_MESSAGES
     sandbox_cpu_seconds: float = DEFAULT_SANDBOX_CPU_SECONDS
@@ -81,4 +104,31 @@ class Settings(BaseSettings):
     sandbox_senders: list[str] = Field(default_factory=list)
 
     def public_base(self) -> str:
-        return self.base_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}/fhir"
+        """``BASE_URL``; else what a trusted proxy said for this request; else the bind address.
+
+        A wildcard bind address (``0.0.0.0``) is never put in a link: the machine's name stands in.
+        """
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        forwarded = REQUEST_BASE.get()
+        if forwarded:
+            return forwarded
+        host = self.http_host
+        if host in WILDCARD_HOSTS:
+            host = _machine_name()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http_port}/fhir"
+
+    def is_trusted_proxy(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        for entry in self.trusted_proxies:
+            try:
+                if ip in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                continue
+        return False

@@ -8,6 +8,7 @@ GatewayError
 ├── DuplicateControlIdError  MSH-10 reused with other content (ACK AE, 205)
 ├── StorageUnavailableError  database down: nothing stored (ACK AR, 207) — the sender must resend
 ├── ConfigError           mapping tables or settings invalid (fails start-up)
+│   └── StartupError      the database or a port cannot be had at start-up (fails start-up)
 └── FhirError             REST API problems (OperationOutcome, HTTP status)
 """
 
@@ -77,6 +78,12 @@ class StorageUnavailableError(GatewayError):
 
 class ConfigError(GatewayError):
     slug = "invalid-configuration"
+
+
+class StartupError(ConfigError):
+    """The configuration is well formed but the world refuses it: database unreachable, port busy."""
+
+    slug = "startup-failed"
 
 
 class FhirError(GatewayError):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine as DB
 
+from gateway import logs
 from gateway.config import Settings
 from gateway.db.engine import make_engine, migrate
 from gateway.hl7.mllp import MLLPServer
 from gateway.mapping.engine import Engine
-from gateway.metrics import MESSAGES
+from gateway.metrics import record_message
 from gateway.pipeline import Pipeline
 from gateway.subscriptions.worker import DeliveryWorker
 from gateway.web.tenants import SandboxStore
@@ -52,8 +54,12 @@ class Runtime:
 
     async def ingest(self, raw: bytes, *, transport: str) -> bytes:
         """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""
-        outcome = await asyncio.to_thread(self.pipeline_for(raw).ingest, raw, transport=transport)
-        MESSAGES.labels(transport=transport, outcome=outcome.code).inc()
+        started = time.perf_counter()
+        with logs.bound(control_id=logs.control_id_of(raw), transport=transport):
+            outcome = await asyncio.to_thread(self.pipeline_for(raw).ingest, raw, transport=transport)
+        record_message(
+            transport=transport, outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started
+        )
         return outcome.ack
 
     async def _mllp_ingest(self, raw: bytes) -> bytes:
@@ -62,7 +68,7 @@ class Runtime:
     async def _oversize(self, prefix: bytes) -> bytes | None:
         limit = self.settings.max_message_bytes
         ack = await asyncio.to_thread(self.pipeline.reject_oversize, prefix, transport="mllp", limit=limit)
-        MESSAGES.labels(transport="mllp", outcome="AR").inc()
+        record_message(transport="mllp", outcome="AR", ack=ack)
         return ack
 
     async def start(self, *, mllp: bool = True, worker: bool = True) -> None:

@@ -300,6 +300,8 @@ async def vread(rtype: str, rid: str, vid: str, runtime: RuntimeDep) -> Response
             found = ResourceRepo(conn).vread(rtype, rid, int(vid))
         if found is None:
             raise NotFoundError(f"{rtype}/{rid}/_history/{vid} not found")
+        if found.deleted:
+            raise FhirError(f"{rtype}/{rid}/_history/{vid} is a deletion", status=410, issue_code="deleted")
         return found.content
 
     return versioned(await run_in_threadpool(work))

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from sqlalchemy import Engine as DB
 from gateway.config import Settings
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
+from gateway.metrics import record_delivery
 from gateway.subscriptions.channels import DeliveryResult, RestHookChannel, idempotency_key
 from gateway.subscriptions.email import EmailChannel, notice
 from gateway.subscriptions.endpoints import check_endpoint
@@ -164,7 +166,7 @@ class DeliveryWorker:
         jobs = await asyncio.to_thread(self._claim)
         if not jobs:
             return 0
-        results = await asyncio.gather(*(self._send(job) for job in jobs))
+        results = await asyncio.gather(*(self._timed_send(job) for job in jobs))
         await asyncio.to_thread(self._record, list(zip(jobs, results, strict=True)))
         return len(jobs)
 
@@ -247,6 +249,18 @@ class DeliveryWorker:
             status_url=f"{base}/Subscription/{sub.id}/$status",
         )
         return Job(rows=rows, subscription=sub, body=body, bundle_id=bundle_id, subject=subject, text=text)
+
+    async def _timed_send(self, job: Job) -> DeliveryResult:
+        started = time.perf_counter()
+        result = await self._send(job)
+        seconds = time.perf_counter() - started
+        record_delivery(
+            channel=job.subscription.channel_type,
+            notification_type=job.head.notification_type,
+            ok=result.ok,
+            seconds=seconds,
+        )
+        return result
 
     async def _send(self, job: Job) -> DeliveryResult:
         sub = job.subscription

@@ -23,7 +23,7 @@ from gateway.db.repo import MessageRecord, MessageRepo, ResourceRepo
 from gateway.errors import GatewayError, NotFoundError
 from gateway.hl7 import er7
 from gateway.mapping.engine import Engine
-from gateway.metrics import MESSAGES
+from gateway.metrics import record_message
 from gateway.pipeline import utcnow
 from gateway.state.careteam import careteam_id
 from gateway.subscriptions.service import resend
@@ -210,7 +210,7 @@ async def replay_message(message_id: int, runtime: RuntimeDep) -> RedirectRespon
         outcome = await run_in_threadpool(runtime.pipeline.replay, message_id)
     except LookupError as exc:
         raise NotFoundError(f"message {message_id} not found") from exc
-    MESSAGES.labels(transport="replay", outcome=outcome.code).inc()
+    record_message(transport="replay", outcome=outcome.code, ack=outcome.ack)
     return RedirectResponse(f"/console/messages/{message_id}?replayed={outcome.code}", status_code=303)
 
 

@@ -80,6 +80,15 @@ def point(prev: Reading, cur: Reading, name: str) -> float | None:
     return cur.values.get(name)
 
 
+#: Shown first, in this order, when present: the figures an operator watches (ingest rate, ACK latency,
+#: notification latency, outbox backlog); every other gateway_* family follows by name.
+FEATURED = (
+    "gateway_messages",
+    "gateway_ack_latency_seconds",
+    "gateway_delivery_duration_seconds",
+    "gateway_outbox_pending",
+    "gateway_outbox_oldest_pending_age_seconds",
+)
 UNITS = {"counter": "per second", "histogram": "mean over interval", "summary": "mean over interval"}
 
 
@@ -114,7 +123,7 @@ class LiveSampler:
             readings = list(self._readings)
         if not readings:
             return []
-        names = sorted(readings[-1].kinds)
+        names = sorted(readings[-1].kinds, key=lambda n: (FEATURED.index(n) if n in FEATURED else len(FEATURED), n))
         out: list[dict[str, Any]] = []
         for name in names:
             kind = readings[-1].kinds[name]

@@ -50,7 +50,7 @@
       box.append(top, since);
     } else {
       const wait = svg("text", { x: PAD + 2, y: H / 2, class: "axis" });
-      wait.textContent = "collecting…";
+      wait.textContent = points.length ? "collecting…" : "no value yet";
       box.append(wait);
     }
     figure.append(caption, box);
