@@ -70,7 +70,7 @@ def main() -> int:
             endpoint_allowlist=["127.0.0.1"],
         )
         with serve_in_thread(settings) as gw, sync_playwright() as pw:
-            sampler = LiveSampler(interval=0.5)
+            sampler = LiveSampler(registries=gw.app.state.live.registries, interval=0.5)
             gw.app.state.live = sampler  # a fast sampler, so that the plots have points
             browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page(base_url=gw.base)
@@ -101,7 +101,7 @@ def main() -> int:
             _shot(page, "console-subscriptions.png", height=500)
             page.goto("/console/live")
             page.get_by_role("figure").first.wait_for()
-            _shot(page, "console-live.png", height=600)
+            _shot(page, "console-live.png", height=900)
             browser.close()
     return 0
 

@@ -38,16 +38,17 @@
       const now = Date.now() / 1000;
       const t0 = Math.max(now - 3600, points[0][0]);
       const span = Math.max(now - t0, 1);
-      const max = Math.max(...points.map((p) => p[1]), 1e-9);
+      const top = Math.max(...points.map((p) => p[1]), 0);
+      const max = top || 1;
       const xy = points
         .filter(([t]) => t >= t0)
         .map(([t, v]) => [PAD + ((t - t0) / span) * (W - 2 * PAD), H - PAD - (v / max) * (H - 2 * PAD)]);
       box.append(svg("polyline", { points: xy.map((p) => p.join(",")).join(" "), class: "line" }));
-      const top = svg("text", { x: PAD + 2, y: 14, class: "axis" });
-      top.textContent = "max " + format(max);
+      const label = svg("text", { x: PAD + 2, y: 14, class: "axis" });
+      label.textContent = "max " + format(top);
       const since = svg("text", { x: PAD + 2, y: H - 6, class: "axis" });
       since.textContent = "since " + new Date(t0 * 1000).toLocaleTimeString();
-      box.append(top, since);
+      box.append(label, since);
     } else {
       const wait = svg("text", { x: PAD + 2, y: H / 2, class: "axis" });
       wait.textContent = points.length ? "collecting…" : "no value yet";
