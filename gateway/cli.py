@@ -80,6 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from gateway.api.app import create_app
+    from gateway.api.server import uvicorn_config
     from gateway.runtime import Runtime
 
     settings = _settings(args)
@@ -93,7 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
     app = create_app(runtime)
     # log_config=None: uvicorn's records go through our handler and format (text or JSON).
-    config = uvicorn.Config(app, log_config=None, log_level=settings.log_level.lower(), access_log=False)
+    config = uvicorn_config(app, settings, log_config=None, log_level=settings.log_level.lower(), access_log=False)
     logger.info(
         "gateway: HTTP on http://%s:%d (FHIR at /fhir), MLLP on %s:%d, store %s, public base %s",
         settings.http_host,

@@ -18,17 +18,33 @@ DEFAULT_MLLP_HOST = "127.0.0.1"
 DEFAULT_MLLP_PORT = 2575
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 DEFAULT_MLLP_IDLE_TIMEOUT = 300.0
+DEFAULT_MLLP_FRAME_TIMEOUT = 60.0
+DEFAULT_MLLP_MAX_CONNECTIONS = 256
+DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER = 32
 DEFAULT_DELIVERY_TIMEOUT = 10.0
+#: Database time limits: a hung or locked database must fail a request, never hold it (and a thread) forever.
+DEFAULT_DB_CONNECT_TIMEOUT = 5.0
+DEFAULT_DB_STATEMENT_TIMEOUT = 30.0
+DEFAULT_DB_LOCK_TIMEOUT = 30.0
+DEFAULT_HEALTH_TIMEOUT = 2.0
+#: Limits at the API edge (bytes, nesting levels, seconds of CPU).
+DEFAULT_MAX_FHIR_BODY_BYTES = 1_048_576
+DEFAULT_MAX_JSON_DEPTH = 64
+DEFAULT_SANDBOX_MAX_BYTES = 2_097_152
+DEFAULT_SANDBOX_CPU_SECONDS = 5.0
+#: HTTP server limits: request head size and the time a client has to send it.
+DEFAULT_HTTP_MAX_HEADER_BYTES = 65_536
+DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
+DEFAULT_HTTP_KEEPALIVE_TIMEOUT = 5.0
+DEFAULT_HTTP_MAX_CONNECTIONS = 1000
 #: Retries go on for a day by default: platforms may be down for a night (HAPI's one minute is the
 #: weak spot we avoid). ``0`` means never give up.
 DEFAULT_RETRY_HORIZON = 24 * 3600.0
 DEFAULT_RETRY_BASE = 1.0
 DEFAULT_RETRY_CAP = 600.0
-#: Sandbox limits per call (the page and ``POST /sandbox/*``): bytes, messages, CPU seconds, and calls per
-#: minute per client (bursts of ``SANDBOX_BURST``). A day of a hospital feed is a few thousand messages.
-DEFAULT_SANDBOX_MAX_BYTES = 10 * DEFAULT_MAX_MESSAGE_BYTES
+#: Sandbox limits beyond the edge's bytes and CPU seconds: messages per report, and calls per minute per
+#: client (bursts of ``SANDBOX_BURST``). A day of a hospital feed is a few thousand messages.
 DEFAULT_SANDBOX_MAX_MESSAGES = 2000
-DEFAULT_SANDBOX_CPU_SECONDS = 10.0
 DEFAULT_SANDBOX_RATE_PER_MINUTE = 30.0
 DEFAULT_SANDBOX_BURST = 10
 DEFAULT_DATA_DIR = Path("var")
@@ -63,7 +79,12 @@ class Settings(BaseSettings):
     mllp_host: str = DEFAULT_MLLP_HOST
     mllp_port: int = DEFAULT_MLLP_PORT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: Seconds from the connection (or the last ACK) to the next complete message; bytes do not reset it.
     mllp_idle_timeout: float = DEFAULT_MLLP_IDLE_TIMEOUT
+    #: Seconds from a frame's start block to its end block.
+    mllp_frame_timeout: float = DEFAULT_MLLP_FRAME_TIMEOUT
+    mllp_max_connections: int = DEFAULT_MLLP_MAX_CONNECTIONS
+    mllp_max_connections_per_peer: int = DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER
     mappings_dir: Path = Field(default_factory=_default_mappings_dir)
     base_url: str = ""
     #: When set, FHIR and admin routes need ``Authorization: Bearer <token>`` (ingest is not guarded:
@@ -71,7 +92,23 @@ class Settings(BaseSettings):
     api_token: str = ""
     #: Hosts a subscription endpoint may use over plain http or on a private address (demo, tests).
     endpoint_allowlist: list[str] = Field(default_factory=list)
+    #: Seconds for a whole rest-hook request (connection, upload, answer), not per read.
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
+    db_connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT
+    #: PostgreSQL ``statement_timeout`` (SQLite has none).
+    db_statement_timeout: float = DEFAULT_DB_STATEMENT_TIMEOUT
+    #: PostgreSQL ``lock_timeout``; SQLite's busy timeout.
+    db_lock_timeout: float = DEFAULT_DB_LOCK_TIMEOUT
+    #: How long ``/health`` and ``/health/ready`` wait for the database before answering 503.
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    max_fhir_body_bytes: int = DEFAULT_MAX_FHIR_BODY_BYTES
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    sandbox_max_bytes: int = DEFAULT_SANDBOX_MAX_BYTES
+    sandbox_cpu_seconds: float = DEFAULT_SANDBOX_CPU_SECONDS
+    http_max_header_bytes: int = DEFAULT_HTTP_MAX_HEADER_BYTES
+    http_header_timeout: float = DEFAULT_HTTP_HEADER_TIMEOUT
+    http_keepalive_timeout: float = DEFAULT_HTTP_KEEPALIVE_TIMEOUT
+    http_max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS
     retry_horizon: float = DEFAULT_RETRY_HORIZON
     retry_base: float = DEFAULT_RETRY_BASE
     retry_cap: float = DEFAULT_RETRY_CAP
@@ -92,9 +129,7 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
     log_level: str = "INFO"
     log_format: str = "text"  # text | json
-    sandbox_max_bytes: int = DEFAULT_SANDBOX_MAX_BYTES
     sandbox_max_messages: int = DEFAULT_SANDBOX_MAX_MESSAGES
-    sandbox_cpu_seconds: float = DEFAULT_SANDBOX_CPU_SECONDS
     #: ``0`` turns the per-client rate limit off.
     sandbox_rate_per_minute: float = DEFAULT_SANDBOX_RATE_PER_MINUTE
     sandbox_burst: int = DEFAULT_SANDBOX_BURST

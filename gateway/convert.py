@@ -37,13 +37,22 @@ class Converted:
     resources: list[JSON]
 
 
-def convert_messages(raws: Iterable[bytes], *, engine: Engine, clock: Callable[[], datetime] = utcnow) -> Converted:
+def convert_messages(
+    raws: Iterable[bytes],
+    *,
+    engine: Engine,
+    clock: Callable[[], datetime] = utcnow,
+    exhausted: Callable[[], bool] | None = None,
+) -> Converted:
+    """``exhausted`` is asked before each message; once it says yes the rest are left out (a CPU budget)."""
     db = make_engine(Settings(database_url="sqlite://"))
     try:
         migrate(db)
         pipeline = Pipeline(engine=engine, db=db, clock=clock)
         acks = []
         for raw in raws:
+            if exhausted is not None and exhausted():
+                break
             outcome = pipeline.ingest(raw, transport="convert")
             acks.append((outcome.code, outcome.issues, outcome.ack_text))
         with db.connect() as conn:

@@ -2,6 +2,7 @@
 
 GatewayError
 ├── ParseError            message unreadable (ACK AR, HL7 table 0357 code 100/102)
+│   └── KeyTooLongError   MSH-3/4/10 longer than the store keeps (ACK AR, 102): refused, kept, never retried
 ├── UnsupportedError      message type or event not handled (ACK AR, 200/201)
 ├── MappingError          understood but a required element is missing/invalid (ACK AE, 101/103)
 ├── StateError            cannot be applied to the stored state (ACK AE, 207)
@@ -34,6 +35,10 @@ class ParseError(GatewayError):
     code = "102"
     ack_code = "AR"
     slug = "malformed-message"
+
+
+class KeyTooLongError(ParseError):
+    slug = "key-too-long"
 
 
 class UnsupportedError(GatewayError):

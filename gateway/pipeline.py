@@ -7,8 +7,8 @@ applying fails, the transaction is rolled back and the raw message is stored aga
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,9 +18,11 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from gateway.db.engine import transaction
 from gateway.db.repo import FactRepo, MessageRepo, StoredResource
+from gateway.db.schema import MESSAGE_KEY_LENGTHS
 from gateway.errors import (
     DuplicateControlIdError,
     GatewayError,
+    KeyTooLongError,
     ParseError,
     StorageUnavailableError,
 )
@@ -85,6 +87,31 @@ def _check_header(message: er7.Message) -> None:
         raise ParseError("MSH-9 (message type) is empty", location="MSH-9")
 
 
+#: Where each stored sender key comes from, for the ERR location of a key that is too long.
+_KEY_FIELDS = {"sending_application": "MSH-3", "sending_facility": "MSH-4", "control_id": "MSH-10"}
+_SEGMENT_END = re.compile(rb"\r\n|\n|\r")
+
+
+def _check_key_lengths(message: er7.Message) -> None:
+    """A key longer than its column would be stored cut and looked up whole: refuse it, precisely."""
+    header = _header_values(message)
+    for name, location in _KEY_FIELDS.items():
+        limit = MESSAGE_KEY_LENGTHS[name]
+        if limit and len(header[name]) > limit:
+            raise KeyTooLongError(
+                f"{location} is {len(header[name])} characters long; at most {limit} are accepted", location=location
+            )
+
+
+def normalised(raw: bytes) -> bytes:
+    """The message with CR, LF or CRLF as CR and no trailing terminator: resends compare equal on this."""
+    return _SEGMENT_END.sub(b"\r", raw).rstrip(b"\r")
+
+
+def same_content(raw: bytes, previous: bytes) -> bool:
+    return normalised(raw) == normalised(previous)
+
+
 def _record(
     repo: MessageRepo,
     raw: bytes,
@@ -137,15 +164,31 @@ class Pipeline:
     # -- ingest -----------------------------------------------------------------------------------
 
     def ingest(self, raw: bytes, *, transport: str) -> Outcome:
-        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK."""
+        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK.
+
+        This is the loop boundary of one message: whatever escapes the steps below (a bug, a library
+        surprise) still ends as an AE with an ERR and the raw message kept, so the feed goes on.
+        """
         now = self.clock()
+        try:
+            return self._ingest(raw, transport=transport, now=now)
+        except Exception as exc:
+            logger.exception("unexpected error on ingest (%s)", transport)
+            return self._last_resort(raw, exc, transport=transport, now=now)
+
+    def _ingest(self, raw: bytes, *, transport: str, now: datetime) -> Outcome:
         message: er7.Message | None = None
         try:
             message = er7.parse(raw)
             _check_header(message)
+            _check_key_lengths(message)
             mapped = self.engine.map(message)
         except GatewayError as exc:
             return self._store_rejected(raw, message, exc, transport=transport, now=now)
+        except Exception as exc:
+            logger.exception("unexpected error reading or mapping a message")
+            error = GatewayError(f"internal error while reading the message ({type(exc).__name__})")
+            return self._store_rejected(raw, message, error, transport=transport, now=now)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return self._apply(raw, message, mapped, transport=transport, now=now)
@@ -168,6 +211,16 @@ class Pipeline:
                 return self._store_rejected(raw, message, error, transport=transport, now=now)
         return self._unavailable(message, None, now=now)
 
+    def _last_resort(self, raw: bytes, exc: Exception, *, transport: str, now: datetime) -> Outcome:
+        """Keep the raw message with an internal error; answer from its MSH if it can still be read."""
+        error = GatewayError(f"internal error ({type(exc).__name__})")
+        try:
+            message: er7.Message | None = er7.parse(raw)
+            return self._store_rejected(raw, message, error, transport=transport, now=now)
+        except Exception:
+            logger.exception("answering from the MSH failed too; answering without it")
+        return self._store_rejected(raw, None, error, transport=transport, now=now)
+
     def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
         header = _header_values(message)
         with transaction(self.db) as conn:
@@ -178,7 +231,7 @@ class Pipeline:
                 control_id=header["control_id"],
             )
             if previous is not None:
-                same = previous.content_sha256 == hashlib.sha256(raw).hexdigest()
+                same = same_content(raw, previous.raw)
                 return self._duplicate(repo, raw, message, previous.id, same=same, transport=transport, now=now)
             # The AA is written with the message: it only stands if the whole transaction commits.
             issues = _warnings(mapped)
@@ -269,6 +322,9 @@ class Pipeline:
                 )
         except DBAPIError as db_exc:
             return self._unavailable(message, db_exc, now=now)
+        except Exception as store_exc:
+            logger.exception("storing a rejected message failed")
+            return self._unavailable(message, store_exc, now=now)
         logger.info("message %s", status, extra={"message_id": message_id, "error_code": exc.code})
         return _outcome(exc.ack_code, ack, message, message_id=message_id, status=status, issues=[issue])
 

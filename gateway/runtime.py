@@ -71,6 +71,17 @@ class Runtime:
         record_message(transport="mllp", outcome="AR", ack=ack)
         return ack
 
+    def worker_state(self) -> str:
+        """``alive``, ``stalled`` (its loop has not turned for a long while), ``stopped`` or ``disabled``."""
+        task = next((t for t in self._tasks if t.get_name() == "delivery-worker"), None)
+        if task is None:
+            return "disabled" if not self.settings.run_worker else "stopped"
+        if task.done():
+            return "stopped"
+        # One iteration may legitimately last a whole batch of deliveries, each up to its deadline.
+        stall = max(60.0, 3 * self.settings.delivery_timeout + 30.0)
+        return "alive" if time.monotonic() - self.worker.last_beat < stall else "stalled"
+
     async def start(self, *, mllp: bool = True, worker: bool = True) -> None:
         if mllp:
             self.mllp = MLLPServer(
@@ -79,6 +90,9 @@ class Runtime:
                 port=self.settings.mllp_port,
                 max_message_bytes=self.settings.max_message_bytes,
                 idle_timeout=self.settings.mllp_idle_timeout,
+                frame_timeout=self.settings.mllp_frame_timeout,
+                max_connections=self.settings.mllp_max_connections,
+                max_connections_per_peer=self.settings.mllp_max_connections_per_peer,
                 on_oversize=self._oversize,
             )
             await self.mllp.start()

@@ -14,12 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
-from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from gateway import __version__
-from gateway.api import admin, fhir, ingest, sandbox
+from gateway.api import admin, fhir, health, ingest, sandbox
 from gateway.api.edge import EdgeMiddleware
 from gateway.api.responses import fhir_response
 from gateway.api.rest import FhirRestMiddleware
@@ -70,19 +69,10 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(sandbox.router)
     app.include_router(sandbox.store_router)
+    app.include_router(health.router)
     store = CollectorRegistry(auto_describe=False)
     store.register(StoreCollector(lambda: store_figures(runtime.db), lambda: pool_figures(runtime.db)))
     install_pages(app, registries=(REGISTRY, store))  # the live view reads what /metrics serves
-
-    @app.get("/health", tags=["ops"], summary="Liveness and database reachability")
-    async def health() -> Response:
-        try:
-            with runtime.db.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception:
-            logger.exception("health check: database unreachable")
-            return Response('{"status":"unavailable"}', status_code=503, media_type="application/json")
-        return Response('{"status":"ok"}', media_type="application/json")
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:

@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import RuntimeDep, require_token
 from gateway.api.ingest import ACCEPTED_TYPES, TransportError, read_body
+from gateway.api.limits import cpu_budget
 from gateway.db.repo import MessageRepo
 from gateway.errors import NotFoundError
 from gateway.fhir.outcome import operation_outcome
@@ -28,7 +29,7 @@ from gateway.web.present import present_trial
 from gateway.web.report import build_report, report_csv
 from gateway.web.samples import build_samples
 from gateway.web.tenants import SandboxStore
-from gateway.web.trial import run_trial
+from gateway.web.trial import Trial, run_trial
 
 router = APIRouter(prefix="/sandbox", tags=["sandbox"])
 #: A stay shown on the page; files of many messages go to ``/sandbox/report``.
@@ -105,7 +106,8 @@ async def _messages(request: Request, runtime: Runtime, *, limit: int) -> list[b
     try:
         raw = await read_body(request, limit=runtime.settings.sandbox_max_bytes)
     except TransportError as exc:
-        return JSONResponse(operation_outcome(exc.text, code="invalid"), status_code=exc.status)
+        code = "too-long" if exc.status == 413 else "invalid"
+        return JSONResponse(operation_outcome(exc.text, code=code), status_code=exc.status)
     charset = _charset(request)
     return [as_sent(m, charset=charset) for m in split_messages(raw)[:limit]]
 
@@ -126,9 +128,13 @@ async def sandbox_convert(request: Request, runtime: RuntimeDep) -> Any:
     messages = await _messages(request, runtime, limit=MAX_MESSAGES)
     if isinstance(messages, Response):
         return messages
-    budget = runtime.settings.sandbox_cpu_seconds
-    trial = await run_in_threadpool(lambda: run_trial(messages, engine=runtime.engine, cpu_budget=budget))
-    return present_trial(trial)
+    seconds = runtime.settings.sandbox_cpu_seconds
+
+    def work() -> Trial:
+        # The budget is measured in the thread that does the work, so other requests' CPU does not count.
+        return run_trial(messages, engine=runtime.engine, exhausted=cpu_budget(seconds))
+
+    return present_trial(await run_in_threadpool(work), cpu_seconds=seconds)
 
 
 @router.post(
@@ -149,11 +155,12 @@ async def sandbox_report(
     messages = await _messages(request, runtime, limit=runtime.settings.sandbox_max_messages)
     if isinstance(messages, Response):
         return messages
-    budget = runtime.settings.sandbox_cpu_seconds
-    trial = await run_in_threadpool(
-        lambda: run_trial(messages, engine=runtime.engine, cpu_budget=budget, notifications=False)
-    )
-    report = build_report(trial)
+    seconds = runtime.settings.sandbox_cpu_seconds
+
+    def work() -> Trial:
+        return run_trial(messages, engine=runtime.engine, exhausted=cpu_budget(seconds), notifications=False)
+
+    report = build_report(await run_in_threadpool(work), cpu_seconds=seconds)
     if format == "csv":
         headers = {"Content-Disposition": 'attachment; filename="sandbox-report.csv"'}
         return Response(report_csv(report), media_type="text/csv; charset=utf-8", headers=headers)

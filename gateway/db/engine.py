@@ -13,7 +13,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -88,7 +90,8 @@ def make_engine(settings: Settings) -> Engine:
             _sqlite_directory(database or "", settings.data_dir)
         # An in-memory store lives in one connection: every session must share it (dry runs, sandbox).
         pool = {"poolclass": StaticPool} if in_memory else {}
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
+        lock_timeout = settings.db_lock_timeout
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout}, **pool)
         synchronous = settings.sqlite_synchronous.upper()
         if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"GATEWAY_SQLITE_SYNCHRONOUS must be NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -101,7 +104,7 @@ def make_engine(settings: Settings) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={synchronous}")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -109,7 +112,44 @@ def make_engine(settings: Settings) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=settings.db_connect_timeout + settings.db_statement_timeout,
+        connect_args=postgres_connect_args(settings) if make_url(url).get_backend_name() == "postgresql" else {},
+    )
+
+
+def postgres_connect_args(settings: Settings) -> dict[str, Any]:
+    """libpq time limits: a database that does not answer fails the request instead of holding it forever."""
+    options = " ".join(
+        f"-c {name}={max(1, int(seconds * 1000))}"
+        for name, seconds in (
+            ("statement_timeout", settings.db_statement_timeout),
+            ("lock_timeout", settings.db_lock_timeout),
+        )
+        if seconds > 0
+    )
+    args: dict[str, Any] = {"connect_timeout": max(1, round(settings.db_connect_timeout))}
+    if options:
+        args["options"] = options
+    return args
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database; raises when it is unreachable."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """True when the database is at the newest Alembic revision this code ships."""
+    heads = set(ScriptDirectory.from_config(alembic_config(str(engine.url))).get_heads())
+    with engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    return current == heads
 
 
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()

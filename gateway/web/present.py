@@ -20,12 +20,17 @@ JSON = dict[str, Any]
 MAX_FINDINGS_PER_RESOURCE = 20
 
 
-def present_trial(trial: Trial) -> JSON:
+def skipped_reason(skipped: int, *, cpu_seconds: float) -> str | None:
+    return f"CPU budget of {cpu_seconds:g} s used up" if skipped else None
+
+
+def present_trial(trial: Trial, *, cpu_seconds: float) -> JSON:
     """The ``POST /sandbox/convert`` answer (see the OpenAPI description of that route)."""
     final = trial.resources()
     return {
         "messages": [present_step(step) for step in trial.steps],
         "skipped": trial.skipped,
+        "skippedReason": skipped_reason(trial.skipped, cpu_seconds=cpu_seconds),
         "bundle": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in final]},
         "summaries": [{"reference": _ref(r), "summary": summarize(r)} for r in final],
         "validation": validate_all(final),

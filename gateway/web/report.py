@@ -13,6 +13,7 @@ from typing import Any
 from gateway.errors import GatewayError
 from gateway.hl7 import er7
 from gateway.mapping.engine import read_header
+from gateway.web.present import skipped_reason
 from gateway.web.trial import Step, Trial
 
 JSON = dict[str, Any]
@@ -24,7 +25,7 @@ CSV_COLUMNS = ("number", "control_id", "trigger", "outcome", "errors", "warnings
 _VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|(?<![\w-])\d[\d.:-]*\b")
 
 
-def build_report(trial: Trial) -> JSON:
+def build_report(trial: Trial, *, cpu_seconds: float) -> JSON:
     rows = [_row(step) for step in trial.steps]
     by_trigger: dict[str, Counter[str]] = {}
     for row in rows:
@@ -37,6 +38,7 @@ def build_report(trial: Trial) -> JSON:
     return {
         "messages": len(rows),
         "skipped": trial.skipped,
+        "skippedReason": skipped_reason(trial.skipped, cpu_seconds=cpu_seconds),
         "outcomes": dict(Counter(r["outcome"] for r in rows)),
         "by_trigger": [
             {"trigger": trigger, **{code: counts.get(code, 0) for code in ("AA", "AE", "AR")}}

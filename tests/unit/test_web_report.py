@@ -19,7 +19,8 @@ def test_the_report_counts_ranks_and_exports(mapping_engine: Engine) -> None:
         b"MSH|^~\\&|A|B|C|D|20260301||ADT^A99|R4|P|2.5\rPID|1\r",
         Adt(control_id="R5", visit="", with_zbe=False).bytes(),
     ]
-    report = build_report(run_trial(feed, engine=mapping_engine, cpu_budget=30, notifications=False))
+    trial = run_trial(feed, engine=mapping_engine, exhausted=lambda: False, notifications=False)
+    report = build_report(trial, cpu_seconds=5)
 
     assert report["messages"] == 5
     assert report["outcomes"]["AR"] == 1
@@ -39,7 +40,9 @@ def test_the_report_counts_ranks_and_exports(mapping_engine: Engine) -> None:
 
 
 def test_a_spent_cpu_budget_skips_the_rest(mapping_engine: Engine) -> None:
-    trial = run_trial([Adt().bytes(), Adt(control_id="2").bytes()], engine=mapping_engine, cpu_budget=-1)
+    trial = run_trial([Adt().bytes(), Adt(control_id="2").bytes()], engine=mapping_engine, exhausted=lambda: True)
     assert trial.steps == []
     assert trial.skipped == 2
-    assert build_report(trial)["skipped"] == 2
+    report = build_report(trial, cpu_seconds=5)
+    assert report["skipped"] == 2
+    assert report["skippedReason"] == "CPU budget of 5 s used up"
