@@ -207,6 +207,7 @@ def test_public_base_and_client_address_from_trusted_proxy_only(
             plain = client.get("/fhir/Patient").json()["link"][0]["url"]
             assert "0.0.0.0" not in plain
             with caplog.at_level(logging.INFO, logger="gateway.access"):
+                caplog.clear()  # only this request: earlier ones are recorded when a previous test set INFO
                 client.get("/fhir/metadata", headers={"X-Forwarded-For": "198.51.100.7, 127.0.0.1"})
             assert [getattr(r, "client", None) for r in caplog.records if r.name == "gateway.access"] == [
                 "198.51.100.7"
