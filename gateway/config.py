@@ -43,6 +43,11 @@ DEFAULT_RETRY_HORIZON = 24 * 3600.0
 DEFAULT_RETRY_BASE = 1.0
 DEFAULT_RETRY_CAP = 600.0
 DEFAULT_TOKEN_LIFETIME = 300
+#: Sandbox limits beyond the edge's bytes and CPU seconds: messages per report, and calls per minute per
+#: client (bursts of ``SANDBOX_BURST``). A day of a hospital feed is a few thousand messages.
+DEFAULT_SANDBOX_MAX_MESSAGES = 2000
+DEFAULT_SANDBOX_RATE_PER_MINUTE = 30.0
+DEFAULT_SANDBOX_BURST = 10
 DEFAULT_DATA_DIR = Path("var")
 #: Bind addresses that mean "every interface": never a valid host in a link a client must follow.
 WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})  # noqa: S104 - compared against, not bound
@@ -139,6 +144,14 @@ class Settings(BaseSettings):
     trusted_proxies: list[str] = Field(default_factory=list)
     log_level: str = "INFO"
     log_format: str = "text"  # text | json
+    sandbox_max_messages: int = DEFAULT_SANDBOX_MAX_MESSAGES
+    #: ``0`` turns the per-client rate limit off.
+    sandbox_rate_per_minute: float = DEFAULT_SANDBOX_RATE_PER_MINUTE
+    sandbox_burst: int = DEFAULT_SANDBOX_BURST
+    #: The isolated store of sandbox senders (empty: no sandbox tenants), e.g. ``sqlite:///./var/sandbox.db``.
+    sandbox_database_url: str = ""
+    #: Sandbox senders as ``MSH-3|MSH-4`` (``MSH-3`` alone: any facility), until the client registry says so.
+    sandbox_senders: list[str] = Field(default_factory=list)
 
     def public_base(self) -> str:
         """``BASE_URL``; else what a trusted proxy said for this request; else the bind address.

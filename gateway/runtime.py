@@ -24,6 +24,7 @@ from gateway.mapping.tables import Tables
 from gateway.metrics import record_message
 from gateway.pipeline import Pipeline
 from gateway.subscriptions.worker import DeliveryWorker
+from gateway.web.tenants import SandboxStore
 
 logger = logging.getLogger(__name__)
 AUTHORITIES_REFRESH_SECONDS = 60.0
@@ -40,6 +41,8 @@ class Runtime:
     gate: Gate
     binding: MllpBinding
     mllp: MLLPServer | None = None
+    #: Where sandbox senders' messages go (``GATEWAY_SANDBOX_DATABASE_URL``); ``None``: no sandbox tenants.
+    sandbox: SandboxStore | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: the mapping tables as the files give them; the registry's declarations are laid over them
     _file_tables: Tables | None = None
@@ -72,11 +75,18 @@ class Runtime:
             tokens=tokens,
             gate=gate,
             binding=MllpBinding(db, settings, gate),
+            sandbox=SandboxStore.build(settings, engine=engine, run_migrations=run_migrations),
             _file_tables=engine.tables,
         )
         if run_migrations:
             runtime.refresh_authorities()
         return runtime
+
+    def pipeline_for(self, raw: bytes) -> Pipeline:
+        """The sandbox store's pipeline for a sandbox sender's message, else the real one."""
+        if self.sandbox is not None and self.sandbox.takes(raw):
+            return self.sandbox.pipeline
+        return self.pipeline
 
     def refresh_authorities(self) -> None:
         """Lay the senders' declared identifier domains over the file tables (a swap: maps in flight
@@ -90,7 +100,9 @@ class Runtime:
         """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""
         started = time.perf_counter()
         with logs.bound(control_id=logs.control_id_of(raw), transport=transport):
-            outcome = await asyncio.to_thread(self.pipeline.ingest, raw, transport=transport, facilities=facilities)
+            outcome = await asyncio.to_thread(
+                self.pipeline_for(raw).ingest, raw, transport=transport, facilities=facilities
+            )
         record_message(
             transport=transport, outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started
         )
@@ -165,3 +177,5 @@ class Runtime:
 
     def close(self) -> None:
         self.db.dispose()
+        if self.sandbox is not None:
+            self.sandbox.close()

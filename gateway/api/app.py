@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -26,6 +28,7 @@ from gateway.errors import AuthenticationError, GatewayError
 from gateway.fhir.outcome import from_error, operation_outcome
 from gateway.metrics import StoreCollector
 from gateway.runtime import Runtime
+from gateway.web.mount import install as install_pages
 
 logger = logging.getLogger(__name__)
 #: Answers smaller than this are not worth compressing.
@@ -39,12 +42,18 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        sampler = None
         if start_services:
             await runtime.start()
+            sampler = asyncio.create_task(app.state.live.run(), name="live-sampler")
         try:
             yield
         finally:
             if start_services:
+                app.state.live.stop()
+                if sampler is not None:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sampler
                 await runtime.stop()
 
     app = FastAPI(
@@ -54,17 +63,21 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
         lifespan=lifespan,
         # Every route goes through the one authorization edge (a route without a rule is refused).
         dependencies=[AUTHORIZE],
+        docs_url=None,  # served by gateway.web from local assets (no CDN)
+        redoc_url=None,
     )
     app.state.runtime = runtime
     app.include_router(ingest.router)
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(sandbox.router)
+    app.include_router(sandbox.store_router)
     app.include_router(health.router)
     app.include_router(oauth.router)
 
     store = CollectorRegistry(auto_describe=False)
     store.register(StoreCollector(lambda: store_figures(runtime.db), lambda: pool_figures(runtime.db)))
+    install_pages(app, registries=(REGISTRY, store))  # the live view reads what /metrics serves
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:

@@ -21,7 +21,8 @@ from gateway.errors import ForbiddenError
 from gateway.runtime import Runtime
 
 #: With no client registered, these prefixes still need the API token when one is set (the old behaviour).
-API_TOKEN_PREFIXES = ("/fhir", "/admin")
+#: That covers the console and the sandbox tenants' store too (operators' areas).
+API_TOKEN_PREFIXES = ("/fhir", "/admin", "/console", "/sandbox/store")
 
 
 def get_runtime(request: Request) -> Runtime:

@@ -76,7 +76,7 @@ async def ingest(request: Request, runtime: RuntimeDep, access: AccessDep) -> Re
     started = time.perf_counter()
     with logs.bound(control_id=logs.control_id_of(raw), transport="http"):
         outcome = await run_in_threadpool(
-            runtime.pipeline.ingest, raw, transport="http", facilities=access.sender_facilities
+            runtime.pipeline_for(raw).ingest, raw, transport="http", facilities=access.sender_facilities
         )
     record_message(transport="http", outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started)
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")

@@ -1,28 +1,59 @@
-"""The integrator's sandbox: run messages through the real pipeline on a throw-away store, see the result.
+"""The integrator's sandbox API: run messages through the real pipeline on a throw-away store, see the result.
 
-Nothing touches the real store, no notification leaves, and the answer shows each ACK (with its warnings)
-and every resource the messages would produce. Several messages can be sent at once (a whole stay), as
-MLLP frames or separated by blank lines, and are applied in the order given.
+Nothing touches the real store, no notification leaves, and the answer shows each ACK (with its warnings),
+every resource the messages would produce, and the notifications a subscriber would receive. Several
+messages can be sent at once (a whole stay, or a day's file for ``/sandbox/report``), as MLLP frames or
+separated by blank lines, and are applied in the order given. Each call is bounded in bytes, messages and
+CPU time, and each client in calls per minute. The page at ``GET /sandbox`` (``gateway/web``) calls these.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import RuntimeDep
-from gateway.api.ingest import TransportError, read_body
+from gateway.api.ingest import ACCEPTED_TYPES, TransportError, read_body
 from gateway.api.limits import cpu_budget
-from gateway.convert import Converted, convert_messages
+from gateway.db.repo import MessageRepo
+from gateway.errors import NotFoundError
 from gateway.fhir.outcome import operation_outcome
+from gateway.hl7 import er7
+from gateway.runtime import Runtime
+from gateway.web.limits import RateLimiter, client_key
+from gateway.web.present import present_trial
+from gateway.web.report import build_report, report_csv
+from gateway.web.samples import build_samples
+from gateway.web.tenants import SandboxStore
+from gateway.web.trial import Trial, run_trial
 
 router = APIRouter(prefix="/sandbox", tags=["sandbox"])
+#: A stay shown on the page; files of many messages go to ``/sandbox/report``.
 MAX_MESSAGES = 200
 _SPLIT = re.compile(rb"\x1c\r?|\x0b|(?:\r\n|\n|\r){2,}")
+_EXAMPLE = (
+    "MSH|^~\\&|GAM-SANDBOX|CH-SANDBOX|GATEWAY|ARS-SANDBOX|20261202083000||ADT^A01^ADT_A01|SBX-1|P|"
+    "2.5^FRA^2.11|||||FRA|UNICODE UTF-8|FR||2.11^IHE_FRANCE-2.11-PAM\n"
+    "EVN||20261202083000\n"
+    "PID|1||770101^^^CH-SANDBOX&1.2.250.1.999.7.1&ISO^PI||DURAND^ÉLODIE^^^MME^^L||19790412|F\n"
+    "PV1|1|I|MED^204^1^CH-SANDBOX&1.2.250.1.999.7&ISO|||||||||||||||||SBX-V1^^^CH-SANDBOX&1.2.250.1.999.7.2&ISO^VN\n"
+)
+_BODY = {
+    "required": True,
+    "description": "One or more HL7 v2 messages (ER7): MLLP frames, or messages separated by an empty line. "
+    "Segments may end with CR, LF or CRLF.",
+    "content": {t: {"schema": {"type": "string"}, "example": _EXAMPLE} for t in sorted(ACCEPTED_TYPES)},
+}
+_LIMITS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Empty body"},
+    413: {"description": "Body larger than GATEWAY_SANDBOX_MAX_BYTES"},
+    415: {"description": "Unsupported media type"},
+    429: {"description": "Too many calls from this client (see Retry-After)"},
+}
 
 
 def split_messages(body: bytes) -> list[bytes]:
@@ -31,38 +62,160 @@ def split_messages(body: bytes) -> list[bytes]:
     return [p for p in parts if p]
 
 
-@router.post("/convert", summary="Try messages on a throw-away store: ACKs and resulting FHIR, nothing kept")
-async def sandbox_convert(request: Request, runtime: RuntimeDep) -> Any:
-    settings = runtime.settings
+def as_sent(message: bytes, *, charset: str) -> bytes:
+    """Text typed in a browser arrives in UTF-8 whatever MSH-18 says: re-encode it as a sender would.
+
+    Only when the request declares ``charset=utf-8`` (the page does): a file uploaded as bytes, or a
+    body without a charset, goes through untouched, exactly as the gateway would receive it.
+    """
+    if charset != "utf-8":
+        return message
+    codec = er7.CHARSETS.get(er7.sniff_charset(message))
+    if codec is None or codec.replace("_", "-").lower() in {"utf-8", "utf8"}:
+        return message
     try:
-        body = await read_body(request, limit=settings.sandbox_max_bytes)
+        return message.decode("utf-8").encode(codec, errors="replace")
+    except UnicodeDecodeError:
+        return message  # not UTF-8 after all: leave the bytes to the pipeline's own fallback
+
+
+def _charset(request: Request) -> str:
+    for param in request.headers.get("content-type", "").split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return ""
+
+
+def _limiter(request: Request, runtime: Runtime) -> RateLimiter:
+    """One limiter per app, built on first use from the settings (the event loop makes this race-free)."""
+    limiter: RateLimiter | None = getattr(request.app.state, "sandbox_limiter", None)
+    if limiter is None:
+        settings = runtime.settings
+        limiter = RateLimiter(per_minute=settings.sandbox_rate_per_minute, burst=settings.sandbox_burst)
+        request.app.state.sandbox_limiter = limiter
+    return limiter
+
+
+async def _messages(request: Request, runtime: Runtime, *, limit: int) -> list[bytes] | Response:
+    """The call's messages, or the 4xx answer (rate limit, size, media type, empty body)."""
+    wait = _limiter(request, runtime).allow(client_key(request))
+    if wait:
+        body = operation_outcome("too many sandbox calls from this client; retry later", code="throttled")
+        return JSONResponse(body, status_code=429, headers={"Retry-After": str(max(1, round(wait)))})
+    try:
+        raw = await read_body(request, limit=runtime.settings.sandbox_max_bytes)
     except TransportError as exc:
         code = "too-long" if exc.status == 413 else "invalid"
         return JSONResponse(operation_outcome(exc.text, code=code), status_code=exc.status)
-    messages = split_messages(body)[:MAX_MESSAGES]
+    charset = _charset(request)
+    return [as_sent(m, charset=charset) for m in split_messages(raw)[:limit]]
 
-    def work() -> Converted:
+
+@router.post(
+    "/convert",
+    summary="Try messages on a throw-away store: ACKs, resources, notifications, timeline; nothing kept",
+    description="The answer: `messages` (per message: `code` AA/AE/AR, `ack`, `issues` with their ERR "
+    "location, `changed` resources), `bundle` (the resulting resources), `summaries`, `validation` "
+    "(structure findings and claimed profiles per resource), `notifications` (the Backport Bundles a "
+    "subscriber to every topic would receive, `id-only`), `timeline` (each stay's movements), `care_circle` "
+    "(the CareTeam after each message that changed it) and `skipped` (messages left out when the call's CPU "
+    f"budget ran out). At most {MAX_MESSAGES} messages per call.",
+    openapi_extra={"requestBody": _BODY},
+    responses=_LIMITS,
+)
+async def sandbox_convert(request: Request, runtime: RuntimeDep) -> Any:
+    messages = await _messages(request, runtime, limit=MAX_MESSAGES)
+    if isinstance(messages, Response):
+        return messages
+    seconds = runtime.settings.sandbox_cpu_seconds
+
+    def work() -> Trial:
         # The budget is measured in the thread that does the work, so other requests' CPU does not count.
-        return convert_messages(messages, engine=runtime.engine, exhausted=cpu_budget(settings.sandbox_cpu_seconds))
+        return run_trial(messages, engine=runtime.engine, exhausted=cpu_budget(seconds))
 
-    result = await run_in_threadpool(work)
-    skipped = len(messages) - len(result.acks)
-    return {
-        "skipped": skipped,
-        "skippedReason": f"CPU budget of {settings.sandbox_cpu_seconds:g} s used up" if skipped else None,
-        "messages": [
-            {
-                "code": code,
-                "ack": ack.replace("\r", "\n"),
-                "issues": [
-                    {"severity": i.severity, "code": i.code, "location": i.location, "text": i.text} for i in issues
-                ],
-            }
-            for code, issues, ack in result.acks
-        ],
-        "bundle": {
-            "resourceType": "Bundle",
-            "type": "collection",
-            "entry": [{"resource": r} for r in result.resources],
-        },
-    }
+    return present_trial(await run_in_threadpool(work), cpu_seconds=seconds)
+
+
+@router.post(
+    "/report",
+    summary="Conformance report for a file of many messages: counts by trigger and outcome, warnings by kind",
+    description="The messages run in order on a throw-away store, as in `/sandbox/convert`. JSON (default): "
+    "`messages`, `skipped`, `outcomes`, `by_trigger` (AA/AE/AR counts), `issues_by_kind`, `worst` (the "
+    "worst messages first) and `rows` (one per message); `format=csv`: one line per message. At most "
+    "GATEWAY_SANDBOX_MAX_MESSAGES messages.",
+    openapi_extra={"requestBody": _BODY},
+    responses={**_LIMITS, 200: {"content": {"application/json": {}, "text/csv": {}}, "description": "The report"}},
+)
+async def sandbox_report(
+    request: Request,
+    runtime: RuntimeDep,
+    format: Literal["json", "csv"] = Query(default="json", description="json or csv"),
+) -> Any:
+    messages = await _messages(request, runtime, limit=runtime.settings.sandbox_max_messages)
+    if isinstance(messages, Response):
+        return messages
+    seconds = runtime.settings.sandbox_cpu_seconds
+
+    def work() -> Trial:
+        return run_trial(messages, engine=runtime.engine, exhausted=cpu_budget(seconds), notifications=False)
+
+    report = build_report(await run_in_threadpool(work), cpu_seconds=seconds)
+    if format == "csv":
+        headers = {"Content-Disposition": 'attachment; filename="sandbox-report.csv"'}
+        return Response(report_csv(report), media_type="text/csv; charset=utf-8", headers=headers)
+    return report
+
+
+@router.get("/samples", summary="The sample messages: one per PAM-FR event the gateway handles")
+async def sandbox_samples(runtime: RuntimeDep) -> list[dict[str, str]]:
+    return [{"trigger": s.trigger, "title": s.title, "text": s.text} for s in build_samples(runtime.engine.tables)]
+
+
+# -- sandbox tenants: what sandbox senders sent over HTTP and MLLP, kept in the isolated store ---------
+
+store_router = APIRouter(prefix="/sandbox/store", tags=["sandbox"])  # operators: gateway/auth/rules.py
+
+
+def _store(runtime: Runtime) -> SandboxStore:
+    if runtime.sandbox is None:
+        raise NotFoundError("no sandbox store: set GATEWAY_SANDBOX_DATABASE_URL and GATEWAY_SANDBOX_SENDERS")
+    return runtime.sandbox
+
+
+@store_router.get("/messages", summary="Messages sandbox senders sent (isolated store), newest first")
+async def sandbox_store_messages(runtime: RuntimeDep, limit: int = Query(default=20, ge=1, le=200)) -> dict[str, Any]:
+    store = _store(runtime)
+
+    def work() -> list[dict[str, Any]]:
+        with store.db.connect() as conn:
+            return [
+                {
+                    "id": m.id,
+                    "received_at": m.received_at.isoformat(),
+                    "transport": m.transport,
+                    "sender": f"{m.sending_application}|{m.sending_facility}",
+                    "control_id": m.control_id,
+                    "type": f"{m.message_type}^{m.trigger_event}",
+                    "outcome": m.outcome,
+                    "error_text": m.error_text,
+                }
+                for m in MessageRepo(conn).list(limit=limit)
+            ]
+
+    return {"senders": sorted("|".join(s) for s in store.senders), "messages": await run_in_threadpool(work)}
+
+
+@store_router.get("/messages/{message_id}", summary="One message of the sandbox store, with its raw text and ACK")
+async def sandbox_store_message(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
+    store = _store(runtime)
+
+    def work() -> dict[str, Any]:
+        with store.db.connect() as conn:
+            record = MessageRepo(conn).get(message_id)
+        if record is None:
+            raise NotFoundError(f"sandbox message {message_id} not found")
+        text, _codec, _warnings = er7.decode(record.raw)
+        return {"id": record.id, "outcome": record.outcome, "raw": text, "ack": record.ack}
+
+    return await run_in_threadpool(work)

@@ -53,6 +53,23 @@ RULES: dict[tuple[str, str], Rule] = {
     # ingest and the sandbox (a throw-away store: nothing stored, nothing of others shown)
     ("POST", "/hl7v2"): allow(SENDER, OPERATOR),
     ("POST", "/sandbox/convert"): allow(*ANY_CLIENT),
+    ("POST", "/sandbox/report"): allow(*ANY_CLIENT),
+    ("GET", "/sandbox/samples"): OPEN,
+    # the sandbox tenants' isolated store: not yet filtered per sender, so operators only for now
+    ("GET", "/sandbox/store/messages"): allow(OPERATOR),
+    ("GET", "/sandbox/store/messages/{message_id}"): allow(OPERATOR),
+    # pages: the sandbox and the API docs (their assets are local, served from /static)
+    ("GET", "/sandbox"): OPEN,
+    ("GET", "/docs"): OPEN,
+    # the operators' console
+    ("GET", "/console"): allow(OPERATOR),
+    ("GET", "/console/messages"): allow(OPERATOR),
+    ("GET", "/console/messages/{message_id}"): allow(OPERATOR),
+    ("POST", "/console/messages/{message_id}/replay"): allow(OPERATOR),
+    ("GET", "/console/subscriptions"): allow(OPERATOR),
+    ("POST", "/console/subscriptions/{sub_id}/resend"): allow(OPERATOR),
+    ("GET", "/console/live"): allow(OPERATOR),
+    ("GET", "/console/live/data"): allow(OPERATOR),
     # subscriptions
     ("POST", "/fhir/Subscription"): allow(*FHIR_READERS, scope="Subscription.c"),
     ("PUT", "/fhir/Subscription/{sub_id}"): allow(*FHIR_READERS, scope="Subscription.u"),

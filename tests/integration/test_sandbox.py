@@ -2,7 +2,9 @@
 
 from fastapi.testclient import TestClient
 
+from gateway.api.app import create_app
 from gateway.api.sandbox import split_messages
+from gateway.runtime import Runtime
 from tests.messages import Adt
 
 
@@ -33,3 +35,86 @@ def test_bad_messages_get_their_ack_in_the_sandbox(client: TestClient) -> None:
 def test_split_accepts_frames_and_blank_lines() -> None:
     assert split_messages(b"\x0bMSH|a\rPID|1\x1c\r\x0bMSH|b\x1c\r") == [b"MSH|a\rPID|1", b"MSH|b"]
     assert split_messages(b"MSH|a\rPID|1\r\n\r\nMSH|b\n") == [b"MSH|a\rPID|1", b"MSH|b"]
+
+
+def test_the_convert_answer_shows_timeline_care_circle_notifications_and_validation(client: TestClient) -> None:
+    admission = Adt(control_id="S1").bytes()
+    transfer = Adt(trigger="A02", control_id="S2", movement="MVT-2", event_time="20260302090000").bytes()
+    body = client.post(
+        "/sandbox/convert", content=admission + b"\n\n" + transfer, headers={"Content-Type": "text/plain"}
+    ).json()
+
+    assert [m["number"] for m in body["messages"]] == [1, 2]
+    assert body["messages"][0]["message"].startswith("MSH|")
+    assert {c["reference"].split("/")[0] for c in body["messages"][0]["changed"]} >= {"Patient", "Encounter"}
+    [stay] = body["timeline"]
+    assert [m["kind"].split(" ")[0] for m in stay["movements"]] == ["admit", "transfer"]
+    assert body["care_circle"][0]["after_message"] == 1
+    assert all(v["valid"] for v in body["validation"]), body["validation"]
+    topics = [
+        n["entry"][0]["resource"]["parameter"][1]["valueCanonical"].rsplit("/", 1)[-1] for n in body["notifications"]
+    ]
+    assert "encounter-start" in topics
+    assert body["skipped"] == 0
+    assert len(body["summaries"]) == len(body["bundle"]["entry"])
+
+
+def test_a_file_gets_a_report_as_json_or_csv(client: TestClient) -> None:
+    feed = Adt(control_id="F1").bytes() + b"\n\n" + b"MSH|^~\\&|A|B|C|D|20260301||ADT^A99|F2|P|2.5\rPID|1\r"
+    headers = {"Content-Type": "text/plain"}
+    report = client.post("/sandbox/report", content=feed, headers=headers).json()
+    assert report["outcomes"] == {"AA": 1, "AR": 1}
+    assert report["worst"][0]["control_id"] == "F2"
+    as_csv = client.post("/sandbox/report", params={"format": "csv"}, content=feed, headers=headers)
+    assert as_csv.headers["content-type"].startswith("text/csv")
+    assert as_csv.text.splitlines()[2].startswith("2,F2,A99,AR")
+
+
+def test_sandbox_calls_are_rate_limited_per_client(runtime: Runtime) -> None:
+    runtime.settings = runtime.settings.model_copy(update={"sandbox_rate_per_minute": 1, "sandbox_burst": 2})
+    with TestClient(create_app(runtime, start_services=False)) as client:
+        headers = {"Content-Type": "text/plain"}
+        codes = [client.post("/sandbox/convert", content=Adt().bytes(), headers=headers).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+        throttled = client.post("/sandbox/report", content=Adt().bytes(), headers=headers)
+        assert throttled.json()["issue"][0]["code"] == "throttled"
+        assert int(throttled.headers["Retry-After"]) > 0
+        rotated = {**headers, "Authorization": "Bearer a-new-token-per-call"}
+        assert client.post("/sandbox/convert", content=Adt().bytes(), headers=rotated).status_code == 429
+
+
+def test_text_typed_in_utf8_is_sent_in_the_charset_msh18_declares(client: TestClient) -> None:
+    latin = Adt(family="BÉRANGER", charset="8859/15").build()
+    answer = client.post(
+        "/sandbox/convert", content=latin.encode("utf-8"), headers={"Content-Type": "text/plain; charset=utf-8"}
+    ).json()
+    patient = next(e["resource"] for e in answer["bundle"]["entry"] if e["resource"]["resourceType"] == "Patient")
+    assert patient["name"][0]["family"] == "BÉRANGER"
+    assert "BÉRANGER" in answer["messages"][0]["message"]
+    as_bytes = client.post(
+        "/sandbox/convert", content=latin.encode("iso-8859-15"), headers={"Content-Type": "text/plain"}
+    )
+    assert "BÉRANGER" in as_bytes.text
+
+
+def test_sandbox_bodies_are_bounded(runtime: Runtime) -> None:
+    runtime.settings = runtime.settings.model_copy(update={"sandbox_max_bytes": 100})
+    with TestClient(create_app(runtime, start_services=False)) as client:
+        answer = client.post("/sandbox/convert", content=Adt().bytes(), headers={"Content-Type": "text/plain"})
+        assert answer.status_code == 413
+
+
+def test_the_samples_are_listed(client: TestClient) -> None:
+    samples = client.get("/sandbox/samples").json()
+    assert {"A01", "A03", "A11", "A40", "Z99"} <= {s["trigger"] for s in samples}
+
+
+def test_the_pages_allow_only_their_own_assets(client: TestClient) -> None:
+    for path in ("/sandbox", "/console/messages", "/console/subscriptions", "/console/live"):
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        assert "default-src 'self'" in answer.headers["content-security-policy"], path
+        assert answer.headers["cache-control"] == "no-store", path
+    docs = client.get("/docs")
+    assert "/static/swagger/swagger-ui-bundle.js" in docs.text and "cdn." not in docs.text
+    assert client.get("/static/swagger/swagger-ui.css").status_code == 200

@@ -1,0 +1,154 @@
+"""A sandbox run: messages through the real pipeline on a throw-away store, with what each one did.
+
+Beyond ``gateway convert`` (ACKs and the final resources), a trial keeps, per message, the resources it
+changed (to draw the stay's timeline and the care circle as it evolves) and the notifications a
+subscriber to every topic would have received, built by the same code the delivery worker uses. The
+store lives in memory for one call; nothing touches the real store and no notification leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine as DB
+from sqlalchemy.util import LRUCache
+
+from gateway.config import Settings
+from gateway.db.engine import make_engine, transaction
+from gateway.db.repo import OutboxRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
+from gateway.db.schema import metadata
+from gateway.hl7.ack import AckIssue
+from gateway.mapping.engine import Engine
+from gateway.pipeline import Pipeline, utcnow
+from gateway.subscriptions.notification import NotificationContext, build_notification_bundle
+from gateway.subscriptions.topics import TOPICS
+from gateway.subscriptions.worker import notification_events
+
+JSON = dict[str, Any]
+#: Resource types in the order a reader expects them.
+ORDER = ("Patient", "Encounter", "CareTeam", "Practitioner", "Subscription")
+#: The FHIR base the previewed notifications refer to (they never leave the sandbox).
+PREVIEW_BASE = "https://sandbox.invalid/fhir"
+SANDBOX_TRANSPORT = "sandbox"
+#: SQLAlchemy caches compiled statements per engine, and each trial has a new engine: without a shared
+#: cache every statement of every call is compiled again (most of a short call's time).
+_COMPILED_CACHE: LRUCache[Any, Any] = LRUCache(1000)
+
+
+@dataclass(slots=True)
+class Step:
+    """One message of a trial: its ACK, what it changed, the notifications it would have sent."""
+
+    number: int
+    raw: bytes
+    code: str
+    ack: str
+    issues: list[AckIssue]
+    changed: list[StoredResource]
+    notifications: list[JSON] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Trial:
+    steps: list[Step]
+    #: Messages left out because the call's CPU budget ran out (0 when every message ran).
+    skipped: int = 0
+
+    def resources(self) -> list[JSON]:
+        """The latest version of every resource the messages produced, in reading order."""
+        latest: dict[tuple[str, str], StoredResource] = {}
+        for step in self.steps:
+            for stored in step.changed:
+                latest[(stored.type, stored.id)] = stored
+        found = [s.content for s in latest.values() if not s.deleted]
+        found.sort(key=lambda r: (ORDER.index(r["resourceType"]) if r["resourceType"] in ORDER else 99, r["id"]))
+        return found
+
+
+def run_trial(
+    raws: Iterable[bytes],
+    *,
+    engine: Engine,
+    exhausted: Callable[[], bool],
+    notifications: bool = True,
+    clock: Callable[[], datetime] = utcnow,
+) -> Trial:
+    """Run ``raws`` in order; stop (and count the rest as skipped) once ``exhausted()`` says so.
+
+    The API passes ``gateway.api.limits.cpu_budget``: the calling thread's CPU time, so a slow machine
+    shared with other work does not cut a run short, while expensive messages cannot hold a worker long.
+    """
+    db = make_engine(Settings(database_url="sqlite://")).execution_options(compiled_cache=_COMPILED_CACHE)
+    try:
+        metadata.create_all(db)  # the declared schema (= the migrations' head, a test checks), 20x faster
+        subscribers = _subscribe_to_every_topic(db, now=clock()) if notifications else []
+        pipeline = Pipeline(engine=engine, db=db, clock=clock)
+        steps: list[Step] = []
+        pending = list(raws)
+        for number, raw in enumerate(pending, start=1):
+            if exhausted():
+                return Trial(steps=steps, skipped=len(pending) - len(steps))
+            outcome = pipeline.ingest(raw, transport=SANDBOX_TRANSPORT)
+            step = Step(number, raw, outcome.code, outcome.ack_text, outcome.issues, outcome.changed)
+            if subscribers:
+                step.notifications = _drain(db, subscribers, now=clock())
+            steps.append(step)
+        return Trial(steps=steps)
+    finally:
+        db.dispose()
+
+
+def _subscribe_to_every_topic(db: DB, *, now: datetime) -> list[SubscriptionRecord]:
+    """One active ``id-only`` subscriber per topic, unfiltered: it hears everything the topic says."""
+    records = [
+        SubscriptionRecord(
+            id=f"sandbox-{topic.code}",
+            status="active",
+            topic=topic.url,
+            endpoint="urn:sandbox:preview",
+            channel_type="rest-hook",
+            payload_content="id-only",
+            headers=[],
+            filters=[],
+            secret="sandbox",  # noqa: S106 - nothing is ever signed or sent from the sandbox
+            events_since_start=0,
+            error=None,
+            created_at=now,
+        )
+        for topic in TOPICS
+    ]
+    with transaction(db) as conn:
+        repo = SubscriptionRepo(conn)
+        for record in records:
+            repo.add(record)
+    return records
+
+
+def _drain(db: DB, subscribers: list[SubscriptionRecord], *, now: datetime) -> list[JSON]:
+    """The notification Bundles the last message queued, one per event, then marked delivered."""
+    bundles: list[JSON] = []
+    with transaction(db) as conn:
+        outbox = OutboxRepo(conn)
+        for sub in subscribers:
+            rows = outbox.for_subscription(sub.id, statuses=["pending"])
+            events = notification_events(conn, rows, payload_content=sub.payload_content)
+            for row, event in zip(
+                [r for r in rows if r.notification_type == "event-notification"], events, strict=False
+            ):
+                ctx = NotificationContext(
+                    subscription_id=sub.id,
+                    topic_url=sub.topic,
+                    status="active",
+                    notification_type="event-notification",
+                    events_since_start=row.event_number,
+                    payload_content=sub.payload_content,
+                    base_url=PREVIEW_BASE,
+                )
+                bundle_id = f"{sub.id}-{row.event_number}"
+                bundles.append(build_notification_bundle(ctx, [event], bundle_id=bundle_id, now=now))
+            for row in rows:
+                outbox.delivered(row.id, now=now)
+    return bundles
