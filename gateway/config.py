@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import socket
+from contextvars import ContextVar
 from pathlib import Path
 
 from pydantic import Field
@@ -14,12 +18,41 @@ DEFAULT_MLLP_HOST = "127.0.0.1"
 DEFAULT_MLLP_PORT = 2575
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_576
 DEFAULT_MLLP_IDLE_TIMEOUT = 300.0
+DEFAULT_MLLP_FRAME_TIMEOUT = 60.0
+DEFAULT_MLLP_MAX_CONNECTIONS = 256
+DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER = 32
 DEFAULT_DELIVERY_TIMEOUT = 10.0
+#: Database time limits: a hung or locked database must fail a request, never hold it (and a thread) forever.
+DEFAULT_DB_CONNECT_TIMEOUT = 5.0
+DEFAULT_DB_STATEMENT_TIMEOUT = 30.0
+DEFAULT_DB_LOCK_TIMEOUT = 30.0
+DEFAULT_HEALTH_TIMEOUT = 2.0
+#: Limits at the API edge (bytes, nesting levels, seconds of CPU).
+DEFAULT_MAX_FHIR_BODY_BYTES = 1_048_576
+DEFAULT_MAX_JSON_DEPTH = 64
+DEFAULT_SANDBOX_MAX_BYTES = 2_097_152
+DEFAULT_SANDBOX_CPU_SECONDS = 5.0
+#: HTTP server limits: request head size and the time a client has to send it.
+DEFAULT_HTTP_MAX_HEADER_BYTES = 65_536
+DEFAULT_HTTP_HEADER_TIMEOUT = 10.0
+DEFAULT_HTTP_KEEPALIVE_TIMEOUT = 5.0
+DEFAULT_HTTP_MAX_CONNECTIONS = 1000
 #: Retries go on for a day by default: platforms may be down for a night (HAPI's one minute is the
 #: weak spot we avoid). ``0`` means never give up.
 DEFAULT_RETRY_HORIZON = 24 * 3600.0
 DEFAULT_RETRY_BASE = 1.0
 DEFAULT_RETRY_CAP = 600.0
+DEFAULT_DATA_DIR = Path("var")
+#: Bind addresses that mean "every interface": never a valid host in a link a client must follow.
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})  # noqa: S104 - compared against, not bound
+#: The public FHIR base of the request being served, when a trusted proxy said it (set by the HTTP edge).
+REQUEST_BASE: ContextVar[str | None] = ContextVar("gateway_request_base", default=None)
+
+
+@functools.cache
+def _machine_name() -> str:
+    """Looked up once: ``getfqdn`` may ask the resolver."""
+    return socket.getfqdn() or socket.gethostname() or "localhost"
 
 
 def _default_mappings_dir() -> Path:
@@ -41,7 +74,12 @@ class Settings(BaseSettings):
     mllp_host: str = DEFAULT_MLLP_HOST
     mllp_port: int = DEFAULT_MLLP_PORT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: Seconds from the connection (or the last ACK) to the next complete message; bytes do not reset it.
     mllp_idle_timeout: float = DEFAULT_MLLP_IDLE_TIMEOUT
+    #: Seconds from a frame's start block to its end block.
+    mllp_frame_timeout: float = DEFAULT_MLLP_FRAME_TIMEOUT
+    mllp_max_connections: int = DEFAULT_MLLP_MAX_CONNECTIONS
+    mllp_max_connections_per_peer: int = DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER
     mappings_dir: Path = Field(default_factory=_default_mappings_dir)
     base_url: str = ""
     #: When set, FHIR and admin routes need ``Authorization: Bearer <token>`` (ingest is not guarded:
@@ -49,7 +87,23 @@ class Settings(BaseSettings):
     api_token: str = ""
     #: Hosts a subscription endpoint may use over plain http or on a private address (demo, tests).
     endpoint_allowlist: list[str] = Field(default_factory=list)
+    #: Seconds for a whole rest-hook request (connection, upload, answer), not per read.
     delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT
+    db_connect_timeout: float = DEFAULT_DB_CONNECT_TIMEOUT
+    #: PostgreSQL ``statement_timeout`` (SQLite has none).
+    db_statement_timeout: float = DEFAULT_DB_STATEMENT_TIMEOUT
+    #: PostgreSQL ``lock_timeout``; SQLite's busy timeout.
+    db_lock_timeout: float = DEFAULT_DB_LOCK_TIMEOUT
+    #: How long ``/health`` and ``/health/ready`` wait for the database before answering 503.
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    max_fhir_body_bytes: int = DEFAULT_MAX_FHIR_BODY_BYTES
+    max_json_depth: int = DEFAULT_MAX_JSON_DEPTH
+    sandbox_max_bytes: int = DEFAULT_SANDBOX_MAX_BYTES
+    sandbox_cpu_seconds: float = DEFAULT_SANDBOX_CPU_SECONDS
+    http_max_header_bytes: int = DEFAULT_HTTP_MAX_HEADER_BYTES
+    http_header_timeout: float = DEFAULT_HTTP_HEADER_TIMEOUT
+    http_keepalive_timeout: float = DEFAULT_HTTP_KEEPALIVE_TIMEOUT
+    http_max_connections: int = DEFAULT_HTTP_MAX_CONNECTIONS
     retry_horizon: float = DEFAULT_RETRY_HORIZON
     retry_base: float = DEFAULT_RETRY_BASE
     retry_cap: float = DEFAULT_RETRY_CAP
@@ -62,6 +116,41 @@ class Settings(BaseSettings):
     smtp_username: str = ""
     smtp_password: str = ""
     run_worker: bool = True
+    #: Where the gateway may create its SQLite store's directories; a path elsewhere must exist already.
+    data_dir: Path = DEFAULT_DATA_DIR
+    #: Browser origins allowed by CORS (``["*"]`` for any); empty: no CORS headers at all.
+    cors_origins: list[str] = Field(default_factory=list)
+    #: Proxies (addresses or networks) whose ``Forwarded`` / ``X-Forwarded-*`` headers are believed.
+    trusted_proxies: list[str] = Field(default_factory=list)
+    log_level: str = "INFO"
+    log_format: str = "text"  # text | json
 
     def public_base(self) -> str:
-        return self.base_url.rstrip("/") or f"http://{self.http_host}:{self.http_port}/fhir"
+        """``BASE_URL``; else what a trusted proxy said for this request; else the bind address.
+
+        A wildcard bind address (``0.0.0.0``) is never put in a link: the machine's name stands in.
+        """
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        forwarded = REQUEST_BASE.get()
+        if forwarded:
+            return forwarded
+        host = self.http_host
+        if host in WILDCARD_HOSTS:
+            host = _machine_name()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.http_port}/fhir"
+
+    def is_trusted_proxy(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        for entry in self.trusted_proxies:
+            try:
+                if ip in ipaddress.ip_network(entry, strict=False):
+                    return True
+            except ValueError:
+                continue
+        return False

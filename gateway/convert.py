@@ -8,6 +8,7 @@ nothing touches the real store.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,13 +37,22 @@ class Converted:
     resources: list[JSON]
 
 
-def convert_messages(raws: Iterable[bytes], *, engine: Engine, clock: Callable[[], datetime] = utcnow) -> Converted:
+def convert_messages(
+    raws: Iterable[bytes],
+    *,
+    engine: Engine,
+    clock: Callable[[], datetime] = utcnow,
+    exhausted: Callable[[], bool] | None = None,
+) -> Converted:
+    """``exhausted`` is asked before each message; once it says yes the rest are left out (a CPU budget)."""
     db = make_engine(Settings(database_url="sqlite://"))
     try:
         migrate(db)
         pipeline = Pipeline(engine=engine, db=db, clock=clock)
         acks = []
         for raw in raws:
+            if exhausted is not None and exhausted():
+                break
             outcome = pipeline.ingest(raw, transport="convert")
             acks.append((outcome.code, outcome.issues, outcome.ack_text))
         with db.connect() as conn:
@@ -54,14 +64,21 @@ def convert_messages(raws: Iterable[bytes], *, engine: Engine, clock: Callable[[
     return Converted(acks=acks, resources=found)
 
 
-def convert_files(files: list[Path], *, mappings_dir: Path, out: TextIO) -> int:
+def convert_files(
+    inputs: list[tuple[str, bytes]], *, mappings_dir: Path, out: TextIO, report: TextIO | None = None
+) -> int:
+    """``inputs`` are (name, bytes) pairs; exit status 1 when any message is not AA."""
     engine = Engine.from_directory(mappings_dir)
-    result = convert_messages((Path(f).read_bytes() for f in files), engine=engine)
+    result = convert_messages((raw for _, raw in inputs), engine=engine)
     worst = 0
-    for path, (code, _issues, ack) in zip(files, result.acks, strict=True):
+    for (path, _raw), (code, _issues, ack) in zip(inputs, result.acks, strict=True):
         out.write(f"=== {path}: {code}\n")
         out.write(ack.replace("\r", "\n"))
         worst = max(worst, 0 if code == "AA" else 1)
     bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in result.resources]}
     out.write(json.dumps(bundle, indent=2, ensure_ascii=False) + "\n")
+    if report is not None:  # the summary goes apart from the output, which scripts may parse
+        tally = Counter(code for code, _issues, _ack in result.acks)
+        counts = " ".join(f"{code}={n}" for code, n in sorted(tally.items()))
+        report.write(f"converted: {len(result.acks)} message(s) ({counts}), {len(result.resources)} resource(s)\n")
     return worst

@@ -1,8 +1,9 @@
 """``gateway demo``: the whole path on one machine, printed step by step.
 
-Starts the gateway (HTTP + MLLP + worker) on a fresh SQLite store under ``./var/demo``, a local receiver
-standing in for an e-parcours platform, subscribes it to the entry and exit topics for the demo patient,
-sends one stay (admission, then discharge) over MLLP, and prints each ACK and each notification received.
+Starts the gateway (HTTP + MLLP + worker) on a fresh SQLite store in a temporary directory (removed at the
+end), a local receiver standing in for an e-parcours platform, subscribes it to the entry and exit topics
+for the demo patient, sends one stay (admission, then discharge) over MLLP, and prints each ACK and each
+notification received. Ports given with ``--http-port``/``--mllp-port`` are used as given, or it stops.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import json
 import shutil
 import socket
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from fastapi import FastAPI, Request, Response
 
 from gateway.api.app import create_app
 from gateway.config import Settings
+from gateway.errors import StartupError
 from gateway.hl7.mllp import MLLPClient
 from gateway.runtime import Runtime
 from gateway.subscriptions.channels import SIGNATURE_HEADER, verify
@@ -64,12 +67,8 @@ class Receiver:
         return Response(status_code=200)
 
 
-def _fresh_directory(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
-
-
 def free_port(preferred: int | None) -> int:
+    """``preferred`` when it is free, else any free port (for defaults, not for ports a user asked for)."""
     for candidate in ([preferred] if preferred else []) + [0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
@@ -78,6 +77,15 @@ def free_port(preferred: int | None) -> int:
                 continue
             return int(sock.getsockname()[1])
     raise OSError("no free port")
+
+
+def demo_port(asked: int | None, default: int, what: str) -> int:
+    """A port given on the command line is used as given, or the demo stops: never silently another."""
+    if asked is None:
+        return free_port(default)
+    if free_port(asked) != asked:
+        raise StartupError(f"demo: {what} port {asked} is busy; choose another with --{what.lower()}-port")
+    return asked
 
 
 @contextlib.asynccontextmanager
@@ -145,58 +153,75 @@ def _subscription(topic: str, endpoint: str, content: str) -> dict[str, Any]:
 
 
 async def run_demo(*, keep_running: bool = False, http_port: int | None = None, mllp_port: int | None = None) -> int:
-    var = Path("var/demo")
-    await asyncio.to_thread(_fresh_directory, var)
+    """The store lives in a temporary directory, removed when the demo ends (even on Ctrl-C)."""
+    settings_ports = (demo_port(http_port, 8000, "HTTP"), demo_port(mllp_port, 2575, "MLLP"))
+    var = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    try:
+        return await _demo(var, ports=settings_ports, keep_running=keep_running)
+    finally:
+        shutil.rmtree(var, ignore_errors=True)
+
+
+async def _demo(var: Path, *, ports: tuple[int, int], keep_running: bool) -> int:
     receiver = Receiver()
     receiver_port = free_port(None)
     settings = Settings(
         database_url=f"sqlite:///{var / 'gateway.db'}",
-        http_port=free_port(http_port or 8000),
-        mllp_port=free_port(mllp_port or 2575),
+        data_dir=var,
+        http_port=ports[0],
+        mllp_port=ports[1],
         endpoint_allowlist=["127.0.0.1", "localhost"],
         worker_poll_interval=0.2,
     )
     runtime = Runtime.build(settings)
-    base = f"http://127.0.0.1:{settings.http_port}"
-    print(f"1. gateway up: HTTP {base} (FHIR {base}/fhir), MLLP 127.0.0.1:{settings.mllp_port}, store {var}")
-    async with serving(receiver.app, receiver_port), serving(create_app(runtime), settings.http_port):
-        print(f"2. demo receiver (stands in for an e-parcours platform) on http://127.0.0.1:{receiver_port}/notify")
-        async with httpx.AsyncClient(base_url=base) as client:
-            for topic, content in (("encounter-start", "full-resource"), ("encounter-end", "id-only")):
-                answer = await client.post(
-                    "/fhir/Subscription",
-                    content=json.dumps(_subscription(topic, f"http://127.0.0.1:{receiver_port}/notify", content)),
-                    headers={"Content-Type": "application/fhir+json"},
-                )
-                answer.raise_for_status()
-                created = answer.json()
-                secret = next(e["valueString"] for e in created["channel"]["extension"] if e["url"] == SIGNING_SECRET)
-                receiver.secrets[created["id"]] = secret
-                print(f"3. subscribed to {topic} ({content}): Subscription/{created['id']} status={created['status']}")
-            for _ in range(2):
-                note = await asyncio.wait_for(receiver.received.get(), timeout=15)
-                print(f"   receiver got a {describe(note['bundle'])}; signature ok: {note['signed']}")
-            async with MLLPClient("127.0.0.1", settings.mllp_port) as mllp:
-                for path in sorted(FIXTURES.glob("*.hl7")):
-                    ack = await mllp.send(path.read_bytes())
-                    print(f"4. sent {path.name} over MLLP; ACK:")
-                    for segment in ack.decode("latin-1").strip("\r").split("\r"):
-                        print(f"       {segment}")
-            for _ in range(2):
-                note = await asyncio.wait_for(receiver.received.get(), timeout=15)
-                print(f"5. receiver got an {describe(note['bundle'])}")
-                print(f"   signature ok: {note['signed']}, Authorization header passed: {bool(note['authorization'])}")
-            encounters = (await client.get("/fhir/Encounter", params={"identifier": "2026004512"})).json()
-            for entry in encounters.get("entry", []):
-                enc = entry["resource"]
-                print(
-                    f"6. GET /fhir/Encounter?identifier=2026004512 → Encounter/{enc['id']} "
-                    f"status={enc['status']} version={enc['meta']['versionId']}"
-                )
-        if keep_running:
-            print("gateway keeps running; Ctrl-C to stop")
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.Event().wait()
-    runtime.close()
+    try:
+        base = f"http://127.0.0.1:{settings.http_port}"
+        print(f"1. gateway up: HTTP {base} (FHIR {base}/fhir), MLLP 127.0.0.1:{settings.mllp_port}, store {var}")
+        async with serving(receiver.app, receiver_port), serving(create_app(runtime), settings.http_port):
+            print(f"2. demo receiver (stands in for an e-parcours platform) on http://127.0.0.1:{receiver_port}/notify")
+            async with httpx.AsyncClient(base_url=base) as client:
+                for topic, content in (("encounter-start", "full-resource"), ("encounter-end", "id-only")):
+                    answer = await client.post(
+                        "/fhir/Subscription",
+                        content=json.dumps(_subscription(topic, f"http://127.0.0.1:{receiver_port}/notify", content)),
+                        headers={"Content-Type": "application/fhir+json"},
+                    )
+                    answer.raise_for_status()
+                    created = answer.json()
+                    secret = next(
+                        e["valueString"] for e in created["channel"]["extension"] if e["url"] == SIGNING_SECRET
+                    )
+                    receiver.secrets[created["id"]] = secret
+                    print(
+                        f"3. subscribed to {topic} ({content}): Subscription/{created['id']} status={created['status']}"
+                    )
+                for _ in range(2):
+                    note = await asyncio.wait_for(receiver.received.get(), timeout=15)
+                    print(f"   receiver got a {describe(note['bundle'])}; signature ok: {note['signed']}")
+                async with MLLPClient("127.0.0.1", settings.mllp_port) as mllp:
+                    for path in sorted(FIXTURES.glob("*.hl7")):
+                        ack = await mllp.send(path.read_bytes())
+                        print(f"4. sent {path.name} over MLLP; ACK:")
+                        for segment in ack.decode("latin-1").strip("\r").split("\r"):
+                            print(f"       {segment}")
+                for _ in range(2):
+                    note = await asyncio.wait_for(receiver.received.get(), timeout=15)
+                    print(f"5. receiver got an {describe(note['bundle'])}")
+                    print(
+                        f"   signature ok: {note['signed']}, Authorization header passed: {bool(note['authorization'])}"
+                    )
+                encounters = (await client.get("/fhir/Encounter", params={"identifier": "2026004512"})).json()
+                for entry in encounters.get("entry", []):
+                    enc = entry["resource"]
+                    print(
+                        f"6. GET /fhir/Encounter?identifier=2026004512 → Encounter/{enc['id']} "
+                        f"status={enc['status']} version={enc['meta']['versionId']}"
+                    )
+            if keep_running:
+                print("gateway keeps running; Ctrl-C to stop")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.Event().wait()
+    finally:
+        runtime.close()
     print("demo done.")
     return 0

@@ -2,12 +2,14 @@
 
 GatewayError
 ├── ParseError            message unreadable (ACK AR, HL7 table 0357 code 100/102)
+│   └── KeyTooLongError   MSH-3/4/10 longer than the store keeps (ACK AR, 102): refused, kept, never retried
 ├── UnsupportedError      message type or event not handled (ACK AR, 200/201)
 ├── MappingError          understood but a required element is missing/invalid (ACK AE, 101/103)
 ├── StateError            cannot be applied to the stored state (ACK AE, 207)
 ├── DuplicateControlIdError  MSH-10 reused with other content (ACK AE, 205)
 ├── StorageUnavailableError  database down: nothing stored (ACK AR, 207) — the sender must resend
 ├── ConfigError           mapping tables or settings invalid (fails start-up)
+│   └── StartupError      the database or a port cannot be had at start-up (fails start-up)
 └── FhirError             REST API problems (OperationOutcome, HTTP status)
 """
 
@@ -33,6 +35,10 @@ class ParseError(GatewayError):
     code = "102"
     ack_code = "AR"
     slug = "malformed-message"
+
+
+class KeyTooLongError(ParseError):
+    slug = "key-too-long"
 
 
 class UnsupportedError(GatewayError):
@@ -77,6 +83,12 @@ class StorageUnavailableError(GatewayError):
 
 class ConfigError(GatewayError):
     slug = "invalid-configuration"
+
+
+class StartupError(ConfigError):
+    """The configuration is well formed but the world refuses it: database unreachable, port busy."""
+
+    slug = "startup-failed"
 
 
 class FhirError(GatewayError):

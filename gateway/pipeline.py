@@ -7,8 +7,8 @@ applying fails, the transaction is rolled back and the raw message is stored aga
 
 from __future__ import annotations
 
-import hashlib
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,16 +17,19 @@ from sqlalchemy import Engine as DB
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from gateway.db.engine import transaction
-from gateway.db.repo import MessageRepo, StoredResource
+from gateway.db.repo import FactRepo, MessageRepo, StoredResource
+from gateway.db.schema import MESSAGE_KEY_LENGTHS
 from gateway.errors import (
     DuplicateControlIdError,
     GatewayError,
+    KeyTooLongError,
     ParseError,
     StorageUnavailableError,
 )
 from gateway.hl7 import er7
 from gateway.hl7.ack import AckIssue, build_ack, encode_ack
 from gateway.mapping.engine import Engine, Mapped, read_header
+from gateway.metrics import FOLD_SECONDS, timed
 from gateway.state.apply import apply_message
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,31 @@ def _check_header(message: er7.Message) -> None:
         raise ParseError("MSH-9 (message type) is empty", location="MSH-9")
 
 
+#: Where each stored sender key comes from, for the ERR location of a key that is too long.
+_KEY_FIELDS = {"sending_application": "MSH-3", "sending_facility": "MSH-4", "control_id": "MSH-10"}
+_SEGMENT_END = re.compile(rb"\r\n|\n|\r")
+
+
+def _check_key_lengths(message: er7.Message) -> None:
+    """A key longer than its column would be stored cut and looked up whole: refuse it, precisely."""
+    header = _header_values(message)
+    for name, location in _KEY_FIELDS.items():
+        limit = MESSAGE_KEY_LENGTHS[name]
+        if limit and len(header[name]) > limit:
+            raise KeyTooLongError(
+                f"{location} is {len(header[name])} characters long; at most {limit} are accepted", location=location
+            )
+
+
+def normalised(raw: bytes) -> bytes:
+    """The message with CR, LF or CRLF as CR and no trailing terminator: resends compare equal on this."""
+    return _SEGMENT_END.sub(b"\r", raw).rstrip(b"\r")
+
+
+def same_content(raw: bytes, previous: bytes) -> bool:
+    return normalised(raw) == normalised(previous)
+
+
 def _record(
     repo: MessageRepo,
     raw: bytes,
@@ -136,15 +164,31 @@ class Pipeline:
     # -- ingest -----------------------------------------------------------------------------------
 
     def ingest(self, raw: bytes, *, transport: str) -> Outcome:
-        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK."""
+        """Store, apply and acknowledge one message. Never raises: every failure becomes an ACK.
+
+        This is the loop boundary of one message: whatever escapes the steps below (a bug, a library
+        surprise) still ends as an AE with an ERR and the raw message kept, so the feed goes on.
+        """
         now = self.clock()
+        try:
+            return self._ingest(raw, transport=transport, now=now)
+        except Exception as exc:
+            logger.exception("unexpected error on ingest (%s)", transport)
+            return self._last_resort(raw, exc, transport=transport, now=now)
+
+    def _ingest(self, raw: bytes, *, transport: str, now: datetime) -> Outcome:
         message: er7.Message | None = None
         try:
             message = er7.parse(raw)
             _check_header(message)
+            _check_key_lengths(message)
             mapped = self.engine.map(message)
         except GatewayError as exc:
             return self._store_rejected(raw, message, exc, transport=transport, now=now)
+        except Exception as exc:
+            logger.exception("unexpected error reading or mapping a message")
+            error = GatewayError(f"internal error while reading the message ({type(exc).__name__})")
+            return self._store_rejected(raw, message, error, transport=transport, now=now)
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 return self._apply(raw, message, mapped, transport=transport, now=now)
@@ -167,6 +211,16 @@ class Pipeline:
                 return self._store_rejected(raw, message, error, transport=transport, now=now)
         return self._unavailable(message, None, now=now)
 
+    def _last_resort(self, raw: bytes, exc: Exception, *, transport: str, now: datetime) -> Outcome:
+        """Keep the raw message with an internal error; answer from its MSH if it can still be read."""
+        error = GatewayError(f"internal error ({type(exc).__name__})")
+        try:
+            message: er7.Message | None = er7.parse(raw)
+            return self._store_rejected(raw, message, error, transport=transport, now=now)
+        except Exception:
+            logger.exception("answering from the MSH failed too; answering without it")
+        return self._store_rejected(raw, None, error, transport=transport, now=now)
+
     def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
         header = _header_values(message)
         with transaction(self.db) as conn:
@@ -177,7 +231,7 @@ class Pipeline:
                 control_id=header["control_id"],
             )
             if previous is not None:
-                same = previous.content_sha256 == hashlib.sha256(raw).hexdigest()
+                same = same_content(raw, previous.raw)
                 return self._duplicate(repo, raw, message, previous.id, same=same, transport=transport, now=now)
             # The AA is written with the message: it only stands if the whole transaction commits.
             issues = _warnings(mapped)
@@ -192,7 +246,8 @@ class Pipeline:
                 event_time=mapped.event_time,
                 ack=ack,
             )
-            applied = apply_message(conn, mapped, message_id=message_id, now=now, tables=self.engine.tables)
+            with timed(FOLD_SECONDS):
+                applied = apply_message(conn, mapped, message_id=message_id, now=now, tables=self.engine.tables)
         if applied.notifications and self.on_commit is not None:
             self.on_commit()
         logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})
@@ -267,6 +322,9 @@ class Pipeline:
                 )
         except DBAPIError as db_exc:
             return self._unavailable(message, db_exc, now=now)
+        except Exception as store_exc:
+            logger.exception("storing a rejected message failed")
+            return self._unavailable(message, store_exc, now=now)
         logger.info("message %s", status, extra={"message_id": message_id, "error_code": exc.code})
         return _outcome(exc.ack_code, ack, message, message_id=message_id, status=status, issues=[issue])
 
@@ -292,9 +350,39 @@ class Pipeline:
         return outcome.ack
 
     def replay(self, message_id: int) -> Outcome:
-        """Run a stored message through the pipeline again (after a mapping fix, say)."""
+        """Run a stored message through the pipeline again (after a mapping fix, say).
+
+        An applied message is *reprocessed*: its facts are replaced by what the current mappings make of
+        it, and what is refolded differently gets new versions (and notifications), listed in
+        ``Outcome.changed``. Any other message (AE, AR) is ingested anew, as if resent.
+        """
         with self.db.connect() as conn:
             record = MessageRepo(conn).get(message_id)
         if record is None:
             raise LookupError(message_id)
-        return self.ingest(record.raw, transport="replay")
+        if record.status != "applied":
+            return self.ingest(record.raw, transport="replay")
+        return self._reprocess(record.id, record.raw)
+
+    def _reprocess(self, message_id: int, raw: bytes) -> Outcome:
+        now = self.clock()
+        message: er7.Message | None = None
+        try:
+            message = er7.parse(raw)
+            mapped = self.engine.map(message)
+            with transaction(self.db) as conn:
+                FactRepo(conn).forget_message(message_id)
+                applied = apply_message(conn, mapped, message_id=message_id, now=now, tables=self.engine.tables)
+        except GatewayError as exc:  # the current mappings refuse it: the stored state stays as it was
+            issue = _error_issue(exc)
+            ack = build_ack(message, code=exc.ack_code, issues=[issue], now=now)
+            return _outcome(exc.ack_code, ack, message, message_id=message_id, status="unchanged", issues=[issue])
+        except DBAPIError as exc:
+            return self._unavailable(message, exc, now=now)
+        if applied.notifications and self.on_commit is not None:
+            self.on_commit()
+        logger.info("message reprocessed", extra={"message_id": message_id, "changed": len(applied.changed)})
+        ack = build_ack(message, code="AA", issues=_warnings(mapped), now=now, text="reprocessed")
+        outcome = _outcome("AA", ack, message, message_id=message_id, status="reprocessed", issues=_warnings(mapped))
+        outcome.changed, outcome.notifications = applied.changed, applied.notifications
+        return outcome

@@ -11,7 +11,7 @@ from gateway.api.deps import RuntimeDep, require_token
 from gateway.db.engine import transaction
 from gateway.db.repo import MessageRecord, MessageRepo
 from gateway.errors import NotFoundError
-from gateway.metrics import MESSAGES
+from gateway.metrics import record_message
 from gateway.pipeline import utcnow
 from gateway.subscriptions.service import resend
 
@@ -70,12 +70,14 @@ async def replay(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
         outcome = await run_in_threadpool(runtime.pipeline.replay, message_id)
     except LookupError as exc:
         raise NotFoundError(f"message {message_id} not found") from exc
-    MESSAGES.labels(transport="replay", outcome=outcome.code).inc()
+    record_message(transport="replay", outcome=outcome.code, ack=outcome.ack)
     return {
         "code": outcome.code,
         "status": outcome.status,
         "message_id": outcome.message_id,
         "ack": outcome.ack.decode("latin-1"),
+        # What reprocessing gave a new version (after a mapping fix); empty when nothing changed.
+        "changed": [f"{r.type}/{r.id}/_history/{r.version_id}" for r in outcome.changed],
     }
 
 

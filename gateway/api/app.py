@@ -7,19 +7,30 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import text
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.middleware.gzip import GZipMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from gateway import __version__
-from gateway.api import admin, fhir, ingest, sandbox
+from gateway.api import admin, fhir, health, ingest, sandbox
+from gateway.api.edge import EdgeMiddleware
 from gateway.api.responses import fhir_response
+from gateway.api.rest import FhirRestMiddleware
+from gateway.db.stats import pool_figures, store_figures
 from gateway.errors import GatewayError
 from gateway.fhir.outcome import from_error, operation_outcome
+from gateway.metrics import StoreCollector
 from gateway.runtime import Runtime
 
 logger = logging.getLogger(__name__)
+#: Answers smaller than this are not worth compressing.
+GZIP_MINIMUM_BYTES = 1000
+#: Headers a browser client may read from a cross-origin answer (FHIR versioning and paging need them).
+CORS_EXPOSED = ["ETag", "Last-Modified", "Location", "Content-Location", "X-Request-ID"]
 
 
 def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
@@ -46,23 +57,53 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
     app.include_router(fhir.router)
     app.include_router(admin.router)
     app.include_router(sandbox.router)
+    app.include_router(health.router)
 
-    @app.get("/health", tags=["ops"], summary="Liveness and database reachability")
-    async def health() -> Response:
-        try:
-            with runtime.db.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception:
-            logger.exception("health check: database unreachable")
-            return Response('{"status":"unavailable"}', status_code=503, media_type="application/json")
-        return Response('{"status":"ok"}', media_type="application/json")
+    store = CollectorRegistry(auto_describe=False)
+    store.register(StoreCollector(lambda: store_figures(runtime.db), lambda: pool_figures(runtime.db)))
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        # The process-wide metrics, then this app's store gauges (read from the database now).
+        store_text = await run_in_threadpool(generate_latest, store)
+        return Response(generate_latest() + store_text, media_type=CONTENT_TYPE_LATEST)
 
     _install_error_handlers(app)
+    _install_middleware(app, runtime)
     return app
+
+
+def _install_middleware(app: FastAPI, runtime: Runtime) -> None:
+    """Outermost first: CORS (answers preflights), the edge (ids, access log, HEAD), gzip, FHIR REST."""
+    app.add_middleware(FhirRestMiddleware)
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MINIMUM_BYTES)
+    app.add_middleware(EdgeMiddleware, settings=runtime.settings)
+    origins = runtime.settings.cors_origins
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "If-None-Match", "Prefer", "X-Platform"],
+            expose_headers=CORS_EXPOSED,
+            max_age=600,
+        )
+
+
+#: Methods a route of ours may serve (probed one by one: included routers hide their routes' methods).
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette's own ``Allow`` names only the first route's)."""
+    methods = {
+        method
+        for method in METHODS
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL for route in app.router.routes)
+    }
+    if "GET" in methods:
+        methods.add("HEAD")
+    return sorted(methods)
 
 
 def _is_fhir(request: Request) -> bool:
@@ -73,7 +114,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
         status, body = from_error(exc)
-        return fhir_response(body, status=status)
+        return fhir_response(body, status=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -85,7 +126,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not-found", 405: "not-supported"}.get(exc.status_code, "processing")
-        return fhir_response(operation_outcome(str(exc.detail), code=code), status=exc.status_code)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request)) or headers.get("Allow", "")
+        body = operation_outcome(str(exc.detail), code=code)
+        return fhir_response(body, status=exc.status_code, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

@@ -6,12 +6,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import RuntimeDep, require_token
+from gateway.api.limits import json_body
 from gateway.api.responses import fhir_response, versioned
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
@@ -52,13 +52,8 @@ async def metadata(runtime: RuntimeDep) -> Response:
 
 
 async def _json_body(request: Request) -> JSON:
-    try:
-        body = orjson.loads(await request.body())
-    except orjson.JSONDecodeError as exc:
-        raise FhirError("the body is not valid JSON", issue_code="structure") from exc
-    if not isinstance(body, dict):
-        raise FhirError("the body must be a JSON object", issue_code="structure")
-    return body
+    settings = request.app.state.runtime.settings
+    return await json_body(request, max_bytes=settings.max_fhir_body_bytes, max_depth=settings.max_json_depth)
 
 
 def _check_channel(runtime: Runtime, body: JSON) -> None:
@@ -300,6 +295,8 @@ async def vread(rtype: str, rid: str, vid: str, runtime: RuntimeDep) -> Response
             found = ResourceRepo(conn).vread(rtype, rid, int(vid))
         if found is None:
             raise NotFoundError(f"{rtype}/{rid}/_history/{vid} not found")
+        if found.deleted:
+            raise FhirError(f"{rtype}/{rid}/_history/{vid} is a deletion", status=410, issue_code="deleted")
         return found.content
 
     return versioned(await run_in_threadpool(work))

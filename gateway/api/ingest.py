@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from gateway import logs
 from gateway.api.deps import RuntimeDep
-from gateway.metrics import MESSAGES
+from gateway.metrics import record_message
 
 router = APIRouter(tags=["ingest"])
 ACCEPTED_TYPES = frozenset({"application/hl7-v2", "text/plain", "x-application/hl7-v2+er7", "application/edi-hl7"})
@@ -70,7 +73,9 @@ async def ingest(request: Request, runtime: RuntimeDep) -> Response:
         raw = await read_body(request, limit=runtime.settings.max_message_bytes)
     except TransportError as exc:
         return Response(exc.text + "\n", status_code=exc.status, media_type="text/plain")
-    outcome = await run_in_threadpool(runtime.pipeline.ingest, raw, transport="http")
-    MESSAGES.labels(transport="http", outcome=outcome.code).inc()
+    started = time.perf_counter()
+    with logs.bound(control_id=logs.control_id_of(raw), transport="http"):
+        outcome = await run_in_threadpool(runtime.pipeline.ingest, raw, transport="http")
+    record_message(transport="http", outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started)
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")
     return Response(outcome.ack, media_type=f"{HL7_MEDIA}; charset={charset}", headers={"X-Ack-Code": outcome.code})

@@ -16,7 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import RuntimeDep
 from gateway.api.ingest import TransportError, read_body
-from gateway.convert import convert_messages
+from gateway.api.limits import cpu_budget
+from gateway.convert import Converted, convert_messages
 from gateway.fhir.outcome import operation_outcome
 
 router = APIRouter(prefix="/sandbox", tags=["sandbox"])
@@ -32,13 +33,23 @@ def split_messages(body: bytes) -> list[bytes]:
 
 @router.post("/convert", summary="Try messages on a throw-away store: ACKs and resulting FHIR, nothing kept")
 async def sandbox_convert(request: Request, runtime: RuntimeDep) -> Any:
+    settings = runtime.settings
     try:
-        body = await read_body(request, limit=runtime.settings.max_message_bytes * 10)
+        body = await read_body(request, limit=settings.sandbox_max_bytes)
     except TransportError as exc:
-        return JSONResponse(operation_outcome(exc.text, code="invalid"), status_code=exc.status)
+        code = "too-long" if exc.status == 413 else "invalid"
+        return JSONResponse(operation_outcome(exc.text, code=code), status_code=exc.status)
     messages = split_messages(body)[:MAX_MESSAGES]
-    result = await run_in_threadpool(convert_messages, messages, engine=runtime.engine)
+
+    def work() -> Converted:
+        # The budget is measured in the thread that does the work, so other requests' CPU does not count.
+        return convert_messages(messages, engine=runtime.engine, exhausted=cpu_budget(settings.sandbox_cpu_seconds))
+
+    result = await run_in_threadpool(work)
+    skipped = len(messages) - len(result.acks)
     return {
+        "skipped": skipped,
+        "skippedReason": f"CPU budget of {settings.sandbox_cpu_seconds:g} s used up" if skipped else None,
         "messages": [
             {
                 "code": code,

@@ -13,32 +13,85 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from gateway.config import Settings
+from gateway.errors import ConfigError, StartupError
+from gateway.metrics import COMMIT_SECONDS, timed
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
+def first_line(exc: BaseException) -> str:
+    """A driver error's first line, without SQLAlchemy's background link: enough to act on."""
+    origin = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(origin).splitlines() if line.strip()]
+    return lines[0] if lines else type(origin).__name__
+
+
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def safe_url(url: str) -> str:
+    """The URL for messages: password hidden, and never a traceback for a malformed one."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def _parse_url(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            "GATEWAY_DATABASE_URL is not a database URL (expected sqlite:///path or postgresql+psycopg://…)"
+        ) from exc
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError as exc:
+        raise ConfigError(f"GATEWAY_DATABASE_URL names an unknown database driver: {parsed.drivername}") from exc
+    return parsed
+
+
+def _sqlite_directory(database: str, data_dir: Path) -> None:
+    """Create the store's directory only inside the data directory; elsewhere it must exist.
+
+    A mistyped path (``sqlite:////data/gatway.db``) must fail, not start on a new, empty store.
+    """
+    folder = Path(database).parent.resolve()
+    if folder.is_dir():
+        return
+    home = data_dir.resolve()
+    if folder == home or home in folder.parents:
+        folder.mkdir(parents=True, exist_ok=True)
+        return
+    raise ConfigError(
+        f"SQLite directory {folder} does not exist (create it, or put the store under GATEWAY_DATA_DIR={home})"
+    )
 
 
 def make_engine(settings: Settings) -> Engine:
     """One engine per process. SQLite gets WAL, a busy timeout and the configured ``synchronous``."""
     url = settings.database_url
-    if is_sqlite(url):
-        database = make_url(url).database
-        in_memory = not database or database == ":memory:"
+    parsed = _parse_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        in_memory = not database or database == ":memory:" or "mode=memory" in str(parsed.query)
         if not in_memory:
-            Path(database or "").parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_directory(database or "", settings.data_dir)
         # An in-memory store lives in one connection: every session must share it (dry runs, sandbox).
         pool = {"poolclass": StaticPool} if in_memory else {}
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
+        lock_timeout = settings.db_lock_timeout
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout}, **pool)
         synchronous = settings.sqlite_synchronous.upper()
         if synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
             raise ValueError(f"GATEWAY_SQLITE_SYNCHRONOUS must be NORMAL, FULL or EXTRA, not {synchronous!r}")
@@ -51,7 +104,7 @@ def make_engine(settings: Settings) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={synchronous}")
-            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -59,7 +112,44 @@ def make_engine(settings: Settings) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        pool_timeout=settings.db_connect_timeout + settings.db_statement_timeout,
+        connect_args=postgres_connect_args(settings) if make_url(url).get_backend_name() == "postgresql" else {},
+    )
+
+
+def postgres_connect_args(settings: Settings) -> dict[str, Any]:
+    """libpq time limits: a database that does not answer fails the request instead of holding it forever."""
+    options = " ".join(
+        f"-c {name}={max(1, int(seconds * 1000))}"
+        for name, seconds in (
+            ("statement_timeout", settings.db_statement_timeout),
+            ("lock_timeout", settings.db_lock_timeout),
+        )
+        if seconds > 0
+    )
+    args: dict[str, Any] = {"connect_timeout": max(1, round(settings.db_connect_timeout))}
+    if options:
+        args["options"] = options
+    return args
+
+
+def ping(engine: Engine) -> None:
+    """One round trip to the database; raises when it is unreachable."""
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """True when the database is at the newest Alembic revision this code ships."""
+    heads = set(ScriptDirectory.from_config(alembic_config(str(engine.url))).get_heads())
+    with engine.connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    return current == heads
 
 
 _WRITE_LOCKS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
@@ -82,9 +172,16 @@ def write_lock(engine: Engine) -> AbstractContextManager[Any]:
 
 @contextlib.contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
-    """A write transaction: ``engine.begin()`` behind this process's SQLite write lock."""
-    with write_lock(engine), engine.begin() as conn:
-        yield conn
+    """A write transaction behind this process's SQLite write lock; its commit is timed for ``/metrics``."""
+    with write_lock(engine), engine.connect() as conn:
+        trans = conn.begin()
+        try:
+            yield conn
+        except BaseException:
+            trans.rollback()
+            raise
+        with timed(COMMIT_SECONDS):
+            trans.commit()
 
 
 def alembic_config(url: str) -> Config:
@@ -97,7 +194,10 @@ def alembic_config(url: str) -> Config:
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest Alembic revision (idempotent, safe at every start)."""
     cfg = alembic_config(engine.url.render_as_string(hide_password=False))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise StartupError(f"database unreachable: {safe_url(str(engine.url))}: {first_line(exc)}") from exc
     logger.info("schema migrated", extra={"database": engine.url.get_backend_name()})

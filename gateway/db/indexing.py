@@ -38,6 +38,8 @@ def search_entries(resource: JSON) -> list[Entry]:
         out += _reference("part-of", resource.get("partOf"))
         if resource.get("status"):
             out.append(("status", "", str(resource["status"])))
+        if (resource.get("period") or {}).get("start"):
+            out.append(("date", "", str(resource["period"]["start"])))  # for _sort=date
         if resource.get("class", {}).get("code"):
             out.append(("class", str(resource["class"].get("system", "")), str(resource["class"]["code"])))
     elif rtype == "Patient":

@@ -188,6 +188,11 @@ class FactRepo:
             )
         )
 
+    def forget_message(self, message_id: int) -> int:
+        """Drop the facts a message recorded, before reprocessing it through the current mappings."""
+        result = self.conn.execute(delete(facts).where(facts.c.message_id == message_id))
+        return int(result.rowcount or 0)
+
     def of(self, stream: str, *, kinds: Sequence[str] | None = None) -> list[JSON]:
         """The stream's facts in the order they were written (folds sort them by event time)."""
         query = select(facts.c.payload).where(facts.c.stream == stream).order_by(facts.c.id)
@@ -340,8 +345,13 @@ class ResourceRepo:
         limit: int,
         offset: int = 0,
         count: bool = True,
+        order: Sequence[tuple[str, bool]] = (),
+        updated: Sequence[tuple[str, datetime]] = (),
     ) -> tuple[list[StoredResource], int]:
         """Resources matching every (param, system or None, value) criterion; (page, total).
+
+        ``order`` is ``_sort``: (``_lastUpdated`` | ``_id`` | an indexed parameter, descending?) keys, newest
+        first by default. ``updated`` is ``_lastUpdated``: (``ge`` | ``lt``, instant) bounds.
 
         The first criterion is a one-level ``id IN (ids from the index on type, param, value)``; the others
         are correlated EXISTS. Driving from resources made SQLite scan every resource of the type, a DISTINCT
@@ -373,14 +383,37 @@ class ResourceRepo:
                     *([entry.c.system == system] if system is not None else []),
                 )
             )
-        rows = self.conn.execute(
-            matching.order_by(resources.c.last_updated.desc(), resources.c.id).limit(limit).offset(offset)
-        )
+        for op, bound in updated:
+            matching = matching.where(
+                resources.c.last_updated >= bound if op == "ge" else resources.c.last_updated < bound
+            )
+        rows = self.conn.execute(matching.order_by(*_sort_keys(rtype, order)).limit(limit).offset(offset))
         page = [_stored(r) for r in rows]
         if not count:
             return page, len(page)  # internal callers want the rows, not a total (one query fewer)
         total = int(self.conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one())
         return page, total
+
+
+def _sort_keys(rtype: str, order: Sequence[tuple[str, bool]]) -> list[Any]:
+    """ORDER BY for ``_sort``; the id breaks ties so that paging is stable."""
+    keys: list[Any] = []
+    for name, descending in order or [("_lastUpdated", True)]:
+        if name == "_lastUpdated":
+            column: Any = resources.c.last_updated
+        elif name == "_id":
+            column = resources.c.id
+        else:  # an indexed parameter (a date): its smallest indexed value, resources without it last
+            entry = search_index.alias()
+            column = (
+                select(func.min(entry.c.value))
+                .where(entry.c.type == rtype, entry.c.id == resources.c.id, entry.c.param == name)
+                .scalar_subquery()
+            )
+            keys.append(column.is_(None))
+        keys.append(column.desc() if descending else column.asc())
+    keys.append(resources.c.id)
+    return keys
 
 
 def _without_version(resource: JSON) -> JSON:

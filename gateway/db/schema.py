@@ -62,6 +62,13 @@ messages = Table(
     ),
 )
 
+#: The longest sender key each ``messages`` column holds; the pipeline refuses longer ones before storage
+#: (a key stored cut and looked up whole would never be found again as a duplicate).
+MESSAGE_KEY_LENGTHS: dict[str, int] = {
+    name: int(getattr(messages.c[name].type, "length", 0) or 0)
+    for name in ("sending_application", "sending_facility", "control_id")
+}
+
 #: Current version of each FHIR resource (JSON text, serialized with orjson).
 resources = Table(
     "resources",

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from gateway.db.repo import ResourceRepo, StoredResource
+from gateway.db.repo import ResourceRepo, StoredResource, fhir_instant
 from gateway.errors import FhirError
 from gateway.fhir.capability import SEARCH_PARAMS
 
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
-CONTROL = frozenset({"_count", "_offset", "_format"})
+#: Result parameters: they shape the answer, they do not filter (``_lastUpdated`` filters, on its own column).
+#: ``_totalMethod`` is HAPI's hint that fhirpy's ``count()`` sends: we always count exactly, so it is moot.
+CONTROL = frozenset(
+    {"_count", "_offset", "_format", "_pretty", "_summary", "_elements", "_sort", "_total", "_lastUpdated"}
+    | {"_totalMethod"}
+)
+#: Parameters ``_sort`` takes besides ``_lastUpdated`` and ``_id``: the date parameters, indexed as ISO text.
+SORTABLE = {"Encounter": frozenset({"date"})}
+TOTAL_MODES = frozenset({"none", "estimate", "accurate"})
+#: ``_lastUpdated`` prefixes → the bounds of the value's range they keep (ge low, lt high).
+PREFIXES = ("eq", "ge", "gt", "le", "lt", "sa", "eb")
 #: Reference parameters and the resource type they point at (``patient=123`` means ``Patient/123``).
 REFERENCE_TARGETS = {"patient": "Patient", "subject": "Patient", "part-of": "Encounter", "link": "Patient"}
 #: Reference parameters whose value must name its type (a member may be a Practitioner or an Organization).
@@ -59,13 +70,104 @@ def _int_param(params: Mapping[str, str], name: str, default: int, maximum: int)
     return min(value, maximum)
 
 
+def parse_sort(rtype: str, value: str | None) -> list[tuple[str, bool]]:
+    """``_sort=-_lastUpdated,_id``: (name, descending) keys; an unknown key is refused, not ignored."""
+    if not value:
+        return []
+    allowed = {"_lastUpdated", "_id"} | SORTABLE.get(rtype, frozenset())
+    keys = []
+    for part in (p.strip() for p in value.split(",")):
+        name = part.removeprefix("-")
+        if name not in allowed:
+            raise FhirError(
+                f"_sort on {name!r} is not supported for {rtype} (use {', '.join(sorted(allowed))})",
+                issue_code="not-supported",
+            )
+        keys.append((name, part.startswith("-")))
+    return keys
+
+
+def _instant_range(text: str) -> tuple[datetime, datetime]:
+    """A FHIR date or dateTime as the [start, end) range of its precision (``2026-03`` is all of March)."""
+    try:
+        if len(text) == 4:
+            start = datetime(int(text), 1, 1, tzinfo=UTC)
+            return start, start.replace(year=start.year + 1)
+        if len(text) == 7:
+            start = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+            month = start.month % 12 + 1
+            return start, start.replace(year=start.year + (start.month == 12), month=month)
+        if len(text) == 10:
+            start = datetime.fromisoformat(text).replace(tzinfo=UTC)
+            return start, start + timedelta(days=1)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        # In UTC: SQLite compares the stored UTC text, so an offset must not reach it.
+        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return moment, moment + timedelta(milliseconds=1)
+    except (ValueError, OverflowError) as exc:
+        raise FhirError(f"_lastUpdated: {text!r} is not a FHIR date or dateTime", issue_code="invalid") from exc
+
+
+def parse_last_updated(values: list[str]) -> list[tuple[str, datetime]]:
+    """``_lastUpdated=ge2026-03-01&_lastUpdated=lt2026-04`` → [("ge", …), ("lt", …)] bounds (AND-ed)."""
+    bounds: list[tuple[str, datetime]] = []
+    for value in values:
+        prefix = value[:2] if value[:2] in PREFIXES else "eq"
+        low, high = _instant_range(value[2:] if value[:2] in PREFIXES else value)
+        if prefix in ("eq", "ge"):
+            bounds.append(("ge", low))
+        if prefix in ("gt", "sa"):
+            bounds.append(("ge", high))
+        if prefix in ("eq", "le"):
+            bounds.append(("lt", high))
+        if prefix in ("lt", "eb"):
+            bounds.append(("lt", low))
+    return bounds
+
+
+def _total_mode(value: str | None) -> str:
+    if value is None:
+        return "accurate"
+    if value not in TOTAL_MODES:
+        raise FhirError(f"_total must be one of {', '.join(sorted(TOTAL_MODES))}", issue_code="invalid")
+    return value
+
+
 def search(repo: ResourceRepo, rtype: str, params: list[tuple[str, str]], *, base_url: str) -> dict[str, Any]:
+    """A searchset. ``_summary=count`` answers the total alone; ``_total=none`` skips counting."""
     criteria = parse_search(rtype, params)
     flat = dict(params)
     count = _int_param(flat, "_count", DEFAULT_COUNT, MAX_COUNT)
     offset = _int_param(flat, "_offset", 0, 10**9)
-    page, total = repo.search(rtype, criteria, limit=count, offset=offset)
-    return searchset(rtype, page, total=total, base_url=base_url, params=params, count=count, offset=offset)
+    order = parse_sort(rtype, flat.get("_sort"))
+    updated = parse_last_updated([v for k, v in params if k == "_lastUpdated"])
+    total_mode = _total_mode(flat.get("_total"))
+    only_count = flat.get("_summary") == "count"
+    page, total = repo.search(
+        rtype,
+        criteria,
+        limit=0 if only_count else count,
+        offset=offset,
+        count=only_count or total_mode != "none",
+        order=order,
+        updated=updated,
+    )
+    bundle = searchset(rtype, page, total=total, base_url=base_url, params=params, count=count, offset=offset)
+    if total_mode == "none" and not only_count:
+        bundle.pop("total")
+        if len(page) == count:  # without a total, a full page may have a next one
+            bundle["link"].append(_link(rtype, base_url, params, "next", count=count, at=offset + count))
+    if only_count:
+        bundle["link"] = bundle["link"][:1]
+    return bundle
+
+
+def _link(
+    rtype: str, base_url: str, params: list[tuple[str, str]], relation: str, *, count: int, at: int
+) -> dict[str, str]:
+    kept = [(k, v) for k, v in params if k not in ("_count", "_offset")]
+    query = urlencode([*kept, ("_count", str(count)), ("_offset", str(at))])
+    return {"relation": relation, "url": f"{base_url}/{rtype}?{query}"}
 
 
 def searchset(
@@ -78,11 +180,8 @@ def searchset(
     count: int,
     offset: int,
 ) -> dict[str, Any]:
-    kept = [(k, v) for k, v in params if k not in ("_count", "_offset")]
-
     def link(relation: str, at: int) -> dict[str, str]:
-        query = urlencode([*kept, ("_count", str(count)), ("_offset", str(at))])
-        return {"relation": relation, "url": f"{base_url}/{rtype}?{query}"}
+        return _link(rtype, base_url, params, relation, count=count, at=at)
 
     links = [link("self", offset)]
     if offset + count < total:
@@ -100,22 +199,34 @@ def searchset(
     }
 
 
+def _history_entry(v: StoredResource, *, base_url: str) -> dict[str, Any]:
+    """A version as a history entry; a deletion is a DELETE with no resource (its body is the previous one)."""
+    if v.deleted:
+        return {
+            "fullUrl": f"{base_url}/{v.type}/{v.id}",
+            "request": {"method": "DELETE", "url": f"{v.type}/{v.id}"},
+            "response": {
+                "status": "204",
+                "etag": f'W/"{v.version_id}"',
+                "lastModified": fhir_instant(v.last_updated),
+            },
+        }
+    return {
+        "fullUrl": f"{base_url}/{v.type}/{v.id}",
+        "resource": v.content,
+        "request": {"method": "PUT" if v.version_id > 1 else "POST", "url": f"{v.type}/{v.id}"},
+        "response": {
+            "status": "200" if v.version_id > 1 else "201",
+            "etag": f'W/"{v.version_id}"',
+            "lastModified": v.content.get("meta", {}).get("lastUpdated"),
+        },
+    }
+
+
 def history_bundle(versions: list[StoredResource], *, base_url: str) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
         "type": "history",
         "total": len(versions),
-        "entry": [
-            {
-                "fullUrl": f"{base_url}/{v.type}/{v.id}",
-                "resource": v.content,
-                "request": {"method": "PUT" if v.version_id > 1 else "POST", "url": f"{v.type}/{v.id}"},
-                "response": {
-                    "status": "200" if v.version_id > 1 else "201",
-                    "etag": f'W/"{v.version_id}"',
-                    "lastModified": v.content.get("meta", {}).get("lastUpdated"),
-                },
-            }
-            for v in versions
-        ],
+        "entry": [_history_entry(v, base_url=base_url) for v in versions],
     }

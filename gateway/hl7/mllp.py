@@ -35,6 +35,13 @@ _END_FIRST_BYTE = END_BLOCK[0]
 _LINGER_SECONDS = 2.0
 #: How long a close may wait for unsent bytes to flush before the transport is aborted.
 _CLOSE_SECONDS = 5.0
+#: How long a frame ending in a lone 0x1C waits for its 0x0D before it is taken as complete anyway.
+_LONE_END_GRACE_SECONDS = 0.25
+
+DEFAULT_IDLE_TIMEOUT = 300.0
+DEFAULT_FRAME_TIMEOUT = 60.0
+DEFAULT_MAX_CONNECTIONS = 256
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 32
 
 
 def frame(message: bytes) -> bytes:
@@ -74,9 +81,38 @@ class FrameDecoder:
         self._in_frame = False
         self._frame_start = 0  # index in _buffer of the first message byte (after the start block)
         self._scan_from = 0  # index in _buffer from which the end block has not been searched yet
+        self._swallow_cr = False  # a lone 0x1C ended the last frame: its late 0x0D is not garbage
+
+    @property
+    def in_frame(self) -> bool:
+        """A start block was seen and its frame is not complete yet."""
+        return self._in_frame
+
+    @property
+    def lone_end_pending(self) -> bool:
+        """The open frame's bytes end with 0x1C: either half an end block or a sender that omits 0x0D."""
+        return self._in_frame and bool(self._buffer) and self._buffer[-1] == _END_FIRST_BYTE
+
+    def finish_lone_end(self) -> bytes | None:
+        """Take the open frame as complete when it ends with a lone 0x1C and nothing else came.
+
+        Some senders end frames with 0x1C alone; they wait for an ACK that a strict reader never sends.
+        The caller decides when "nothing else came" (end of stream, or a short quiet spell).
+        """
+        if not self.lone_end_pending:
+            return None
+        end = len(self._buffer) - 1
+        message = self._take_message(end, [])
+        self._compact(end + 1)
+        self._swallow_cr = True
+        return message
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the messages they complete (framing bytes removed), in order."""
+        if self._swallow_cr and data:
+            self._swallow_cr = False
+            if data[:1] == END_BLOCK[1:]:
+                data = data[1:]
         self._buffer += data
         messages: list[bytes] = []
         pos = 0
@@ -139,6 +175,7 @@ class FrameDecoder:
         """Forget any partial frame (the discard counter is kept)."""
         self._buffer.clear()
         self._in_frame = False
+        self._swallow_cr = False
         self._frame_start = self._scan_from = 0
 
 
@@ -151,6 +188,7 @@ class _Connection:
     task: asyncio.Task[None] | None
     busy: bool = False
     acked: int = 0
+    host: str = ""
 
 
 def _peer_name(writer: asyncio.StreamWriter) -> str:
@@ -158,6 +196,26 @@ def _peer_name(writer: asyncio.StreamWriter) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer)
+
+
+def _peer_host(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Deadlines:
+    """When the peer must have sent something, on the loop's clock; bytes alone never push them back.
+
+    ``idle`` runs from the connection or the last ACK to the next complete message (a slowloris that
+    trickles a byte a second is closed all the same); ``frame`` from a start block to its end block.
+    """
+
+    idle: float
+    frame: float | None = None
+
+    def next(self) -> float:
+        return self.idle if self.frame is None else min(self.idle, self.frame)
 
 
 async def _close_writer(writer: asyncio.StreamWriter) -> None:
@@ -170,6 +228,11 @@ async def _close_writer(writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
     except OSError:
         pass  # the peer already reset the connection: it is closed either way
+
+
+def _lone_end_frame(decoder: FrameDecoder) -> list[bytes]:
+    message = decoder.finish_lone_end()
+    return [] if message is None else [message]
 
 
 class MLLPServer:
@@ -186,7 +249,10 @@ class MLLPServer:
         host: str = "127.0.0.1",
         port: int = 2575,
         max_message_bytes: int = 1_048_576,
-        idle_timeout: float = 300.0,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER,
         on_oversize: OversizeHandler | None = None,
     ) -> None:
         if max_message_bytes < 1:
@@ -196,6 +262,9 @@ class MLLPServer:
         self._requested_port = port
         self._max_message_bytes = max_message_bytes
         self._idle_timeout = idle_timeout
+        self._frame_timeout = frame_timeout
+        self._max_connections = max_connections
+        self._max_per_peer = max_connections_per_peer
         self._on_oversize = on_oversize
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
@@ -204,6 +273,8 @@ class MLLPServer:
         self.connections_total = 0
         self.messages_total = 0
         self.oversize_total = 0
+        self.refused_total = 0
+        self.timed_out_total = 0
 
     @property
     def port(self) -> int:
@@ -276,7 +347,14 @@ class MLLPServer:
         if self._stopping:
             await _close_writer(writer)
             return
-        conn = _Connection(peer=_peer_name(writer), writer=writer, task=asyncio.current_task())
+        host = _peer_host(writer)
+        refusal = self._over_limit(host)
+        if refusal:
+            self.refused_total += 1
+            logger.warning("MLLP connection from %s refused: %s", _peer_name(writer), refusal)
+            await _close_writer(writer)
+            return
+        conn = _Connection(peer=_peer_name(writer), writer=writer, task=asyncio.current_task(), host=host)
         self._connections.add(conn)
         self.connections_total += 1
         logger.info("MLLP connection from %s opened", conn.peer)
@@ -296,15 +374,25 @@ class MLLPServer:
             await _close_writer(writer)
             logger.info("MLLP connection from %s closed after %d ACKs", conn.peer, conn.acked)
 
+    def _over_limit(self, host: str) -> str | None:
+        """Why a new connection from ``host`` is refused (global or per-peer cap), or ``None``."""
+        if len(self._connections) >= self._max_connections:
+            return f"{self._max_connections} connections already open"
+        if sum(1 for c in self._connections if c.host == host) >= self._max_per_peer:
+            return f"{self._max_per_peer} connections already open from this address"
+        return None
+
     async def _serve(self, conn: _Connection, reader: asyncio.StreamReader) -> None:
         decoder = FrameDecoder(max_message_bytes=self._max_message_bytes)
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(idle=loop.time() + self._idle_timeout)
         while not self._stopping:
-            data = await self._read(conn, reader)
-            if not data:
+            data = await self._read(conn, reader, decoder, deadlines)
+            if data is None:
                 return
             discarded_before = decoder.discarded_bytes
             try:
-                messages = decoder.feed(data)
+                messages = decoder.feed(data) if data else _lone_end_frame(decoder)
             except FrameTooLargeError as exc:
                 if await self._handle(conn, exc.completed):
                     await self._reject_oversize(conn, reader, exc.prefix)
@@ -313,15 +401,43 @@ class MLLPServer:
                 self._warn_discarded(conn, decoder.discarded_bytes - discarded_before)
             if not await self._handle(conn, messages):
                 return
+            deadlines = self._next_deadlines(deadlines, decoder, got_messages=bool(messages), now=loop.time())
 
-    async def _read(self, conn: _Connection, reader: asyncio.StreamReader) -> bytes:
-        """Next bytes from the peer; empty at end of stream or when the peer stayed idle too long."""
+    def _next_deadlines(
+        self, current: Deadlines, decoder: FrameDecoder, *, got_messages: bool, now: float
+    ) -> Deadlines:
+        idle = now + self._idle_timeout if got_messages else current.idle
+        if not decoder.in_frame:
+            return Deadlines(idle=idle)
+        frame_deadline = current.frame if current.frame is not None and not got_messages else now + self._frame_timeout
+        return Deadlines(idle=idle, frame=frame_deadline)
+
+    async def _read(
+        self, conn: _Connection, reader: asyncio.StreamReader, decoder: FrameDecoder, deadlines: Deadlines
+    ) -> bytes | None:
+        """Next bytes from the peer; ``b""`` when a lone 0x1C frame end stood alone long enough; ``None`` to close.
+
+        ``None`` at end of stream (after taking a frame that ended in a lone 0x1C) and when a deadline passed.
+        """
+        lone_end = decoder.lone_end_pending
+        when = deadlines.next()
+        if lone_end:
+            when = min(when, asyncio.get_running_loop().time() + _LONE_END_GRACE_SECONDS)
         try:
-            async with asyncio.timeout(self._idle_timeout):
-                return await reader.read(_READ_CHUNK)
+            async with asyncio.timeout_at(when):
+                data = await reader.read(_READ_CHUNK)
         except TimeoutError:
-            logger.info("MLLP connection from %s idle for %.1f s; closing it", conn.peer, self._idle_timeout)
-            return b""
+            if lone_end and decoder.lone_end_pending:
+                return b""
+            self.timed_out_total += 1
+            what = "a frame" if deadlines.frame is not None and deadlines.frame <= deadlines.idle else "a message"
+            logger.info("MLLP connection from %s sent no complete %s in time; closing it", conn.peer, what)
+            return None
+        if not data:
+            if decoder.lone_end_pending:
+                return b""  # handled as a frame; the next read sees the end of stream again
+            return None
+        return data
 
     async def _handle(self, conn: _Connection, messages: list[bytes]) -> bool:
         """Run the handler on each message and write its ACK before the next; False once stopping."""

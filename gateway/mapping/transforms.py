@@ -19,6 +19,11 @@ from gateway.mapping.ids import ADELI_SYSTEM, NATIONAL_PS, PS_OID, RPPS_SYSTEM, 
 from gateway.mapping.tables import Tables
 
 PARIS = ZoneInfo("Europe/Paris")
+#: Years a DTM may carry. Outside this range a time cannot be moved to UTC or compared safely (year 1
+#: shifted by an offset leaves ``datetime``'s range): such values are garbage, read as "not a date".
+MIN_YEAR, MAX_YEAR = 1000, 9998
+#: UTC offsets exist from -12:00 to +14:00; HL7 allows any ``+HHMM``, ``datetime`` only under 24 h.
+MAX_OFFSET = timedelta(hours=14)
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
 #: Transforms that read a person (XCN): repetitions with the same name are one person (``ADELI~RPPS``).
 PERSON_TRANSFORMS = frozenset({"participant_xcn", "practitioner_ref_xcn"})
@@ -65,23 +70,35 @@ def transform(name: str) -> Callable[[Transform], Transform]:
 
 
 def parse_dtm(text: str, tz: ZoneInfo = PARIS) -> tuple[datetime, int] | None:
-    """HL7 DTM → (aware datetime, precision in characters). Naive times are French local time."""
+    """HL7 DTM → (aware datetime, precision in characters). Naive times are French local time.
+
+    Anything that is not a real instant (month 13, offset +2400, year 0001…) gives ``None``, never an
+    exception: a date is data from the sender, and a bad one must not stop the feed.
+    """
     match = _DTM.match(text.strip())
     if not match:
         return None
     year, month, day, hour, minute, second, _frac, offset = match.groups()
+    if not MIN_YEAR <= int(year) <= MAX_YEAR:
+        return None
     try:
         moment = datetime(int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0))
     except ValueError:
         return None
-    if offset:
-        sign = 1 if offset[0] == "+" else -1
-        delta = timedelta(hours=int(offset[1:3]), minutes=int(offset[3:5]))
-        moment = moment.replace(tzinfo=timezone(sign * delta))
-    else:
-        moment = moment.replace(tzinfo=tz)
+    zone = _offset_zone(offset) if offset else tz
+    if zone is None:
+        return None
     precision = len("".join(g for g in (year, month, day, hour, minute, second) if g))
-    return moment, precision
+    return moment.replace(tzinfo=zone), precision
+
+
+def _offset_zone(offset: str) -> timezone | None:
+    """``+HHMM`` / ``-HHMM`` → a fixed zone; ``None`` for minutes over 59 or an offset no place uses."""
+    hours, minutes = int(offset[1:3]), int(offset[3:5])
+    delta = timedelta(hours=hours, minutes=minutes)
+    if minutes > 59 or delta > MAX_OFFSET:
+        return None
+    return timezone(delta if offset[0] == "+" else -delta)
 
 
 def fhir_datetime(text: str, tz: ZoneInfo = PARIS) -> str | None:

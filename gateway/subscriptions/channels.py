@@ -11,15 +11,18 @@ for events): a retry after a lost response carries the same key.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hashlib
 import hmac
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 logger = logging.getLogger(__name__)
@@ -28,9 +31,29 @@ SIGNATURE_HEADER: Final = "X-Gateway-Signature"
 SIGNATURE_PREFIX: Final = "sha256="
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 FHIR_JSON: Final = "application/fhir+json"
+#: Hop-by-hop headers (RFC 9110 §7.6.1, RFC 2616 §13.5.1) and those that decide how the request is framed
+#: or routed: a subscriber setting them would send a second, conflicting copy beside the real one.
+FORBIDDEN_HEADERS: Final = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Connection",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+        "Content-Encoding",
+        "Host",
+        "Expect",
+    )
+)
 #: Headers the gateway sets itself; a ``channel.header`` cannot override them.
-_RESERVED_HEADERS: Final = frozenset(
-    h.lower() for h in (SIGNATURE_HEADER, IDEMPOTENCY_HEADER, "Content-Type", "Content-Length", "Host")
+_RESERVED_HEADERS: Final = FORBIDDEN_HEADERS | frozenset(
+    h.lower() for h in (SIGNATURE_HEADER, IDEMPOTENCY_HEADER, "Content-Type")
 )
 #: RFC 9110 token characters for a field name.
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -77,6 +100,95 @@ def parse_channel_headers(headers: Sequence[str]) -> dict[str, str]:
     return out
 
 
+def channel_header_refusal(headers: Iterable[object]) -> str | None:
+    """Why ``channel.header`` cannot be accepted (naming the header, never its value), or ``None``."""
+    for index, raw in enumerate(headers):
+        if not isinstance(raw, str):
+            return f"channel.header[{index}] must be a string"
+        name, sep, value = raw.partition(":")
+        name = name.strip()
+        if not sep or not _HEADER_NAME.match(name):
+            return f"channel.header[{index}] must be 'Name: value' with a valid header name"
+        if not _HEADER_VALUE.match(value.strip()):
+            return f"channel.header[{index}] ({name}) has characters not allowed in a header value"
+        if name.lower() in FORBIDDEN_HEADERS:
+            return f"channel.header[{index}]: {name} is a hop-by-hop or framing header and cannot be set"
+    return None
+
+
+# -- address pinning ------------------------------------------------------------------------------
+
+#: Host → vetted address for the requests of the current task; set by :meth:`RestHookChannel.send`.
+_PINS: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "gateway_pinned_addresses", default=None
+)
+
+
+class _PinningBackend(httpcore.AsyncNetworkBackend):
+    """Opens TCP connections to the vetted address of a host, never to a fresh DNS answer.
+
+    The URL keeps its host name, so the Host header, TLS SNI and certificate check are the host's; only
+    the socket goes to the address that was checked. A host with no pin is refused outright.
+    """
+
+    def __init__(self) -> None:
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        address = (_PINS.get() or {}).get(host.rstrip(".").lower().strip("[]"))
+        if address is None:
+            raise httpcore.ConnectError(f"no vetted address for {host!r}: refusing to resolve it again")
+        return await self._inner.connect_tcp(
+            address, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not used for deliveries")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+DELIVERY_LIMITS: Final = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+
+
+class PinnedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with its connection pool built on :class:`_PinningBackend`.
+
+    httpx does not take a network backend, so the pool it built is replaced by the same one with ours;
+    ``tests/unit/test_pinning.py`` checks on a real socket that connections go where they are pinned.
+    """
+
+    def __init__(self, *, limits: httpx.Limits = DELIVERY_LIMITS) -> None:
+        super().__init__(limits=limits)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            http1=True,
+            http2=False,
+            network_backend=_PinningBackend(),
+        )
+
+
+def delivery_client() -> httpx.AsyncClient:
+    """The client deliveries use: no redirects followed, connections only to vetted addresses."""
+    return httpx.AsyncClient(follow_redirects=False, transport=PinnedTransport())
+
+
 @dataclass(frozen=True, kw_only=True)
 class DeliveryResult:
     """Outcome of one POST; ``error`` holds a status code or exception class name, never a body."""
@@ -96,15 +208,44 @@ class RestHookChannel:
 
     def __init__(self, client: httpx.AsyncClient, *, timeout: float = 10.0) -> None:
         self._client = client
+        self._deadline = timeout
         self._timeout = httpx.Timeout(timeout)
 
     async def send(
-        self, *, endpoint: str, body: bytes, headers: Sequence[str], secret: str, idempotency_key: str
+        self,
+        *,
+        endpoint: str,
+        body: bytes,
+        headers: Sequence[str],
+        secret: str,
+        idempotency_key: str,
+        address: str | None = None,
     ) -> DeliveryResult:
         """Deliver ``body``; 2xx is success, 408/429/5xx and network errors are worth retrying.
 
+        ``address`` is the vetted address of the endpoint's host (see ``endpoints.vet_endpoint``): with
+        the :func:`delivery_client`, the connection goes there; ``None`` resolves the host as usual, for
+        allow-listed names only. The whole request, connection included,
+        has one deadline (``timeout``): a peer that answers a byte at a time cannot hold it longer.
         An empty ``secret`` sends no signature header rather than a signature anyone could forge.
         """
+        host = _host_for_log(endpoint)
+        # No address: an allow-listed host name, resolved as usual (the pin maps it to itself).
+        token = _PINS.set({host.rstrip(".").lower(): address or host})
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._post(
+                    endpoint=endpoint, body=body, headers=headers, secret=secret, idempotency_key=idempotency_key
+                )
+        except TimeoutError:
+            logger.info("delivery %s to %s: no answer within %.1f s (retryable)", idempotency_key, host, self._deadline)
+            return DeliveryResult(ok=False, status_code=None, error="deadline exceeded", retryable=True)
+        finally:
+            _PINS.reset(token)
+
+    async def _post(
+        self, *, endpoint: str, body: bytes, headers: Sequence[str], secret: str, idempotency_key: str
+    ) -> DeliveryResult:
         request_headers = parse_channel_headers(headers)
         request_headers["Content-Type"] = FHIR_JSON
         request_headers[IDEMPOTENCY_HEADER] = idempotency_key

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
+from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.utils import format_datetime
 
 from gateway.config import Settings
 from gateway.subscriptions.channels import DeliveryResult
@@ -39,6 +41,7 @@ class EmailChannel:
         message["From"] = self.settings.smtp_from
         message["To"] = endpoint.removeprefix("mailto:")
         message["Subject"] = subject
+        message["Date"] = format_datetime(datetime.now(UTC))  # RFC 5322 requires it; some relays refuse mail without
         message["Message-ID"] = f"<{idempotency_key.replace(':', '.')}@{self.settings.smtp_from.split('@')[-1]}>"
         message.set_content(text)
         try:

@@ -18,6 +18,7 @@ from gateway.db.indexing import search_entries
 from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
 from gateway.errors import FhirError, NotFoundError
 from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.subscriptions.channels import channel_header_refusal
 from gateway.subscriptions.endpoints import check_endpoint
 from gateway.subscriptions.matching import parse_criteria
 from gateway.subscriptions.topics import BY_URL
@@ -96,6 +97,14 @@ def _endpoint(channel: JSON, *, allowlist: list[str], resolver: Resolver | None)
     return endpoint
 
 
+def _channel_headers(channel: JSON) -> list[str]:
+    headers = channel.get("header") or []
+    refusal = channel_header_refusal(headers if isinstance(headers, list) else [headers])
+    if refusal:
+        raise FhirError(refusal, status=422, issue_code="value", location="Subscription.channel.header")
+    return [str(h) for h in headers]
+
+
 def parse_subscription(body: JSON, *, allowlist: list[str], resolver: Resolver | None = None) -> Parsed:
     """Check a submitted Subscription (structure, topic, filters, channel, endpoint). Errors are 4xx."""
     _validate(body)
@@ -129,7 +138,7 @@ def parse_subscription(body: JSON, *, allowlist: list[str], resolver: Resolver |
         endpoint=_endpoint(channel, allowlist=allowlist, resolver=resolver),
         channel_type=channel_type,
         payload_content=content,
-        headers=[str(h) for h in channel.get("header", [])],
+        headers=_channel_headers(channel),
         secret=secret,
         requested_status=str(body.get("status", "requested")),
         heartbeat_period=_int_extension(channel, HEARTBEAT_PERIOD, minimum=1),

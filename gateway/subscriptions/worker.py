@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,9 +26,10 @@ from sqlalchemy import Engine as DB
 from gateway.config import Settings
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
-from gateway.subscriptions.channels import DeliveryResult, RestHookChannel, idempotency_key
+from gateway.metrics import record_delivery
+from gateway.subscriptions.channels import DeliveryResult, RestHookChannel, delivery_client, idempotency_key
 from gateway.subscriptions.email import EmailChannel, notice
-from gateway.subscriptions.endpoints import check_endpoint
+from gateway.subscriptions.endpoints import vet_endpoint
 from gateway.subscriptions.notification import NotificationContext, NotificationEvent, build_notification_bundle
 from gateway.subscriptions.retry import RetryPolicy
 from gateway.subscriptions.service import set_status
@@ -112,7 +114,7 @@ class DeliveryWorker:
     ) -> None:
         self.db = db
         self.settings = settings
-        self.client = client or httpx.AsyncClient(follow_redirects=False)
+        self.client = client or delivery_client()
         self.rest_hook = RestHookChannel(self.client, timeout=settings.delivery_timeout)
         self.email = EmailChannel(settings)
         self.policy = RetryPolicy(
@@ -127,6 +129,8 @@ class DeliveryWorker:
         self._next_heartbeat_check = datetime.min.replace(tzinfo=UTC)
         self.delivered_total = 0
         self.failed_total = 0
+        #: ``time.monotonic()`` at the start of the last loop iteration: readiness checks the loop turns.
+        self.last_beat = time.monotonic()
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -143,6 +147,7 @@ class DeliveryWorker:
             # Cleared before looking, not after: a wake() that comes while run_once finds nothing (the
             # ingest commits meanwhile) must cut the wait short, not be lost for a whole poll interval.
             self._wake.clear()
+            self.last_beat = time.monotonic()
             try:
                 await asyncio.to_thread(self._queue_heartbeats)
                 count = await self.run_once()
@@ -164,7 +169,7 @@ class DeliveryWorker:
         jobs = await asyncio.to_thread(self._claim)
         if not jobs:
             return 0
-        results = await asyncio.gather(*(self._send(job) for job in jobs))
+        results = await asyncio.gather(*(self._timed_send(job) for job in jobs))
         await asyncio.to_thread(self._record, list(zip(jobs, results, strict=True)))
         return len(jobs)
 
@@ -248,6 +253,18 @@ class DeliveryWorker:
         )
         return Job(rows=rows, subscription=sub, body=body, bundle_id=bundle_id, subject=subject, text=text)
 
+    async def _timed_send(self, job: Job) -> DeliveryResult:
+        started = time.perf_counter()
+        result = await self._send(job)
+        seconds = time.perf_counter() - started
+        record_delivery(
+            channel=job.subscription.channel_type,
+            notification_type=job.head.notification_type,
+            ok=result.ok,
+            seconds=seconds,
+        )
+        return result
+
     async def _send(self, job: Job) -> DeliveryResult:
         sub = job.subscription
         # Handshakes and heartbeats carry event number 0: each gets its own key, not a shared "<id>:0"
@@ -261,13 +278,20 @@ class DeliveryWorker:
         )
         if sub.channel_type == "email":
             return await self.email.send(endpoint=sub.endpoint, subject=job.subject, text=job.text, idempotency_key=key)
-        refusal = await asyncio.to_thread(check_endpoint, sub.endpoint, allowlist=self.settings.endpoint_allowlist)
-        if refusal:
-            # DNS can change after registration: the endpoint is checked again before every send.
-            return DeliveryResult(ok=False, status_code=None, error=f"endpoint refused: {refusal}", retryable=False)
+        vetted = await asyncio.to_thread(vet_endpoint, sub.endpoint, allowlist=self.settings.endpoint_allowlist)
+        if vetted.refusal:
+            # DNS can change after registration: the endpoint is checked again before every send, and the
+            # connection goes to the address checked here (no second resolution that rebinding could change).
+            error = f"endpoint refused: {vetted.refusal}"
+            return DeliveryResult(ok=False, status_code=None, error=error, retryable=False)
         channel = self.rest_hook if not sub.timeout else RestHookChannel(self.client, timeout=self._timeout(sub))
         return await channel.send(
-            endpoint=sub.endpoint, body=job.body, headers=sub.headers, secret=sub.secret, idempotency_key=key
+            endpoint=sub.endpoint,
+            body=job.body,
+            headers=sub.headers,
+            secret=sub.secret,
+            idempotency_key=key,
+            address=vetted.address,
         )
 
     def _record(self, outcomes: list[tuple[Job, DeliveryResult]]) -> None:

@@ -15,6 +15,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -394,6 +395,8 @@ def test_email_channel_end_to_end(settings: Settings) -> None:
             raw = mail.as_string().upper()
             assert "MARTINEAU" not in raw and "GERTRUDE" not in raw and "100001" not in raw
             assert mail["Message-ID"] != handshake["Message-ID"]
+            sent_at = parsedate_to_datetime(str(mail["Date"]))  # RFC 5322: every mail has a Date
+            assert sent_at.tzinfo is not None and sent_at.utcoffset() is not None
 
     asyncio.run(asyncio.wait_for(scenario(), timeout=SCENARIO))
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, func, select
@@ -15,6 +17,7 @@ from gateway.hl7 import er7
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
 from gateway.subscriptions.topics import TOPIC_BASE
+from tests.conftest import MAPPINGS
 from tests.messages import IPP_SYSTEM, VISIT_SYSTEM, Adt
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -134,11 +137,31 @@ def test_a_failure_while_applying_rolls_back_and_keeps_the_message(
     assert encounter_of(db, "V-5001") is not None
 
 
-def test_replaying_an_applied_message_changes_nothing(pipeline: Pipeline, db: Engine) -> None:
+def test_replaying_an_applied_message_with_the_same_mappings_changes_nothing(pipeline: Pipeline, db: Engine) -> None:
     first = pipeline.ingest(Adt().bytes(), transport="mllp")
+    facts_before = count(db, schema.facts)
     again = pipeline.replay(first.message_id or 0)
-    assert (again.code, again.status) == ("AA", "duplicate")
+    assert (again.code, again.status, again.changed) == ("AA", "reprocessed", [])
+    assert again.message_id == first.message_id
     assert encounter_of(db, "V-5001")["meta"]["versionId"] == "1"  # type: ignore[index]
+    assert count(db, schema.facts) == facts_before  # replaced, not added
+
+
+def test_replay_after_a_mapping_fix_reprocesses_and_says_what_changed(
+    pipeline: Pipeline, db: Engine, tmp_path: Path
+) -> None:
+    first = pipeline.ingest(Adt(patient_class="I").bytes(), transport="mllp")
+    assert encounter_of(db, "V-5001")["class"]["code"] == "IMP"  # type: ignore[index]
+    fixed = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, fixed)
+    table = fixed / "codes" / "PatientClass_to_EncounterClass.csv"
+    table.write_text(table.read_text(encoding="utf-8").replace("I,IMP,", "I,ACUTE,"), encoding="utf-8")
+    pipeline.engine = MappingEngine.from_directory(fixed)
+    again = pipeline.replay(first.message_id or 0)
+    assert (again.code, again.status) == ("AA", "reprocessed")
+    assert "Encounter" in {r.type for r in again.changed}
+    stay = encounter_of(db, "V-5001")
+    assert stay is not None and stay["class"]["code"] == "ACUTE" and stay["meta"]["versionId"] == "2"
 
 
 def test_storage_down_answers_ar_so_the_sender_resends(mapping_engine: MappingEngine) -> None:

@@ -30,7 +30,7 @@ from gateway.pipeline import Pipeline
 from gateway.runtime import Runtime
 from gateway.subscriptions import worker as worker_module
 from gateway.subscriptions.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
-from gateway.subscriptions.endpoints import check_endpoint
+from gateway.subscriptions.endpoints import vet_endpoint
 from gateway.subscriptions.service import (
     SIGNING_SECRET,
     create_subscription,
@@ -631,7 +631,7 @@ def test_an_endpoint_resolving_to_a_private_address_at_send_time_is_refused(
     def resolver(host: str, port: int | None) -> list[tuple[Any, ...]]:
         return [(2, 1, 6, "", (resolved["address"], port or 443))]
 
-    monkeypatch.setattr(worker_module, "check_endpoint", partial(check_endpoint, resolver=resolver))
+    monkeypatch.setattr(worker_module, "vet_endpoint", partial(vet_endpoint, resolver=resolver))
     route = platform.post(endpoint).respond(200)
     harness = Harness(db, settings, clock, pipeline)
     try:

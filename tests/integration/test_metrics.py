@@ -1,0 +1,52 @@
+"""``/metrics``: conventional names, messages by outcome/trigger/sender, store gauges read at scrape time."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.metrics import MAX_LABEL_VALUES, OTHER, bounded
+from tests.api_helpers import subscribe
+from tests.messages import Adt
+
+HL7 = {"Content-Type": "application/hl7-v2"}
+
+
+def scrape(client: TestClient) -> dict[str, list[tuple[dict[str, str], float]]]:
+    answer = client.get("/metrics")
+    assert answer.status_code == 200
+    found: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(answer.text):
+        for sample in family.samples:
+            found.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return found
+
+
+def test_metrics_after_traffic(client: TestClient) -> None:
+    client.post("/hl7v2", content=Adt(control_id="M-1", facility="CH-METRICS").bytes(), headers=HL7)
+    subscribe(client, "encounter-start", "Encounter?patient.identifier=urn:oid:1.2.3|9")
+    metrics = scrape(client)
+    messages = [
+        labels
+        for labels, value in metrics["gateway_messages_total"]
+        if labels.get("sender") == "CH-METRICS" and value >= 1
+    ]
+    assert messages and messages[0]["trigger"] == "A01" and messages[0]["outcome"] == "AA"
+    assert messages[0]["transport"] == "http"
+    assert any(labels["transport"] == "http" for labels, _ in metrics["gateway_ack_latency_seconds_count"])
+    assert metrics["gateway_fold_duration_seconds_count"][0][1] >= 1
+    assert metrics["gateway_commit_duration_seconds_count"][0][1] >= 1
+    statuses = {labels["status"]: value for labels, value in metrics["gateway_subscriptions"]}
+    assert statuses["requested"] == 1 and statuses["active"] == 0
+    pending = dict((labels["subscription"], value) for labels, value in metrics["gateway_outbox_pending"])
+    assert list(pending.values()) == [1]  # the handshake waits: no worker runs here
+    assert metrics["gateway_outbox_oldest_pending_age_seconds"][0][1] >= 0
+    assert any(labels.get("route") == "/hl7v2" for labels, _ in metrics["gateway_http_request_duration_seconds_count"])
+
+
+def test_label_values_from_messages_are_cleaned_and_bounded() -> None:
+    assert bounded("test-kind", "CH TEST/<x>") == "CH_TEST__x_"
+    for n in range(MAX_LABEL_VALUES + 5):
+        last = bounded("test-flood", f"v{n}")
+    assert last == OTHER
+    assert bounded("test-flood", "v0") == "v0"  # known values keep their series
