@@ -73,8 +73,8 @@ def produced_resources(body: Any) -> list[JSON]:
 
 def profile_errors(answer: httpx.Response) -> list[str]:
     """Every profile error of the resources in a successful FHIR JSON answer."""
-    if answer.status_code >= 300 or "json" not in answer.headers.get("content-type", ""):
-        return []
+    if answer.status_code >= 300 or "json" not in answer.headers.get("content-type", "") or not answer.content:
+        return []  # errors, other formats, and HEAD answers (headers without a body) hold no resource
     out = []
     for resource in produced_resources(answer.json()):
         where = f"{resource.get('resourceType')}/{resource.get('id')}"
