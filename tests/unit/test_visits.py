@@ -1124,9 +1124,9 @@ def test_movement_place_unit_and_type() -> None:
     assert [c["code"] for c in second["type"][0]["coding"]] == ["A02", "M"]
 
 
-def test_movement_nature_outside_the_table_is_left_out() -> None:
+def test_movement_nature_outside_the_table_is_kept_as_sent() -> None:
     [only] = stay([move("A01", T0, "MV-1", nature="XYZ")]).movements
-    assert [c["code"] for c in only["type"][0]["coding"]] == ["A01"]
+    assert only["type"][0]["coding"][1:] == [{"system": RAW_NATURE_SYSTEM, "code": "XYZ"}]
 
 
 def test_movement_nature_already_coded_by_the_engine() -> None:
@@ -1136,8 +1136,9 @@ def test_movement_nature_already_coded_by_the_engine() -> None:
 
 
 def test_movement_nature_needs_the_table_when_bare() -> None:
+    """Without the table a bare code cannot be coded: it is kept as sent, never dropped."""
     [only] = fold_stay([move("A01", T0, "MV-1", nature="SH")]).movements
-    assert [c["code"] for c in only["type"][0]["coding"]] == ["A01"]
+    assert only["type"][0]["coding"][1:] == [{"system": RAW_NATURE_SYSTEM, "code": "SH"}]
 
 
 def test_movements_without_zbe_are_not_listed_but_end_the_previous_one() -> None:
