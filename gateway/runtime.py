@@ -38,7 +38,7 @@ class Runtime:
         db = make_engine(settings)
         if run_migrations:
             migrate(db)
-        worker = DeliveryWorker(db=db, settings=settings)
+        worker = DeliveryWorker(db=db, settings=settings, mediums=engine.tables.codes["ChannelType_to_Medium"])
         pipeline = Pipeline(engine=engine, db=db, on_commit=worker.wake)
         return cls(settings=settings, db=db, engine=engine, pipeline=pipeline, worker=worker)
 

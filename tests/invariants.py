@@ -149,6 +149,12 @@ def _references(resources: list[dict[str, Any]]) -> list[str]:
                 if not ref.get("identifier"):
                     out.append(f"{where}: {path} has neither a reference nor a logical identifier")
                 continue
+            if str(value).startswith("#"):
+                # a reference to a contained resource (ANS NdE: subject and requester are contained)
+                contained = {c.get("id") for c in resource.get("contained", [])}
+                if str(value)[1:] not in contained:
+                    out.append(f"{where}: {path}.reference {value!r} names no contained resource")
+                continue
             match = RELATIVE_REFERENCE.fullmatch(str(value))
             if match is None:
                 out.append(f"{where}: {path}.reference {value!r} is not a relative Type/id reference")

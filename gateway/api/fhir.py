@@ -17,12 +17,14 @@ from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
 from gateway.errors import FhirError, NotFoundError, PreconditionFailedError
 from gateway.fhir.capability import SEARCH_PARAMS, capability_statement
+from gateway.fhir.outcome import operation_outcome
 from gateway.fhir.search import history_bundle, search
 from gateway.fhir.topics import topic_resources
 from gateway.pipeline import utcnow
 from gateway.runtime import Runtime
 from gateway.state import platform as platform_edits
 from gateway.state.apply import Unit
+from gateway.subscriptions.nde_inbox import receive as receive_nde
 from gateway.subscriptions.notification import (
     NotificationContext,
     build_notification_bundle,
@@ -69,7 +71,7 @@ async def post_subscription(request: Request, runtime: RuntimeDep) -> Response:
     def work() -> tuple[JSON, str | None]:
         with transaction(runtime.db) as conn:
             stored, secret = create_subscription(
-                conn, body, allowlist=runtime.settings.endpoint_allowlist, now=utcnow()
+                conn, body, allowlist=runtime.settings.endpoint_allowlist, now=utcnow(), tables=runtime.engine.tables
             )
         return stored.content, secret
 
@@ -101,7 +103,12 @@ async def put_subscription(sub_id: str, request: Request, runtime: RuntimeDep) -
             if if_match and if_match.strip().removeprefix("W/").strip('"') != str(current.version_id):
                 raise PreconditionFailedError(f"Subscription/{sub_id} is at version {current.version_id}")
             stored = update_subscription(
-                conn, sub_id, body, allowlist=runtime.settings.endpoint_allowlist, now=utcnow()
+                conn,
+                sub_id,
+                body,
+                allowlist=runtime.settings.endpoint_allowlist,
+                now=utcnow(),
+                tables=runtime.engine.tables,
             )
         return stored.content
 
@@ -117,7 +124,8 @@ async def delete_subscription_route(sub_id: str, runtime: RuntimeDep) -> Respons
             delete_subscription(conn, sub_id, now=utcnow())
 
     await run_in_threadpool(work)
-    return Response(status_code=204)
+    # 200 with an OperationOutcome: ANS NdE flux 2 expects « 200 deleted » (FHIR allows 200 or 204)
+    return fhir_response(operation_outcome(f"Subscription/{sub_id} deleted", code="deleted", severity="information"))
 
 
 def _status_context(
@@ -133,6 +141,24 @@ def _status_context(
         base_url=runtime.settings.public_base(),
         error=sub.error,
     )
+
+
+@router.get("/Subscription/$status", summary="Status of several subscriptions (Backport $status, type level)")
+async def subscriptions_status(request: Request, runtime: RuntimeDep) -> Response:
+    """``id`` (repeatable, comma-separated) names the subscriptions; without it, every one."""
+    wanted = [i for raw in request.query_params.getlist("id") for i in raw.split(",") if i.strip()]
+
+    def work() -> JSON:
+        with runtime.db.connect() as conn:
+            repo = SubscriptionRepo(conn)
+            subs = [s for s in (repo.get(i.strip()) for i in wanted) if s] if wanted else repo.all()
+        entries = [
+            {"resource": build_status_parameters(_status_context(runtime, sub, kind="query-status"), [])}
+            for sub in subs
+        ]
+        return {"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries}
+
+    return fhir_response(await run_in_threadpool(work))
 
 
 @router.get("/Subscription/{sub_id}/$status", summary="Subscription status (Backport $status)")
@@ -170,6 +196,21 @@ async def subscription_events(
         return build_notification_bundle(ctx, events, bundle_id=uuid.uuid4().hex, now=utcnow())
 
     return fhir_response(await run_in_threadpool(work))
+
+
+@router.post("/CommunicationRequest", summary="Receive an ANS NdE event declaration (flux 3) or order (flux 4)")
+async def post_communication_request(request: Request, runtime: RuntimeDep) -> Response:
+    body = await _json_body(request)
+
+    def work() -> JSON:
+        with transaction(runtime.db) as conn:
+            stored = receive_nde(conn, body, tables=runtime.engine.tables, now=utcnow())
+        return stored.content
+
+    content = await run_in_threadpool(work)
+    runtime.worker.wake()
+    base = runtime.settings.public_base()
+    return versioned(content, status=201, location=f"{base}/CommunicationRequest/{content['id']}/_history/1")
 
 
 def _platform(request: Request) -> str:

@@ -28,6 +28,33 @@ def _reference(param: str, ref: JSON | None) -> list[Entry]:
     return []
 
 
+def _declaration_entries(resource: JSON) -> list[Entry]:
+    """ANS NdE declarations: the subject is the contained Patient, whose local id is the gateway Patient's
+    (``#<id>`` means ``Patient/<id>``) and whose identifiers answer ``patient.identifier``."""
+    out: list[Entry] = []
+    ref = str((resource.get("subject") or {}).get("reference", ""))
+    if ref.startswith("#"):
+        out += [("subject", "", f"Patient/{ref[1:]}"), ("patient", "", f"Patient/{ref[1:]}")]
+        for item in resource.get("contained", []):
+            if item.get("id") == ref[1:]:
+                out += [
+                    ("patient.identifier", str(i.get("system", "")), str(i["value"]))
+                    for i in item.get("identifier", [])
+                    if i.get("value")
+                ]
+    elif ref:
+        out += [("subject", "", ref), ("patient", "", ref)]
+    for ext in resource.get("extension", []):
+        if str(ext.get("url", "")).endswith("/StructureDefinition/event-type"):
+            for coding in (ext.get("valueCodeableConcept") or {}).get("coding", []):
+                if coding.get("code"):
+                    out.append(("event-type", str(coding.get("system", "")), str(coding["code"])))
+    out += _reference("encounter", resource.get("encounter"))
+    if resource.get("status"):
+        out.append(("status", "", str(resource["status"])))
+    return out
+
+
 def search_entries(resource: JSON) -> list[Entry]:
     """What ``Patient?identifier=``, ``Encounter?patient=`` and friends look up."""
     rtype = resource.get("resourceType")
@@ -58,9 +85,13 @@ def search_entries(resource: JSON) -> list[Entry]:
                 out += [("participant.identifier", system, value) for system, value in forms]
         if resource.get("status"):
             out.append(("status", "", str(resource["status"])))
+    elif rtype == "CommunicationRequest":
+        out += _declaration_entries(resource)
     elif rtype == "Subscription":
         if resource.get("status"):
             out.append(("status", "", str(resource["status"])))
         if resource.get("criteria"):
             out.append(("criteria", "", str(resource["criteria"])[:255]))
+            # Backport: ``url`` is the topic canonical (the criteria of a topic-based subscription)
+            out.append(("url", "", str(resource["criteria"])[:255]))
     return out

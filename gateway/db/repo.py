@@ -459,6 +459,10 @@ class SubscriptionRecord:
     timeout: int | None = None
     max_count: int | None = None
     last_sent_at: datetime | None = None
+    #: ``backport`` or ``nde``: which payload builder and target the worker uses (same outbox, same order).
+    dialect: str = "backport"
+    start_at: datetime | None = None
+    end_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +504,9 @@ class SubscriptionRepo:
             "heartbeat_period": record.heartbeat_period,
             "timeout": record.timeout,
             "max_count": record.max_count,
+            "dialect": record.dialect,
+            "start_at": record.start_at,
+            "end_at": record.end_at,
         }
 
     def add(self, record: SubscriptionRecord) -> None:
@@ -531,23 +538,38 @@ class SubscriptionRepo:
         )
         return [_subscription(r) for r in rows]
 
+    def all(self) -> list[SubscriptionRecord]:
+        return [_subscription(r) for r in self.conn.execute(select(subscriptions).order_by(subscriptions.c.id))]
+
     def get(self, sub_id: str) -> SubscriptionRecord | None:
         row = self.conn.execute(select(subscriptions).where(subscriptions.c.id == sub_id)).first()
         return _subscription(row) if row else None
 
-    def listening(self, topic: str) -> list[SubscriptionRecord]:
+    def listening(self, topic: str, *, now: datetime | None = None) -> list[SubscriptionRecord]:
         """Subscriptions that record events for ``topic``.
 
         Requested ones queue them behind the handshake; those in error keep recording them (undelivered,
         readable through ``$events``) so that nothing is missed once the platform is back. Only ``off``
-        subscriptions record nothing.
+        subscriptions record nothing, and, given ``now``, none outside their validity (start, ``end``).
         """
-        rows = self.conn.execute(
+        query = (
             select(subscriptions)
             .where(subscriptions.c.topic == topic, subscriptions.c.status.in_(("requested", "active", "error")))
             .order_by(subscriptions.c.id)
         )
-        return [_subscription(r) for r in rows]
+        if now is not None:
+            query = query.where(
+                or_(subscriptions.c.end_at.is_(None), subscriptions.c.end_at > now),
+                or_(subscriptions.c.start_at.is_(None), subscriptions.c.start_at <= now),
+            )
+        return [_subscription(r) for r in self.conn.execute(query)]
+
+    def ended(self, *, now: datetime) -> list[str]:
+        """Subscriptions whose ``end`` has come and that are not ``off`` yet."""
+        rows = self.conn.execute(
+            select(subscriptions.c.id).where(subscriptions.c.end_at <= now, subscriptions.c.status != "off")
+        )
+        return [str(r[0]) for r in rows]
 
     def set_status(self, sub_id: str, status: str, *, error: str | None = None) -> None:
         self.conn.execute(update(subscriptions).where(subscriptions.c.id == sub_id).values(status=status, error=error))
@@ -583,6 +605,9 @@ def _subscription(row: Any) -> SubscriptionRecord:
         timeout=m["timeout"],
         max_count=m["max_count"],
         last_sent_at=utc(m["last_sent_at"]),
+        dialect=m["dialect"] or "backport",
+        start_at=utc(m["start_at"]),
+        end_at=utc(m["end_at"]),
     )
 
 

@@ -150,6 +150,10 @@ subscriptions = Table(
     Column("timeout", Integer, nullable=True),  # seconds per request (backport-timeout)
     Column("max_count", Integer, nullable=True),  # events per notification (backport-max-count)
     Column("last_sent_at", DateTime(timezone=True), nullable=True),
+    # What the platform speaks: "backport" (History Bundles) or "nde" (ANS NdE CommunicationRequests).
+    Column("dialect", String(16), nullable=False, server_default="backport"),
+    Column("start_at", DateTime(timezone=True), nullable=True),  # NdE Start: no event before it
+    Column("end_at", DateTime(timezone=True), nullable=True),  # Subscription.end: off from then on
 )
 
 #: Transactional outbox: written in the ingest transaction, drained by the delivery worker in order.

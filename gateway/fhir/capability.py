@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway import __version__
+from gateway.subscriptions import nde
 from gateway.subscriptions.topics import TOPICS
 
 TOPIC_CANONICAL_EXT = (
@@ -15,6 +16,23 @@ BACKPORT_IG = "http://hl7.org/fhir/uv/subscriptions-backport/ImplementationGuide
 #: The French guides every produced resource conforms to (its meta.profile), with their versions.
 FR_CORE_IG = "https://hl7.fr/ig/fhir/core/ImplementationGuide/hl7.fhir.fr.core|2.1.0"
 CDS_IG = "https://interop.esante.gouv.fr/ig/fhir/cds/ImplementationGuide/ans.fhir.fr.cds|2.0.1"
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport"
+BACKPORT_SERVER = f"{BACKPORT}/CapabilityStatement/backport-subscription-server-r4"
+BACKPORT_SUBSCRIPTION = f"{BACKPORT}/StructureDefinition/backport-subscription"
+#: Backport operations on Subscription: name → OperationDefinition canonical.
+BACKPORT_OPERATIONS = {
+    "status": f"{BACKPORT}/OperationDefinition/backport-subscription-status",
+    "events": f"{BACKPORT}/OperationDefinition/backport-subscription-events",
+}
+NDE_IG = "https://interop.esante.gouv.fr/ig/fhir/nde/ImplementationGuide/ans.fhir.fr.nde"
+#: The CapabilityStatements the gateway's own one says it meets: the Backport R4 server, and the three
+#: ANS NdE roles it plays (subscription manager, notification manager, emitter for the hospitals).
+INSTANTIATES = [
+    BACKPORT_SERVER,
+    nde.CAPABILITY_SUBSCRIPTION_MANAGER,
+    nde.CAPABILITY_NOTIFICATION_MANAGER,
+    nde.CAPABILITY_EMITTER,
+]
 
 #: type → search parameters (name, type, documentation)
 SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
@@ -43,43 +61,89 @@ SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
         ("participant.identifier", "token", "a member's RPPS (either form: RPPS system or idNatPs OID) or local id"),
         ("status", "token", "active | inactive"),
     ],
-    "Subscription": [("_id", "token", "logical id"), ("status", "token", "requested | active | error | off")],
+    "Subscription": [
+        ("_id", "token", "logical id"),
+        ("status", "token", "requested | active | error | off"),
+        ("url", "uri", "the topic canonical URL the subscription is for (Backport SHALL)"),
+    ],
+    "Basic": [("url", "uri", "a subscription topic by its canonical URL (Backport: R5 SubscriptionTopic as Basic)")],
+    "CommunicationRequest": [
+        ("_id", "token", "logical id"),
+        ("event-type", "token", "ANS NdE event type (TRE_R254): [system|]ADM or SOR"),
+        ("subject", "reference", "Patient/<id>: the patient an NdE event declaration is about"),
+        ("patient", "reference", "Patient/<id>"),
+        ("patient.identifier", "token", "the patient's INS or IPP, [system|]value"),
+        ("encounter", "reference", "Encounter/<stay id>"),
+        ("status", "token", "active | revoked"),
+    ],
 }
 
 
+def _interactions(rtype: str) -> list[dict[str, str]]:
+    if rtype == "Basic":
+        return [{"code": "read"}, {"code": "search-type"}]
+    codes = ["read", "vread", "history-instance", "search-type"]
+    if rtype == "Subscription":
+        codes += ["create", "update", "delete"]
+    if rtype == "CareTeam":
+        codes.append("update")
+    if rtype == "CommunicationRequest":
+        codes.append("create")  # NdE flux 3 (declarations) and flux 4 (orders) from others
+    return [{"code": c} for c in codes]
+
+
+def _resource(rtype: str, params: list[tuple[str, str, str]]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"type": rtype}
+    if rtype == "Subscription":
+        # Backport IG: the topics are advertised on the Subscription entry (context rest.resource).
+        entry["extension"] = [{"url": TOPIC_CANONICAL_EXT, "valueCanonical": t.url} for t in TOPICS]
+        entry["supportedProfile"] = [BACKPORT_SUBSCRIPTION, nde.PROFILE_SUBSCRIPTION]
+    elif rtype == "CommunicationRequest":
+        entry["supportedProfile"] = [nde.PROFILE_DECLARATION, nde.PROFILE_ORDER]
+    if rtype != "Basic":
+        entry |= {"versioning": "versioned", "readHistory": True}
+    entry["interaction"] = _interactions(rtype)
+    entry["searchParam"] = [{"name": n, "type": t, "documentation": d} for n, t, d in params]
+    if rtype == "Subscription":
+        entry["operation"] = [{"name": name, "definition": url} for name, url in BACKPORT_OPERATIONS.items()]
+    return entry
+
+
 def capability_statement(*, base_url: str, now: datetime) -> dict[str, Any]:
-    resources = []
-    for rtype, params in SEARCH_PARAMS.items():
-        interactions = [{"code": c} for c in ("read", "vread", "history-instance", "search-type")]
-        if rtype == "Subscription":
-            interactions += [{"code": "create"}, {"code": "update"}, {"code": "delete"}]
-        if rtype == "CareTeam":
-            interactions.append({"code": "update"})
-        resources.append(
-            {
-                "type": rtype,
-                "versioning": "versioned",
-                "readHistory": True,
-                "interaction": interactions,
-                "searchParam": [{"name": n, "type": t, "documentation": d} for n, t, d in params],
-            }
-        )
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": now.date().isoformat(),
         "publisher": "HL7 v2 → FHIR gateway for e-parcours platforms",
         "kind": "instance",
+        "instantiates": INSTANTIATES,
         "software": {"name": "hl7-fhir-gateway", "version": __version__},
         "implementation": {"description": "IHE PAM France ADT feeds as FHIR R4", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
-        "implementationGuide": [BACKPORT_IG, FR_CORE_IG, CDS_IG],
+        "implementationGuide": [BACKPORT_IG, NDE_IG, FR_CORE_IG, CDS_IG],
         "rest": [
             {
                 "mode": "server",
-                "extension": [{"url": TOPIC_CANONICAL_EXT, "valueCanonical": t.url} for t in TOPICS],
-                "resource": resources,
-            }
+                "documentation": (
+                    "Subscription manager (Backport topics and ANS NdE flux 1/2), event declarations (NdE "
+                    "flux 3, CommunicationRequest) and notification manager (NdE flux 4 received)."
+                ),
+                "resource": [_resource(rtype, params) for rtype, params in SEARCH_PARAMS.items()],
+            },
+            {
+                "mode": "client",
+                "documentation": (
+                    "Emitter and subscription manager towards the platforms: NdE flux 4 notification orders "
+                    "(POST {endpoint}/CommunicationRequest) and Backport notifications (POST {endpoint})."
+                ),
+                "resource": [
+                    {
+                        "type": "CommunicationRequest",
+                        "supportedProfile": [nde.PROFILE_ORDER],
+                        "interaction": [{"code": "create"}],
+                    }
+                ],
+            },
         ],
     }

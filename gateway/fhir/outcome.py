@@ -28,5 +28,7 @@ def operation_outcome(
 
 def from_error(exc: GatewayError) -> tuple[int, dict[str, Any]]:
     if isinstance(exc, FhirError):
-        return exc.status, operation_outcome(exc.message, code=exc.issue_code, details=exc.slug)
+        return exc.status, operation_outcome(
+            exc.message, code=exc.issue_code, details=exc.slug, expression=exc.location or None
+        )
     return 422, operation_outcome(exc.message, code="processing", details=exc.slug)

@@ -25,7 +25,13 @@ TOTAL_MODES = frozenset({"none", "estimate", "accurate"})
 #: ``_lastUpdated`` prefixes → the bounds of the value's range they keep (ge low, lt high).
 PREFIXES = ("eq", "ge", "gt", "le", "lt", "sa", "eb")
 #: Reference parameters and the resource type they point at (``patient=123`` means ``Patient/123``).
-REFERENCE_TARGETS = {"patient": "Patient", "subject": "Patient", "part-of": "Encounter", "link": "Patient"}
+REFERENCE_TARGETS = {
+    "patient": "Patient",
+    "subject": "Patient",
+    "part-of": "Encounter",
+    "link": "Patient",
+    "encounter": "Encounter",
+}
 #: Reference parameters whose value must name its type (a member may be a Practitioner or an Organization).
 TYPED_REFERENCES = frozenset({"participant"})
 
@@ -41,12 +47,17 @@ def parse_search(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, s
             raise FhirError(f"search parameter {name!r} is not supported for {rtype}", issue_code="not-supported")
         if not value:
             raise FhirError(f"search parameter {name!r} has no value", issue_code="invalid")
+        if name == "event-type" and "," in value:
+            # refused rather than read as one odd code: a list would silently find nothing
+            raise FhirError(
+                "event-type takes one code per search here (search ADM and SOR apart)", issue_code="not-supported"
+            )
         criteria.append(_criterion(name, value))
     return criteria
 
 
 def _criterion(name: str, value: str) -> tuple[str, str | None, str]:
-    if name in ("identifier", "class", "participant.identifier"):
+    if name in ("identifier", "class", "participant.identifier", "patient.identifier", "event-type"):
         system, sep, code = value.rpartition("|")
         return name, (system if sep else None), code
     parts = value.rstrip("/").split("/")

@@ -63,7 +63,12 @@ BUILTIN_CODE_TABLES = (
     "MessageStructure",
     "DeathOnDischarge",
     "CareTeamRole",
+    "TRE_R254_TypeEvenement",
+    "ADT_to_TRE_R254",
+    "ChannelType_to_Medium",
 )
+#: ANS NdE: the TRE_R254 event types ADT triggers express (each checked against the terminology table).
+EVENT_TYPE_TABLE, EVENT_TYPE_TERMINOLOGY = "ADT_to_TRE_R254", "TRE_R254_TypeEvenement"
 #: Segment maps the engine uses by name, besides those ADT.yaml names.
 BUILTIN_SEGMENT_MAPS = ("ROL_to_Participation", "PD1_to_Participation")
 
@@ -106,7 +111,6 @@ class EventSpec:
     kind: str
     action: str
     cancels: tuple[str, ...] = ()
-    topic_code: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +168,7 @@ def load_tables(directory: Path, *, transforms: frozenset[str]) -> Tables:
             raise ConfigError(f"{directory / 'segments' / name}.yaml: missing (the engine reads it)")
     events, event_segments = _load_events(directory / "messages" / "ADT.yaml", segments)
     authorities = _load_authorities(directory / "authorities.yaml")
+    _check_event_types(codes, events, where=directory / "codes" / f"{EVENT_TYPE_TABLE}.csv")
     return Tables(
         codes=codes,
         segments=segments,
@@ -267,7 +272,6 @@ def _load_events(path: Path, segments: dict[str, SegmentMap]) -> tuple[dict[str,
             kind=spec["kind"],
             action=action,
             cancels=tuple(spec.get("cancels") or ()),
-            topic_code=spec.get("topic_code"),
         )
     for spec in events.values():
         _check_event(spec, events, where=f"{path} event {spec.trigger}")
@@ -288,6 +292,21 @@ def _check_event(spec: EventSpec, events: dict[str, EventSpec], *, where: str) -
         raise ConfigError(f"{where}: a CANCEL event needs 'cancels' (the trigger(s) it undoes)")
     if spec.kind == "correction" and spec.action != "UPDATE":
         raise ConfigError(f"{where}: a correction is an UPDATE (ZBE-4), not {spec.action}")
+
+
+def _check_event_types(codes: dict[str, dict[str, CodeRow]], events: dict[str, EventSpec], *, where: Path) -> None:
+    """Each ADT → TRE_R254 row names an INSERT trigger and a code of the terminology, exactly as it is there
+    (code, system and display): a typo would send platforms an event type they cannot recognise."""
+    terminology = codes[EVENT_TYPE_TERMINOLOGY]
+    for trigger, row in codes[EVENT_TYPE_TABLE].items():
+        spec = events.get(trigger)
+        if spec is None or spec.action != "INSERT":
+            raise ConfigError(f"{where}: {trigger!r} is not an INSERT trigger of messages/ADT.yaml")
+        known = terminology.get(row.target_code)
+        if known is None:
+            raise ConfigError(f"{where}: {row.target_code!r} ({trigger}) is not a TRE_R254 code")
+        if (row.target_system, row.target_display) != (known.target_system, known.target_display):
+            raise ConfigError(f"{where}: {trigger} → {row.target_code}: system and display must be TRE_R254's")
 
 
 def _load_authorities(path: Path) -> Authorities:

@@ -40,8 +40,10 @@ from gateway.state.patients import (
     merge_payloads,
     patient_payload,
 )
-from gateway.state.visits import VisitFact, fold_stay
-from gateway.subscriptions.matching import Target, matches
+from gateway.state.visits import VisitFact, fold_stay, resolved_inserts
+from gateway.subscriptions.matching import Target, matches, patient_reference
+from gateway.subscriptions.nde import contained_subject
+from gateway.subscriptions.nde_declaration import declarations
 from gateway.subscriptions.topics import Change, Topic, fired, members_changed
 
 JSON = dict[str, Any]
@@ -91,7 +93,7 @@ class Unit:
     def listening(self, topic_url: str) -> list[SubscriptionRecord]:
         """Subscriptions recording ``topic_url``, read once per message."""
         if topic_url not in self._listening:
-            self._listening[topic_url] = SubscriptionRepo(self.conn).listening(topic_url)
+            self._listening[topic_url] = SubscriptionRepo(self.conn).listening(topic_url, now=self.now)
         return self._listening[topic_url]
 
     def notify_all(self) -> None:
@@ -162,6 +164,14 @@ def apply_message(conn: Connection, mapped: Mapped, *, message_id: int, now: dat
         refold_careteam(unit, survivor_id, action=mapped.action)
     unit.notify_all()
     return unit.result
+
+
+def record_received(unit: Unit, resource: JSON) -> StoredResource | None:
+    """Write a resource received through the API (an ANS NdE event declaration, flux 3) and notify the
+    subscriptions its topics select, in the caller's transaction, like a resource an ADT message made."""
+    stored = _put(unit, resource, action="INSERT")
+    unit.notify_all()
+    return stored
 
 
 def _record_demographics(unit: Unit, mapped: Mapped) -> None:
@@ -280,6 +290,8 @@ def _merge(unit: Unit, mapped: Mapped, *, merged_id: str, survivor_id: str) -> N
     unit.links.link(merged_id=merged_id, survivor_id=survivor_id, now=unit.now)
     unit._survivors.clear()
     _refold_patient(unit, merged_id, action=mapped.action)
+    # the survivor first: the merged patient's stays (and their NdE declarations) are now about him
+    _refold_patient(unit, survivor_id, action=mapped.action)
     stays, _ = unit.store.search(
         "Encounter", [("patient", None, f"Patient/{merged_id}")], limit=MAX_REFOLD, count=False
     )
@@ -309,8 +321,19 @@ def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
     stay = fold_stay(facts, natures=unit.tables.codes.get("MovementNature"))
     if stay.encounter is None:
         return  # nothing but cancels or corrections of movements never seen: nothing is created
-    _put(unit, _redirect(unit, stay.encounter), action=action)
+    encounter = _redirect(unit, stay.encounter)
+    _put(unit, encounter, action=action)
     _write_movements(unit, stay_id, [_redirect(unit, m) for m in stay.movements])
+    # ANS NdE flux 3: the stay's admission/discharge declarations, written in the same transaction
+    patient = unit.store.get("Patient", patient_reference(encounter).removeprefix("Patient/"))
+    event_types = unit.tables.codes["ADT_to_TRE_R254"]
+    for declaration in declarations(
+        stay=encounter,
+        inserts=resolved_inserts(facts),
+        patient=patient.content if patient else None,
+        event_types=event_types,
+    ):
+        _put(unit, declaration, action=action)
 
 
 def _write_movements(unit: Unit, stay_id: str, movements: list[JSON]) -> None:
@@ -357,9 +380,10 @@ def _target(unit: Unit, stored: StoredResource) -> tuple[JSON | None, Target]:
     if stored.type == "Patient":
         patient: JSON | None = content
     else:
-        ref = str(content.get("subject", {}).get("reference", ""))
+        ref = patient_reference(content)
         found = unit.store.get("Patient", ref.removeprefix("Patient/")) if ref.startswith("Patient/") else None
-        patient = found.content if found else None
+        # a declaration received from another emitter may name a patient we do not know: its contained copy
+        patient = found.content if found else contained_subject(content)
     aliases = unit.links.merged_into(str(patient["id"])) if patient else []
     alias_identifiers: list[JSON] = []
     for alias in aliases:

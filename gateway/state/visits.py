@@ -225,6 +225,16 @@ def _resolve(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
     return [(f, i not in cancelled) for i, f in enumerate(inserts)]
 
 
+def resolved_inserts(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
+    """The stay's inserts in event order with whether each is still live (for the NdE declarations)."""
+    return _resolve(facts)
+
+
+def event_moment(fact: VisitFact, edge: str) -> str:
+    """When a movement happened: PV1-44/45 (``edge`` start or end) when given, else ZBE-2, else event time."""
+    return _pv1_period(fact, edge) or _movement_time(fact)
+
+
 def _one_per_movement(inserts: list[VisitFact]) -> list[VisitFact]:
     """ZBE-1 is the movement's identity: an INSERT received again is the same movement (its latest
     recorded version stands). Inserts without ZBE-1 cannot be told apart and all count, and so do A08/A44,

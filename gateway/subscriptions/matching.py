@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from gateway.errors import FhirError
+from gateway.subscriptions.nde import event_type_codes, split_tokens
 
 JSON = dict[str, Any]
 
@@ -22,6 +23,8 @@ SUPPORTED = {
     "CareTeam": frozenset({"patient", "patient.identifier", "care-team-member"}),
 }
 SUPPORTED["Encounter"] = SUPPORTED["Encounter"] | {"care-team-member"}
+#: ANS NdE event declarations (flux 3): by TRE_R254 event type and by patient.
+SUPPORTED["CommunicationRequest"] = frozenset({"event-type", "patient", "patient.identifier", "facility"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +56,18 @@ def parse_criteria(text: str, *, resource: str) -> list[Filter]:
 
 
 def _token_match(value: str, identifiers: list[JSON]) -> bool:
-    system, sep, code = value.rpartition("|")
-    for ident in identifiers:
-        # FHIR token search: "code" any system, "system|code" that system, "|code" no system at all
-        if ident.get("value") == code and (not sep or (ident.get("system") or "") == system):
-            return True
+    """FHIR token search, a comma-separated list meaning OR (an NdE Subject's INS or IPP)."""
+    for token in split_tokens(value):
+        system, sep, code = token.rpartition("|")
+        for ident in identifiers:
+            # "code" any system, "system|code" that system, "|code" no system at all
+            if ident.get("value") == code and (not sep or (ident.get("system") or "") == system):
+                return True
     return False
+
+
+def _event_types(resource: JSON) -> list[JSON]:
+    return [{"system": system, "value": code} for system, code in event_type_codes(resource)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +86,7 @@ class Target:
     care_team_identifiers: tuple[JSON, ...] = ()
 
     def patient_ref(self) -> str:
-        if self.resource.get("resourceType") == "Patient":
-            return f"Patient/{self.resource.get('id')}"
-        return str(self.resource.get("subject", {}).get("reference", ""))
+        return patient_reference(self.resource)
 
     def patient_identifiers(self) -> list[JSON]:
         return [*((self.patient or {}).get("identifier", [])), *self.alias_identifiers]
@@ -96,6 +103,17 @@ def _facility(value: str, t: Target) -> bool:
     return source.rsplit("/", 1)[-1] == value
 
 
+def patient_reference(resource: JSON) -> str:
+    """``Patient/<id>`` of the resource's patient. An NdE declaration's subject is its contained Patient,
+    which keeps the gateway Patient's id as its local id: ``#<id>`` and ``Patient/<id>`` are one person."""
+    if resource.get("resourceType") == "Patient":
+        return f"Patient/{resource.get('id')}"
+    ref = str((resource.get("subject") or {}).get("reference", ""))
+    if ref.startswith("#") and resource.get("resourceType") == "CommunicationRequest":
+        return f"Patient/{ref[1:]}"
+    return ref
+
+
 PREDICATES: dict[str, Callable[[str, Target], bool]] = {
     "patient": _patient,
     "patient.identifier": lambda value, t: _token_match(value, t.patient_identifiers()),
@@ -104,6 +122,7 @@ PREDICATES: dict[str, Callable[[str, Target], bool]] = {
     "status": lambda value, t: t.resource.get("status") == value,
     "facility": _facility,
     "care-team-member": lambda value, t: _token_match(value, list(t.care_team_identifiers)),
+    "event-type": lambda value, t: _token_match(value, _event_types(t.resource)),
 }
 
 

@@ -15,9 +15,9 @@ NOTIFICATION_PROFILE: Final = (
 STATUS_PROFILE: Final = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-status-r4"
 )
-#: Extension on a ``notification-event`` parameter carrying the ANS NdE event code (``ADM``/``SOR``).
-#: The Backport IG has no slot for it; platforms following the ANS NdE guide key on it.
-EVENT_CODE_EXTENSION_URL: Final = f"{CANONICAL_BASE}/StructureDefinition/nde-event-code"
+#: Extension on a ``notification-event`` parameter carrying the ANS NdE event type (``ADM``/``SOR``): the
+#: Backport IG has no slot for it, so the official NdE event-type extension (a TRE_R254 CodeableConcept).
+EVENT_CODE_EXTENSION_URL: Final = "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-type"
 #: Extension on a ``notification-event`` for the care circle topic: who joined (``joined``) or left (``left``).
 MEMBER_CHANGE_EXTENSION_URL: Final = f"{CANONICAL_BASE}/StructureDefinition/careteam-member-change"
 EVENT_CODE_SYSTEM: Final = "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement"
@@ -77,11 +77,12 @@ def build_status_parameters(ctx: NotificationContext, events: Sequence[Notificat
     """The SubscriptionStatus ``Parameters`` alone: first entry of a notification, and the ``$status`` body.
 
     Handshakes and heartbeats carry no ``notification-event``. With an ``empty`` payload the events keep
-    their number and timestamp (so receivers can detect gaps) but reveal no reference at all.
+    their number and timestamp (so receivers can detect gaps) but reveal no reference at all, and the
+    ``topic`` is left out (Backport IG: empty notifications omit it).
     """
     parameters: list[dict[str, Any]] = [
         {"name": "subscription", "valueReference": {"reference": _subscription_url(ctx)}},
-        {"name": "topic", "valueCanonical": ctx.topic_url},
+        *([] if ctx.payload_content == "empty" else [{"name": "topic", "valueCanonical": ctx.topic_url}]),
         {"name": "status", "valueCode": ctx.status},
         {"name": "type", "valueCode": ctx.notification_type},
         # The R4 profile uses string for what is an int64 in R5.
@@ -152,7 +153,10 @@ def _event_parameter(ctx: NotificationContext, event: NotificationEvent) -> dict
     extensions: list[dict[str, Any]] = []
     if event.event_code:
         extensions.append(
-            {"url": EVENT_CODE_EXTENSION_URL, "valueCoding": {"system": EVENT_CODE_SYSTEM, "code": event.event_code}}
+            {
+                "url": EVENT_CODE_EXTENSION_URL,
+                "valueCodeableConcept": {"coding": [{"system": EVENT_CODE_SYSTEM, "code": event.event_code}]},
+            }
         )
     if event.member_changes and ctx.payload_content != "empty":
         extensions.append(

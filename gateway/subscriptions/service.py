@@ -18,10 +18,13 @@ from gateway.db.indexing import search_entries
 from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
 from gateway.errors import FhirError, NotFoundError
 from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.mapping.tables import EVENT_TYPE_TABLE, EVENT_TYPE_TERMINOLOGY, Tables
+from gateway.subscriptions import nde
 from gateway.subscriptions.channels import channel_header_refusal
 from gateway.subscriptions.endpoints import check_endpoint
 from gateway.subscriptions.matching import parse_criteria
-from gateway.subscriptions.topics import BY_URL
+from gateway.subscriptions.nde_subscription import is_nde, parse_nde
+from gateway.subscriptions.topics import BY_URL, TOPIC_BASE
 
 JSON = dict[str, Any]
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
@@ -30,6 +33,11 @@ PAYLOAD_CONTENT = f"{BACKPORT}/backport-payload-content"
 HEARTBEAT_PERIOD = f"{BACKPORT}/backport-heartbeat-period"
 TIMEOUT = f"{BACKPORT}/backport-timeout"
 MAX_COUNT = f"{BACKPORT}/backport-max-count"
+#: The Backport IG's R4 Subscription profile, claimed by every topic-based subscription the gateway returns.
+BACKPORT_PROFILE = f"{BACKPORT}/backport-subscription"
+DEFAULT_PAYLOAD_CONTENT = "id-only"
+#: ANS NdE subscriptions listen to the event declarations (flux 3), like any subscriber of this topic.
+NDE_TOPIC = f"{TOPIC_BASE}/event-declaration"
 #: Our extension on ``Subscription.channel``: the HMAC-SHA256 key for the body signature. A platform
 #: may send its own; otherwise one is generated and returned once, in the create response only.
 SIGNING_SECRET = f"{CANONICAL_BASE}/StructureDefinition/subscription-signing-secret"
@@ -57,6 +65,9 @@ class Parsed:
     heartbeat_period: int | None
     timeout: int | None
     max_count: int | None
+    dialect: str = "backport"
+    start_at: datetime | None = None
+    end_at: datetime | None = None
 
 
 def _extensions(element: JSON | None, url: str) -> list[JSON]:
@@ -105,9 +116,52 @@ def _channel_headers(channel: JSON) -> list[str]:
     return [str(h) for h in headers]
 
 
-def parse_subscription(body: JSON, *, allowlist: list[str], resolver: Resolver | None = None) -> Parsed:
-    """Check a submitted Subscription (structure, topic, filters, channel, endpoint). Errors are 4xx."""
+def _end(body: JSON) -> datetime | None:
+    """``Subscription.end``: from then on the subscription is ``off`` (an instant needs its offset)."""
+    if not body.get("end"):
+        return None
+    try:
+        end = datetime.fromisoformat(str(body["end"]).replace("Z", "+00:00"))
+    except ValueError:
+        end = None
+    if end is None or end.tzinfo is None:
+        raise FhirError(
+            "Subscription.end must be an instant with its offset", issue_code="value", location="Subscription.end"
+        )
+    return end
+
+
+def parse_subscription(
+    body: JSON, *, allowlist: list[str], resolver: Resolver | None = None, tables: Tables | None = None
+) -> Parsed:
+    """Check a submitted Subscription (structure, topic, filters, channel, endpoint). Errors are 4xx.
+
+    Two dialects share everything after parsing: the Backport IG's (``criteria`` a topic canonical) and
+    ANS NdE's (an ``NdE_SubscriptionNdE``, ``criteria`` a CommunicationRequest search; needs ``tables``
+    for the TRE_R254 event types).
+    """
     _validate(body)
+    if is_nde(body):
+        if tables is None:
+            raise FhirError("ANS NdE subscriptions are not accepted here", issue_code="not-supported")
+        request = parse_nde(
+            body,
+            known=tables.codes[EVENT_TYPE_TERMINOLOGY],
+            emitted=frozenset(r.target_code for r in tables.codes[EVENT_TYPE_TABLE].values()),
+        )
+        channel_parts = _channel(body, allowlist=allowlist, resolver=resolver)
+        return Parsed(
+            topic=NDE_TOPIC,
+            filters=request.filters,
+            requested_status=str(body.get("status", "requested")),
+            heartbeat_period=None,
+            timeout=None,
+            max_count=None,
+            dialect=nde.DIALECT,
+            start_at=request.start,
+            end_at=request.end,
+            **channel_parts,
+        )
     topic = BY_URL.get(str(body.get("criteria", "")))
     if topic is None:
         known = ", ".join(sorted(BY_URL))
@@ -115,6 +169,21 @@ def parse_subscription(body: JSON, *, allowlist: list[str], resolver: Resolver |
     filters = []
     for ext in _extensions(body.get("_criteria"), FILTER_CRITERIA):
         filters += [f.as_json() for f in parse_criteria(str(ext.get("valueString", "")), resource=topic.resource)]
+    channel = body.get("channel") or {}
+    return Parsed(
+        topic=topic.url,
+        filters=filters,
+        requested_status=str(body.get("status", "requested")),
+        heartbeat_period=_int_extension(channel, HEARTBEAT_PERIOD, minimum=1),
+        timeout=_int_extension(channel, TIMEOUT, minimum=1, maximum=MAX_TIMEOUT),
+        max_count=_int_extension(channel, MAX_COUNT, minimum=1, maximum=1000),
+        end_at=_end(body),
+        **_channel(body, allowlist=allowlist, resolver=resolver),
+    )
+
+
+def _channel(body: JSON, *, allowlist: list[str], resolver: Resolver | None) -> dict[str, Any]:
+    """The channel's type, endpoint, payload content, headers and signing secret (both dialects)."""
     channel = body.get("channel") or {}
     channel_type = str(channel.get("type"))
     if channel_type not in CHANNEL_TYPES:
@@ -125,37 +194,45 @@ def parse_subscription(body: JSON, *, allowlist: list[str], resolver: Resolver |
     ):
         raise FhirError("channel.payload must be application/fhir+json", issue_code="not-supported")
     allowed = EMAIL_CONTENTS if channel_type == "email" else PAYLOAD_CONTENTS
-    default = "id-only"
+    default = DEFAULT_PAYLOAD_CONTENT
     content = next((str(e.get("valueCode")) for e in _extensions(channel.get("_payload"), PAYLOAD_CONTENT)), default)
     if content not in allowed:
         raise FhirError(f"payload content for {channel_type} must be one of {sorted(allowed)}", issue_code="value")
     secret = next((str(e.get("valueString")) for e in _extensions(channel, SIGNING_SECRET)), None)
     if secret is not None and len(secret) < 16:
         raise FhirError("a signing secret must be at least 16 characters", issue_code="value")
-    return Parsed(
-        topic=topic.url,
-        filters=filters,
-        endpoint=_endpoint(channel, allowlist=allowlist, resolver=resolver),
-        channel_type=channel_type,
-        payload_content=content,
-        headers=_channel_headers(channel),
-        secret=secret,
-        requested_status=str(body.get("status", "requested")),
-        heartbeat_period=_int_extension(channel, HEARTBEAT_PERIOD, minimum=1),
-        timeout=_int_extension(channel, TIMEOUT, minimum=1, maximum=MAX_TIMEOUT),
-        max_count=_int_extension(channel, MAX_COUNT, minimum=1, maximum=1000),
-    )
+    return {
+        "endpoint": _endpoint(channel, allowlist=allowlist, resolver=resolver),
+        "channel_type": channel_type,
+        "payload_content": content,
+        "headers": _channel_headers(channel),
+        "secret": secret,
+    }
+
+
+def _initial_status(parsed: Parsed, *, now: datetime) -> str:
+    """``off`` once ``end`` has come; NdE subscriptions start ``active`` (NdE has no handshake: a
+    notification manager hears only notification orders); Backport ones ``requested``, handshake first."""
+    if parsed.end_at is not None and parsed.end_at <= now:
+        return "off"
+    return "active" if parsed.dialect == nde.DIALECT else "requested"
 
 
 def create_subscription(
-    conn: Connection, body: JSON, *, allowlist: list[str], now: datetime, resolver: Resolver | None = None
+    conn: Connection,
+    body: JSON,
+    *,
+    allowlist: list[str],
+    now: datetime,
+    resolver: Resolver | None = None,
+    tables: Tables | None = None,
 ) -> tuple[StoredResource, str | None]:
-    """Store a new subscription as ``requested`` and queue its handshake; returns (resource, new secret)."""
-    parsed = parse_subscription(body, allowlist=allowlist, resolver=resolver)
+    """Store a new subscription and queue its handshake if it needs one; returns (resource, new secret)."""
+    parsed = parse_subscription(body, allowlist=allowlist, resolver=resolver, tables=tables)
     secret = parsed.secret or secrets.token_urlsafe(32)
     record = SubscriptionRecord(
         id=uuid.uuid4().hex,
-        status="requested",
+        status=_initial_status(parsed, now=now),
         topic=parsed.topic,
         endpoint=parsed.endpoint,
         channel_type=parsed.channel_type,
@@ -169,15 +246,26 @@ def create_subscription(
         heartbeat_period=parsed.heartbeat_period,
         timeout=parsed.timeout,
         max_count=parsed.max_count,
+        dialect=parsed.dialect,
+        start_at=parsed.start_at,
+        end_at=parsed.end_at,
     )
     SubscriptionRepo(conn).add(record)
     stored = _write_resource(conn, body, record, now=now)
-    _queue_handshake(conn, record, now=now)
+    if record.status == "requested":
+        _queue_handshake(conn, record, now=now)
     return stored, None if parsed.secret else secret
 
 
 def update_subscription(
-    conn: Connection, sub_id: str, body: JSON, *, allowlist: list[str], now: datetime, resolver: Resolver | None = None
+    conn: Connection,
+    sub_id: str,
+    body: JSON,
+    *,
+    allowlist: list[str],
+    now: datetime,
+    resolver: Resolver | None = None,
+    tables: Tables | None = None,
 ) -> StoredResource:
     """PUT: change the channel, filters or topic; ``status: off`` pauses; ``requested`` (or ``active``) on a
     subscription in error or off asks for a new handshake and sends what it missed, in order."""
@@ -185,13 +273,13 @@ def update_subscription(
     current = subs.get(sub_id)
     if current is None:
         raise NotFoundError(f"Subscription/{sub_id} not found")
-    parsed = parse_subscription(body, allowlist=allowlist, resolver=resolver)
+    parsed = parse_subscription(body, allowlist=allowlist, resolver=resolver, tables=tables)
     status, error = current.status, current.error
     restart = parsed.requested_status in ("requested", "active") and current.status in ("error", "off")
-    if parsed.requested_status == "off":
+    if parsed.requested_status == "off" or (parsed.end_at is not None and parsed.end_at <= now):
         status, error = "off", None
     elif restart or parsed.endpoint != current.endpoint:
-        status, error = "requested", None  # a new endpoint must answer a handshake too
+        status, error = _initial_status(parsed, now=now), None  # a new endpoint must answer a handshake too
     record = replace(
         current,
         status=status,
@@ -206,12 +294,18 @@ def update_subscription(
         heartbeat_period=parsed.heartbeat_period,
         timeout=parsed.timeout,
         max_count=parsed.max_count,
+        dialect=parsed.dialect,
+        start_at=parsed.start_at,
+        end_at=parsed.end_at,
     )
     subs.update(record)
-    if status == "requested" and (current.status != "requested" or parsed.endpoint != current.endpoint):
-        # A new endpoint gets a fresh handshake budget even if the old one was still being tried.
-        OutboxRepo(conn).requeue(sub_id, now=now)
-        _queue_handshake(conn, record, now=now)
+    if status != current.status or parsed.endpoint != current.endpoint:
+        if status == "requested":
+            # A new endpoint gets a fresh handshake budget even if the old one was still being tried.
+            OutboxRepo(conn).requeue(sub_id, now=now)
+            _queue_handshake(conn, record, now=now)
+        elif status == "active":
+            OutboxRepo(conn).requeue(sub_id, now=now)  # NdE: no handshake, what waited goes out in order
     return _write_resource(conn, body, record, now=now)
 
 
@@ -229,9 +323,20 @@ def resend(conn: Connection, sub_id: str, *, now: datetime) -> int:
         raise NotFoundError(f"Subscription/{sub_id} not found")
     count = OutboxRepo(conn).requeue(sub_id, now=now)
     if current.status in ("error", "off"):
-        set_status(conn, sub_id, "requested", now=now)
-        _queue_handshake(conn, current, now=now)
+        if current.dialect == nde.DIALECT:
+            set_status(conn, sub_id, "active", now=now)
+        else:
+            set_status(conn, sub_id, "requested", now=now)
+            _queue_handshake(conn, current, now=now)
     return count
+
+
+def expire_ended(conn: Connection, *, now: datetime) -> list[str]:
+    """``Subscription.end`` honoured: subscriptions whose end has come go ``off`` (and record nothing)."""
+    ended = SubscriptionRepo(conn).ended(now=now)
+    for sub_id in ended:
+        set_status(conn, sub_id, "off", now=now)
+    return ended
 
 
 def _queue_handshake(conn: Connection, record: SubscriptionRecord, *, now: datetime) -> None:
@@ -248,7 +353,11 @@ def _write_resource(conn: Connection, body: JSON, record: SubscriptionRecord, *,
 
 
 def public_resource(body: JSON, *, sub_id: str, status: str, error: str | None) -> JSON:
-    """The Subscription as readable through FHIR: our status, and never the signing secret."""
+    """The Subscription as readable through FHIR: our status, and never the signing secret.
+
+    It claims the profile it meets: NdE's ``nde-subscription``, or the Backport IG's
+    ``backport-subscription``, with the payload content the gateway applies stated in its extension.
+    """
     resource = {k: v for k, v in body.items() if k not in ("meta", "text")}
     resource["id"] = sub_id
     resource["status"] = status
@@ -256,12 +365,29 @@ def public_resource(body: JSON, *, sub_id: str, status: str, error: str | None) 
     channel["extension"] = [e for e in channel.get("extension", []) if e.get("url") != SIGNING_SECRET]
     if not channel["extension"]:
         channel.pop("extension")
+    if is_nde(body):
+        resource["meta"] = {"profile": [nde.PROFILE_SUBSCRIPTION]}
+    else:
+        resource["meta"] = {"profile": [BACKPORT_PROFILE]}
+        channel = _with_payload_content(channel)
     resource["channel"] = channel
     if error:
         resource["error"] = error
     else:
         resource.pop("error", None)
     return resource
+
+
+def _with_payload_content(channel: JSON) -> JSON:
+    """Backport R4: ``channel.payload`` with its ``backport-payload-content`` extension, as applied."""
+    payload_ext = dict(channel.get("_payload") or {})
+    if not _extensions(payload_ext, PAYLOAD_CONTENT):
+        extension = [*payload_ext.get("extension", []), {"url": PAYLOAD_CONTENT, "valueCode": DEFAULT_PAYLOAD_CONTENT}]
+        payload_ext["extension"] = extension
+    out = {**channel, "_payload": payload_ext}
+    if channel.get("type") == "rest-hook" and not channel.get("payload"):
+        out["payload"] = "application/fhir+json"
+    return out
 
 
 def set_status(conn: Connection, sub_id: str, status: str, *, now: datetime, error: str | None = None) -> None:

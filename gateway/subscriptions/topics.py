@@ -81,6 +81,13 @@ def _cancelled_or_corrected(c: Change) -> bool:
     return c.action == "UPDATE"
 
 
+def _declared(c: Change) -> bool:
+    """An NdE event declaration was made (active), revoked, or restored: what the platform must hear."""
+    if c.prev is None:
+        return c.new.get("status") == "active"
+    return c.prev_status != c.new.get("status")
+
+
 def _dead(patient: JSON | None) -> bool:
     return bool(patient) and bool(patient.get("deceasedDateTime") or patient.get("deceasedBoolean"))  # type: ignore[union-attr]
 
@@ -158,6 +165,18 @@ TOPICS: tuple[Topic, ...] = (
         resource="CareTeam",
         event_code=None,
         fires=_circle_changed,
+    ),
+    Topic(
+        code="event-declaration",
+        title="Déclaration d'évènement (ANS NdE, flux 3)",
+        description=(
+            "An NdE event declaration (CommunicationRequest, TRE_R254 ADM or SOR) was made, revoked by a "
+            "cancellation, or restored. ANS NdE subscriptions (criteria CommunicationRequest?event-type=) "
+            "listen here; filters: event-type, patient, patient.identifier, facility."
+        ),
+        resource="CommunicationRequest",
+        event_code=None,
+        fires=_declared,
     ),
 )
 BY_URL = {t.url: t for t in TOPICS}

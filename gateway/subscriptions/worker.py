@@ -15,6 +15,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -26,13 +27,15 @@ from sqlalchemy import Engine as DB
 from gateway.config import Settings
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
+from gateway.mapping.tables import CodeRow
 from gateway.metrics import record_delivery
+from gateway.subscriptions import nde_order
 from gateway.subscriptions.channels import DeliveryResult, RestHookChannel, delivery_client, idempotency_key
 from gateway.subscriptions.email import EmailChannel, notice
 from gateway.subscriptions.endpoints import vet_endpoint
 from gateway.subscriptions.notification import NotificationContext, NotificationEvent, build_notification_bundle
 from gateway.subscriptions.retry import RetryPolicy
-from gateway.subscriptions.service import set_status
+from gateway.subscriptions.service import expire_ended, set_status
 from gateway.subscriptions.topics import BY_URL
 
 logger = logging.getLogger(__name__)
@@ -111,8 +114,11 @@ class DeliveryWorker:
         settings: Settings,
         client: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
+        mediums: Mapping[str, CodeRow] | None = None,
     ) -> None:
         self.db = db
+        #: ANS NdE flux 4 ``medium`` by channel type (mappings/codes/ChannelType_to_Medium.csv)
+        self.mediums = mediums or {}
         self.settings = settings
         self.client = client or delivery_client()
         self.rest_hook = RestHookChannel(self.client, timeout=settings.delivery_timeout)
@@ -180,6 +186,11 @@ class DeliveryWorker:
             return
         self._next_heartbeat_check = now + timedelta(seconds=HEARTBEAT_CHECK_SECONDS)
         with self.db.connect() as conn:
+            ended = SubscriptionRepo(conn).ended(now=now)
+        if ended:
+            with transaction(self.db) as conn:
+                expire_ended(conn, now=now)
+        with self.db.connect() as conn:
             due = [s for s in SubscriptionRepo(conn).with_heartbeat() if _heartbeat_due(s, now)]
         if not due:
             return
@@ -222,6 +233,10 @@ class DeliveryWorker:
 
     def _job(self, conn: Connection, rows: list[OutboxRecord], sub: SubscriptionRecord, *, now: datetime) -> Job:
         head = rows[0]
+        base_url = self.settings.public_base()
+        order = nde_order.build_order(conn, rows, sub, base_url=base_url, mediums=self.mediums)
+        if order is not None:  # ANS NdE dialect: a flux 4 CommunicationRequest instead of a Bundle
+            return Job(rows=rows, subscription=sub, body=order.body, bundle_id=order.id)
         events = notification_events(conn, rows, payload_content=sub.payload_content)
         ctx = NotificationContext(
             subscription_id=sub.id,
@@ -285,14 +300,15 @@ class DeliveryWorker:
             error = f"endpoint refused: {vetted.refusal}"
             return DeliveryResult(ok=False, status_code=None, error=error, retryable=False)
         channel = self.rest_hook if not sub.timeout else RestHookChannel(self.client, timeout=self._timeout(sub))
-        return await channel.send(
-            endpoint=sub.endpoint,
+        result = await channel.send(
+            endpoint=nde_order.target(sub),  # the same host as sub.endpoint: the vetted address holds
             body=job.body,
             headers=sub.headers,
             secret=sub.secret,
             idempotency_key=key,
             address=vetted.address,
         )
+        return nde_order.judge(sub, result)
 
     def _record(self, outcomes: list[tuple[Job, DeliveryResult]]) -> None:
         now = self.now()

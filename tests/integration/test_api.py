@@ -73,8 +73,11 @@ def test_capability_statement_is_valid_r4_and_lists_the_topics(client: TestClien
     body = answer.json()
     CapabilityStatement.model_validate(body)
     assert body["fhirVersion"] == "4.0.1"
-    canonicals = {e["valueCanonical"] for e in body["rest"][0]["extension"] if e["url"] == TOPIC_CANONICAL_EXT}
+    # Backport IG: the extension's context is CapabilityStatement.rest.resource (the Subscription entry)
+    (subscription,) = [r for r in body["rest"][0]["resource"] if r["type"] == "Subscription"]
+    canonicals = {e["valueCanonical"] for e in subscription["extension"] if e["url"] == TOPIC_CANONICAL_EXT}
     assert {f"{TOPIC_BASE}/encounter-start", f"{TOPIC_BASE}/encounter-end"} <= canonicals
+    assert "extension" not in body["rest"][0]
 
 
 def test_capability_statement_names_fr_core_and_cds(client: TestClient) -> None:
@@ -235,7 +238,8 @@ def test_topics_are_readable_as_backport_basic_resources(client: TestClient) -> 
         Basic.model_validate(entry["resource"])
         urls |= {e["valueUri"] for e in entry["resource"]["extension"] if e["url"].endswith("SubscriptionTopic.url")}
     metadata = client.get("/fhir/metadata").json()
-    advertised = {e["valueCanonical"] for e in metadata["rest"][0]["extension"] if e["url"] == TOPIC_CANONICAL_EXT}
+    (subscription,) = [r for r in metadata["rest"][0]["resource"] if r["type"] == "Subscription"]
+    advertised = {e["valueCanonical"] for e in subscription["extension"] if e["url"] == TOPIC_CANONICAL_EXT}
     assert urls == advertised
     one = client.get("/fhir/Basic/encounter-start").json()
     assert one["code"]["coding"][0]["code"] == "SubscriptionTopic"

@@ -17,4 +17,4 @@ def test_migrated_schema_matches_the_declared_tables(db: Engine) -> None:
 def test_migrating_twice_is_harmless(db: Engine) -> None:
     migrate(db)
     with db.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0001"
+        assert MigrationContext.configure(conn).get_current_revision() == "0003_nde"

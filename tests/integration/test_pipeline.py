@@ -56,7 +56,14 @@ def test_admission_is_stored_applied_and_acknowledged(pipeline: Pipeline, db: En
     outcome = pipeline.ingest(Adt().bytes(), transport="http")
     assert outcome.code == "AA"
     assert msa(outcome.ack) == ("AA", "MSG-1")
-    assert {r.type for r in outcome.changed} == {"Patient", "Practitioner", "Encounter", "CareTeam"}
+    # CommunicationRequest: the ANS NdE admission declaration (flux 3), in the same transaction
+    assert {r.type for r in outcome.changed} == {
+        "Patient",
+        "Practitioner",
+        "Encounter",
+        "CareTeam",
+        "CommunicationRequest",
+    }
     encounter = encounter_of(db, "V-5001")
     assert encounter is not None
     assert encounter["status"] == "in-progress"

@@ -270,7 +270,7 @@ def test_delete_then_read_is_gone_and_no_more_events(client: TestClient, runtime
     feed.send()
     assert len(rows(runtime, sub_id, kind="event-notification")) == 1
 
-    assert client.delete(f"/fhir/Subscription/{sub_id}").status_code == 204
+    assert client.delete(f"/fhir/Subscription/{sub_id}").status_code == 200  # NdE flux 2: « 200 deleted »
     assert client.get(f"/fhir/Subscription/{sub_id}").status_code == 410
     assert client.get(f"/fhir/Subscription/{sub_id}/$status").status_code == 404
     assert client.get(f"/fhir/Subscription/{sub_id}/$events").status_code == 404

@@ -119,7 +119,10 @@ def test_id_only_payload() -> None:
     assert parts(ne, "focus")[0]["valueReference"] == {"reference": f"{BASE}/Encounter/abc"}
     assert parts(ne, "additional-context")[0]["valueReference"] == {"reference": f"{BASE}/Patient/p1"}
     assert ne["extension"] == [
-        {"url": EVENT_CODE_EXTENSION_URL, "valueCoding": {"system": EVENT_CODE_SYSTEM, "code": "ADM"}}
+        {
+            "url": EVENT_CODE_EXTENSION_URL,
+            "valueCodeableConcept": {"coding": [{"system": EVENT_CODE_SYSTEM, "code": "ADM"}]},
+        }
     ]
     entries = bundle["entry"][1:]
     assert [e["fullUrl"] for e in entries] == [f"{BASE}/Encounter/abc", f"{BASE}/Patient/p1"]
@@ -200,7 +203,10 @@ def test_multiple_events_order_preserved_and_no_duplicate_full_url() -> None:
     status = bundle["entry"][0]["resource"]
     nes = params_by_name(status, "notification-event")
     assert [parts(ne, "event-number")[0]["valueString"] for ne in nes] == ["5", "6", "7"]
-    assert [ne.get("extension", [{}])[0].get("valueCoding", {}).get("code") for ne in nes] == [
+    codes = [
+        ne.get("extension", [{}])[0].get("valueCodeableConcept", {}).get("coding", [{}])[0].get("code") for ne in nes
+    ]
+    assert codes == [
         "ADM",
         "SOR",
         None,

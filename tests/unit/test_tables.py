@@ -339,3 +339,29 @@ def test_check_mappings_command_fails_with_the_file_name(copy: Path, capsys: pyt
     assert "configuration error" in err
     assert "PV1_to_Encounter.yaml" in err
     assert "location_magic" in err
+
+
+# -- ANS NdE: ADT triggers → TRE_R254 event types ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "fragment"),
+    [
+        ("A01,ADM,", "A01,ADX,", "'ADX' (A01) is not a TRE_R254 code"),
+        ("A03,SOR,", "A99,SOR,", "'A99' is not an INSERT trigger"),
+        ("A03,SOR,", "A13,SOR,", "'A13' is not an INSERT trigger"),
+        ("de santé,ASS_A13 SOR", "de sante,ASS_A13 SOR", "system and display must be TRE_R254's"),
+    ],
+    ids=["unknown-code", "unknown-trigger", "cancel-trigger", "wrong-display"],
+)
+def test_event_type_table_checked_against_the_terminology(copy: Path, old: str, new: str, fragment: str) -> None:
+    edit(copy / "codes" / "ADT_to_TRE_R254.csv", old, new)
+    fails(copy, "ADT_to_TRE_R254.csv", fragment)
+
+
+def test_event_type_table_names_only_what_adt_expresses() -> None:
+    tables = check(MAPPINGS).tables
+    terminology = tables.codes["TRE_R254_TypeEvenement"]
+    assert len(terminology) == 21  # TRE_R254 version 20240329120000, every code
+    mapped = {t: r.target_code for t, r in tables.codes["ADT_to_TRE_R254"].items()}
+    assert mapped == {"A01": "ADM", "A04": "ADM", "A03": "SOR"}

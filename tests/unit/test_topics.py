@@ -112,10 +112,31 @@ def test_topic_identity() -> None:
         "encounter-cancelled-or-corrected",
         "patient-death",
         "careteam-changed",
+        "event-declaration",  # ANS NdE flux 3: what NdE subscriptions listen to
     }
+    assert by_code["event-declaration"].resource == "CommunicationRequest"
     assert by_code["encounter-start"].event_code == "ADM"  # ANS NdE TRE_R254: admission
     assert by_code["encounter-end"].event_code == "SOR"  # discharge
     for topic in TOPICS:
         assert topic.url == f"{TOPIC_BASE}/{topic.code}"
         assert BY_URL[topic.url] is topic
-        assert topic.resource in ("Encounter", "Patient", "CareTeam")
+        assert topic.resource in ("Encounter", "Patient", "CareTeam", "CommunicationRequest")
+
+
+def _declaration(status: str) -> dict[str, object]:
+    return {"resourceType": "CommunicationRequest", "id": "d1", "status": status}
+
+
+@pytest.mark.parametrize(
+    ("prev", "new", "fires"),
+    [
+        (None, "active", True),  # declared
+        (None, "revoked", False),  # never announced: nothing to take back
+        ("active", "revoked", True),  # a cancellation revokes it
+        ("revoked", "active", True),  # the cancellation was itself cancelled
+        ("active", "active", False),  # a correction restates the event time: the declaration is updated
+    ],
+)
+def test_event_declaration_topic(prev: str | None, new: str, fires: bool) -> None:
+    change = Change(_declaration(prev) if prev else None, _declaration(new))
+    assert [t.code for t in fired("CommunicationRequest", change)] == (["event-declaration"] if fires else [])
