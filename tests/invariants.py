@@ -80,7 +80,8 @@ def problems(resources: list[dict[str, Any]]) -> list[str]:
         out += [f"{where}: {p}" for p in _empty_elements(resource, "")]
         out += [f"{where}: {p}" for p in _codes(resource)]
         out += [f"{where}: {p}" for p in _profile(resource)]
-        out += [f"{where}: {p}" for p in validate(resource)]
+        if resource.get("resourceType") in PROFILED:  # others (NdE CommunicationRequest…) check their own
+            out += [f"{where}: {p}" for p in validate(resource)]
     out += _references(resources)
     return out
 
