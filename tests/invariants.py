@@ -1,5 +1,5 @@
 """Rule checks every golden case must pass: valid R4 resources, references resolve, sound ids, no empty
-elements, codes from their value sets, profiles declared.
+elements, codes from their value sets, profiles declared and conformed to (``tests/validation.py``).
 
 ``check_resources(resources)`` raises one ``AssertionError`` listing every problem found (with the path of
 each), so a failing golden case says everything that is wrong at once; ``problems(resources)`` returns the
@@ -19,6 +19,8 @@ from typing import Any
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
+
+from tests.validation import validate
 
 CODES_DIR = Path(__file__).resolve().parent.parent / "mappings" / "codes"
 
@@ -49,7 +51,8 @@ ADDRESS_USE = frozenset({"home", "work", "temp", "old", "billing"})
 CONTACT_SYSTEM = frozenset({"phone", "fax", "email", "pager", "url", "sms", "other"})
 CONTACT_USE = frozenset({"home", "work", "temp", "old", "mobile"})
 IDENTIFIER_USE = frozenset({"usual", "official", "temp", "secondary", "old"})
-PROFILED = ("Patient", "Encounter")
+#: Resource types the gateway produces: each claims an FR Core 2.1.0 / CDS 2.0.1 profile and conforms to it.
+PROFILED = ("Patient", "Encounter", "Practitioner", "PractitionerRole", "Organization", "CareTeam")
 
 
 @cache
@@ -77,6 +80,8 @@ def problems(resources: list[dict[str, Any]]) -> list[str]:
         out += [f"{where}: {p}" for p in _empty_elements(resource, "")]
         out += [f"{where}: {p}" for p in _codes(resource)]
         out += [f"{where}: {p}" for p in _profile(resource)]
+        if resource.get("resourceType") in PROFILED:  # others (NdE CommunicationRequest…) check their own
+            out += [f"{where}: {p}" for p in validate(resource)]
     out += _references(resources)
     return out
 
@@ -257,5 +262,5 @@ def _profile(resource: dict[str, Any]) -> list[str]:
         return []
     profiles = (resource.get("meta") or {}).get("profile")
     if not profiles or not all(isinstance(p, str) and p.startswith("http") for p in profiles):
-        return ["meta.profile is missing (FR Core profile expected)"]
+        return ["meta.profile is missing (FR Core / CDS profile expected)"]
     return []

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.mapping.ids import ps_identifier_forms
 
 JSON = dict[str, Any]
 Entry = tuple[str, str, str]  # (param, system, value)
@@ -13,11 +14,15 @@ PARTICIPANT_SOURCE = f"{CANONICAL_BASE}/StructureDefinition/careteam-participant
 
 
 def _identifiers(resource: JSON) -> list[Entry]:
-    return [
-        ("identifier", str(i.get("system", "")), str(i["value"]))
-        for i in resource.get("identifier", [])
-        if i.get("value")
-    ]
+    """A professional's national id is found under each of its forms (RPPS, idNatPs, RPPS under the OID)."""
+    return list(
+        dict.fromkeys(
+            ("identifier", system, value)
+            for i in resource.get("identifier", [])
+            if i.get("value")
+            for system, value in ps_identifier_forms(str(i.get("system", "")), str(i["value"]))
+        )
+    )
 
 
 def _reference(param: str, ref: JSON | None) -> list[Entry]:
@@ -90,7 +95,8 @@ def search_entries(resource: JSON) -> list[Entry]:
                 out.append(("_platform-source", "", str(source)))
             ident = member.get("identifier")
             if ident and ident.get("value"):
-                out.append(("participant.identifier", str(ident.get("system", "")), str(ident["value"])))
+                forms = ps_identifier_forms(str(ident.get("system", "")), str(ident["value"]))
+                out += [("participant.identifier", system, value) for system, value in forms]
         if resource.get("status"):
             out.append(("status", "", str(resource["status"])))
     elif rtype == "CommunicationRequest":

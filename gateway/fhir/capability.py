@@ -13,6 +13,9 @@ TOPIC_CANONICAL_EXT = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
 )
 BACKPORT_IG = "http://hl7.org/fhir/uv/subscriptions-backport/ImplementationGuide/hl7.fhir.uv.subscriptions-backport"
+#: The French guides every produced resource conforms to (its meta.profile), with their versions.
+FR_CORE_IG = "https://hl7.fr/ig/fhir/core/ImplementationGuide/hl7.fhir.fr.core|2.1.0"
+CDS_IG = "https://interop.esante.gouv.fr/ig/fhir/cds/ImplementationGuide/ans.fhir.fr.cds|2.0.1"
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport"
 BACKPORT_SERVER = f"{BACKPORT}/CapabilityStatement/backport-subscription-server-r4"
 BACKPORT_SUBSCRIPTION = f"{BACKPORT}/StructureDefinition/backport-subscription"
@@ -48,14 +51,14 @@ SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "Practitioner": [
         ("_id", "token", "logical id"),
-        ("identifier", "token", "RPPS or local id: [system|]value"),
+        ("identifier", "token", "RPPS, idNatPs (8 + RPPS) or local id: [system|]value"),
     ],
     "CareTeam": [
         ("_id", "token", "logical id"),
         ("patient", "reference", "Patient/<id>: the patient's care circle"),
         ("subject", "reference", "Patient/<id>"),
         ("participant", "reference", "Practitioner/<id> or Organization reference: circles a member belongs to"),
-        ("participant.identifier", "token", "a member's RPPS or local id, [system|]value"),
+        ("participant.identifier", "token", "a member's RPPS (either form: RPPS system or idNatPs OID) or local id"),
         ("status", "token", "active | inactive"),
     ],
     "Subscription": [
@@ -118,7 +121,7 @@ def capability_statement(*, base_url: str, now: datetime) -> dict[str, Any]:
         "implementation": {"description": "IHE PAM France ADT feeds as FHIR R4", "url": base_url},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json"],
-        "implementationGuide": [BACKPORT_IG, NDE_IG],
+        "implementationGuide": [BACKPORT_IG, NDE_IG, FR_CORE_IG, CDS_IG],
         "rest": [
             {
                 "mode": "server",

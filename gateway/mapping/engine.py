@@ -12,29 +12,45 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import MappingError, UnsupportedError, UnsupportedEventError
-from gateway.hl7.er7 import Message, Segment
+from gateway.hl7.er7 import Message, Repetition, Segment
 from gateway.hl7.er7 import Path as HL7Path
 from gateway.mapping.ids import resource_id
 from gateway.mapping.tables import ACTIONS, EventSpec, SegmentMap, Tables, load_tables
-from gateway.mapping.transforms import PARIS, TRANSFORMS, MapContext, local_system, parse_dtm
+from gateway.mapping.transforms import (
+    BIRTH_LIST_GIVEN_NAME,
+    BIRTH_PLACE,
+    PARIS,
+    PERSON_TRANSFORMS,
+    TRANSFORMS,
+    MapContext,
+    local_system,
+    parse_dtm,
+)
 
 FR_CORE = "https://hl7.fr/ig/fhir/core/StructureDefinition"
 PROFILE_PATIENT = f"{FR_CORE}/fr-core-patient"
 PROFILE_PATIENT_INS = f"{FR_CORE}/fr-core-patient-ins"
 PROFILE_ENCOUNTER = f"{FR_CORE}/fr-core-encounter"
-PROFILE_PRACTITIONER = f"{FR_CORE}/fr-core-practitioner"
 #: Identifier types that mean "an INS" (CX-5 INS maps to INS-NIR; the authority table then decides).
 INS_TYPES = frozenset({"INS", "INS-NIR", "INS-NIA", "INS-C", "INS-NIR-TEST", "INS-NIR-DEMO"})
 #: The INS kinds that make a production, qualified identity (fr-core-patient-ins).
 PRODUCTION_INS = frozenset({"INS-NIR", "INS-NIA"})
+#: A qualified INS (production, test or demo OID) makes the Patient a PatientINS when it has what that
+#: profile requires (official name, birth date, gender, birth place with its INSEE code).
+#: The demo OID is left out: FR Core 2.1.0's fr-core-1 invariant names the test OID twice and never the
+#: demo one, so a VALI patient with a demo INS cannot conform to fr-core-patient-ins (it claims fr-core-patient).
+QUALIFIED_INS = PRODUCTION_INS | {"INS-NIR-TEST"}
 INS_TABLE = "InsAuthority_to_IdentifierType"
+INS_C_SYSTEM = "urn:oid:1.2.250.1.213.1.4.2"
 #: Event kinds without a visit: their PV1 (often "PV1|1|N") is not read.
 VISITLESS_KINDS = frozenset({"person", "person-update", "change-identifier", "merge"})
 SUPPORTED_VERSIONS = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"})
 HL7_NULL = '""'
 IDENTITY_RELIABILITY = f"{FR_CORE}/fr-core-identity-reliability"
-IDENTITY_STATUS_SYSTEM = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-identity-status"
-IDENTITY_COMMENT_SYSTEM = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-identity-status-comment"
+IDENTITY_STATUS_SYSTEM = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0445"
+VALIDATION_MODE_SYSTEM = "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-mode-validation-identity"
+#: fr-core-cs-mode-validation-identity: the identity documents PAM-FR's ZFD-7 names
+VALIDATION_MODES = frozenset({"AN", "CC", "CE", "CM", "CN", "CS", "LE", "PA", "PC", "TC"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,10 +229,13 @@ class Engine:
         for rule in seg_map.rules:
             ctx.location = str(rule.source)
             reps = segment.repetitions(rule.source.field)
-            for rep in reps if rule.repeat else reps[:1]:
+            groups = _people(reps) if rule.transform in PERSON_TRANSFORMS else [[rep] for rep in reps]
+            for rep, *same in groups if rule.repeat else groups[:1]:
                 if rep.component_raw(1) == HL7_NULL:
                     continue  # "" is HL7's explicit null: the value is deleted, so nothing is mapped
+                ctx.same_person = same
                 value = TRANSFORMS[rule.transform](rep, ctx, rule.args)
+                ctx.same_person = []
                 if value is not None:
                     set_path(out, rule.target, value)
         if out and seg_map.defaults:
@@ -235,8 +254,7 @@ class Engine:
             raise MappingError("PID-3 holds no usable patient identifier (IPP)", location="PID-3")
         if "deceasedDateTime" in facts:
             facts.pop("deceasedBoolean", None)  # R4 deceased[x]: one of the two; the date says more
-        has_ins = any(type_code(i) in PRODUCTION_INS for i in identifiers)
-        received_ins = any(type_code(i) in INS_TYPES for i in facts.get("identifier", []))
+        has_ins = any(type_code(i) in QUALIFIED_INS for i in identifiers)
         patient: dict[str, Any] = {
             "resourceType": "Patient",
             "id": resource_id("Patient", key),
@@ -244,13 +262,15 @@ class Engine:
             **facts,
             "identifier": identifiers,
         }
+        extensions = [*identity_reliability(pid, message.segment("ZFD"), tz=ctx.tz), *facts.get("extension", [])]
+        if extensions:
+            patient["extension"] = extensions
+        if has_ins and not is_patient_ins(patient):
+            patient["meta"] = {**patient.get("meta", {}), "profile": [PROFILE_PATIENT]}
         protection = _protection(message.segment("PD1"))
         if protection is not None:
             # an empty list says "PD1-12 = N": the patient fold lifts an earlier label, then drops the key
             patient["meta"]["security"] = [CONFIDENTIALITY_RESTRICTED] if protection else []
-        reliability_ext = identity_reliability(pid, qualified_ins=has_ins, received_ins=received_ins)
-        if reliability_ext:
-            patient["extension"] = [reliability_ext]
         return patient
 
     def _prior(self, message: Message, ctx: MapContext) -> dict[str, Any] | None:
@@ -374,30 +394,52 @@ def _recorded_at_impl(message: Message, header: Header) -> datetime | None:
     return parsed[0] if parsed else header.sent_at
 
 
-def identity_reliability(pid: Segment, *, qualified_ins: bool, received_ins: bool) -> dict[str, Any] | None:
-    """PID-32 as FR Core's identity-reliability extension (RNIV statuses PROV / RECUP / VALI / QUAL).
+def identity_reliability(pid: Segment, zfd: Segment | None, *, tz: Any = PARIS) -> list[dict[str, Any]]:
+    """PID-32 as FR Core 2.1.0's identity-reliability extension, coded from ``fr-core-cs-v2-0445`` (the
+    published code system FR Core 2.1.0 binds, whose codes are PAM-FR's own: VALI, PROV, DOUT, HOMA…).
 
-    PAM-FR carries PROV or VALI in PID-32 and the INS in PID-3; the RNIV status follows from both: VALI
-    with a kept INS is QUAL, VALI alone VALI, PROV with an INS received RECUP (the INS itself is dropped),
-    PROV alone PROV. The other PID-32 repetitions (HOMA, DOUT, FICT…) become ``comment`` codes.
+    The identity's status (VALI, else PROV, else the first code) carries, when the message says them, the
+    validation mode (ZFD-7, the identity document: CN, PA…, ``fr-core-cs-mode-validation-identity``) and
+    date (ZFD-6, the INSi check). Each further PID-32 attribute (DOUT, FICT, HOMA…) is one more extension
+    (the slice repeats; ``identityStatus`` does not).
     """
-    codes = [rep.get(1).strip().upper() for rep in pid.repetitions(32) if rep.get(1).strip()]
+    codes = list(dict.fromkeys(rep.get(1).strip().upper() for rep in pid.repetitions(32) if rep.get(1).strip()))
     if not codes:
-        return None
-    valid = "VALI" in codes
-    status = ("QUAL" if qualified_ins else "VALI") if valid else ("RECUP" if received_ins else "PROV")
-    parts: list[dict[str, Any]] = [
-        {"url": "identityStatus", "valueCoding": {"system": IDENTITY_STATUS_SYSTEM, "code": status}}
+        return []
+    main = next((c for c in ("VALI", "PROV") if c in codes), codes[0])
+    parts: list[dict[str, Any]] = [{"url": "identityStatus", "valueCoding": _reliability_coding(main)}]
+    mode = zfd.get(7).strip().upper() if zfd else ""
+    if mode in VALIDATION_MODES:
+        parts.append({"url": "validationMode", "valueCoding": {"system": VALIDATION_MODE_SYSTEM, "code": mode}})
+    checked = parse_dtm(zfd.get(6), tz) if zfd else None
+    if checked:
+        parts.append({"url": "validationDate", "valueDate": checked[0].date().isoformat()})
+    out = [{"url": IDENTITY_RELIABILITY, "extension": parts}]
+    out += [
+        {"url": IDENTITY_RELIABILITY, "extension": [{"url": "identityStatus", "valueCoding": _reliability_coding(c)}]}
+        for c in codes
+        if c != main
     ]
-    for code in codes:
-        if code not in ("VALI", "PROV", "RECUP", "QUAL"):
-            parts.append(
-                {
-                    "url": "comment",
-                    "valueCodeableConcept": {"coding": [{"system": IDENTITY_COMMENT_SYSTEM, "code": code}]},
-                }
-            )
-    return {"url": IDENTITY_RELIABILITY, "extension": parts}
+    return out
+
+
+def is_patient_ins(patient: dict[str, Any]) -> bool:
+    """Whether a Patient with a qualified INS has what fr-core-patient-ins requires besides it."""
+    official = [n for n in patient.get("name", []) if n.get("use") == "official"]
+    birth_place = any(e.get("url") == BIRTH_PLACE for e in patient.get("extension", []))
+    return (
+        len(official) == 1
+        and bool(official[0].get("family"))
+        and len(official[0].get("given", [])) == 1
+        and any(e.get("url") == BIRTH_LIST_GIVEN_NAME for e in official[0].get("extension", []))
+        and patient.get("gender") in ("male", "female", "unknown")
+        and "birthDate" in patient
+        and birth_place
+    )
+
+
+def _reliability_coding(code: str) -> dict[str, str]:
+    return {"system": IDENTITY_STATUS_SYSTEM, "code": code}
 
 
 def instant(value: str) -> datetime:
@@ -448,6 +490,10 @@ def filter_identifiers(
         code = type_code(ident)
         if code == "NH":
             continue
+        if code == "INS-C" or ident.get("system") == INS_C_SYSTEM:
+            ctx.location = "PID-3"
+            ctx.warn("INS-C (deprecated since the INS-NIR) is not kept")
+            continue
         if code in INS_TYPES:
             ctx.location = "PID-32"
             if "VALI" not in reliability:
@@ -458,10 +504,20 @@ def filter_identifiers(
                 ctx.location = "PID-3"
                 ctx.warn("INS under an authority that is not an INS OID: dropped")
                 continue
-            kept.append({**ident, "type": {"coding": [row.coding()]}})
+            kept.append({"use": "official", **ident, "type": {"coding": [row.coding()]}})
             continue
-        kept.append(ident)
+        kept.append({"use": "usual", **ident} if code == "PI" else ident)
     return kept
+
+
+def _people(reps: list[Repetition]) -> list[list[Repetition]]:
+    """XCN repetitions grouped by person: GAMs send one doctor as ``ADELI~RPPS`` with the same name
+    (XCN-2/3). Repetitions without a name stand alone."""
+    groups: dict[tuple[str, str] | int, list[Repetition]] = {}
+    for index, rep in enumerate(reps):
+        family, given = rep.get(2, 1).strip().upper(), rep.get(3).strip().upper()
+        groups.setdefault((family, given) if family else index, []).append(rep)
+    return list(groups.values())
 
 
 def patient_key(identifiers: list[dict[str, Any]]) -> str | None:

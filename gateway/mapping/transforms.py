@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from gateway.fhir.canonical import CANONICAL_BASE
 from gateway.hl7.er7 import Repetition
-from gateway.mapping.ids import resource_id
+from gateway.mapping.ids import ADELI_SYSTEM, NATIONAL_PS, PS_OID, RPPS_SYSTEM, national_ps, resource_id
 from gateway.mapping.tables import Tables
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -25,8 +25,16 @@ MIN_YEAR, MAX_YEAR = 1000, 9998
 #: UTC offsets exist from -12:00 to +14:00; HL7 allows any ``+HHMM``, ``datetime`` only under 24 h.
 MAX_OFFSET = timedelta(hours=14)
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?([+-]\d{4})?$")
+#: Transforms that read a person (XCN): repetitions with the same name are one person (``ADELI~RPPS``).
+PERSON_TRANSFORMS = frozenset({"participant_xcn", "practitioner_ref_xcn"})
 #: Systems the gateway mints where HL7 gives only a local namespace (valid URIs, stable across messages).
 LOCAL_SID = f"{CANONICAL_BASE}/sid"
+FR_CORE_SD = "https://hl7.fr/ig/fhir/core/StructureDefinition"
+PROFILE_PRACTITIONER = f"{FR_CORE_SD}/fr-core-practitioner"
+BIRTH_LIST_GIVEN_NAME = f"{FR_CORE_SD}/fr-core-patient-birth-list-given-name"
+INSEE_CODE = f"{FR_CORE_SD}/fr-core-address-insee-code"
+INSEE_SYSTEM = "https://mos.esante.gouv.fr/NOS/TRE_R13-CommuneOM/FHIR/TRE-R13-CommuneOM"
+BIRTH_PLACE = "http://hl7.org/fhir/StructureDefinition/patient-birthPlace"
 
 
 @dataclass(slots=True)
@@ -39,6 +47,8 @@ class MapContext:
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (location, text)
     practitioners: dict[str, dict[str, Any]] = field(default_factory=dict)
     location: str = ""
+    #: the other repetitions of the person a transform is reading (same name: ``ADELI~RPPS``)
+    same_person: list[Repetition] = field(default_factory=list)
 
     def warn(self, text: str) -> None:
         self.warnings.append((self.location, text))
@@ -254,6 +264,13 @@ def _human_name(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[
     # XPN-3 repeats XPN-2 as its first word(s) in PAM-FR, not in foreign feeds ("DOE^JEAN^JEANNETTE").
     repeats_first = middle == given or middle.startswith(f"{given} ")
     givens = middle.split() if repeats_first else [g for g in [given, *middle.split()] if g]
+    if use == "official" and given and middle:
+        # FR Core: the official (birth) name has one first given name; the birth list of given names
+        # (XPN-3) goes in its extension.
+        out["extension"] = [
+            {"url": BIRTH_LIST_GIVEN_NAME, "valueString": middle if repeats_first else f"{given} {middle}"}
+        ]
+        givens = [given]
     if givens:
         out["given"] = givens
     prefix = rep.get(5).strip()
@@ -273,12 +290,28 @@ def _address(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str
         if value:
             out[key] = value
     kind = rep.get(7).strip()
-    if kind == "BDL":  # PAM-FR: birth place, carried by FR Core's birthPlace extension, not an address
+    if kind == "BDL":  # PAM-FR: birth place, carried by the birthPlace extension (birth_place_xad), not an address
         return None
     use = {"H": "home", "O": "work", "C": "temp", "B": "work"}.get(kind)
     if use and out:
         out["use"] = use
     return out or None
+
+
+@transform("birth_place_xad")
+def _birth_place(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    """PID-11 of type BDL (PAM-FR: the birth place, INSEE code of the commune in XAD-9) → the core
+    ``patient-birthPlace`` extension with FR Core's address INSEE code extension."""
+    if rep.get(7).strip() != "BDL":
+        return None
+    address: dict[str, Any] = {}
+    insee = rep.get(9).strip()
+    if insee:
+        address["extension"] = [{"url": INSEE_CODE, "valueCoding": {"system": INSEE_SYSTEM, "code": insee}}]
+    for key, comp in (("city", 3), ("postalCode", 5), ("country", 6)):
+        if rep.get(comp).strip():
+            address[key] = rep.get(comp).strip()
+    return {"url": BIRTH_PLACE, "valueAddress": address} if address else None
 
 
 @transform("telecom_xtn")
@@ -288,43 +321,92 @@ def _telecom(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str
         return None
     system = "email" if "@" in value or rep.get(3).strip() == "Internet" else "phone"
     out = {"system": system, "value": value}
-    if args.get("use"):
+    if rep.get(3).strip().upper() == "CP":  # XTN-3 CP: a cellular phone
+        out["use"] = "mobile"
+    elif args.get("use"):
         out["use"] = str(args["use"])
     return out
 
 
 def practitioner_from_xcn(rep: Repetition, ctx: MapContext) -> tuple[str, dict[str, Any]] | None:
-    """XCN → a Practitioner keyed by national id (RPPS/IDNPS) when given, else by the sender's local id."""
-    value = rep.get(1).strip()
+    """XCN → a Practitioner (fr-core-practitioner) keyed by RPPS when given, else ADELI, else the sender's
+    local id. The same person sent as several repetitions (``ADELI~RPPS``, same name) is one Practitioner
+    with every identifier: the engine passes the other repetitions in ``ctx.same_person``."""
+    reps = [rep, *ctx.same_person]
     family, given = rep.get(2, 1).strip(), rep.get(3).strip()
-    if not value and not family:
+    identifiers: list[dict[str, Any]] = []
+    for one in reps:
+        for ident in _xcn_identifiers(one, ctx):
+            if ident not in identifiers:
+                identifiers.append(ident)
+    if not identifiers and not family:
         return None
-    namespace, universal_id = rep.get(9, 1).strip(), rep.get(9, 2).strip()
-    identifier: dict[str, Any] | None = None
-    if value:
-        system = authority_system(ctx, namespace=namespace, universal_id=universal_id, fallback="practitioner")
-        identifier = {"system": system, "value": value}
-        kind = identifier_type(ctx, rep.get(13).strip())
-        if kind:
-            identifier = {"type": kind, **identifier}
-        key = f"{system}|{value}"
-    else:
-        key = f"name|{ctx.sender[1]}|{family}|{given}"
+    identifiers = _one_national_id(identifiers)
+    key = _practitioner_key(identifiers) or f"name|{ctx.sender[1]}|{family}|{given}"
     pid = resource_id("Practitioner", key)
-    resource: dict[str, Any] = {"resourceType": "Practitioner", "id": pid}
-    if identifier:
-        resource["identifier"] = [identifier]
+    resource: dict[str, Any] = {"resourceType": "Practitioner", "id": pid, "meta": {"profile": [PROFILE_PRACTITIONER]}}
+    if identifiers:
+        resource["identifier"] = identifiers
     name: dict[str, Any] = {}
     if family:
         name["family"] = family
     if given:
         name["given"] = [given]
-    if rep.get(6).strip():
-        name["prefix"] = [rep.get(6).strip()]
+    if rep.get(6).strip():  # XCN-6 is the civility of exercise (DR, PR): FR Core puts it in suffix
+        name["suffix"] = [rep.get(6).strip()]
     if name:
         resource["name"] = [name]
+    known = ctx.practitioners.get(pid)
+    if known is not None:  # named twice in one message (PV1-7 and ROL-4): keep every identifier
+        extra = [i for i in known.get("identifier", []) if i not in identifiers]
+        if extra:
+            resource["identifier"] = _one_national_id([*identifiers, *extra])
     ctx.practitioners[pid] = resource
     return pid, resource
+
+
+def _xcn_identifiers(rep: Repetition, ctx: MapContext) -> list[dict[str, Any]]:
+    """One XCN's identifier(s): a national id in FR Core's two forms (RPPS / ADELI under its own system,
+    and the prefixed idNatPs under the PS OID); any other id under its authority's system."""
+    value = rep.get(1).strip()
+    if not value:
+        return []
+    namespace, universal_id = rep.get(9, 1).strip(), rep.get(9, 2).strip()
+    system = authority_system(ctx, namespace=namespace, universal_id=universal_id, fallback="practitioner")
+    type_code = rep.get(13).strip().upper()
+    national = national_ps(system, value, type_code)
+    if national is None:
+        identifier: dict[str, Any] = {"system": system, "value": value}
+        kind = identifier_type(ctx, type_code)
+        return [{"type": kind, **identifier} if kind else identifier]
+    national_system, number = national
+    code, prefix = NATIONAL_PS[national_system]
+    out = []
+    for id_system, id_value, id_code in ((national_system, number, code), (PS_OID, f"{prefix}{number}", "IDNPS")):
+        kind = identifier_type(ctx, id_code)
+        ident = {"system": id_system, "value": id_value}
+        out.append({"type": kind, **ident} if kind else ident)
+    return out
+
+
+def _one_national_id(identifiers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """RPPS first (what platforms search by), then ADELI, then local ids; one idNatPs (FR Core: 0..1),
+    the one of the first national id."""
+    rank = {RPPS_SYSTEM: 0, ADELI_SYSTEM: 1, PS_OID: 2}
+    ordered = sorted(identifiers, key=lambda i: rank.get(i["system"], 3))
+    first = next((i for i in ordered if i["system"] in NATIONAL_PS), None)
+    wanted = f"{NATIONAL_PS[first['system']][1]}{first['value']}" if first else None
+    return [i for i in ordered if i["system"] != PS_OID or i["value"] == wanted]
+
+
+def _practitioner_key(identifiers: list[dict[str, Any]]) -> str | None:
+    """RPPS first, then ADELI, then the first local id: one resource per person."""
+    for wanted in (RPPS_SYSTEM, ADELI_SYSTEM):
+        for ident in identifiers:
+            if ident["system"] == wanted:
+                return f"{wanted}|{ident['value']}"
+    locals_ = [i for i in identifiers if i["system"] != PS_OID]
+    return f"{locals_[0]['system']}|{locals_[0]['value']}" if locals_ else None
 
 
 @transform("practitioner_ref_xcn")
@@ -340,7 +422,7 @@ def practitioner_reference(pid: str, resource: dict[str, Any]) -> dict[str, Any]
     """A Reference with the id, the national or local identifier (searchable) and the name as display."""
     ref: dict[str, Any] = {"reference": f"Practitioner/{pid}"}
     if resource.get("identifier"):
-        ref["identifier"] = resource["identifier"][0]
+        ref["identifier"] = resource["identifier"][0]  # RPPS (or ADELI) first: what platforms search by
     names = resource.get("name")
     if names:
         ref["display"] = " ".join([*names[0].get("given", []), names[0].get("family", "")]).strip()
@@ -383,7 +465,9 @@ def _unit(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, A
     name = rep.get(1).strip()
     if not code and not name:
         return None
-    system = local_system("uf", _authority_key(rep.get(6, 1).strip(), rep.get(6, 2).strip(), ctx))
+    # One UF, one identifier: the unit is numbered by the hospital whose GAM sends it (MSH-4), whether or
+    # not the sender fills XON-6, and whatever authority form XON-6 takes.
+    system = local_system("uf", ctx.sender[1] or ctx.sender[0])
     out = {"system": system, "code": code or name}
     if name:
         out["name"] = name

@@ -20,6 +20,7 @@ from gateway.db.repo import FactRepo, NewFact, PatientLinkRepo, ResourceRepo, St
 from gateway.db.unit import UnitOfWork
 from gateway.errors import MappingError
 from gateway.mapping.engine import Mapped
+from gateway.mapping.ids import ps_identifier_forms
 from gateway.mapping.tables import Tables
 from gateway.state.careteam import Participation, careteam_id, fold_careteam
 from gateway.state.patients import (
@@ -221,8 +222,15 @@ def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT") -> N
         platform_participants=[] if merged_into else latest_platform,
         roles=unit.roles,
         merged_into=merged_into,
+        since=lambda: _first_heard(unit, patient_id),
     )
     _put(unit, team, action=action)
+
+
+def _first_heard(unit: Unit, patient_id: str) -> str | None:
+    """When the gateway first heard of a patient (his earliest fact): a memberless circle's start."""
+    times = [str(p["event_time"]) for p in unit.facts.of(f"Patient/{patient_id}", kinds=PATIENT_KINDS)]
+    return min(datetime.fromisoformat(t) for t in times).isoformat(timespec="seconds") if times else None
 
 
 def _stays_of(unit: Unit, patient_id: str) -> list[tuple[JSON, list[JSON]]]:
@@ -389,9 +397,11 @@ def _circle_identifiers(unit: Unit, stored: StoredResource, patient: JSON | None
     else:
         team = None
     return tuple(
-        p["member"]["identifier"]
+        {"system": system, "value": value}
         for p in (team or {}).get("participant", [])
-        if p.get("member", {}).get("identifier") and not p.get("period", {}).get("end")
+        if (ident := p.get("member", {}).get("identifier")) and not p.get("period", {}).get("end")
+        # a professional is matched under any form of his national id (RPPS, idNatPs)
+        for system, value in ps_identifier_forms(str(ident.get("system", "")), str(ident.get("value", "")))
     )
 
 

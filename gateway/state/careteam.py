@@ -18,6 +18,7 @@ member and period.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,8 @@ from gateway.mapping.ids import resource_id
 
 JSON = dict[str, Any]
 SOURCE_EXT = f"{CANONICAL_BASE}/StructureDefinition/careteam-participant-source"
+#: The circle's business identifier (CDS 2.0.1 requires one): its id under the gateway's system.
+CARETEAM_SYSTEM = f"{CANONICAL_BASE}/sid/careteam"
 CDS_PROFILE = "https://interop.esante.gouv.fr/ig/fhir/cds/StructureDefinition/cds-ihe-careteam"
 OPENING = frozenset({"AD", "UC"})
 #: Stay participant types (v3-ParticipationType, as mapped from PV1) → care circle role codes (ROL-3).
@@ -193,8 +196,11 @@ def fold_careteam(
     platform_participants: list[JSON],
     roles: dict[str, JSON],
     merged_into: str | None = None,
+    since: Callable[[], str | None] | None = None,
 ) -> JSON:
-    """The patient's CareTeam; ``roles`` maps a role code (ROL-3, ``UF``) to its CodeableConcept."""
+    """The patient's CareTeam; ``roles`` maps a role code (ROL-3, ``UF``) to its CodeableConcept.
+
+    ``since`` gives the circle's start when no member has one (read only then: it costs a query)."""
     hospital = replay_participations(participations)
     for stay, movements in sorted(stays, key=lambda s: str(s[0].get("id"))):
         hospital += stay_entries(stay, movements, source=_stay_source(stay))
@@ -210,9 +216,13 @@ def fold_careteam(
         "name": "Cercle de soins",
         "subject": {"reference": f"Patient/{patient_id}"},
     }
+    # CDS 2.0.1: a circle has a business identifier and a period; it began with its first member, or
+    # (no member yet) when the gateway first heard of the patient.
+    team["identifier"] = [{"system": CARETEAM_SYSTEM, "value": team["id"]}]
     starts = [p["period"]["start"] for p in participants if p.get("period", {}).get("start")]
-    if starts:
-        team["period"] = {"start": min(starts)}
+    start = min(starts) if starts else (since() if since else None)
+    if start:
+        team["period"] = {"start": start}
     if merged_into:
         team["note"] = [{"text": f"Patient merged into Patient/{merged_into}: see that patient's care circle"}]
     elif participants:

@@ -126,7 +126,26 @@ def replace(
     for participant in mine:
         if not participant.get("member"):
             raise FhirError("each participant needs a member", issue_code="required")
+    mine = _started(mine, _platform_participants(current.content), now=now)
     return _save(unit, current, kept + mine), unit
+
+
+def _started(participants: list[JSON], known: list[JSON], *, now: datetime) -> list[JSON]:
+    """CDS 2.0.1: each participant has a start. One sent without it started when the circle first had it
+    (same member and role), else now: the PUT that added it."""
+    starts = {
+        (_member_key(p["member"]), _role_codes(p)): p["period"]["start"]
+        for p in known
+        if p.get("member") and p.get("period", {}).get("start")
+    }
+    out = []
+    for participant in participants:
+        period = participant.get("period", {})
+        if not period.get("start"):
+            start = starts.get((_member_key(participant["member"]), _role_codes(participant)))
+            period = {**period, "start": start or now.isoformat(timespec="seconds")}
+        out.append({**participant, "period": period})
+    return out
 
 
 def _member_fingerprint(participant: JSON) -> str:

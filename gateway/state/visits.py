@@ -40,6 +40,8 @@ from gateway.mapping.tables import EVENT_KINDS, CodeRow
 JSON = dict[str, Any]
 
 MOVEMENT_TYPE_SYSTEM = "https://gateway.e-parcours.example/fhir/CodeSystem/movement-type"
+#: ZBE-9 natures outside the PAM-FR table, kept as the hospital sent them.
+RAW_NATURE_SYSTEM = "https://gateway.e-parcours.example/fhir/CodeSystem/movement-nature-as-sent"
 #: Stand-in for "not given" in :class:`VisitFact`: then the sender recorded the event when it happened.
 UNRECORDED = datetime.min.replace(tzinfo=UTC)
 
@@ -318,9 +320,10 @@ def fold_stay(facts: Iterable[VisitFact], *, natures: Mapping[str, CodeRow] | No
     encounter["status"] = status
     if status != "cancelled":
         _present(encounter, [f for f in live if f.rule.present])
-        period = _period(live, status)
-        if period:
-            encounter["period"] = period
+    # FR Core requires a period: a cancelled stay keeps the one its movements had before they were undone.
+    period = _period(live, status) if status != "cancelled" else _cancelled_period(inserts)
+    if period:
+        encounter["period"] = period
     stay = _finish(encounter)
     # Copies: the result shares nothing with the stored facts, so a caller may change it freely.
     return Stay(copy.deepcopy(stay), copy.deepcopy(_movements(stay, resolved, natures or {})))
@@ -387,18 +390,37 @@ def _present(encounter: JSON, live: list[VisitFact]) -> None:
 
 def _period(live: list[VisitFact], status: str) -> JSON:
     """Start at the first admission (PV1-44, else ZBE-2, else event time); end at the discharge that
-    finished the stay (PV1-45, else ZBE-2, else event time). A planned stay has not started."""
+    finished the stay (PV1-45, else ZBE-2, else event time). A planned stay starts when it is planned to.
+    FR Core requires a period: a stay seen only from later movements starts at the first of them."""
     if status == "planned":
-        return {}
+        return _planned_period(live)
+    begun = [f for f in live if f.rule.status != "planned" and f.rule.movement]
     opening = next((f for f in live if f.rule.starts), None)
     start = (_pv1_period(opening, "start") or _movement_time(opening)) if opening else None
     if start is None:  # no admission received: any begun fact's PV1-44 still says when the stay began
         start = next((s for f in live if f.rule.status != "planned" and (s := _pv1_period(f, "start"))), None)
+    if start is None and begun:
+        start = _movement_time(begun[0])
     end = None
     if status == "finished":
         closing = [f for f in live if f.kind == "discharge"][-1]
         end = _pv1_period(closing, "end") or _movement_time(closing)
     return {k: v for k, v in (("start", start), ("end", end)) if v}
+
+
+def _planned_period(live: list[VisitFact]) -> JSON:
+    """A planned stay (A05, A14) starts when it is planned to: PV1-44, else the plan's own date (ZBE-2,
+    else EVN-6: PAM-FR dates a pre-admission at the planned admission)."""
+    plan = next((f for f in live if f.rule.status == "planned"), None)
+    if plan is None:
+        return {}
+    return {"start": _pv1_period(plan, "start") or _movement_time(plan)}
+
+
+def _cancelled_period(inserts: list[VisitFact]) -> JSON:
+    """A cancelled stay keeps the period its movements gave it before they were undone (no end)."""
+    period = _period(inserts, "in-progress")
+    return period or _planned_period(inserts)
 
 
 def _pv1_period(fact: VisitFact | None, edge: str) -> str | None:
@@ -453,21 +475,37 @@ def _movements(stay: JSON, resolved: list[tuple[VisitFact, bool]], natures: Mapp
     ends = {id(f): _movement_time(nxt) for f, nxt in pairwise(chain)}
     if chain and stay["status"] == "finished":
         ends[id(chain[-1])] = stay.get("period", {}).get("end")
+    classes = _classes(resolved, default=stay["class"])
     out = []
     for fact, live in resolved:
         if not fact.rule.movement or fact.movement_key is None:
             continue
+        end = ends.get(id(fact))
         if not live or stay["status"] == "cancelled":
             status = "cancelled"
         elif not fact.rule.chained:
-            status = "planned"
+            overtaken = next((m for m in chain if _movement_time(m) >= _movement_time(fact)), None)
+            # a plan the stay has moved past is no longer a plan: it ended when the stay went on
+            status, end = ("finished", _movement_time(overtaken)) if overtaken else ("planned", None)
         else:
             status = stay["status"] if fact is chain[-1] else "finished"
-        out.append(_movement(stay, fact, status=status, end=ends.get(id(fact)), natures=natures))
+        out.append(_movement(stay, fact, status=status, end=end, natures=natures, klass=classes[id(fact)]))
     return out
 
 
-def _movement(stay: JSON, fact: VisitFact, *, status: str, end: str | None, natures: Mapping[str, CodeRow]) -> JSON:
+def _classes(resolved: list[tuple[VisitFact, bool]], *, default: JSON) -> dict[int, JSON]:
+    """The class each movement had when it happened (PV1-2 then, else the class in force before it)."""
+    current = default
+    out: dict[int, JSON] = {}
+    for fact, _live in sorted(resolved, key=lambda r: r[0].sort_key()):
+        current = _class_of(fact) or current
+        out[id(fact)] = current
+    return out
+
+
+def _movement(
+    stay: JSON, fact: VisitFact, *, status: str, end: str | None, natures: Mapping[str, CodeRow], klass: JSON
+) -> JSON:
     movement = fact.movement or {}
     ident = movement["identifier"]
     codings = [{"system": MOVEMENT_TYPE_SYSTEM, "code": fact.trigger, "display": fact.kind}]
@@ -480,7 +518,7 @@ def _movement(stay: JSON, fact: VisitFact, *, status: str, end: str | None, natu
         "meta": {"profile": [PROFILE_ENCOUNTER]},
         "identifier": [ident],
         "status": status,
-        "class": stay["class"],
+        "class": klass,
         "type": [{"coding": codings}],
         "partOf": {"reference": f"Encounter/{stay['id']}"},
         "period": {k: v for k, v in (("start", _movement_time(fact)), ("end", end)) if v},
@@ -496,9 +534,12 @@ def _movement(stay: JSON, fact: VisitFact, *, status: str, end: str | None, natu
 
 
 def _nature(value: Any, natures: Mapping[str, CodeRow]) -> JSON | None:
-    """ZBE-9 as a coding: already coded by the engine, or looked up; values outside the table are left
-    out here (the engine warns about them)."""
+    """ZBE-9 as a coding: already coded by the engine, or looked up. A value outside the PAM-FR table
+    (hospitals extend it, e.g. with suffixed codes) is kept raw, as sent, under the sender-nature system:
+    the engine warns about it, and a platform still sees what the hospital meant."""
     if isinstance(value, dict):
         return dict(value) if value.get("code") else None
-    row = natures.get(str(value)) if value else None
-    return row.coding() if row else None
+    if not value:
+        return None
+    row = natures.get(str(value))
+    return row.coding() if row else {"system": RAW_NATURE_SYSTEM, "code": str(value)}

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 from gateway.api.app import create_app
 from gateway.config import Settings
 from gateway.runtime import Runtime
+from tests.api_helpers import ValidatingClient
 
 
 @pytest.fixture
@@ -21,6 +22,7 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 
 @pytest.fixture
 def client(runtime: Runtime) -> Iterator[TestClient]:
-    """The HTTP API without MLLP and worker (tests drive the worker themselves when they need it)."""
-    with TestClient(create_app(runtime, start_services=False), raise_server_exceptions=False) as c:
+    """The HTTP API without MLLP and worker (tests drive the worker themselves when they need it); every
+    FHIR answer it gets is validated against the profiles its resources claim."""
+    with ValidatingClient(create_app(runtime, start_services=False), raise_server_exceptions=False) as c:
         yield c

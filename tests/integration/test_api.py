@@ -80,6 +80,13 @@ def test_capability_statement_is_valid_r4_and_lists_the_topics(client: TestClien
     assert "extension" not in body["rest"][0]
 
 
+def test_capability_statement_names_fr_core_and_cds(client: TestClient) -> None:
+    """The French guides every produced resource conforms to, with their versions."""
+    guides = client.get("/fhir/metadata").json()["implementationGuide"]
+    assert "https://hl7.fr/ig/fhir/core/ImplementationGuide/hl7.fhir.fr.core|2.1.0" in guides
+    assert "https://interop.esante.gouv.fr/ig/fhir/cds/ImplementationGuide/ans.fhir.fr.cds|2.0.1" in guides
+
+
 def test_read_search_history_after_ingest(client: TestClient) -> None:
     client.post("/hl7v2", content=Adt(control_id="M1").bytes(), headers=HL7)
     client.post(

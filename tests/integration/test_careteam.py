@@ -20,7 +20,8 @@ from tests.messages import IPP_AUTH, IPP_SYSTEM, RPPS, Adt
 
 JSON = dict[str, Any]
 HL7 = {"Content-Type": "application/hl7-v2"}
-PS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"
+PS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"  # idNatPs: the prefixed national id (8 + RPPS)
+RPPS_SYSTEM = "https://rpps.esante.gouv.fr"  # FR Core 2.1.0: the 11-digit RPPS
 CDS_PROFILE = "https://interop.esante.gouv.fr/ig/fhir/cds/StructureDefinition/cds-ihe-careteam"
 SOURCE_EXT = "https://gateway.e-parcours.example/fhir/StructureDefinition/careteam-participant-source"
 TRE_R259 = "https://mos.esante.gouv.fr/NOS/TRE_R259-HL7ParticipationFunction/FHIR/TRE-R259-HL7ParticipationFunction"
@@ -272,7 +273,7 @@ def test_pd1_alone_names_the_medecin_traitant(client: TestClient) -> None:
     pcp = one(circle(client), display=MARTIN.display, role="PCP")
     assert pcp["period"] == {"start": "2026-01-10T09:00:00+01:00"}  # no ROL-5: from the event
     identifier = pcp["member"]["identifier"]
-    assert (identifier["system"], identifier["value"]) == (PS_SYSTEM, MARTIN.rpps)
+    assert (identifier["system"], identifier["value"]) == (RPPS_SYSTEM, MARTIN.rpps)
     assert pcp["member"]["reference"] == f"Practitioner/{practitioner_id(client, MARTIN)}"
     assert source(pcp) == HOSPITAL
     # PD1-4 repeated later only confirms him: still one open entry with its first start
@@ -485,6 +486,11 @@ def test_search_the_circles_a_doctor_belongs_to(client: TestClient) -> None:
     both = sorted([f"Patient/{first}", f"Patient/{second}"])
     assert subjects(participant=f"Practitioner/{practitioner_id(client, JEAN)}") == both
     assert subjects(**{"participant.identifier": JEAN.token}) == both
+    # the RPPS is found in every form: under its FR Core system, as the prefixed idNatPs, or bare
+    for token in (f"{RPPS_SYSTEM}|{JEAN.rpps}", f"{PS_SYSTEM}|8{JEAN.rpps}", JEAN.rpps):
+        assert subjects(**{"participant.identifier": token}) == both
+    jean = client.get("/fhir/Practitioner", params={"identifier": f"{PS_SYSTEM}|8{JEAN.rpps}"}).json()
+    assert [e["resource"]["id"] for e in jean["entry"]] == [practitioner_id(client, JEAN)]
     assert subjects(**{"participant.identifier": f"{PS_SYSTEM}|10000000000"}) == []
     assert subjects(**{"participant.identifier": f"urn:oid:9.9.9|{MARTIN.rpps}"}) == []
 

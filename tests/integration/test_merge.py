@@ -23,7 +23,7 @@ PS_SYSTEM = "urn:oid:1.2.250.1.71.4.2.1"
 INS_AUTH = "ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO"
 INS_SYSTEM = "urn:oid:1.2.250.1.213.1.4.8"
 PROFILE_PATIENT = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient"
-PROFILE_PATIENT_INS = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient-ins"
+PROFILE_PATIENT = "https://hl7.fr/ig/fhir/core/StructureDefinition/fr-core-patient"
 HOSPITAL = "hospital:CH-TEST"
 SURVIVOR, MERGED = "200001", "200002"
 INS_1, INS_2 = "280017512345602", "180027512345688"  # fictional 15-digit NIR-shaped values
@@ -306,7 +306,8 @@ def test_a47_changing_only_the_ins_keeps_the_patient(client: TestClient) -> None
     send(client, with_ins("P1", "20260301080000", INS_1))
     before = patient(client, "500001")
     assert ins_values(before) == [INS_1]
-    assert before["meta"]["profile"] == [PROFILE_PATIENT_INS]
+    # no birth place (PID-11 BDL): the patient cannot be an FR Core PatientINS, whatever its INS
+    assert before["meta"]["profile"] == [PROFILE_PATIENT]
 
     pid = pid_segment("500001", pid3=f"{cx('500001')}~{ins(INS_2)}", reliability="VALI")
     send(client, identity("A47", "ADT_A30", "X1", "20260302080000", pid, ins(INS_1)))
@@ -314,7 +315,7 @@ def test_a47_changing_only_the_ins_keeps_the_patient(client: TestClient) -> None
     after = patient(client, "500001")
     assert after["id"] == before["id"]
     assert ins_values(after) == [INS_2]
-    assert after["meta"]["profile"] == [PROFILE_PATIENT_INS]
+    assert after["meta"]["profile"] == before["meta"]["profile"]
     assert after["active"] is True and "link" not in after
     assert client.get("/fhir/Patient", params={"identifier": f"{INS_SYSTEM}|{INS_2}"}).json()["total"] == 1
     assert client.get("/fhir/Patient", params={"identifier": f"{INS_SYSTEM}|{INS_1}"}).json()["total"] == 0

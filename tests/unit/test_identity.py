@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.hl7 import er7
-from gateway.mapping.engine import IDENTITY_RELIABILITY, Engine, Mapped
+from gateway.mapping.engine import IDENTITY_RELIABILITY, IDENTITY_STATUS_SYSTEM, Engine, Mapped
 from gateway.state.patients import fold_patient, merge_payloads, patient_payload
 from tests.messages import IPP_SYSTEM, Adt
 
@@ -19,12 +19,15 @@ def mapped(engine: Engine, adt: Adt) -> Mapped:
     return engine.map(er7.parse(adt.bytes()))
 
 
-def reliability(patient: dict[str, Any]) -> dict[str, list[str]]:
-    ext = next(e for e in patient.get("extension", []) if e["url"] == IDENTITY_RELIABILITY)
-    out: dict[str, list[str]] = {}
-    for part in ext["extension"]:
-        value = part.get("valueCoding") or part["valueCodeableConcept"]["coding"][0]
-        out.setdefault(part["url"], []).append(value["code"])
+def reliability(patient: dict[str, Any]) -> list[dict[str, list[str]]]:
+    """Each identity-reliability extension as {sub-extension url: [codes or dates]}."""
+    out = []
+    for ext in (e for e in patient.get("extension", []) if e["url"] == IDENTITY_RELIABILITY):
+        parts: dict[str, list[str]] = {}
+        for part in ext["extension"]:
+            value = part.get("valueCoding", {}).get("code") or part.get("valueDate")
+            parts.setdefault(part["url"], []).append(str(value))
+        out.append(parts)
     return out
 
 
@@ -35,21 +38,35 @@ def warnings_at(m: Mapped, location: str) -> list[str]:
 # -- identity reliability -------------------------------------------------------------------------
 
 
-def test_vali_with_a_production_ins_is_qualified(mapping_engine: Engine) -> None:
+def test_vali_with_a_production_ins_is_vali_from_the_published_code_system(mapping_engine: Engine) -> None:
+    """FR Core 2.1.0 binds identityStatus to fr-core-cs-v2-0445 (PAM-FR's own codes): no QUAL/RECUP."""
     ins = "1234567890123^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS"
     m = mapping_engine.map(er7.parse(Adt(reliability="VALI").build().replace("^PI|", f"^PI~{ins}|", 1).encode()))
-    assert reliability(m.patient) == {"identityStatus": ["QUAL"]}
+    assert reliability(m.patient) == [{"identityStatus": ["VALI"]}]
+    ext = next(e for e in m.patient["extension"] if e["url"] == IDENTITY_RELIABILITY)
+    assert ext["extension"][0]["valueCoding"]["system"] == IDENTITY_STATUS_SYSTEM
+    assert IDENTITY_STATUS_SYSTEM.endswith("/fr-core-cs-v2-0445")
 
 
-def test_vali_without_ins_is_validated_and_attributes_become_comments(mapping_engine: Engine) -> None:
+def test_vali_attributes_are_further_reliability_extensions(mapping_engine: Engine) -> None:
     m = mapped(mapping_engine, Adt(reliability="VALI~HOMA"))
-    assert reliability(m.patient) == {"identityStatus": ["VALI"], "comment": ["HOMA"]}
+    assert reliability(m.patient) == [{"identityStatus": ["VALI"]}, {"identityStatus": ["HOMA"]}]
 
 
-def test_prov_with_an_ins_received_is_recup_and_the_ins_dropped(mapping_engine: Engine) -> None:
+def test_prov_with_an_ins_received_is_prov_and_the_ins_dropped(mapping_engine: Engine) -> None:
     m = mapped(mapping_engine, Adt(reliability="PROV", ins="2790399999999"))
-    assert reliability(m.patient) == {"identityStatus": ["RECUP"]}
+    assert reliability(m.patient) == [{"identityStatus": ["PROV"]}]
     assert all("1.2.250.1.213.1.4" not in i["system"] for i in m.patient["identifier"])
+
+
+def test_validation_mode_and_date_come_from_zfd(mapping_engine: Engine) -> None:
+    """ZFD-7 (identity document) is the validation mode, ZFD-6 (INSi check) the validation date."""
+    adt = Adt(reliability="VALI", extra_segments=["ZFD||||||20260301101500|CN"])
+    assert reliability(mapped(mapping_engine, adt).patient) == [
+        {"identityStatus": ["VALI"], "validationMode": ["CN"], "validationDate": ["2026-03-01"]}
+    ]
+    unknown = Adt(reliability="VALI", extra_segments=["ZFD|||||||XX"])
+    assert reliability(mapped(mapping_engine, unknown).patient) == [{"identityStatus": ["VALI"]}]
 
 
 def test_no_pid32_no_extension(mapping_engine: Engine) -> None:

@@ -25,7 +25,8 @@ from gateway.mapping.engine import (
     type_code,
 )
 from gateway.mapping.tables import Authorities
-from gateway.mapping.transforms import LOCAL_SID
+from gateway.mapping.transforms import BIRTH_LIST_GIVEN_NAME, LOCAL_SID, PROFILE_PRACTITIONER
+from tests.validation import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 PARIS = ZoneInfo("Europe/Paris")
@@ -300,15 +301,50 @@ def test_test_ins_kept_with_vali_but_typed_as_test() -> None:
     [
         ("1.2.250.1.213.1.4.8", "INS-NIR", PROFILE_PATIENT_INS),
         ("1.2.250.1.213.1.4.9", "INS-NIA", PROFILE_PATIENT_INS),
+        ("1.2.250.1.213.1.4.10", "INS-NIR-TEST", PROFILE_PATIENT_INS),
+        # FR Core 2.1.0's fr-core-1 omits the demo OID (it names the test one twice): fr-core-patient
         ("1.2.250.1.213.1.4.11", "INS-NIR-DEMO", PROFILE_PATIENT),
     ],
 )
 def test_ins_typed_by_its_authority(oid: str, kind: str, profile: str) -> None:
+    """FR Core's own INS types (test and demo ones included), ``use`` official; a PatientINS when the
+    patient has what that profile requires (here: the birth place with its INSEE code, PID-11 BDL)."""
     ins = f"279129999999942^^^ASIP-SANTE-INS-NIR&{oid}&ISO^INS"
-    mapped = run(pid={3: f"{IPP}~{ins}", 32: "VALI"})
+    birth = "^^NANCY^^54000^FRA^BDL^^54395"
+    mapped = run(pid={3: f"{IPP}~{ins}", 5: "MARTIN^JEANNE^JEANNE LOUISE^^MME^^L", 11: birth, 32: "VALI"})
     kept = [i for i in mapped.patient["identifier"] if i["system"] == f"urn:oid:{oid}"]
     assert [type_code(i) for i in kept] == [kind]
+    assert kept[0]["type"]["coding"][0]["system"] == "https://hl7.fr/ig/fhir/core/CodeSystem/fr-core-cs-v2-0203"
+    assert kept[0]["use"] == "official"
     assert mapped.patient["meta"]["profile"] == [profile]
+    place = next(e for e in mapped.patient["extension"] if e["url"].endswith("/patient-birthPlace"))
+    assert place["valueAddress"]["city"] == "NANCY"
+    assert place["valueAddress"]["extension"][0]["valueCoding"]["code"] == "54395"
+    assert validate(mapped.patient) == []
+
+
+def test_ins_without_what_patient_ins_requires_claims_fr_core_patient() -> None:
+    ins = "279129999999942^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.8&ISO^INS"
+    mapped = run(pid={3: f"{IPP}~{ins}", 32: "VALI"})  # no birth place
+    assert mapped.patient["meta"]["profile"] == [PROFILE_PATIENT]
+    assert validate(mapped.patient) == []
+
+
+def test_mobile_phone_and_ipp_use() -> None:
+    mapped = run(pid={13: "^PRN^CP^^^^^^^^^0612345678~0383000000^PRN^PH"})
+    assert mapped.patient["telecom"] == [
+        {"system": "phone", "value": "0612345678", "use": "mobile"},
+        {"system": "phone", "value": "0383000000", "use": "home"},
+    ]
+    ipp = next(i for i in mapped.patient["identifier"] if type_code(i) == "PI")
+    assert ipp["use"] == "usual"
+
+
+def test_deprecated_ins_c_is_not_kept() -> None:
+    insc = "1234567890123456789012^^^ASIP-SANTE-INS-C&1.2.250.1.213.1.4.2&ISO^INS-C"
+    mapped = run(pid={3: f"{IPP}~{insc}", 32: "VALI"})
+    assert all("1.2.250.1.213.1.4.2" not in i["system"] for i in mapped.patient["identifier"])
+    assert any("INS-C" in text for text in warned(mapped, "PID-3"))
 
 
 def test_ins_under_an_unknown_authority_is_dropped() -> None:
@@ -502,7 +538,14 @@ def test_authority_non_oid_universal_id_does_not_short_circuit() -> None:
     [
         (
             "MARTIN^JEANNE^JEANNE LOUISE^^MME^^L",
-            {"use": "official", "family": "MARTIN", "given": ["JEANNE", "LOUISE"], "prefix": ["MME"]},
+            {
+                "use": "official",
+                "family": "MARTIN",
+                # FR Core: one first given name; the birth list of given names in its extension
+                "given": ["JEANNE"],
+                "extension": [{"url": BIRTH_LIST_GIVEN_NAME, "valueString": "JEANNE LOUISE"}],
+                "prefix": ["MME"],
+            },
         ),
         ("DURAND^PAUL", {"family": "DURAND", "given": ["PAUL"]}),
         ("DURAND^PAUL^PAUL", {"family": "DURAND", "given": ["PAUL"]}),
@@ -635,9 +678,13 @@ def test_participants_and_practitioners() -> None:
     assert set(by_rpps) == {"10101010101", "10202020202"}
     bernard = by_rpps["10101010101"]
     assert bernard["resourceType"] == "Practitioner"
-    assert bernard["identifier"][0]["system"] == f"urn:oid:{RPPS_OID}"
-    assert type_code(bernard["identifier"][0]) == "RPPS"
-    assert bernard["name"] == [{"family": "BERNARD", "given": ["LUC"], "prefix": ["DR"]}]
+    assert bernard["meta"]["profile"] == [PROFILE_PRACTITIONER]
+    # FR Core 2.1.0: the RPPS under its own system, and the prefixed national id (8 + RPPS) under the OID
+    assert [(i["system"], i["value"], type_code(i)) for i in bernard["identifier"]] == [
+        ("https://rpps.esante.gouv.fr", "10101010101", "RPPS"),
+        (f"urn:oid:{RPPS_OID}", "810101010101", "IDNPS"),
+    ]
+    assert bernard["name"] == [{"family": "BERNARD", "given": ["LUC"], "suffix": ["DR"]}]
     assert participants[0]["individual"]["reference"] == f"Practitioner/{bernard['id']}"
 
 

@@ -26,6 +26,7 @@ from gateway.state.visits import (
     CORRECTION_KIND,
     IDENTITY_KINDS,
     KINDS,
+    RAW_NATURE_SYSTEM,
     Stay,
     VisitFact,
     fold_stay,
@@ -239,7 +240,8 @@ def test_cancel_admission_by_movement_id() -> None:
     assert encounter["identifier"] == [VISIT]
     assert encounter["subject"] == {"reference": "Patient/pat-1"}
     assert encounter["class"] == IMP
-    assert "period" not in encounter
+    # FR Core requires a period: the cancelled stay keeps the one it had (no end)
+    assert encounter["period"] == {"start": iso(T0)}
 
 
 def test_cancel_undoes_a_movement_received_twice() -> None:
@@ -466,7 +468,7 @@ def test_status_follows_the_facts(stay: tuple[list[VisitFact], dict[str, Any]]) 
         assert "end" not in encounter.get("period", {})
         assert "hospitalization" not in encounter
     if expected == "cancelled":
-        assert "period" not in encounter
+        assert "start" in encounter["period"]  # FR Core: a cancelled stay keeps its period
 
 
 # -- the event table --------------------------------------------------------------------------
@@ -555,6 +557,13 @@ def test_class_by_trigger_mirrors_the_patient_class_table() -> None:
         assert CLASS_BY_TRIGGER[trigger] == row.coding()
 
 
+def test_an_unknown_zbe9_nature_is_kept_raw() -> None:
+    """Hospitals extend ZBE-9 (suffixed codes): the code outside the table is kept as sent."""
+    folded = stay([move("A01", T0, "MV-1", unit="URG", uf="4010", nature="HMS-X")])
+    codings = folded.movements[0]["type"][0]["coding"]
+    assert codings[1] == {"system": RAW_NATURE_SYSTEM, "code": "HMS-X"}
+
+
 def test_movement_nature_table() -> None:
     assert sorted(NATURES) == sorted(["S", "H", "M", "L", "D", "SM", "SH", "MH", "LD", "HMS", "C"])
     for code, row in NATURES.items():
@@ -626,7 +635,7 @@ D = timedelta(days=1)
 def test_planned_alone(trigger: str) -> None:
     encounter = current([move(trigger, T0, "MV-P", encounter=encounter_facts(start=T0 + D, unit="CHIR"))])
     assert encounter["status"] == "planned"
-    assert "period" not in encounter  # not begun: PV1-44 of a plan is no start
+    assert encounter["period"] == {"start": iso(T0 + D)}  # a plan carries its planned start (PV1-44)
     assert [loc["status"] for loc in encounter["location"]] == ["planned"]
 
 
@@ -656,7 +665,7 @@ def test_cancelled_admission_falls_back_to_the_preadmission() -> None:
     facts = [move("A05", T0 - D, "MV-P"), admission(), cancel("A11", T0 + H, movement_id="MV-1")]
     encounter = current(facts)
     assert encounter["status"] == "planned"
-    assert "period" not in encounter
+    assert encounter["period"] == {"start": iso(T0 - D)}  # the pre-admission's own date (ZBE-2)
 
 
 # -- transfers --------------------------------------------------------------------------------
@@ -861,7 +870,8 @@ def test_pending_discharge_then_discharge() -> None:
     folded = stay(facts)
     assert folded.encounter is not None
     assert folded.encounter["status"] == "finished"
-    assert [m["status"] for m in folded.movements] == ["finished", "planned", "finished"]
+    # the pending discharge is no longer a plan once the stay has moved past it (the discharge came)
+    assert [m["status"] for m in folded.movements] == ["finished", "finished", "finished"]
 
 
 def test_pending_transfer_alone_means_the_patient_is_in() -> None:
@@ -1115,9 +1125,9 @@ def test_movement_place_unit_and_type() -> None:
     assert [c["code"] for c in second["type"][0]["coding"]] == ["A02", "M"]
 
 
-def test_movement_nature_outside_the_table_is_left_out() -> None:
+def test_movement_nature_outside_the_table_is_kept_as_sent() -> None:
     [only] = stay([move("A01", T0, "MV-1", nature="XYZ")]).movements
-    assert [c["code"] for c in only["type"][0]["coding"]] == ["A01"]
+    assert only["type"][0]["coding"][1:] == [{"system": RAW_NATURE_SYSTEM, "code": "XYZ"}]
 
 
 def test_movement_nature_already_coded_by_the_engine() -> None:
@@ -1127,8 +1137,9 @@ def test_movement_nature_already_coded_by_the_engine() -> None:
 
 
 def test_movement_nature_needs_the_table_when_bare() -> None:
+    """Without the table a bare code cannot be coded: it is kept as sent, never dropped."""
     [only] = fold_stay([move("A01", T0, "MV-1", nature="SH")]).movements
-    assert [c["code"] for c in only["type"][0]["coding"]] == ["A01"]
+    assert only["type"][0]["coding"][1:] == [{"system": RAW_NATURE_SYSTEM, "code": "SH"}]
 
 
 def test_movements_without_zbe_are_not_listed_but_end_the_previous_one() -> None:
@@ -1330,10 +1341,15 @@ def test_rich_stay_invariants(generated: tuple[list[VisitFact], bool]) -> None:
     assert [datetime.fromisoformat(s) for s in starts] == sorted(datetime.fromisoformat(s) for s in starts)
     for m in folded.movements:
         assert m["partOf"] == {"reference": f"Encounter/{ENCOUNTER_ID}"}
-        assert m["class"] == encounter["class"]
         assert m["subject"] == encounter["subject"]
         assert m["type"][0]["coding"][0]["code"] in UNDO
-    chain = [m for m in folded.movements if m["status"] not in ("planned", "cancelled")]
+        if m["type"][0]["coding"][0]["code"] in PLANS:  # a plan: pending, overtaken (finished) or undone
+            assert m["status"] in ("planned", "finished", "cancelled")
+    chain = [
+        m
+        for m in folded.movements
+        if m["status"] not in ("planned", "cancelled") and m["type"][0]["coding"][0]["code"] not in PLANS
+    ]
     if status == "cancelled":
         assert chain == []
         assert {m["status"] for m in folded.movements} <= {"cancelled"}
@@ -1341,8 +1357,13 @@ def test_rich_stay_invariants(generated: tuple[list[VisitFact], bool]) -> None:
     assert all(m["status"] == "finished" for m in chain[:-1])
     if all_zbe and chain:  # every real movement listed: each ends where the next begins
         assert chain[-1]["status"] == status
+        assert chain[-1]["class"] == encounter["class"]  # each movement keeps its class; the last is the stay's
         for earlier, later in itertools.pairwise(chain):
             assert earlier["period"]["end"] == later["period"]["start"]
+
+
+#: Plans (pre-admission, pending admission, transfer, discharge): movements outside the chain.
+PLANS = frozenset({"A05", "A14", "A15", "A16"})
 
 
 # -- patients ---------------------------------------------------------------------------------
