@@ -36,9 +36,13 @@
 
   // Typed text is sent as UTF-8 and says so (the server re-encodes it as MSH-18 declares); a file is sent
   // as its own bytes, exactly as a sender's engine would send them.
+  // A bearer token given on the page wins; else the signed-in session's cookie goes with the call, and a
+  // POST carries the session's CSRF token (the server refuses a state-changing call without it).
+  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
   function withToken(headers) {
     const token = $("token").value.trim();
-    return token ? { ...headers, Authorization: "Bearer " + token } : headers;
+    if (token) return { ...headers, Authorization: "Bearer " + token };
+    return csrf ? { ...headers, "X-CSRF-Token": csrf } : headers;
   }
 
   async function post(url, body) {
@@ -198,7 +202,7 @@
     const note = $("tenants-status");
     const answer = await fetch("/sandbox/store/messages", { headers: withToken({}) });
     if (!answer.ok) {
-      note.textContent = answer.status === 401 ? "These need a token: give it under Access token, above." : "Could not read the sandbox store.";
+      note.textContent = answer.status === 401 ? "These need you signed in (Sign in, at the top) or a token under Access token, above." : "Could not read the sandbox store.";
       return;
     }
     const data = await answer.json();
