@@ -25,6 +25,8 @@ class MessageFilter:
     ipp: str = ""
     received_from: datetime | None = None
     received_to: datetime | None = None
+    #: Only messages claiming one of these MSH-4 values (a sandbox sender sees its own); None: all.
+    facilities: frozenset[str] | None = None
 
 
 def find_messages(conn: Connection, where: MessageFilter, *, limit: int, before_id: int | None) -> list[MessageRecord]:
@@ -36,6 +38,8 @@ def find_messages(conn: Connection, where: MessageFilter, *, limit: int, before_
         query = query.where(
             (messages.c.sending_application == where.sender) | (messages.c.sending_facility == where.sender)
         )
+    if where.facilities is not None:
+        query = query.where(messages.c.sending_facility.in_(sorted(where.facilities)))
     if where.trigger:
         query = query.where(messages.c.trigger_event == where.trigger)
     if where.control_id:

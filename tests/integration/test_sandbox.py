@@ -5,6 +5,7 @@ from fastapi.testclient import TestClient
 from gateway.api.app import create_app
 from gateway.api.sandbox import split_messages
 from gateway.runtime import Runtime
+from tests.auth_helpers import login
 from tests.messages import Adt
 
 
@@ -81,6 +82,25 @@ def test_sandbox_calls_are_rate_limited_per_client(runtime: Runtime) -> None:
         assert int(throttled.headers["Retry-After"]) > 0
         rotated = {**headers, "Authorization": "Bearer a-new-token-per-call"}
         assert client.post("/sandbox/convert", content=Adt().bytes(), headers=rotated).status_code == 429
+
+
+def test_with_authentication_the_sandbox_needs_its_scope_and_limits_each_client(runtime: Runtime) -> None:
+    runtime.settings = runtime.settings.model_copy(update={"sandbox_rate_per_minute": 1, "sandbox_burst": 1})
+    with TestClient(create_app(runtime, start_services=False)) as client:
+        plain = login(client, runtime, "platform", "no-sandbox")
+        first = login(client, runtime, "platform", "integrator-a", scopes=["system/Patient.rs", "gateway/sandbox"])
+        second = login(client, runtime, "sender", "integrator-b", facilities=["CH-B"], sandbox=True)
+        body = {"content": Adt().bytes(), "headers": {"Content-Type": "text/plain"}}
+        assert client.post("/sandbox/convert", **body).status_code == 401
+        refused = client.post("/sandbox/convert", content=Adt().bytes(), headers={**body["headers"], **plain})
+        assert refused.status_code == 403 and "gateway/sandbox" in refused.text
+        assert client.get("/sandbox/samples").status_code == 200 and client.get("/sandbox").status_code == 200
+        # the same address, two clients: each has its own budget
+        calls = [(first, 200), (first, 429), (second, 200), (second, 429)]
+        for headers, expected in calls:
+            answer = client.post("/sandbox/convert", content=Adt().bytes(), headers={**body["headers"], **headers})
+            assert answer.status_code == expected, answer.text
+        assert int(answer.headers["Retry-After"]) >= 1
 
 
 def test_text_typed_in_utf8_is_sent_in_the_charset_msh18_declares(client: TestClient) -> None:
