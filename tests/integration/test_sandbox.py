@@ -5,8 +5,11 @@ from fastapi.testclient import TestClient
 from gateway.api.app import create_app
 from gateway.api.sandbox import split_messages
 from gateway.runtime import Runtime
+from gateway.web.present import _validate
 from tests.auth_helpers import login
 from tests.messages import Adt
+from tests.nde_constraints import order_problems
+from tests.validation import validate
 
 
 def test_a_stay_in_the_sandbox_shows_acks_and_resources_and_stores_nothing(client: TestClient) -> None:
@@ -58,6 +61,29 @@ def test_the_convert_answer_shows_timeline_care_circle_notifications_and_validat
     assert "encounter-start" in topics
     assert body["skipped"] == 0
     assert len(body["summaries"]) == len(body["bundle"]["entry"])
+
+
+def test_the_convert_answer_previews_the_nde_orders_and_checks_the_nde_rules(client: TestClient) -> None:
+    stay = Adt(control_id="N1").bytes() + b"\n\n" + Adt(trigger="A03", control_id="N2", movement="M3").bytes()
+    body = client.post("/sandbox/convert", content=stay, headers={"Content-Type": "text/plain"}).json()
+    orders = body["nde_orders"]
+    codes = [o["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] for o in orders]
+    assert codes == ["ADM", "SOR"] and [m["nde_orders"] for m in body["messages"]] == [1, 1]
+    for order in orders:
+        assert order_problems(order) == []  # the suite's own NdE rules, and FR Core for what the order contains
+        assert [e for c in order["contained"] for e in validate(c)] == []
+        assert order["basedOn"] == [{"reference": "https://sandbox.invalid/fhir/Subscription/sandbox-nde"}]
+    checked = {v["reference"]: v for v in body["validation"]}
+    assert all(checked[f"CommunicationRequest/{o['id']}"]["valid"] for o in orders)
+
+
+def test_nde_rules_broken_show_as_validation_findings() -> None:
+    [finding] = [
+        f
+        for f in _validate({"resourceType": "CommunicationRequest", "status": "active"})["findings"]
+        if f["location"] == "NdE profile" and "subject" in f["text"]
+    ][:1]
+    assert finding["severity"] == "error"
 
 
 def test_a_file_gets_a_report_as_json_or_csv(client: TestClient) -> None:

@@ -167,6 +167,7 @@
     });
 
     out.append(el("h2", { text: "Validation" }));
+    out.append(el("p", { class: "help", text: "Each resource: the FHIR R4 structure, the profiles it claims, and for NdE CommunicationRequests the NdE rules the gateway enforces. FR Core and CDS profile conformance is proven by the gateway's test suite, not re-run here." }));
     const findings = el("ul", { class: "validation" });
     for (const v of result.validation) {
       const profiles = v.profiles.length ? " — claims " + v.profiles.join(", ") : "";
@@ -188,6 +189,15 @@
       const focus = event ? (event.part.find((p) => p.name === "focus") || {}).valueReference : null;
       out.append(details(`${topic.split("/").pop()} — ${focus ? focus.reference.split("/").slice(-2).join("/") : ""}`,
         JSON.stringify(bundle, null, 2)));
+    }
+    out.append(el("h2", { text: `NdE notification orders a platform would receive (${result.nde_orders.length})` }));
+    out.append(el("p", { class: "help", text: "ANS NdE subscribers get a flux 4 CommunicationRequest (NdE_NotificationRequestNdE) per event declaration, in place of the Backport Bundle." }));
+    if (!result.nde_orders.length) out.append(el("p", { text: "None." }));
+    for (const order of result.nde_orders) {
+      const concept = ((order.extension || []).find((e) => e.url.endsWith("/event-type")) || {}).valueCodeableConcept || {};
+      const type = (concept.coding || [])[0] || {};
+      out.append(details(`${type.code || "?"} ${type.display || ""} — CommunicationRequest/${order.id} (${order.status})`,
+        JSON.stringify(order, null, 2)));
     }
     // Keyboard and screen-reader users land on the results, not back at the top of the form.
     const first = out.querySelector("h2");
