@@ -25,6 +25,7 @@ from gateway.auth.sessions import (
 )
 from gateway.config import Settings
 from gateway.errors import AuthenticationError
+from gateway.runtime import Runtime
 from gateway.web.limits import RateLimiter, client_key
 from gateway.web.templating import render
 
@@ -80,11 +81,17 @@ def _form(
     return response
 
 
-@router.get("/sign-in", response_class=HTMLResponse)
-async def sign_in_page(request: Request, runtime: RuntimeDep, next: str = "", signed_out: str = "") -> Response:
+def show_session(request: Request, runtime: Runtime) -> None:
+    """On an open page (the edge does not look at sessions there), show who is signed in, and give the
+    page's scripts the session's CSRF token."""
     session = runtime.gate.sessions.get(request.cookies.get(SESSION_COOKIE))
     if session is not None:
         request.state.session = session
+
+
+@router.get("/sign-in", response_class=HTMLResponse)
+async def sign_in_page(request: Request, runtime: RuntimeDep, next: str = "", signed_out: str = "") -> Response:
+    show_session(request, runtime)
     notice = "You are signed out." if signed_out else ""
     return _form(request, runtime.settings, next_path=safe_next(next), notice=notice)
 

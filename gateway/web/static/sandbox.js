@@ -212,7 +212,7 @@
     const note = $("tenants-status");
     const answer = await fetch("/sandbox/store/messages", { headers: withToken({}) });
     if (!answer.ok) {
-      note.textContent = answer.status === 401 ? "These need you signed in (Sign in, at the top) or a token under Access token, above." : "Could not read the sandbox store.";
+      note.textContent = answer.status === 401 ? "These need a token or a session: Sign in (top right), or give a token under Access token, above." : "Could not read the sandbox store.";
       return;
     }
     const data = await answer.json();
