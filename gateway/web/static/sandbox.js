@@ -20,8 +20,13 @@
     return node;
   }
 
+  // The code is text, and its meaning is spelt out beside it: nothing is told by colour alone.
+  const ACK_MEANING = { AA: "accepted", AE: "accepted with errors", AR: "rejected" };
   function ack(code) {
     return el("span", { class: "ack ack-" + code, text: code });
+  }
+  function meaning(code) {
+    return el("span", { class: "ack-meaning", text: " — " + (ACK_MEANING[code] || "unknown outcome") });
   }
 
   function details(summary, body) {
@@ -106,7 +111,7 @@
 
   function messageCard(m) {
     const card = el("article", { class: "msg panel" });
-    card.append(el("h3", {}, `Message ${m.number}: ACK `, ack(m.code)));
+    card.append(el("h3", {}, `Message ${m.number}: ACK `, ack(m.code), meaning(m.code)));
     if (m.issues.length) {
       const list = el("ol", { class: "issues", "aria-label": "ERR lines" });
       for (const issue of m.issues) {
