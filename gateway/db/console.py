@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, String, func, literal, select
 
 from gateway.db.repo import MessageRecord, _message, utc
-from gateway.db.schema import facts, messages, outbox, search_index, subscriptions
+from gateway.db.schema import clients, facts, messages, outbox, search_index, subscriptions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,6 +74,8 @@ class SubscriptionLine:
     endpoint: str
     channel_type: str
     error: str | None
+    #: the name of the platform client that owns it; "" for subscriptions made before clients existed
+    owner: str
     backlog: int
     last_error: str | None
     next_retry: datetime | None
@@ -100,8 +102,15 @@ def subscription_lines(conn: Connection) -> list[SubscriptionLine]:
         .scalar_subquery()
     )
     query = (
-        select(subscriptions, pending.c.backlog, pending.c.next_retry, last_error.label("last_error"))
+        select(
+            subscriptions,
+            pending.c.backlog,
+            pending.c.next_retry,
+            last_error.label("last_error"),
+            clients.c.name.label("owner_name"),
+        )
         .outerjoin(pending, pending.c.sid == subscriptions.c.id)
+        .outerjoin(clients, clients.c.id == subscriptions.c.owner)
         .order_by(subscriptions.c.created_at.desc(), subscriptions.c.id)
     )
     return [
@@ -112,6 +121,7 @@ def subscription_lines(conn: Connection) -> list[SubscriptionLine]:
             endpoint=r.endpoint,
             channel_type=r.channel_type,
             error=r.error,
+            owner=r.owner_name or "",
             backlog=int(r.backlog or 0),
             last_error=r.last_error,
             next_retry=utc(r.next_retry),

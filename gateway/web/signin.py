@@ -33,6 +33,7 @@ router = APIRouter(include_in_schema=False)
 #: Sign-in attempts per client address: enough for typing mistakes, too few to guess a secret.
 SIGN_IN_PER_MINUTE = 10
 SIGN_IN_BURST = 5
+DEFAULT_NEXT = "/console/messages"
 
 
 def _attempts(request: Request) -> RateLimiter:
@@ -45,10 +46,13 @@ def _attempts(request: Request) -> RateLimiter:
 
 
 def safe_next(value: str | None) -> str:
-    """Where to go after signing in: a path of this gateway only (never ``//elsewhere`` nor a URL)."""
-    if value and value.startswith("/") and not value.startswith(("//", "/\\")) and value.isascii():
+    """Where to go after signing in: a path of this gateway only (never ``//elsewhere`` nor a URL; browsers
+    drop tabs and newlines from URLs, so ``/<TAB>/elsewhere`` would be one: no whitespace or control)."""
+    if not value or not value.isascii() or any(c.isspace() or not c.isprintable() for c in value):
+        return DEFAULT_NEXT
+    if value.startswith("/") and not value.startswith(("//", "/\\")):
         return value
-    return "/console/messages"
+    return DEFAULT_NEXT
 
 
 def _secure(request: Request, settings: Settings) -> bool:

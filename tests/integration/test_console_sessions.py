@@ -105,6 +105,19 @@ def test_a_session_has_the_rights_of_its_client_and_ends_with_it(client: TestCli
     assert client.get("/console/messages", follow_redirects=False).status_code == 401
 
 
+def test_the_sandbox_pages_calls_with_a_session_need_its_csrf_header(client: TestClient, runtime: Runtime) -> None:
+    tenant_id, secret = register(runtime, "sender", "trial", facilities=["CH-TRIAL"], sandbox=True)
+    assert secret is not None
+    sign_in(client, tenant_id, secret, next_path="/sandbox")
+    page = client.get("/sandbox").text
+    found = re.search(r'<meta name="csrf-token" content="([^"]+)">', page)
+    assert found is not None and "Signed in as <strong>trial</strong>" in page
+    body = {"content": Adt().bytes(), "headers": {"Content-Type": "text/plain"}}
+    assert client.post("/sandbox/convert", **body).status_code == 403
+    headers = {**body["headers"], "X-CSRF-Token": found.group(1)}
+    assert client.post("/sandbox/convert", content=Adt().bytes(), headers=headers).status_code == 200
+
+
 def test_the_sign_in_form_needs_its_own_signed_nonce(client: TestClient, runtime: Runtime) -> None:
     operator_id, secret = register(runtime, "operator", "ops")
     assert secret is not None
@@ -116,7 +129,7 @@ def test_the_sign_in_form_needs_its_own_signed_nonce(client: TestClient, runtime
     assert forged.status_code == 403
 
 
-@pytest.mark.parametrize("target", ["https://evil.test/", "//evil.test/", "/\\evil.test"])
+@pytest.mark.parametrize("target", ["https://evil.test/", "//evil.test/", "/\\evil.test", "/\t/evil.test", "/\n/x"])
 def test_sign_in_only_sends_the_browser_to_this_gateway(client: TestClient, runtime: Runtime, target: str) -> None:
     operator_id, secret = register(runtime, "operator", "ops")
     assert secret is not None
