@@ -15,16 +15,19 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from gateway.api.limits import read_limited
 from gateway.auth.policy import LOCAL, Access, Principal
 from gateway.auth.rules import Rule, rule_for
 from gateway.auth.sessions import (
     CSRF_FIELD,
     CSRF_HEADER,
+    MAX_FORM_BYTES,
     SAFE_METHODS,
     SESSION_COOKIE,
     Session,
     SignInRequired,
     csrf_ok,
+    is_form,
     parse_form,
 )
 from gateway.errors import ForbiddenError
@@ -73,8 +76,11 @@ async def _check_csrf(request: Request, session: Session) -> None:
     if request.method in SAFE_METHODS:
         return
     presented = request.headers.get(CSRF_HEADER)
-    if presented is None:  # Starlette keeps the body it read, so the route reads the same form again
-        presented = parse_form(request.headers.get("content-type", ""), await request.body()).get(CSRF_FIELD)
+    media = request.headers.get("content-type", "")
+    if presented is None and is_form(media):
+        raw = await read_limited(request, limit=MAX_FORM_BYTES)  # 413 past it, never held whole in memory
+        request._body = raw  # Starlette's own cache: the route may read the same body again
+        presented = parse_form(media, raw).get(CSRF_FIELD)
     if not csrf_ok(session, presented):
         raise ForbiddenError("missing or wrong CSRF token: reload the page and try again")
 

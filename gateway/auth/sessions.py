@@ -119,9 +119,13 @@ FORM = "application/x-www-form-urlencoded"
 MAX_FORM_BYTES = 16_384
 
 
+def is_form(media: str) -> bool:
+    return media.split(";", maxsplit=1)[0].strip().lower() == FORM
+
+
 def parse_form(media: str, raw: bytes) -> dict[str, str]:
     """A page's URL-encoded form (the only kind our forms send); anything else, or too big, is no form."""
-    if media.split(";", maxsplit=1)[0].strip().lower() != FORM or len(raw) > MAX_FORM_BYTES:
+    if not is_form(media) or len(raw) > MAX_FORM_BYTES:
         return {}
     try:
         return dict(parse_qsl(raw.decode("utf-8"), keep_blank_values=True))

@@ -15,8 +15,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import AccessDep, RuntimeDep
+from gateway.api.limits import read_limited
 from gateway.auth.sessions import (
     CSRF_FIELD,
+    MAX_FORM_BYTES,
     SESSION_COOKIE,
     SIGN_IN_COOKIE,
     SIGN_IN_MAX_AGE,
@@ -102,7 +104,7 @@ async def sign_in_page(request: Request, runtime: RuntimeDep, next: str = "", si
 
 @router.post("/sign-in")
 async def sign_in(request: Request, runtime: RuntimeDep) -> Response:
-    form = parse_form(request.headers.get("content-type", ""), await request.body())
+    form = parse_form(request.headers.get("content-type", ""), await read_limited(request, limit=MAX_FORM_BYTES))
     client_id, client_secret = form.get("client_id", "")[:128], form.get("client_secret", "")[:512]
     settings, sessions, target = runtime.settings, runtime.gate.sessions, safe_next(form.get("next"))
     if not sessions.sign_in_form_ok(form.get(CSRF_FIELD, ""), request.cookies.get(SIGN_IN_COOKIE)):

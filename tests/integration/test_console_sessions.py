@@ -82,6 +82,10 @@ def test_an_operator_signs_in_replays_with_the_csrf_token_and_signs_out(client: 
     by_header = client.post("/console/messages/1/replay", headers={"X-CSRF-Token": csrf}, follow_redirects=False)
     assert by_header.status_code == 303
 
+    too_big = {"csrf_token": csrf, "pad": "x" * 20_000}
+    assert client.post("/console/messages/1/replay", data=too_big, follow_redirects=False).status_code == 413
+    assert client.post("/sign-in", data=too_big).status_code == 413
+
     session_id = client.cookies[SESSION_COOKIE]
     assert client.post("/sign-out", data={}, follow_redirects=False).status_code == 403  # CSRF there too
     out = client.post("/sign-out", data={"csrf_token": csrf}, follow_redirects=False)
