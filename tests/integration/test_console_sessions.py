@@ -14,7 +14,7 @@ from gateway.auth.sessions import SESSION_COOKIE
 from gateway.config import Settings
 from gateway.db.engine import transaction
 from gateway.runtime import Runtime
-from tests.auth_helpers import bearer, register, token
+from tests.auth_helpers import bearer, register, subscribe_as, token
 from tests.messages import Adt
 
 HL7 = {"Content-Type": "application/hl7-v2"}
@@ -81,6 +81,11 @@ def test_an_operator_signs_in_replays_with_the_csrf_token_and_signs_out(client: 
     assert replayed.status_code == 303 and replayed.headers["location"] == "/console/messages/1?replayed=AA"
     by_header = client.post("/console/messages/1/replay", headers={"X-CSRF-Token": csrf}, follow_redirects=False)
     assert by_header.status_code == 303
+
+    sub_id = subscribe_as(client, bearer(token(client, operator_id, secret)), "encounter-start", None)
+    assert client.post(f"/console/subscriptions/{sub_id}/resend", follow_redirects=False).status_code == 403
+    resent = client.post(f"/console/subscriptions/{sub_id}/resend", data={"csrf_token": csrf}, follow_redirects=False)
+    assert resent.status_code == 303
 
     too_big = {"csrf_token": csrf, "pad": "x" * 20_000}
     assert client.post("/console/messages/1/replay", data=too_big, follow_redirects=False).status_code == 413
