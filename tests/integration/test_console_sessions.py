@@ -72,6 +72,9 @@ def test_an_operator_signs_in_replays_with_the_csrf_token_and_signs_out(client: 
     page = client.get("/console/messages")
     assert page.status_code == 200 and "Signed in as <strong>ops</strong>" in page.text and "S1" in page.text
     csrf = form_token(client, "/console/messages/1")
+    trail = client.get("/fhir/AuditEvent", params={"agent": "ops"}).json()  # the session reads it, as the operator
+    viewed = [e["resource"] for e in trail["entry"] if e["resource"]["subtype"][0]["code"] == "raw"]
+    assert viewed and viewed[0]["agent"][0]["name"] == "ops"  # who opened the message page: audited
 
     refused = client.post("/console/messages/1/replay", follow_redirects=False)
     assert refused.status_code == 403 and "CSRF" in refused.text
