@@ -98,3 +98,12 @@ def test_sign_in_and_the_console_by_keyboard_alone(page: Page, gateway: Served) 
     _tab_until(page, "Sign out", key="Shift+Tab")
     page.keyboard.press("Enter")
     expect(page.get_by_role("status")).to_contain_text("You are signed out.")
+
+
+def test_with_authentication_on_the_sandbox_says_how_to_get_in(page: Page, gateway: Served) -> None:
+    register(gateway.runtime, "operator", "ops")  # authentication is on from now on
+    page.goto("/sandbox")
+    page.get_by_label("Sample messages").select_option(index=0)
+    page.get_by_role("button", name="Convert").click()
+    expect(page.locator("#status")).to_contain_text("401")
+    expect(page.locator("#status")).to_contain_text("Sign in, top right, or give a token under Access token")

@@ -57,7 +57,8 @@
     const data = type.includes("json") ? await answer.json() : await answer.text();
     if (!answer.ok) {
       const text = data && data.issue ? data.issue.map((i) => i.diagnostics).join("; ") : String(data);
-      throw new Error(answer.status + ": " + text);
+      const hint = answer.status === 401 ? " (Sign in, top right, or give a token under Access token)" : "";
+      throw new Error(answer.status + ": " + text + hint);
     }
     return data;
   }
