@@ -24,6 +24,7 @@ from gateway.errors import (
     DuplicateControlIdError,
     GatewayError,
     KeyTooLongError,
+    NotFoundError,
     ParseError,
     SenderNotAllowedError,
     StorageConflictError,
@@ -534,7 +535,7 @@ class Pipeline:
         with reading(self.db) as conn:
             record = MessageRepo(conn).get(message_id)
         if record is None:
-            raise LookupError(message_id)
+            raise NotFoundError(f"message {message_id} not found")
         if record.status != "applied":
             return self.ingest(record.raw, transport="replay")
         return self._reprocess(record.id, record.raw)

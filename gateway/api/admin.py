@@ -70,10 +70,7 @@ async def get_message(message_id: int, runtime: RuntimeDep, access: AccessDep) -
 
 @router.post("/messages/{message_id}/replay", summary="Run a stored message through the pipeline again")
 async def replay(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
-    try:
-        outcome = await run_in_threadpool(runtime.pipeline.replay, message_id)
-    except LookupError as exc:
-        raise NotFoundError(f"message {message_id} not found") from exc
+    outcome = await run_in_threadpool(runtime.pipeline.replay, message_id)
     record_message(transport="replay", outcome=outcome.code, ack=outcome.ack)
     return {
         "code": outcome.code,
