@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.canonical import CANONICAL_BASE
 
 ERROR_CODE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/gateway-error"
 

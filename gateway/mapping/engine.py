@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.canonical import FR_CORE_SD as FR_CORE
 from gateway.errors import MappingError, UnsupportedError, UnsupportedEventError
 from gateway.hl7.er7 import Message, Repetition, Segment
 from gateway.hl7.er7 import Path as HL7Path
@@ -27,7 +28,6 @@ from gateway.mapping.transforms import (
     parse_dtm,
 )
 
-FR_CORE = "https://hl7.fr/ig/fhir/core/StructureDefinition"
 PROFILE_PATIENT = f"{FR_CORE}/fr-core-patient"
 PROFILE_PATIENT_INS = f"{FR_CORE}/fr-core-patient-ins"
 PROFILE_ENCOUNTER = f"{FR_CORE}/fr-core-encounter"

@@ -33,15 +33,16 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
+from gateway.canonical import CANONICAL_BASE
 from gateway.mapping.engine import PROFILE_ENCOUNTER
 from gateway.mapping.ids import resource_id
 from gateway.mapping.tables import EVENT_KINDS, CodeRow
 
 JSON = dict[str, Any]
 
-MOVEMENT_TYPE_SYSTEM = "https://gateway.e-parcours.example/fhir/CodeSystem/movement-type"
+MOVEMENT_TYPE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/movement-type"
 #: ZBE-9 natures outside the PAM-FR table, kept as the hospital sent them.
-RAW_NATURE_SYSTEM = "https://gateway.e-parcours.example/fhir/CodeSystem/movement-nature-as-sent"
+RAW_NATURE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/movement-nature-as-sent"
 #: Stand-in for "not given" in :class:`VisitFact`: then the sender recorded the event when it happened.
 UNRECORDED = datetime.min.replace(tzinfo=UTC)
 

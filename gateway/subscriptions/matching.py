@@ -12,8 +12,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from gateway.errors import FhirError, UnsupportedSearchError
-from gateway.fhir.tokens import split_tokens
 from gateway.subscriptions.nde import event_type_codes
+from gateway.token_lists import split_tokens
 
 JSON = dict[str, Any]
 

@@ -23,7 +23,6 @@ from gateway.errors import (
     ProfileValueError,
     ProfileViolationError,
 )
-from gateway.fhir.tokens import split_tokens
 from gateway.mapping.tables import CodeRow
 from gateway.subscriptions.nde import (
     CONTAINED_TYPES,
@@ -42,6 +41,7 @@ from gateway.subscriptions.nde import (
     extensions,
     join_tokens,
 )
+from gateway.token_lists import split_tokens
 
 #: Extension → (element name in errors, resource types its reference may target; empty: a dateTime).
 REQUIRED: Final[dict[str, tuple[str, frozenset[str]]]] = {

@@ -14,6 +14,7 @@ from fhir.resources.R4B.subscription import Subscription as SubscriptionModel
 from pydantic import ValidationError
 from sqlalchemy import Connection
 
+from gateway.canonical import BACKPORT_SD, CANONICAL_BASE
 from gateway.db.indexing import search_entries
 from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
 from gateway.errors import (
@@ -26,7 +27,6 @@ from gateway.errors import (
     ProfileValueError,
     StructureError,
 )
-from gateway.fhir.canonical import CANONICAL_BASE
 from gateway.mapping.tables import EVENT_TYPE_TABLE, EVENT_TYPE_TERMINOLOGY, Tables
 from gateway.subscriptions import nde
 from gateway.subscriptions.channels import channel_header_refusal
@@ -36,7 +36,7 @@ from gateway.subscriptions.nde_subscription import is_nde, parse_nde
 from gateway.subscriptions.topics import BY_URL, TOPIC_BASE
 
 JSON = dict[str, Any]
-BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+BACKPORT = BACKPORT_SD
 FILTER_CRITERIA = f"{BACKPORT}/backport-filter-criteria"
 PAYLOAD_CONTENT = f"{BACKPORT}/backport-payload-content"
 HEARTBEAT_PERIOD = f"{BACKPORT}/backport-heartbeat-period"
