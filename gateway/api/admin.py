@@ -10,12 +10,12 @@ from starlette.concurrency import run_in_threadpool
 from gateway.api.deps import AccessDep, RuntimeDep
 from gateway.auth.authorities import MINTED_PREFIX, undeclared
 from gateway.auth.clients import SENDER
+from gateway.clock import utcnow
 from gateway.db.access import ClientRepo, systems_starting
 from gateway.db.engine import transaction
 from gateway.db.repo import MessageRecord, MessageRepo
 from gateway.errors import NotFoundError
 from gateway.metrics import record_message
-from gateway.pipeline import utcnow
 from gateway.subscriptions.service import resend
 
 router = APIRouter(prefix="/admin", tags=["admin"])

@@ -16,6 +16,7 @@ from gateway.api.limits import json_body
 from gateway.api.responses import fhir_response, versioned
 from gateway.auth.audit import audit_event, event_patient
 from gateway.auth.policy import Access
+from gateway.clock import utcnow
 from gateway.db.access import AuditRepo
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRepo, StoredResource, SubscriptionRecord
@@ -31,7 +32,6 @@ from gateway.fhir.capability import SEARCH_PARAMS, capability_statement
 from gateway.fhir.outcome import operation_outcome
 from gateway.fhir.search import history_bundle, search
 from gateway.fhir.topics import topic_resources
-from gateway.pipeline import utcnow
 from gateway.runtime import Runtime
 from gateway.state import platform as platform_edits
 from gateway.state.apply import Unit

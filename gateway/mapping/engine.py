@@ -16,7 +16,7 @@ from gateway.errors import MappingError, UnsupportedError, UnsupportedEventError
 from gateway.hl7.er7 import Message, Repetition, Segment
 from gateway.hl7.er7 import Path as HL7Path
 from gateway.mapping.ids import resource_id
-from gateway.mapping.tables import ACTIONS, EventSpec, SegmentMap, Tables, load_tables
+from gateway.mapping.tables import ACTIONS, IDENTITY_KINDS, EventSpec, SegmentMap, Tables, load_tables
 from gateway.mapping.transforms import (
     BIRTH_LIST_GIVEN_NAME,
     BIRTH_PLACE,
@@ -42,8 +42,6 @@ PRODUCTION_INS = frozenset({"INS-NIR", "INS-NIA"})
 QUALIFIED_INS = PRODUCTION_INS | {"INS-NIR-TEST"}
 INS_TABLE = "InsAuthority_to_IdentifierType"
 INS_C_SYSTEM = "urn:oid:1.2.250.1.213.1.4.2"
-#: Event kinds without a visit: their PV1 (often "PV1|1|N") is not read.
-VISITLESS_KINDS = frozenset({"person", "person-update", "change-identifier", "merge"})
 SUPPORTED_VERSIONS = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"})
 HL7_NULL = '""'
 IDENTITY_RELIABILITY = f"{FR_CORE}/fr-core-identity-reliability"
@@ -149,7 +147,7 @@ class Engine:
         self._check_evn(message, header, ctx)
         patient = self._patient(message, ctx)
         participations = self._participations(message, ctx)
-        visit = event.kind not in VISITLESS_KINDS
+        visit = event.kind not in IDENTITY_KINDS  # their PV1 (often "PV1|1|N") is not read
         movement = self._movement(message, ctx) if visit else None
         encounter = self._encounter(message, ctx, patient_id=patient["id"]) if visit else None
         if visit and event.kind == "discharge":

@@ -16,13 +16,14 @@ from typing import Any
 from sqlalchemy import Engine as DB
 from sqlalchemy.util import LRUCache
 
+from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.db.engine import make_engine, transaction
 from gateway.db.repo import OutboxRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
 from gateway.db.schema import metadata
 from gateway.hl7.ack import AckIssue
 from gateway.mapping.engine import Engine
-from gateway.pipeline import Pipeline, utcnow
+from gateway.pipeline import Pipeline
 from gateway.subscriptions.notification import NotificationContext, build_notification_bundle
 from gateway.subscriptions.topics import TOPICS
 from gateway.subscriptions.worker import notification_events
