@@ -167,7 +167,7 @@ class Engine:
             movement=movement,
             practitioners=sorted(ctx.practitioners.values(), key=lambda r: str(r["id"])),
             warnings=ctx.warnings,
-            recorded_at=self._recorded_at(message, header),
+            recorded_at=_recorded_at(message, header),
             prior=self._prior(message, ctx),
             participations=participations,
         )
@@ -381,12 +381,9 @@ class Engine:
                 return parsed[0]
         return header.sent_at or datetime(1970, 1, 1, tzinfo=UTC)
 
-    @staticmethod
-    def _recorded_at(message: Message, header: Header) -> datetime | None:
-        return _recorded_at_impl(message, header)
 
-
-def _recorded_at_impl(message: Message, header: Header) -> datetime | None:
+def _recorded_at(message: Message, header: Header) -> datetime | None:
+    """When the sender recorded the event (EVN-2, else MSH-7): it orders corrections of one movement."""
     evn = message.segment("EVN")
     parsed = parse_dtm(evn.get(2)) if evn is not None and evn.get(2) else None
     return parsed[0] if parsed else header.sent_at
