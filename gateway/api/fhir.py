@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import AccessDep, RuntimeDep
@@ -18,6 +17,7 @@ from gateway.auth.audit import audit_event, event_patient
 from gateway.auth.policy import Access
 from gateway.clock import utcnow
 from gateway.db.access import AuditRepo
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRepo, StoredResource, SubscriptionRecord
 from gateway.errors import (

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 from fhir.resources.R4B.careteam import CareTeam as CareTeamModel
 from pydantic import ValidationError
-from sqlalchemy import Connection
 
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.repo import StoredResource
 from gateway.db.unit import UnitOfWork
 from gateway.errors import (

@@ -16,8 +16,8 @@ from typing import Final
 
 from fhir.resources.R4B.communicationrequest import CommunicationRequest as CommunicationRequestModel
 from pydantic import ValidationError
-from sqlalchemy import Connection
 
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.repo import ResourceRepo, StoredResource
 from gateway.db.unit import UnitOfWork
 from gateway.errors import FhirError, ProfileViolationError, StorageError, StructureError

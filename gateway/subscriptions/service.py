@@ -12,9 +12,9 @@ from typing import Any
 
 from fhir.resources.R4B.subscription import Subscription as SubscriptionModel
 from pydantic import ValidationError
-from sqlalchemy import Connection
 
 from gateway.canonical import BACKPORT_SD, CANONICAL_BASE
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.indexing import search_entries
 from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
 from gateway.errors import (
