@@ -90,10 +90,6 @@ class Mapped:
     #: Care circle statements: ROL segments and PD1-4 (member reference, role, action, period).
     participations: list[dict[str, Any]] = field(default_factory=list)
 
-    @property
-    def visitless(self) -> bool:
-        return self.encounter is None
-
 
 def read_header(message: Message) -> Header:
     """MSH fields, read leniently: routing uses MSH-9.1 and MSH-9.2 only."""
