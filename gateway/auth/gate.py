@@ -5,14 +5,13 @@ from __future__ import annotations
 import hmac
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine
-
 from gateway.auth.clients import OPERATOR
 from gateway.auth.policy import Principal
 from gateway.auth.scopes import Grant
 from gateway.auth.tokens import TokenService
 from gateway.config import Settings
 from gateway.db.access import ClientRepo
+from gateway.db.engine import Database as Engine
 from gateway.errors import AuthenticationError
 
 API_TOKEN_PRINCIPAL = Principal("api-token", "operator (API token)", OPERATOR, Grant(("system/*.cruds",)))

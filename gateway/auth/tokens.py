@@ -24,12 +24,12 @@ from typing import Any
 from urllib.parse import unquote
 
 import jwt
-from sqlalchemy import Engine
 
 from gateway.auth.hashing import verify_secret
 from gateway.auth.scopes import Grant, ScopeError, parse_scopes
 from gateway.config import Settings
 from gateway.db.access import AssertionRepo, ClientRecord, ClientRepo, SigningKeyRepo
+from gateway.db.engine import Database as Engine
 from gateway.db.engine import transaction
 from gateway.errors import AuthenticationError, InvalidClientError, OAuthError
 
