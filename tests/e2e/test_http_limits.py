@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 
-from gateway.api.server import uvicorn_config
+from gateway import cli
+from gateway.api.server import HeaderDeadlineProtocol, uvicorn_config
 from gateway.config import Settings
 
 pytestmark = pytest.mark.e2e
@@ -117,11 +119,8 @@ def test_item8_a_body_arriving_with_its_head_does_not_count_as_head() -> None:
     assert asyncio.run(scenario()).startswith(b"HTTP/1.1 200")
 
 
-def test_item8_serve_runs_uvicorn_with_the_gateways_limits(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+def test_item8_serve_runs_uvicorn_with_the_gateways_limits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``gateway serve`` hands uvicorn the configured limits (GATEWAY_HTTP_* settings), not uvicorn's defaults."""
-    from gateway import cli
-    from gateway.api.server import HeaderDeadlineProtocol
-
     seen: list[uvicorn.Config] = []
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: seen.append(self.config))
     for name, value in {
