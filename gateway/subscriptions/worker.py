@@ -1,10 +1,12 @@
 """The delivery worker: drains the outbox, one subscription's events strictly in order, with retries.
 
-Shape borrowed from procrastinate: rows are claimed with one conditional UPDATE each (a lease on
-``next_attempt_at``, so two workers or two gateway instances never send the same row at once), delivered
-outside any transaction, then their result recorded. Only the oldest pending row of a subscription is
-ever due (plus, with ``maxCount``, the events right behind it, sent in the same notification), so a later
-event cannot overtake an earlier one while that one waits for a retry.
+Shape borrowed from procrastinate: due rows are claimed in one statement (``UPDATE … WHERE id IN (SELECT …
+FOR UPDATE SKIP LOCKED) RETURNING`` on PostgreSQL, the same statement without the lock clause on SQLite's
+single writer), which moves their ``next_attempt_at`` to a lease, so two workers or two gateway instances
+never send the same row at once; they are delivered outside any transaction, then their result recorded.
+Only the oldest pending row of a subscription is ever due (plus, with ``maxCount``, the events right behind
+it, sent in the same notification), so a later event cannot overtake an earlier one while it waits for a
+retry.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 HANDSHAKE_ATTEMPTS = 3
 HEARTBEAT_CHECK_SECONDS = 1.0
 BATCH = 50
+#: Seconds a lease outlives the request's own deadline: a worker that dies mid-send frees its rows after it.
+LEASE_MARGIN = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,20 +264,21 @@ class DeliveryWorker:
         connection, so that the write lock (SQLite's only one) is not held while Bundles are built."""
         now = self.now()
         claimed: list[tuple[list[OutboxRecord], SubscriptionRecord]] = []
+        lease = now + timedelta(seconds=self.settings.delivery_timeout + LEASE_MARGIN)
         with transaction(self.db) as conn:
-            outbox, subs = OutboxRepo(conn), SubscriptionRepo(conn)
-            for head in outbox.heads(now=now, limit=limit):
+            outbox = OutboxRepo(conn)
+            heads = outbox.claim_heads(now=now, lease_until=lease, limit=limit)
+            subs = SubscriptionRepo(conn).get_many(head.subscription_id for head in heads)
+            for head in heads:
                 sub = subs.get(head.subscription_id)
                 if sub is None:
-                    continue
-                lease = now + timedelta(seconds=self._timeout(sub) + 30)
-                if not outbox.claim(head.id, now=now, lease_until=lease):
-                    continue
+                    continue  # deleted meanwhile: its rows go with it
                 rows = [head]
                 if head.notification_type == "event-notification" and (sub.max_count or 1) > 1:
-                    for row in outbox.following(head, limit=(sub.max_count or 1) - 1):
-                        if outbox.claim(row.id, now=now, lease_until=lease):
-                            rows.append(row)
+                    rows += outbox.claim_following(head, lease_until=lease, limit=(sub.max_count or 1) - 1)
+                if self._timeout(sub) > self.settings.delivery_timeout:
+                    longer = now + timedelta(seconds=self._timeout(sub) + LEASE_MARGIN)
+                    outbox.extend_lease([r.id for r in rows], lease_until=longer)
                 claimed.append((rows, sub))
         if not claimed:
             return []

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -19,11 +21,11 @@ import httpx
 import pytest
 import respx
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from gateway.api.app import create_app
 from gateway.config import Settings
-from gateway.db.engine import transaction
+from gateway.db.engine import make_engine, transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
@@ -788,3 +790,118 @@ def test_a_slow_endpoint_does_not_hold_another_subscription(harness: Harness, pl
 
     asyncio.run(main())
     assert seen == {"quick": True, "slow meanwhile": False, "slow": True}
+
+
+# -- several workers on one store (#14: several instances on one PostgreSQL) ---------------------------
+
+
+def test_two_workers_claiming_at_once_take_disjoint_rows(harness: Harness, platform: respx.MockRouter) -> None:
+    """The one-statement claim, run by two workers at the same instant: every due head goes to exactly one."""
+    platform.post(HOOK).respond(200)
+    subs = [harness.subscribe() for _ in range(8)]  # eight handshakes due
+    other = DeliveryWorker(db=make_engine(harness.settings), settings=harness.settings, client=httpx.AsyncClient())
+    other.now = harness.clock
+    barrier = threading.Barrier(2)
+
+    def claim(worker: DeliveryWorker) -> list[int]:
+        barrier.wait()
+        return [row.id for job in worker._claim(limit=5) for row in job.rows]
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            mine, theirs = pool.map(claim, [harness.worker, other])
+    finally:
+        other.db.dispose()
+        asyncio.run(other.client.aclose())
+    heads = {row.id for sub in subs for row in harness.rows(sub)}
+    assert not set(mine) & set(theirs)
+    assert set(mine) | set(theirs) <= heads
+    assert len(mine) + len(theirs) == len(heads)  # 5 + 3, or 5 + 5 skipped down to 3: none twice, none lost
+
+
+def test_two_workers_deliver_each_event_once_in_order(harness: Harness, platform: respx.MockRouter) -> None:
+    """Two running workers on one store (two engines, as two instances): each subscription's events arrive
+    once each, in order, never two requests of one subscription in flight together."""
+    hooks = [f"http://platform.test/hook{n}" for n in range(4)]
+    subs = dict(zip(hooks, (harness.subscribe(endpoint=hook) for hook in hooks), strict=True))
+    for hook in hooks:
+        platform.post(hook).respond(200)
+    assert harness.run_once() == len(hooks)  # the handshakes
+    for _ in range(6):
+        harness.admit()
+    received: dict[str, list[int]] = {hook: [] for hook in hooks}
+    inflight: dict[str, int] = dict.fromkeys(hooks, 0)
+    overlaps: list[str] = []
+
+    async def receive(request: httpx.Request) -> httpx.Response:
+        hook = str(request.url)
+        inflight[hook] += 1
+        if inflight[hook] > 1:
+            overlaps.append(hook)
+        await asyncio.sleep(0.005)
+        received[hook] += numbers(request)
+        inflight[hook] -= 1
+        return httpx.Response(200)
+
+    for hook in hooks:
+        platform.post(hook).mock(side_effect=receive)
+    quick = harness.settings.model_copy(update={"worker_poll_interval": 0.02})
+    workers = [
+        DeliveryWorker(db=make_engine(quick), settings=quick, client=httpx.AsyncClient(), rng=random.Random(n))
+        for n in range(2)
+    ]
+    for worker in workers:
+        worker.now = harness.clock
+
+    def done() -> bool:
+        return all(r.status == "delivered" for sub in subs.values() for r in harness.rows(sub))
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(worker.run()) for worker in workers]
+        try:
+            for _ in range(1000):
+                if await asyncio.to_thread(done):
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            for worker in workers:
+                worker.stop()
+            await asyncio.gather(*tasks)
+            for worker in workers:
+                await worker.client.aclose()
+                worker.db.dispose()
+
+    asyncio.run(main())
+    assert done()
+    assert overlaps == []
+    assert received == {hook: [1, 2, 3, 4, 5, 6] for hook in hooks}
+    assert sum(worker.delivered_total for worker in workers) == 6 * len(hooks)
+
+
+def test_a_claim_is_two_statements_whatever_the_number_of_heads(harness: Harness, platform: respx.MockRouter) -> None:
+    """One UPDATE … RETURNING leases every due head, one SELECT reads their subscriptions: the write
+    transaction (SQLite's one write lock) stays this short however many subscriptions are due."""
+    platform.post(HOOK).respond(200)
+    for _ in range(6):
+        harness.subscribe()
+    current: list[str] = []
+    committed: list[str] = []  # statements of the transactions that committed: the write ones
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE")):
+            current.append(statement.split(None, 1)[0].upper())
+
+    def commit(conn: Any) -> None:
+        committed.extend(current)
+        current.clear()
+
+    hooks = {"before_cursor_execute": count, "begin": lambda conn: current.clear(), "commit": commit}
+    for name, hook in hooks.items():
+        event.listen(harness.db, name, hook)
+    try:
+        jobs = harness.worker._claim()
+    finally:
+        for name, hook in hooks.items():
+            event.remove(harness.db, name, hook)
+    assert len(jobs) == 6
+    assert committed == ["UPDATE", "SELECT"]
