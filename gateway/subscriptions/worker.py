@@ -150,8 +150,9 @@ class DeliveryWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_heartbeat_check = datetime.min.replace(tzinfo=UTC)
         self._inflight: set[asyncio.Task[None]] = set()
+        #: Rows delivered, for ``/metrics`` (``gateway.metrics.ServiceCollector``); failed attempts are
+        #: counted where they happen, by ``record_delivery``.
         self.delivered_total = 0
-        self.failed_total = 0
         #: ``time.monotonic()`` at the start of the last loop iteration: readiness checks the loop turns.
         self.last_beat = time.monotonic()
 
@@ -371,7 +372,6 @@ class DeliveryWorker:
 
     def _failed(self, conn: Connection, job: Job, result: DeliveryResult, *, now: datetime) -> None:
         outbox, sub, head = OutboxRepo(conn), job.subscription, job.head
-        self.failed_total += 1
         error = result.error or "delivery failed"
         next_at = self._next_attempt(head, result, now=now)
         for row in job.rows:
