@@ -905,3 +905,38 @@ def test_a_claim_is_two_statements_whatever_the_number_of_heads(harness: Harness
             event.remove(harness.db, name, hook)
     assert len(jobs) == 6
     assert committed == ["UPDATE", "SELECT"]
+
+
+def test_a_backlog_drains_with_one_commit_per_event(harness: Harness, platform: respx.MockRouter) -> None:
+    """``run`` records a delivery and leases the subscription's next event in one transaction: a backlog
+    of n events costs n + 1 commits (the first claim), not 2n, and goes out in order."""
+    route = platform.post(HOOK).respond(200)
+    harness.activate(harness.subscribe())
+    for _ in range(5):
+        harness.admit()
+    commits: list[int] = []
+
+    def count(conn: Any) -> None:
+        commits.append(1)
+
+    event.listen(harness.db, "commit", count)
+    worker = harness.worker
+
+    async def main() -> None:
+        task = asyncio.create_task(worker.run())
+        try:
+            for _ in range(500):
+                if route.call_count == 6:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # let the last result be recorded
+        finally:
+            worker.stop()
+            await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        event.remove(harness.db, "commit", count)
+    assert [numbers for kind, numbers in sent(route)] == [[], [1], [2], [3], [4], [5]]
+    assert len(commits) == 5 + 1
