@@ -940,3 +940,54 @@ def test_a_backlog_drains_with_one_commit_per_event(harness: Harness, platform: 
         event.remove(harness.db, "commit", count)
     assert [numbers for kind, numbers in sent(route)] == [[], [1], [2], [3], [4], [5]]
     assert len(commits) == 5 + 1
+
+
+def test_a_dead_endpoint_fails_at_its_deadline_and_never_delays_another(
+    harness: Harness, platform: respx.MockRouter
+) -> None:
+    """An endpoint that accepts and never answers: each attempt ends at the subscription's total deadline
+    (2 s here) as a retryable failure, while another subscription's events all go out meanwhile."""
+    dead_hook, quick_hook = "http://platform.test/dead", "http://platform.test/quick"
+    dead = harness.subscribe(endpoint=dead_hook, timeout=2)
+    harness.subscribe(endpoint=quick_hook)
+    platform.post(dead_hook).respond(200)
+    quick_route = platform.post(quick_hook).respond(200)
+    assert harness.run_once() == 2  # both handshakes
+    for _ in range(3):
+        harness.admit()
+    timeline: dict[str, float] = {}
+
+    async def never(request: httpx.Request) -> httpx.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    platform.post(dead_hook).mock(side_effect=never)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        task = asyncio.create_task(harness.worker.run())
+        try:
+            for _ in range(1000):
+                if "quick" not in timeline and quick_route.call_count == 4:
+                    timeline["quick"] = loop.time() - start
+                failed = harness.rows(dead, kind="event-notification")[0]
+                if failed.last_error:
+                    timeline["dead"] = loop.time() - start
+                    timeline["dead attempts"] = failed.attempts
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            harness.worker.stop()
+            await task
+
+    asyncio.run(main())
+    assert sent(quick_route)[1:] == [
+        ("event-notification", [1]),
+        ("event-notification", [2]),
+        ("event-notification", [3]),
+    ]
+    assert timeline["quick"] < timeline["dead"]
+    assert 0.9 < timeline["dead"] < 5
+    assert timeline["dead attempts"] == 1
+    assert harness.rows(dead, kind="event-notification")[0].last_error == "deadline exceeded"
