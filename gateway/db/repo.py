@@ -902,17 +902,25 @@ def _subscription(row: Any) -> SubscriptionRecord:
     )
 
 
-#: Which rows a subscription may be sent now: a ``requested`` one its handshake, an ``active`` one the rest.
-_ELIGIBLE = or_(
-    and_(subscriptions.c.status == "requested", outbox.c.notification_type == "handshake"),
-    and_(subscriptions.c.status == "active", outbox.c.notification_type != "handshake"),
-)
-_HEAD_IDS = (
-    select(func.min(outbox.c.id))
-    .join(subscriptions, subscriptions.c.id == outbox.c.subscription_id)
-    .where(outbox.c.status == "pending", _ELIGIBLE)
-    .group_by(outbox.c.subscription_id)
-)
+_PENDING = outbox.alias("pending_row")
+#: Each listening subscription's head: its oldest pending row that its status lets out. One index probe
+#: per subscription (``ix_outbox_due``, stopping at the first eligible row), never a scan of the backlog:
+#: a ``GROUP BY`` over every pending row cost 70 ms per claim with 100,000 events queued.
+_HEAD_IDS = select(
+    select(_PENDING.c.id)
+    .where(
+        _PENDING.c.status == "pending",
+        _PENDING.c.subscription_id == subscriptions.c.id,
+        or_(
+            and_(subscriptions.c.status == "requested", _PENDING.c.notification_type == "handshake"),
+            and_(subscriptions.c.status == "active", _PENDING.c.notification_type != "handshake"),
+        ),
+    )
+    .order_by(_PENDING.c.id)
+    .limit(1)
+    .correlate(subscriptions)
+    .scalar_subquery()
+).where(subscriptions.c.status.in_(("requested", "active")))
 _DUE = (outbox.c.status == "pending", outbox.c.next_attempt_at <= bindparam("now"))
 _CANDIDATE = outbox.alias("candidate")
 _CLAIM_HEADS = (
@@ -943,7 +951,7 @@ _CLAIM_HEAD_OF = (
         outbox.c.id.in_(
             select(_CANDIDATE.c.id)
             .where(
-                _CANDIDATE.c.id.in_(_HEAD_IDS.where(outbox.c.subscription_id == bindparam("sub_id"))),
+                _CANDIDATE.c.id.in_(_HEAD_IDS.where(subscriptions.c.id == bindparam("sub_id"))),
                 _CANDIDATE.c.status == "pending",
                 _CANDIDATE.c.next_attempt_at <= bindparam("now"),
             )
@@ -1039,8 +1047,8 @@ class OutboxRepo:
         """Lease up to ``limit`` due heads in one statement, oldest due first.
 
         A head is the oldest pending row of a subscription: a later event never overtakes an earlier one,
-        as nothing behind a head waiting for its retry is due. ``_ELIGIBLE`` says which rows a subscription
-        in each status may be sent.
+        as nothing behind a head waiting for its retry is due. A ``requested`` subscription has only its
+        handshake due, an ``active`` one everything but handshakes, one in ``error`` or ``off`` nothing.
 
         On PostgreSQL the heads are locked ``FOR UPDATE SKIP LOCKED``: two workers claiming at once take
         different rows, and a row another worker is recording is skipped (it is looked at again on the
