@@ -921,18 +921,24 @@ _HEAD_IDS = select(
     .correlate(subscriptions)
     .scalar_subquery()
 ).where(subscriptions.c.status.in_(("requested", "active")))
-_DUE = (outbox.c.status == "pending", outbox.c.next_attempt_at <= bindparam("now"))
+
+
+def _due(table: Any) -> tuple[Any, Any]:
+    """``table``'s row is pending and due. Looked up by id (its head id) already, so the status test is
+    written ``status || '' = 'pending'``: SQLite, with no statistics, would otherwise walk
+    ``ix_outbox_due`` over every pending row (100,000 of them behind a backlog) instead of fetching the
+    few ids. On PostgreSQL it is what a row locked after a concurrent commit is checked against again."""
+    return (table.c.status.concat("") == "pending", table.c.next_attempt_at <= bindparam("now"))
+
+
+_DUE = _due(outbox)
 _CANDIDATE = outbox.alias("candidate")
 _CLAIM_HEADS = (
     update(outbox)
     .where(
         outbox.c.id.in_(
             select(_CANDIDATE.c.id)
-            .where(
-                _CANDIDATE.c.id.in_(_HEAD_IDS),
-                _CANDIDATE.c.status == "pending",
-                _CANDIDATE.c.next_attempt_at <= bindparam("now"),
-            )
+            .where(_CANDIDATE.c.id.in_(_HEAD_IDS), *_due(_CANDIDATE))
             .order_by(_CANDIDATE.c.next_attempt_at, _CANDIDATE.c.id)
             .limit(bindparam("limit", type_=Integer))
             .with_for_update(skip_locked=True, of=_CANDIDATE)
@@ -950,11 +956,7 @@ _CLAIM_HEAD_OF = (
     .where(
         outbox.c.id.in_(
             select(_CANDIDATE.c.id)
-            .where(
-                _CANDIDATE.c.id.in_(_HEAD_IDS.where(subscriptions.c.id == bindparam("sub_id"))),
-                _CANDIDATE.c.status == "pending",
-                _CANDIDATE.c.next_attempt_at <= bindparam("now"),
-            )
+            .where(_CANDIDATE.c.id.in_(_HEAD_IDS.where(subscriptions.c.id == bindparam("sub_id"))), *_due(_CANDIDATE))
             .with_for_update(skip_locked=True, of=_CANDIDATE)
         ),
         *_DUE,
