@@ -250,6 +250,7 @@ async def run(n: int, max_count: int, database_url: str, rate: float = 0.0) -> i
 
 LATENCY_TARGET_MS = 200.0
 RSS_TARGET_MB = 250.0
+BULK_CHUNK = 2_000
 
 
 @dataclass
@@ -460,14 +461,15 @@ async def backlog_memory(database_url: str, *, events: int, max_count: int, seco
             outbox = OutboxRepo(conn)
             (real,) = outbox.for_subscription(up.sub_id, statuses=["delivered"])[-1:]
             focus = (real.focus_type or "", real.focus_id or "", real.focus_version or 1)
-            outbox.add_many(
-                subscription_id=up.sub_id,
-                topic=real.topic,
-                focus=focus,
-                context=real.context,
-                occurred_at=real.occurred_at,
-                event_numbers=range(2, events + 2),
-            )
+            for start in range(2, events + 2, BULK_CHUNK):  # chunks: the bench's own lists stay small
+                outbox.add_many(
+                    subscription_id=up.sub_id,
+                    topic=real.topic,
+                    focus=focus,
+                    context=real.context,
+                    occurred_at=real.occurred_at,
+                    event_numbers=range(start, min(start + BULK_CHUNK, events + 2)),
+                )
         build = time.perf_counter() - t_build
         up.receiver.expect(events + 1)
         before = rss_mb()
