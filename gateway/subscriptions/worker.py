@@ -13,13 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import httpx
 from sqlalchemy import Connection
@@ -46,6 +50,11 @@ HEARTBEAT_CHECK_SECONDS = 1.0
 BATCH = 50
 #: Seconds a lease outlives the request's own deadline: a worker that dies mid-send frees its rows after it.
 LEASE_MARGIN = 30
+#: Threads of the worker's own pool for its database work and DNS checks. Not the loop's default pool:
+#: ingest holds those threads while its messages wait for their group commit, and the worker, queued
+#: behind them, delivered 5 events/s while a saturating feed lasted, 90/s once it stopped.
+THREADS = 4
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +147,9 @@ class DeliveryWorker:
         self.mediums = mediums or {}
         self.settings = settings
         self.client = client or delivery_client()
-        self.channels = channels(settings, self.client)
+        #: threads start on first use and end when the worker is collected
+        self.threads = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="delivery")
+        self.channels = channels(settings, self.client, executor=self.threads)
         self.policy = RetryPolicy(
             base=settings.retry_base, cap=settings.retry_cap, horizon=settings.retry_horizon or None
         )
@@ -157,6 +168,11 @@ class DeliveryWorker:
         self.last_beat = time.monotonic()
 
     # -- control ----------------------------------------------------------------------------------
+
+    async def _off_loop(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+        """``asyncio.to_thread`` on the worker's own threads (see :data:`THREADS`)."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self.threads, call)
 
     def wake(self) -> None:
         """Called from ingest threads after a commit that queued notifications: deliver now."""
@@ -196,8 +212,8 @@ class DeliveryWorker:
             await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
             return 1
         try:
-            await asyncio.to_thread(self._queue_heartbeats)
-            jobs = await asyncio.to_thread(self._claim, limit=free)
+            await self._off_loop(self._queue_heartbeats)
+            jobs = await self._off_loop(self._claim, limit=free)
         except Exception:
             logger.exception("delivery worker iteration failed; carrying on")
             return 0
@@ -218,7 +234,7 @@ class DeliveryWorker:
         try:
             while current is not None and not self._stopping:
                 result = await self._timed_send(current)
-                current = await asyncio.to_thread(self._record_then_next, current, result)
+                current = await self._off_loop(self._record_then_next, current, result)
         except Exception:
             logger.exception("delivery failed unexpectedly; the row is retried once its lease ends")
         self._wake.set()
@@ -231,11 +247,11 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Claim due rows, deliver them (different subscriptions in parallel), record the results."""
-        jobs = await asyncio.to_thread(self._claim)
+        jobs = await self._off_loop(self._claim)
         if not jobs:
             return 0
         results = await asyncio.gather(*(self._timed_send(job) for job in jobs))
-        await asyncio.to_thread(self._record, list(zip(jobs, results, strict=True)))
+        await self._off_loop(self._record, list(zip(jobs, results, strict=True)))
         return len(jobs)
 
     def _queue_heartbeats(self) -> None:

@@ -1033,3 +1033,34 @@ def test_claims_fetch_heads_by_id_however_long_the_backlog(tmp_path: Any, mappin
     for plan in plans:
         assert "SCAN outbox" not in plan and "SCAN candidate" not in plan, plan
         assert "ix_outbox_due (status=?)" not in plan, plan
+
+
+def test_deliveries_go_on_while_the_loops_default_threads_are_all_busy(
+    harness: Harness, platform: respx.MockRouter
+) -> None:
+    """Ingest holds the loop's default threads while its messages wait for their group commit: the
+    worker runs its database work and endpoint checks on threads of its own, so it is not queued behind."""
+    route = platform.post(HOOK).respond(200)
+    harness.activate(harness.subscribe())
+    harness.admit()
+    release = threading.Event()
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        hog = loop.run_in_executor(None, release.wait, 30)  # the one default thread, held
+        task = asyncio.create_task(harness.worker.run())
+        try:
+            for _ in range(500):
+                if route.call_count == 2:
+                    break
+                await asyncio.sleep(0.01)
+            return route.call_count
+        finally:
+            release.set()
+            harness.worker.stop()
+            await task
+            await hog
+
+    assert asyncio.run(main()) == 2
+    assert sent(route)[1] == ("event-notification", [1])
