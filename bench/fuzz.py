@@ -51,7 +51,7 @@ from gateway.db.engine import make_engine, migrate  # noqa: E402
 from gateway.hl7.mllp import FrameDecoder, frame  # noqa: E402
 from gateway.mapping.engine import Engine  # noqa: E402
 from gateway.pipeline import Pipeline  # noqa: E402
-from tests.fuzzing import ack_problem, distinct_keys, load_seeds, mutate, pure_step  # noqa: E402
+from tests.fuzzing import ack_code, ack_problem, distinct_keys, load_seeds, mutate, pure_step  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -157,7 +157,7 @@ def run_in_process(args: argparse.Namespace) -> Tally:
             tally.inputs += 1
             try:
                 ack = pure_step(engine, raw)
-                tally.outcomes[ack[ack.find(b"MSA|") + 4 :][:2].decode("ascii", "replace")] += 1
+                tally.outcomes[ack_code(ack)] += 1
                 check_ack(tally, ack, f"seed {own} {names}")
             except Exception as exc:
                 tally.escapes += 1
@@ -304,7 +304,7 @@ async def mllp_phase(args: argparse.Namespace, server: Server) -> Tally:
                     reader, writer = await asyncio.open_connection("127.0.0.1", server.mllp_port)
                     decoder = FrameDecoder(max_message_bytes=16 * 1_048_576)
                     continue
-                tally.outcomes[ack[ack.find(b"MSA|") + 4 :][:2].decode("ascii", "replace")] += 1
+                tally.outcomes[ack_code(ack)] += 1
                 check_ack(tally, ack, f"seed {own} {names}")
                 if tally.inputs % args.report_every_network == 0:
                     tally.memory.append(server.rss())
