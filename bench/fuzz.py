@@ -46,7 +46,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.config import Settings  # noqa: E402
+from gateway.config import DEFAULT_MAX_MESSAGE_BYTES, Settings  # noqa: E402
 from gateway.db.engine import make_engine, migrate  # noqa: E402
 from gateway.hl7.mllp import FrameDecoder, frame  # noqa: E402
 from gateway.mapping.engine import Engine  # noqa: E402
@@ -214,6 +214,7 @@ class Server:
             "GATEWAY_SQLITE_SYNCHRONOUS": "NORMAL",
             "GATEWAY_HTTP_PORT": str(http_port),
             "GATEWAY_MLLP_PORT": str(mllp_port),
+            "GATEWAY_MAX_MESSAGE_BYTES": str(DEFAULT_MAX_MESSAGE_BYTES),  # the limit the MLLP phase expects
         }
         gateway = Path(sys.executable).parent / "gateway"
         self.proc = subprocess.Popen(
@@ -306,6 +307,13 @@ async def mllp_phase(args: argparse.Namespace, server: Server) -> Tally:
                     continue
                 tally.outcomes[ack_code(ack)] += 1
                 check_ack(tally, ack, f"seed {own} {names}")
+                if len(payload) > DEFAULT_MAX_MESSAGE_BYTES:
+                    # An oversize frame is answered AR and then the server closes the connection (the stream
+                    # cannot be resynchronised), as a sender would see: reconnect before the next message,
+                    # instead of racing the close (a frame written into it would count as unanswered).
+                    writer.close()
+                    reader, writer = await asyncio.open_connection("127.0.0.1", server.mllp_port)
+                    decoder = FrameDecoder(max_message_bytes=16 * 1_048_576)
                 if tally.inputs % args.report_every_network == 0:
                     tally.memory.append(server.rss())
                     print(tally.line(), flush=True)
