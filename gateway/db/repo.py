@@ -27,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 
+from gateway.db import bodies
 from gateway.db.access import Visibility, visible_clause
 from gateway.db.schema import (
     facts,
@@ -51,6 +52,18 @@ def utc(moment: datetime | None) -> datetime | None:
 
 def dumps(data: Any) -> str:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def packed(data: JSON) -> bytes:
+    """A resource as its ``body`` column holds it (sorted keys, compact, deflated)."""
+    return bodies.encode(orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
+
+
+def unpacked(row: Any) -> JSON:
+    """A resource row's JSON: from ``body``, or from ``content`` for rows written before 0004_bodies."""
+    m = row._mapping
+    body = m["body"]
+    return orjson.loads(bodies.decode(bytes(body)) if body is not None else m["content"])  # type: ignore[no-any-return]
 
 
 def fhir_instant(moment: datetime) -> str:
@@ -98,6 +111,7 @@ _UPDATE_RESOURCE = (
         last_updated=bindparam("last_updated"),
         deleted=bindparam("deleted"),
         content=bindparam("content"),
+        body=bindparam("body"),
     )
 )
 _INSERT_VERSION = insert(resource_versions)
@@ -441,6 +455,10 @@ class ResourceRepo:
             if locked:
                 self._locked.add(key)
 
+    def current(self) -> list[StoredResource]:
+        """Every resource not deleted, unfiltered (``gateway convert``'s throw-away store)."""
+        return [_stored(r) for r in self.conn.execute(select(resources).where(resources.c.deleted == 0))]
+
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
         if not self._visible(rtype, rid):
             return None
@@ -493,8 +511,7 @@ class ResourceRepo:
         body = dict(content)
         meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
         body["meta"] = {"versionId": str(version), "lastUpdated": fhir_instant(now), **meta}
-        text_body = dumps(body)
-        values = {"version_id": version, "last_updated": now, "deleted": 0, "content": text_body}
+        values = {"version_id": version, "last_updated": now, "deleted": 0, "content": "", "body": packed(body)}
         if current is None:
             self.conn.execute(_INSERT_RESOURCE, {"type": rtype, "id": rid, **values})
         else:
@@ -511,7 +528,13 @@ class ResourceRepo:
         if current is None or current.deleted:
             return False
         version = current.version_id + 1
-        values = {"version_id": version, "last_updated": now, "deleted": 1, "content": dumps(current.content)}
+        values = {
+            "version_id": version,
+            "last_updated": now,
+            "deleted": 1,
+            "content": "",
+            "body": packed(current.content),
+        }
         self.conn.execute(update(resources).where(resources.c.type == rtype, resources.c.id == rid).values(**values))
         self.conn.execute(insert(resource_versions).values(type=rtype, id=rid, **values))
         self._reindex(rtype, rid, [])
@@ -705,7 +728,7 @@ def _stored(row: Any) -> StoredResource:
         id=m["id"],
         version_id=int(m["version_id"]),
         last_updated=utc(m["last_updated"]) or datetime.now(UTC),
-        content=orjson.loads(m["content"]),
+        content=unpacked(row),
         deleted=bool(m["deleted"]),
     )
 
