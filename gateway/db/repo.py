@@ -55,15 +55,19 @@ def dumps(data: Any) -> str:
 
 
 def packed(data: JSON) -> bytes:
-    """A resource as its ``body`` column holds it (sorted keys, compact, deflated)."""
+    """A resource or fact as its ``body`` column holds it (sorted keys, compact, deflated)."""
     return bodies.encode(orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
 
 
 def unpacked(row: Any) -> JSON:
     """A resource row's JSON: from ``body``, or from ``content`` for rows written before 0004_bodies."""
     m = row._mapping
-    body = m["body"]
-    return orjson.loads(bodies.decode(bytes(body)) if body is not None else m["content"])  # type: ignore[no-any-return]
+    return orjson.loads(_text(m["content"], m["body"]))  # type: ignore[no-any-return]
+
+
+def _text(text: str, body: bytes | None) -> bytes | str:
+    """The JSON of a row with a ``body`` (deflated) beside its older text column."""
+    return bodies.decode(bytes(body)) if body is not None else text
 
 
 def fhir_instant(moment: datetime) -> str:
@@ -88,10 +92,14 @@ _FIND_APPLIED = (
     .limit(1)
 )
 _INSERT_FACT = insert(facts)
-_FACTS_OF = select(facts.c.payload).where(facts.c.stream == bindparam("stream")).order_by(facts.c.id)
-_STREAM = select(facts.c.kind, facts.c.payload).where(facts.c.stream == bindparam("stream")).order_by(facts.c.id)
+_FACTS_OF = select(facts.c.payload, facts.c.body).where(facts.c.stream == bindparam("stream")).order_by(facts.c.id)
+_STREAM = (
+    select(facts.c.kind, facts.c.payload, facts.c.body)
+    .where(facts.c.stream == bindparam("stream"))
+    .order_by(facts.c.id)
+)
 _FACTS_OF_KINDS = (
-    select(facts.c.payload)
+    select(facts.c.payload, facts.c.body)
     .where(facts.c.stream == bindparam("stream"), facts.c.kind.in_(bindparam("kinds", expanding=True)))
     .order_by(facts.c.id)
 )
@@ -279,7 +287,7 @@ class FactRepo:
 
     def __init__(self, conn: Connection, *, cached: bool = False) -> None:
         self.conn = conn
-        self._streams: dict[str, list[tuple[str, str]]] | None = {} if cached else None
+        self._streams: dict[str, list[tuple[str, bytes | str]]] | None = {} if cached else None
 
     def lock(self, streams: Iterable[str]) -> None:
         """Serialize writers of the same streams across gateway instances (PostgreSQL advisory locks).
@@ -298,23 +306,25 @@ class FactRepo:
 
     def add_many(self, new: Sequence[NewFact], *, message_id: int, event_time: datetime) -> None:
         """Several facts of one message in one statement, in order."""
+        texts = [orjson.dumps(f.payload, option=orjson.OPT_SORT_KEYS) for f in new]
         rows: list[dict[str, Any]] = [
             {
                 "stream": f.stream,
                 "message_id": message_id,
                 "event_time": event_time,
                 "kind": f.kind,
-                "payload": dumps(f.payload),
+                "payload": "",
+                "body": bodies.encode(text),
             }
-            for f in new
+            for f, text in zip(new, texts, strict=True)
         ]
         if not rows:
             return
         self.conn.execute(_INSERT_FACT, rows if len(rows) > 1 else rows[0])
         if self._streams is not None:
-            for row in rows:
-                if row["stream"] in self._streams:
-                    self._streams[row["stream"]].append((row["kind"], row["payload"]))
+            for f, text in zip(new, texts, strict=True):
+                if f.stream in self._streams:
+                    self._streams[f.stream].append((f.kind, text))
 
     def forget_message(self, message_id: int) -> int:
         """Drop the facts a message recorded, before reprocessing it through the current mappings."""
@@ -329,12 +339,13 @@ class FactRepo:
             rows = self.conn.execute(_FACTS_OF, {"stream": stream})
         else:
             rows = self.conn.execute(_FACTS_OF_KINDS, {"stream": stream, "kinds": list(kinds)})
-        return [orjson.loads(r[0]) for r in rows]
+        return [orjson.loads(_text(payload, body)) for payload, body in rows]
 
     def _cached(self, stream: str, kinds: Sequence[str] | None) -> list[JSON]:
         assert self._streams is not None
         if stream not in self._streams:
-            self._streams[stream] = [(str(k), str(p)) for k, p in self.conn.execute(_STREAM, {"stream": stream})]
+            rows = self.conn.execute(_STREAM, {"stream": stream})
+            self._streams[stream] = [(str(kind), _text(payload, body)) for kind, payload, body in rows]
         return [orjson.loads(p) for k, p in self._streams[stream] if kinds is None or k in kinds]
 
 

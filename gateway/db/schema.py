@@ -122,7 +122,8 @@ facts = Table(
     Column("message_id", ID, nullable=False),
     Column("event_time", DateTime(timezone=True), nullable=False),
     Column("kind", String(32), nullable=False),
-    Column("payload", Text, nullable=False),
+    Column("payload", Text, nullable=False),  # rows before 0004_bodies; newer ones leave it empty
+    Column("body", LargeBinary, nullable=True),  # the payload deflated (gateway/db/bodies.py)
     Index("ix_facts_stream", "stream", "event_time"),
 )
 

@@ -1,4 +1,4 @@
-"""resources, resource_versions: ``body``, the resource deflated (gateway/db/bodies.py)
+"""resources, resource_versions, facts: ``body``, the resource or fact deflated (gateway/db/bodies.py)
 
 New rows carry their JSON in ``body`` and an empty ``content``; rows written before keep their text in
 ``content`` and are read as they are, so the upgrade rewrites nothing (a store of millions of versions
@@ -19,7 +19,7 @@ down_revision = "0003_nde"
 branch_labels = None
 depends_on = None
 
-TABLES = ("resources", "resource_versions")
+TABLES = ("resources", "resource_versions", "facts")
 
 
 def upgrade() -> None:
