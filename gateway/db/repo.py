@@ -103,6 +103,12 @@ _FACTS_OF_KINDS = (
     .where(facts.c.stream == bindparam("stream"), facts.c.kind.in_(bindparam("kinds", expanding=True)))
     .order_by(facts.c.id)
 )
+#: every stream a message touches, in one read (the unit of work keeps them)
+_STREAMS = (
+    select(facts.c.stream, facts.c.kind, facts.c.payload, facts.c.body)
+    .where(facts.c.stream.in_(bindparam("streams", expanding=True)))
+    .order_by(facts.c.id)
+)
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 _SURVIVOR = select(patient_links.c.survivor_id).where(patient_links.c.merged_id == bindparam("merged"))
 _MERGED_INTO = select(patient_links.c.merged_id).where(
@@ -110,6 +116,12 @@ _MERGED_INTO = select(patient_links.c.merged_id).where(
 )
 _GET_RESOURCE = select(resources).where(resources.c.type == bindparam("rtype"), resources.c.id == bindparam("rid"))
 _GET_RESOURCE_LOCKED = _GET_RESOURCE.with_for_update()
+#: several resources in one read: both key columns bound as lists, so that the (type, id) primary key
+#: serves it on both stores; pairs that were not asked for (a type crossed with another's id) are dropped
+_GET_RESOURCES = select(resources).where(
+    resources.c.type.in_(bindparam("rtypes", expanding=True)), resources.c.id.in_(bindparam("rids", expanding=True))
+)
+_GET_RESOURCES_LOCKED = _GET_RESOURCES.with_for_update()
 _INSERT_RESOURCE = insert(resources)
 _UPDATE_RESOURCE = (
     update(resources)
@@ -301,6 +313,18 @@ class FactRepo:
             key = int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "big", signed=True)
             self.conn.execute(_ADVISORY_LOCK, {"key": key})
 
+    def preload(self, streams: Iterable[str]) -> None:
+        """Read the streams a message will fold in one query instead of one each (cached repo only)."""
+        if self._streams is None:
+            return
+        wanted = sorted({s for s in streams if s not in self._streams})
+        if not wanted:
+            return
+        found: dict[str, list[tuple[str, bytes | str]]] = {stream: [] for stream in wanted}
+        for stream, kind, payload, body in self.conn.execute(_STREAMS, {"streams": wanted}):
+            found[str(stream)].append((str(kind), _text(payload, body)))
+        self._streams.update(found)
+
     def add(self, *, stream: str, message_id: int, event_time: datetime, kind: str, payload: JSON) -> None:
         self.add_many([NewFact(stream, kind, payload)], message_id=message_id, event_time=event_time)
 
@@ -459,6 +483,24 @@ class ResourceRepo:
         found = _stored(row) if row else None
         self._remember(key, found, locked=locked)
         return found
+
+    def preload(self, keys: Iterable[tuple[str, str]]) -> None:
+        """Read (and on PostgreSQL lock, as a write's read does) several resources in one query, for the
+        identity map: a message writes its patient, stay, circle and doctors, each read before its write."""
+        if self._seen is None:
+            return
+        locked = self.conn.dialect.name == "postgresql"
+        wanted = {k for k in keys if k not in self._seen or (locked and k not in self._locked)}
+        if not wanted:
+            return
+        params = {"rtypes": sorted({t for t, _ in wanted}), "rids": sorted({i for _, i in wanted})}
+        found = {
+            (str(r.type), str(r.id)): r
+            for r in self.conn.execute(_GET_RESOURCES_LOCKED if locked else _GET_RESOURCES, params)
+        }
+        for key in wanted:
+            row = found.get(key)
+            self._remember(key, _stored(row) if row is not None else None, locked=locked)
 
     def _remember(self, key: tuple[str, str], found: StoredResource | None, *, locked: bool = False) -> None:
         if self._seen is not None:

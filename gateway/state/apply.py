@@ -138,6 +138,10 @@ def apply_message(
     if mapped.encounter is not None:
         streams.append(f"Encounter/{mapped.encounter['id']}")
     unit.facts.lock(streams)
+    # what the refolds below read, in two queries: the streams' facts, and the resources they write
+    unit.facts.preload(streams)
+    doctors = [("Practitioner", str(p["id"])) for p in mapped.practitioners]
+    unit.store.preload([(s.split("/", 1)[0], s.split("/", 1)[1]) for s in streams] + doctors)
 
     _record_patient_facts(unit, mapped)
     if merging and prior_id:
