@@ -28,7 +28,7 @@ from sqlalchemy import (
 )
 
 from gateway.db import bodies
-from gateway.db.access import Visibility, visible_clause
+from gateway.db.access import Visibility, indexed_ids, visible_clause
 from gateway.db.schema import (
     facts,
     messages,
@@ -648,22 +648,36 @@ def _search_statements(shape: tuple[tuple[bool, bool], ...]) -> tuple[Select[Any
     ``offset``: the refolds search on every message, and building the statement cost more than running it.
     """
     rtype: BindParameter[str] = bindparam("rtype")
-    matching = select(resources).where(resources.c.type == rtype, resources.c.deleted == 0)
+    bound: list[Criterion] = [
+        (is_id, bindparam(f"p{i}"), bindparam(f"s{i}") if has_system else None, bindparam(f"v{i}"))
+        for i, (is_id, has_system) in enumerate(shape)
+    ]
+    matching = _matching(select(resources).where(resources.c.type == rtype, resources.c.deleted == 0), rtype, bound)
+    page = (
+        matching.order_by(resources.c.last_updated.desc(), resources.c.id)
+        .limit(bindparam("limit", type_=Integer))
+        .offset(bindparam("offset", type_=Integer))
+    )
+    return page, select(func.count()).select_from(matching.subquery())
+
+
+#: (is ``_id``, param, system or None, value): bound parameters (statements built once) or plain values
+Criterion = tuple[bool, Any, Any, Any]
+
+
+def _matching(matching: Select[Any], rtype: Any, criteria: Sequence[Criterion]) -> Select[Any]:
+    """``matching`` narrowed by each criterion, the same for statements built once and per request.
+
+    The first criterion drives the query from the index (type, param, value): the plan stays an index
+    lookup however large the store grows, on SQLite and PostgreSQL alike; the others are correlated EXISTS.
+    """
     driving = True
-    for i, (is_id, has_system) in enumerate(shape):
-        param: BindParameter[str] = bindparam(f"p{i}")
-        system: BindParameter[str] = bindparam(f"s{i}")
-        value: BindParameter[str] = bindparam(f"v{i}")
+    for is_id, param, system, value in criteria:
         if is_id:
             matching = matching.where(resources.c.id == value)
             continue
-        conditions = [search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value]
-        if has_system:
-            conditions.append(search_index.c.system == system)
         if driving:
-            # The first criterion drives the query from the index (type, param, value): the plan stays an
-            # index lookup however large the store grows, on SQLite and PostgreSQL alike.
-            matching = matching.where(resources.c.id.in_(select(search_index.c.id).where(*conditions)))
+            matching = matching.where(resources.c.id.in_(indexed_ids(rtype, param, value, system=system)))
             driving = False
             continue
         entry = search_index.alias()
@@ -673,15 +687,10 @@ def _search_statements(shape: tuple[tuple[bool, bool], ...]) -> tuple[Select[Any
                 entry.c.param == param,
                 entry.c.value == value,
                 entry.c.id == resources.c.id,
-                *([entry.c.system == system] if has_system else []),
+                *([entry.c.system == system] if system is not None else []),
             )
         )
-    page = (
-        matching.order_by(resources.c.last_updated.desc(), resources.c.id)
-        .limit(bindparam("limit", type_=Integer))
-        .offset(bindparam("offset", type_=Integer))
-    )
-    return page, select(func.count()).select_from(matching.subquery())
+    return matching
 
 
 def _dynamic_search(
@@ -698,30 +707,8 @@ def _dynamic_search(
     matching = select(resources).where(resources.c.type == rtype, resources.c.deleted == 0)
     if clause is not None:
         matching = matching.where(clause)
-    driving = True
-    for param, system, value in criteria:
-        if param == "_id":
-            matching = matching.where(resources.c.id == value)
-            continue
-        conditions = [search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value]
-        if system is not None:
-            conditions.append(search_index.c.system == system)
-        if driving:
-            # The first criterion drives the query from the index (type, param, value): the plan stays an
-            # index lookup however large the store grows, on SQLite and PostgreSQL alike.
-            matching = matching.where(resources.c.id.in_(select(search_index.c.id).where(*conditions)))
-            driving = False
-            continue
-        entry = search_index.alias()
-        matching = matching.where(
-            exists().where(
-                entry.c.type == rtype,
-                entry.c.param == param,
-                entry.c.value == value,
-                entry.c.id == resources.c.id,
-                *([entry.c.system == system] if system is not None else []),
-            )
-        )
+    inline = [(param == "_id", param, system, value) for param, system, value in criteria]
+    matching = _matching(matching, rtype, inline)
     for op, bound in updated:
         matching = matching.where(resources.c.last_updated >= bound if op == "ge" else resources.c.last_updated < bound)
     page = (
