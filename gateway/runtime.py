@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine as DB
@@ -23,7 +22,7 @@ from gateway.hl7.mllp import MLLPServer, current_peer
 from gateway.mapping.engine import Engine
 from gateway.mapping.tables import Tables
 from gateway.metrics import record_message
-from gateway.pipeline import Outcome, Pipeline
+from gateway.pipeline import Pipeline
 from gateway.subscriptions.worker import DeliveryWorker
 from gateway.web.tenants import SandboxStore
 
@@ -99,26 +98,19 @@ class Runtime:
 
     async def ingest(self, raw: bytes, *, transport: str, facilities: frozenset[str] | None = None) -> bytes:
         """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""
-        return await self._ingest(raw, transport=transport, facilities=lambda: facilities)
-
-    async def _ingest(self, raw: bytes, *, transport: str, facilities: Callable[[], frozenset[str] | None]) -> bytes:
-        """One hop to a worker thread per message: the sender's facilities (a read) and the ingest both
-        run there (two hops cost a second thread wake-up per message under load)."""
         started = time.perf_counter()
-
-        def run() -> Outcome:
-            return self.pipeline_for(raw).ingest(raw, transport=transport, facilities=facilities())
-
         with logs.bound(control_id=logs.control_id_of(raw), transport=transport):
-            outcome = await asyncio.to_thread(run)
+            outcome = await asyncio.to_thread(
+                self.pipeline_for(raw).ingest, raw, transport=transport, facilities=facilities
+            )
         record_message(
             transport=transport, outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started
         )
         return outcome.ack
 
     async def _mllp_ingest(self, raw: bytes) -> bytes:
-        peer = current_peer()
-        return await self._ingest(raw, transport="mllp", facilities=lambda: self.binding.facilities(peer))
+        facilities = await asyncio.to_thread(self.binding.facilities, current_peer())
+        return await self.ingest(raw, transport="mllp", facilities=facilities)
 
     async def _oversize(self, prefix: bytes) -> bytes | None:
         limit = self.settings.max_message_bytes
