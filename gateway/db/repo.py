@@ -111,6 +111,12 @@ _STREAMS = (
 )
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 _SURVIVOR = select(patient_links.c.survivor_id).where(patient_links.c.merged_id == bindparam("merged"))
+#: whether a patient takes part in any merge, either side: one read answers both questions when not
+_LINKED = (
+    select(patient_links.c.merged_id)
+    .where(or_(patient_links.c.merged_id == bindparam("pid"), patient_links.c.survivor_id == bindparam("pid")))
+    .limit(1)
+)
 _MERGED_INTO = select(patient_links.c.merged_id).where(
     patient_links.c.survivor_id.in_(bindparam("survivors", expanding=True))
 )
@@ -374,18 +380,36 @@ class FactRepo:
 
 
 class PatientLinkRepo:
-    """Merged patient → survivor, followed transitively (A merged into B, B later into C: A → C)."""
+    """Merged patient → survivor, followed transitively (A merged into B, B later into C: A → C).
 
-    def __init__(self, conn: Connection) -> None:
+    With ``cached`` (the unit of work), patients found in no merge at all are remembered for the
+    transaction: most messages are about such a patient, and one read then answers both who he now is
+    and who was merged into him. Any link written forgets them.
+    """
+
+    def __init__(self, conn: Connection, *, cached: bool = False) -> None:
         self.conn = conn
+        #: patient id → whether he is in no merge (asked once per transaction)
+        self._unlinked: dict[str, bool] | None = {} if cached else None
 
     def link(self, *, merged_id: str, survivor_id: str, now: datetime) -> None:
         if self.survivor(survivor_id) == merged_id:
             return  # a merge in the other direction already stands; a cycle would loop forever
+        if self._unlinked is not None:
+            self._unlinked.clear()
         self.conn.execute(delete(patient_links).where(patient_links.c.merged_id == merged_id))
         self.conn.execute(insert(patient_links).values(merged_id=merged_id, survivor_id=survivor_id, created_at=now))
 
+    def _in_no_merge(self, patient_id: str) -> bool:
+        if self._unlinked is None:
+            return False
+        if patient_id not in self._unlinked:
+            self._unlinked[patient_id] = self.conn.execute(_LINKED, {"pid": patient_id}).first() is None
+        return self._unlinked[patient_id]
+
     def survivor(self, patient_id: str) -> str:
+        if self._in_no_merge(patient_id):
+            return patient_id
         seen = {patient_id}
         current = patient_id
         while True:
@@ -397,6 +421,8 @@ class PatientLinkRepo:
 
     def merged_into(self, survivor_id: str) -> list[str]:
         """Every patient that ends up in ``survivor_id`` (transitively)."""
+        if self._in_no_merge(survivor_id):
+            return []
         found: list[str] = []
         frontier = [survivor_id]
         while frontier:
