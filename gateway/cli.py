@@ -186,6 +186,7 @@ def _clients_add(engine: Any, args: argparse.Namespace) -> int:
             scopes=args.scope,
             jwks=jwks,
             authorities=parse_authorities(args.authority),
+            sandbox=args.sandbox,
         )
     view = public_view(created.record)
     if created.secret:
@@ -293,6 +294,11 @@ def _add_clients_parser(sub: Any) -> None:
     add.add_argument("--scope", action="append", default=[], help="SMART scope, e.g. system/Patient.rs (repeatable)")
     add.add_argument("--jwks", help="JWKS file of public keys: the client signs assertions (private_key_jwt)")
     add.add_argument("--authority", action="append", default=[], help="AUTHORITY=SYSTEM identifier domain")
+    add.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="a sandbox sender: its HTTP and MLLP messages go to the isolated sandbox store, never to real data",
+    )
     add.add_argument("--json", action="store_true", help="print one JSON object")
     listing = actions.add_parser("list", help="list clients (never their secrets)")
     listing.add_argument("--json", action="store_true")

@@ -51,6 +51,9 @@ async def read_body(request: Request, *, limit: int) -> bytes:
     return body
 
 
+NO_SANDBOX_STORE = "this sender is a sandbox tenant and the gateway has no sandbox store (GATEWAY_SANDBOX_DATABASE_URL)"
+
+
 @router.post(
     "/hl7v2",
     summary="Ingest one HL7 v2 message (ER7)",
@@ -60,6 +63,7 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         400: {"description": "Empty body"},
         413: {"description": "Message too large"},
         415: {"description": "Unsupported media type"},
+        503: {"description": "A sandbox sender, but the gateway has no sandbox store"},
     },
     openapi_extra={
         "requestBody": {
@@ -73,10 +77,16 @@ async def ingest(request: Request, runtime: RuntimeDep, access: AccessDep) -> Re
         raw = await read_body(request, limit=runtime.settings.max_message_bytes)
     except TransportError as exc:
         return Response(exc.text + "\n", status_code=exc.status, media_type="text/plain")
+    tenant = access.principal.sandbox_tenant
+    if tenant and runtime.sandbox is None:  # never let a sandbox sender's message reach the real store
+        return Response(NO_SANDBOX_STORE + "\n", status_code=503, media_type="text/plain")
     started = time.perf_counter()
     with logs.bound(control_id=logs.control_id_of(raw), transport="http"):
         outcome = await run_in_threadpool(
-            runtime.pipeline_for(raw).ingest, raw, transport="http", facilities=access.sender_facilities
+            runtime.pipeline_for(raw, sandbox_tenant=tenant).ingest,
+            raw,
+            transport="http",
+            facilities=access.sender_facilities,
         )
     record_message(transport="http", outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started)
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")

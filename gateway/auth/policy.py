@@ -38,6 +38,13 @@ class Principal:
     facilities: tuple[str, ...] = ()
     #: False in the local mode (no client registered, auth not required): today's open behaviour
     authenticated: bool = True
+    #: a sender whose messages go to the isolated sandbox store (``clients add --sandbox``): read from the
+    #: registry, never from the token, so a token asked with fewer scopes cannot send to real data
+    sandbox_tenant: bool = False
+
+    def holds(self, gateway_scope: str) -> bool:
+        """Operators hold every gateway scope (they grant them); other clients only those registered."""
+        return self.kind == OPERATOR or self.grant.has(gateway_scope)
 
 
 #: No client registered and GATEWAY_AUTH not required: the local, single-tenant mode of old.
