@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.config import Settings
-from gateway.errors import ConfigError, StartupError
+from gateway.errors import ConfigError, NotFoundError, StartupError
 from gateway.logs import LOG_FORMATS, LOG_LEVELS, configure
 
 logger = logging.getLogger("gateway")
@@ -429,7 +429,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for message_id in args.ids:
             try:
                 outcome = runtime.pipeline.replay(message_id)
-            except LookupError:
+            except NotFoundError:
                 progress.step("missing")
                 print(f"message {message_id}: not found", file=sys.stderr)
                 status = 1

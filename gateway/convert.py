@@ -15,12 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.db.engine import make_engine, migrate, reading
 from gateway.db.repo import ResourceRepo
 from gateway.hl7.ack import AckIssue
 from gateway.mapping.engine import Engine
-from gateway.pipeline import Pipeline, utcnow
+from gateway.pipeline import Pipeline
 
 JSON = dict[str, Any]
 #: Resource types in the order a reader expects them.

@@ -8,8 +8,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine as DB
-
 from gateway import logs
 from gateway.auth.authorities import with_declared
 from gateway.auth.clients import sandbox_facilities
@@ -18,6 +16,7 @@ from gateway.auth.mllp import MllpBinding, context_from
 from gateway.auth.tokens import TokenService, token_audience, token_issuer
 from gateway.config import Settings
 from gateway.db.access import ClientRepo
+from gateway.db.engine import Database as DB
 from gateway.db.engine import make_engine, migrate
 from gateway.hl7.mllp import MLLPServer, current_peer
 from gateway.mapping.engine import Engine

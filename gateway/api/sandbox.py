@@ -17,12 +17,13 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import AccessDep, RuntimeDep
-from gateway.api.ingest import ACCEPTED_TYPES, TransportError, read_body
+from gateway.api.errors import outcome_of
+from gateway.api.ingest import ACCEPTED_TYPES, read_body
 from gateway.api.limits import cpu_budget
 from gateway.auth.policy import Access
 from gateway.db.console import MessageFilter, find_messages
 from gateway.db.repo import MessageRepo
-from gateway.errors import NotFoundError
+from gateway.errors import NotFoundError, TransportError
 from gateway.fhir.outcome import operation_outcome
 from gateway.hl7 import er7
 from gateway.runtime import Runtime
@@ -108,8 +109,8 @@ async def _messages(request: Request, runtime: Runtime, access: Access, *, limit
     try:
         raw = await read_body(request, limit=runtime.settings.sandbox_max_bytes)
     except TransportError as exc:
-        code = "too-long" if exc.status == 413 else "invalid"
-        return JSONResponse(operation_outcome(exc.text, code=code), status_code=exc.status)
+        status, outcome = outcome_of(exc)
+        return JSONResponse(outcome, status_code=status)
     charset = _charset(request)
     return [as_sent(m, charset=charset) for m in split_messages(raw)[:limit]]
 

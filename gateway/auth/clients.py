@@ -16,11 +16,11 @@ from typing import Any
 
 from jwt import PyJWKSet
 from jwt.exceptions import PyJWKSetError
-from sqlalchemy import Connection
 
 from gateway.auth.hashing import hash_secret, new_secret
 from gateway.auth.scopes import SANDBOX, SANDBOX_TENANT, ScopeError, parse_scopes
 from gateway.db.access import ClientNameTakenError, ClientRecord, ClientRepo
+from gateway.db.engine import DbConnection as Connection
 from gateway.errors import ConfigError
 
 PLATFORM, SENDER, OPERATOR = "platform", "sender", "operator"

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hmac
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine
-
 from gateway.auth.clients import OPERATOR, SENDER
 from gateway.auth.policy import Principal
 from gateway.auth.scopes import SANDBOX_TENANT, Grant
@@ -14,6 +12,7 @@ from gateway.auth.sessions import Session, SessionStore
 from gateway.auth.tokens import TokenService, authenticate_client
 from gateway.config import Settings
 from gateway.db.access import ClientRecord, ClientRepo
+from gateway.db.engine import Database as Engine
 from gateway.errors import AuthenticationError, OAuthError
 
 API_TOKEN_PRINCIPAL = Principal("api-token", "operator (API token)", OPERATOR, Grant(("system/*.cruds",)))

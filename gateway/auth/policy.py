@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection
-
 from gateway.auth.audit import AuditTrail
 from gateway.auth.clients import OPERATOR, PLATFORM, SENDER
 from gateway.auth.scopes import CONFIDENTIAL, POPULATION, Grant
 from gateway.db.access import EVERYTHING, FollowRepo, Visibility
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.repo import ResourceRepo, SubscriptionRepo
 from gateway.subscriptions.topics import TOPICS
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.canonical import CANONICAL_BASE
 from gateway.mapping.ids import ps_identifier_forms
 
 JSON = dict[str, Any]

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from gateway.db.repo import ResourceRepo, StoredResource, fhir_instant
-from gateway.errors import FhirError
+from gateway.errors import FhirError, UnsupportedSearchError
 from gateway.fhir.capability import SEARCH_PARAMS
 
 DEFAULT_COUNT = 50
@@ -44,14 +44,12 @@ def parse_search(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, s
         if name in CONTROL:
             continue
         if name not in known:
-            raise FhirError(f"search parameter {name!r} is not supported for {rtype}", issue_code="not-supported")
+            raise UnsupportedSearchError(f"search parameter {name!r} is not supported for {rtype}")
         if not value:
-            raise FhirError(f"search parameter {name!r} has no value", issue_code="invalid")
+            raise FhirError(f"search parameter {name!r} has no value")
         if name == "event-type" and "," in value:
             # refused rather than read as one odd code: a list would silently find nothing
-            raise FhirError(
-                "event-type takes one code per search here (search ADM and SOR apart)", issue_code="not-supported"
-            )
+            raise UnsupportedSearchError("event-type takes one code per search here (search ADM and SOR apart)")
         criteria.append(_criterion(name, value))
     return criteria
 
@@ -75,9 +73,9 @@ def _int_param(params: Mapping[str, str], name: str, default: int, maximum: int)
     try:
         value = int(raw)
     except ValueError as exc:
-        raise FhirError(f"{name} must be an integer", issue_code="invalid") from exc
+        raise FhirError(f"{name} must be an integer") from exc
     if value < 0:
-        raise FhirError(f"{name} must not be negative", issue_code="invalid")
+        raise FhirError(f"{name} must not be negative")
     return min(value, maximum)
 
 
@@ -90,9 +88,8 @@ def parse_sort(rtype: str, value: str | None) -> list[tuple[str, bool]]:
     for part in (p.strip() for p in value.split(",")):
         name = part.removeprefix("-")
         if name not in allowed:
-            raise FhirError(
-                f"_sort on {name!r} is not supported for {rtype} (use {', '.join(sorted(allowed))})",
-                issue_code="not-supported",
+            raise UnsupportedSearchError(
+                f"_sort on {name!r} is not supported for {rtype} (use {', '.join(sorted(allowed))})"
             )
         keys.append((name, part.startswith("-")))
     return keys
@@ -116,7 +113,7 @@ def _instant_range(text: str) -> tuple[datetime, datetime]:
         moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
         return moment, moment + timedelta(milliseconds=1)
     except (ValueError, OverflowError) as exc:
-        raise FhirError(f"_lastUpdated: {text!r} is not a FHIR date or dateTime", issue_code="invalid") from exc
+        raise FhirError(f"_lastUpdated: {text!r} is not a FHIR date or dateTime") from exc
 
 
 def parse_last_updated(values: list[str]) -> list[tuple[str, datetime]]:
@@ -140,7 +137,7 @@ def _total_mode(value: str | None) -> str:
     if value is None:
         return "accurate"
     if value not in TOTAL_MODES:
-        raise FhirError(f"_total must be one of {', '.join(sorted(TOTAL_MODES))}", issue_code="invalid")
+        raise FhirError(f"_total must be one of {', '.join(sorted(TOTAL_MODES))}")
     return value
 
 

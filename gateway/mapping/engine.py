@@ -11,11 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.canonical import FR_CORE_SD as FR_CORE
 from gateway.errors import MappingError, UnsupportedError, UnsupportedEventError
 from gateway.hl7.er7 import Message, Repetition, Segment
 from gateway.hl7.er7 import Path as HL7Path
 from gateway.mapping.ids import resource_id
-from gateway.mapping.tables import ACTIONS, EventSpec, SegmentMap, Tables, load_tables
+from gateway.mapping.tables import ACTIONS, IDENTITY_KINDS, EventSpec, SegmentMap, Tables, load_tables
 from gateway.mapping.transforms import (
     BIRTH_LIST_GIVEN_NAME,
     BIRTH_PLACE,
@@ -27,7 +28,6 @@ from gateway.mapping.transforms import (
     parse_dtm,
 )
 
-FR_CORE = "https://hl7.fr/ig/fhir/core/StructureDefinition"
 PROFILE_PATIENT = f"{FR_CORE}/fr-core-patient"
 PROFILE_PATIENT_INS = f"{FR_CORE}/fr-core-patient-ins"
 PROFILE_ENCOUNTER = f"{FR_CORE}/fr-core-encounter"
@@ -42,8 +42,6 @@ PRODUCTION_INS = frozenset({"INS-NIR", "INS-NIA"})
 QUALIFIED_INS = PRODUCTION_INS | {"INS-NIR-TEST"}
 INS_TABLE = "InsAuthority_to_IdentifierType"
 INS_C_SYSTEM = "urn:oid:1.2.250.1.213.1.4.2"
-#: Event kinds without a visit: their PV1 (often "PV1|1|N") is not read.
-VISITLESS_KINDS = frozenset({"person", "person-update", "change-identifier", "merge"})
 SUPPORTED_VERSIONS = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"})
 HL7_NULL = '""'
 IDENTITY_RELIABILITY = f"{FR_CORE}/fr-core-identity-reliability"
@@ -91,10 +89,6 @@ class Mapped:
     prior: dict[str, Any] | None = None
     #: Care circle statements: ROL segments and PD1-4 (member reference, role, action, period).
     participations: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def visitless(self) -> bool:
-        return self.encounter is None
 
 
 def read_header(message: Message) -> Header:
@@ -149,7 +143,7 @@ class Engine:
         self._check_evn(message, header, ctx)
         patient = self._patient(message, ctx)
         participations = self._participations(message, ctx)
-        visit = event.kind not in VISITLESS_KINDS
+        visit = event.kind not in IDENTITY_KINDS  # their PV1 (often "PV1|1|N") is not read
         movement = self._movement(message, ctx) if visit else None
         encounter = self._encounter(message, ctx, patient_id=patient["id"]) if visit else None
         if visit and event.kind == "discharge":
@@ -169,7 +163,7 @@ class Engine:
             movement=movement,
             practitioners=sorted(ctx.practitioners.values(), key=lambda r: str(r["id"])),
             warnings=ctx.warnings,
-            recorded_at=self._recorded_at(message, header),
+            recorded_at=_recorded_at(message, header),
             prior=self._prior(message, ctx),
             participations=participations,
         )
@@ -383,12 +377,9 @@ class Engine:
                 return parsed[0]
         return header.sent_at or datetime(1970, 1, 1, tzinfo=UTC)
 
-    @staticmethod
-    def _recorded_at(message: Message, header: Header) -> datetime | None:
-        return _recorded_at_impl(message, header)
 
-
-def _recorded_at_impl(message: Message, header: Header) -> datetime | None:
+def _recorded_at(message: Message, header: Header) -> datetime | None:
+    """When the sender recorded the event (EVN-2, else MSH-7): it orders corrections of one movement."""
     evn = message.segment("EVN")
     parsed = parse_dtm(evn.get(2)) if evn is not None and evn.get(2) else None
     return parsed[0] if parsed else header.sent_at

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import AccessDep, RuntimeDep
+from gateway.clock import utcnow
 from gateway.db.console import MessageFilter, find_messages, subscription_lines
 from gateway.db.engine import transaction
 from gateway.db.repo import MessageRecord, MessageRepo, ResourceRepo
@@ -24,7 +25,6 @@ from gateway.errors import GatewayError, NotFoundError
 from gateway.hl7 import er7
 from gateway.mapping.engine import Engine
 from gateway.metrics import record_message
-from gateway.pipeline import utcnow
 from gateway.state.careteam import careteam_id
 from gateway.subscriptions.service import resend
 from gateway.web.live import LiveSampler

@@ -17,6 +17,7 @@ from sqlalchemy import Connection
 from sqlalchemy import Engine as DB
 from sqlalchemy.util import LRUCache
 
+from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.db.engine import make_engine, transaction
 from gateway.db.repo import (
@@ -30,7 +31,7 @@ from gateway.db.repo import (
 from gateway.db.schema import metadata
 from gateway.hl7.ack import AckIssue
 from gateway.mapping.engine import Engine
-from gateway.pipeline import Pipeline, utcnow
+from gateway.pipeline import Pipeline
 from gateway.subscriptions.nde import EXT_SUBSCRIBER
 from gateway.subscriptions.nde_declaration import PROFILE_ORGANIZATION
 from gateway.subscriptions.nde_order import notification_order
