@@ -13,6 +13,8 @@ admission notifies. Two phases on the same gateway:
     .venv/bin/python bench/delivery.py --messages 500
     .venv/bin/python bench/delivery.py --messages 500 --max-count 10
     .venv/bin/python bench/delivery.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench
+    .venv/bin/python bench/delivery.py --rate 200 --sustain 60 [--connections 4]   # p99, backlog over time
+    .venv/bin/python bench/delivery.py --backlog 100000                             # RSS while draining
 
 Sender, gateway and receiver share one process and event loop, so the figures include all three.
 Exit status 1 when an event is lost, duplicated, out of order or badly signed.
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -29,7 +32,11 @@ import secrets
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -37,6 +44,8 @@ from fastapi import Request, Response
 
 from gateway.api.app import create_app
 from gateway.config import Settings
+from gateway.db.engine import transaction
+from gateway.db.repo import OutboxRepo, ResourceRepo
 from gateway.demo import Receiver, _subscription, free_port, serving
 from gateway.hl7.mllp import MLLPClient
 from gateway.runtime import Runtime
@@ -70,6 +79,9 @@ class TimingReceiver(Receiver):
     def __init__(self) -> None:
         super().__init__()
         self.arrived: dict[int, float] = {}
+        #: ``Encounter/<id>`` → first arrival, to tie an event to the message that caused it (several
+        #: connections commit in any order, so event numbers do not follow the send order)
+        self.by_focus: dict[str, float] = {}
         self.order: list[int] = []
         self.requests = 0
         self.duplicates = 0
@@ -98,6 +110,9 @@ class TimingReceiver(Receiver):
                 continue
             self.arrived[number] = now
             self.order.append(number)
+            focus = next((part["valueReference"]["reference"] for part in event["part"] if part["name"] == "focus"), "")
+            if focus:
+                self.by_focus.setdefault("/".join(focus.rsplit("/", 2)[-2:]), now)
         if len(self.arrived) >= self.target:
             self.all_in.set()
         return Response(status_code=200)
@@ -231,19 +246,294 @@ async def run(n: int, max_count: int, database_url: str, rate: float = 0.0) -> i
     return 0
 
 
+# -- sustained load and backlog memory (#14 targets) -------------------------------------------------
+
+LATENCY_TARGET_MS = 200.0
+RSS_TARGET_MB = 250.0
+BULK_CHUNK = 2_000
+
+
+@dataclass
+class Up:
+    """A running gateway with its receiver subscribed (handshake done) and its worker running."""
+
+    runtime: Runtime
+    receiver: TimingReceiver
+    settings: Settings
+    mllp_port: int
+    sub_id: str
+    worker_task: asyncio.Task[None] | None = None
+
+    async def stop_worker(self) -> None:
+        if self.worker_task is not None:
+            self.runtime.worker.stop()
+            await self.worker_task
+            self.worker_task = None
+
+
+@asynccontextmanager
+async def gateway_up(database_url: str, *, max_count: int = 1) -> AsyncIterator[Up]:
+    settings = Settings(
+        database_url=database_url,
+        http_port=free_port(None),
+        mllp_port=0,
+        endpoint_allowlist=["127.0.0.1"],
+        run_worker=False,
+    )
+    runtime = Runtime.build(settings)
+    receiver = TimingReceiver()
+    receiver_port = free_port(None)
+    up: Up | None = None
+    try:
+        async with serving(receiver.app, receiver_port), serving(create_app(runtime), settings.http_port):
+            assert runtime.mllp is not None
+            task = asyncio.create_task(runtime.worker.run())
+            sub_body = _subscription("encounter-start", f"http://127.0.0.1:{receiver_port}/notify", "id-only")
+            del sub_body["_criteria"]
+            sub_body["channel"]["extension"] = [
+                {"url": f"{BACKPORT}/backport-max-count", "valuePositiveInt": max_count}
+            ]
+            async with httpx.AsyncClient(timeout=30) as http:
+                answer = await http.post(
+                    f"http://127.0.0.1:{settings.http_port}/fhir/Subscription",
+                    content=json.dumps(sub_body),
+                    headers={"Content-Type": "application/fhir+json"},
+                )
+                answer.raise_for_status()
+                created = answer.json()
+            receiver.secrets[created["id"]] = next(
+                e["valueString"] for e in created["channel"]["extension"] if e["url"] == SIGNING_SECRET
+            )
+            await asyncio.wait_for(receiver.handshake.wait(), timeout=WAIT)
+            up = Up(runtime, receiver, settings, runtime.mllp.port, created["id"], task)
+            yield up
+            await up.stop_worker()
+    finally:
+        if up is not None and up.worker_task is not None:
+            runtime.worker.stop()
+            up.worker_task.cancel()
+        runtime.close()
+
+
+def rss_mb() -> float:
+    """Resident set size now (``/proc``), MiB; 0 where there is no ``/proc``."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def paced(
+    port: int, messages: list[bytes], *, rate: float, connections: int, sent: list[float], acked: list[float]
+) -> None:
+    """Message k leaves at ``t0 + k / rate`` on connection ``k % connections`` (or as soon as that
+    connection has its previous ACK); its send and ACK times go to ``sent[k]`` and ``acked[k]``."""
+    t0 = time.perf_counter() + 0.05
+
+    async def lane(lane_no: int) -> None:
+        async with MLLPClient("127.0.0.1", port, timeout=60) as client:
+            for k in range(lane_no, len(messages), connections):
+                await asyncio.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
+                sent[k] = time.perf_counter()
+                ack = await client.send(messages[k])
+                acked[k] = time.perf_counter()
+                if b"MSA|AA|" not in ack:
+                    raise SystemExit(f"message not accepted: {ack.decode('latin-1')!r}")
+
+    await asyncio.gather(*(lane(n) for n in range(connections)))
+
+
+def focus_to_message(up: Up, run_tag: str) -> dict[str, int]:
+    """``Encounter/<id>`` → k of the admission that created it (PV1-19 is ``5<run><k>``)."""
+    prefix = f"5{run_tag}"
+    found: dict[str, int] = {}
+    with up.runtime.db.connect() as conn:
+        store = ResourceRepo(conn)
+        for ref in up.receiver.by_focus:
+            rtype, _, rid = ref.partition("/")
+            stored = store.get(rtype, rid)
+            for ident in stored.content.get("identifier", []) if stored else []:
+                value = str(ident.get("value", ""))
+                if value.startswith(prefix):
+                    found[ref] = int(value[len(prefix) :])
+    return found
+
+
+async def sampler(up: Up, acked: list[float], out: list[tuple[float, int, int, float]], *, every: float) -> None:
+    """(seconds since start, ACKed, received, RSS) every ``every`` seconds, until cancelled."""
+    start = time.perf_counter()
+    while True:
+        await asyncio.sleep(every)
+        done = sum(1 for a in acked if a)
+        out.append((time.perf_counter() - start, done, len(up.receiver.arrived), rss_mb()))
+
+
+async def sustained(database_url: str, *, rate: float, seconds: float, connections: int) -> int:
+    """ADT in at a paced ``rate`` for ``seconds`` over ``connections`` MLLP connections; each notification
+    timed from the send of the message that caused it; the backlog (ACKed, not yet received) over time."""
+    run_tag = f"{secrets.randbelow(10_000):04d}"
+    n = max(1, round(rate * seconds))
+    messages = [admission(run_tag, k) for k in range(n)]
+    sent, acked = [0.0] * n, [0.0] * n
+    samples: list[tuple[float, int, int, float]] = []
+    async with gateway_up(database_url) as up:
+        up.receiver.expect(n)
+        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        watch = asyncio.create_task(sampler(up, acked, samples, every=1.0))
+        await paced(up.mllp_port, messages, rate=rate, connections=connections, sent=sent, acked=acked)
+        ingest_wall = time.perf_counter() - wall0
+        await asyncio.wait_for(up.receiver.all_in.wait(), timeout=WAIT + seconds * 10)
+        wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
+        watch.cancel()
+        owner = focus_to_message(up, run_tag)
+    latencies = [arrived - sent[owner[ref]] for ref, arrived in up.receiver.by_focus.items() if ref in owner]
+    ack_lat = [a - s for s, a in zip(sent, acked, strict=True)]
+    p99 = percentile(latencies, 0.99) * 1000
+    backend = database_url.split(":", 1)[0]
+    print(f"delivery, sustained: {backend}, {rate:g} msg/s paced for {seconds:g} s over {connections} MLLP connections")
+    print(f"  {n} admissions, ingest {n / ingest_wall:.0f} msg/s achieved (asked {rate:g})")
+    ack_p50, ack_p99 = percentile(ack_lat, 0.5) * 1000, percentile(ack_lat, 0.99) * 1000
+    print(f"  ACK latency          p50 {ack_p50:.1f} ms, p99 {ack_p99:.1f} ms")
+    print(
+        f"  ADT → notification   p50 {percentile(latencies, 0.5) * 1000:.1f} ms, p99 {p99:.1f} ms "
+        f"(target p99 ≤ {LATENCY_TARGET_MS:.0f} ms: {'met' if p99 <= LATENCY_TARGET_MS else 'NOT met'}); "
+        f"{len(latencies)} of {n} tied to their message"
+    )
+    print(
+        f"  CPU                  {cpu:.1f} s in {wall:.1f} s wall ({cpu / n * 1000:.2f} ms per message, "
+        f"sender + gateway + receiver; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
+    print("  backlog over time (ACKed but not yet received by the platform):")
+    for t, done, received, rss in samples[:: max(1, len(samples) // 12)]:
+        backlog = done - received
+        print(f"    t={t:5.0f} s  ACKed {done:6d}  received {received:6d}  backlog {backlog:5d}  RSS {rss:.0f} MiB")
+    print(f"  backlog trend        {_trend(samples)}")
+    return _verdict(up.receiver, n)
+
+
+def _trend(samples: list[tuple[float, int, int, float]]) -> str:
+    """Backlog growth over the run's middle (warm-up and drain left out): events per second, by least squares."""
+    middle = samples[len(samples) // 6 : max(len(samples) // 6 + 2, len(samples) * 5 // 6)]
+    if len(middle) < 2:
+        return "too short to tell"
+    xs, ys = [t for t, *_ in middle], [done - received for _, done, received, _ in middle]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mean_x) ** 2 for x in xs) or 1.0
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / var
+    verdict = "flat" if abs(slope) < 1.0 else ("GROWING" if slope > 0 else "shrinking")
+    return f"{slope:+.1f} events/s over the middle of the run, mean backlog {mean_y:.0f}: {verdict}"
+
+
+def _verdict(receiver: TimingReceiver, n: int) -> int:
+    problems = []
+    if sorted(receiver.order) != list(range(1, n + 1)) or receiver.order != sorted(receiver.order):
+        problems.append("events lost or out of order")
+    if receiver.duplicates:
+        problems.append(f"{receiver.duplicates} duplicate event(s)")
+    if receiver.unsigned:
+        problems.append(f"{receiver.unsigned} request(s) with a bad signature")
+    if problems:
+        print("ERROR: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    print("  every event received once, in order, signed")
+    return 0
+
+
+async def backlog_memory(database_url: str, *, events: int, max_count: int, seconds: float) -> int:
+    """RSS while a worker works through ``events`` queued notifications (written in bulk) for ``seconds``
+    (or to the end, if sooner): what the worker holds must not grow with the backlog."""
+    run_tag = f"{secrets.randbelow(10_000):04d}"
+    async with gateway_up(database_url, max_count=max_count) as up:
+        up.receiver.expect(1)
+        await send(up.mllp_port, [admission(run_tag, 0)])  # one real stay: the backlog's focus
+        await asyncio.wait_for(up.receiver.all_in.wait(), timeout=WAIT)
+        await up.stop_worker()
+        t_build = time.perf_counter()
+        with transaction(up.runtime.db) as conn:
+            outbox = OutboxRepo(conn)
+            (real,) = outbox.for_subscription(up.sub_id, statuses=["delivered"])[-1:]
+            focus = (real.focus_type or "", real.focus_id or "", real.focus_version or 1)
+            for start in range(2, events + 2, BULK_CHUNK):  # chunks: the bench's own lists stay small
+                outbox.add_many(
+                    subscription_id=up.sub_id,
+                    topic=real.topic,
+                    focus=focus,
+                    context=real.context,
+                    occurred_at=real.occurred_at,
+                    event_numbers=range(start, min(start + BULK_CHUNK, events + 2)),
+                )
+        build = time.perf_counter() - t_build
+        up.receiver.expect(events + 1)
+        before = rss_mb()
+        drainer = DeliveryWorker(db=up.runtime.db, settings=up.settings)
+        samples: list[float] = []
+        cpu0, t0 = cpu_seconds(), time.perf_counter()
+        task = asyncio.create_task(drainer.run())
+
+        async def watch() -> None:
+            while True:
+                samples.append(rss_mb())
+                await asyncio.sleep(0.25)
+
+        watcher = asyncio.create_task(watch())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(up.receiver.all_in.wait(), timeout=seconds)
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
+        watcher.cancel()
+        drainer.stop()
+        await task
+        await drainer.client.aclose()
+    delivered = len(up.receiver.arrived) - 1
+    peak = max(samples, default=before)
+    backend = database_url.split(":", 1)[0]
+    print(f"delivery, backlog memory: {backend}, {events} events queued in bulk ({build:.1f} s), maxCount={max_count}")
+    print(
+        f"  RSS before the drain  {before:.0f} MiB; peak while draining {peak:.0f} MiB "
+        f"(target ≤ {RSS_TARGET_MB:.0f} MiB: {'met' if peak <= RSS_TARGET_MB else 'NOT met'}); "
+        f"ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
+    print(
+        f"  drained {delivered} of {events} in {wall:.1f} s ({delivered / wall:.0f} events/s), "
+        f"CPU {cpu:.1f} s ({cpu / max(1, delivered) * 1000:.2f} ms per event)"
+    )
+    return _verdict(up.receiver, delivered + 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--messages", type=int, default=500, help="admissions per phase")
     parser.add_argument("--max-count", type=int, default=1, help="events per notification (backport-max-count)")
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     parser.add_argument("--rate", type=float, default=0.0, help="live phase: messages/s (0 = as fast as acked)")
+    parser.add_argument("--sustain", type=float, default=0.0, help="seconds of paced load at --rate (needs --rate)")
+    parser.add_argument("--connections", type=int, default=4, help="MLLP connections of the sustained run")
+    parser.add_argument("--backlog", type=int, default=0, help="events queued in bulk, then drained: RSS")
+    parser.add_argument("--drain-seconds", type=float, default=60.0, help="--backlog: how long to drain at most")
     args = parser.parse_args()
     if args.messages < 1 or not 1 <= args.max_count <= 1000:
         parser.error("--messages must be positive and --max-count within 1..1000")
+    if args.sustain and args.rate <= 0:
+        parser.error("--sustain needs --rate")
+
+    def chosen(url: str) -> Coroutine[Any, Any, int]:
+        if args.sustain:
+            return sustained(url, rate=args.rate, seconds=args.sustain, connections=args.connections)
+        if args.backlog:
+            return backlog_memory(url, events=args.backlog, max_count=args.max_count, seconds=args.drain_seconds)
+        return run(args.messages, args.max_count, url, args.rate)
+
     if args.database_url:
-        return asyncio.run(run(args.messages, args.max_count, args.database_url, args.rate))
+        return asyncio.run(chosen(args.database_url))
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        return asyncio.run(run(args.messages, args.max_count, f"sqlite:///{Path(tmp) / 'gateway.db'}", args.rate))
+        return asyncio.run(chosen(f"sqlite:///{Path(tmp) / 'gateway.db'}"))
 
 
 if __name__ == "__main__":

@@ -156,8 +156,10 @@ async def run(n_messages: int, connections: int, database_url: str, *, with_floo
     size_before = store_bytes(database_url)
     await runtime.start(mllp=True, worker=True)
     assert runtime.mllp is not None
+    cpu = time.process_time()
     try:
         results, elapsed = await send_all(runtime.mllp.port, per_connection)
+        cpu = time.process_time() - cpu  # sender, gateway and worker threads: the steadier figure on a busy machine
     finally:
         await runtime.stop()
         runtime.close()
@@ -171,6 +173,7 @@ async def run(n_messages: int, connections: int, database_url: str, *, with_floo
     print(f"  messages        {total}")
     print(f"  elapsed         {elapsed:.2f} s")
     print(f"  throughput      {total / elapsed:.0f} messages/s")
+    print(f"  CPU             {cpu / total * 1000:.2f} ms/message (whole process, sender included)")
     print(f"  ACK latency p50 {percentile(results.latencies, 0.50) * 1000:.1f} ms")
     print(f"  ACK latency p99 {percentile(results.latencies, 0.99) * 1000:.1f} ms")
     print(f"  ACK latency max {max(results.latencies) * 1000:.1f} ms")

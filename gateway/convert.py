@@ -15,12 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import select
-
 from gateway.clock import utcnow
 from gateway.config import Settings
-from gateway.db.engine import make_engine, migrate
-from gateway.db.schema import resources
+from gateway.db.engine import make_engine, migrate, reading
+from gateway.db.repo import ResourceRepo
 from gateway.hl7.ack import AckIssue
 from gateway.mapping.engine import Engine
 from gateway.pipeline import Pipeline
@@ -56,11 +54,10 @@ def convert_messages(
                 break
             outcome = pipeline.ingest(raw, transport="convert")
             acks.append((outcome.code, outcome.issues, outcome.ack_text))
-        with db.connect() as conn:
-            rows = conn.execute(select(resources.c.content).where(resources.c.deleted == 0)).all()
+        with reading(db) as conn:
+            found = [stored.content for stored in ResourceRepo(conn).current()]
     finally:
         db.dispose()
-    found = [json.loads(r[0]) for r in rows]
     found.sort(key=lambda r: (ORDER.index(r["resourceType"]) if r["resourceType"] in ORDER else 99, r["id"]))
     return Converted(acks=acks, resources=found)
 

@@ -6,8 +6,9 @@ types and subscription ids only. Label values that come from a message (trigger,
 and bounded, so that a hostile feed cannot blow up the number of series.
 
 Store-level gauges (outbox backlog, oldest pending age, subscriptions by status, connection pool) are
-read from the database at scrape time by :class:`StoreCollector`, registered per application on its own
-registry, so several apps in one process (the tests) do not collide.
+read from the database at scrape time by :class:`StoreCollector`, and the MLLP listener's and delivery
+worker's own counters from those objects by :class:`ServiceCollector`; both are registered per
+application on its own registry, so several apps in one process (the tests) do not collide.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Protocol
 
 from prometheus_client import Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 #: Latency buckets for work measured in milliseconds to seconds (ACKs, commits, deliveries).
@@ -180,3 +182,54 @@ class StoreCollector(Collector):
             ("overflow", "Connections opened beyond the pool size"),
         ):
             yield GaugeMetricFamily(f"gateway_db_pool_{name}", help_text, value=figures.get(name, 0))
+
+
+class MLLPCounters(Protocol):
+    """What :class:`ServiceCollector` reads of the MLLP listener (``gateway.hl7.mllp.MLLPServer``)."""
+
+    connections_total: int
+    refused_total: int
+    messages_total: int
+    oversize_total: int
+    timed_out_total: int
+
+
+class WorkerCounters(Protocol):
+    """What :class:`ServiceCollector` reads of the delivery worker (``gateway.subscriptions.worker``)."""
+
+    delivered_total: int
+
+
+#: (metric name without ``_total``, help, attribute) of the MLLP listener's counters.
+MLLP_COUNTERS = (
+    ("gateway_mllp_connections", "MLLP connections accepted", "connections_total"),
+    ("gateway_mllp_connections_refused", "MLLP connections refused (global or per-peer cap)", "refused_total"),
+    ("gateway_mllp_frames", "MLLP frames received and handed to the ingest", "messages_total"),
+    ("gateway_mllp_oversize_frames", "MLLP frames over the size limit (AR, then close)", "oversize_total"),
+    ("gateway_mllp_timeouts", "MLLP connections closed by the idle or frame deadline", "timed_out_total"),
+)
+
+
+class ServiceCollector(Collector):
+    """The MLLP listener's and delivery worker's counters, read from them at scrape time.
+
+    They are plain ints on their objects (each server or worker counts its own, which the tests read);
+    this collector is what takes them to ``/metrics``. No MLLP listener (``start(mllp=False)``) gives no
+    MLLP series.
+    """
+
+    def __init__(self, *, mllp: Callable[[], MLLPCounters | None], worker: Callable[[], WorkerCounters | None]) -> None:
+        self.mllp, self.worker = mllp, worker
+
+    def collect(self) -> Iterable[Metric]:
+        server = self.mllp()
+        if server is not None:
+            for name, help_text, attribute in MLLP_COUNTERS:
+                yield CounterMetricFamily(name, help_text, value=getattr(server, attribute))
+        worker = self.worker()
+        if worker is not None:
+            yield CounterMetricFamily(
+                "gateway_outbox_rows_delivered",
+                "Outbox rows (events, handshakes, heartbeats) delivered by this process's worker",
+                value=worker.delivered_total,
+            )

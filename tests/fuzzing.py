@@ -232,19 +232,33 @@ def unique_ids(data: bytes, tag: str) -> bytes:
     return b"|".join(fields)
 
 
+def ack_code(ack: bytes) -> str:
+    """MSA-1 of ``ack``, read with the ACK's own field separator (MSH-1), not an assumed ``|``."""
+    text = ack.decode("utf-8", errors="replace")
+    if len(text) < 4 or not text.startswith("MSH"):
+        return ""
+    segs = [s for s in re.split(r"\r\n|\r|\n", text) if s]
+    msa = next((s for s in segs if s.startswith("MSA" + text[3])), "")
+    return msa[4:].split(text[3], 1)[0]
+
+
 def ack_problem(ack: bytes) -> str | None:
-    """Why ``ack`` is not an acceptable answer, or ``None``: MSH, MSA with AA/AE/AR, ERR unless AA."""
+    """Why ``ack`` is not an acceptable answer, or ``None``: MSH with five distinct delimiters, MSA with
+    AA/AE/AR, ERR unless AA."""
     text = ack.decode("utf-8", errors="replace")
     segs = [s for s in re.split(r"\r\n|\r|\n", text) if s]
-    if not segs or not segs[0].startswith("MSH"):
+    if not segs or not segs[0].startswith("MSH") or len(segs[0]) < 8:
         return "ACK does not start with MSH"
-    msa = next((s for s in segs if s.startswith("MSA")), None)
+    if len(set(segs[0][3:8])) < 5 or segs[0][8:9] != segs[0][3]:
+        return f"ACK delimiters {segs[0][3:8]!r} are not five distinct characters"
+    sep = segs[0][3]
+    msa = next((s for s in segs if s.startswith("MSA" + sep)), None)
     if msa is None or len(msa) < 6:
         return "ACK has no MSA"
-    code = msa[4:6]
+    code = ack_code(ack)
     if code not in {"AA", "AE", "AR"}:
         return f"ACK code {code!r}"
-    if code != "AA" and not any(s.startswith("ERR") for s in segs):
+    if code != "AA" and not any(s.startswith("ERR" + sep) for s in segs):
         return f"{code} without ERR"
     return None
 

@@ -27,7 +27,7 @@ from gateway.api.rest import FhirRestMiddleware
 from gateway.db.stats import pool_figures, store_figures
 from gateway.errors import AuthenticationError, GatewayError
 from gateway.fhir.outcome import operation_outcome
-from gateway.metrics import StoreCollector
+from gateway.metrics import ServiceCollector, StoreCollector
 from gateway.runtime import Runtime
 from gateway.web.mount import install as install_pages
 
@@ -78,6 +78,7 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
 
     store = CollectorRegistry(auto_describe=False)
     store.register(StoreCollector(lambda: store_figures(runtime.db), lambda: pool_figures(runtime.db)))
+    store.register(ServiceCollector(mllp=lambda: runtime.mllp, worker=lambda: runtime.worker))
     install_pages(app, registries=(REGISTRY, store))  # the live view reads what /metrics serves
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")

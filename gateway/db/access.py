@@ -17,6 +17,7 @@ import orjson
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Select,
     delete,
     false,
     insert,
@@ -76,10 +77,17 @@ class Visibility:
 EVERYTHING = Visibility(everything=True)
 
 
-def _confidential_patients() -> Any:
-    return select(search_index.c.id).where(
-        search_index.c.type == "Patient", search_index.c.param == SECURITY_PARAM, search_index.c.value == "R"
+def indexed_ids(rtype: Any, param: Any, value: Any, *, system: Any = None) -> Select[Any]:
+    """Ids of ``rtype`` indexed under (param, value[, system]): the lookup index's own shape (type, param,
+    value), shared by searches, visibility and follows so that each stays an index lookup."""
+    query = select(search_index.c.id).where(
+        search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value
     )
+    return query if system is None else query.where(search_index.c.system == system)
+
+
+def _confidential_patients() -> Any:
+    return indexed_ids("Patient", SECURITY_PARAM, "R")
 
 
 def _with_patient(rtype: str, refs: Any) -> ColumnElement[bool]:
@@ -132,12 +140,7 @@ class FollowRepo:
         self.conn = conn
 
     def _ids(self, rtype: str, param: str, value: str, *, system: str | None = None) -> list[str]:
-        query = select(search_index.c.id).where(
-            search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value
-        )
-        if system is not None:
-            query = query.where(search_index.c.system == system)
-        return [str(r[0]) for r in self.conn.execute(query)]
+        return [str(r[0]) for r in self.conn.execute(indexed_ids(rtype, param, value, system=system))]
 
     def _patients_of(self, rtype: str, ids: Sequence[str]) -> set[str]:
         if not ids:

@@ -78,7 +78,10 @@ resources = Table(
     Column("version_id", Integer, nullable=False),
     Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("deleted", Integer, nullable=False, default=0),
+    # the JSON text of rows written before 0004_bodies; newer rows leave it empty and fill ``body``
     Column("content", Text, nullable=False),
+    #: the resource deflated (gateway/db/bodies.py), most of the store's bytes otherwise
+    Column("body", LargeBinary, nullable=True),
 )
 
 #: Every version, for ``_history`` and ``vread``.
@@ -90,7 +93,10 @@ resource_versions = Table(
     Column("version_id", Integer, primary_key=True),
     Column("last_updated", DateTime(timezone=True), nullable=False),
     Column("deleted", Integer, nullable=False, default=0),
+    # the JSON text of rows written before 0004_bodies; newer rows leave it empty and fill ``body``
     Column("content", Text, nullable=False),
+    #: the resource deflated (gateway/db/bodies.py), most of the store's bytes otherwise
+    Column("body", LargeBinary, nullable=True),
 )
 
 #: Search parameters of current versions: rebuilt on each write of the resource.
@@ -116,7 +122,8 @@ facts = Table(
     Column("message_id", ID, nullable=False),
     Column("event_time", DateTime(timezone=True), nullable=False),
     Column("kind", String(32), nullable=False),
-    Column("payload", Text, nullable=False),
+    Column("payload", Text, nullable=False),  # rows before 0004_bodies; newer ones leave it empty
+    Column("body", LargeBinary, nullable=True),  # the payload deflated (gateway/db/bodies.py)
     Index("ix_facts_stream", "stream", "event_time"),
 )
 

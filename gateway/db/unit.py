@@ -34,7 +34,7 @@ class UnitOfWork:
         self.messages = MessageRepo(conn)
         self.facts = FactRepo(conn, cached=True)
         self.resources = ResourceRepo(conn, cached=True)
-        self.links = PatientLinkRepo(conn)
+        self.links = PatientLinkRepo(conn, cached=True)
         self.subscriptions = SubscriptionRepo(conn)
         self.outbox = OutboxRepo(conn)
         self._listening: dict[str, list[SubscriptionRecord]] | None = None

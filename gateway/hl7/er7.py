@@ -265,10 +265,17 @@ def _encoding(text: str) -> Encoding:
     if len(chars) < 2 or any(c.isalnum() for c in chars):
         raise ParseError("MSH-2 encoding characters are malformed", location="MSH-2")
     defaults = Encoding()
-    return Encoding(
+    enc = Encoding(
         field=sep,
         component=chars[0],
         repetition=chars[1],
         escape=chars[2] if len(chars) > 2 else defaults.escape,
         subcomponent=chars[3] if len(chars) > 3 else defaults.subcomponent,
     )
+    # Five delimiters, five distinct characters: a field separator equal to the escape character (a bit
+    # flip turns ``|`` into ``\``) would make the message, and the ACK echoing its delimiters, unreadable.
+    # A control character or a space among them (a CR in MSH-2) would end the ACK's header early.
+    delimiters = {enc.field, enc.component, enc.repetition, enc.escape, enc.subcomponent}
+    if len(delimiters) < 5 or not all(c.isprintable() and not c.isspace() for c in delimiters):
+        raise ParseError("MSH-1 and MSH-2 delimiters are not five distinct printable characters", location="MSH-2")
+    return enc

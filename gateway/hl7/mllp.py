@@ -264,7 +264,8 @@ class MLLPServer:
     """Accepts MLLP connections and answers each message with the handler's ACK, one by one, in order.
 
     Messages of one connection are handled strictly sequentially (senders rely on the order of
-    ACKs); connections are independent tasks. The counters are plain ints for the metrics module.
+    ACKs); connections are independent tasks. The counters are plain ints, read at scrape time by
+    ``gateway.metrics.ServiceCollector`` for ``/metrics``.
     """
 
     def __init__(

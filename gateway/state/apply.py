@@ -138,21 +138,18 @@ def apply_message(
     if mapped.encounter is not None:
         streams.append(f"Encounter/{mapped.encounter['id']}")
     unit.facts.lock(streams)
+    # what the refolds below read, in two queries: the streams' facts, and the resources they write
+    unit.facts.preload(streams)
+    doctors = [("Practitioner", str(p["id"])) for p in mapped.practitioners]
+    unit.store.preload([(s.split("/", 1)[0], s.split("/", 1)[1]) for s in streams] + doctors)
 
-    _record_patient_facts(unit, mapped)
+    _record_facts(unit, mapped)
     if merging and prior_id:
         _merge(unit, mapped, merged_id=prior_id, survivor_id=patient_id)
     _refold_patient(unit, patient_id, action=mapped.action)
     for practitioner in mapped.practitioners:
         _put(unit, practitioner)
     if mapped.encounter is not None:
-        unit.facts.add(
-            stream=f"Encounter/{mapped.encounter['id']}",
-            message_id=message_id,
-            event_time=mapped.event_time,
-            kind=mapped.event.kind,
-            payload=visit_fact(mapped, mapped.encounter).to_payload(),
-        )
         _refold_stay(unit, str(mapped.encounter["id"]), action=mapped.action)
     if merging and prior_id:
         refold_careteam(unit, prior_id, action=mapped.action)
@@ -172,8 +169,10 @@ def record_received(unit: Unit, resource: JSON) -> StoredResource | None:
     return stored
 
 
-def _record_patient_facts(unit: Unit, mapped: Mapped) -> None:
-    """The message's demographics and care-circle statements, on the patient's stream, in one write."""
+def _record_facts(unit: Unit, mapped: Mapped) -> None:
+    """The message's demographics and care-circle statements on the patient's stream, and its visit fact on
+    the stay's, in one write (each stream is folded on its own, so writing the visit fact before the
+    patient's refold changes nothing)."""
     stream = f"Patient/{mapped.patient['id']}"
     demographics = patient_payload(
         patient=mapped.patient, event_time=mapped.event_time, control_id=mapped.header.control_id
@@ -192,6 +191,9 @@ def _record_patient_facts(unit: Unit, mapped: Mapped) -> None:
             end=statement.get("end"),
         )
         new.append(NewFact(stream, PARTICIPATION, fact.to_payload()))
+    if mapped.encounter is not None:
+        visit = visit_fact(mapped, mapped.encounter).to_payload()
+        new.append(NewFact(f"Encounter/{mapped.encounter['id']}", mapped.event.kind, visit))
     unit.facts.add_many(new, message_id=unit.message_id, event_time=mapped.event_time)
 
 

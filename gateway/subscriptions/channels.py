@@ -17,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import re
+import ssl
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -173,10 +174,10 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
     ``tests/unit/test_pinning.py`` checks on a real socket that connections go where they are pinned.
     """
 
-    def __init__(self, *, limits: httpx.Limits = DELIVERY_LIMITS) -> None:
+    def __init__(self, *, limits: httpx.Limits = DELIVERY_LIMITS, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(limits=limits)
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=ssl_context or httpx.create_ssl_context(),
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
@@ -186,9 +187,13 @@ class PinnedTransport(httpx.AsyncHTTPTransport):
         )
 
 
-def delivery_client() -> httpx.AsyncClient:
-    """The client deliveries use: no redirects followed, connections only to vetted addresses."""
-    return httpx.AsyncClient(follow_redirects=False, transport=PinnedTransport())
+def delivery_client(*, ssl_context: ssl.SSLContext | None = None) -> httpx.AsyncClient:
+    """The client deliveries use: no redirects followed, connections only to vetted addresses.
+
+    Certificates are checked against the URL's host name (SNI too), whatever address the socket went
+    to; ``ssl_context`` replaces the default trust store (certifi), as the tests do with their own CA.
+    """
+    return httpx.AsyncClient(follow_redirects=False, transport=PinnedTransport(ssl_context=ssl_context))
 
 
 @dataclass(frozen=True, kw_only=True)

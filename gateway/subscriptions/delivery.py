@@ -10,6 +10,8 @@ channel (or a payload dialect, such as the ANS "Notification d'Événements" one
 from __future__ import annotations
 
 import asyncio
+import functools
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,15 +63,18 @@ class RestHook:
     as signed JSON, POSTed to an endpoint checked again before every send
     (the connection goes to the address vetted then: no second resolution that DNS rebinding could change)."""
 
-    def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
+    def __init__(self, client: httpx.AsyncClient, settings: Settings, *, executor: Executor | None = None) -> None:
         self.client, self.settings = client, settings
+        #: where the endpoint check (a DNS resolution) runs: the worker's threads, not the loop's default pool
+        self.executor = executor
         self.default = RestHookChannel(client, timeout=settings.delivery_timeout)
 
     def build(self, notice: Notice) -> Outgoing:
         return Outgoing(body=orjson.dumps(notice.bundle))
 
     async def send(self, sub: SubscriptionRecord, outgoing: Outgoing, *, key: str) -> DeliveryResult:
-        vetted = await asyncio.to_thread(vet_endpoint, sub.endpoint, allowlist=self.settings.endpoint_allowlist)
+        check = functools.partial(vet_endpoint, sub.endpoint, allowlist=self.settings.endpoint_allowlist)
+        vetted = await asyncio.get_running_loop().run_in_executor(self.executor, check)
         if vetted.refusal:
             # DNS can change after registration: the endpoint is checked again before every send.
             error = f"endpoint refused: {vetted.refusal}"
@@ -116,6 +121,6 @@ class Email:
         )
 
 
-def channels(settings: Settings, client: httpx.AsyncClient) -> dict[str, Channel]:
+def channels(settings: Settings, client: httpx.AsyncClient, *, executor: Executor | None = None) -> dict[str, Channel]:
     """The registry: ``channel.type`` → its channel (``rest-hook`` also serves any type not listed)."""
-    return {DEFAULT_CHANNEL: RestHook(client, settings), "email": Email(settings)}
+    return {DEFAULT_CHANNEL: RestHook(client, settings, executor=executor), "email": Email(settings)}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 
-from gateway.api.server import uvicorn_config
+from gateway import cli
+from gateway.api.server import HeaderDeadlineProtocol, uvicorn_config
 from gateway.config import Settings
 
 pytestmark = pytest.mark.e2e
@@ -115,3 +117,60 @@ def test_item8_a_body_arriving_with_its_head_does_not_count_as_head() -> None:
             return answer
 
     assert asyncio.run(scenario()).startswith(b"HTTP/1.1 200")
+
+
+def test_item8_serve_runs_uvicorn_with_the_gateways_limits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``gateway serve`` hands uvicorn the configured limits (GATEWAY_HTTP_* settings), not uvicorn's defaults."""
+    seen: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets=None: seen.append(self.config))
+    for name, value in {
+        "HTTP_MAX_HEADER_BYTES": "8192",
+        "HTTP_HEADER_TIMEOUT": "3",
+        "HTTP_KEEPALIVE_TIMEOUT": "7",
+        "HTTP_MAX_CONNECTIONS": "42",
+    }.items():
+        monkeypatch.setenv(f"GATEWAY_{name}", value)
+    url = f"sqlite:///{tmp_path / 'serve.db'}"
+    assert cli.main(["serve", "--database-url", url, "--http-port", "0", "--mllp-port", "0"]) == 0
+    (config,) = seen
+    assert config.h11_max_incomplete_event_size == 8192
+    assert config.timeout_keep_alive == 7
+    assert config.limit_concurrency == 42
+    assert isinstance(config.http, type) and issubclass(config.http, HeaderDeadlineProtocol)
+    assert (config.http.header_timeout, config.http.max_head_bytes) == (3.0, 8192)
+
+
+def test_item8_an_idle_keep_alive_connection_is_closed() -> None:
+    async def scenario() -> tuple[bytes, float]:
+        async with serving(http_keepalive_timeout=1) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            started = asyncio.get_running_loop().time()
+            answer = await _read_all(reader, 8)  # returns once the server closes the idle connection
+            writer.close()
+            return answer, asyncio.get_running_loop().time() - started
+
+    answer, elapsed = asyncio.run(scenario())
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert elapsed < 6
+
+
+def test_item8_connections_over_the_limit_get_503() -> None:
+    async def scenario() -> bytes:
+        async with serving(http_max_connections=2) as port:
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            for _, writer in held:
+                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # heads left open: both connections stay busy
+                await writer.drain()
+            await asyncio.sleep(0.1)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(5):
+                answer = await reader.readuntil(b"\r\n")
+            for _, other in [*held, (reader, writer)]:
+                other.close()
+            return answer
+
+    assert asyncio.run(scenario()).startswith(b"HTTP/1.1 503")

@@ -336,3 +336,59 @@ def test_item1_over_mllp_a_bad_date_is_answered_and_the_next_message_too(runtime
     first, second = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
     assert msa(first)[1] == "D-1"
     assert msa(second) == ("AA", "D-2")
+
+
+def test_item1_over_http_a_bad_date_is_200_with_an_ack_and_kept(client: TestClient, db: Engine) -> None:
+    """The HTTP side of item 1 (it answered 500): an ACK in a 200, the message kept, the feed going on."""
+    headers = {"Content-Type": "application/hl7-v2"}
+    bad = Adt(control_id="H-1", event_time="20260301080000+2400", birth_date="00010101").bytes()
+    answer = client.post("/hl7v2", content=bad, headers=headers)
+    assert answer.status_code == 200
+    code, control = msa(answer.content)
+    assert (code in {"AA", "AE", "AR"}, control) == (True, "H-1")
+    assert answer.headers["X-Ack-Code"] == code
+    with db.connect() as conn:
+        kept = [m for m in MessageRepo(conn).list(limit=10) if m.control_id == "H-1"]
+    assert len(kept) == 1 and stored(db, kept[0].id)[2] == bad
+    following = client.post("/hl7v2", content=Adt(control_id="H-2", visit="V-2").bytes(), headers=headers)
+    assert msa(following.content) == ("AA", "H-2")
+
+
+def test_item4_a_hung_store_under_an_mllp_message_does_not_freeze_the_process(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one MLLP message waits on a store that does not answer, the event loop keeps turning: other
+    connections are accepted and timers fire on time; the message is answered once the store is back."""
+    release = threading.Event()
+    ingest = runtime.pipeline.ingest
+
+    def hung(raw: bytes, **kwargs: object) -> object:
+        release.wait(5)  # blocks the worker thread running the pipeline, never the loop
+        return ingest(raw, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runtime.pipeline, "ingest", hung)
+
+    async def scenario() -> tuple[float, int, bytes]:
+        await runtime.start(worker=False)
+        assert runtime.mllp is not None
+        try:
+            async with MLLPClient("127.0.0.1", runtime.mllp.port, timeout=30) as stuck:
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                pending = asyncio.create_task(stuck.send(Adt(control_id="HUNG-1").bytes()))
+                await asyncio.sleep(0.3)  # meanwhile the message reaches the pipeline and waits on the store
+                lag = loop.time() - started - 0.3
+                async with MLLPClient("127.0.0.1", runtime.mllp.port, timeout=30):
+                    await asyncio.sleep(0.05)
+                    accepted = runtime.mllp.connections_total
+                release.set()
+                ack = await asyncio.wait_for(pending, timeout=20)
+        finally:
+            release.set()
+            await runtime.stop()
+        return lag, accepted, ack
+
+    lag, accepted, ack = asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+    assert lag < 0.5
+    assert accepted == 2
+    assert msa(ack) == ("AA", "HUNG-1")

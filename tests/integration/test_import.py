@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 from gateway.cli import main
 from gateway.config import Settings
 from gateway.db import schema
+from gateway.db.repo import ResourceRepo
 from gateway.importer import Progress, collect, event_key, split_messages
 from tests.messages import Adt
 
@@ -60,10 +61,8 @@ def test_import_command(tmp_path: Path, settings: Settings, db: Engine, capsys: 
     assert "AR " + str(folder / "other.hl7") + " #1" in out
     with db.connect() as conn:
         rows = conn.execute(select(schema.messages.c.control_id, schema.messages.c.status)).all()
-        encounter = conn.execute(
-            select(schema.resources.c.content).where(
-                schema.resources.c.type == "Encounter", schema.resources.c.content.like('%"status":"finished"%')
-            )
-        ).all()
+        encounter = [
+            r for r in ResourceRepo(conn).current() if r.type == "Encounter" and r.content["status"] == "finished"
+        ]
     assert sorted(rows) == [("I-1", "applied"), ("I-2", "applied"), ("Z1", "rejected")]
     assert encounter  # the stay was admitted, then discharged

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.api.app import create_app
+from gateway.hl7.mllp import MLLPClient
 from gateway.metrics import MAX_LABEL_VALUES, OTHER, bounded
+from gateway.runtime import Runtime
 from tests.api_helpers import subscribe
 from tests.messages import Adt
 
@@ -50,3 +55,34 @@ def test_label_values_from_messages_are_cleaned_and_bounded() -> None:
         last = bounded("test-flood", f"v{n}")
     assert last == OTHER
     assert bounded("test-flood", "v0") == "v0"  # known values keep their series
+
+
+def test_mllp_and_worker_counters_reach_metrics(runtime: Runtime) -> None:
+    """The MLLP listener's and delivery worker's own counters are series of ``/metrics`` (#15 item 7)."""
+
+    async def scenario() -> None:
+        await runtime.start(worker=False)
+        assert runtime.mllp is not None
+        try:
+            async with MLLPClient("127.0.0.1", runtime.mllp.port, timeout=30) as mllp:
+                await mllp.send(Adt(control_id="C-1").bytes())
+                await mllp.send(Adt(control_id="C-2", visit="V-2").bytes())
+        finally:
+            await runtime.stop()
+
+    asyncio.run(scenario())
+    runtime.worker.delivered_total = 3  # as a worker that delivered three rows would have counted
+    with TestClient(create_app(runtime, start_services=False)) as client:
+        metrics = scrape(client)
+    assert metrics["gateway_mllp_connections_total"] == [({}, 1.0)]
+    assert metrics["gateway_mllp_frames_total"] == [({}, 2.0)]
+    for name in ("refused", "oversize_frames", "timeouts"):
+        series = "gateway_mllp_connections_refused_total" if name == "refused" else f"gateway_mllp_{name}_total"
+        assert metrics[series] == [({}, 0.0)]
+    assert metrics["gateway_outbox_rows_delivered_total"] == [({}, 3.0)]
+
+
+def test_without_an_mllp_listener_there_are_no_mllp_series(client: TestClient) -> None:
+    metrics = scrape(client)
+    assert not [name for name in metrics if name.startswith("gateway_mllp_")]
+    assert metrics["gateway_outbox_rows_delivered_total"] == [({}, 0.0)]

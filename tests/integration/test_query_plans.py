@@ -95,3 +95,37 @@ def test_postgres_ingest_reads_go_through_indexes(pg_database: str, mapping_engi
             scans += [(table, statement.split("WHERE")[0][:60]) for table in tables if table not in SCANNABLE]
     db.dispose()
     assert scans == []
+
+
+def test_sqlite_ingest_reads_go_through_indexes(tmp_path: Any, mapping_engine: Engine) -> None:
+    """Every SELECT of an admission and a discharge on SQLite (the preloads of a message's streams and
+    resources among them: ``IN`` lists that must stay index lookups) uses an index; only the handful of
+    subscriptions may be scanned."""
+    path = tmp_path / "ingest.db"
+    db = make_engine(Settings(database_url=f"sqlite:///{path}"))
+    migrate(db)
+    pipeline = Pipeline(engine=mapping_engine, db=db)
+    for i in range(20):
+        pipeline.ingest(
+            Adt(control_id=f"Q{i}", ipp=f"6{i:05d}", visit=f"X-{i}", movement=f"O{i}").bytes(), transport="t"
+        )
+    statements: list[tuple[str, Any]] = []
+
+    @event.listens_for(db, "before_cursor_execute")
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, params))
+
+    admit = Adt(control_id="Q-A", ipp="699999", visit="X-X", movement="O-A")
+    discharge = Adt(trigger="A03", control_id="Q-D", ipp="699999", visit="X-X", movement="O-D",
+                    event_time="20260302100000", discharge_time="20260302100000")  # fmt: skip
+    for message in (admit, discharge):
+        assert pipeline.ingest(message.bytes(), transport="t").code == "AA"
+    db.dispose()
+    assert any("IN (" in s and "FROM facts" in s for s, _ in statements)  # the preloads ran
+    scans = []
+    with sqlite3.connect(path) as conn:
+        for statement, params in statements:
+            plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, params))
+            scans += [(step, statement[:60]) for step in plan.split(" | ") if step.startswith("SCAN")]
+    assert [s for s in scans if not s[0].startswith(tuple(f"SCAN {t}" for t in SCANNABLE))] == []

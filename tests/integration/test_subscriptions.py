@@ -2,7 +2,7 @@
 
 The app runs without its worker (``start_services=False``): a handshake is "delivered" by
 :func:`activate`, which records what the worker records on success; delivery itself is covered by
-``tests/unit/test_worker.py`` and ``tests/e2e/test_delivery.py``.
+``tests/integration/test_worker.py`` and ``tests/e2e/test_delivery.py``.
 """
 
 from __future__ import annotations

@@ -69,3 +69,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
         terminalreporter.section("golden files rewritten (--update-golden): review the diff")
         for line in rewritten:
             terminalreporter.write_line(line)
+
+
+#: The shared fixtures that open a store: a unit test asking for one belongs in tests/integration.
+STORE_FIXTURES = frozenset({"database_url", "db", "settings", "pg_database"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """tests/unit/ runs without a database (STYLE.md, tests): fail collection when a unit test asks for one."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if item.path.is_relative_to(here) and fixtures & STORE_FIXTURES:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {sorted(fixtures & STORE_FIXTURES)}: a test with a store goes in tests/integration"
+            )

@@ -255,6 +255,23 @@ def test_two_encoding_characters_default_the_rest() -> None:
     assert parsed.segment("PID").get(3, 1, 2) == "B"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    ("sep", "enc_chars"),
+    [
+        ("\\", "^~"),  # a bit flip turned | into \\: the defaulted escape character is the field separator
+        ("\\", "^~\\&"),
+        ("|", "^^\\&"),
+        ("|", "^~\x1c\r\\&"),  # a CR in MSH-2 would end the ACK's MSH early
+        ("|", "^ \\&"),
+        ("|", "^~\\^"),
+    ],
+)
+def test_delimiters_that_collide_are_malformed(sep: str, enc_chars: str) -> None:
+    with pytest.raises(ParseError) as caught:
+        parse(message(msh(HEADER, sep=sep, enc_chars=enc_chars)))
+    assert caught.value.location == "MSH-2"
+
+
 # -- field numbering --------------------------------------------------------------------------
 
 

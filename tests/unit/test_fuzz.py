@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from gateway.hl7.mllp import START_BLOCK, FrameDecoder, FrameTooLargeError, frame
 from gateway.mapping.engine import Engine
-from tests.fuzzing import MUTATORS, ack_problem, load_seeds, mutate, pure_step
+from tests.fuzzing import MUTATORS, ack_code, ack_problem, load_seeds, mutate, pure_step
 
 SEEDS = load_seeds()
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -30,6 +30,27 @@ def test_mutated_fixtures_always_get_an_ack(mapping_engine: Engine, batch: int) 
         raw, names = mutate(rng.choice(SEEDS), random.Random(seed))
         problem = ack_problem(pure_step(mapping_engine, raw))
         assert problem is None, (seed, names, problem)
+
+
+def test_a_field_separator_flipped_into_the_escape_character_gets_a_readable_ar(mapping_engine: Engine) -> None:
+    """bench/fuzz seed 12 found it: a bit flip made MSH-1 ``\\``, the escape character of MSH-2; the ACK echoed
+    those delimiters and its MSA-1 could not be read. Now the header is malformed: AR in standard delimiters."""
+    raw = (
+        b"MSH\\^~\\&|GAM|CH|GATEWAY|ARS|20261206173000||ADT^A03^ADT_A03|C-1|P|2.5\r"
+        b"EVN||20261206173000\rPID|||1^^^CH&1.2.3&ISO^PI\rPV1||I|||||||||||||||||V1\r"
+    )
+    ack = pure_step(mapping_engine, raw)
+    assert ack.startswith(b"MSH|^~\\&|")
+    assert ack_code(ack) == "AR"
+    assert b"ERR|" in ack and b"|MSH^1^2" in ack
+    assert ack_problem(ack) is None
+
+
+def test_ack_problem_reads_the_acks_own_delimiters() -> None:
+    assert ack_code(b"MSH#$*!@#A#B#C#D#20260101##ACK#1#P#2.5\rMSA#AE#C-1\rERR###207\r") == "AE"
+    assert ack_problem(b"MSH#$*!@#A#B#C#D#20260101##ACK#1#P#2.5\rMSA#AE#C-1\rERR###207\r") is None
+    unreadable = b"MSH\\^~\\&\\A\\B\rMSA\\AA\\C-1\r"
+    assert ack_problem(unreadable) is not None and "distinct" in (ack_problem(unreadable) or "")
 
 
 @pytest.mark.parametrize("name", sorted(MUTATORS))

@@ -33,7 +33,6 @@ SQLALCHEMY_TYPES_ONLY = frozenset(
 )
 #: Modules above ``db/`` that still use SQLAlchemy for more than a handle type, and what for. Only shrinks.
 SQLALCHEMY_BEYOND_TYPES = {
-    "convert.py": "select() over the resources table (belongs in a db/ repository)",
     "web/trial.py": "sqlalchemy.util.LRUCache, the compiled-statement cache shared by trial engines",
 }
 #: Import cycles between packages (strongly connected components) still to be broken. Only shrinks.

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sqlite3
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -19,23 +22,24 @@ import httpx
 import pytest
 import respx
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 
 from gateway.api.app import create_app
 from gateway.config import Settings
-from gateway.db.engine import transaction
+from gateway.db.engine import make_engine, migrate, transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
 from gateway.runtime import Runtime
 from gateway.subscriptions import delivery as delivery_module
-from gateway.subscriptions.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, verify
+from gateway.subscriptions.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, DeliveryResult, verify
 from gateway.subscriptions.endpoints import vet_endpoint
 from gateway.subscriptions.service import (
     SIGNING_SECRET,
     create_subscription,
     delete_subscription,
     resend,
+    set_status,
     update_subscription,
 )
 from gateway.subscriptions.topics import TOPIC_BASE
@@ -788,3 +792,275 @@ def test_a_slow_endpoint_does_not_hold_another_subscription(harness: Harness, pl
 
     asyncio.run(main())
     assert seen == {"quick": True, "slow meanwhile": False, "slow": True}
+
+
+# -- several workers on one store (#14: several instances on one PostgreSQL) ---------------------------
+
+
+def test_two_workers_claiming_at_once_take_disjoint_rows(harness: Harness, platform: respx.MockRouter) -> None:
+    """The one-statement claim, run by two workers at the same instant: every due head goes to exactly one."""
+    platform.post(HOOK).respond(200)
+    subs = [harness.subscribe() for _ in range(8)]  # eight handshakes due
+    other = DeliveryWorker(db=make_engine(harness.settings), settings=harness.settings, client=httpx.AsyncClient())
+    other.now = harness.clock
+    barrier = threading.Barrier(2)
+
+    def claim(worker: DeliveryWorker) -> list[int]:
+        barrier.wait()
+        return [row.id for job in worker._claim(limit=5) for row in job.rows]
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            mine, theirs = pool.map(claim, [harness.worker, other])
+    finally:
+        other.db.dispose()
+        asyncio.run(other.client.aclose())
+    heads = {row.id for sub in subs for row in harness.rows(sub)}
+    assert not set(mine) & set(theirs)
+    assert set(mine) | set(theirs) <= heads
+    assert len(mine) + len(theirs) == len(heads)  # 5 + 3, or 5 + 5 skipped down to 3: none twice, none lost
+
+
+def test_two_workers_deliver_each_event_once_in_order(harness: Harness, platform: respx.MockRouter) -> None:
+    """Two running workers on one store (two engines, as two instances): each subscription's events arrive
+    once each, in order, never two requests of one subscription in flight together."""
+    hooks = [f"http://platform.test/hook{n}" for n in range(4)]
+    subs = dict(zip(hooks, (harness.subscribe(endpoint=hook) for hook in hooks), strict=True))
+    for hook in hooks:
+        platform.post(hook).respond(200)
+    assert harness.run_once() == len(hooks)  # the handshakes
+    for _ in range(6):
+        harness.admit()
+    received: dict[str, list[int]] = {hook: [] for hook in hooks}
+    inflight: dict[str, int] = dict.fromkeys(hooks, 0)
+    overlaps: list[str] = []
+
+    async def receive(request: httpx.Request) -> httpx.Response:
+        hook = str(request.url)
+        inflight[hook] += 1
+        if inflight[hook] > 1:
+            overlaps.append(hook)
+        await asyncio.sleep(0.005)
+        received[hook] += numbers(request)
+        inflight[hook] -= 1
+        return httpx.Response(200)
+
+    for hook in hooks:
+        platform.post(hook).mock(side_effect=receive)
+    quick = harness.settings.model_copy(update={"worker_poll_interval": 0.02})
+    workers = [
+        DeliveryWorker(db=make_engine(quick), settings=quick, client=httpx.AsyncClient(), rng=random.Random(n))
+        for n in range(2)
+    ]
+    for worker in workers:
+        worker.now = harness.clock
+
+    def done() -> bool:
+        return all(r.status == "delivered" for sub in subs.values() for r in harness.rows(sub))
+
+    async def main() -> None:
+        tasks = [asyncio.create_task(worker.run()) for worker in workers]
+        try:
+            for _ in range(1000):
+                if await asyncio.to_thread(done):
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            for worker in workers:
+                worker.stop()
+            await asyncio.gather(*tasks)
+            for worker in workers:
+                await worker.client.aclose()
+                worker.db.dispose()
+
+    asyncio.run(main())
+    assert done()
+    assert overlaps == []
+    assert received == {hook: [1, 2, 3, 4, 5, 6] for hook in hooks}
+    assert sum(worker.delivered_total for worker in workers) == 6 * len(hooks)
+
+
+def test_a_claim_is_two_statements_whatever_the_number_of_heads(harness: Harness, platform: respx.MockRouter) -> None:
+    """One UPDATE … RETURNING leases every due head, one SELECT reads their subscriptions: the write
+    transaction (SQLite's one write lock) stays this short however many subscriptions are due."""
+    platform.post(HOOK).respond(200)
+    for _ in range(6):
+        harness.subscribe()
+    current: list[str] = []
+    committed: list[str] = []  # statements of the transactions that committed: the write ones
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not statement.lstrip().upper().startswith(("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE")):
+            current.append(statement.split(None, 1)[0].upper())
+
+    def commit(conn: Any) -> None:
+        committed.extend(current)
+        current.clear()
+
+    hooks = {"before_cursor_execute": count, "begin": lambda conn: current.clear(), "commit": commit}
+    for name, hook in hooks.items():
+        event.listen(harness.db, name, hook)
+    try:
+        jobs = harness.worker._claim()
+    finally:
+        for name, hook in hooks.items():
+            event.remove(harness.db, name, hook)
+    assert len(jobs) == 6
+    assert committed == ["UPDATE", "SELECT"]
+
+
+def test_a_backlog_drains_with_one_commit_per_event(harness: Harness, platform: respx.MockRouter) -> None:
+    """``run`` records a delivery and leases the subscription's next event in one transaction: a backlog
+    of n events costs n + 1 commits (the first claim), not 2n, and goes out in order."""
+    route = platform.post(HOOK).respond(200)
+    harness.activate(harness.subscribe())
+    for _ in range(5):
+        harness.admit()
+    commits: list[int] = []
+
+    def count(conn: Any) -> None:
+        commits.append(1)
+
+    event.listen(harness.db, "commit", count)
+    worker = harness.worker
+
+    async def main() -> None:
+        task = asyncio.create_task(worker.run())
+        try:
+            for _ in range(500):
+                if route.call_count == 6:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # let the last result be recorded
+        finally:
+            worker.stop()
+            await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        event.remove(harness.db, "commit", count)
+    assert [numbers for kind, numbers in sent(route)] == [[], [1], [2], [3], [4], [5]]
+    assert len(commits) == 5 + 1
+
+
+def test_a_dead_endpoint_fails_at_its_deadline_and_never_delays_another(
+    harness: Harness, platform: respx.MockRouter
+) -> None:
+    """An endpoint that accepts and never answers: each attempt ends at the subscription's total deadline
+    (2 s here) as a retryable failure, while another subscription's events all go out meanwhile."""
+    dead_hook, quick_hook = "http://platform.test/dead", "http://platform.test/quick"
+    dead = harness.subscribe(endpoint=dead_hook, timeout=2)
+    harness.subscribe(endpoint=quick_hook)
+    platform.post(dead_hook).respond(200)
+    quick_route = platform.post(quick_hook).respond(200)
+    assert harness.run_once() == 2  # both handshakes
+    for _ in range(3):
+        harness.admit()
+    timeline: dict[str, float] = {}
+
+    async def never(request: httpx.Request) -> httpx.Response:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    platform.post(dead_hook).mock(side_effect=never)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        task = asyncio.create_task(harness.worker.run())
+        try:
+            for _ in range(1000):
+                if "quick" not in timeline and quick_route.call_count == 4:
+                    timeline["quick"] = loop.time() - start
+                failed = harness.rows(dead, kind="event-notification")[0]
+                if failed.last_error:
+                    timeline["dead"] = loop.time() - start
+                    timeline["dead attempts"] = failed.attempts
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            harness.worker.stop()
+            await task
+
+    asyncio.run(main())
+    assert sent(quick_route)[1:] == [
+        ("event-notification", [1]),
+        ("event-notification", [2]),
+        ("event-notification", [3]),
+    ]
+    assert timeline["quick"] < timeline["dead"]
+    assert 0.9 < timeline["dead"] < 5
+    assert timeline["dead attempts"] == 1
+    assert harness.rows(dead, kind="event-notification")[0].last_error == "deadline exceeded"
+
+
+def test_claims_fetch_heads_by_id_however_long_the_backlog(tmp_path: Any, mapping_engine: MappingEngine) -> None:
+    """Every statement a claim runs reaches outbox rows by primary key or by (status, subscription) index
+    probe, never by walking every pending row: with 100,000 events queued that walk cost 70-180 ms per
+    event (SQLite, whose planner is deterministic here)."""
+    path = tmp_path / "claims.db"
+    settings = Settings(database_url=f"sqlite:///{path}", endpoint_allowlist=["platform.test"])
+    db = make_engine(settings)
+    migrate(db)
+    now = datetime.now(UTC) - timedelta(seconds=5)
+    with transaction(db) as conn:
+        stored, _ = create_subscription(conn, subscription(), allowlist=settings.endpoint_allowlist, now=now)
+        OutboxRepo(conn).drop_handshakes(stored.id)
+        set_status(conn, stored.id, "active", now=now)
+        OutboxRepo(conn).add_many(
+            subscription_id=stored.id, topic=f"{TOPIC_BASE}/encounter-start", focus=("Encounter", "e1", 1),
+            context=[], occurred_at=now, event_numbers=range(1, 301),
+        )  # fmt: skip
+    statements: list[tuple[str, Any]] = []
+
+    @event.listens_for(db, "before_cursor_execute")
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if "outbox" in statement and not statement.lstrip().upper().startswith("INSERT"):
+            statements.append((statement, params))
+
+    worker = DeliveryWorker(db=db, settings=settings)
+    (job,) = worker._claim()
+    ok = DeliveryResult(ok=True, status_code=200, error=None, retryable=False)
+    assert worker._record_then_next(job, ok) is not None
+    db.dispose()
+    explained = sqlite3.connect(path)
+    plans = [
+        " | ".join(row[3] for row in explained.execute("EXPLAIN QUERY PLAN " + sql, params))
+        for sql, params in statements
+    ]
+    assert len(plans) >= 4  # any due, the claim, the record, the next head
+    for plan in plans:
+        assert "SCAN outbox" not in plan and "SCAN candidate" not in plan, plan
+        assert "ix_outbox_due (status=?)" not in plan, plan
+
+
+def test_deliveries_go_on_while_the_loops_default_threads_are_all_busy(
+    harness: Harness, platform: respx.MockRouter
+) -> None:
+    """Ingest holds the loop's default threads while its messages wait for their group commit: the
+    worker runs its database work and endpoint checks on threads of its own, so it is not queued behind."""
+    route = platform.post(HOOK).respond(200)
+    harness.activate(harness.subscribe())
+    harness.admit()
+    release = threading.Event()
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        hog = loop.run_in_executor(None, release.wait, 30)  # the one default thread, held
+        task = asyncio.create_task(harness.worker.run())
+        try:
+            for _ in range(500):
+                if route.call_count == 2:
+                    break
+                await asyncio.sleep(0.01)
+            return route.call_count
+        finally:
+            release.set()
+            harness.worker.stop()
+            await task
+            await hog
+
+    assert asyncio.run(main()) == 2
+    assert sent(route)[1] == ("event-notification", [1])
