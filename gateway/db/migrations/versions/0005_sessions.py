@@ -1,7 +1,7 @@
 """browser sessions of the pages, shared by every instance on one database
 
-Revision ID: 0004_sessions
-Revises: 0003_nde
+Revision ID: 0005_sessions
+Revises: 0004_bodies
 Create Date: 2026-12-01 12:00:00
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_sessions"
-down_revision = "0003_nde"
+revision = "0005_sessions"
+down_revision = "0004_bodies"
 branch_labels = None
 depends_on = None
 
