@@ -13,6 +13,7 @@ from gateway.auth.tokens import TokenService, authenticate_client
 from gateway.config import Settings
 from gateway.db.access import ClientRecord, ClientRepo
 from gateway.db.engine import Database as Engine
+from gateway.db.sessions import DatabaseSessions
 from gateway.errors import AuthenticationError, OAuthError
 
 API_TOKEN_PRINCIPAL = Principal("api-token", "operator (API token)", OPERATOR, Grant(("system/*.cruds",)))
@@ -33,7 +34,11 @@ class Gate:
         self.settings = settings
         self.tokens = tokens
         self._on = settings.auth_required
-        self.sessions = SessionStore(lifetime=settings.session_lifetime)
+        self.sessions = SessionStore(
+            lifetime=settings.session_lifetime,
+            backend=DatabaseSessions(db),
+            form_key=lambda: tokens.derived_key("gateway-sign-in-forms"),
+        )
 
     def enabled(self) -> bool:
         if not self._on:

@@ -10,8 +10,12 @@ Every state-changing request made with a session must present the session's CSRF
 ``SameSite=Strict`` already, the token is the second lock. The sign-in form itself carries a nonce signed with
 itsdangerous and repeated in a short-lived cookie, so another site cannot sign a browser in as someone else.
 
-Sessions live in this process's memory: a restart signs everyone out, and several instances behind one name
-need a sticky balancer (documented in the README).
+Where sessions live is a :class:`SessionBackend`: the gateway keeps them in its database
+(:class:`gateway.db.sessions.DatabaseSessions`), so that several instances on one PostgreSQL serve the same
+browser whichever one a balancer picks, and a restart signs nobody out; :class:`MemorySessions` is the
+in-process one the unit tests use. The sign-in form's key is shared the same way (derived from the
+token-signing key every instance reads from the database), so a form served by one instance can be posted to
+another.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from gateway.db.sessions import SessionRecord
 from gateway.errors import AuthenticationError
+
+#: A signed-in browser (the record the database keeps).
+Session = SessionRecord
 
 SESSION_COOKIE = "gateway_session"
 SIGN_IN_COOKIE = "gateway_sign_in"
@@ -36,18 +44,10 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Sessions kept at most; the oldest is dropped first (its browser signs in again).
 MAX_SESSIONS = 10_000
+#: Longest cookie value taken as a session id (ours are 43 characters); anything longer is no session of ours.
+MAX_SESSION_ID = 128
 #: Seconds a sign-in form stays usable.
 SIGN_IN_MAX_AGE = 600
-
-
-@dataclass(frozen=True, slots=True)
-class Session:
-    id: str
-    client_id: str
-    name: str
-    kind: str
-    csrf: str
-    expires_at: float
 
 
 class SignInRequired(AuthenticationError):
@@ -58,16 +58,65 @@ class SignInRequired(AuthenticationError):
         self.next_path = next_path
 
 
-class SessionStore:
-    """Sessions by id, each with an absolute lifetime (no sliding: a stolen cookie dies on schedule)."""
+class SessionBackend(Protocol):
+    """Where sessions are kept, by id; expiry is the store's business, not the backend's."""
 
-    def __init__(self, *, lifetime: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.lifetime = lifetime
-        self.clock = clock
+    def put(self, session: Session) -> None: ...
+
+    def get(self, session_id: str) -> Session | None: ...
+
+    def delete(self, session_id: str) -> None: ...
+
+
+class MemorySessions:
+    """This process's sessions, the oldest dropped past :data:`MAX_SESSIONS` (one instance, or tests)."""
+
+    def __init__(self) -> None:
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
-        # a key per process, as the sessions themselves: a form from before a restart is simply refused
-        self._forms = URLSafeTimedSerializer(secrets.token_bytes(32), salt="gateway-sign-in")
+
+    def put(self, session: Session) -> None:
+        with self._lock:
+            self._sessions[session.id] = session
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+
+    def get(self, session_id: str) -> Session | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def delete(self, session_id: str) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+
+class SessionStore:
+    """Sessions by id, each with an absolute lifetime (no sliding: a stolen cookie dies on schedule).
+
+    ``clock`` is wall-clock seconds (several instances compare the same expiry); ``form_key`` gives the
+    sign-in forms' signing key, read when first needed (default: a key of this store's own).
+    """
+
+    def __init__(
+        self,
+        *,
+        lifetime: float,
+        backend: SessionBackend | None = None,
+        form_key: Callable[[], bytes] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.lifetime = lifetime
+        self.clock = clock
+        self.backend: SessionBackend = backend if backend is not None else MemorySessions()
+        own = secrets.token_bytes(32)
+        self._form_key = form_key or (lambda: own)
+        self._form_serializer: URLSafeTimedSerializer | None = None
+
+    @property
+    def _forms(self) -> URLSafeTimedSerializer:
+        if self._form_serializer is None:
+            self._form_serializer = URLSafeTimedSerializer(self._form_key(), salt="gateway-sign-in")
+        return self._form_serializer
 
     def open(self, *, client_id: str, name: str, kind: str) -> Session:
         session = Session(
@@ -78,25 +127,21 @@ class SessionStore:
             csrf=secrets.token_urlsafe(32),
             expires_at=self.clock() + self.lifetime,
         )
-        with self._lock:
-            self._sessions[session.id] = session
-            while len(self._sessions) > MAX_SESSIONS:
-                self._sessions.popitem(last=False)
+        self.backend.put(session)
         return session
 
     def get(self, session_id: str | None) -> Session | None:
-        if not session_id:
+        if not session_id or len(session_id) > MAX_SESSION_ID:
             return None
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is not None and session.expires_at <= self.clock():
-                del self._sessions[session_id]
-                return None
+        session = self.backend.get(session_id)
+        if session is not None and session.expires_at <= self.clock():
+            self.backend.delete(session_id)
+            return None
         return session
 
     def close(self, session_id: str | None) -> None:
-        with self._lock:
-            self._sessions.pop(session_id or "", None)
+        if session_id and len(session_id) <= MAX_SESSION_ID:
+            self.backend.delete(session_id)
 
     def sign_in_form(self) -> tuple[str, str]:
         """(nonce for the cookie, signed token for the form's hidden field)."""

@@ -19,11 +19,13 @@ import secrets
 import threading
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
 import jwt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from gateway.auth.hashing import verify_secret
 from gateway.auth.scopes import Grant, ScopeError, parse_scopes
@@ -93,6 +95,12 @@ class TokenService:
                     self._key = keys.current()
             assert self._key is not None
             return self._key
+
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for another signature of the gateway's (the sign-in forms), the same on every instance:
+        HKDF of the shared signing key with ``purpose`` as its info, so the token key itself is never reused."""
+        _, key = self._signing_key(now=datetime.now(UTC))
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose.encode()).derive(key.encode())
 
     def issue(self, client: ClientRecord, scopes: list[str], *, now: datetime) -> Issued:
         kid, key = self._signing_key(now=now)

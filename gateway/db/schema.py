@@ -243,3 +243,17 @@ audit_events = Table(
     Index("ix_audit_client", "client_id", "recorded_at"),
     Index("ix_audit_recorded", "recorded_at"),
 )
+
+#: Browser sessions of the pages (``/sign-in``): kept here so that every instance on one database serves the
+#: same browser. The cookie's id is stored only as its SHA-256 (a database dump opens no session).
+browser_sessions = Table(
+    "browser_sessions",
+    metadata,
+    Column("id_sha256", String(64), primary_key=True),
+    Column("client_id", String(64), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_browser_sessions_expires_at", "expires_at"),
+)

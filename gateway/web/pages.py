@@ -17,7 +17,7 @@ SWAGGER = "/static/swagger"
 
 @router.get("/sandbox", response_class=HTMLResponse)
 async def sandbox_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
-    show_session(request, runtime)
+    await show_session(request, runtime)
     samples = build_samples(runtime.engine.tables)
     settings = runtime.settings
     limits = {"cpu": settings.sandbox_cpu_seconds, "bytes": settings.sandbox_max_bytes}

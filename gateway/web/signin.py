@@ -8,6 +8,7 @@ session may then do is decided where a token's rights are: the rule table and th
 
 from __future__ import annotations
 
+from functools import partial
 from urllib.parse import quote
 
 from fastapi import APIRouter, Request
@@ -61,10 +62,11 @@ def _secure(request: Request, settings: Settings) -> bool:
     return request.url.scheme == "https" or settings.public_base().startswith("https://")
 
 
-def _form(
+async def _form(
     request: Request, settings: Settings, *, next_path: str, error: str = "", notice: str = "", status: int = 200
 ) -> Response:
-    nonce, token = request.app.state.runtime.gate.sessions.sign_in_form()
+    # the form key is derived from the shared signing key, read from the database the first time
+    nonce, token = await run_in_threadpool(request.app.state.runtime.gate.sessions.sign_in_form)
     context = {
         "form_token": token,
         "next": next_path,
@@ -87,19 +89,19 @@ def _form(
     return response
 
 
-def show_session(request: Request, runtime: Runtime) -> None:
+async def show_session(request: Request, runtime: Runtime) -> None:
     """On an open page (the edge does not look at sessions there), show who is signed in, and give the
     page's scripts the session's CSRF token."""
-    session = runtime.gate.sessions.get(request.cookies.get(SESSION_COOKIE))
+    session = await run_in_threadpool(runtime.gate.sessions.get, request.cookies.get(SESSION_COOKIE))
     if session is not None:
         request.state.session = session
 
 
 @router.get("/sign-in", response_class=HTMLResponse)
 async def sign_in_page(request: Request, runtime: RuntimeDep, next: str = "", signed_out: str = "") -> Response:
-    show_session(request, runtime)
+    await show_session(request, runtime)
     notice = "You are signed out." if signed_out else ""
-    return _form(request, runtime.settings, next_path=safe_next(next), notice=notice)
+    return await _form(request, runtime.settings, next_path=safe_next(next), notice=notice)
 
 
 @router.post("/sign-in")
@@ -107,20 +109,26 @@ async def sign_in(request: Request, runtime: RuntimeDep) -> Response:
     form = parse_form(request.headers.get("content-type", ""), await read_limited(request, limit=MAX_FORM_BYTES))
     client_id, client_secret = form.get("client_id", "")[:128], form.get("client_secret", "")[:512]
     settings, sessions, target = runtime.settings, runtime.gate.sessions, safe_next(form.get("next"))
-    if not sessions.sign_in_form_ok(form.get(CSRF_FIELD, ""), request.cookies.get(SIGN_IN_COOKIE)):
-        return _form(request, settings, next_path=target, error="This form has expired: try again.", status=403)
+    form_ok = await run_in_threadpool(
+        sessions.sign_in_form_ok, form.get(CSRF_FIELD, ""), request.cookies.get(SIGN_IN_COOKIE)
+    )
+    if not form_ok:
+        return await _form(request, settings, next_path=target, error="This form has expired: try again.", status=403)
     wait = _attempts(request).allow(client_key(request))
     if wait:
         error = f"Too many attempts: wait {max(1, round(wait))} s."
-        response = _form(request, settings, next_path=target, error=error, status=429)
+        response = await _form(request, settings, next_path=target, error=error, status=429)
         response.headers["Retry-After"] = str(max(1, round(wait)))
         return response
     try:
         principal = await run_in_threadpool(runtime.gate.sign_in, client_id.strip(), client_secret)
     except AuthenticationError as exc:
-        return _form(request, settings, next_path=target, error=exc.message, status=401)
-    sessions.close(request.cookies.get(SESSION_COOKIE))  # a new id at each sign-in (no session fixation)
-    session = sessions.open(client_id=principal.client_id, name=principal.name, kind=principal.kind)
+        return await _form(request, settings, next_path=target, error=exc.message, status=401)
+    # a new id at each sign-in (no session fixation)
+    await run_in_threadpool(sessions.close, request.cookies.get(SESSION_COOKIE))
+    session = await run_in_threadpool(
+        partial(sessions.open, client_id=principal.client_id, name=principal.name, kind=principal.kind)
+    )
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -138,7 +146,7 @@ async def sign_in(request: Request, runtime: RuntimeDep) -> Response:
 @router.post("/sign-out")
 async def sign_out(request: Request, runtime: RuntimeDep, access: AccessDep) -> Response:
     """Ends the session at once (server-side), whatever the browser does with its cookie afterwards."""
-    runtime.gate.sessions.close(request.cookies.get(SESSION_COOKIE))
+    await run_in_threadpool(runtime.gate.sessions.close, request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/sign-in?signed_out=1", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
     return response
