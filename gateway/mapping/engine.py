@@ -14,6 +14,7 @@ from typing import Any
 from gateway.errors import MappingError, UnsupportedError, UnsupportedEventError
 from gateway.hl7.er7 import Message, Repetition, Segment
 from gateway.hl7.er7 import Path as HL7Path
+from gateway.mapping import directory
 from gateway.mapping.ids import resource_id
 from gateway.mapping.tables import ACTIONS, EventSpec, SegmentMap, Tables, load_tables
 from gateway.mapping.transforms import (
@@ -91,6 +92,8 @@ class Mapped:
     prior: dict[str, Any] | None = None
     #: Care circle statements: ROL segments and PD1-4 (member reference, role, action, period).
     participations: list[dict[str, Any]] = field(default_factory=list)
+    #: The PractitionerRole and Organization resources the circle's members named here point at.
+    directory: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def visitless(self) -> bool:
@@ -172,6 +175,12 @@ class Engine:
             recorded_at=self._recorded_at(message, header),
             prior=self._prior(message, ctx),
             participations=participations,
+            directory=directory.of_message(
+                facility=header.sending_facility or header.sending_application,
+                participations=participations,
+                encounter=encounter,
+                movement=movement,
+            ),
         )
 
     # -- routing --------------------------------------------------------------------------------

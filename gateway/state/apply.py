@@ -143,7 +143,7 @@ def apply_message(
     if merging and prior_id:
         _merge(unit, mapped, merged_id=prior_id, survivor_id=patient_id)
     _refold_patient(unit, patient_id, action=mapped.action)
-    for practitioner in mapped.practitioners:
+    for practitioner in [*mapped.practitioners, *mapped.directory]:
         _put(unit, practitioner)
     if mapped.encounter is not None:
         unit.facts.add(

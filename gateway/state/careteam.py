@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.mapping import directory
 from gateway.mapping.ids import resource_id
 
 JSON = dict[str, Any]
@@ -32,8 +33,6 @@ SOURCE_EXT = f"{CANONICAL_BASE}/StructureDefinition/careteam-participant-source"
 CARETEAM_SYSTEM = f"{CANONICAL_BASE}/sid/careteam"
 CDS_PROFILE = "https://interop.esante.gouv.fr/ig/fhir/cds/StructureDefinition/cds-ihe-careteam"
 OPENING = frozenset({"AD", "UC"})
-#: Stay participant types (v3-ParticipationType, as mapped from PV1) → care circle role codes (ROL-3).
-STAY_ROLES = {"ATND": "AT", "ADM": "AD", "REF": "RP"}
 UNIT_ROLE = "UF"
 
 
@@ -126,7 +125,7 @@ def stay_entries(stay: JSON, movements: list[JSON], *, source: str) -> list[Entr
     out = []
     for participant in stay.get("participant", []):
         code = next((c.get("code") for t in participant.get("type", []) for c in t.get("coding", [])), None)
-        role = STAY_ROLES.get(str(code))
+        role = directory.STAY_ROLES.get(str(code))
         if role and participant.get("individual"):
             out.append(
                 Entry(
@@ -169,11 +168,11 @@ def _coalesce(entries: list[Entry]) -> list[Entry]:
     return out
 
 
-def _participant(entry: Entry, roles: dict[str, JSON]) -> JSON:
+def _participant(entry: Entry, roles: dict[str, JSON], member: JSON) -> JSON:
     out: JSON = {"extension": [{"url": SOURCE_EXT, "valueString": entry.source}]}
     if entry.role in roles:
         out["role"] = [roles[entry.role]]
-    out["member"] = entry.member
+    out["member"] = member
     period = {k: v for k, v in (("start", entry.start), ("end", entry.end)) if v}
     if period:
         out["period"] = period
@@ -198,7 +197,9 @@ def fold_careteam(
     merged_into: str | None = None,
     since: Callable[[], str | None] | None = None,
 ) -> JSON:
-    """The patient's CareTeam; ``roles`` maps a role code (ROL-3, ``UF``) to its CodeableConcept.
+    """The patient's CareTeam; ``roles`` maps a role code (ROL-3, ``UF``) to its CodeableConcept. Hospital
+    members are PractitionerRole and Organization references (CDS 2.0.1), whose resources the engine
+    wrote from the messages that named them (``gateway/mapping/directory.py``).
 
     ``since`` gives the circle's start when no member has one (read only then: it costs a query)."""
     hospital = replay_participations(participations)
@@ -206,7 +207,9 @@ def fold_careteam(
         hospital += stay_entries(stay, movements, source=_stay_source(stay))
     hospital = _coalesce(hospital)
     hospital.sort(key=lambda e: (e.start or "", e.role, str(e.member.get("reference") or e.member.get("display"))))
-    participants = [_participant(e, roles) for e in hospital] + [dict(p) for p in platform_participants]
+    members = [directory.member(e.member, role=e.role, source=e.source) for e in hospital]
+    participants = [_participant(e, roles, m.reference) for e, m in zip(hospital, members, strict=True)]
+    participants += [dict(p) for p in platform_participants]
     patient_id = str(patient["id"])
     team: JSON = {
         "resourceType": "CareTeam",

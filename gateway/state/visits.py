@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
+from gateway.mapping import directory
 from gateway.mapping.engine import PROFILE_ENCOUNTER
 from gateway.mapping.ids import resource_id
 from gateway.mapping.tables import EVENT_KINDS, CodeRow
@@ -434,13 +435,7 @@ def _movement_time(fact: VisitFact) -> str:
 
 def _service_provider(movement: JSON | None) -> JSON | None:
     """ZBE-7, the UF de responsabilité médicale, is the unit in charge (PAM-FR §6.13)."""
-    unit = (movement or {}).get("medical_unit")
-    if not unit:
-        return None
-    return {
-        "identifier": {"system": unit["system"], "value": unit["code"]},
-        **({"display": unit["name"]} if unit.get("name") else {}),
-    }
+    return directory.unit_reference((movement or {}).get("medical_unit"))
 
 
 def _locations(locations: list[JSON], status: str) -> list[JSON]:

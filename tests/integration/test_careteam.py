@@ -141,6 +141,15 @@ def practitioner_id(client: TestClient, doctor: Doctor) -> str:
     return str(found["entry"][0]["resource"]["id"])
 
 
+def role_reference(client: TestClient, doctor: Doctor) -> str:
+    """CDS 2.0.1 members are roles: the one PractitionerRole of a doctor, as a reference."""
+    practitioner = f"Practitioner/{practitioner_id(client, doctor)}"
+    found = client.get("/fhir/PractitionerRole", params={"practitioner": practitioner}).json()
+    assert found["total"] == 1, found
+    assert found["entry"][0]["resource"]["practitioner"]["reference"] == practitioner
+    return f"PractitionerRole/{found['entry'][0]['resource']['id']}"
+
+
 def circle(client: TestClient, ipp: str = "100001") -> JSON:
     """The patient's care circle: exactly one CareTeam whose subject is the patient."""
     pid = patient_id(client, ipp)
@@ -241,7 +250,7 @@ def test_rol_add_update_delete_and_add_again(client: TestClient) -> None:
     pcp = one(team, display=MARTIN.display, role="PCP")
     assert pcp["role"][0]["coding"][0]["system"] == TRE_R259
     assert pcp["member"]["identifier"]["value"] == MARTIN.rpps
-    assert pcp["member"]["reference"] == f"Practitioner/{practitioner_id(client, MARTIN)}"
+    assert pcp["member"]["reference"] == role_reference(client, MARTIN)
     assert pcp["period"] == {"start": "2025-01-01"} and source(pcp) == HOSPITAL
 
     send(client, person("P2", "20260120090000", rol("UP", MARTIN, start="20250115")))
@@ -274,7 +283,7 @@ def test_pd1_alone_names_the_medecin_traitant(client: TestClient) -> None:
     assert pcp["period"] == {"start": "2026-01-10T09:00:00+01:00"}  # no ROL-5: from the event
     identifier = pcp["member"]["identifier"]
     assert (identifier["system"], identifier["value"]) == (RPPS_SYSTEM, MARTIN.rpps)
-    assert pcp["member"]["reference"] == f"Practitioner/{practitioner_id(client, MARTIN)}"
+    assert pcp["member"]["reference"] == role_reference(client, MARTIN)
     assert source(pcp) == HOSPITAL
     # PD1-4 repeated later only confirms him: still one open entry with its first start
     send(client, person("P2", "20260210090000", f"PD1||||{MARTIN.xcn}"))
@@ -406,7 +415,7 @@ def test_platform_member_is_never_ended_by_the_hospital(client: TestClient) -> N
     send(client, person("P2", "20260321090000", rol("AD", MARTIN, start="20260321")))
     assert of(circle(client), display="CLAIRE COSTE") == [nurse]  # nor reopened by one
 
-    jean = f"Practitioner/{practitioner_id(client, JEAN)}"
+    jean = role_reference(client, JEAN)
     before = circle(client)
     refused = end_member(client, team_id, {"reference": jean})  # the attending comes from the hospital
     assert refused.status_code == 422
@@ -502,9 +511,10 @@ def test_careteam_changed_says_who_joined_and_left(client: TestClient, runtime: 
     sub_id = subscribe(client, "careteam-changed", f"CareTeam?patient.identifier={IPP_SYSTEM}|100001")
     send(client, admission(ipp="100001"))
     team_id, pid = circle(client)["id"], patient_id(client)
-    jean, durand = (f"Practitioner/{practitioner_id(client, d)}" for d in (JEAN, DURAND))
+    jean, durand = (role_reference(client, d) for d in (JEAN, DURAND))
+    (unit,) = (p["member"]["reference"] for p in circle(client)["participant"] if role_code(p) == "UF-RESP")
     send(client, person("P1", "20260302090000", rol("AD", MARTIN, start="20250101")))
-    martin = f"Practitioner/{practitioner_id(client, MARTIN)}"
+    martin = role_reference(client, MARTIN)
     send(client, admission("A2", ipp="100002", visit="V-2"))  # another patient: not followed
     send(client, person("P2", "20260303090000", f"PD1||||{MARTIN.xcn}"))  # confirms MARTIN: no change
     send(client, discharge())
@@ -517,9 +527,9 @@ def test_careteam_changed_says_who_joined_and_left(client: TestClient, runtime: 
     assert [r.focus_version for r in got] == [1, 2, 3, 4, 5]  # every version of the circle, each once
     assert all({"reference": f"Patient/{pid}"} in r.context for r in got)
     assert [sorted(changes(r)) for r in got] == [
-        sorted([("joined", jean), ("joined", durand)]),  # the unit in charge has no reference to name
+        sorted([("joined", jean), ("joined", durand), ("joined", unit)]),  # the unit is an Organization
         [("joined", martin)],
-        sorted([("left", jean), ("left", durand)]),
+        sorted([("left", jean), ("left", durand), ("left", unit)]),
         [("joined", NURSE["reference"])],
         [("left", NURSE["reference"])],
     ]
