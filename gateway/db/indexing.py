@@ -13,6 +13,14 @@ JSON = dict[str, Any]
 Entry = tuple[str, str, str]  # (param, system, value)
 #: Date parameters are indexed as fixed-width UTC text, so that comparing text compares instants.
 INSTANT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+#: Index entries that are no search parameter of the CapabilityStatement (``gateway/fhir/capability.py``
+#: declares those): sort keys, the period's end, and what the access policy and merges look up.
+INDEX_ONLY: dict[str, frozenset[str]] = {
+    "Encounter": frozenset({"date"}),  # _sort=date
+    "CareTeam": frozenset({"date.end", "_platform-source"}),
+    "Patient": frozenset({"link", "_security"}),
+    "Subscription": frozenset({"criteria"}),
+}
 #: ``CareTeam?date=``: a period's end as the instant it stops covering; an open period never does.
 PERIOD_END = "date.end"
 OPEN_END = "9999-12-31T23:59:59.999999Z"

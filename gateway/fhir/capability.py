@@ -43,6 +43,7 @@ SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
         ("_id", "token", "logical id"),
         ("_lastUpdated", "date", LAST_UPDATED),
         ("identifier", "token", "IPP, INS (VALI only): [system|]value"),
+        ("active", "token", "false for a patient merged into another (A40)"),
     ],
     "Encounter": [
         ("_id", "token", "logical id"),

@@ -92,6 +92,8 @@ class Mapped:
     prior: dict[str, Any] | None = None
     #: Care circle statements: ROL segments and PD1-4 (member reference, role, action, period).
     participations: list[dict[str, Any]] = field(default_factory=list)
+    #: A44 without PV1 (PAM-FR ADT_A43): the account (MRG-3, else PID-18) whose stays move to the patient.
+    account: dict[str, Any] | None = None
     #: The PractitionerRole and Organization resources the circle's members named here point at.
     directory: list[dict[str, Any]] = field(default_factory=list)
 
@@ -152,7 +154,8 @@ class Engine:
         self._check_evn(message, header, ctx)
         patient = self._patient(message, ctx)
         participations = self._participations(message, ctx)
-        visit = event.kind not in VISITLESS_KINDS
+        account = self._account_to_move(message, ctx) if event.kind == "move-account" else None
+        visit = event.kind not in VISITLESS_KINDS and account is None
         movement = self._movement(message, ctx) if visit else None
         encounter = self._encounter(message, ctx, patient_id=patient["id"]) if visit else None
         if visit and event.kind == "discharge":
@@ -175,6 +178,7 @@ class Engine:
             recorded_at=self._recorded_at(message, header),
             prior=self._prior(message, ctx),
             participations=participations,
+            account=account,
             directory=directory.of_message(
                 facility=header.sending_facility or header.sending_application,
                 participations=participations,
@@ -355,6 +359,10 @@ class Engine:
                 "PV1-19 (visit number) and PID-18 (account number) are empty: the stay cannot be identified",
                 location="PV1-19",
             )
+        account = account_of(message, ctx)
+        if account is not None and account not in facts["identifier"]:
+            # the stay's account (NDA): an A44 without PV1 finds the stays to move by it
+            facts["identifier"].append(account)
         encounter: dict[str, Any] = {
             "resourceType": "Encounter",
             "id": resource_id("Encounter", f"{visit['system']}|{visit['value']}"),
@@ -366,19 +374,28 @@ class Engine:
         return encounter
 
     @staticmethod
+    def _account_to_move(message: Message, ctx: MapContext) -> dict[str, Any] | None:
+        """PAM-FR's A44 has no PV1 (structure ADT_A43: MSH EVN PID PD1 MRG): MRG-3, else PID-18, names
+        the account whose stays move. With a PV1, the visit it names moves (None here)."""
+        if message.segment("PV1") is not None:
+            return None
+        for segment, position in (("MRG", 3), ("PID", 18)):
+            found = message.segment(segment)
+            rep = found.first(position) if found is not None else None
+            if rep is not None and rep.get(1).strip() and rep.component_raw(1) != HL7_NULL:
+                ctx.location = f"{segment}-{position}"
+                return account_identifier(rep, ctx)
+        raise MappingError("A44 without PV1: MRG-3 or PID-18 must name the account to move", location="MRG-3")
+
+    @staticmethod
     def _account_as_visit(message: Message, ctx: MapContext) -> dict[str, Any] | None:
         """Without PV1-19, the account number (PID-18, NDA) identifies the stay: many non-French feeds
         leave PV1-19 empty and key visits on the account. Said in the ACK as a warning."""
-        pid = message.segment("PID")
-        rep = pid.first(18) if pid is not None else None
-        if rep is None or not rep.get(1).strip() or rep.component_raw(1) == HL7_NULL:
-            return None
-        ctx.location = "PV1-19"
-        ctx.warn("PV1-19 is empty: the account number (PID-18) identifies the stay")
-        ident: dict[str, Any] | None = TRANSFORMS["identifier_cx"](
-            rep, ctx, {"default_type": "AN", "fallback_authority": "sender"}
-        )
-        return ident
+        account = account_of(message, ctx)
+        if account is not None:
+            ctx.location = "PV1-19"
+            ctx.warn("PV1-19 is empty: the account number (PID-18) identifies the stay")
+        return account
 
     @staticmethod
     def _event_time(message: Message, movement: dict[str, Any] | None, header: Header) -> datetime:
@@ -401,6 +418,23 @@ def _recorded_at_impl(message: Message, header: Header) -> datetime | None:
     evn = message.segment("EVN")
     parsed = parse_dtm(evn.get(2)) if evn is not None and evn.get(2) else None
     return parsed[0] if parsed else header.sent_at
+
+
+def account_identifier(rep: Repetition, ctx: MapContext) -> dict[str, Any] | None:
+    """An account number (NDA: PID-18, MRG-3) as the stay identifier it stands for (typed AN)."""
+    ident: dict[str, Any] | None = TRANSFORMS["identifier_cx"](
+        rep, ctx, {"default_type": "AN", "fallback_authority": "sender"}
+    )
+    return ident
+
+
+def account_of(message: Message, ctx: MapContext) -> dict[str, Any] | None:
+    """PID-18 as an account identifier (None when empty or HL7 null)."""
+    pid = message.segment("PID")
+    rep = pid.first(18) if pid is not None else None
+    if rep is None or not rep.get(1).strip() or rep.component_raw(1) == HL7_NULL:
+        return None
+    return account_identifier(rep, ctx)
 
 
 def identity_reliability(pid: Segment, zfd: Segment | None, *, tz: Any = PARIS) -> list[dict[str, Any]]:

@@ -560,3 +560,108 @@ def test_encounter_subscription_hears_the_admission_that_names_the_member(
     assert of(circle(client), display=doctor.display)  # the admission put him in the circle
     got = events(runtime, sub_id)
     assert [(r.focus_type, r.event_number) for r in got] == [("Encounter", 1)]
+
+
+# -- CDS 2.0.1: members as roles and units, search parameters, _include ---------------------------
+
+FR_CORE_SD = "https://hl7.fr/ig/fhir/core/StructureDefinition"
+
+
+def test_hospital_members_are_roles_and_units_that_resolve(client: TestClient) -> None:
+    send(client, stay_message(Adt(control_id="A1"), unit=CARDIO_UF))
+    send(client, person("P1", "20260302090000", rol("AD", MARTIN, start="20250101")))
+    team = circle(client)
+    read = {}
+    for participant in team["participant"]:
+        ref = participant["member"]["reference"]
+        assert ref.split("/")[0] in ("PractitionerRole", "Organization"), ref  # never a bare Practitioner
+        answer = client.get(f"/fhir/{ref}")
+        assert answer.status_code == 200, ref
+        read[role_code(participant)] = answer.json()
+    hospital_ref = read["ATTPHYS"]["organization"]["reference"]
+    assert read["ADMPHYS"]["organization"]["reference"] == hospital_ref  # both act for the hospital
+    hospital = client.get(f"/fhir/{hospital_ref}").json()
+    assert hospital["meta"]["profile"] == [f"{FR_CORE_SD}/fr-core-organization"]
+    assert hospital["identifier"][0]["value"] == "CH-TEST"  # MSH-4
+    assert "organization" not in read["PCP"]  # the médecin traitant's practice is not known
+    assert read["PCP"]["practitioner"]["reference"] == f"Practitioner/{practitioner_id(client, MARTIN)}"
+    uf = read["UF-RESP"]
+    assert uf["meta"]["profile"] == [f"{FR_CORE_SD}/fr-core-organization-uf"]
+    assert (uf["identifier"][0]["value"], uf["name"]) == ("3002", "Cardiologie")
+    assert uf["partOf"]["reference"] == hospital_ref
+    # the roles of a practitioner, and the units of a hospital, are searchable
+    jean = f"Practitioner/{practitioner_id(client, JEAN)}"
+    assert client.get("/fhir/PractitionerRole", params={"practitioner": jean}).json()["total"] == 1
+    units = client.get("/fhir/Organization", params={"partof": hospital_ref}).json()
+    assert [e["resource"]["id"] for e in units["entry"]] == [uf["id"]]
+
+
+def ids(bundle: JSON, mode: str = "match") -> list[str]:
+    return sorted(
+        f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"] if e["search"]["mode"] == mode
+    )
+
+
+def test_cds_search_parameters(client: TestClient) -> None:
+    """identifier, date/start/end, participant-start/-end, status, _lastUpdated (CDS 2.0.1 + R4)."""
+    send(client, admission(ipp="100001", event_time="20260301080000"))  # March 1st, 07:00 UTC
+    send(client, discharge(ipp="100001", event_time="20260305120000"))  # members end March 5th
+    send(client, admission("A2", ipp="100002", visit="V-2", event_time="20260401080000"))
+    first, second = (f"CareTeam/{circle(client, ipp)['id']}" for ipp in ("100001", "100002"))
+
+    def found(**params: str) -> list[str]:
+        answer = client.get("/fhir/CareTeam", params=params)
+        assert answer.status_code == 200, answer.text
+        return ids(answer.json())
+
+    team = circle(client)
+    assert found(identifier=f"{team['identifier'][0]['system']}|{team['identifier'][0]['value']}") == [first]
+    assert found(start="2026-03-01") == [first]
+    assert found(start="ge2026-03-15") == [second]
+    assert found(start="lt2026-03-15") == [first]
+    assert found(start="2026-03-01T07:00:00Z") == [first]  # the same instant as 08:00 in Paris
+    assert found(**{"participant-start": "2026-04"}) == [second]
+    assert found(**{"participant-end": "le2026-03-31"}) == [first]  # only the discharged stay's members end
+    assert found(**{"participant-end": "gt2026-03-31"}) == []
+    assert found(end="ge2026-01-01") == []  # both circles are still open
+    # date: the circle's period overlaps the date (an open period covers every later date)
+    assert found(date="2026-05-01") == sorted([first, second])
+    assert found(date="lt2026-03-15") == [first]
+    assert found(date="sa2026-03-15") == [second]
+    assert found(status="active", start="ge2026-03-15") == [second]
+    assert found(_lastUpdated="ge2000-01-01") == sorted([first, second])
+    assert found(_lastUpdated="lt2000-01-01") == []
+    for bad in ({"start": "2026-13-45"}, {"start": "ne2026-03-01"}, {"date": "soon"}):
+        answer = client.get("/fhir/CareTeam", params=bad)
+        assert answer.status_code == 400 and answer.json()["resourceType"] == "OperationOutcome", bad
+
+
+def test_include_members_and_their_practitioners(client: TestClient) -> None:
+    send(client, stay_message(Adt(control_id="A1"), unit=CARDIO_UF))
+    team = circle(client)
+    members = sorted(p["member"]["reference"] for p in team["participant"])
+    plain = client.get("/fhir/CareTeam", params={"_id": team["id"], "_include": "CareTeam:participant"}).json()
+    assert ids(plain) == [f"CareTeam/{team['id']}"] and plain["total"] == 1  # includes are not counted
+    assert ids(plain, "include") == members
+    deep = client.get(
+        "/fhir/CareTeam",
+        params=[
+            ("_id", team["id"]),
+            ("_include", "CareTeam:participant"),
+            ("_include:iterate", "PractitionerRole:practitioner"),
+            ("_include:iterate", "PractitionerRole:organization"),
+        ],
+    ).json()
+    included = ids(deep, "include")
+    doctors = [f"Practitioner/{practitioner_id(client, d)}" for d in (JEAN, DURAND)]
+    roles = [client.get(f"/fhir/{m}").json() for m in members if m.startswith("PractitionerRole/")]
+    (hospital,) = {r["organization"]["reference"] for r in roles}
+    assert set(members + doctors + [hospital]) == set(included) and len(included) == len(set(included))
+    refused = client.get("/fhir/CareTeam", params={"_include": "CareTeam:subject"})
+    assert refused.status_code == 400 and "CareTeam:participant" in refused.text
+    capability = client.get("/fhir/metadata").json()
+    (entry,) = [r for r in capability["rest"][0]["resource"] if r["type"] == "CareTeam"]
+    assert "CareTeam:participant" in entry["searchInclude"]
+    assert {"identifier", "date", "start", "end", "participant-start", "participant-end", "status", "_lastUpdated"} <= {
+        p["name"] for p in entry["searchParam"]
+    }
