@@ -158,6 +158,8 @@ class Engine:
         visit = event.kind not in VISITLESS_KINDS and account is None
         movement = self._movement(message, ctx) if visit else None
         encounter = self._encounter(message, ctx, patient_id=patient["id"]) if visit else None
+        if encounter is not None:
+            bind_to_stay(participations, stay_id=str(encounter["id"]))
         if visit and event.kind == "discharge":
             self._death_on_discharge(message, patient, encounter, movement, ctx)
         action = (movement or {}).get("action") or event.action
@@ -418,6 +420,25 @@ def _recorded_at_impl(message: Message, header: Header) -> datetime | None:
     evn = message.segment("EVN")
     parsed = parse_dtm(evn.get(2)) if evn is not None and evn.get(2) else None
     return parsed[0] if parsed else header.sent_at
+
+
+#: Ends from this year on mean "no end": GAMs send 20991231235959 (or 2999…, 9999…) for members whose
+#: participation lasts as long as the stay.
+FAR_FUTURE_YEAR = "2090"
+#: Care circle roles about the patient, not a stay: the médecin traitant and his stand-in stay open.
+PATIENT_ROLES = frozenset({"ODRP", "SUBS", "PP"})
+
+
+def bind_to_stay(participations: list[dict[str, Any]], *, stay_id: str) -> None:
+    """A ROL sent with a visit and a far-future end is a stay-bound member: no end of its own, it ends
+    with the stay (``stay``); a patient-level role (``PATIENT_ROLES``) just has no end."""
+    for statement in participations:
+        end = str(statement.get("end") or "")
+        if end[:4] < FAR_FUTURE_YEAR:
+            continue
+        del statement["end"]
+        if statement["role"] not in PATIENT_ROLES:
+            statement["stay"] = stay_id
 
 
 def account_identifier(rep: Repetition, ctx: MapContext) -> dict[str, Any] | None:

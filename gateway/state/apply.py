@@ -193,6 +193,7 @@ def _record_patient_facts(unit: Unit, mapped: Mapped) -> None:
             source=source,
             start=statement.get("start"),
             end=statement.get("end"),
+            stay=statement.get("stay"),
         )
         new.append(NewFact(stream, PARTICIPATION, fact.to_payload()))
     unit.facts.add_many(new, message_id=unit.message_id, event_time=mapped.event_time)

@@ -48,6 +48,8 @@ class Participation:
     source: str
     start: str | None = None
     end: str | None = None
+    #: The stay a stay-bound member belongs to (a ROL sent with a visit, its end "none"): ends with it.
+    stay: str | None = None
 
     def sort_key(self) -> tuple[datetime, str, str]:
         return self.event_time, self.control_id, self.action
@@ -62,6 +64,7 @@ class Participation:
             "source": self.source,
             "start": self.start,
             "end": self.end,
+            **({"stay": self.stay} if self.stay else {}),
         }
 
     @classmethod
@@ -75,6 +78,7 @@ class Participation:
             source=data.get("source", "hospital"),
             start=data.get("start"),
             end=data.get("end"),
+            stay=data.get("stay"),
         )
 
 
@@ -86,6 +90,7 @@ class Entry:
     start: str | None
     end: str | None = None
     extra: JSON = field(default_factory=dict)
+    stay: str | None = None
 
     def key(self) -> tuple[str, str]:
         return str(self.member.get("reference") or self.member.get("identifier")), self.role
@@ -103,18 +108,41 @@ def replay_participations(participations: list[Participation]) -> list[Entry]:
         key = (str(p.member.get("reference")), p.role)
         current = open_.get(key)
         moment = p.event_time.isoformat(timespec="seconds")
-        if p.action in OPENING and current is None:
-            open_[key] = Entry(member=p.member, role=p.role, source=p.source, start=p.start or moment, end=p.end)
+        if p.action in OPENING and current is not None and p.stay and current.stay not in (None, p.stay):
+            closed.append(open_.pop(key))  # stay-bound in another stay: that one ends with its own stay
+            open_[key] = _opened(p, moment)
+        elif p.action in OPENING and current is None:
+            open_[key] = _opened(p, moment)
         elif p.action == "UP" and current is not None:
             current.start = p.start or current.start
             current.end = p.end
+            current.stay = p.stay
         elif p.action == "UP":
-            open_[key] = Entry(member=p.member, role=p.role, source=p.source, start=p.start or moment, end=p.end)
+            open_[key] = _opened(p, moment)
         elif p.action == "DE" and current is not None:
             current.end = p.end or moment
         if key in open_ and open_[key].end:
             closed.append(open_.pop(key))  # ended: a later AD opens a new participant entry
     return closed + list(open_.values())
+
+
+def _opened(p: Participation, moment: str) -> Entry:
+    return Entry(member=p.member, role=p.role, source=p.source, start=p.start or moment, end=p.end, stay=p.stay)
+
+
+def end_with_stays(entries: list[Entry], stays: list[tuple[JSON, list[JSON]]]) -> list[Entry]:
+    """Stay-bound members (sent without a real end) end when their stay ends, like PV1-7's doctors; a
+    cancelled stay takes them away."""
+    by_id = {str(stay.get("id")): stay for stay, _ in stays}
+    out = []
+    for entry in entries:
+        stay = by_id.get(entry.stay or "")
+        if stay is not None and stay.get("status") in ("cancelled", "entered-in-error"):
+            continue
+        if stay is not None and entry.end is None and stay.get("period", {}).get("end"):
+            entry.end = stay["period"]["end"]
+        out.append(entry)
+    return out
 
 
 def stay_entries(stay: JSON, movements: list[JSON], *, source: str) -> list[Entry]:
@@ -202,7 +230,7 @@ def fold_careteam(
     wrote from the messages that named them (``gateway/mapping/directory.py``).
 
     ``since`` gives the circle's start when no member has one (read only then: it costs a query)."""
-    hospital = replay_participations(participations)
+    hospital = end_with_stays(replay_participations(participations), stays)
     for stay, movements in sorted(stays, key=lambda s: str(s[0].get("id"))):
         hospital += stay_entries(stay, movements, source=_stay_source(stay))
     hospital = _coalesce(hospital)
