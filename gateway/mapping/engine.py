@@ -42,6 +42,8 @@ PRODUCTION_INS = frozenset({"INS-NIR", "INS-NIA"})
 #: demo one, so a VALI patient with a demo INS cannot conform to fr-core-patient-ins (it claims fr-core-patient).
 QUALIFIED_INS = PRODUCTION_INS | {"INS-NIR-TEST"}
 INS_TABLE = "InsAuthority_to_IdentifierType"
+#: NK1 (next of kin, person to notify) → Patient.contact.
+CONTACT_MAP = "NK1_to_Contact"
 INS_C_SYSTEM = "urn:oid:1.2.250.1.213.1.4.2"
 #: Event kinds without a visit: their PV1 (often "PV1|1|N") is not read.
 VISITLESS_KINDS = frozenset({"person", "person-update", "change-identifier", "merge"})
@@ -277,6 +279,14 @@ class Engine:
             **facts,
             "identifier": identifiers,
         }
+        contacts = [c for nk1 in message.all("NK1") if (c := self._apply(self.tables.segments[CONTACT_MAP], nk1, ctx))]
+        for contact in contacts:
+            # One relationship (the role, else the kinship): fr-core-patient slices them by coding.system
+            # with no fixed value, which the suite's validator cannot tell apart (mappings/LEFT_OUT.md).
+            if len(contact.get("relationship", [])) > 1:
+                contact["relationship"] = contact["relationship"][:1]
+        if contacts:
+            patient["contact"] = contacts
         extensions = [*identity_reliability(pid, message.segment("ZFD"), tz=ctx.tz), *facts.get("extension", [])]
         if extensions:
             patient["extension"] = extensions
