@@ -188,7 +188,8 @@ class Engine:
                 participations=participations,
                 encounter=encounter,
                 movement=movement,
-            ),
+            )
+            + [ctx.organizations[k] for k in sorted(ctx.organizations)],
         )
 
     # -- routing --------------------------------------------------------------------------------

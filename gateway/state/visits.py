@@ -368,6 +368,10 @@ def _status(live_movements: list[VisitFact]) -> str:
     return status or "in-progress"
 
 
+#: What a discharge says (PV1-36 disposition, PV1-37 destination): kept while the stay is finished.
+DISCHARGE_KEYS = ("dischargeDisposition", "destination")
+
+
 def _present(encounter: JSON, live: list[VisitFact]) -> None:
     """Later facts describe the present: their class, place, people and unit replace the earlier ones."""
     for fact in live:
@@ -380,11 +384,13 @@ def _present(encounter: JSON, live: list[VisitFact]) -> None:
         provider = _service_provider(fact.movement)
         if provider:
             encounter["serviceProvider"] = provider
-        disposition = fact.encounter.get("hospitalization", {}).get("dischargeDisposition")
-        if disposition:
-            encounter.setdefault("hospitalization", {})["dischargeDisposition"] = disposition
+        for key in DISCHARGE_KEYS:
+            value = fact.encounter.get("hospitalization", {}).get(key)
+            if value:
+                encounter.setdefault("hospitalization", {})[key] = value
     if encounter["status"] != "finished":
-        encounter.get("hospitalization", {}).pop("dischargeDisposition", None)
+        for key in DISCHARGE_KEYS:
+            encounter.get("hospitalization", {}).pop(key, None)
     if "location" in encounter:
         encounter["location"] = _locations(encounter["location"], encounter["status"])
 
