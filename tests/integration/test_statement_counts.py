@@ -24,15 +24,18 @@ CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 
 #: (kind, message, statements on SQLite, advisory locks added on PostgreSQL). Re-pinned when ANS NdE event
 #: declarations (flux 3, written with the stay: a patient read and each declaration's write) joined the
-#: unit of work: A01 32 → 36, A02 24 → 25, A08 21 → 26, A03 38 → 47.
+#: unit of work: A01 32 → 36, A02 24 → 25, A08 21 → 26, A03 38 → 47. Re-pinned when the care circle's
+#: members became ANS CDS 2.0.1 PractitionerRole / Organization resources (#9), written with the message
+#: that names them (the hospital, the attending's role, the UF: a read, an insert, its index and its
+#: version each when new, the read alone when unchanged): A01 36 → 48, A02 25 → 28, A08 26 → 29, A03 47 → 50.
 STAY = Adt(control_id="S-1", ipp="300001", visit="V-3001", movement="M-1")
 CASES: list[tuple[str, Adt, int, int]] = [
-    ("A01 new patient and stay", STAY, 36, 3),
+    ("A01 new patient and stay", STAY, 48, 3),
     ("A01 resent (duplicate)", STAY, 2, 0),
     (
         "A02 transfer",
         Adt(trigger="A02", control_id="S-2", ipp="300001", visit="V-3001", movement="M-2", event_time="20260301120000"),
-        25,
+        28,
         3,
     ),
     (
@@ -46,7 +49,7 @@ CASES: list[tuple[str, Adt, int, int]] = [
             family="RENOMME",
             event_time="20260301130000",
         ),
-        26,
+        29,
         3,
     ),
     (
@@ -60,7 +63,7 @@ CASES: list[tuple[str, Adt, int, int]] = [
             event_time="20260302100000",
             discharge_time="20260302100000",
         ),
-        47,
+        50,
         3,
     ),
 ]
