@@ -372,7 +372,9 @@ class Engine:
                 "PV1-19 (visit number) and PID-18 (account number) are empty: the stay cannot be identified",
                 location="PV1-19",
             )
+        reported = len(ctx.warnings)
         account = account_of(message, ctx)
+        del ctx.warnings[reported:]  # PID-18's oddities are reported once, with the Patient's identifiers
         if account is not None and account not in facts["identifier"]:
             # the stay's account (NDA): an A44 without PV1 finds the stays to move by it
             facts["identifier"].append(account)
