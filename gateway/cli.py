@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from gateway import __version__
 from gateway.config import Settings
-from gateway.errors import ConfigError, StartupError
+from gateway.errors import ConfigError, NotFoundError, StartupError
 from gateway.logs import LOG_FORMATS, LOG_LEVELS, configure
 
 logger = logging.getLogger("gateway")
@@ -186,6 +186,7 @@ def _clients_add(engine: Any, args: argparse.Namespace) -> int:
             scopes=args.scope,
             jwks=jwks,
             authorities=parse_authorities(args.authority),
+            sandbox=args.sandbox,
         )
     view = public_view(created.record)
     if created.secret:
@@ -293,6 +294,11 @@ def _add_clients_parser(sub: Any) -> None:
     add.add_argument("--scope", action="append", default=[], help="SMART scope, e.g. system/Patient.rs (repeatable)")
     add.add_argument("--jwks", help="JWKS file of public keys: the client signs assertions (private_key_jwt)")
     add.add_argument("--authority", action="append", default=[], help="AUTHORITY=SYSTEM identifier domain")
+    add.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="a sandbox sender: its HTTP and MLLP messages go to the isolated sandbox store, never to real data",
+    )
     add.add_argument("--json", action="store_true", help="print one JSON object")
     listing = actions.add_parser("list", help="list clients (never their secrets)")
     listing.add_argument("--json", action="store_true")
@@ -423,7 +429,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         for message_id in args.ids:
             try:
                 outcome = runtime.pipeline.replay(message_id)
-            except LookupError:
+            except NotFoundError:
                 progress.step("missing")
                 print(f"message {message_id}: not found", file=sys.stderr)
                 status = 1

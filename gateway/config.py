@@ -31,6 +31,7 @@ DEFAULT_HEALTH_TIMEOUT = 2.0
 DEFAULT_MAX_FHIR_BODY_BYTES = 1_048_576
 DEFAULT_MAX_JSON_DEPTH = 64
 DEFAULT_SANDBOX_MAX_BYTES = 2_097_152
+DEFAULT_SESSION_LIFETIME = 1800
 DEFAULT_SANDBOX_CPU_SECONDS = 5.0
 #: HTTP server limits: request head size and the time a client has to send it.
 DEFAULT_HTTP_MAX_HEADER_BYTES = 65_536
@@ -95,6 +96,8 @@ class Settings(BaseSettings):
     auth: str = "auto"
     #: access-token lifetime, seconds
     token_lifetime: int = DEFAULT_TOKEN_LIFETIME
+    #: lifetime of a browser session on the pages (sign-in at ``/sign-in``), seconds; absolute, not sliding
+    session_lifetime: int = DEFAULT_SESSION_LIFETIME
     #: HS256 key for access tokens; empty = a random key kept in the database, shared by all instances
     token_signing_key: str = ""
     #: PD1-12 = Y patients: platforms neither read them nor hear of them unless this is true

@@ -17,12 +17,13 @@ from typing import Any, TextIO
 
 from sqlalchemy import select
 
+from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.db.engine import make_engine, migrate
 from gateway.db.schema import resources
 from gateway.hl7.ack import AckIssue
 from gateway.mapping.engine import Engine
-from gateway.pipeline import Pipeline, utcnow
+from gateway.pipeline import Pipeline
 
 JSON = dict[str, Any]
 #: Resource types in the order a reader expects them.

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request, Response
 
 from gateway.api.app import create_app
 from gateway.auth.clients import add_client
+from gateway.canonical import BACKPORT_SD
 from gateway.config import Settings
 from gateway.db.engine import transaction
 from gateway.errors import StartupError
@@ -145,7 +146,7 @@ async def _token(client: httpx.AsyncClient, client_id: str, secret: str) -> dict
 
 
 def _subscription(topic: str, endpoint: str, content: str) -> dict[str, Any]:
-    backport = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+    backport = BACKPORT_SD
     return {
         "resourceType": "Subscription",
         "status": "requested",

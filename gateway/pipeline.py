@@ -13,8 +13,9 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
+from gateway.clock import utcnow
 from gateway.db.engine import Database as DB
 from gateway.db.engine import reading, transaction
 from gateway.db.repo import MessageRepo, StoredResource
@@ -24,6 +25,7 @@ from gateway.errors import (
     DuplicateControlIdError,
     GatewayError,
     KeyTooLongError,
+    NotFoundError,
     ParseError,
     SenderNotAllowedError,
     StorageConflictError,
@@ -42,10 +44,6 @@ MAX_ATTEMPTS = 3
 #: Messages committed together at most (group commit); they come from different connections, since each
 #: connection waits for its ACK before sending the next message.
 MAX_GROUP = 64
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(slots=True)
@@ -534,7 +532,7 @@ class Pipeline:
         with reading(self.db) as conn:
             record = MessageRepo(conn).get(message_id)
         if record is None:
-            raise LookupError(message_id)
+            raise NotFoundError(f"message {message_id} not found")
         if record.status != "applied":
             return self.ingest(record.raw, transport="replay")
         return self._reprocess(record.id, record.raw)

@@ -8,15 +8,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import Engine as DB
-
 from gateway import logs
 from gateway.auth.authorities import with_declared
+from gateway.auth.clients import sandbox_facilities
 from gateway.auth.gate import Gate
 from gateway.auth.mllp import MllpBinding, context_from
 from gateway.auth.tokens import TokenService, token_audience, token_issuer
 from gateway.config import Settings
 from gateway.db.access import ClientRepo
+from gateway.db.engine import Database as DB
 from gateway.db.engine import make_engine, migrate
 from gateway.hl7.mllp import MLLPServer, current_peer
 from gateway.mapping.engine import Engine
@@ -82,9 +82,10 @@ class Runtime:
             runtime.refresh_authorities()
         return runtime
 
-    def pipeline_for(self, raw: bytes) -> Pipeline:
-        """The sandbox store's pipeline for a sandbox sender's message, else the real one."""
-        if self.sandbox is not None and self.sandbox.takes(raw):
+    def pipeline_for(self, raw: bytes, *, sandbox_tenant: bool = False) -> Pipeline:
+        """The sandbox store's pipeline for a sandbox sender's message (an authenticated sandbox tenant,
+        or a sandbox sender's MSH-3/MSH-4), else the real one."""
+        if self.sandbox is not None and (sandbox_tenant or self.sandbox.takes(raw)):
             return self.sandbox.pipeline
         return self.pipeline
 
@@ -95,6 +96,8 @@ class Runtime:
         with self.db.connect() as conn:
             clients = ClientRepo(conn).list()
         self.engine.tables = with_declared(self._file_tables, clients)
+        if self.sandbox is not None:
+            self.sandbox.tenant_facilities = sandbox_facilities(clients)
 
     async def ingest(self, raw: bytes, *, transport: str, facilities: frozenset[str] | None = None) -> bytes:
         """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""

@@ -10,12 +10,12 @@ from starlette.concurrency import run_in_threadpool
 from gateway.api.deps import AccessDep, RuntimeDep
 from gateway.auth.authorities import MINTED_PREFIX, undeclared
 from gateway.auth.clients import SENDER
+from gateway.clock import utcnow
 from gateway.db.access import ClientRepo, systems_starting
 from gateway.db.engine import transaction
 from gateway.db.repo import MessageRecord, MessageRepo
 from gateway.errors import NotFoundError
 from gateway.metrics import record_message
-from gateway.pipeline import utcnow
 from gateway.subscriptions.service import resend
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -70,10 +70,7 @@ async def get_message(message_id: int, runtime: RuntimeDep, access: AccessDep) -
 
 @router.post("/messages/{message_id}/replay", summary="Run a stored message through the pipeline again")
 async def replay(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
-    try:
-        outcome = await run_in_threadpool(runtime.pipeline.replay, message_id)
-    except LookupError as exc:
-        raise NotFoundError(f"message {message_id} not found") from exc
+    outcome = await run_in_threadpool(runtime.pipeline.replay, message_id)
     record_message(transport="replay", outcome=outcome.code, ack=outcome.ack)
     return {
         "code": outcome.code,

@@ -21,11 +21,12 @@ from gateway import __version__
 from gateway.api import admin, fhir, health, ingest, oauth, sandbox
 from gateway.api.deps import AUTHORIZE
 from gateway.api.edge import EdgeMiddleware
+from gateway.api.errors import outcome_of
 from gateway.api.responses import fhir_response
 from gateway.api.rest import FhirRestMiddleware
 from gateway.db.stats import pool_figures, store_figures
 from gateway.errors import AuthenticationError, GatewayError
-from gateway.fhir.outcome import from_error, operation_outcome
+from gateway.fhir.outcome import operation_outcome
 from gateway.metrics import StoreCollector
 from gateway.runtime import Runtime
 from gateway.web.mount import install as install_pages
@@ -123,14 +124,10 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
     return sorted(methods)
 
 
-def _is_fhir(request: Request) -> bool:
-    return request.url.path.startswith("/fhir")
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
-        status, body = from_error(exc)
+        status, body = outcome_of(exc)
         headers = dict(getattr(exc, "headers", None) or {})
         if isinstance(exc, AuthenticationError):
             headers["WWW-Authenticate"] = exc.www_authenticate()

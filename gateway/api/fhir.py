@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import AccessDep, RuntimeDep
@@ -16,15 +15,23 @@ from gateway.api.limits import json_body
 from gateway.api.responses import fhir_response, versioned
 from gateway.auth.audit import audit_event, event_patient
 from gateway.auth.policy import Access
+from gateway.clock import utcnow
 from gateway.db.access import AuditRepo
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRepo, StoredResource, SubscriptionRecord
-from gateway.errors import FhirError, NotFoundError, PreconditionFailedError
+from gateway.errors import (
+    FhirError,
+    GoneError,
+    NotFoundError,
+    NotSupportedError,
+    PreconditionFailedError,
+    UnknownTypeError,
+)
 from gateway.fhir.capability import SEARCH_PARAMS, capability_statement
 from gateway.fhir.outcome import operation_outcome
 from gateway.fhir.search import history_bundle, search
 from gateway.fhir.topics import topic_resources
-from gateway.pipeline import utcnow
 from gateway.runtime import Runtime
 from gateway.state import platform as platform_edits
 from gateway.state.apply import Unit
@@ -49,7 +56,7 @@ MAX_EVENTS = 1000
 
 def _check_type(rtype: str) -> None:
     if rtype not in SEARCH_PARAMS:
-        raise FhirError(f"resource type {rtype!r} is not served here", status=404, issue_code="not-supported")
+        raise UnknownTypeError(f"resource type {rtype!r} is not served here")
 
 
 @router.get("/metadata", summary="CapabilityStatement")
@@ -96,7 +103,7 @@ async def _json_body(request: Request) -> JSON:
 
 def _check_channel(runtime: Runtime, body: JSON) -> None:
     if (body.get("channel") or {}).get("type") == "email" and not runtime.settings.smtp_host:
-        raise FhirError("email channels need an SMTP relay (GATEWAY_SMTP_HOST)", issue_code="not-supported")
+        raise NotSupportedError("email channels need an SMTP relay (GATEWAY_SMTP_HOST)")
 
 
 @router.post("/Subscription", summary="Create a subscription (R4, Subscriptions R5 Backport IG shape)")
@@ -134,7 +141,7 @@ async def put_subscription(sub_id: str, request: Request, runtime: RuntimeDep, a
     body = await _json_body(request)
     _check_channel(runtime, body)
     if body.get("id") not in (None, sub_id):
-        raise FhirError("the body's id does not match the URL", issue_code="invalid")
+        raise FhirError("the body's id does not match the URL")
     if_match = request.headers.get("if-match")
 
     def work() -> JSON:
@@ -424,9 +431,7 @@ def _date_range(values: list[str]) -> tuple[datetime | None, datetime | None]:
         try:
             moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError as exc:
-            raise FhirError(
-                f"date must be [ge|gt|le|lt]YYYY-MM-DD[Thh:mm:ss]: {value!r}", issue_code="invalid"
-            ) from exc
+            raise FhirError(f"date must be [ge|gt|le|lt]YYYY-MM-DD[Thh:mm:ss]: {value!r}") from exc
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         if prefix in ("ge", "gt"):
@@ -483,7 +488,7 @@ async def vread(rtype: str, rid: str, vid: str, runtime: RuntimeDep, access: Acc
         if found is None:
             raise NotFoundError(f"{rtype}/{rid}/_history/{vid} not found")
         if found.deleted:
-            raise FhirError(f"{rtype}/{rid}/_history/{vid} is a deletion", status=410, issue_code="deleted")
+            raise GoneError(f"{rtype}/{rid}/_history/{vid} is a deletion")
         return found.content
 
     return versioned(await run_in_threadpool(work))
@@ -495,5 +500,5 @@ def _get(runtime: Runtime, access: Access, rtype: str, rid: str) -> JSON:
     if found is None:
         raise NotFoundError(f"{rtype}/{rid} not found")
     if found.deleted:
-        raise FhirError(f"{rtype}/{rid} was deleted", status=410, issue_code="deleted")
+        raise GoneError(f"{rtype}/{rid} was deleted")
     return found.content

@@ -9,6 +9,8 @@ from starlette.concurrency import run_in_threadpool
 
 from gateway import logs
 from gateway.api.deps import AccessDep, RuntimeDep
+from gateway.api.errors import http_status
+from gateway.errors import BodyTooLargeError, MediaTypeError, TransportError
 from gateway.metrics import record_message
 
 router = APIRouter(tags=["ingest"])
@@ -23,32 +25,26 @@ CHARSET_NAMES = {
 }
 
 
-class TransportError(Exception):
-    """A transport-level problem (4xx): the message never reached the pipeline."""
-
-    def __init__(self, status: int, text: str) -> None:
-        super().__init__(text)
-        self.status = status
-        self.text = text
-
-
 async def read_body(request: Request, *, limit: int) -> bytes:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media not in ACCEPTED_TYPES:
-        raise TransportError(415, f"Content-Type must be one of {', '.join(sorted(ACCEPTED_TYPES))}")
+        raise MediaTypeError(f"Content-Type must be one of {', '.join(sorted(ACCEPTED_TYPES))}")
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise TransportError(413, f"message larger than {limit} bytes")
+        raise BodyTooLargeError(f"message larger than {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise TransportError(413, f"message larger than {limit} bytes")
+            raise BodyTooLargeError(f"message larger than {limit} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
     if not body.strip(b" \t\r\n\x0b\x1c"):
-        raise TransportError(400, "empty body: send one HL7 v2 message")
+        raise TransportError("empty body: send one HL7 v2 message")
     return body
+
+
+NO_SANDBOX_STORE = "this sender is a sandbox tenant and the gateway has no sandbox store (GATEWAY_SANDBOX_DATABASE_URL)"
 
 
 @router.post(
@@ -60,6 +56,7 @@ async def read_body(request: Request, *, limit: int) -> bytes:
         400: {"description": "Empty body"},
         413: {"description": "Message too large"},
         415: {"description": "Unsupported media type"},
+        503: {"description": "A sandbox sender, but the gateway has no sandbox store"},
     },
     openapi_extra={
         "requestBody": {
@@ -72,11 +69,17 @@ async def ingest(request: Request, runtime: RuntimeDep, access: AccessDep) -> Re
     try:
         raw = await read_body(request, limit=runtime.settings.max_message_bytes)
     except TransportError as exc:
-        return Response(exc.text + "\n", status_code=exc.status, media_type="text/plain")
+        return Response(exc.message + "\n", status_code=http_status(exc), media_type="text/plain")
+    tenant = access.principal.sandbox_tenant
+    if tenant and runtime.sandbox is None:  # never let a sandbox sender's message reach the real store
+        return Response(NO_SANDBOX_STORE + "\n", status_code=503, media_type="text/plain")
     started = time.perf_counter()
     with logs.bound(control_id=logs.control_id_of(raw), transport="http"):
         outcome = await run_in_threadpool(
-            runtime.pipeline_for(raw).ingest, raw, transport="http", facilities=access.sender_facilities
+            runtime.pipeline_for(raw, sandbox_tenant=tenant).ingest,
+            raw,
+            transport="http",
+            facilities=access.sender_facilities,
         )
     record_message(transport="http", outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started)
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")

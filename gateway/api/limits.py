@@ -14,27 +14,22 @@ from typing import Any
 import orjson
 from fastapi import Request
 
-from gateway.errors import FhirError
+from gateway.errors import BodyTooLargeError, StructureError, TooCostlyError
 
 JSON = dict[str, Any]
-
-
-class BodyTooLargeError(FhirError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the body is larger than {limit} bytes", status=413, issue_code="too-long")
 
 
 async def read_limited(request: Request, *, limit: int) -> bytes:
     """The request body, refused (413) once it is over ``limit`` bytes, declared or streamed."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLargeError(limit)
+        raise BodyTooLargeError(f"the body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyTooLargeError(limit)
+            raise BodyTooLargeError(f"the body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -62,11 +57,11 @@ async def json_body(request: Request, *, max_bytes: int, max_depth: int) -> JSON
     try:
         body = orjson.loads(raw)  # orjson stops at 1024 levels by itself, in C
     except orjson.JSONDecodeError as exc:
-        raise FhirError("the body is not valid JSON", issue_code="structure") from exc
+        raise StructureError("the body is not valid JSON") from exc
     if not isinstance(body, dict):
-        raise FhirError("the body must be a JSON object", issue_code="structure")
+        raise StructureError("the body must be a JSON object")
     if json_depth(body) > max_depth:
-        raise FhirError(f"the body is nested deeper than {max_depth} levels", issue_code="too-costly")
+        raise TooCostlyError(f"the body is nested deeper than {max_depth} levels")
     return body
 
 

@@ -15,9 +15,10 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.api.deps import RuntimeDep
+from gateway.api.errors import http_status
 from gateway.auth.scopes import CONFIDENTIAL, POPULATION
 from gateway.auth.tokens import ASSERTION_ALGORITHMS, authenticate_client, granted_scopes
-from gateway.errors import OAuthError
+from gateway.errors import InvalidClientError, OAuthError
 from gateway.runtime import Runtime
 
 router = APIRouter(tags=["auth"])
@@ -34,9 +35,10 @@ def _json(body: dict[str, Any], *, status: int = 200, headers: dict[str, str] | 
 
 def oauth_error_response(exc: OAuthError, *, basic: bool) -> Response:
     headers = {}
-    if exc.status == 401:
+    status = http_status(exc)
+    if status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="gateway"' if basic else 'Bearer realm="gateway"'
-    return _json({"error": exc.error, "error_description": exc.message}, status=exc.status, headers=headers)
+    return _json({"error": exc.error, "error_description": exc.message}, status=status, headers=headers)
 
 
 def _token(runtime: Runtime, form: dict[str, str], *, authorization: str, request_url: str) -> dict[str, Any]:
@@ -95,7 +97,7 @@ async def token(request: Request, runtime: RuntimeDep) -> Response:
         except (UnicodeDecodeError, ValueError) as exc:
             raise OAuthError("invalid_request", "the form is not UTF-8 URL-encoded") from exc
         if not authorization.isascii():
-            raise OAuthError("invalid_client", "the Authorization header must be ASCII", status=401)
+            raise InvalidClientError("the Authorization header must be ASCII")
         body = await run_in_threadpool(_token, runtime, form, authorization=authorization, request_url=str(request.url))
     except OAuthError as exc:
         return oauth_error_response(exc, basic=basic)

@@ -26,8 +26,9 @@ import orjson
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.api.errors import outcome_of
 from gateway.api.responses import FHIR_JSON
-from gateway.errors import FhirError
+from gateway.errors import FhirError, NotAcceptableError, SearchFormTooLargeError, UnsupportedMediaTypeError
 from gateway.fhir.capability import SEARCH_PARAMS
 from gateway.fhir.outcome import operation_outcome
 from gateway.fhir.search import CONTROL
@@ -53,15 +54,11 @@ def _accepts_json(accept: str) -> bool:
 def _check_format(query: list[tuple[str, str]], headers: Headers) -> None:
     for name, value in query:
         if name == "_format" and value.strip() and value.strip().lower() not in JSON_FORMATS:
-            raise FhirError(
-                f"_format={value} is not available: this server answers application/fhir+json only",
-                status=406,
-                issue_code="not-supported",
+            raise NotAcceptableError(
+                f"_format={value} is not available: this server answers application/fhir+json only"
             )
     if not _accepts_json(headers.get("accept", "")):
-        raise FhirError(
-            "this server answers application/fhir+json only (Accept)", status=406, issue_code="not-supported"
-        )
+        raise NotAcceptableError("this server answers application/fhir+json only (Accept)")
 
 
 async def _read_body(receive: Receive) -> bytes:
@@ -72,9 +69,7 @@ async def _read_body(receive: Receive) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_SEARCH_FORM_BYTES:
-            raise FhirError(
-                f"a _search form is limited to {MAX_SEARCH_FORM_BYTES} bytes", status=413, issue_code="too-costly"
-            )
+            raise SearchFormTooLargeError(f"a _search form is limited to {MAX_SEARCH_FORM_BYTES} bytes")
         chunks.append(chunk)
         if not message.get("more_body"):
             return b"".join(chunks)
@@ -175,7 +170,7 @@ class FhirRestMiddleware:
         raw = await _read_body(receive)
         media = headers.get("content-type", FORM).split(";")[0].strip().lower()
         if raw.strip() and media != FORM:
-            raise FhirError(f"POST _search takes {FORM}, not {media}", status=415, issue_code="not-supported")
+            raise UnsupportedMediaTypeError(f"POST _search takes {FORM}, not {media}")
         merged = [*query, *parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True)]
         target = path.removesuffix("/_search") or PREFIX
         # In place, so that the edge sees which route answered (metrics).
@@ -246,7 +241,8 @@ def _lenient(scope: Scope, headers: Headers, query: list[tuple[str, str]]) -> li
 
 
 async def _send_outcome(send: Send, exc: FhirError) -> None:
-    body = orjson.dumps(operation_outcome(exc.message, code=exc.issue_code))
+    status, outcome = outcome_of(exc)
+    body = orjson.dumps(outcome)
     headers = [(b"content-type", FHIR_JSON.encode()), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

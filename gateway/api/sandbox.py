@@ -16,11 +16,14 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from gateway.api.deps import RuntimeDep
-from gateway.api.ingest import ACCEPTED_TYPES, TransportError, read_body
+from gateway.api.deps import AccessDep, RuntimeDep
+from gateway.api.errors import outcome_of
+from gateway.api.ingest import ACCEPTED_TYPES, read_body
 from gateway.api.limits import cpu_budget
+from gateway.auth.policy import Access
+from gateway.db.console import MessageFilter, find_messages
 from gateway.db.repo import MessageRepo
-from gateway.errors import NotFoundError
+from gateway.errors import NotFoundError, TransportError
 from gateway.fhir.outcome import operation_outcome
 from gateway.hl7 import er7
 from gateway.runtime import Runtime
@@ -97,17 +100,17 @@ def _limiter(request: Request, runtime: Runtime) -> RateLimiter:
     return limiter
 
 
-async def _messages(request: Request, runtime: Runtime, *, limit: int) -> list[bytes] | Response:
+async def _messages(request: Request, runtime: Runtime, access: Access, *, limit: int) -> list[bytes] | Response:
     """The call's messages, or the 4xx answer (rate limit, size, media type, empty body)."""
-    wait = _limiter(request, runtime).allow(client_key(request))
+    wait = _limiter(request, runtime).allow(client_key(request, access.principal))
     if wait:
         body = operation_outcome("too many sandbox calls from this client; retry later", code="throttled")
         return JSONResponse(body, status_code=429, headers={"Retry-After": str(max(1, round(wait)))})
     try:
         raw = await read_body(request, limit=runtime.settings.sandbox_max_bytes)
     except TransportError as exc:
-        code = "too-long" if exc.status == 413 else "invalid"
-        return JSONResponse(operation_outcome(exc.text, code=code), status_code=exc.status)
+        status, outcome = outcome_of(exc)
+        return JSONResponse(outcome, status_code=status)
     charset = _charset(request)
     return [as_sent(m, charset=charset) for m in split_messages(raw)[:limit]]
 
@@ -124,8 +127,8 @@ async def _messages(request: Request, runtime: Runtime, *, limit: int) -> list[b
     openapi_extra={"requestBody": _BODY},
     responses=_LIMITS,
 )
-async def sandbox_convert(request: Request, runtime: RuntimeDep) -> Any:
-    messages = await _messages(request, runtime, limit=MAX_MESSAGES)
+async def sandbox_convert(request: Request, runtime: RuntimeDep, access: AccessDep) -> Any:
+    messages = await _messages(request, runtime, access, limit=MAX_MESSAGES)
     if isinstance(messages, Response):
         return messages
     seconds = runtime.settings.sandbox_cpu_seconds
@@ -150,9 +153,10 @@ async def sandbox_convert(request: Request, runtime: RuntimeDep) -> Any:
 async def sandbox_report(
     request: Request,
     runtime: RuntimeDep,
+    access: AccessDep,
     format: Literal["json", "csv"] = Query(default="json", description="json or csv"),
 ) -> Any:
-    messages = await _messages(request, runtime, limit=runtime.settings.sandbox_max_messages)
+    messages = await _messages(request, runtime, access, limit=runtime.settings.sandbox_max_messages)
     if isinstance(messages, Response):
         return messages
     seconds = runtime.settings.sandbox_cpu_seconds
@@ -174,7 +178,7 @@ async def sandbox_samples(runtime: RuntimeDep) -> list[dict[str, str]]:
 
 # -- sandbox tenants: what sandbox senders sent over HTTP and MLLP, kept in the isolated store ---------
 
-store_router = APIRouter(prefix="/sandbox/store", tags=["sandbox"])  # operators: gateway/auth/rules.py
+store_router = APIRouter(prefix="/sandbox/store", tags=["sandbox"])  # operators, sandbox senders: rules.py
 
 
 def _store(runtime: Runtime) -> SandboxStore:
@@ -183,37 +187,50 @@ def _store(runtime: Runtime) -> SandboxStore:
     return runtime.sandbox
 
 
+def _own(access: Access) -> frozenset[str] | None:
+    """The facilities whose messages the caller may see in the store: a sender its own, an operator all."""
+    return access.sender_facilities
+
+
 @store_router.get("/messages", summary="Messages sandbox senders sent (isolated store), newest first")
-async def sandbox_store_messages(runtime: RuntimeDep, limit: int = Query(default=20, ge=1, le=200)) -> dict[str, Any]:
-    store = _store(runtime)
+async def sandbox_store_messages(
+    runtime: RuntimeDep, access: AccessDep, limit: int = Query(default=20, ge=1, le=200)
+) -> dict[str, Any]:
+    """An operator sees every sandbox sender's messages; a signed-in sandbox sender only those it sent."""
+    store, own = _store(runtime), _own(access)
 
     def work() -> list[dict[str, Any]]:
         with store.db.connect() as conn:
-            return [
-                {
-                    "id": m.id,
-                    "received_at": m.received_at.isoformat(),
-                    "transport": m.transport,
-                    "sender": f"{m.sending_application}|{m.sending_facility}",
-                    "control_id": m.control_id,
-                    "type": f"{m.message_type}^{m.trigger_event}",
-                    "outcome": m.outcome,
-                    "error_text": m.error_text,
-                }
-                for m in MessageRepo(conn).list(limit=limit)
-            ]
+            found = find_messages(conn, MessageFilter(facilities=own), limit=limit, before_id=None)
+        return [
+            {
+                "id": m.id,
+                "received_at": m.received_at.isoformat(),
+                "transport": m.transport,
+                "sender": f"{m.sending_application}|{m.sending_facility}",
+                "control_id": m.control_id,
+                "type": f"{m.message_type}^{m.trigger_event}",
+                "outcome": m.outcome,
+                "error_text": m.error_text,
+            }
+            for m in found
+        ]
 
-    return {"senders": sorted("|".join(s) for s in store.senders), "messages": await run_in_threadpool(work)}
+    if own is None:
+        senders = sorted({*("|".join(s) for s in store.senders), *(f"*|{f}" for f in store.tenant_facilities)})
+    else:
+        senders = sorted(f"*|{f}" for f in own)
+    return {"senders": senders, "messages": await run_in_threadpool(work)}
 
 
 @store_router.get("/messages/{message_id}", summary="One message of the sandbox store, with its raw text and ACK")
-async def sandbox_store_message(message_id: int, runtime: RuntimeDep) -> dict[str, Any]:
-    store = _store(runtime)
+async def sandbox_store_message(message_id: int, runtime: RuntimeDep, access: AccessDep) -> dict[str, Any]:
+    store, own = _store(runtime), _own(access)
 
     def work() -> dict[str, Any]:
         with store.db.connect() as conn:
             record = MessageRepo(conn).get(message_id)
-        if record is None:
+        if record is None or (own is not None and record.sending_facility not in own):
             raise NotFoundError(f"sandbox message {message_id} not found")
         text, _codec, _warnings = er7.decode(record.raw)
         return {"id": record.id, "outcome": record.outcome, "raw": text, "ack": record.ack}

@@ -13,9 +13,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine
-
 from gateway.db.access import AuditRecord, AuditRepo
+from gateway.db.engine import Database as Engine
 from gateway.db.engine import transaction
 
 if TYPE_CHECKING:

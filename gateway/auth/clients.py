@@ -16,11 +16,11 @@ from typing import Any
 
 from jwt import PyJWKSet
 from jwt.exceptions import PyJWKSetError
-from sqlalchemy import Connection
 
 from gateway.auth.hashing import hash_secret, new_secret
-from gateway.auth.scopes import ScopeError, parse_scopes
+from gateway.auth.scopes import SANDBOX, SANDBOX_TENANT, ScopeError, parse_scopes
 from gateway.db.access import ClientNameTakenError, ClientRecord, ClientRepo
+from gateway.db.engine import DbConnection as Connection
 from gateway.errors import ConfigError
 
 PLATFORM, SENDER, OPERATOR = "platform", "sender", "operator"
@@ -87,7 +87,9 @@ def add_client(
     scopes: list[str] | None = None,
     jwks: Any = None,
     authorities: dict[str, str] | None = None,
+    sandbox: bool = False,
 ) -> NewClient:
+    """``sandbox``: a sender whose HTTP and MLLP messages go to the isolated sandbox store (a tenant)."""
     if kind not in KINDS:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)}")
     if not _NAME.match(name):
@@ -98,6 +100,9 @@ def add_client(
         checked = parse_scopes(scopes) if scopes else list(DEFAULT_SCOPES[kind])
     except ScopeError as exc:
         raise ConfigError(str(exc)) from exc
+    if sandbox:
+        _check_sandbox_sender(conn, kind, facilities or [])
+        checked = list(dict.fromkeys([*checked, SANDBOX, SANDBOX_TENANT]))
     secret = None if jwks is not None else new_secret()
     record = ClientRecord(
         id=uuid.uuid4().hex,
@@ -114,6 +119,25 @@ def add_client(
     except ClientNameTakenError as exc:
         raise ConfigError(f"a client named {name!r} already exists") from exc
     return NewClient(replace(record, created_at=now), secret)
+
+
+def _check_sandbox_sender(conn: Connection, kind: str, facilities: list[str]) -> None:
+    """A sandbox facility is nobody's real facility: else a plain-MLLP message from it could not be told apart."""
+    if kind != SENDER:
+        raise ConfigError("--sandbox marks a sender (its messages go to the sandbox store)")
+    real = {f for c in ClientRepo(conn).list() if c.kind == SENDER and not is_sandbox_sender(c) for f in c.facilities}
+    shared = sorted(real & {f.strip() for f in facilities})
+    if shared:
+        raise ConfigError(f"facility {', '.join(shared)} is a real sender's: a sandbox sender needs its own")
+
+
+def is_sandbox_sender(record: ClientRecord) -> bool:
+    return record.kind == SENDER and SANDBOX_TENANT in record.scopes
+
+
+def sandbox_facilities(records: list[ClientRecord]) -> frozenset[str]:
+    """The MSH-4 values whose messages go to the sandbox store: the active sandbox senders' facilities."""
+    return frozenset(f for c in records if c.status == "active" and is_sandbox_sender(c) for f in c.facilities)
 
 
 def _existing(conn: Connection, client_id: str) -> ClientRecord:
@@ -158,6 +182,7 @@ def public_view(record: ClientRecord) -> dict[str, Any]:
         "auth": "private_key_jwt" if record.jwks is not None else "client_secret",
         "scope": " ".join(record.scopes),
         "facilities": list(record.facilities),
+        "sandbox": is_sandbox_sender(record),
         "authorities": record.authorities,
         "created_at": record.created_at.isoformat() if record.created_at else None,
         "rotated_at": record.rotated_at.isoformat() if record.rotated_at else None,

@@ -17,12 +17,11 @@ import ipaddress
 import ssl
 from pathlib import Path
 
-from sqlalchemy import Engine
-
 from gateway.auth.clients import SENDER
 from gateway.auth.gate import Gate
 from gateway.config import Settings
 from gateway.db.access import ClientRepo
+from gateway.db.engine import Database as Engine
 from gateway.errors import ConfigError
 from gateway.hl7.mllp import Peer
 

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection
-
 from gateway.auth.audit import AuditTrail
 from gateway.auth.clients import OPERATOR, PLATFORM, SENDER
 from gateway.auth.scopes import CONFIDENTIAL, POPULATION, Grant
 from gateway.db.access import EVERYTHING, FollowRepo, Visibility
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.repo import ResourceRepo, SubscriptionRepo
 from gateway.subscriptions.topics import TOPICS
 
@@ -38,6 +37,13 @@ class Principal:
     facilities: tuple[str, ...] = ()
     #: False in the local mode (no client registered, auth not required): today's open behaviour
     authenticated: bool = True
+    #: a sender whose messages go to the isolated sandbox store (``clients add --sandbox``): read from the
+    #: registry, never from the token, so a token asked with fewer scopes cannot send to real data
+    sandbox_tenant: bool = False
+
+    def holds(self, gateway_scope: str) -> bool:
+        """Operators hold every gateway scope (they grant them); other clients only those registered."""
+        return self.kind == OPERATOR or self.grant.has(gateway_scope)
 
 
 #: No client registered and GATEWAY_AUTH not required: the local, single-tenant mode of old.

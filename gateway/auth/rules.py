@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.auth.clients import OPERATOR, PLATFORM, SENDER
+from gateway.auth.scopes import GATEWAY_SCOPES, SANDBOX
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,8 @@ class Rule:
     resource: str | None = None
     #: the SMART permission letter needed (c, r, u, d or s)
     permission: str | None = None
+    #: a gateway scope needed (``gateway/sandbox``); operators hold every gateway scope
+    gateway_scope: str | None = None
 
     @property
     def open(self) -> bool:
@@ -29,9 +32,11 @@ class Rule:
 
 
 def allow(*kinds: str, scope: str | None = None) -> Rule:
-    """``allow(PLATFORM, OPERATOR, scope="Patient.r")``."""
+    """``allow(PLATFORM, OPERATOR, scope="Patient.r")``, or a gateway scope: ``scope="gateway/sandbox"``."""
     if scope is None:
         return Rule(frozenset(kinds))
+    if scope in GATEWAY_SCOPES:
+        return Rule(frozenset(kinds), gateway_scope=scope)
     resource, _, permission = scope.partition(".")
     return Rule(frozenset(kinds), resource, permission)
 
@@ -52,15 +57,19 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/metrics"): allow(OPERATOR),
     # ingest and the sandbox (a throw-away store: nothing stored, nothing of others shown)
     ("POST", "/hl7v2"): allow(SENDER, OPERATOR),
-    ("POST", "/sandbox/convert"): allow(*ANY_CLIENT),
-    ("POST", "/sandbox/report"): allow(*ANY_CLIENT),
+    ("POST", "/sandbox/convert"): allow(*ANY_CLIENT, scope=SANDBOX),
+    ("POST", "/sandbox/report"): allow(*ANY_CLIENT, scope=SANDBOX),
     ("GET", "/sandbox/samples"): OPEN,
-    # the sandbox tenants' isolated store: not yet filtered per sender, so operators only for now
-    ("GET", "/sandbox/store/messages"): allow(OPERATOR),
-    ("GET", "/sandbox/store/messages/{message_id}"): allow(OPERATOR),
+    # the sandbox tenants' isolated store: operators see all of it, a sandbox sender its own messages
+    ("GET", "/sandbox/store/messages"): allow(SENDER, OPERATOR, scope=SANDBOX),
+    ("GET", "/sandbox/store/messages/{message_id}"): allow(SENDER, OPERATOR, scope=SANDBOX),
     # pages: the sandbox and the API docs (their assets are local, served from /static)
     ("GET", "/sandbox"): OPEN,
     ("GET", "/docs"): OPEN,
+    # browser sign-in (a session cookie for the pages); the form checks its own signed nonce
+    ("GET", "/sign-in"): OPEN,
+    ("POST", "/sign-in"): OPEN,
+    ("POST", "/sign-out"): allow(*ANY_CLIENT),
     # the operators' console
     ("GET", "/console"): allow(OPERATOR),
     ("GET", "/console/messages"): allow(OPERATOR),

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 POPULATION = "gateway/population"
 #: Lets a platform read and be notified about patients under PAM-FR protection (PD1-12 = Y).
 CONFIDENTIAL = "gateway/confidential"
-GATEWAY_SCOPES = frozenset({POPULATION, CONFIDENTIAL})
+#: Lets a client use the sandbox (``/sandbox/convert``, ``/sandbox/report``, its own ``/sandbox/store``).
+SANDBOX = "gateway/sandbox"
+#: Marks a sender as a sandbox tenant (``gateway clients add --kind sender --sandbox``): its HTTP and MLLP
+#: messages go to the isolated sandbox store, never to real data. Read from the registry, not the token.
+SANDBOX_TENANT = "gateway/sandbox-tenant"
+GATEWAY_SCOPES = frozenset({POPULATION, CONFIDENTIAL, SANDBOX, SANDBOX_TENANT})
 PERMISSIONS = "cruds"
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _SCOPE = re.compile(r"^system/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perms>[cruds]+|read|write|\*)$")

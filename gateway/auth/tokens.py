@@ -24,14 +24,14 @@ from typing import Any
 from urllib.parse import unquote
 
 import jwt
-from sqlalchemy import Engine
 
 from gateway.auth.hashing import verify_secret
 from gateway.auth.scopes import Grant, ScopeError, parse_scopes
 from gateway.config import Settings
 from gateway.db.access import AssertionRepo, ClientRecord, ClientRepo, SigningKeyRepo
+from gateway.db.engine import Database as Engine
 from gateway.db.engine import transaction
-from gateway.errors import AuthenticationError, OAuthError
+from gateway.errors import AuthenticationError, InvalidClientError, OAuthError
 
 ALGORITHM = "HS256"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -141,16 +141,16 @@ def _basic(authorization: str) -> tuple[str, str] | None:
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError) as exc:
-        raise OAuthError("invalid_client", "malformed HTTP Basic credentials", status=401) from exc
+        raise InvalidClientError("malformed HTTP Basic credentials") from exc
     client_id, sep, secret = decoded.partition(":")
     if not sep:
-        raise OAuthError("invalid_client", "malformed HTTP Basic credentials", status=401)
+        raise InvalidClientError("malformed HTTP Basic credentials")
     return unquote(client_id), unquote(secret)
 
 
 def _active(client: ClientRecord | None) -> ClientRecord:
     if client is None or client.status != "active":
-        raise OAuthError("invalid_client", "unknown or revoked client", status=401)
+        raise InvalidClientError("unknown or revoked client")
     return client
 
 
@@ -159,7 +159,7 @@ def _by_secret(engine: Engine, client_id: str, secret: str) -> ClientRecord:
         client = ClientRepo(conn).get(client_id)
     client = _active(client)
     if client.secret_hash is None or not verify_secret(secret, client.secret_hash):
-        raise OAuthError("invalid_client", "client authentication failed", status=401)
+        raise InvalidClientError("client authentication failed")
     return client
 
 
@@ -167,24 +167,24 @@ def _assertion_key(client: ClientRecord, assertion: str) -> Any:
     try:
         kid = jwt.get_unverified_header(assertion).get("kid")
     except jwt.PyJWTError as exc:
-        raise OAuthError("invalid_client", "the client assertion is not a JWT", status=401) from exc
+        raise InvalidClientError("the client assertion is not a JWT") from exc
     keys = jwt.PyJWKSet.from_dict(client.jwks or {"keys": []}).keys
     for key in keys:
         if kid is None or key.key_id == kid:
             return key
-    raise OAuthError("invalid_client", "no registered key matches the assertion's kid", status=401)
+    raise InvalidClientError("no registered key matches the assertion's kid")
 
 
 def _by_assertion(engine: Engine, assertion: str, *, token_urls: list[str], now: datetime) -> ClientRecord:
     try:
         unverified = jwt.decode(assertion, options={"verify_signature": False})
     except jwt.PyJWTError as exc:
-        raise OAuthError("invalid_client", "the client assertion is not a JWT", status=401) from exc
+        raise InvalidClientError("the client assertion is not a JWT") from exc
     client_id = str(unverified.get("iss", ""))
     with engine.connect() as conn:
         client = _active(ClientRepo(conn).get(client_id))
     if client.jwks is None:
-        raise OAuthError("invalid_client", "this client is not registered for private_key_jwt", status=401)
+        raise InvalidClientError("this client is not registered for private_key_jwt")
     key = _assertion_key(client, assertion)
     try:
         claims = jwt.decode(
@@ -197,15 +197,15 @@ def _by_assertion(engine: Engine, assertion: str, *, token_urls: list[str], now:
             options={"require": ["exp", "iss", "sub", "aud", "jti"]},
         )
     except jwt.PyJWTError as exc:
-        raise OAuthError("invalid_client", f"client assertion refused: {exc}", status=401) from exc
+        raise InvalidClientError(f"client assertion refused: {exc}") from exc
     expires = datetime.fromtimestamp(int(claims["exp"]), tz=now.tzinfo)
     if claims["sub"] != client_id:
-        raise OAuthError("invalid_client", "the assertion's sub must be the client id", status=401)
+        raise InvalidClientError("the assertion's sub must be the client id")
     if expires - now > MAX_ASSERTION_LIFETIME + LEEWAY:
-        raise OAuthError("invalid_client", "a client assertion may live five minutes at most", status=401)
+        raise InvalidClientError("a client assertion may live five minutes at most")
     with transaction(engine) as conn:
         if not AssertionRepo(conn).use(client_id, str(claims["jti"]), expires_at=expires + LEEWAY, now=now):
-            raise OAuthError("invalid_client", "this client assertion (jti) was already used", status=401)
+            raise InvalidClientError("this client assertion (jti) was already used")
     return client
 
 
@@ -215,14 +215,14 @@ def authenticate_client(
     """The client of a token request, by Basic credentials, form secret or signed assertion."""
     if form.get("client_assertion") or form.get("client_assertion_type"):
         if form.get("client_assertion_type") != ASSERTION_TYPE:
-            raise OAuthError("invalid_client", f"client_assertion_type must be {ASSERTION_TYPE}", status=401)
+            raise InvalidClientError(f"client_assertion_type must be {ASSERTION_TYPE}")
         return _by_assertion(engine, form.get("client_assertion", ""), token_urls=token_urls, now=now)
     basic = _basic(authorization) if authorization else None
     if basic is not None:
         return _by_secret(engine, *basic)
     if form.get("client_id") and form.get("client_secret"):
         return _by_secret(engine, form["client_id"], form["client_secret"])
-    raise OAuthError("invalid_client", "client authentication is required", status=401)
+    raise InvalidClientError("client authentication is required")
 
 
 def granted_scopes(client: ClientRecord, requested: str | None) -> list[str]:

@@ -35,7 +35,7 @@ from gateway.db.schema import (
     signing_keys,
     subscriptions,
 )
-from gateway.fhir.tokens import split_tokens
+from gateway.token_lists import split_tokens
 
 JSON = dict[str, Any]
 #: Resource types whose content is about one patient, found through their ``patient`` search entry.

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, String, func, literal, select
 
 from gateway.db.repo import MessageRecord, _message, utc
-from gateway.db.schema import facts, messages, outbox, search_index, subscriptions
+from gateway.db.schema import clients, facts, messages, outbox, search_index, subscriptions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,6 +25,8 @@ class MessageFilter:
     ipp: str = ""
     received_from: datetime | None = None
     received_to: datetime | None = None
+    #: Only messages claiming one of these MSH-4 values (a sandbox sender sees its own); None: all.
+    facilities: frozenset[str] | None = None
 
 
 def find_messages(conn: Connection, where: MessageFilter, *, limit: int, before_id: int | None) -> list[MessageRecord]:
@@ -36,6 +38,8 @@ def find_messages(conn: Connection, where: MessageFilter, *, limit: int, before_
         query = query.where(
             (messages.c.sending_application == where.sender) | (messages.c.sending_facility == where.sender)
         )
+    if where.facilities is not None:
+        query = query.where(messages.c.sending_facility.in_(sorted(where.facilities)))
     if where.trigger:
         query = query.where(messages.c.trigger_event == where.trigger)
     if where.control_id:
@@ -70,6 +74,8 @@ class SubscriptionLine:
     endpoint: str
     channel_type: str
     error: str | None
+    #: the name of the platform client that owns it; "" for subscriptions made before clients existed
+    owner: str
     backlog: int
     last_error: str | None
     next_retry: datetime | None
@@ -96,8 +102,15 @@ def subscription_lines(conn: Connection) -> list[SubscriptionLine]:
         .scalar_subquery()
     )
     query = (
-        select(subscriptions, pending.c.backlog, pending.c.next_retry, last_error.label("last_error"))
+        select(
+            subscriptions,
+            pending.c.backlog,
+            pending.c.next_retry,
+            last_error.label("last_error"),
+            clients.c.name.label("owner_name"),
+        )
         .outerjoin(pending, pending.c.sid == subscriptions.c.id)
+        .outerjoin(clients, clients.c.id == subscriptions.c.owner)
         .order_by(subscriptions.c.created_at.desc(), subscriptions.c.id)
     )
     return [
@@ -108,6 +121,7 @@ def subscription_lines(conn: Connection) -> list[SubscriptionLine]:
             endpoint=r.endpoint,
             channel_type=r.channel_type,
             error=r.error,
+            owner=r.owner_name or "",
             backlog=int(r.backlog or 0),
             last_error=r.last_error,
             next_retry=utc(r.next_retry),

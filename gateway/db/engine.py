@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 #: The engine type as the layers above ``db/`` name it, so that they need not import SQLAlchemy.
 Database = Engine
+#: Likewise for a connection (an open transaction, as ``transaction`` and ``reading`` yield it).
+DbConnection = Connection
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.canonical import CANONICAL_BASE
 from gateway.mapping.directory import practitioner_of_role
 from gateway.mapping.ids import ps_identifier_forms
 

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.errors import (
-    FhirError,
-    GatewayError,
-    StorageConflictError,
-    StorageError,
-    StorageUnavailableError,
-)
-from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.canonical import CANONICAL_BASE
 
 ERROR_CODE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/gateway-error"
 
@@ -30,22 +23,3 @@ def operation_outcome(
     if expression:
         issue["expression"] = [expression]
     return {"resourceType": "OperationOutcome", "issue": [issue]}
-
-
-#: Storage errors (translated in ``gateway.db.engine``): (HTTP status, issue code), most specific first.
-_STORAGE_STATUS: tuple[tuple[type[StorageError], int, str], ...] = (
-    (StorageUnavailableError, 503, "transient"),
-    (StorageConflictError, 409, "conflict"),
-    (StorageError, 500, "exception"),
-)
-
-
-def from_error(exc: GatewayError) -> tuple[int, dict[str, Any]]:
-    if isinstance(exc, FhirError):
-        return exc.status, operation_outcome(
-            exc.message, code=exc.issue_code, details=exc.slug, expression=exc.location or None
-        )
-    for kind, status, code in _STORAGE_STATUS:
-        if isinstance(exc, kind):
-            return status, operation_outcome(exc.message, code=code, details=exc.slug)
-    return 422, operation_outcome(exc.message, code="processing", details=exc.slug)

@@ -9,7 +9,7 @@ from urllib.parse import urlencode
 
 from gateway.db.indexing import PERIOD_END, instant_bounds, instant_text
 from gateway.db.repo import ResourceRepo, StoredResource, fhir_instant
-from gateway.errors import FhirError
+from gateway.errors import FhirError, UnsupportedSearchError
 from gateway.fhir.capability import INCLUDES, SEARCH_PARAMS
 
 JSON = dict[str, Any]
@@ -79,7 +79,7 @@ def parse_dates(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, st
         prefix = value[:2] if value[:2].isalpha() else "eq"
         text = value[2:] if value[:2].isalpha() else value
         if prefix not in POINT_PREFIXES:
-            raise FhirError(f"{name}: prefix {prefix!r} is not supported", issue_code="not-supported")
+            raise UnsupportedSearchError(f"{name}: prefix {prefix!r} is not supported")
         low, high = _instant_range(text, name)
         bound = {"low": instant_text(low), "high": instant_text(high)}
         if (rtype, name) in PERIOD_PARAMS:
@@ -98,16 +98,14 @@ def parse_search(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, s
         if name in CONTROL:
             continue
         if name not in kinds:
-            raise FhirError(f"search parameter {name!r} is not supported for {rtype}", issue_code="not-supported")
+            raise UnsupportedSearchError(f"search parameter {name!r} is not supported for {rtype}")
         if kinds[name] == "date":
             continue
         if not value:
-            raise FhirError(f"search parameter {name!r} has no value", issue_code="invalid")
+            raise FhirError(f"search parameter {name!r} has no value")
         if name == "event-type" and "," in value:
             # refused rather than read as one odd code: a list would silently find nothing
-            raise FhirError(
-                "event-type takes one code per search here (search ADM and SOR apart)", issue_code="not-supported"
-            )
+            raise UnsupportedSearchError("event-type takes one code per search here (search ADM and SOR apart)")
         criteria.append(_criterion(name, value))
     return criteria
 
@@ -132,10 +130,8 @@ def parse_includes(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str,
         if name not in ("_include", "_include:iterate"):
             continue
         if value not in allowed:
-            raise FhirError(
-                f"_include {value!r} is not supported for {rtype}"
-                + (f" (use {', '.join(allowed)})" if allowed else ""),
-                issue_code="not-supported",
+            raise UnsupportedSearchError(
+                f"_include {value!r} is not supported for {rtype}" + (f" (use {', '.join(allowed)})" if allowed else "")
             )
         out.append((value, name == "_include:iterate"))
     return out
@@ -195,9 +191,9 @@ def _int_param(params: Mapping[str, str], name: str, default: int, maximum: int)
     try:
         value = int(raw)
     except ValueError as exc:
-        raise FhirError(f"{name} must be an integer", issue_code="invalid") from exc
+        raise FhirError(f"{name} must be an integer") from exc
     if value < 0:
-        raise FhirError(f"{name} must not be negative", issue_code="invalid")
+        raise FhirError(f"{name} must not be negative")
     return min(value, maximum)
 
 
@@ -210,9 +206,8 @@ def parse_sort(rtype: str, value: str | None) -> list[tuple[str, bool]]:
     for part in (p.strip() for p in value.split(",")):
         name = part.removeprefix("-")
         if name not in allowed:
-            raise FhirError(
-                f"_sort on {name!r} is not supported for {rtype} (use {', '.join(sorted(allowed))})",
-                issue_code="not-supported",
+            raise UnsupportedSearchError(
+                f"_sort on {name!r} is not supported for {rtype} (use {', '.join(sorted(allowed))})"
             )
         keys.append((name, part.startswith("-")))
     return keys
@@ -222,7 +217,7 @@ def _instant_range(text: str, name: str = "_lastUpdated") -> tuple[datetime, dat
     """A FHIR date or dateTime as the [start, end) range of its precision (``2026-03`` is all of March)."""
     bounds = instant_bounds(text)
     if bounds is None:
-        raise FhirError(f"{name}: {text!r} is not a FHIR date or dateTime", issue_code="invalid")
+        raise FhirError(f"{name}: {text!r} is not a FHIR date or dateTime")
     return bounds
 
 
@@ -247,7 +242,7 @@ def _total_mode(value: str | None) -> str:
     if value is None:
         return "accurate"
     if value not in TOTAL_MODES:
-        raise FhirError(f"_total must be one of {', '.join(sorted(TOTAL_MODES))}", issue_code="invalid")
+        raise FhirError(f"_total must be one of {', '.join(sorted(TOTAL_MODES))}")
     return value
 
 

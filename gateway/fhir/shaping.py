@@ -81,7 +81,7 @@ def parse_summary(value: str | None) -> str | None:
     if value is None:
         return None
     if value not in SUMMARY_MODES:
-        raise FhirError(f"_summary must be one of {', '.join(sorted(SUMMARY_MODES))}", issue_code="invalid")
+        raise FhirError(f"_summary must be one of {', '.join(sorted(SUMMARY_MODES))}")
     return value
 
 

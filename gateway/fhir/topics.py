@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway import __version__
+from gateway.canonical import FHIR_CORE_SD, TRE_R254_SYSTEM
 from gateway.subscriptions.topics import TOPICS, Topic
 
 R5_EXT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic"
@@ -19,7 +20,7 @@ def topic_resource(topic: Topic) -> JSON:
         "url": f"{R5_EXT}.resourceTrigger",
         "extension": [
             {"url": "description", "valueMarkdown": topic.description},
-            {"url": "resource", "valueUri": f"http://hl7.org/fhir/StructureDefinition/{topic.resource}"},
+            {"url": "resource", "valueUri": f"{FHIR_CORE_SD}/{topic.resource}"},
             {"url": "supportedInteraction", "valueCode": "create"},
             {"url": "supportedInteraction", "valueCode": "update"},
         ],
@@ -43,13 +44,13 @@ def topic_resource(topic: Topic) -> JSON:
                         "valueCodeableConcept": {
                             "coding": [
                                 {
-                                    "system": "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement",
+                                    "system": TRE_R254_SYSTEM,
                                     "code": topic.event_code,
                                 }
                             ]
                         },
                     },
-                    {"url": "resource", "valueUri": f"http://hl7.org/fhir/StructureDefinition/{topic.resource}"},
+                    {"url": "resource", "valueUri": f"{FHIR_CORE_SD}/{topic.resource}"},
                 ],
             }
         )

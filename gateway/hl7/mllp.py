@@ -19,6 +19,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
+from gateway.config import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_MLLP_FRAME_TIMEOUT,
+    DEFAULT_MLLP_IDLE_TIMEOUT,
+    DEFAULT_MLLP_MAX_CONNECTIONS,
+    DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER,
+    DEFAULT_MLLP_PORT,
+)
+
 logger = logging.getLogger(__name__)
 
 START_BLOCK = b"\x0b"
@@ -39,11 +48,6 @@ _LINGER_SECONDS = 2.0
 _CLOSE_SECONDS = 5.0
 #: How long a frame ending in a lone 0x1C waits for its 0x0D before it is taken as complete anyway.
 _LONE_END_GRACE_SECONDS = 0.25
-
-DEFAULT_IDLE_TIMEOUT = 300.0
-DEFAULT_FRAME_TIMEOUT = 60.0
-DEFAULT_MAX_CONNECTIONS = 256
-DEFAULT_MAX_CONNECTIONS_PER_PEER = 32
 
 
 def frame(message: bytes) -> bytes:
@@ -268,12 +272,12 @@ class MLLPServer:
         handler: Handler,
         *,
         host: str = "127.0.0.1",
-        port: int = 2575,
-        max_message_bytes: int = 1_048_576,
-        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        frame_timeout: float = DEFAULT_FRAME_TIMEOUT,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
-        max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER,
+        port: int = DEFAULT_MLLP_PORT,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        idle_timeout: float = DEFAULT_MLLP_IDLE_TIMEOUT,
+        frame_timeout: float = DEFAULT_MLLP_FRAME_TIMEOUT,
+        max_connections: int = DEFAULT_MLLP_MAX_CONNECTIONS,
+        max_connections_per_peer: int = DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER,
         on_oversize: OversizeHandler | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:

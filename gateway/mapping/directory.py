@@ -78,11 +78,9 @@ def hospital(facility: str) -> JSON:
     }
 
 
-def unit(provider: JSON, facility: str | None) -> JSON | None:
+def unit(provider: JSON, facility: str | None) -> JSON:
     """A unit in charge (a movement's ``serviceProvider``: identifier and name) as a UF Organization."""
-    ident = provider.get("identifier") or {}
-    if not ident.get("system") or not ident.get("value"):
-        return None
+    ident = provider["identifier"]
     out: JSON = {
         "resourceType": "Organization",
         "id": resource_id("Organization", f"{ident['system']}|{ident['value']}"),
@@ -97,12 +95,9 @@ def unit(provider: JSON, facility: str | None) -> JSON | None:
     return out
 
 
-def practitioner_role(practitioner: JSON, organization: JSON | None) -> JSON | None:
-    """The role of a practitioner (a Reference to him) for an organization, or for none."""
-    ref = str(practitioner.get("reference", ""))
-    if not ref.startswith("Practitioner/"):
-        return None
-    pid = ref.removeprefix("Practitioner/")
+def practitioner_role(practitioner: JSON, organization: JSON | None) -> JSON:
+    """The role of a practitioner (a ``Practitioner/<id>`` Reference to him) for an organization, or none."""
+    pid = str(practitioner["reference"]).removeprefix("Practitioner/")
     rid = pid if organization is None else f"{pid}{ROLE_ID_SEPARATOR}{organization['id'][:16]}"
     out: JSON = {
         "resourceType": "PractitionerRole",
@@ -129,15 +124,12 @@ def member(reference: JSON, *, role: str, source: str) -> Member:
     if target.startswith("Practitioner/"):
         organization = hospital(facility) if facility and role in HOSPITAL_ROLES else None
         found = practitioner_role(reference, organization)
-        if found is None:
-            return Member(reference, ())
         kept = {k: reference[k] for k in ("identifier", "display") if reference.get(k)}
         made = (found,) if organization is None else (found, organization)
         return Member({"reference": f"PractitionerRole/{found['id']}", **kept}, made)
-    if not target and reference.get("identifier"):
+    ident = reference.get("identifier") or {}
+    if not target and ident.get("system") and ident.get("value"):
         organization = unit(reference, facility)
-        if organization is None:
-            return Member(reference, ())
         made = (organization,) if facility is None else (organization, hospital(facility))
         return Member({"reference": f"Organization/{organization['id']}", **reference}, made)
     return Member(reference, ())

@@ -11,12 +11,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.canonical import FR_CORE_SD as FR_CORE
 from gateway.errors import MappingError, UnsupportedError, UnsupportedEventError
 from gateway.hl7.er7 import Message, Repetition, Segment
 from gateway.hl7.er7 import Path as HL7Path
 from gateway.mapping import directory
 from gateway.mapping.ids import resource_id
-from gateway.mapping.tables import ACTIONS, EventSpec, SegmentMap, Tables, load_tables
+from gateway.mapping.tables import ACTIONS, IDENTITY_KINDS, EventSpec, SegmentMap, Tables, load_tables
 from gateway.mapping.transforms import (
     BIRTH_LIST_GIVEN_NAME,
     BIRTH_PLACE,
@@ -28,7 +29,6 @@ from gateway.mapping.transforms import (
     parse_dtm,
 )
 
-FR_CORE = "https://hl7.fr/ig/fhir/core/StructureDefinition"
 PROFILE_PATIENT = f"{FR_CORE}/fr-core-patient"
 PROFILE_PATIENT_INS = f"{FR_CORE}/fr-core-patient-ins"
 PROFILE_ENCOUNTER = f"{FR_CORE}/fr-core-encounter"
@@ -45,8 +45,6 @@ INS_TABLE = "InsAuthority_to_IdentifierType"
 #: NK1 (next of kin, person to notify) → Patient.contact.
 CONTACT_MAP = "NK1_to_Contact"
 INS_C_SYSTEM = "urn:oid:1.2.250.1.213.1.4.2"
-#: Event kinds without a visit: their PV1 (often "PV1|1|N") is not read.
-VISITLESS_KINDS = frozenset({"person", "person-update", "change-identifier", "merge"})
 SUPPORTED_VERSIONS = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"})
 HL7_NULL = '""'
 IDENTITY_RELIABILITY = f"{FR_CORE}/fr-core-identity-reliability"
@@ -98,10 +96,6 @@ class Mapped:
     account: dict[str, Any] | None = None
     #: The PractitionerRole and Organization resources the circle's members named here point at.
     directory: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def visitless(self) -> bool:
-        return self.encounter is None
 
 
 def read_header(message: Message) -> Header:
@@ -157,7 +151,7 @@ class Engine:
         patient = self._patient(message, ctx)
         participations = self._participations(message, ctx)
         account = self._account_to_move(message, ctx) if event.kind == "move-account" else None
-        visit = event.kind not in VISITLESS_KINDS and account is None
+        visit = event.kind not in IDENTITY_KINDS and account is None  # their PV1 (often "PV1|1|N") is not read
         movement = self._movement(message, ctx) if visit else None
         encounter = self._encounter(message, ctx, patient_id=patient["id"]) if visit else None
         if encounter is not None:
@@ -179,7 +173,7 @@ class Engine:
             movement=movement,
             practitioners=sorted(ctx.practitioners.values(), key=lambda r: str(r["id"])),
             warnings=ctx.warnings,
-            recorded_at=self._recorded_at(message, header),
+            recorded_at=_recorded_at(message, header),
             prior=self._prior(message, ctx),
             participations=participations,
             account=account,
@@ -424,12 +418,9 @@ class Engine:
                 return parsed[0]
         return header.sent_at or datetime(1970, 1, 1, tzinfo=UTC)
 
-    @staticmethod
-    def _recorded_at(message: Message, header: Header) -> datetime | None:
-        return _recorded_at_impl(message, header)
 
-
-def _recorded_at_impl(message: Message, header: Header) -> datetime | None:
+def _recorded_at(message: Message, header: Header) -> datetime | None:
+    """When the sender recorded the event (EVN-2, else MSH-7): it orders corrections of one movement."""
     evn = message.segment("EVN")
     parsed = parse_dtm(evn.get(2)) if evn is not None and evn.get(2) else None
     return parsed[0] if parsed else header.sent_at

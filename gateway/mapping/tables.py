@@ -15,8 +15,12 @@ from gateway.hl7.er7 import Path as HL7Path
 
 _TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_]*(\[\])?)*$")
 
+#: Identity events carry no visit (DOMAIN.md §2): the engine does not read their PV1, the fold ignores them.
+IDENTITY_KINDS = frozenset({"person", "person-update", "change-identifier", "merge"})
+#: A correction of a past movement (ZBE-4 = UPDATE), not a movement itself.
+CORRECTION_KIND = "correction"
 #: Kinds of event the state engine knows (kept here so that table validation needs no state import).
-#: Visit kinds are folded by ``gateway.state.visits``; identity kinds carry no visit (DOMAIN.md §2).
+#: Visit kinds are folded by ``gateway.state.visits``.
 EVENT_KINDS = frozenset(
     {
         # movements (INSERT)
@@ -34,7 +38,7 @@ EVENT_KINDS = frozenset(
         "discharge",
         # visit changes without a movement
         "update",
-        "correction",
+        CORRECTION_KIND,
         "move-account",
         # cancels
         "cancel-preadmit",
@@ -47,13 +51,11 @@ EVENT_KINDS = frozenset(
         "cancel-return",
         "cancel-pending-discharge",
         "cancel-discharge",
-        # identity (no visit)
-        "person",
-        "person-update",
-        "change-identifier",
-        "merge",
+        *IDENTITY_KINDS,
     }
 )
+#: Kinds that undo an insert whatever ZBE-4 says (A06/A07 cancel only when ZBE-4 says CANCEL).
+CANCEL_KINDS = frozenset(kind for kind in EVENT_KINDS if kind.startswith("cancel-"))
 ACTIONS = frozenset({"INSERT", "UPDATE", "CANCEL"})
 #: Code tables the transforms read by name rather than through a rule's ``table`` argument.
 BUILTIN_CODE_TABLES = (
@@ -290,7 +292,7 @@ def _check_event(spec: EventSpec, events: dict[str, EventSpec], *, where: str) -
             raise ConfigError(f"{where}: cancels {cancelled}, which is not an INSERT event")
     if spec.action == "CANCEL" and not spec.cancels:
         raise ConfigError(f"{where}: a CANCEL event needs 'cancels' (the trigger(s) it undoes)")
-    if spec.kind == "correction" and spec.action != "UPDATE":
+    if spec.kind == CORRECTION_KIND and spec.action != "UPDATE":
         raise ConfigError(f"{where}: a correction is an UPDATE (ZBE-4), not {spec.action}")
 
 

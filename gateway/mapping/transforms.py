@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.canonical import CANONICAL_BASE, FR_CORE_SD
 from gateway.hl7.er7 import Repetition
 from gateway.mapping.ids import ADELI_SYSTEM, NATIONAL_PS, PS_OID, RPPS_SYSTEM, national_ps, resource_id
 from gateway.mapping.tables import Tables
@@ -29,7 +29,6 @@ _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,4})?
 PERSON_TRANSFORMS = frozenset({"participant_xcn", "practitioner_ref_xcn"})
 #: Systems the gateway mints where HL7 gives only a local namespace (valid URIs, stable across messages).
 LOCAL_SID = f"{CANONICAL_BASE}/sid"
-FR_CORE_SD = "https://hl7.fr/ig/fhir/core/StructureDefinition"
 PROFILE_PRACTITIONER = f"{FR_CORE_SD}/fr-core-practitioner"
 BIRTH_LIST_GIVEN_NAME = f"{FR_CORE_SD}/fr-core-patient-birth-list-given-name"
 INSEE_CODE = f"{FR_CORE_SD}/fr-core-address-insee-code"

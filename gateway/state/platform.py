@@ -14,20 +14,23 @@ from typing import Any
 import orjson
 from fhir.resources.R4B.careteam import CareTeam as CareTeamModel
 from pydantic import ValidationError
-from sqlalchemy import Connection
 
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.repo import StoredResource
 from gateway.db.unit import UnitOfWork
-from gateway.errors import FhirError, NotFoundError, PreconditionFailedError
+from gateway.errors import (
+    BusinessRuleError,
+    FhirError,
+    NotFoundError,
+    PreconditionFailedError,
+    RequiredElementError,
+    StructureError,
+)
 from gateway.mapping.tables import Tables
 from gateway.state.apply import PLATFORM, Unit, refold_careteam
 from gateway.state.careteam import SOURCE_EXT, is_platform, source_of
 
 JSON = dict[str, Any]
-
-
-def _unprocessable(text: str) -> FhirError:
-    return FhirError(text, status=422, issue_code="business-rule")
 
 
 def _tag(participant: JSON, platform: str) -> JSON:
@@ -49,7 +52,7 @@ def _load(unit: Unit, team_id: str, *, if_match: str | None) -> StoredResource:
     if current is None or current.deleted:
         raise NotFoundError(f"CareTeam/{team_id} not found")
     if current.content.get("status") == "inactive":
-        raise _unprocessable("this care circle belongs to a patient merged into another: edit the survivor's")
+        raise BusinessRuleError("this care circle belongs to a patient merged into another: edit the survivor's")
     if if_match is not None and if_match.strip().removeprefix("W/").strip('"') != str(current.version_id):
         raise PreconditionFailedError(f"CareTeam/{team_id} is at version {current.version_id}")
     return current
@@ -97,35 +100,33 @@ def replace(
     With ``own_only`` (an authenticated platform), other platforms' members must come back unchanged too.
     """
     if body.get("resourceType") != "CareTeam" or body.get("id") not in (None, team_id):
-        raise FhirError("the body must be this CareTeam", issue_code="invalid")
+        raise FhirError("the body must be this CareTeam")
     try:
         CareTeamModel.model_validate({k: v for k, v in body.items() if k != "meta"})
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise FhirError(
-            f"invalid CareTeam: {'.'.join(map(str, first['loc']))}: {first['msg']}", issue_code="structure"
-        ) from exc
+        raise StructureError(f"invalid CareTeam: {'.'.join(map(str, first['loc']))}: {first['msg']}") from exc
     unit = Unit.of(UnitOfWork(conn), now=now, message_id=0, tables=tables)
     current = _load(unit, team_id, if_match=if_match)
     if body.get("subject") and body["subject"] != current.content["subject"]:
-        raise _unprocessable("a care circle stays with its patient: subject cannot change")
+        raise BusinessRuleError("a care circle stays with its patient: subject cannot change")
     sent = body.get("participant", [])
     hospital_now = [p for p in current.content.get("participant", []) if not is_platform(p)]
     hospital_sent = [p for p in sent if source_of(p) and not is_platform(p)]
     if sorted(map(_member_fingerprint, hospital_sent)) != sorted(map(_member_fingerprint, hospital_now)):
-        raise _unprocessable(
+        raise BusinessRuleError(
             "hospital-sourced participants are maintained by the hospital feed: send them back unchanged"
         )
     kept: list[JSON] = []
     if own_only:
         kept = _theirs(current.content.get("participant", []), platform)
         if sorted(map(_member_fingerprint, _theirs(sent, platform))) != sorted(map(_member_fingerprint, kept)):
-            raise _unprocessable("members other platforms added are theirs: send them back unchanged")
+            raise BusinessRuleError("members other platforms added are theirs: send them back unchanged")
         sent = [p for p in sent if p not in _theirs(sent, platform)]
     mine = [_tag(p, platform) for p in sent if not source_of(p) or is_platform(p)]
     for participant in mine:
         if not participant.get("member"):
-            raise FhirError("each participant needs a member", issue_code="required")
+            raise RequiredElementError("each participant needs a member")
     mine = _started(mine, _platform_participants(current.content), now=now)
     return _save(unit, current, kept + mine), unit
 
@@ -154,7 +155,7 @@ def _member_fingerprint(participant: JSON) -> str:
 
 def _param(params: JSON, name: str) -> JSON | None:
     if params.get("resourceType") != "Parameters":
-        raise FhirError("the body must be a Parameters resource", issue_code="invalid")
+        raise FhirError("the body must be a Parameters resource")
     return next((p for p in params.get("parameter", []) if p.get("name") == name), None)
 
 
@@ -162,7 +163,7 @@ def _member_args(params: JSON, *, moment: str, now: datetime) -> tuple[JSON, JSO
     """(member, role or None, the start/end date: given, else now) from an operation's Parameters."""
     member = (_param(params, "member") or {}).get("valueReference")
     if not member:
-        raise FhirError("parameter 'member' (valueReference) is required", issue_code="required")
+        raise RequiredElementError("parameter 'member' (valueReference) is required")
     role = (_param(params, "role") or {}).get("valueCodeableConcept")
     when = (_param(params, moment) or {}).get("valueDateTime") or now.isoformat(timespec="seconds")
     return member, role, str(when)
@@ -218,6 +219,6 @@ def end_member(
     if not ended:
         hospital = any(_member_key(p["member"]) == _member_key(member) for p in current.content.get("participant", []))
         if hospital:
-            raise _unprocessable("this member comes from the hospital feed: only the hospital ends it")
+            raise BusinessRuleError("this member comes from the hospital feed: only the hospital ends it")
         raise NotFoundError("no open platform participation for this member")
     return _save(unit, current, mine), unit

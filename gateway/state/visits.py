@@ -33,16 +33,17 @@ from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
+from gateway.canonical import CANONICAL_BASE
 from gateway.mapping import directory
 from gateway.mapping.engine import PROFILE_ENCOUNTER
 from gateway.mapping.ids import resource_id
-from gateway.mapping.tables import EVENT_KINDS, CodeRow
+from gateway.mapping.tables import CANCEL_KINDS, CORRECTION_KIND, CodeRow
 
 JSON = dict[str, Any]
 
-MOVEMENT_TYPE_SYSTEM = "https://gateway.e-parcours.example/fhir/CodeSystem/movement-type"
+MOVEMENT_TYPE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/movement-type"
 #: ZBE-9 natures outside the PAM-FR table, kept as the hospital sent them.
-RAW_NATURE_SYSTEM = "https://gateway.e-parcours.example/fhir/CodeSystem/movement-nature-as-sent"
+RAW_NATURE_SYSTEM = f"{CANONICAL_BASE}/CodeSystem/movement-nature-as-sent"
 #: Stand-in for "not given" in :class:`VisitFact`: then the sender recorded the event when it happened.
 UNRECORDED = datetime.min.replace(tzinfo=UTC)
 
@@ -79,11 +80,6 @@ KINDS: dict[str, KindRule] = {
 }
 #: What a fact outside ``KINDS`` (a cancel, a correction) would do as an insert: nothing.
 _INERT = KindRule(9, None, movement=False, present=False, chained=False)
-#: Kinds that undo an insert whatever ZBE-4 says (A06/A07 cancel only when ZBE-4 says CANCEL).
-CANCEL_KINDS = frozenset(kind for kind in EVENT_KINDS if kind.startswith("cancel-"))
-CORRECTION_KIND = "correction"
-#: Identity events carry no visit: the engine and apply layer route them elsewhere; the fold ignores them.
-IDENTITY_KINDS = frozenset({"person", "person-update", "change-identifier", "merge"})
 _ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 #: A06/A07 without PV1-2: the class the event itself means (rows I and O of PatientClass_to_EncounterClass).
 CLASS_BY_TRIGGER: dict[str, JSON] = {

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
+from gateway.config import DEFAULT_DELIVERY_TIMEOUT
+
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER: Final = "X-Gateway-Signature"
@@ -206,7 +208,7 @@ class RestHookChannel:
     bodies are never read: they could echo health data or be arbitrarily large.
     """
 
-    def __init__(self, client: httpx.AsyncClient, *, timeout: float = 10.0) -> None:
+    def __init__(self, client: httpx.AsyncClient, *, timeout: float = DEFAULT_DELIVERY_TIMEOUT) -> None:
         self._client = client
         self._deadline = timeout
         self._timeout = httpx.Timeout(timeout)

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
-from gateway.errors import FhirError
-from gateway.fhir.tokens import split_tokens
+from gateway.errors import FhirError, UnsupportedSearchError
 from gateway.subscriptions.nde import event_type_codes
+from gateway.token_lists import split_tokens
 
 JSON = dict[str, Any]
 
@@ -43,15 +43,15 @@ def parse_criteria(text: str, *, resource: str) -> list[Filter]:
     if "?" in text:
         rtype, _, query = text.partition("?")
         if rtype and rtype != resource:
-            raise FhirError(f"filter criteria apply to {resource}, not {rtype}", issue_code="not-supported")
+            raise UnsupportedSearchError(f"filter criteria apply to {resource}, not {rtype}")
     else:
         query = text
     filters = []
     for param, value in parse_qsl(query, keep_blank_values=True, strict_parsing=False):
         if param not in SUPPORTED.get(resource, frozenset()):
-            raise FhirError(f"filter parameter {param!r} is not supported for {resource}", issue_code="not-supported")
+            raise UnsupportedSearchError(f"filter parameter {param!r} is not supported for {resource}")
         if not value:
-            raise FhirError(f"filter parameter {param!r} has no value", issue_code="invalid")
+            raise FhirError(f"filter parameter {param!r} has no value")
         filters.append(Filter(param, value))
     return filters
 

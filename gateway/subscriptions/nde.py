@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Final
 
+from gateway.canonical import FR_CORE_SD, TRE_R254_SYSTEM
+
 JSON = dict[str, Any]
 
 IG: Final = "https://interop.esante.gouv.fr/ig/fhir/nde"
@@ -29,7 +31,7 @@ EXT_SUBSCRIPTION_DATE: Final = f"{SD}/subscription-date"
 EXT_RECIPIENT_ENDPOINT: Final = f"{SD}/recipient-endpoint"
 
 #: TRE_R254-TypeEvenement, the code system of JDV_J46 (the binding of the event-type extension).
-EVENT_TYPE_SYSTEM: Final = "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement"
+EVENT_TYPE_SYSTEM: Final = TRE_R254_SYSTEM
 #: The NdE CapabilityStatements (FSH ids under the IG canonical) for the roles the gateway plays.
 CAPABILITY_SUBSCRIPTION_MANAGER: Final = f"{IG}/CapabilityStatement/NdE-GestionnaireDAbonnements"
 CAPABILITY_NOTIFICATION_MANAGER: Final = f"{IG}/CapabilityStatement/NdE-GestionnaireDeNotifications"
@@ -39,7 +41,7 @@ CAPABILITY_EMITTER: Final = f"{IG}/CapabilityStatement/NdE-Emetteur"
 DIALECT: Final = "nde"
 
 #: FR Core profiles the contained resources may claim (NdE: "le profil français doit être utilisé").
-FR_CORE: Final = "https://hl7.fr/ig/fhir/core/StructureDefinition"
+FR_CORE: Final = FR_CORE_SD
 CONTAINED_TYPES: Final = frozenset({"Patient", "Practitioner", "Organization", "RelatedPerson"})
 
 

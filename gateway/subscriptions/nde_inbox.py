@@ -16,11 +16,11 @@ from typing import Final
 
 from fhir.resources.R4B.communicationrequest import CommunicationRequest as CommunicationRequestModel
 from pydantic import ValidationError
-from sqlalchemy import Connection
 
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.repo import ResourceRepo, StoredResource
 from gateway.db.unit import UnitOfWork
-from gateway.errors import FhirError
+from gateway.errors import FhirError, ProfileViolationError, StorageError, StructureError
 from gateway.mapping.tables import Tables
 from gateway.state.apply import Unit, record_received
 from gateway.subscriptions.nde import (
@@ -136,16 +136,16 @@ def problems(resource: JSON) -> list[str]:
 def receive(conn: Connection, body: JSON, *, tables: Tables, now: datetime) -> StoredResource:
     """Check, store and (for a declaration) notify; a new server-assigned id, as for any create."""
     if body.get("resourceType") != "CommunicationRequest":
-        raise FhirError("the body must be a CommunicationRequest", issue_code="invalid")
+        raise FhirError("the body must be a CommunicationRequest")
     try:
         CommunicationRequestModel.model_validate({k: v for k, v in body.items() if k not in ("id", "meta")})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise FhirError(f"invalid CommunicationRequest: {where}: {first.get('msg')}", issue_code="structure") from exc
+        raise StructureError(f"invalid CommunicationRequest: {where}: {first.get('msg')}") from exc
     found = problems(body)
     if found:
-        raise FhirError("; ".join(found), status=422, issue_code="invariant", location=found[0].split(":")[0])
+        raise ProfileViolationError("; ".join(found), location=found[0].split(":")[0])
     kind = kind_of(body)
     resource = {k: v for k, v in body.items() if k not in ("id", "meta", "text")}
     resource["id"] = uuid.uuid4().hex
@@ -155,7 +155,7 @@ def receive(conn: Connection, body: JSON, *, tables: Tables, now: datetime) -> S
     unit = Unit.of(UnitOfWork(conn), now=now, message_id=0, tables=tables)
     stored = record_received(unit, resource)
     if stored is None:  # cannot happen for a new id; keeps the type honest
-        raise FhirError("the CommunicationRequest was not stored", status=500, issue_code="exception")
+        raise StorageError("the CommunicationRequest was not stored")
     return stored
 
 

@@ -20,10 +20,10 @@ from datetime import datetime
 from typing import Final
 
 import orjson
-from sqlalchemy import Connection
 
+from gateway.canonical import CANONICAL_BASE
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.repo import OutboxRecord, ResourceRepo, SubscriptionRecord
-from gateway.fhir.canonical import CANONICAL_BASE
 from gateway.mapping.ids import resource_id
 from gateway.mapping.tables import CodeRow
 from gateway.subscriptions.channels import DeliveryResult

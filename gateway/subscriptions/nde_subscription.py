@@ -16,8 +16,13 @@ from datetime import datetime
 from typing import Final
 from urllib.parse import parse_qsl
 
-from gateway.errors import FhirError
-from gateway.fhir.tokens import split_tokens
+from gateway.errors import (
+    ProfileCodeError,
+    ProfileRequiredError,
+    ProfileUnsupportedError,
+    ProfileValueError,
+    ProfileViolationError,
+)
 from gateway.mapping.tables import CodeRow
 from gateway.subscriptions.nde import (
     CONTAINED_TYPES,
@@ -36,6 +41,7 @@ from gateway.subscriptions.nde import (
     extensions,
     join_tokens,
 )
+from gateway.token_lists import split_tokens
 
 #: Extension → (element name in errors, resource types its reference may target; empty: a dateTime).
 REQUIRED: Final[dict[str, tuple[str, frozenset[str]]]] = {
@@ -76,8 +82,10 @@ def is_nde(body: JSON) -> bool:
     return any(isinstance(e, dict) and str(e.get("url", "")).startswith(f"{SD}/") for e in body.get("extension", []))
 
 
-def _refuse(element: str, message: str, *, code: str = "required") -> FhirError:
-    return FhirError(f"{element}: {message}", status=422, issue_code=code, location=element)
+def _refuse(
+    element: str, message: str, *, kind: type[ProfileViolationError] = ProfileRequiredError
+) -> ProfileViolationError:
+    return kind(f"{element}: {message}", location=element)
 
 
 def _one(body: JSON, url: str) -> JSON:
@@ -95,7 +103,7 @@ def _date_time(ext: JSON, element: str) -> datetime:
     except ValueError:
         value = None
     if value is None or value.tzinfo is None:
-        raise _refuse(element, "valueDateTime must be a date and time with its offset", code="value")
+        raise _refuse(element, "valueDateTime must be a date and time with its offset", kind=ProfileValueError)
     return value
 
 
@@ -107,9 +115,11 @@ def _target(body: JSON, url: str) -> JSON:
         raise _refuse(element, "a reference to a contained resource is required")
     resource = contained(body, str(ref))
     if resource is None:
-        raise _refuse(element, f"{ref!r} names no contained resource (NdE references are contained)", code="value")
+        raise _refuse(
+            element, f"{ref!r} names no contained resource (NdE references are contained)", kind=ProfileValueError
+        )
     if resource.get("resourceType") not in types:
-        raise _refuse(element, f"must reference a contained {' or '.join(sorted(types))}", code="value")
+        raise _refuse(element, f"must reference a contained {' or '.join(sorted(types))}", kind=ProfileValueError)
     return resource
 
 
@@ -123,7 +133,7 @@ def _check_contained(body: JSON) -> None:
             raise _refuse(
                 f"Subscription.contained[{index}]",
                 f"must be a FR Core {', '.join(sorted(CONTAINED_TYPES))}",
-                code="value",
+                kind=ProfileValueError,
             )
         if not item.get("id"):
             raise _refuse(f"Subscription.contained[{index}].id", "a contained resource needs an id")
@@ -137,7 +147,7 @@ def _event_type(body: JSON, known: Mapping[str, CodeRow]) -> str:
         raise _refuse(element, f"a coding from TRE_R254-TypeEvenement ({EVENT_TYPE_SYSTEM}) is required")
     system, code = codes[0]
     if system != EVENT_TYPE_SYSTEM or code not in known:
-        raise _refuse(element, f"{system}|{code} is not a TRE_R254 event type", code="code-invalid")
+        raise _refuse(element, f"{system}|{code} is not a TRE_R254 event type", kind=ProfileCodeError)
     return code
 
 
@@ -152,9 +162,11 @@ def _criteria(body: JSON) -> list[tuple[str, str]]:
     pairs = parse_qsl(query, keep_blank_values=True)
     for name, value in pairs:
         if name not in CRITERIA_PARAMS:
-            raise _refuse("Subscription.criteria", f"search parameter {name!r} is not supported", code="not-supported")
+            raise _refuse(
+                "Subscription.criteria", f"search parameter {name!r} is not supported", kind=ProfileUnsupportedError
+            )
         if not value:
-            raise _refuse("Subscription.criteria", f"search parameter {name!r} has no value", code="value")
+            raise _refuse("Subscription.criteria", f"search parameter {name!r} has no value", kind=ProfileValueError)
     return pairs
 
 
@@ -163,12 +175,14 @@ def _codes(values: list[str], *, known: Mapping[str, CodeRow], emitted: frozense
     for token in values:
         system, sep, code = token.rpartition("|")
         if (sep and system not in ("", EVENT_TYPE_SYSTEM)) or code not in known:
-            raise _refuse("Subscription.criteria", f"event-type {token!r} is not a TRE_R254 code", code="code-invalid")
+            raise _refuse(
+                "Subscription.criteria", f"event-type {token!r} is not a TRE_R254 code", kind=ProfileCodeError
+            )
         if code not in emitted:
             raise _refuse(
                 "Subscription.criteria",
                 f"event-type {code} is never emitted here (ADT feeds express {', '.join(sorted(emitted))})",
-                code="not-supported",
+                kind=ProfileUnsupportedError,
             )
         codes.append(code)
     return codes
@@ -184,7 +198,7 @@ def _identifiers(patient: JSON) -> list[str]:
             raise _refuse(
                 f"Subscription.contained[Patient].identifier[{index}].system",
                 "a patient identifier needs its system (INS OID, or the IPP's assigning authority)",
-                code="value",
+                kind=ProfileValueError,
             )
         out.append(f"{ident['system']}|{ident['value']}")
     return out
@@ -196,7 +210,9 @@ def parse_nde(body: JSON, *, known: Mapping[str, CodeRow], emitted: frozenset[st
     start = _date_time(_one(body, EXT_START), "Subscription.extension[Start].valueDateTime")
     subscription_date = extensions(body, EXT_SUBSCRIPTION_DATE)
     if len(subscription_date) > 1:
-        raise _refuse("Subscription.extension[SubscriptionDate]", "at most one SubscriptionDate", code="value")
+        raise _refuse(
+            "Subscription.extension[SubscriptionDate]", "at most one SubscriptionDate", kind=ProfileValueError
+        )
     if subscription_date:
         _date_time(subscription_date[0], "Subscription.extension[SubscriptionDate].valueDateTime")
     patient = _target(body, EXT_SUBJECT)

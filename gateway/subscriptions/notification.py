@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.canonical import CANONICAL_BASE, TRE_R254_SYSTEM
 
 NOTIFICATION_PROFILE: Final = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-subscription-notification-r4"
@@ -20,7 +20,7 @@ STATUS_PROFILE: Final = (
 EVENT_CODE_EXTENSION_URL: Final = "https://interop.esante.gouv.fr/ig/fhir/nde/StructureDefinition/event-type"
 #: Extension on a ``notification-event`` for the care circle topic: who joined (``joined``) or left (``left``).
 MEMBER_CHANGE_EXTENSION_URL: Final = f"{CANONICAL_BASE}/StructureDefinition/careteam-member-change"
-EVENT_CODE_SYSTEM: Final = "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement"
+EVENT_CODE_SYSTEM: Final = TRE_R254_SYSTEM
 
 SUBSCRIPTION_STATUSES: Final = frozenset({"requested", "active", "error", "off"})
 NOTIFICATION_TYPES: Final = frozenset({"handshake", "heartbeat", "event-notification", "query-status", "query-event"})

@@ -6,6 +6,8 @@ import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from gateway.config import DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_RETRY_HORIZON
+
 #: Past this exponent ``2.0 ** n`` stops being a finite float; any sane cap is reached long before.
 _MAX_EXPONENT = 1023
 
@@ -23,10 +25,10 @@ class RetryPolicy:
     ``random.Random`` so that tests are deterministic.
     """
 
-    base: float = 1.0
-    cap: float = 600.0
+    base: float = DEFAULT_RETRY_BASE
+    cap: float = DEFAULT_RETRY_CAP
     #: Seconds after the first failure after which we give up; ``None`` or ``0`` = never give up.
-    horizon: float | None = 86400.0
+    horizon: float | None = DEFAULT_RETRY_HORIZON
 
     def __post_init__(self) -> None:
         if self.base < 0 or self.cap < 0:

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.fhir.tokens import split_tokens
+from gateway.token_lists import split_tokens
 
 JSON = dict[str, Any]
 #: Filters that select patients by something other than who they are (their circle, the sender, the stay).

@@ -12,12 +12,21 @@ from typing import Any
 
 from fhir.resources.R4B.subscription import Subscription as SubscriptionModel
 from pydantic import ValidationError
-from sqlalchemy import Connection
 
+from gateway.canonical import BACKPORT_SD, CANONICAL_BASE
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.indexing import search_entries
 from gateway.db.repo import OutboxRepo, ResourceRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
-from gateway.errors import FhirError, NotFoundError
-from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.errors import (
+    ElementValueError,
+    EndpointRefusedError,
+    FhirError,
+    ForbiddenError,
+    NotFoundError,
+    NotSupportedError,
+    ProfileValueError,
+    StructureError,
+)
 from gateway.mapping.tables import EVENT_TYPE_TABLE, EVENT_TYPE_TERMINOLOGY, Tables
 from gateway.subscriptions import nde
 from gateway.subscriptions.channels import channel_header_refusal
@@ -27,7 +36,7 @@ from gateway.subscriptions.nde_subscription import is_nde, parse_nde
 from gateway.subscriptions.topics import BY_URL, TOPIC_BASE
 
 JSON = dict[str, Any]
-BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+BACKPORT = BACKPORT_SD
 FILTER_CRITERIA = f"{BACKPORT}/backport-filter-criteria"
 PAYLOAD_CONTENT = f"{BACKPORT}/backport-payload-content"
 HEARTBEAT_PERIOD = f"{BACKPORT}/backport-heartbeat-period"
@@ -90,25 +99,25 @@ def _int_extension(channel: JSON, url: str, *, minimum: int, maximum: int | None
 
 def _validate(body: JSON) -> None:
     if body.get("resourceType") != "Subscription":
-        raise FhirError("the body must be a Subscription resource", issue_code="invalid")
+        raise FhirError("the body must be a Subscription resource")
     try:
         SubscriptionModel.model_validate({k: v for k, v in body.items() if k not in ("id", "meta")})
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise FhirError(f"invalid Subscription: {where}: {first.get('msg')}", issue_code="structure") from exc
+        raise StructureError(f"invalid Subscription: {where}: {first.get('msg')}") from exc
 
 
 def _endpoint(channel: JSON, *, allowlist: list[str], resolver: Resolver | None) -> str:
     endpoint = str(channel.get("endpoint") or "")
     if channel.get("type") == "email":
         if not _MAILTO.match(endpoint):
-            raise FhirError("an email channel needs a single mailto: address as endpoint", issue_code="value")
+            raise ElementValueError("an email channel needs a single mailto: address as endpoint")
         return endpoint
     kwargs = {"resolver": resolver} if resolver else {}
     refusal = check_endpoint(endpoint, allowlist=allowlist, **kwargs)
     if refusal:
-        raise FhirError(f"channel.endpoint refused: {refusal}", issue_code="security")
+        raise EndpointRefusedError(f"channel.endpoint refused: {refusal}")
     return endpoint
 
 
@@ -116,7 +125,7 @@ def _channel_headers(channel: JSON) -> list[str]:
     headers = channel.get("header") or []
     refusal = channel_header_refusal(headers if isinstance(headers, list) else [headers])
     if refusal:
-        raise FhirError(refusal, status=422, issue_code="value", location="Subscription.channel.header")
+        raise ProfileValueError(refusal, location="Subscription.channel.header")
     return [str(h) for h in headers]
 
 
@@ -129,9 +138,7 @@ def _end(body: JSON) -> datetime | None:
     except ValueError:
         end = None
     if end is None or end.tzinfo is None:
-        raise FhirError(
-            "Subscription.end must be an instant with its offset", issue_code="value", location="Subscription.end"
-        )
+        raise ElementValueError("Subscription.end must be an instant with its offset", location="Subscription.end")
     return end
 
 
@@ -147,7 +154,7 @@ def parse_subscription(
     _validate(body)
     if is_nde(body):
         if tables is None:
-            raise FhirError("ANS NdE subscriptions are not accepted here", issue_code="not-supported")
+            raise NotSupportedError("ANS NdE subscriptions are not accepted here")
         request = parse_nde(
             body,
             known=tables.codes[EVENT_TYPE_TERMINOLOGY],
@@ -169,7 +176,7 @@ def parse_subscription(
     topic = BY_URL.get(str(body.get("criteria", "")))
     if topic is None:
         known = ", ".join(sorted(BY_URL))
-        raise FhirError(f"criteria must be a topic canonical URL; known topics: {known}", issue_code="not-supported")
+        raise NotSupportedError(f"criteria must be a topic canonical URL; known topics: {known}")
     filters = []
     for ext in _extensions(body.get("_criteria"), FILTER_CRITERIA):
         filters += [f.as_json() for f in parse_criteria(str(ext.get("valueString", "")), resource=topic.resource)]
@@ -191,20 +198,20 @@ def _channel(body: JSON, *, allowlist: list[str], resolver: Resolver | None) -> 
     channel = body.get("channel") or {}
     channel_type = str(channel.get("type"))
     if channel_type not in CHANNEL_TYPES:
-        raise FhirError(f"channel.type must be one of {sorted(CHANNEL_TYPES)}", issue_code="not-supported")
+        raise NotSupportedError(f"channel.type must be one of {sorted(CHANNEL_TYPES)}")
     if channel_type == "rest-hook" and channel.get("payload", "application/fhir+json") not in (
         "application/fhir+json",
         "application/json",
     ):
-        raise FhirError("channel.payload must be application/fhir+json", issue_code="not-supported")
+        raise NotSupportedError("channel.payload must be application/fhir+json")
     allowed = EMAIL_CONTENTS if channel_type == "email" else PAYLOAD_CONTENTS
     default = DEFAULT_PAYLOAD_CONTENT
     content = next((str(e.get("valueCode")) for e in _extensions(channel.get("_payload"), PAYLOAD_CONTENT)), default)
     if content not in allowed:
-        raise FhirError(f"payload content for {channel_type} must be one of {sorted(allowed)}", issue_code="value")
+        raise ElementValueError(f"payload content for {channel_type} must be one of {sorted(allowed)}")
     secret = next((str(e.get("valueString")) for e in _extensions(channel, SIGNING_SECRET)), None)
     if secret is not None and len(secret) < 16:
-        raise FhirError("a signing secret must be at least 16 characters", issue_code="value")
+        raise ElementValueError("a signing secret must be at least 16 characters")
     return {
         "endpoint": _endpoint(channel, allowlist=allowlist, resolver=resolver),
         "channel_type": channel_type,
@@ -225,11 +232,9 @@ def _initial_status(parsed: Parsed, *, now: datetime) -> str:
 def _check_population(parsed: Parsed, *, may_select_population: bool) -> None:
     if may_select_population or any(f["param"] in NAMING_FILTERS for f in parsed.filters):
         return
-    raise FhirError(
+    raise ForbiddenError(
         "this subscription selects patients nobody named (no patient, identifier or care-team-member filter): "
-        "it needs the gateway/population scope, granted by the operator",
-        status=403,
-        issue_code="forbidden",
+        "it needs the gateway/population scope, granted by the operator"
     )
 
 
@@ -242,7 +247,7 @@ def _unmasked(headers: list[str], current: list[str]) -> list[str]:
         if value.strip() == MASK and name.strip().lower() in before:
             out.append(before[name.strip().lower()])
         elif value.strip() == MASK:
-            raise FhirError(f"channel.header {name.strip()!r}: send its value, not the mask", issue_code="value")
+            raise ElementValueError(f"channel.header {name.strip()!r}: send its value, not the mask")
         else:
             out.append(header)
     return out
@@ -263,7 +268,7 @@ def create_subscription(
     parsed = parse_subscription(body, allowlist=allowlist, resolver=resolver, tables=tables)
     _check_population(parsed, may_select_population=may_select_population)
     if any(h.partition(":")[2].strip() == MASK for h in parsed.headers):
-        raise FhirError("channel.header: send the header's value, not the mask", issue_code="value")
+        raise ElementValueError("channel.header: send the header's value, not the mask")
     secret = parsed.secret or secrets.token_urlsafe(32)
     record = SubscriptionRecord(
         id=uuid.uuid4().hex,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.fhir.canonical import CANONICAL_BASE
+from gateway.canonical import CANONICAL_BASE
 
 TOPIC_BASE = f"{CANONICAL_BASE}/SubscriptionTopic"
 ACTIVE = frozenset({"in-progress", "onleave", "arrived", "triaged"})

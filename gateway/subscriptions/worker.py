@@ -24,6 +24,7 @@ from sqlalchemy import Connection
 from sqlalchemy import Engine as DB
 
 from gateway.auth.audit import event_patient, notification_records
+from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.db.access import AuditRepo
 from gateway.db.engine import reading, transaction
@@ -74,10 +75,6 @@ def _audit_delivery(conn: Connection, job: Job, *, now: datetime) -> None:
             client_id=owner, client_name=owner, patients=sent, topic=job.subscription.topic, now=now
         )
         AuditRepo(conn).add(records)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def notification_events(conn: Connection, rows: list[OutboxRecord], *, payload_content: str) -> list[NotificationEvent]:

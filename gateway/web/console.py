@@ -16,7 +16,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from gateway.api.deps import RuntimeDep
+from gateway.api.deps import AccessDep, RuntimeDep
+from gateway.clock import utcnow
 from gateway.db.console import MessageFilter, find_messages, subscription_lines
 from gateway.db.engine import transaction
 from gateway.db.repo import MessageRecord, MessageRepo, ResourceRepo
@@ -24,7 +25,6 @@ from gateway.errors import GatewayError, NotFoundError
 from gateway.hl7 import er7
 from gateway.mapping.engine import Engine
 from gateway.metrics import record_message
-from gateway.pipeline import utcnow
 from gateway.state.careteam import careteam_id
 from gateway.subscriptions.service import resend
 from gateway.web.live import LiveSampler
@@ -176,8 +176,14 @@ def touched(engine: Engine, raw: bytes) -> list[str]:
 
 @router.get("/messages/{message_id}", response_class=HTMLResponse)
 async def message_page(
-    request: Request, message_id: int, runtime: RuntimeDep, replayed: str = Query(default="", max_length=2)
+    request: Request,
+    message_id: int,
+    runtime: RuntimeDep,
+    access: AccessDep,
+    replayed: str = Query(default="", max_length=2),
 ) -> HTMLResponse:
+    """The raw message is patient data: an operator's view is audited, as on ``/admin/messages/{id}``."""
+
     def work() -> tuple[MessageRecord, list[dict[str, Any]]]:
         with runtime.db.connect() as conn:
             record = MessageRepo(conn).get(message_id)
@@ -193,6 +199,7 @@ async def message_page(
             return record, changed
 
     record, changed = await run_in_threadpool(work)
+    access.trail.raw_message(message_id)
     context = {
         "m": record,
         "segments": segments_of(record.raw, ack=record.ack),

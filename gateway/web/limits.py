@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from gateway.auth.policy import Principal
+
 #: Buckets kept at most; the least recently seen client is forgotten first (it then starts full again).
 MAX_CLIENTS = 10_000
 
@@ -52,11 +54,13 @@ class RateLimiter:
             return (1.0 - bucket.tokens) / self.rate
 
 
-def client_key(request: Request) -> str:
-    """The client a limit applies to: its address.
+def client_key(request: Request, principal: Principal | None = None) -> str:
+    """The client a limit applies to: the authenticated client when there is one, else its address.
 
-    Not its bearer token: while any token is accepted (no ``GATEWAY_API_TOKEN``), a client could send a
-    new one per call to escape the limit. Once client identities exist (the identities issue), the
-    authenticated client id is the key.
+    Not a bearer token as such: where any token is accepted (the local mode), a client could send a new one
+    per call to escape the limit. A registered client (token or session) is limited as itself, wherever
+    it calls from, and does not share its budget with others behind the same proxy.
     """
+    if principal is not None and principal.authenticated:
+        return "client:" + principal.client_id
     return "addr:" + (request.client.host if request.client else "unknown")

@@ -9,7 +9,8 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from gateway.web import console, pages
+from gateway.auth.sessions import SignInRequired
+from gateway.web import console, pages, signin
 from gateway.web.live import LiveSampler
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -25,3 +26,5 @@ def install(app: FastAPI, *, registries: Sequence[CollectorRegistry] = (REGISTRY
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(pages.router)
     app.include_router(console.router)
+    app.include_router(signin.router)
+    app.add_exception_handler(SignInRequired, signin.to_sign_in)

@@ -8,6 +8,7 @@ from fastapi.responses import HTMLResponse
 
 from gateway.api.deps import RuntimeDep
 from gateway.web.samples import build_samples
+from gateway.web.signin import show_session
 from gateway.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -16,6 +17,7 @@ SWAGGER = "/static/swagger"
 
 @router.get("/sandbox", response_class=HTMLResponse)
 async def sandbox_page(request: Request, runtime: RuntimeDep) -> HTMLResponse:
+    show_session(request, runtime)
     samples = build_samples(runtime.engine.tables)
     settings = runtime.settings
     limits = {"cpu": settings.sandbox_cpu_seconds, "bytes": settings.sandbox_max_bytes}

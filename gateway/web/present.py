@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from gateway.hl7 import er7
 from gateway.hl7.ack import AckIssue
+from gateway.subscriptions.nde_inbox import problems as nde_problems
 from gateway.web.trial import Step, Trial
 
 JSON = dict[str, Any]
@@ -27,14 +28,16 @@ def skipped_reason(skipped: int, *, cpu_seconds: float) -> str | None:
 def present_trial(trial: Trial, *, cpu_seconds: float) -> JSON:
     """The ``POST /sandbox/convert`` answer (see the OpenAPI description of that route)."""
     final = trial.resources()
+    orders = [o for step in trial.steps for o in step.nde_orders]
     return {
         "messages": [present_step(step) for step in trial.steps],
         "skipped": trial.skipped,
         "skippedReason": skipped_reason(trial.skipped, cpu_seconds=cpu_seconds),
         "bundle": {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": r} for r in final]},
         "summaries": [{"reference": _ref(r), "summary": summarize(r)} for r in final],
-        "validation": validate_all(final),
+        "validation": validate_all([*final, *orders]),
         "notifications": [n for step in trial.steps for n in step.notifications],
+        "nde_orders": orders,
         "timeline": timeline(final),
         "care_circle": care_circle_history(trial.steps),
     }
@@ -53,6 +56,7 @@ def present_step(step: Step) -> JSON:
             for s in step.changed
         ],
         "notifications": len(step.notifications),
+        "nde_orders": len(step.nde_orders),
     }
 
 
@@ -186,11 +190,14 @@ def care_circle_history(steps: list[Step]) -> list[JSON]:
 
 
 def validate_all(resources: list[JSON]) -> list[JSON]:
-    """Findings per resource: the FHIR R4 structure check (fhir.resources) and the profiles it claims.
+    """Findings per resource: the FHIR R4 structure check (fhir.resources), the profiles it claims, and, for
+    the ANS NdE CommunicationRequests (declarations, orders), the NdE FSH rules the gateway itself enforces
+    on those it receives (``gateway.subscriptions.nde_inbox``).
 
-    The profile rules themselves (FR Core, CDS) are checked by the conformance suite; what the page
-    shows here is what a structural parse finds, which catches most mapping mistakes an integrator
-    can cause (bad dates, codes in the wrong element, empty values).
+    The FR Core and CDS profile rules are not checked here: the FR Core validator (fhircraft over the
+    published package) is a test dependency that proves every resource the mapping produces against its
+    profiles, on every golden case and API answer. The package is not part of the gateway, and building
+    its models costs seconds per profile: the sandbox shows what the gateway can check per call, cheaply.
     """
     return [_validate(r) for r in resources]
 
@@ -207,6 +214,8 @@ def _validate(resource: JSON) -> JSON:
         ]
     except KeyError:
         findings = [{"severity": "error", "location": "resourceType", "text": f"unknown resource type {rtype}"}]
+    if rtype == "CommunicationRequest":
+        findings += [{"severity": "error", "location": "NdE profile", "text": p} for p in nde_problems(resource)]
     return {
         "reference": _ref(resource),
         "profiles": resource.get("meta", {}).get("profile", []),

@@ -26,6 +26,8 @@ PAGE_HEADERS = {
 
 
 def render(request: Request, name: str, context: dict[str, Any]) -> HTMLResponse:
+    """``session`` (who is signed in, and the CSRF token the page's forms carry) is in every page's context."""
+    context = {"session": getattr(request.state, "session", None), **context}
     response = TEMPLATES.TemplateResponse(request, name, context, headers=PAGE_HEADERS)
     assert isinstance(response, HTMLResponse)
     return response

@@ -2,9 +2,10 @@
 
 The sandbox store is a database of its own (``GATEWAY_SANDBOX_DATABASE_URL``) with its own pipeline and
 no delivery worker, so nothing a sandbox sender sends is seen by a platform or mixed with patients'
-real records. Which senders are sandbox senders is, for now, the list ``GATEWAY_SANDBOX_SENDERS``
-(``MSH-3|MSH-4``); the client registry of the identities work is meant to replace it (a client flagged
-as a sandbox client), through :meth:`SandboxStore.is_sandbox_sender`.
+real records. Which senders are sandbox senders: the clients registered with
+``gateway clients add --kind sender --sandbox`` (their facilities, refreshed with the registry, and, over
+HTTP, the authenticated client itself), and the list ``GATEWAY_SANDBOX_SENDERS`` (``MSH-3|MSH-4``) for
+senders without a registration.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class SandboxStore:
     db: DB
     pipeline: Pipeline
     senders: frozenset[tuple[str, str]]
+    #: MSH-4 values of the registry's sandbox senders (a facility is never both real and sandbox)
+    tenant_facilities: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, settings: Settings, *, engine: Engine, run_migrations: bool = True) -> SandboxStore | None:
@@ -48,11 +51,11 @@ class SandboxStore:
 
     def is_sandbox_sender(self, sender: tuple[str, str]) -> bool:
         app, facility = sender
-        return (app, facility) in self.senders or (app, "*") in self.senders
+        return facility in self.tenant_facilities or (app, facility) in self.senders or (app, "*") in self.senders
 
     def takes(self, raw: bytes) -> bool:
         """Whether ``raw`` comes from a sandbox sender (an unreadable message goes the normal way: AR there)."""
-        if not self.senders:
+        if not self.senders and not self.tenant_facilities:
             return False
         try:
             header = read_header(er7.parse(raw))

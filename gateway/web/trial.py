@@ -13,16 +13,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy import Engine as DB
 from sqlalchemy.util import LRUCache
 
+from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.db.engine import make_engine, transaction
-from gateway.db.repo import OutboxRepo, StoredResource, SubscriptionRecord, SubscriptionRepo
+from gateway.db.repo import (
+    OutboxRecord,
+    OutboxRepo,
+    ResourceRepo,
+    StoredResource,
+    SubscriptionRecord,
+    SubscriptionRepo,
+)
 from gateway.db.schema import metadata
 from gateway.hl7.ack import AckIssue
 from gateway.mapping.engine import Engine
-from gateway.pipeline import Pipeline, utcnow
+from gateway.pipeline import Pipeline
+from gateway.subscriptions.nde import EXT_SUBSCRIBER
+from gateway.subscriptions.nde_declaration import PROFILE_ORGANIZATION
+from gateway.subscriptions.nde_order import notification_order
 from gateway.subscriptions.notification import NotificationContext, build_notification_bundle
 from gateway.subscriptions.topics import TOPICS
 from gateway.subscriptions.worker import notification_events
@@ -33,6 +45,23 @@ ORDER = ("Patient", "Encounter", "CareTeam", "Practitioner", "Subscription")
 #: The FHIR base the previewed notifications refer to (they never leave the sandbox).
 PREVIEW_BASE = "https://sandbox.invalid/fhir"
 SANDBOX_TRANSPORT = "sandbox"
+
+DECLARATION_TOPIC = next(t.url for t in TOPICS if t.code == "event-declaration")
+#: The NdE subscription the previewed flux 4 orders answer: its Subscriber, a platform, is their recipient.
+PREVIEW_NDE_SUBSCRIPTION: JSON = {
+    "resourceType": "Subscription",
+    "id": "sandbox-nde",
+    "contained": [
+        {
+            "resourceType": "Organization",
+            "id": "subscriber",
+            "meta": {"profile": [PROFILE_ORGANIZATION]},
+            "name": "Plateforme e-parcours (aperçu)",
+        }
+    ],
+    "extension": [{"url": EXT_SUBSCRIBER, "valueReference": {"reference": "#subscriber"}}],
+    "channel": {"type": "rest-hook", "endpoint": "https://platform.sandbox.invalid/fhir"},
+}
 #: SQLAlchemy caches compiled statements per engine, and each trial has a new engine: without a shared
 #: cache every statement of every call is compiled again (most of a short call's time).
 _COMPILED_CACHE: LRUCache[Any, Any] = LRUCache(1000)
@@ -49,6 +78,8 @@ class Step:
     issues: list[AckIssue]
     changed: list[StoredResource]
     notifications: list[JSON] = field(default_factory=list)
+    #: the flux 4 orders (``NdE_NotificationRequestNdE``) an NdE subscriber would receive for this message
+    nde_orders: list[JSON] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -85,6 +116,8 @@ def run_trial(
     try:
         metadata.create_all(db)  # the declared schema (= the migrations' head, a test checks), 20x faster
         subscribers = _subscribe_to_every_topic(db, now=clock()) if notifications else []
+        medium_row = engine.tables.codes["ChannelType_to_Medium"].get("rest-hook")
+        medium = medium_row.coding() if medium_row is not None else None
         pipeline = Pipeline(engine=engine, db=db, clock=clock)
         steps: list[Step] = []
         pending = list(raws)
@@ -94,7 +127,7 @@ def run_trial(
             outcome = pipeline.ingest(raw, transport=SANDBOX_TRANSPORT)
             step = Step(number, raw, outcome.code, outcome.ack_text, outcome.issues, outcome.changed)
             if subscribers:
-                step.notifications = _drain(db, subscribers, now=clock())
+                step.notifications, step.nde_orders = _drain(db, subscribers, now=clock(), medium=medium)
             steps.append(step)
         return Trial(steps=steps)
     finally:
@@ -127,9 +160,13 @@ def _subscribe_to_every_topic(db: DB, *, now: datetime) -> list[SubscriptionReco
     return records
 
 
-def _drain(db: DB, subscribers: list[SubscriptionRecord], *, now: datetime) -> list[JSON]:
-    """The notification Bundles the last message queued, one per event, then marked delivered."""
+def _drain(
+    db: DB, subscribers: list[SubscriptionRecord], *, now: datetime, medium: JSON | None
+) -> tuple[list[JSON], list[JSON]]:
+    """The notification Bundles the last message queued, one per event, then marked delivered; and, for
+    each event declaration (flux 3), the flux 4 order an NdE subscriber would receive instead."""
     bundles: list[JSON] = []
+    orders: list[JSON] = []
     with transaction(db) as conn:
         outbox = OutboxRepo(conn)
         for sub in subscribers:
@@ -149,6 +186,29 @@ def _drain(db: DB, subscribers: list[SubscriptionRecord], *, now: datetime) -> l
                 )
                 bundle_id = f"{sub.id}-{row.event_number}"
                 bundles.append(build_notification_bundle(ctx, [event], bundle_id=bundle_id, now=now))
+                if sub.topic == DECLARATION_TOPIC:
+                    orders += _nde_order(conn, row, now=now, medium=medium)
             for row in rows:
                 outbox.delivered(row.id, now=now)
-    return bundles
+    return bundles, orders
+
+
+def _nde_order(conn: Connection, row: OutboxRecord, *, now: datetime, medium: JSON | None) -> list[JSON]:
+    """The flux 4 order for one declaration event, as the delivery worker builds it (``notification_order``),
+    for a preview NdE subscription whose Subscriber is an e-parcours platform."""
+    if not row.focus_type or not row.focus_id:
+        return []
+    store = ResourceRepo(conn)
+    found = store.vread(row.focus_type, row.focus_id, row.focus_version or 0) or store.get(row.focus_type, row.focus_id)
+    if found is None:
+        return []
+    order = notification_order(
+        declaration=found.content,
+        subscription=PREVIEW_NDE_SUBSCRIPTION,
+        subscription_url=f"{PREVIEW_BASE}/Subscription/{PREVIEW_NDE_SUBSCRIPTION['id']}",
+        base_url=PREVIEW_BASE,
+        event_number=row.event_number,
+        emitted_at=now,
+        medium=medium,
+    )
+    return [order]

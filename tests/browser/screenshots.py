@@ -6,6 +6,7 @@ captured in Debian's chromium into ``docs/screenshots/``.
 
 from __future__ import annotations
 
+import re
 import sys
 import tempfile
 import time
@@ -23,11 +24,13 @@ from tests.browser.server import Served, serve_in_thread
 from tests.conftest import MAPPINGS, ROOT
 
 OUT = ROOT / "docs" / "screenshots"
+#: The local operator shortcut: the console is behind it, and the screenshots sign in with it.
+TOKEN = "screenshot-token"
 
 
 def _feed(gw: Served, sampler: LiveSampler) -> None:
     samples = {s.trigger: s for s in build_samples(gw.runtime.engine.tables)}
-    with httpx.Client(base_url=gw.base) as http:
+    with httpx.Client(base_url=gw.base, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         subscription = {
             "resourceType": "Subscription",
             "status": "requested",
@@ -68,6 +71,7 @@ def main() -> int:
             mappings_dir=MAPPINGS,
             run_worker=False,
             endpoint_allowlist=["127.0.0.1"],
+            api_token=TOKEN,
         )
         with serve_in_thread(settings) as gw, sync_playwright() as pw:
             sampler = LiveSampler(registries=gw.app.state.live.registries, interval=0.5)
@@ -86,6 +90,8 @@ def main() -> int:
             _shot(page, "sandbox.png", height=1500)
             page.get_by_role("heading", name="Stay timeline").scroll_into_view_if_needed()
             page.screenshot(path=str(OUT / "sandbox-timeline.png"))
+            page.get_by_role("heading", name=re.compile("NdE notification orders")).scroll_into_view_if_needed()
+            page.screenshot(path=str(OUT / "sandbox-nde.png"))
 
             broken = samples_text(gw, "A01").replace("SBX-V1^^^", "^^^").replace("880101^^^", "^^^")
             page.get_by_label("HL7 v2 message", exact=True).fill(broken)
@@ -94,6 +100,10 @@ def main() -> int:
             page.locator("article.msg").first.screenshot(path=str(OUT / "sandbox-error.png"))
 
             page.goto("/console/messages")
+            _shot(page, "sign-in.png", height=600)
+            page.get_by_label("Client secret").fill(TOKEN)
+            page.get_by_role("button", name="Sign in").click()
+            page.get_by_role("heading", name="Messages").wait_for()
             _shot(page, "console-messages.png", height=800)
             page.locator("table.grid tbody tr a").nth(3).click()
             _shot(page, "console-message.png", height=1000)

@@ -62,7 +62,7 @@ def test_the_console_filters_messages_and_replays_one(page: Page, gateway: Serve
 
 
 #: Controls without an accessible name (label, aria-label, or a button's text).
-UNLABELLED = """() => [...document.querySelectorAll("input, select, textarea, button")]
+UNLABELLED = """() => [...document.querySelectorAll("input:not([type=hidden]), select, textarea, button")]
   .filter((c) => !(c.labels && c.labels.length) && !c.getAttribute("aria-label") && !c.textContent.trim())
   .map((c) => c.outerHTML)"""
 

@@ -18,10 +18,10 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from gateway.api.app import create_app
-from gateway.auth.rules import rule_for
+from gateway.auth.rules import Rule, rule_for
 from gateway.runtime import Runtime
 from gateway.subscriptions.topics import TOPICS
-from gateway.web import console, pages
+from gateway.web import console, pages, signin
 from tests.auth_helpers import login, register, subscribe_as, token
 from tests.messages import IPP_SYSTEM, Adt
 
@@ -50,7 +50,7 @@ def test_every_route_has_a_rule(runtime: Runtime) -> None:
 def test_routes_left_out_of_the_openapi_document_have_a_rule_too() -> None:
     """The console's and the pages' routes are not in the OpenAPI document: the edge refuses them all the
     same without a rule."""
-    routers = (console.router, pages.router)
+    routers = (console.router, pages.router, signin.router)
     routes = [(m, r.path) for router in routers for r in router.routes if isinstance(r, APIRoute) for m in r.methods]
     assert ("GET", "/console") in routes
     missing = [f"{m} {p}" for m, p in sorted(routes) if rule_for(m, p) is None]
@@ -124,14 +124,16 @@ def _body(method: str, path: str) -> dict[str, Any]:
     return {}
 
 
-def _expected(rule_kinds: frozenset[str], caller: str, *, owned: bool, whose: str) -> set[int] | None:
+def _expected(rule: Rule, caller: str, *, owned: bool, whose: str) -> set[int] | None:
     """The statuses allowed; None: any non-401/403/500 answer (the route's own business)."""
-    if not rule_kinds:
+    if not rule.kinds:
         return None
     if caller == "none":
         return {401}
-    if caller not in rule_kinds:
+    if caller not in rule.kinds:
         return {403}
+    if rule.gateway_scope is not None and caller != "operator":
+        return {403}  # the matrix's clients have their kind's default scopes: no gateway scope
     if caller == "platform" and owned and whose == "other":
         return {404}
     return None
@@ -162,7 +164,7 @@ def test_matrix(tenants: Tenants, runtime: Runtime) -> None:
                 kwargs = _body(method, template)
                 kwargs["headers"] = {**kwargs.get("headers", {}), **headers}
                 answer = tenants.client.request(method, path, **kwargs)
-                expected = _expected(rule.kinds, caller, owned=bool(OWNED & set(params)), whose=whose)
+                expected = _expected(rule, caller, owned=bool(OWNED & set(params)), whose=whose)
                 where = f"{caller} {method} {path} ({whose}) → {answer.status_code}"
                 if answer.status_code >= 500 and not (answer.status_code == 503 and template in NOT_READY_OK):
                     failures.append(f"{where}: server error")

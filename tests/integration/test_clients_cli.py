@@ -62,3 +62,15 @@ def test_clients_commands(database_url: str, capsys: pytest.CaptureFixture[str])
     engine.dispose()
     assert record is not None and record.status == "revoked" and record.secret_hash
     assert verify_secret(rotated, record.secret_hash) and not verify_secret(secret, record.secret_hash)
+
+
+def test_clients_add_sandbox_marks_a_sandbox_sender(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    db = ["--database-url", database_url]
+    add = ["clients", "add", "--kind", "sender", "--json"]
+    code, out, _ = _run(capsys, *add, "--name", "trial", "--facility", "CH-TRIAL", "--sandbox", *db)
+    created = json.loads(out.strip().splitlines()[-1])
+    assert code == 0 and created["sandbox"] is True
+    assert {"gateway/sandbox", "gateway/sandbox-tenant"} <= set(created["scope"].split())
+    assert _run(capsys, *add, "--name", "real", "--facility", "CH-REAL", *db)[0] == 0
+    assert _run(capsys, *add, "--name", "mixed", "--facility", "CH-REAL", "--sandbox", *db)[0] == 2  # a real one's
+    assert _run(capsys, "clients", "add", "--kind", "platform", "--name", "p", "--sandbox", *db)[0] == 2

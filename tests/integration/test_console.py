@@ -10,6 +10,7 @@ from gateway.api.app import create_app
 from gateway.db.console import MessageFilter, find_messages, subscription_lines
 from gateway.runtime import Runtime
 from tests.api_helpers import subscribe
+from tests.auth_helpers import login, subscribe_as
 from tests.messages import Adt
 
 HL7 = {"Content-Type": "application/hl7-v2"}
@@ -81,6 +82,18 @@ def test_subscriptions_show_their_backlog_and_can_be_resent(client: TestClient, 
     assert sub_id in page.text and "encounter-start" in page.text
     resent = client.post(f"/console/subscriptions/{sub_id}/resend", follow_redirects=False)
     assert resent.status_code == 303
+
+
+def test_the_subscriptions_page_names_each_owner(client: TestClient, runtime: Runtime) -> None:
+    ops = login(client, runtime, "operator", "ops")
+    platform = login(client, runtime, "platform", "Parceo")
+    mine = subscribe_as(client, platform, "encounter-start", "Encounter?patient.identifier=urn:oid:1.2|4001")
+    theirs = subscribe_as(client, ops, "encounter-end", "Encounter?patient.identifier=urn:oid:1.2|4002")
+    with runtime.db.connect() as conn:
+        owners = {line.id: line.owner for line in subscription_lines(conn)}
+    assert owners == {mine: "Parceo", theirs: ""}
+    page = client.get("/console/subscriptions", headers=ops).text
+    assert "<td>Parceo</td>" in page
 
 
 def test_the_console_is_behind_the_api_token(runtime: Runtime) -> None:

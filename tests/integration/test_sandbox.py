@@ -5,7 +5,11 @@ from fastapi.testclient import TestClient
 from gateway.api.app import create_app
 from gateway.api.sandbox import split_messages
 from gateway.runtime import Runtime
+from gateway.web.present import _validate
+from tests.auth_helpers import login
 from tests.messages import Adt
+from tests.nde_constraints import order_problems
+from tests.validation import validate
 
 
 def test_a_stay_in_the_sandbox_shows_acks_and_resources_and_stores_nothing(client: TestClient) -> None:
@@ -59,6 +63,29 @@ def test_the_convert_answer_shows_timeline_care_circle_notifications_and_validat
     assert len(body["summaries"]) == len(body["bundle"]["entry"])
 
 
+def test_the_convert_answer_previews_the_nde_orders_and_checks_the_nde_rules(client: TestClient) -> None:
+    stay = Adt(control_id="N1").bytes() + b"\n\n" + Adt(trigger="A03", control_id="N2", movement="M3").bytes()
+    body = client.post("/sandbox/convert", content=stay, headers={"Content-Type": "text/plain"}).json()
+    orders = body["nde_orders"]
+    codes = [o["extension"][0]["valueCodeableConcept"]["coding"][0]["code"] for o in orders]
+    assert codes == ["ADM", "SOR"] and [m["nde_orders"] for m in body["messages"]] == [1, 1]
+    for order in orders:
+        assert order_problems(order) == []  # the suite's own NdE rules, and FR Core for what the order contains
+        assert [e for c in order["contained"] for e in validate(c)] == []
+        assert order["basedOn"] == [{"reference": "https://sandbox.invalid/fhir/Subscription/sandbox-nde"}]
+    checked = {v["reference"]: v for v in body["validation"]}
+    assert all(checked[f"CommunicationRequest/{o['id']}"]["valid"] for o in orders)
+
+
+def test_nde_rules_broken_show_as_validation_findings() -> None:
+    [finding] = [
+        f
+        for f in _validate({"resourceType": "CommunicationRequest", "status": "active"})["findings"]
+        if f["location"] == "NdE profile" and "subject" in f["text"]
+    ][:1]
+    assert finding["severity"] == "error"
+
+
 def test_a_file_gets_a_report_as_json_or_csv(client: TestClient) -> None:
     feed = Adt(control_id="F1").bytes() + b"\n\n" + b"MSH|^~\\&|A|B|C|D|20260301||ADT^A99|F2|P|2.5\rPID|1\r"
     headers = {"Content-Type": "text/plain"}
@@ -81,6 +108,25 @@ def test_sandbox_calls_are_rate_limited_per_client(runtime: Runtime) -> None:
         assert int(throttled.headers["Retry-After"]) > 0
         rotated = {**headers, "Authorization": "Bearer a-new-token-per-call"}
         assert client.post("/sandbox/convert", content=Adt().bytes(), headers=rotated).status_code == 429
+
+
+def test_with_authentication_the_sandbox_needs_its_scope_and_limits_each_client(runtime: Runtime) -> None:
+    runtime.settings = runtime.settings.model_copy(update={"sandbox_rate_per_minute": 1, "sandbox_burst": 1})
+    with TestClient(create_app(runtime, start_services=False)) as client:
+        plain = login(client, runtime, "platform", "no-sandbox")
+        first = login(client, runtime, "platform", "integrator-a", scopes=["system/Patient.rs", "gateway/sandbox"])
+        second = login(client, runtime, "sender", "integrator-b", facilities=["CH-B"], sandbox=True)
+        body = {"content": Adt().bytes(), "headers": {"Content-Type": "text/plain"}}
+        assert client.post("/sandbox/convert", **body).status_code == 401
+        refused = client.post("/sandbox/convert", content=Adt().bytes(), headers={**body["headers"], **plain})
+        assert refused.status_code == 403 and "gateway/sandbox" in refused.text
+        assert client.get("/sandbox/samples").status_code == 200 and client.get("/sandbox").status_code == 200
+        # the same address, two clients: each has its own budget
+        calls = [(first, 200), (first, 429), (second, 200), (second, 429)]
+        for headers, expected in calls:
+            answer = client.post("/sandbox/convert", content=Adt().bytes(), headers={**body["headers"], **headers})
+            assert answer.status_code == expected, answer.text
+        assert int(answer.headers["Retry-After"]) >= 1
 
 
 def test_text_typed_in_utf8_is_sent_in_the_charset_msh18_declares(client: TestClient) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gateway.api.errors import http_status
 from gateway.db.repo import SubscriptionRecord
 from gateway.errors import FhirError
 from gateway.mapping.engine import Engine
@@ -180,7 +181,7 @@ def test_each_missing_or_malformed_part_is_a_422_naming_the_element(case: str) -
     breaking(sub)
     with pytest.raises(FhirError) as info:
         parse_nde(sub, known=KNOWN, emitted=EMITTED)
-    assert info.value.status == 422
+    assert http_status(info.value) == 422
     assert element in info.value.message and info.value.location
 
 

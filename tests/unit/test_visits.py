@@ -18,13 +18,10 @@ from hypothesis import strategies as st
 from gateway.errors import ConfigError
 from gateway.mapping.engine import Engine
 from gateway.mapping.ids import resource_id
-from gateway.mapping.tables import EVENT_KINDS
+from gateway.mapping.tables import CANCEL_KINDS, CORRECTION_KIND, EVENT_KINDS, IDENTITY_KINDS
 from gateway.state.patients import fold_patient, patient_payload
 from gateway.state.visits import (
-    CANCEL_KINDS,
     CLASS_BY_TRIGGER,
-    CORRECTION_KIND,
-    IDENTITY_KINDS,
     KINDS,
     RAW_NATURE_SYSTEM,
     Stay,

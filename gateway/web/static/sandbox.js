@@ -20,8 +20,13 @@
     return node;
   }
 
+  // The code is text, and its meaning is spelt out beside it: nothing is told by colour alone.
+  const ACK_MEANING = { AA: "accepted", AE: "accepted with errors", AR: "rejected" };
   function ack(code) {
     return el("span", { class: "ack ack-" + code, text: code });
+  }
+  function meaning(code) {
+    return el("span", { class: "ack-meaning", text: " — " + (ACK_MEANING[code] || "unknown outcome") });
   }
 
   function details(summary, body) {
@@ -36,9 +41,13 @@
 
   // Typed text is sent as UTF-8 and says so (the server re-encodes it as MSH-18 declares); a file is sent
   // as its own bytes, exactly as a sender's engine would send them.
+  // A bearer token given on the page wins; else the signed-in session's cookie goes with the call, and a
+  // POST carries the session's CSRF token (the server refuses a state-changing call without it).
+  const csrf = (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
   function withToken(headers) {
     const token = $("token").value.trim();
-    return token ? { ...headers, Authorization: "Bearer " + token } : headers;
+    if (token) return { ...headers, Authorization: "Bearer " + token };
+    return csrf ? { ...headers, "X-CSRF-Token": csrf } : headers;
   }
 
   async function post(url, body) {
@@ -48,7 +57,8 @@
     const data = type.includes("json") ? await answer.json() : await answer.text();
     if (!answer.ok) {
       const text = data && data.issue ? data.issue.map((i) => i.diagnostics).join("; ") : String(data);
-      throw new Error(answer.status + ": " + text);
+      const hint = answer.status === 401 ? " (Sign in, top right, or give a token under Access token)" : "";
+      throw new Error(answer.status + ": " + text + hint);
     }
     return data;
   }
@@ -102,7 +112,7 @@
 
   function messageCard(m) {
     const card = el("article", { class: "msg panel" });
-    card.append(el("h3", {}, `Message ${m.number}: ACK `, ack(m.code)));
+    card.append(el("h3", {}, `Message ${m.number}: ACK `, ack(m.code), meaning(m.code)));
     if (m.issues.length) {
       const list = el("ol", { class: "issues", "aria-label": "ERR lines" });
       for (const issue of m.issues) {
@@ -163,6 +173,7 @@
     });
 
     out.append(el("h2", { text: "Validation" }));
+    out.append(el("p", { class: "help", text: "Each resource: the FHIR R4 structure, the profiles it claims, and for NdE CommunicationRequests the NdE rules the gateway enforces. FR Core and CDS profile conformance is proven by the gateway's test suite, not re-run here." }));
     const findings = el("ul", { class: "validation" });
     for (const v of result.validation) {
       const profiles = v.profiles.length ? " — claims " + v.profiles.join(", ") : "";
@@ -185,6 +196,15 @@
       out.append(details(`${topic.split("/").pop()} — ${focus ? focus.reference.split("/").slice(-2).join("/") : ""}`,
         JSON.stringify(bundle, null, 2)));
     }
+    out.append(el("h2", { text: `NdE notification orders a platform would receive (${result.nde_orders.length})` }));
+    out.append(el("p", { class: "help", text: "ANS NdE subscribers get a flux 4 CommunicationRequest (NdE_NotificationRequestNdE) per event declaration, in place of the Backport Bundle." }));
+    if (!result.nde_orders.length) out.append(el("p", { text: "None." }));
+    for (const order of result.nde_orders) {
+      const concept = ((order.extension || []).find((e) => e.url.endsWith("/event-type")) || {}).valueCodeableConcept || {};
+      const type = (concept.coding || [])[0] || {};
+      out.append(details(`${type.code || "?"} ${type.display || ""} — CommunicationRequest/${order.id} (${order.status})`,
+        JSON.stringify(order, null, 2)));
+    }
     // Keyboard and screen-reader users land on the results, not back at the top of the form.
     const first = out.querySelector("h2");
     first.tabIndex = -1;
@@ -198,7 +218,7 @@
     const note = $("tenants-status");
     const answer = await fetch("/sandbox/store/messages", { headers: withToken({}) });
     if (!answer.ok) {
-      note.textContent = answer.status === 401 ? "These need a token: give it under Access token, above." : "Could not read the sandbox store.";
+      note.textContent = answer.status === 401 ? "These need a token or a session: Sign in (top right), or give a token under Access token, above." : "Could not read the sandbox store.";
       return;
     }
     const data = await answer.json();

@@ -1,4 +1,4 @@
-"""FHIR token lists (``ADM,SOR``): one reader for the search layer, the policy and the NdE dialect."""
+"""FHIR token lists (``ADM,SOR``): one reader for the search layer, the policy and the NdE dialect (a leaf)."""
 
 from __future__ import annotations
 
