@@ -983,3 +983,8 @@ def test_a44_without_pv1_names_the_account_to_move() -> None:
     assert from_pid.account is not None and from_pid.account["value"] == "990555"
     with pytest.raises(MappingError, match="MRG-3 or PID-18"):
         run("A44", omit=("PV1", "ZBE"), pid={18: None})
+
+
+def test_a_movement_id_without_its_value_is_no_identifier() -> None:
+    mapped = run(zbe={1: f"^CH-TEST^{IPP_OID}^ISO"})
+    assert mapped.movement is not None and "identifier" not in mapped.movement
