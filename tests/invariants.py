@@ -20,7 +20,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from tests.validation import validate
+from tests.validation import CORE, validate, validator
 
 CODES_DIR = Path(__file__).resolve().parent.parent / "mappings" / "codes"
 
@@ -83,6 +83,7 @@ def problems(resources: list[dict[str, Any]]) -> list[str]:
         if resource.get("resourceType") in PROFILED:  # others (NdE CommunicationRequest…) check their own
             out += [f"{where}: {p}" for p in validate(resource)]
     out += _references(resources)
+    out += _reference_targets(resources)
     return out
 
 
@@ -162,6 +163,69 @@ def _references(resources: list[dict[str, Any]]) -> list[str]:
             elif (match["type"], match["id"]) not in present:
                 out.append(f"{where}: {path}.reference {value!r} does not resolve inside the set")
     return out
+
+
+def _reference_targets(resources: list[dict[str, Any]]) -> list[str]:
+    """Each resolved reference points at a resource its profile allows there: of a target type, and (for
+    an FR Core target profile) claiming that profile or one derived from it. fhircraft checks neither."""
+    present = {(r.get("resourceType"), r.get("id")): r for r in resources}
+    out = []
+    for resource in resources:
+        where = f"{resource.get('resourceType')}/{resource.get('id')}"
+        for url in (resource.get("meta") or {}).get("profile") or []:
+            for path, targets in _target_profiles(str(url)).items():
+                for i, ref in enumerate(_at(resource, path.split(".")[1:])):
+                    match = RELATIVE_REFERENCE.fullmatch(str(ref.get("reference", "")))
+                    target = present.get((match["type"], match["id"])) if match else None
+                    if target is not None and not any(_conforms(target, t) for t in targets):
+                        out.append(
+                            f"{where}: {path}[{i}] -> {ref['reference']} is not a target of {url.rsplit('/', 1)[-1]}"
+                            f" ({', '.join(sorted(t.rsplit('/', 1)[-1] for t in targets))})"
+                        )
+    return out
+
+
+@cache
+def _target_profiles(url: str) -> dict[str, frozenset[str]]:
+    """Element path → the target profiles its Reference type allows, from the profile's snapshot."""
+    definition = validator().definitions.get(url.split("|", 1)[0]) or {}
+    out: dict[str, set[str]] = {}
+    for element in (definition.get("snapshot") or {}).get("element", []):
+        path = str(element.get("path", ""))
+        if "extension" in path.lower() or "[x]" in path:
+            continue
+        for kind in element.get("type", []):
+            if kind.get("code") == "Reference" and kind.get("targetProfile"):
+                out.setdefault(path, set()).update(str(t).split("|", 1)[0] for t in kind["targetProfile"])
+    return {path: frozenset(targets) for path, targets in out.items()}
+
+
+def _at(node: Any, keys: list[str]) -> list[dict[str, Any]]:
+    """The dicts at a dotted element path, through lists."""
+    nodes = node if isinstance(node, list) else [node]
+    for key in keys:
+        nodes = [v for n in nodes if isinstance(n, dict) for v in _listed(n.get(key))]
+    return [n for n in nodes if isinstance(n, dict)]
+
+
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def _conforms(target: dict[str, Any], profile: str) -> bool:
+    """A core profile asks for its type; another for itself or a profile derived from it."""
+    if profile.startswith(CORE):
+        return target.get("resourceType") == profile.removeprefix(CORE)
+    definitions = validator().definitions
+    if target.get("resourceType") != (definitions.get(profile) or {}).get("type"):
+        return False
+    for claimed in (target.get("meta") or {}).get("profile") or []:
+        url: str | None = str(claimed).split("|", 1)[0]
+        while url and url in definitions:
+            if url == profile:
+                return True
+            url = definitions[url].get("baseDefinition")
+    return False
 
 
 def _walk_references(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:

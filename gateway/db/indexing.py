@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.canonical import CANONICAL_BASE
+from gateway.mapping.directory import practitioner_of_role
 from gateway.mapping.ids import ps_identifier_forms
 
 JSON = dict[str, Any]
 Entry = tuple[str, str, str]  # (param, system, value)
+#: Date parameters are indexed as fixed-width UTC text, so that comparing text compares instants.
+INSTANT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+#: Index entries that are no search parameter of the CapabilityStatement (``gateway/fhir/capability.py``
+#: declares those): sort keys, the period's end, and what the access policy and merges look up.
+INDEX_ONLY: dict[str, frozenset[str]] = {
+    "Encounter": frozenset({"date"}),  # _sort=date
+    "CareTeam": frozenset({"date.end", "_platform-source"}),
+    "Patient": frozenset({"link", "_security"}),
+    "Subscription": frozenset({"criteria"}),
+}
+#: ``CareTeam?date=``: a period's end as the instant it stops covering; an open period never does.
+PERIOD_END = "date.end"
+OPEN_END = "9999-12-31T23:59:59.999999Z"
 #: gateway/state/careteam.py's participant source extension (hospital:… or platform:<name>)
 PARTICIPANT_SOURCE = f"{CANONICAL_BASE}/StructureDefinition/careteam-participant-source"
 
@@ -23,6 +38,50 @@ def _identifiers(resource: JSON) -> list[Entry]:
             for system, value in ps_identifier_forms(str(i.get("system", "")), str(i["value"]))
         )
     )
+
+
+def instant_bounds(text: str) -> tuple[datetime, datetime] | None:
+    """A FHIR date or dateTime as the [start, end) range of its precision (``2026-03`` is all of March),
+    in UTC; a date without a time is read in UTC. None when it is neither."""
+    try:
+        if len(text) == 4:
+            start = datetime(int(text), 1, 1, tzinfo=UTC)
+            return start, start.replace(year=start.year + 1)
+        if len(text) == 7:
+            start = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
+            month = start.month % 12 + 1
+            return start, start.replace(year=start.year + (start.month == 12), month=month)
+        if len(text) == 10:
+            start = datetime.fromisoformat(text).replace(tzinfo=UTC)
+            return start, start + timedelta(days=1)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return moment, moment + timedelta(milliseconds=1)
+    except (ValueError, OverflowError):
+        return None
+
+
+def instant_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime(INSTANT_FORMAT)
+
+
+def _date(param: str, value: Any, *, upper: bool = False) -> list[Entry]:
+    """A date parameter entry: the value's first instant (its last one, exclusive, with ``upper``)."""
+    bounds = instant_bounds(str(value)) if value else None
+    return [(param, "", instant_text(bounds[1] if upper else bounds[0]))] if bounds else []
+
+
+def _careteam_dates(team: JSON) -> list[Entry]:
+    """CDS 2.0.1 ``start`` / ``end`` / ``participant-start`` / ``participant-end``, and R4 ``date`` (the
+    period: its start under ``date``, the instant it stops covering under ``date.end``)."""
+    period = team.get("period") or {}
+    out = _date("start", period.get("start")) + _date("end", period.get("end"))
+    out += _date("date", period.get("start"))
+    out += _date(PERIOD_END, period.get("end"), upper=True) or [(PERIOD_END, "", OPEN_END)]
+    for participant in team.get("participant", []):
+        span = participant.get("period") or {}
+        out += _date("participant-start", span.get("start")) + _date("participant-end", span.get("end"))
+    return out
 
 
 def _reference(param: str, ref: JSON | None) -> list[Entry]:
@@ -86,6 +145,9 @@ def search_entries(resource: JSON) -> list[Entry]:
         for participant in resource.get("participant", []):
             member = participant.get("member", {})
             out += _reference("participant", member)
+            behind = practitioner_of_role(str(member.get("reference", "")))
+            if behind:  # CDS members are roles: a practitioner still finds the circles he is in
+                out.append(("participant", "", behind))
             source = next(
                 (e.get("valueString") for e in participant.get("extension", []) if e.get("url") == PARTICIPANT_SOURCE),
                 None,
@@ -99,6 +161,12 @@ def search_entries(resource: JSON) -> list[Entry]:
                 out += [("participant.identifier", system, value) for system, value in forms]
         if resource.get("status"):
             out.append(("status", "", str(resource["status"])))
+        out += _careteam_dates(resource)
+    elif rtype == "PractitionerRole":
+        out += _reference("practitioner", resource.get("practitioner"))
+        out += _reference("organization", resource.get("organization"))
+    elif rtype == "Organization":
+        out += _reference("partof", resource.get("partOf"))
     elif rtype == "CommunicationRequest":
         out += _declaration_entries(resource)
     elif rtype == "Subscription":

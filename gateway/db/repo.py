@@ -637,11 +637,14 @@ class ResourceRepo:
         count: bool = True,
         order: Sequence[tuple[str, bool]] = (),
         updated: Sequence[tuple[str, datetime]] = (),
+        dates: Sequence[tuple[str, str, str]] = (),
     ) -> tuple[list[StoredResource], int]:
         """Resources matching every (param, system or None, value) criterion; (page, total).
 
         ``order`` is ``_sort``: (``_lastUpdated`` | ``_id`` | an indexed parameter, descending?) keys, newest
-        first by default. ``updated`` is ``_lastUpdated``: (``ge`` | ``lt``, instant) bounds.
+        first by default. ``updated`` is ``_lastUpdated``: (``ge`` | ``lt``, instant) bounds. ``dates`` are
+        (param, ``ge`` | ``lt``, bound) comparisons on indexed instants (fixed-width UTC text): some entry
+        of the parameter must meet each.
 
         The first criterion is a one-level ``id IN (ids from the index on type, param, value)``; the others
         are correlated EXISTS. Driving from resources made SQLite scan every resource of the type, a DISTINCT
@@ -649,8 +652,10 @@ class ResourceRepo:
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
         clause = visible_clause(self.visibility, rtype)
-        if order or updated or clause is not None:
-            page_query, count_query = _dynamic_search(rtype, criteria, order=order, updated=updated, clause=clause)
+        if order or updated or dates or clause is not None:
+            page_query, count_query = _dynamic_search(
+                rtype, criteria, order=order, updated=updated, clause=clause, dates=dates
+            )
             params: dict[str, Any] = {"limit": limit, "offset": offset}
         else:
             shape = tuple((param == "_id", system is not None) for param, system, _ in criteria)
@@ -726,6 +731,7 @@ def _dynamic_search(
     order: Sequence[tuple[str, bool]],
     updated: Sequence[tuple[str, datetime]],
     clause: Any = None,
+    dates: Sequence[tuple[str, str, str]] = (),
 ) -> tuple[Select[Any], Select[Any]]:
     """(page, count) statements for ``_sort``, ``_lastUpdated`` and a caller's visibility ``clause`` (the
     REST API's searches, built per request); values are inline, ``limit`` and ``offset`` bound as in
@@ -737,6 +743,16 @@ def _dynamic_search(
     matching = _matching(matching, rtype, inline)
     for op, bound in updated:
         matching = matching.where(resources.c.last_updated >= bound if op == "ge" else resources.c.last_updated < bound)
+    for param, op, bound_text in dates:
+        entry = search_index.alias()
+        matching = matching.where(
+            exists().where(
+                entry.c.type == rtype,
+                entry.c.param == param,
+                entry.c.id == resources.c.id,
+                entry.c.value >= bound_text if op == "ge" else entry.c.value < bound_text,
+            )
+        )
     page = (
         matching.order_by(*_sort_keys(rtype, order))
         .limit(bindparam("limit", type_=Integer))

@@ -9,6 +9,7 @@ from gateway import __version__
 from gateway.subscriptions import nde
 from gateway.subscriptions.topics import TOPICS
 
+LAST_UPDATED = "when the resource last changed: eq ge gt le lt sa eb, repeat to AND"
 TOPIC_CANONICAL_EXT = (
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical"
 )
@@ -34,14 +35,19 @@ INSTANTIATES = [
     nde.CAPABILITY_EMITTER,
 ]
 
-#: type → search parameters (name, type, documentation)
+#: type → search parameters (name, type, documentation): the one declaration of what is searchable. The
+#: CapabilityStatement lists exactly these, ``gateway/fhir/search.py`` refuses any other, and each one
+#: is extracted by ``gateway/db/indexing.py`` (tests/unit/test_search_params.py ties the two).
 SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
     "Patient": [
         ("_id", "token", "logical id"),
+        ("_lastUpdated", "date", LAST_UPDATED),
         ("identifier", "token", "IPP, INS (VALI only): [system|]value"),
+        ("active", "token", "false for a patient merged into another (A40)"),
     ],
     "Encounter": [
         ("_id", "token", "logical id"),
+        ("_lastUpdated", "date", LAST_UPDATED),
         ("identifier", "token", "visit number (VN): [system|]value"),
         ("patient", "reference", "Patient/<id>"),
         ("part-of", "reference", "Encounter/<stay id>: the movements of a stay"),
@@ -51,24 +57,51 @@ SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
     ],
     "Practitioner": [
         ("_id", "token", "logical id"),
+        ("_lastUpdated", "date", LAST_UPDATED),
         ("identifier", "token", "RPPS, idNatPs (8 + RPPS) or local id: [system|]value"),
+    ],
+    "PractitionerRole": [
+        ("_id", "token", "logical id"),
+        ("_lastUpdated", "date", LAST_UPDATED),
+        ("practitioner", "reference", "Practitioner/<id>: the roles of a practitioner"),
+        ("organization", "reference", "Organization/<id>: the roles held for an organization"),
+    ],
+    "Organization": [
+        ("_id", "token", "logical id"),
+        ("_lastUpdated", "date", LAST_UPDATED),
+        ("identifier", "token", "a hospital (MSH-4) or a unit (UF code) under the gateway's systems"),
+        ("partof", "reference", "Organization/<id>: the units of a hospital"),
     ],
     "CareTeam": [
         ("_id", "token", "logical id"),
+        ("_lastUpdated", "date", LAST_UPDATED),
+        ("identifier", "token", "the circle's business identifier (CDS 2.0.1): [system|]value"),
         ("patient", "reference", "Patient/<id>: the patient's care circle"),
         ("subject", "reference", "Patient/<id>"),
-        ("participant", "reference", "Practitioner/<id> or Organization reference: circles a member belongs to"),
+        (
+            "participant",
+            "reference",
+            "PractitionerRole/<id>, Organization/<id> or Practitioner/<id> (through "
+            "his roles): circles a member belongs to",
+        ),
         ("participant.identifier", "token", "a member's RPPS (either form: RPPS system or idNatPs OID) or local id"),
         ("status", "token", "active | inactive"),
+        ("date", "date", "the circle's period overlaps the date (eq ge gt le lt sa eb)"),
+        ("start", "date", "CDS: the circle's start, period.start (eq ge gt le lt sa eb)"),
+        ("end", "date", "CDS: the circle's end, period.end"),
+        ("participant-start", "date", "CDS: a member's start, participant.period.start"),
+        ("participant-end", "date", "CDS: a member's end, participant.period.end"),
     ],
     "Subscription": [
         ("_id", "token", "logical id"),
+        ("_lastUpdated", "date", LAST_UPDATED),
         ("status", "token", "requested | active | error | off"),
         ("url", "uri", "the topic canonical URL the subscription is for (Backport SHALL)"),
     ],
     "Basic": [("url", "uri", "a subscription topic by its canonical URL (Backport: R5 SubscriptionTopic as Basic)")],
     "CommunicationRequest": [
         ("_id", "token", "logical id"),
+        ("_lastUpdated", "date", LAST_UPDATED),
         ("event-type", "token", "ANS NdE event type (TRE_R254): [system|]ADM or SOR"),
         ("subject", "reference", "Patient/<id>: the patient an NdE event declaration is about"),
         ("patient", "reference", "Patient/<id>"),
@@ -76,6 +109,11 @@ SEARCH_PARAMS: dict[str, list[tuple[str, str, str]]] = {
         ("encounter", "reference", "Encounter/<stay id>"),
         ("status", "token", "active | revoked"),
     ],
+}
+#: ``_include`` values per type (``_include:iterate`` follows them from included resources too).
+INCLUDES: dict[str, list[str]] = {
+    "CareTeam": ["CareTeam:participant", "PractitionerRole:practitioner", "PractitionerRole:organization"],
+    "PractitionerRole": ["PractitionerRole:practitioner", "PractitionerRole:organization"],
 }
 
 
@@ -103,6 +141,8 @@ def _resource(rtype: str, params: list[tuple[str, str, str]]) -> dict[str, Any]:
     if rtype != "Basic":
         entry |= {"versioning": "versioned", "readHistory": True}
     entry["interaction"] = _interactions(rtype)
+    if rtype in INCLUDES:
+        entry["searchInclude"] = INCLUDES[rtype]
     entry["searchParam"] = [{"name": n, "type": t, "documentation": d} for n, t, d in params]
     if rtype == "Subscription":
         entry["operation"] = [{"name": name, "definition": url} for name, url in BACKPORT_OPERATIONS.items()]

@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
+from gateway.db.indexing import PERIOD_END, instant_bounds, instant_text
 from gateway.db.repo import ResourceRepo, StoredResource, fhir_instant
 from gateway.errors import FhirError, UnsupportedSearchError
-from gateway.fhir.capability import SEARCH_PARAMS
+from gateway.fhir.capability import INCLUDES, SEARCH_PARAMS
 
+JSON = dict[str, Any]
 DEFAULT_COUNT = 50
 MAX_COUNT = 500
 #: Result parameters: they shape the answer, they do not filter (``_lastUpdated`` filters, on its own column).
 #: ``_totalMethod`` is HAPI's hint that fhirpy's ``count()`` sends: we always count exactly, so it is moot.
 CONTROL = frozenset(
     {"_count", "_offset", "_format", "_pretty", "_summary", "_elements", "_sort", "_total", "_lastUpdated"}
-    | {"_totalMethod"}
+    | {"_totalMethod", "_include", "_include:iterate"}
 )
 #: Parameters ``_sort`` takes besides ``_lastUpdated`` and ``_id``: the date parameters, indexed as ISO text.
 SORTABLE = {"Encounter": frozenset({"date"})}
@@ -32,19 +34,73 @@ REFERENCE_TARGETS = {
     "link": "Patient",
     "encounter": "Encounter",
 }
+#: Date comparisons: prefix → (indexed instant ``ge`` the range's low or high) or (``lt`` …). A date
+#: parameter's entries are instants (its value's first one), so ``ge2026-03`` keeps March onwards.
+POINT_PREFIXES: dict[str, list[tuple[str, str]]] = {
+    "eq": [("ge", "low"), ("lt", "high")],
+    "ap": [("ge", "low"), ("lt", "high")],
+    "ge": [("ge", "low")],
+    "gt": [("ge", "high")],
+    "sa": [("ge", "high")],
+    "le": [("lt", "high")],
+    "lt": [("lt", "low")],
+    "eb": [("lt", "low")],
+}
+#: ``date`` on a period (CareTeam): its start under ``date``, the instant it stops covering under
+#: ``date.end`` (open: never), so overlap is two comparisons: (param, op, bound of the searched range).
+PERIOD_PREFIXES: dict[str, list[tuple[str, str, str]]] = {
+    "eq": [("date", "lt", "high"), (PERIOD_END, "ge", "low")],
+    "ap": [("date", "lt", "high"), (PERIOD_END, "ge", "low")],
+    "ge": [(PERIOD_END, "ge", "low")],
+    "gt": [(PERIOD_END, "ge", "high")],
+    "le": [("date", "lt", "high")],
+    "lt": [("date", "lt", "low")],
+    "sa": [("date", "ge", "high")],
+    "eb": [(PERIOD_END, "lt", "low")],
+}
+#: Parameters searched as a period rather than as instants.
+PERIOD_PARAMS = {("CareTeam", "date")}
 #: Reference parameters whose value must name its type (a member may be a Practitioner or an Organization).
 TYPED_REFERENCES = frozenset({"participant"})
+REFERENCE_TARGETS |= {"practitioner": "Practitioner", "organization": "Organization", "partof": "Organization"}
+
+
+def _types(rtype: str) -> dict[str, str]:
+    return {name: kind for name, kind, _ in SEARCH_PARAMS.get(rtype, [])}
+
+
+def parse_dates(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """Date parameters (``start=ge2026-03``) → (indexed param, ``ge`` | ``lt``, UTC instant text), AND-ed."""
+    kinds = _types(rtype)
+    out: list[tuple[str, str, str]] = []
+    for name, value in params:
+        if name.startswith("_") or kinds.get(name) != "date":
+            continue
+        prefix = value[:2] if value[:2].isalpha() else "eq"
+        text = value[2:] if value[:2].isalpha() else value
+        if prefix not in POINT_PREFIXES:
+            raise UnsupportedSearchError(f"{name}: prefix {prefix!r} is not supported")
+        low, high = _instant_range(text, name)
+        bound = {"low": instant_text(low), "high": instant_text(high)}
+        if (rtype, name) in PERIOD_PARAMS:
+            out += [(param, op, bound[edge]) for param, op, edge in PERIOD_PREFIXES[prefix]]
+        else:
+            out += [(name, op, bound[edge]) for op, edge in POINT_PREFIXES[prefix]]
+    return out
 
 
 def parse_search(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, str | None, str]]:
-    """Unknown parameters are refused (400), not ignored: a mistyped filter must not return everyone."""
-    known = {name for name, _, _ in SEARCH_PARAMS.get(rtype, [])}
+    """Unknown parameters are refused (400), not ignored: a mistyped filter must not return everyone.
+    Date parameters are left to :func:`parse_dates`."""
+    kinds = _types(rtype)
     criteria: list[tuple[str, str | None, str]] = []
     for name, value in params:
         if name in CONTROL:
             continue
-        if name not in known:
+        if name not in kinds:
             raise UnsupportedSearchError(f"search parameter {name!r} is not supported for {rtype}")
+        if kinds[name] == "date":
+            continue
         if not value:
             raise FhirError(f"search parameter {name!r} has no value")
         if name == "event-type" and "," in value:
@@ -64,6 +120,68 @@ def _criterion(name: str, value: str) -> tuple[str, str | None, str]:
     if name in TYPED_REFERENCES:
         return name, None, "/".join(parts[-2:])
     return name, None, value
+
+
+def parse_includes(rtype: str, params: list[tuple[str, str]]) -> list[tuple[str, bool]]:
+    """``_include`` / ``_include:iterate`` values → (``Type:param``, iterate?); unknown ones are refused."""
+    allowed = INCLUDES.get(rtype, [])
+    out = []
+    for name, value in params:
+        if name not in ("_include", "_include:iterate"):
+            continue
+        if value not in allowed:
+            raise UnsupportedSearchError(
+                f"_include {value!r} is not supported for {rtype}" + (f" (use {', '.join(allowed)})" if allowed else "")
+            )
+        out.append((value, name == "_include:iterate"))
+    return out
+
+
+#: ``_include`` → (source type, the elements of it holding the references to follow).
+INCLUDE_PATHS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "CareTeam:participant": ("CareTeam", ("participant", "member")),
+    "PractitionerRole:practitioner": ("PractitionerRole", ("practitioner",)),
+    "PractitionerRole:organization": ("PractitionerRole", ("organization",)),
+}
+
+
+def _references_at(resource: JSON, path: tuple[str, ...]) -> list[str]:
+    nodes: list[Any] = [resource]
+    for key in path:
+        nodes = [n for node in nodes for n in _as_list(node.get(key) if isinstance(node, dict) else None)]
+    return [str(n["reference"]) for n in nodes if isinstance(n, dict) and "/" in str(n.get("reference", ""))]
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
+def included(repo: ResourceRepo, page: list[StoredResource], includes: list[tuple[str, bool]]) -> list[StoredResource]:
+    """The resources the page's references name, read through the caller's repo (its access policy
+    applies); an iterated include also follows the included ones (CareTeam → PractitionerRole →
+    Practitioner). Each resource once, matches excluded."""
+    seen = {(r.type, r.id) for r in page}
+    out: list[StoredResource] = []
+    frontier = list(page)
+    # one pass for plain includes, then again over what was included for the iterated ones
+    for round_ in range(2):
+        found: list[StoredResource] = []
+        for value, iterate in includes:
+            if round_ and not iterate:
+                continue
+            source, path = INCLUDE_PATHS[value]
+            for resource in (r for r in frontier if r.type == source):
+                for ref in _references_at(resource.content, path):
+                    rtype, _, rid = ref.partition("/")
+                    if (rtype, rid) in seen:
+                        continue
+                    seen.add((rtype, rid))
+                    target = repo.get(rtype, rid)
+                    if target is not None and not target.deleted:
+                        found.append(target)
+        out += found
+        frontier = found
+    return out
 
 
 def _int_param(params: Mapping[str, str], name: str, default: int, maximum: int) -> int:
@@ -95,25 +213,12 @@ def parse_sort(rtype: str, value: str | None) -> list[tuple[str, bool]]:
     return keys
 
 
-def _instant_range(text: str) -> tuple[datetime, datetime]:
+def _instant_range(text: str, name: str = "_lastUpdated") -> tuple[datetime, datetime]:
     """A FHIR date or dateTime as the [start, end) range of its precision (``2026-03`` is all of March)."""
-    try:
-        if len(text) == 4:
-            start = datetime(int(text), 1, 1, tzinfo=UTC)
-            return start, start.replace(year=start.year + 1)
-        if len(text) == 7:
-            start = datetime(int(text[:4]), int(text[5:7]), 1, tzinfo=UTC)
-            month = start.month % 12 + 1
-            return start, start.replace(year=start.year + (start.month == 12), month=month)
-        if len(text) == 10:
-            start = datetime.fromisoformat(text).replace(tzinfo=UTC)
-            return start, start + timedelta(days=1)
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        # In UTC: SQLite compares the stored UTC text, so an offset must not reach it.
-        moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
-        return moment, moment + timedelta(milliseconds=1)
-    except (ValueError, OverflowError) as exc:
-        raise FhirError(f"_lastUpdated: {text!r} is not a FHIR date or dateTime") from exc
+    bounds = instant_bounds(text)
+    if bounds is None:
+        raise FhirError(f"{name}: {text!r} is not a FHIR date or dateTime")
+    return bounds
 
 
 def parse_last_updated(values: list[str]) -> list[tuple[str, datetime]]:
@@ -144,6 +249,8 @@ def _total_mode(value: str | None) -> str:
 def search(repo: ResourceRepo, rtype: str, params: list[tuple[str, str]], *, base_url: str) -> dict[str, Any]:
     """A searchset. ``_summary=count`` answers the total alone; ``_total=none`` skips counting."""
     criteria = parse_search(rtype, params)
+    dates = parse_dates(rtype, params)
+    includes = parse_includes(rtype, params)
     flat = dict(params)
     count = _int_param(flat, "_count", DEFAULT_COUNT, MAX_COUNT)
     offset = _int_param(flat, "_offset", 0, 10**9)
@@ -159,8 +266,14 @@ def search(repo: ResourceRepo, rtype: str, params: list[tuple[str, str]], *, bas
         count=only_count or total_mode != "none",
         order=order,
         updated=updated,
+        dates=dates,
     )
     bundle = searchset(rtype, page, total=total, base_url=base_url, params=params, count=count, offset=offset)
+    if includes and not only_count:
+        bundle["entry"] += [
+            {"fullUrl": f"{base_url}/{r.type}/{r.id}", "resource": r.content, "search": {"mode": "include"}}
+            for r in included(repo, page, includes)
+        ]
     if total_mode == "none" and not only_count:
         bundle.pop("total")
         if len(page) == count:  # without a total, a full page may have a next one

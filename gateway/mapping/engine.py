@@ -15,6 +15,7 @@ from gateway.canonical import FR_CORE_SD as FR_CORE
 from gateway.errors import MappingError, UnsupportedError, UnsupportedEventError
 from gateway.hl7.er7 import Message, Repetition, Segment
 from gateway.hl7.er7 import Path as HL7Path
+from gateway.mapping import directory
 from gateway.mapping.ids import resource_id
 from gateway.mapping.tables import ACTIONS, IDENTITY_KINDS, EventSpec, SegmentMap, Tables, load_tables
 from gateway.mapping.transforms import (
@@ -41,6 +42,8 @@ PRODUCTION_INS = frozenset({"INS-NIR", "INS-NIA"})
 #: demo one, so a VALI patient with a demo INS cannot conform to fr-core-patient-ins (it claims fr-core-patient).
 QUALIFIED_INS = PRODUCTION_INS | {"INS-NIR-TEST"}
 INS_TABLE = "InsAuthority_to_IdentifierType"
+#: NK1 (next of kin, person to notify) → Patient.contact.
+CONTACT_MAP = "NK1_to_Contact"
 INS_C_SYSTEM = "urn:oid:1.2.250.1.213.1.4.2"
 SUPPORTED_VERSIONS = frozenset({"2.3", "2.3.1", "2.4", "2.5", "2.5.1", "2.6", "2.7", "2.7.1", "2.8", "2.8.1", "2.8.2"})
 HL7_NULL = '""'
@@ -89,6 +92,10 @@ class Mapped:
     prior: dict[str, Any] | None = None
     #: Care circle statements: ROL segments and PD1-4 (member reference, role, action, period).
     participations: list[dict[str, Any]] = field(default_factory=list)
+    #: A44 without PV1 (PAM-FR ADT_A43): the account (MRG-3, else PID-18) whose stays move to the patient.
+    account: dict[str, Any] | None = None
+    #: The PractitionerRole and Organization resources the circle's members named here point at.
+    directory: list[dict[str, Any]] = field(default_factory=list)
 
 
 def read_header(message: Message) -> Header:
@@ -143,9 +150,12 @@ class Engine:
         self._check_evn(message, header, ctx)
         patient = self._patient(message, ctx)
         participations = self._participations(message, ctx)
-        visit = event.kind not in IDENTITY_KINDS  # their PV1 (often "PV1|1|N") is not read
+        account = self._account_to_move(message, ctx) if event.kind == "move-account" else None
+        visit = event.kind not in IDENTITY_KINDS and account is None  # their PV1 (often "PV1|1|N") is not read
         movement = self._movement(message, ctx) if visit else None
         encounter = self._encounter(message, ctx, patient_id=patient["id"]) if visit else None
+        if encounter is not None:
+            bind_to_stay(participations, stay_id=str(encounter["id"]))
         if visit and event.kind == "discharge":
             self._death_on_discharge(message, patient, encounter, movement, ctx)
         action = (movement or {}).get("action") or event.action
@@ -166,6 +176,14 @@ class Engine:
             recorded_at=_recorded_at(message, header),
             prior=self._prior(message, ctx),
             participations=participations,
+            account=account,
+            directory=directory.of_message(
+                facility=header.sending_facility or header.sending_application,
+                participations=participations,
+                encounter=encounter,
+                movement=movement,
+            )
+            + [ctx.organizations[k] for k in sorted(ctx.organizations)],
         )
 
     # -- routing --------------------------------------------------------------------------------
@@ -256,6 +274,14 @@ class Engine:
             **facts,
             "identifier": identifiers,
         }
+        contacts = [c for nk1 in message.all("NK1") if (c := self._apply(self.tables.segments[CONTACT_MAP], nk1, ctx))]
+        for contact in contacts:
+            # One relationship (the role, else the kinship): fr-core-patient slices them by coding.system
+            # with no fixed value, which the suite's validator cannot tell apart (mappings/LEFT_OUT.md).
+            if len(contact.get("relationship", [])) > 1:
+                contact["relationship"] = contact["relationship"][:1]
+        if contacts:
+            patient["contact"] = contacts
         extensions = [*identity_reliability(pid, message.segment("ZFD"), tz=ctx.tz), *facts.get("extension", [])]
         if extensions:
             patient["extension"] = extensions
@@ -340,6 +366,12 @@ class Engine:
                 "PV1-19 (visit number) and PID-18 (account number) are empty: the stay cannot be identified",
                 location="PV1-19",
             )
+        reported = len(ctx.warnings)
+        account = account_of(message, ctx)
+        del ctx.warnings[reported:]  # PID-18's oddities are reported once, with the Patient's identifiers
+        if account is not None and account not in facts["identifier"]:
+            # the stay's account (NDA): an A44 without PV1 finds the stays to move by it
+            facts["identifier"].append(account)
         encounter: dict[str, Any] = {
             "resourceType": "Encounter",
             "id": resource_id("Encounter", f"{visit['system']}|{visit['value']}"),
@@ -351,19 +383,28 @@ class Engine:
         return encounter
 
     @staticmethod
+    def _account_to_move(message: Message, ctx: MapContext) -> dict[str, Any] | None:
+        """PAM-FR's A44 has no PV1 (structure ADT_A43: MSH EVN PID PD1 MRG): MRG-3, else PID-18, names
+        the account whose stays move. With a PV1, the visit it names moves (None here)."""
+        if message.segment("PV1") is not None:
+            return None
+        for segment, position in (("MRG", 3), ("PID", 18)):
+            found = message.segment(segment)
+            rep = found.first(position) if found is not None else None
+            if rep is not None and rep.get(1).strip() and rep.component_raw(1) != HL7_NULL:
+                ctx.location = f"{segment}-{position}"
+                return account_identifier(rep, ctx)
+        raise MappingError("A44 without PV1: MRG-3 or PID-18 must name the account to move", location="MRG-3")
+
+    @staticmethod
     def _account_as_visit(message: Message, ctx: MapContext) -> dict[str, Any] | None:
         """Without PV1-19, the account number (PID-18, NDA) identifies the stay: many non-French feeds
         leave PV1-19 empty and key visits on the account. Said in the ACK as a warning."""
-        pid = message.segment("PID")
-        rep = pid.first(18) if pid is not None else None
-        if rep is None or not rep.get(1).strip() or rep.component_raw(1) == HL7_NULL:
-            return None
-        ctx.location = "PV1-19"
-        ctx.warn("PV1-19 is empty: the account number (PID-18) identifies the stay")
-        ident: dict[str, Any] | None = TRANSFORMS["identifier_cx"](
-            rep, ctx, {"default_type": "AN", "fallback_authority": "sender"}
-        )
-        return ident
+        account = account_of(message, ctx)
+        if account is not None:
+            ctx.location = "PV1-19"
+            ctx.warn("PV1-19 is empty: the account number (PID-18) identifies the stay")
+        return account
 
     @staticmethod
     def _event_time(message: Message, movement: dict[str, Any] | None, header: Header) -> datetime:
@@ -383,6 +424,42 @@ def _recorded_at(message: Message, header: Header) -> datetime | None:
     evn = message.segment("EVN")
     parsed = parse_dtm(evn.get(2)) if evn is not None and evn.get(2) else None
     return parsed[0] if parsed else header.sent_at
+
+
+#: Ends from this year on mean "no end": GAMs send 20991231235959 (or 2999…, 9999…) for members whose
+#: participation lasts as long as the stay.
+FAR_FUTURE_YEAR = "2090"
+#: Care circle roles about the patient, not a stay: the médecin traitant and his stand-in stay open.
+PATIENT_ROLES = frozenset({"ODRP", "SUBS", "PP"})
+
+
+def bind_to_stay(participations: list[dict[str, Any]], *, stay_id: str) -> None:
+    """A ROL sent with a visit and a far-future end is a stay-bound member: no end of its own, it ends
+    with the stay (``stay``); a patient-level role (``PATIENT_ROLES``) just has no end."""
+    for statement in participations:
+        end = str(statement.get("end") or "")
+        if end[:4] < FAR_FUTURE_YEAR:
+            continue
+        del statement["end"]
+        if statement["role"] not in PATIENT_ROLES:
+            statement["stay"] = stay_id
+
+
+def account_identifier(rep: Repetition, ctx: MapContext) -> dict[str, Any] | None:
+    """An account number (NDA: PID-18, MRG-3) as the stay identifier it stands for (typed AN)."""
+    ident: dict[str, Any] | None = TRANSFORMS["identifier_cx"](
+        rep, ctx, {"default_type": "AN", "fallback_authority": "sender"}
+    )
+    return ident
+
+
+def account_of(message: Message, ctx: MapContext) -> dict[str, Any] | None:
+    """PID-18 as an account identifier (None when empty or HL7 null)."""
+    pid = message.segment("PID")
+    rep = pid.first(18) if pid is not None else None
+    if rep is None or not rep.get(1).strip() or rep.component_raw(1) == HL7_NULL:
+        return None
+    return account_identifier(rep, ctx)
 
 
 def identity_reliability(pid: Segment, zfd: Segment | None, *, tz: Any = PARIS) -> list[dict[str, Any]]:

@@ -72,7 +72,7 @@ BUILTIN_CODE_TABLES = (
 #: ANS NdE: the TRE_R254 event types ADT triggers express (each checked against the terminology table).
 EVENT_TYPE_TABLE, EVENT_TYPE_TERMINOLOGY = "ADT_to_TRE_R254", "TRE_R254_TypeEvenement"
 #: Segment maps the engine uses by name, besides those ADT.yaml names.
-BUILTIN_SEGMENT_MAPS = ("ROL_to_Participation", "PD1_to_Participation")
+BUILTIN_SEGMENT_MAPS = ("ROL_to_Participation", "PD1_to_Participation", "NK1_to_Contact")
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,8 @@ class MapContext:
     tz: ZoneInfo = PARIS
     warnings: list[tuple[str, str]] = field(default_factory=list)  # (location, text)
     practitioners: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: establishments a message names (PV1-37 discharge destination), to be written with it
+    organizations: dict[str, dict[str, Any]] = field(default_factory=dict)
     location: str = ""
     #: the other repetitions of the person a transform is reading (same name: ``ADELI~RPPS``)
     same_person: list[Repetition] = field(default_factory=list)
@@ -438,6 +440,34 @@ def _participant(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict
     if row:
         out = {"type": [{"coding": [row.coding()]}], **out}
     return out
+
+
+FINESS_SYSTEM = "https://finess.esante.gouv.fr"
+PROFILE_ORGANIZATION = f"{FR_CORE_SD}/fr-core-organization"
+FINESS = re.compile(r"[0-9][0-9AB][0-9]{7}")
+
+
+@transform("finess_organization_dld")
+def _finess_destination(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str, Any] | None:
+    """PV1-37 (DLD-1, PAM-FR: the FINESS of the establishment the patient leaves for) → a Reference to
+    that establishment as an Organization (fr-core-organization, FINESS identifier), written with the
+    message. Anything but a FINESS is warned about and left out."""
+    code = rep.get(1).strip().upper()
+    if not code:
+        return None
+    if not FINESS.fullmatch(code):
+        ctx.warn(f"discharge destination {code!r} is not a FINESS number; ignored")
+        return None
+    identifier = {"system": FINESS_SYSTEM, "value": code}
+    kind = identifier_type(ctx, "FINEG")
+    oid = resource_id("Organization", f"{FINESS_SYSTEM}|{code}")
+    ctx.organizations[oid] = {
+        "resourceType": "Organization",
+        "id": oid,
+        "meta": {"profile": [PROFILE_ORGANIZATION]},
+        "identifier": [{"type": kind, **identifier} if kind else identifier],
+    }
+    return {"reference": f"Organization/{oid}", "identifier": identifier}
 
 
 @transform("location_pl")

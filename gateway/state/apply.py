@@ -133,26 +133,29 @@ def apply_message(
         raise MappingError("MRG-1 must name the merged patient's IPP, other than the survivor's", location="MRG-1")
     survivor_id = unit.survivor(patient_id)
     streams = [f"Patient/{patient_id}", f"CareTeam/{careteam_id(patient_id)}", f"CareTeam/{careteam_id(survivor_id)}"]
-    if merging and prior_id:
+    if (merging or mapped.account is not None) and prior_id:
         streams += [f"Patient/{prior_id}", f"CareTeam/{careteam_id(prior_id)}"]
     if mapped.encounter is not None:
         streams.append(f"Encounter/{mapped.encounter['id']}")
     unit.facts.lock(streams)
     # what the refolds below read, in two queries: the streams' facts, and the resources they write
     unit.facts.preload(streams)
-    doctors = [("Practitioner", str(p["id"])) for p in mapped.practitioners]
-    unit.store.preload([(s.split("/", 1)[0], s.split("/", 1)[1]) for s in streams] + doctors)
+    written = [(str(r["resourceType"]), str(r["id"])) for r in [*mapped.practitioners, *mapped.directory]]
+    unit.store.preload([(s.split("/", 1)[0], s.split("/", 1)[1]) for s in streams] + written)
+    moved = _account_stays(unit, mapped.account) if mapped.account is not None else []
 
     _record_facts(unit, mapped)
     if merging and prior_id:
         _merge(unit, mapped, merged_id=prior_id, survivor_id=patient_id)
     _refold_patient(unit, patient_id, action=mapped.action)
-    for practitioner in mapped.practitioners:
+    for practitioner in [*mapped.practitioners, *mapped.directory]:
         _put(unit, practitioner)
+    if moved:
+        _move_account(unit, mapped, stays=moved)
     if mapped.encounter is not None:
         _refold_stay(unit, str(mapped.encounter["id"]), action=mapped.action)
-    if merging and prior_id:
-        refold_careteam(unit, prior_id, action=mapped.action)
+    if (merging or mapped.account is not None) and prior_id and prior_id != patient_id:
+        refold_careteam(unit, prior_id, action=mapped.action)  # merged away, or lost the stays moved
     refold_careteam(unit, patient_id, action=mapped.action)
     if survivor_id != patient_id:
         # a message naming a merged patient feeds the survivor's circle (his stays now belong there)
@@ -189,6 +192,7 @@ def _record_facts(unit: Unit, mapped: Mapped) -> None:
             source=source,
             start=statement.get("start"),
             end=statement.get("end"),
+            stay=statement.get("stay"),
         )
         new.append(NewFact(stream, PARTICIPATION, fact.to_payload()))
     if mapped.encounter is not None:
@@ -227,6 +231,37 @@ def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT") -> N
         since=lambda: _first_heard(unit, patient_id),
     )
     _put(unit, team, action=action)
+
+
+def _account_stays(unit: Unit, account: JSON) -> list[str]:
+    """A44 without PV1: the stays holding the account (their AN identifier), locked; none is an error
+    (AE: a stay not received yet cannot be moved), found before anything is written."""
+    found, _ = unit.store.search(
+        "Encounter", [("identifier", str(account["system"]), str(account["value"]))], limit=MAX_REFOLD, count=False
+    )
+    stays = sorted(r.id for r in found if "partOf" not in r.content)
+    if not stays:
+        raise MappingError(
+            "A44: no stay holds the account MRG-3 (else PID-18) names: nothing to move",
+            location="MRG-3",
+        )
+    unit.facts.lock([f"Encounter/{stay_id}" for stay_id in stays])
+    return stays
+
+
+def _move_account(unit: Unit, mapped: Mapped, *, stays: list[str]) -> None:
+    """Each stay of the account gets the move as a fact of its own, as an A44 naming the visit gives it."""
+    subject = {"reference": f"Patient/{mapped.patient['id']}"}
+    for stay_id in stays:
+        encounter = {"resourceType": "Encounter", "id": stay_id, "subject": subject}
+        unit.facts.add(
+            stream=f"Encounter/{stay_id}",
+            message_id=unit.message_id,
+            event_time=mapped.event_time,
+            kind=mapped.event.kind,
+            payload=visit_fact(mapped, encounter).to_payload(),
+        )
+        _refold_stay(unit, stay_id, action=mapped.action)
 
 
 def _first_heard(unit: Unit, patient_id: str) -> str | None:

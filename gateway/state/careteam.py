@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.canonical import CANONICAL_BASE
+from gateway.mapping import directory
 from gateway.mapping.ids import resource_id
 
 JSON = dict[str, Any]
@@ -32,8 +33,6 @@ SOURCE_EXT = f"{CANONICAL_BASE}/StructureDefinition/careteam-participant-source"
 CARETEAM_SYSTEM = f"{CANONICAL_BASE}/sid/careteam"
 CDS_PROFILE = "https://interop.esante.gouv.fr/ig/fhir/cds/StructureDefinition/cds-ihe-careteam"
 OPENING = frozenset({"AD", "UC"})
-#: Stay participant types (v3-ParticipationType, as mapped from PV1) → care circle role codes (ROL-3).
-STAY_ROLES = {"ATND": "AT", "ADM": "AD", "REF": "RP"}
 UNIT_ROLE = "UF"
 
 
@@ -49,6 +48,8 @@ class Participation:
     source: str
     start: str | None = None
     end: str | None = None
+    #: The stay a stay-bound member belongs to (a ROL sent with a visit, its end "none"): ends with it.
+    stay: str | None = None
 
     def sort_key(self) -> tuple[datetime, str, str]:
         return self.event_time, self.control_id, self.action
@@ -63,6 +64,7 @@ class Participation:
             "source": self.source,
             "start": self.start,
             "end": self.end,
+            **({"stay": self.stay} if self.stay else {}),
         }
 
     @classmethod
@@ -76,6 +78,7 @@ class Participation:
             source=data.get("source", "hospital"),
             start=data.get("start"),
             end=data.get("end"),
+            stay=data.get("stay"),
         )
 
 
@@ -87,6 +90,7 @@ class Entry:
     start: str | None
     end: str | None = None
     extra: JSON = field(default_factory=dict)
+    stay: str | None = None
 
     def key(self) -> tuple[str, str]:
         return str(self.member.get("reference") or self.member.get("identifier")), self.role
@@ -104,18 +108,41 @@ def replay_participations(participations: list[Participation]) -> list[Entry]:
         key = (str(p.member.get("reference")), p.role)
         current = open_.get(key)
         moment = p.event_time.isoformat(timespec="seconds")
-        if p.action in OPENING and current is None:
-            open_[key] = Entry(member=p.member, role=p.role, source=p.source, start=p.start or moment, end=p.end)
+        if p.action in OPENING and current is not None and p.stay and current.stay not in (None, p.stay):
+            closed.append(open_.pop(key))  # stay-bound in another stay: that one ends with its own stay
+            open_[key] = _opened(p, moment)
+        elif p.action in OPENING and current is None:
+            open_[key] = _opened(p, moment)
         elif p.action == "UP" and current is not None:
             current.start = p.start or current.start
             current.end = p.end
+            current.stay = p.stay
         elif p.action == "UP":
-            open_[key] = Entry(member=p.member, role=p.role, source=p.source, start=p.start or moment, end=p.end)
+            open_[key] = _opened(p, moment)
         elif p.action == "DE" and current is not None:
             current.end = p.end or moment
         if key in open_ and open_[key].end:
             closed.append(open_.pop(key))  # ended: a later AD opens a new participant entry
     return closed + list(open_.values())
+
+
+def _opened(p: Participation, moment: str) -> Entry:
+    return Entry(member=p.member, role=p.role, source=p.source, start=p.start or moment, end=p.end, stay=p.stay)
+
+
+def end_with_stays(entries: list[Entry], stays: list[tuple[JSON, list[JSON]]]) -> list[Entry]:
+    """Stay-bound members (sent without a real end) end when their stay ends, like PV1-7's doctors; a
+    cancelled stay takes them away."""
+    by_id = {str(stay.get("id")): stay for stay, _ in stays}
+    out = []
+    for entry in entries:
+        stay = by_id.get(entry.stay or "")
+        if stay is not None and stay.get("status") in ("cancelled", "entered-in-error"):
+            continue
+        if stay is not None and entry.end is None and stay.get("period", {}).get("end"):
+            entry.end = stay["period"]["end"]
+        out.append(entry)
+    return out
 
 
 def stay_entries(stay: JSON, movements: list[JSON], *, source: str) -> list[Entry]:
@@ -126,7 +153,7 @@ def stay_entries(stay: JSON, movements: list[JSON], *, source: str) -> list[Entr
     out = []
     for participant in stay.get("participant", []):
         code = next((c.get("code") for t in participant.get("type", []) for c in t.get("coding", [])), None)
-        role = STAY_ROLES.get(str(code))
+        role = directory.STAY_ROLES.get(str(code))
         if role and participant.get("individual"):
             out.append(
                 Entry(
@@ -169,11 +196,11 @@ def _coalesce(entries: list[Entry]) -> list[Entry]:
     return out
 
 
-def _participant(entry: Entry, roles: dict[str, JSON]) -> JSON:
+def _participant(entry: Entry, roles: dict[str, JSON], member: JSON) -> JSON:
     out: JSON = {"extension": [{"url": SOURCE_EXT, "valueString": entry.source}]}
     if entry.role in roles:
         out["role"] = [roles[entry.role]]
-    out["member"] = entry.member
+    out["member"] = member
     period = {k: v for k, v in (("start", entry.start), ("end", entry.end)) if v}
     if period:
         out["period"] = period
@@ -198,15 +225,19 @@ def fold_careteam(
     merged_into: str | None = None,
     since: Callable[[], str | None] | None = None,
 ) -> JSON:
-    """The patient's CareTeam; ``roles`` maps a role code (ROL-3, ``UF``) to its CodeableConcept.
+    """The patient's CareTeam; ``roles`` maps a role code (ROL-3, ``UF``) to its CodeableConcept. Hospital
+    members are PractitionerRole and Organization references (CDS 2.0.1), whose resources the engine
+    wrote from the messages that named them (``gateway/mapping/directory.py``).
 
     ``since`` gives the circle's start when no member has one (read only then: it costs a query)."""
-    hospital = replay_participations(participations)
+    hospital = end_with_stays(replay_participations(participations), stays)
     for stay, movements in sorted(stays, key=lambda s: str(s[0].get("id"))):
         hospital += stay_entries(stay, movements, source=_stay_source(stay))
     hospital = _coalesce(hospital)
     hospital.sort(key=lambda e: (e.start or "", e.role, str(e.member.get("reference") or e.member.get("display"))))
-    participants = [_participant(e, roles) for e in hospital] + [dict(p) for p in platform_participants]
+    members = [directory.member(e.member, role=e.role, source=e.source) for e in hospital]
+    participants = [_participant(e, roles, m.reference) for e, m in zip(hospital, members, strict=True)]
+    participants += [dict(p) for p in platform_participants]
     patient_id = str(patient["id"])
     team: JSON = {
         "resourceType": "CareTeam",

@@ -68,6 +68,10 @@ def fold_patient(payloads: list[JSON]) -> JSON | None:
         patient = {
             k: v for k, v in snapshots[-1]["patient"].items() if k not in ("deceasedDateTime", "deceasedBoolean")
         }
+        # NK1 is an optional segment: a message without it says nothing of the patient's contacts
+        contacts = next((s["patient"]["contact"] for s in reversed(snapshots) if s["patient"].get("contact")), None)
+        if contacts:
+            patient["contact"] = contacts
         death = next((s["patient"] for s in reversed(snapshots) if _has_death_info(s["patient"])), None)
         if death is not None:
             patient.update({k: death[k] for k in ("deceasedDateTime", "deceasedBoolean") if k in death})

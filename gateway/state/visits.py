@@ -34,6 +34,7 @@ from itertools import pairwise
 from typing import Any
 
 from gateway.canonical import CANONICAL_BASE
+from gateway.mapping import directory
 from gateway.mapping.engine import PROFILE_ENCOUNTER
 from gateway.mapping.ids import resource_id
 from gateway.mapping.tables import CANCEL_KINDS, CORRECTION_KIND, CodeRow
@@ -363,6 +364,10 @@ def _status(live_movements: list[VisitFact]) -> str:
     return status or "in-progress"
 
 
+#: What a discharge says (PV1-36 disposition, PV1-37 destination): kept while the stay is finished.
+DISCHARGE_KEYS = ("dischargeDisposition", "destination")
+
+
 def _present(encounter: JSON, live: list[VisitFact]) -> None:
     """Later facts describe the present: their class, place, people and unit replace the earlier ones."""
     for fact in live:
@@ -375,11 +380,13 @@ def _present(encounter: JSON, live: list[VisitFact]) -> None:
         provider = _service_provider(fact.movement)
         if provider:
             encounter["serviceProvider"] = provider
-        disposition = fact.encounter.get("hospitalization", {}).get("dischargeDisposition")
-        if disposition:
-            encounter.setdefault("hospitalization", {})["dischargeDisposition"] = disposition
+        for key in DISCHARGE_KEYS:
+            value = fact.encounter.get("hospitalization", {}).get(key)
+            if value:
+                encounter.setdefault("hospitalization", {})[key] = value
     if encounter["status"] != "finished":
-        encounter.get("hospitalization", {}).pop("dischargeDisposition", None)
+        for key in DISCHARGE_KEYS:
+            encounter.get("hospitalization", {}).pop(key, None)
     if "location" in encounter:
         encounter["location"] = _locations(encounter["location"], encounter["status"])
 
@@ -430,13 +437,7 @@ def _movement_time(fact: VisitFact) -> str:
 
 def _service_provider(movement: JSON | None) -> JSON | None:
     """ZBE-7, the UF de responsabilité médicale, is the unit in charge (PAM-FR §6.13)."""
-    unit = (movement or {}).get("medical_unit")
-    if not unit:
-        return None
-    return {
-        "identifier": {"system": unit["system"], "value": unit["code"]},
-        **({"display": unit["name"]} if unit.get("name") else {}),
-    }
+    return directory.unit_reference((movement or {}).get("medical_unit"))
 
 
 def _locations(locations: list[JSON], status: str) -> list[JSON]:

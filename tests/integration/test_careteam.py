@@ -141,6 +141,15 @@ def practitioner_id(client: TestClient, doctor: Doctor) -> str:
     return str(found["entry"][0]["resource"]["id"])
 
 
+def role_reference(client: TestClient, doctor: Doctor) -> str:
+    """CDS 2.0.1 members are roles: the one PractitionerRole of a doctor, as a reference."""
+    practitioner = f"Practitioner/{practitioner_id(client, doctor)}"
+    found = client.get("/fhir/PractitionerRole", params={"practitioner": practitioner}).json()
+    assert found["total"] == 1, found
+    assert found["entry"][0]["resource"]["practitioner"]["reference"] == practitioner
+    return f"PractitionerRole/{found['entry'][0]['resource']['id']}"
+
+
 def circle(client: TestClient, ipp: str = "100001") -> JSON:
     """The patient's care circle: exactly one CareTeam whose subject is the patient."""
     pid = patient_id(client, ipp)
@@ -241,7 +250,7 @@ def test_rol_add_update_delete_and_add_again(client: TestClient) -> None:
     pcp = one(team, display=MARTIN.display, role="PCP")
     assert pcp["role"][0]["coding"][0]["system"] == TRE_R259
     assert pcp["member"]["identifier"]["value"] == MARTIN.rpps
-    assert pcp["member"]["reference"] == f"Practitioner/{practitioner_id(client, MARTIN)}"
+    assert pcp["member"]["reference"] == role_reference(client, MARTIN)
     assert pcp["period"] == {"start": "2025-01-01"} and source(pcp) == HOSPITAL
 
     send(client, person("P2", "20260120090000", rol("UP", MARTIN, start="20250115")))
@@ -274,7 +283,7 @@ def test_pd1_alone_names_the_medecin_traitant(client: TestClient) -> None:
     assert pcp["period"] == {"start": "2026-01-10T09:00:00+01:00"}  # no ROL-5: from the event
     identifier = pcp["member"]["identifier"]
     assert (identifier["system"], identifier["value"]) == (RPPS_SYSTEM, MARTIN.rpps)
-    assert pcp["member"]["reference"] == f"Practitioner/{practitioner_id(client, MARTIN)}"
+    assert pcp["member"]["reference"] == role_reference(client, MARTIN)
     assert source(pcp) == HOSPITAL
     # PD1-4 repeated later only confirms him: still one open entry with its first start
     send(client, person("P2", "20260210090000", f"PD1||||{MARTIN.xcn}"))
@@ -406,7 +415,7 @@ def test_platform_member_is_never_ended_by_the_hospital(client: TestClient) -> N
     send(client, person("P2", "20260321090000", rol("AD", MARTIN, start="20260321")))
     assert of(circle(client), display="CLAIRE COSTE") == [nurse]  # nor reopened by one
 
-    jean = f"Practitioner/{practitioner_id(client, JEAN)}"
+    jean = role_reference(client, JEAN)
     before = circle(client)
     refused = end_member(client, team_id, {"reference": jean})  # the attending comes from the hospital
     assert refused.status_code == 422
@@ -502,9 +511,10 @@ def test_careteam_changed_says_who_joined_and_left(client: TestClient, runtime: 
     sub_id = subscribe(client, "careteam-changed", f"CareTeam?patient.identifier={IPP_SYSTEM}|100001")
     send(client, admission(ipp="100001"))
     team_id, pid = circle(client)["id"], patient_id(client)
-    jean, durand = (f"Practitioner/{practitioner_id(client, d)}" for d in (JEAN, DURAND))
+    jean, durand = (role_reference(client, d) for d in (JEAN, DURAND))
+    (unit,) = (p["member"]["reference"] for p in circle(client)["participant"] if role_code(p) == "UF-RESP")
     send(client, person("P1", "20260302090000", rol("AD", MARTIN, start="20250101")))
-    martin = f"Practitioner/{practitioner_id(client, MARTIN)}"
+    martin = role_reference(client, MARTIN)
     send(client, admission("A2", ipp="100002", visit="V-2"))  # another patient: not followed
     send(client, person("P2", "20260303090000", f"PD1||||{MARTIN.xcn}"))  # confirms MARTIN: no change
     send(client, discharge())
@@ -517,9 +527,9 @@ def test_careteam_changed_says_who_joined_and_left(client: TestClient, runtime: 
     assert [r.focus_version for r in got] == [1, 2, 3, 4, 5]  # every version of the circle, each once
     assert all({"reference": f"Patient/{pid}"} in r.context for r in got)
     assert [sorted(changes(r)) for r in got] == [
-        sorted([("joined", jean), ("joined", durand)]),  # the unit in charge has no reference to name
+        sorted([("joined", jean), ("joined", durand), ("joined", unit)]),  # the unit is an Organization
         [("joined", martin)],
-        sorted([("left", jean), ("left", durand)]),
+        sorted([("left", jean), ("left", durand), ("left", unit)]),
         [("joined", NURSE["reference"])],
         [("left", NURSE["reference"])],
     ]
@@ -550,3 +560,108 @@ def test_encounter_subscription_hears_the_admission_that_names_the_member(
     assert of(circle(client), display=doctor.display)  # the admission put him in the circle
     got = events(runtime, sub_id)
     assert [(r.focus_type, r.event_number) for r in got] == [("Encounter", 1)]
+
+
+# -- CDS 2.0.1: members as roles and units, search parameters, _include ---------------------------
+
+FR_CORE_SD = "https://hl7.fr/ig/fhir/core/StructureDefinition"
+
+
+def test_hospital_members_are_roles_and_units_that_resolve(client: TestClient) -> None:
+    send(client, stay_message(Adt(control_id="A1"), unit=CARDIO_UF))
+    send(client, person("P1", "20260302090000", rol("AD", MARTIN, start="20250101")))
+    team = circle(client)
+    read = {}
+    for participant in team["participant"]:
+        ref = participant["member"]["reference"]
+        assert ref.split("/")[0] in ("PractitionerRole", "Organization"), ref  # never a bare Practitioner
+        answer = client.get(f"/fhir/{ref}")
+        assert answer.status_code == 200, ref
+        read[role_code(participant)] = answer.json()
+    hospital_ref = read["ATTPHYS"]["organization"]["reference"]
+    assert read["ADMPHYS"]["organization"]["reference"] == hospital_ref  # both act for the hospital
+    hospital = client.get(f"/fhir/{hospital_ref}").json()
+    assert hospital["meta"]["profile"] == [f"{FR_CORE_SD}/fr-core-organization"]
+    assert hospital["identifier"][0]["value"] == "CH-TEST"  # MSH-4
+    assert "organization" not in read["PCP"]  # the médecin traitant's practice is not known
+    assert read["PCP"]["practitioner"]["reference"] == f"Practitioner/{practitioner_id(client, MARTIN)}"
+    uf = read["UF-RESP"]
+    assert uf["meta"]["profile"] == [f"{FR_CORE_SD}/fr-core-organization-uf"]
+    assert (uf["identifier"][0]["value"], uf["name"]) == ("3002", "Cardiologie")
+    assert uf["partOf"]["reference"] == hospital_ref
+    # the roles of a practitioner, and the units of a hospital, are searchable
+    jean = f"Practitioner/{practitioner_id(client, JEAN)}"
+    assert client.get("/fhir/PractitionerRole", params={"practitioner": jean}).json()["total"] == 1
+    units = client.get("/fhir/Organization", params={"partof": hospital_ref}).json()
+    assert [e["resource"]["id"] for e in units["entry"]] == [uf["id"]]
+
+
+def ids(bundle: JSON, mode: str = "match") -> list[str]:
+    return sorted(
+        f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in bundle["entry"] if e["search"]["mode"] == mode
+    )
+
+
+def test_cds_search_parameters(client: TestClient) -> None:
+    """identifier, date/start/end, participant-start/-end, status, _lastUpdated (CDS 2.0.1 + R4)."""
+    send(client, admission(ipp="100001", event_time="20260301080000"))  # March 1st, 07:00 UTC
+    send(client, discharge(ipp="100001", event_time="20260305120000"))  # members end March 5th
+    send(client, admission("A2", ipp="100002", visit="V-2", event_time="20260401080000"))
+    first, second = (f"CareTeam/{circle(client, ipp)['id']}" for ipp in ("100001", "100002"))
+
+    def found(**params: str) -> list[str]:
+        answer = client.get("/fhir/CareTeam", params=params)
+        assert answer.status_code == 200, answer.text
+        return ids(answer.json())
+
+    team = circle(client)
+    assert found(identifier=f"{team['identifier'][0]['system']}|{team['identifier'][0]['value']}") == [first]
+    assert found(start="2026-03-01") == [first]
+    assert found(start="ge2026-03-15") == [second]
+    assert found(start="lt2026-03-15") == [first]
+    assert found(start="2026-03-01T07:00:00Z") == [first]  # the same instant as 08:00 in Paris
+    assert found(**{"participant-start": "2026-04"}) == [second]
+    assert found(**{"participant-end": "le2026-03-31"}) == [first]  # only the discharged stay's members end
+    assert found(**{"participant-end": "gt2026-03-31"}) == []
+    assert found(end="ge2026-01-01") == []  # both circles are still open
+    # date: the circle's period overlaps the date (an open period covers every later date)
+    assert found(date="2026-05-01") == sorted([first, second])
+    assert found(date="lt2026-03-15") == [first]
+    assert found(date="sa2026-03-15") == [second]
+    assert found(status="active", start="ge2026-03-15") == [second]
+    assert found(_lastUpdated="ge2000-01-01") == sorted([first, second])
+    assert found(_lastUpdated="lt2000-01-01") == []
+    for bad in ({"start": "2026-13-45"}, {"start": "ne2026-03-01"}, {"date": "soon"}):
+        answer = client.get("/fhir/CareTeam", params=bad)
+        assert answer.status_code == 400 and answer.json()["resourceType"] == "OperationOutcome", bad
+
+
+def test_include_members_and_their_practitioners(client: TestClient) -> None:
+    send(client, stay_message(Adt(control_id="A1"), unit=CARDIO_UF))
+    team = circle(client)
+    members = sorted(p["member"]["reference"] for p in team["participant"])
+    plain = client.get("/fhir/CareTeam", params={"_id": team["id"], "_include": "CareTeam:participant"}).json()
+    assert ids(plain) == [f"CareTeam/{team['id']}"] and plain["total"] == 1  # includes are not counted
+    assert ids(plain, "include") == members
+    deep = client.get(
+        "/fhir/CareTeam",
+        params=[
+            ("_id", team["id"]),
+            ("_include", "CareTeam:participant"),
+            ("_include:iterate", "PractitionerRole:practitioner"),
+            ("_include:iterate", "PractitionerRole:organization"),
+        ],
+    ).json()
+    included = ids(deep, "include")
+    doctors = [f"Practitioner/{practitioner_id(client, d)}" for d in (JEAN, DURAND)]
+    roles = [client.get(f"/fhir/{m}").json() for m in members if m.startswith("PractitionerRole/")]
+    (hospital,) = {r["organization"]["reference"] for r in roles}
+    assert set(members + doctors + [hospital]) == set(included) and len(included) == len(set(included))
+    refused = client.get("/fhir/CareTeam", params={"_include": "CareTeam:subject"})
+    assert refused.status_code == 400 and "CareTeam:participant" in refused.text
+    capability = client.get("/fhir/metadata").json()
+    (entry,) = [r for r in capability["rest"][0]["resource"] if r["type"] == "CareTeam"]
+    assert "CareTeam:participant" in entry["searchInclude"]
+    assert {"identifier", "date", "start", "end", "participant-start", "participant-end", "status", "_lastUpdated"} <= {
+        p["name"] for p in entry["searchParam"]
+    }

@@ -56,10 +56,13 @@ def test_admission_is_stored_applied_and_acknowledged(pipeline: Pipeline, db: En
     outcome = pipeline.ingest(Adt().bytes(), transport="http")
     assert outcome.code == "AA"
     assert msa(outcome.ack) == ("AA", "MSG-1")
-    # CommunicationRequest: the ANS NdE admission declaration (flux 3), in the same transaction
+    # CommunicationRequest: the ANS NdE admission declaration (flux 3), in the same transaction;
+    # PractitionerRole and Organization: what the care circle's members point at (ANS CDS 2.0.1)
     assert {r.type for r in outcome.changed} == {
         "Patient",
         "Practitioner",
+        "PractitionerRole",
+        "Organization",
         "Encounter",
         "CareTeam",
         "CommunicationRequest",

@@ -194,7 +194,27 @@ BREAKAGES: dict[str, tuple[Callable[[list[JSON]], None], str]] = {
         "is not a target of an identifier type table",
     ),
     "missing profile": (lambda rs: _encounter(rs).pop("meta"), "meta.profile"),
+    "reference target type": (
+        lambda rs: _careteam(rs)["participant"][0]["member"].update(reference=f"Practitioner/{_practitioner(rs)}"),
+        "is not a target of cds-ihe-careteam",
+    ),
+    "reference target profile": (
+        lambda rs: _role(rs)["practitioner"].update(reference=f"Patient/{_patient(rs)['id']}"),
+        "is not a target of fr-core-practitioner-role",
+    ),
 }
+
+
+def _careteam(resources: list[JSON]) -> JSON:
+    return next(r for r in resources if r["resourceType"] == "CareTeam")
+
+
+def _role(resources: list[JSON]) -> JSON:
+    return next(r for r in resources if r["resourceType"] == "PractitionerRole")
+
+
+def _practitioner(resources: list[JSON]) -> str:
+    return str(next(r for r in resources if r["resourceType"] == "Practitioner")["id"])
 
 
 @pytest.mark.parametrize("breakage", list(BREAKAGES))

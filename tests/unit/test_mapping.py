@@ -960,3 +960,31 @@ def test_unit_without_uf_code_uses_its_name() -> None:
     assert movement is not None
     assert movement["medical_unit"]["code"] == "Réanimation"
     assert movement["medical_unit"]["name"] == "Réanimation"
+
+
+def test_the_stay_carries_its_account_and_pid18_is_warned_about_once() -> None:
+    """PID-18 (NDA) is a Patient identifier and the stay's second identifier (typed AN: an A44 without
+    PV1 finds the stay by it); an unknown authority in it is said once, not once per use."""
+    mapped = run(pid={18: "990777^^^AUTRE-HOPITAL&9.9.9.9&ISO^AN"})
+    assert mapped.encounter is not None
+    kinds = {type_code(i): i["value"] for i in mapped.encounter["identifier"]}
+    assert kinds == {"VN": kinds["VN"], "AN": "990777"}
+    texts = [text for where, text in mapped.warnings if where.startswith("PID-18")]
+    assert len(texts) == len(set(texts)) and texts, mapped.warnings
+
+
+def test_a44_without_pv1_names_the_account_to_move() -> None:
+    """PAM-FR ADT_A43 (MSH EVN PID PD1 MRG): MRG-3, else PID-18, is the account; no PV1 is needed."""
+    mrg = f"MRG|770099^^^CH-TEST&{IPP_OID}&ISO^PI||880777^^^CH-TEST&{IPP_OID}&ISO^AN"
+    mapped = run("A44", omit=("PV1", "ZBE"), extra=(mrg,))
+    assert mapped.encounter is None and mapped.account is not None
+    assert mapped.account["value"] == "880777"
+    from_pid = run("A44", omit=("PV1", "ZBE"), pid={18: f"990555^^^CH-TEST&{IPP_OID}&ISO^AN"})
+    assert from_pid.account is not None and from_pid.account["value"] == "990555"
+    with pytest.raises(MappingError, match="MRG-3 or PID-18"):
+        run("A44", omit=("PV1", "ZBE"), pid={18: None})
+
+
+def test_a_movement_id_without_its_value_is_no_identifier() -> None:
+    mapped = run(zbe={1: f"^CH-TEST^{IPP_OID}^ISO"})
+    assert mapped.movement is not None and "identifier" not in mapped.movement
