@@ -19,8 +19,10 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.util import LRUCache
 
 from gateway.config import Settings
+from gateway.db.schema import metadata
 from gateway.errors import ConfigError, StartupError, StorageConflictError, StorageError, StorageUnavailableError
 from gateway.metrics import COMMIT_SECONDS, timed
 
@@ -82,6 +84,19 @@ def _sqlite_directory(database: str, data_dir: Path) -> None:
     raise ConfigError(
         f"SQLite directory {folder} does not exist (create it, or put the store under GATEWAY_DATA_DIR={home})"
     )
+
+
+#: SQLAlchemy caches compiled statements per engine, and each throw-away store is a new engine: without a
+#: shared cache every statement of every sandbox call is compiled again (most of a short call's time).
+_THROWAWAY_COMPILED: LRUCache[Any, Any] = LRUCache(1000)
+
+
+def throwaway_engine() -> Engine:
+    """An in-memory store for one sandbox call, with the declared schema (``metadata``, which a test holds
+    equal to the migrations' head): creating it is 20x faster than migrating."""
+    engine = make_engine(Settings(database_url="sqlite://")).execution_options(compiled_cache=_THROWAWAY_COMPILED)
+    metadata.create_all(engine)
+    return engine
 
 
 def make_engine(settings: Settings) -> Engine:

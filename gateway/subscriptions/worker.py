@@ -26,13 +26,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import httpx
-from sqlalchemy import Connection
-from sqlalchemy import Engine as DB
 
 from gateway.auth.audit import event_patient, notification_records
 from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.db.access import AuditRepo
+from gateway.db.engine import Database as DB
+from gateway.db.engine import DbConnection as Connection
 from gateway.db.engine import reading, transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
 from gateway.mapping.tables import CodeRow

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine as DB
-
 from gateway.config import Settings
+from gateway.db.engine import Database as DB
 from gateway.db.engine import make_engine, migrate
 from gateway.errors import GatewayError
 from gateway.hl7 import er7

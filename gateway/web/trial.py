@@ -13,13 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection
-from sqlalchemy import Engine as DB
-from sqlalchemy.util import LRUCache
-
 from gateway.clock import utcnow
-from gateway.config import Settings
-from gateway.db.engine import make_engine, transaction
+from gateway.db.engine import Database as DB
+from gateway.db.engine import DbConnection as Connection
+from gateway.db.engine import throwaway_engine, transaction
 from gateway.db.repo import (
     OutboxRecord,
     OutboxRepo,
@@ -28,7 +25,6 @@ from gateway.db.repo import (
     SubscriptionRecord,
     SubscriptionRepo,
 )
-from gateway.db.schema import metadata
 from gateway.hl7.ack import AckIssue
 from gateway.mapping.engine import Engine
 from gateway.pipeline import Pipeline
@@ -62,9 +58,6 @@ PREVIEW_NDE_SUBSCRIPTION: JSON = {
     "extension": [{"url": EXT_SUBSCRIBER, "valueReference": {"reference": "#subscriber"}}],
     "channel": {"type": "rest-hook", "endpoint": "https://platform.sandbox.invalid/fhir"},
 }
-#: SQLAlchemy caches compiled statements per engine, and each trial has a new engine: without a shared
-#: cache every statement of every call is compiled again (most of a short call's time).
-_COMPILED_CACHE: LRUCache[Any, Any] = LRUCache(1000)
 
 
 @dataclass(slots=True)
@@ -112,9 +105,8 @@ def run_trial(
     The API passes ``gateway.api.limits.cpu_budget``: the calling thread's CPU time, so a slow machine
     shared with other work does not cut a run short, while expensive messages cannot hold a worker long.
     """
-    db = make_engine(Settings(database_url="sqlite://")).execution_options(compiled_cache=_COMPILED_CACHE)
+    db = throwaway_engine()
     try:
-        metadata.create_all(db)  # the declared schema (= the migrations' head, a test checks), 20x faster
         subscribers = _subscribe_to_every_topic(db, now=clock()) if notifications else []
         medium_row = engine.tables.codes["ChannelType_to_Medium"].get("rest-hook")
         medium = medium_row.coding() if medium_row is not None else None

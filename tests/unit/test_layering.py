@@ -24,17 +24,9 @@ IMPURE = ("fastapi", "starlette", "sqlalchemy", "httpx", "uvicorn")
 HANDLE_NAMES = frozenset({"Connection", "Engine"})
 #: Modules above ``db/`` that still import SQLAlchemy's handle types instead of ``gateway.db.engine``'s
 #: ``Database`` / ``DbConnection``. Remove a line when its module is fixed; never add one.
-SQLALCHEMY_TYPES_ONLY = frozenset(
-    {
-        "subscriptions/worker.py",
-        "web/tenants.py",
-        "web/trial.py",
-    }
-)
+SQLALCHEMY_TYPES_ONLY: frozenset[str] = frozenset()
 #: Modules above ``db/`` that still use SQLAlchemy for more than a handle type, and what for. Only shrinks.
-SQLALCHEMY_BEYOND_TYPES = {
-    "web/trial.py": "sqlalchemy.util.LRUCache, the compiled-statement cache shared by trial engines",
-}
+SQLALCHEMY_BEYOND_TYPES: dict[str, str] = {}
 #: Import cycles between packages (strongly connected components) still to be broken. Only shrinks.
 KNOWN_CYCLES = (
     frozenset({"auth", "state", "subscriptions"}),  # state/apply → subscriptions; nde_* → state; policy/worker
