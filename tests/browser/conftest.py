@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -53,15 +54,21 @@ def browser() -> Iterator[Browser]:
             browser.close()
 
 
+def page_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """The settings the pages are served with: a new SQLite store, no worker, no sandbox rate limit."""
+    base: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp_path / 'gateway.db'}",
+        "mappings_dir": MAPPINGS,
+        "run_worker": False,
+        "sandbox_rate_per_minute": 0,
+    }
+    return Settings(**{**base, **overrides})
+
+
 @pytest.fixture
 def gateway_settings(tmp_path: Path) -> Settings:
-    """A module may override this fixture to serve other settings."""
-    return Settings(
-        database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
-        mappings_dir=MAPPINGS,
-        run_worker=False,
-        sandbox_rate_per_minute=0,
-    )
+    """A module may override this fixture to serve other settings (``page_settings`` with its own)."""
+    return page_settings(tmp_path)
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from playwright.sync_api import Page, expect
 
 from gateway.config import Settings
 from tests.auth_helpers import register
+from tests.browser.conftest import page_settings
 from tests.browser.server import Served
 from tests.browser.test_console_pages import UNLABELLED
-from tests.conftest import MAPPINGS
 from tests.messages import Adt
 
 pytestmark = pytest.mark.browser
@@ -24,13 +24,7 @@ FOCUSED = """() => { const e = document.activeElement;
 
 @pytest.fixture
 def gateway_settings(tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
-        mappings_dir=MAPPINGS,
-        run_worker=False,
-        sandbox_rate_per_minute=0,
-        api_token="local-token",
-    )
+    return page_settings(tmp_path, api_token="local-token")
 
 
 def _tab_until(page: Page, name: str, *, limit: int = 20, key: str = "Tab") -> list[str]:

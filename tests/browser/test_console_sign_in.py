@@ -12,21 +12,15 @@ from playwright.sync_api import Page, expect
 from gateway.config import Settings
 from gateway.web.samples import build_samples
 from tests.auth_helpers import register
+from tests.browser.conftest import page_settings
 from tests.browser.server import Served
-from tests.conftest import MAPPINGS
 
 pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
 def gateway_settings(tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=f"sqlite:///{tmp_path / 'gateway.db'}",
-        mappings_dir=MAPPINGS,
-        run_worker=False,
-        sandbox_rate_per_minute=0,
-        auth="required",
-    )
+    return page_settings(tmp_path, auth="required")
 
 
 def _feed(gateway: Served) -> None:
