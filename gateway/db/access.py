@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from gateway.clock import as_utc
 from gateway.db.schema import (
     audit_events,
     client_assertions,
@@ -45,12 +46,6 @@ PATIENT_COMPARTMENT = frozenset({"Encounter", "CareTeam", "CommunicationRequest"
 PLATFORM_SOURCE_PARAM = "_platform-source"
 #: Search entry of a patient's confidentiality label (``R`` for a PAM-FR protected patient, PD1-12 = Y).
 SECURITY_PARAM = "_security"
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +224,8 @@ def _client(row: Any) -> ClientRecord:
         facilities=tuple(orjson.loads(m["facilities"])),
         authorities=dict(orjson.loads(m["authorities"])),
         status=m["status"],
-        created_at=_utc(m["created_at"]),
-        rotated_at=_utc(m["rotated_at"]),
+        created_at=as_utc(m["created_at"]),
+        rotated_at=as_utc(m["rotated_at"]),
     )
 
 
@@ -403,7 +398,7 @@ def _audit(row: Any) -> AuditRecord:
     m = row._mapping
     return AuditRecord(
         id=int(m["id"]),
-        recorded_at=_utc(m["recorded_at"]) or datetime.now(UTC),
+        recorded_at=as_utc(m["recorded_at"]) or datetime.now(UTC),
         client_id=m["client_id"],
         client_name=m["client_name"],
         action=m["action"],

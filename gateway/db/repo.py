@@ -27,6 +27,7 @@ from sqlalchemy import (
     update,
 )
 
+from gateway.clock import as_utc
 from gateway.db import bodies
 from gateway.db.access import Visibility, indexed_ids, visible_clause
 from gateway.db.schema import (
@@ -43,11 +44,8 @@ from gateway.db.schema import (
 JSON = dict[str, Any]
 
 
-def utc(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes: they were stored as UTC."""
-    if moment is None:
-        return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+#: SQLite hands back naive datetimes (stored as UTC): every read goes through this.
+utc = as_utc
 
 
 def dumps(data: Any) -> str:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, delete, insert, select
 
+from gateway.clock import as_utc
 from gateway.db.engine import reading, transaction
 from gateway.db.schema import browser_sessions
 
@@ -62,7 +63,7 @@ class DatabaseSessions:
             row = conn.execute(select(browser_sessions).where(browser_sessions.c.id_sha256 == _key(session_id))).first()
         if row is None:
             return None
-        expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=UTC)
+        expires = as_utc(row.expires_at) or datetime.now(UTC)
         return SessionRecord(
             id=session_id,
             client_id=row.client_id,
