@@ -35,6 +35,7 @@ from gateway.db.engine import Database as DB
 from gateway.db.engine import DbConnection as Connection
 from gateway.db.engine import reading, transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
+from gateway.db.wakeup import Announcer, announces, listen
 from gateway.mapping.tables import CodeRow
 from gateway.metrics import record_delivery
 from gateway.subscriptions import nde_order
@@ -138,8 +139,18 @@ class DeliveryWorker:
         client: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
         mediums: Mapping[str, CodeRow] | None = None,
+        listen: bool = False,
+        poll_interval: float | None = None,
     ) -> None:
         self.db = db
+        #: Wait for other processes' announcements (PostgreSQL ``LISTEN``) as well as for :meth:`wake`:
+        #: what ``gateway worker`` does, as its ingest runs elsewhere.
+        self.listen = listen and announces(db)
+        #: Seconds between looks at the outbox when nothing woke the worker: retries coming due, and on
+        #: SQLite (no ``LISTEN``) what another process queued.
+        self.poll_interval = poll_interval if poll_interval is not None else settings.worker_poll_interval
+        #: With the worker elsewhere (``GATEWAY_RUN_WORKER=false``), :meth:`wake` tells other processes.
+        self.announcer = Announcer(db) if not settings.run_worker and announces(db) else None
         #: ANS NdE flux 4 ``medium`` by channel type (mappings/codes/ChannelType_to_Medium.csv)
         self.mediums = mediums or {}
         self.settings = settings
@@ -172,10 +183,13 @@ class DeliveryWorker:
         return await asyncio.get_running_loop().run_in_executor(self.threads, call)
 
     def wake(self) -> None:
-        """Called from ingest threads after a commit that queued notifications: deliver now."""
+        """Called from ingest threads (and API routes) after a commit that queued notifications: deliver
+        now; with no worker running in this process, announce it to the workers of others (PostgreSQL)."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake.set)
+        elif self.announcer is not None:
+            self.threads.submit(self.announcer.announce)  # the caller does not wait for the round trip
 
     async def run(self) -> None:
         """Deliver until stopped; each claimed job runs on its own, so a slow endpoint holds only its
@@ -183,6 +197,7 @@ class DeliveryWorker:
         self._loop = asyncio.get_running_loop()
         logger.info("delivery worker %s started", self.worker_id)
         inflight = self._inflight
+        listener = asyncio.create_task(listen(self.db, self._wake.set)) if self.listen else None
         try:
             while not self._stopping:
                 # Cleared before looking, not after: a wake() that comes while the claim finds nothing (the
@@ -192,10 +207,13 @@ class DeliveryWorker:
                 count = await self.dispatch()
                 if count == 0 and not self._stopping:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_interval)
+                        await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
             if inflight:
                 await asyncio.wait(inflight, timeout=self.settings.delivery_timeout)
         finally:
+            if listener is not None:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
             for task in inflight:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
