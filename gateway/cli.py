@@ -513,8 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--poll-interval",
         type=float,
-        help="seconds between looks at the outbox when not woken (default 0.05 on SQLite, which cannot wake "
-        "another process; else GATEWAY_WORKER_POLL_INTERVAL, 0.5: PostgreSQL wakes it by NOTIFY)",
+        help="seconds between looks at the outbox when nothing woke it (GATEWAY_WORKER_POLL_INTERVAL, 0.5); it "
+        "is woken by NOTIFY on PostgreSQL, by commits seen in SQLite's data_version every 0.05 s",
     )
     worker.set_defaults(func=cmd_worker)
 

@@ -35,7 +35,7 @@ from gateway.db.engine import Database as DB
 from gateway.db.engine import DbConnection as Connection
 from gateway.db.engine import reading, transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
-from gateway.db.wakeup import Announcer, announces, listen
+from gateway.db.wakeup import Announcer, announces, listen, watch, watches
 from gateway.mapping.tables import CodeRow
 from gateway.metrics import record_delivery
 from gateway.subscriptions import nde_order
@@ -151,11 +151,11 @@ class DeliveryWorker:
         poll_interval: float | None = None,
     ) -> None:
         self.db = db
-        #: Wait for other processes' announcements (PostgreSQL ``LISTEN``) as well as for :meth:`wake`:
-        #: what ``gateway worker`` does, as its ingest runs elsewhere.
-        self.listen = listen and announces(db)
-        #: Seconds between looks at the outbox when nothing woke the worker: retries coming due, and on
-        #: SQLite (no ``LISTEN``) what another process queued.
+        #: Be woken by other processes' commits as well as by :meth:`wake` (PostgreSQL ``LISTEN``; SQLite's
+        #: ``data_version`` watched): what ``gateway worker`` does, as its ingest runs elsewhere.
+        self.listen = listen and (announces(db) or watches(db))
+        #: Seconds between looks at the outbox when nothing woke the worker: retries coming due, and what
+        #: a lost wake-up missed.
         self.poll_interval = poll_interval if poll_interval is not None else settings.worker_poll_interval
         #: With the worker elsewhere (``GATEWAY_RUN_WORKER=false``), :meth:`wake` tells other processes.
         self.announcer = Announcer(db) if not settings.run_worker and announces(db) else None
@@ -205,7 +205,10 @@ class DeliveryWorker:
         self._loop = asyncio.get_running_loop()
         logger.info("delivery worker %s started", self.worker_id)
         inflight = self._inflight
-        listener = asyncio.create_task(listen(self.db, self._wake.set)) if self.listen else None
+        listener = None
+        if self.listen:
+            waiting = listen(self.db, self._wake.set) if announces(self.db) else watch(self.db, self._wake.set)
+            listener = asyncio.create_task(waiting)
         try:
             while not self._stopping:
                 # Cleared before looking, not after: a wake() that comes while the claim finds nothing (the
