@@ -6,7 +6,8 @@ single writer), which moves their ``next_attempt_at`` to a lease, so two workers
 never send the same row at once; they are delivered outside any transaction, then their result recorded.
 Only the oldest pending row of a subscription is ever due (plus, with ``maxCount``, the events right behind
 it, sent in the same notification), so a later event cannot overtake an earlier one while it waits for a
-retry.
+retry. :meth:`DeliveryWorker.run` leases a subscription's next notifications with its head as one run
+(:data:`RUN_AHEAD`), sends them one after another and records them together: one commit per run.
 """
 
 from __future__ import annotations
