@@ -1,4 +1,5 @@
-"""How resource bodies are stored: compact JSON deflated against a frozen dictionary, one codec byte first.
+"""How bodies are stored: deflated against a frozen dictionary, one codec byte first (JSON resources and
+facts; HL7 messages with their ACK under their own dictionary).
 
 A FHIR resource of 1.5–3 KB deflates only 2.6x alone, and about 6x against a dictionary of typical
 resources (shared keys, code systems, profile URLs): every version of every resource is stored, so this
@@ -17,8 +18,12 @@ from pathlib import Path
 #: accident (an editor adding a newline) stops the gateway at start-up instead of corrupting reads
 _DICTIONARIES = {
     1: ("body_dictionary_1.bin", "16e407c1252c3f4ffa3f2c4327c293a155dec1ce5612982c3313ec6b77538e99"),
+    2: ("message_dictionary_2.bin", "55109e43e195ba159c5ed2e79c12ef4c3c144d10e6b7f26a7a55716e0a33a420"),
 }
+#: the codec new resource and fact bodies are written with
 CURRENT = 1
+#: the codec new raw messages (and their ACK) are written with: HL7 v2 text shares nothing with FHIR JSON
+MESSAGES = 2
 WBITS, MEM_LEVEL, LEVEL = 13, 5, 1
 
 
@@ -33,14 +38,16 @@ def _load(codec: int) -> bytes:
 _ZDICT = {codec: _load(codec) for codec in _DICTIONARIES}
 #: a compressor primed with the dictionary once; each body starts from a copy of it (16 µs against 25 µs
 #: for priming a new one: setting the dictionary hashes all of it)
-_PRIMED = zlib.compressobj(LEVEL, zlib.DEFLATED, WBITS, MEM_LEVEL, zdict=_ZDICT[CURRENT])
-_PREFIX = bytes((CURRENT,))
+_PRIMED = {
+    codec: zlib.compressobj(LEVEL, zlib.DEFLATED, WBITS, MEM_LEVEL, zdict=_ZDICT[codec])
+    for codec in (CURRENT, MESSAGES)
+}
 
 
-def encode(text: bytes) -> bytes:
+def encode(text: bytes, *, codec: int = CURRENT) -> bytes:
     """A body as stored: the codec byte, then ``text`` deflated against that codec's dictionary."""
-    packer = _PRIMED.copy()
-    return _PREFIX + packer.compress(text) + packer.flush()
+    packer = _PRIMED[codec].copy()
+    return bytes((codec,)) + packer.compress(text) + packer.flush()
 
 
 def decode(body: bytes) -> bytes:

@@ -27,6 +27,7 @@ metadata = MetaData(
 ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
 
 #: Every message received, whatever its outcome: the raw bytes are the source of truth and replayable.
+#: Since 0006 new rows keep them (and the ACK) deflated in ``body``, ``raw`` left empty.
 messages = Table(
     "messages",
     metadata,
@@ -47,6 +48,9 @@ messages = Table(
     Column("error_text", Text, nullable=True),
     Column("ack", Text, nullable=True),
     Column("duplicate_of", ID, nullable=True),
+    #: ``raw`` and ``ack`` deflated together (gateway/db/bodies.py, codec MESSAGES); rows written before
+    #: 0006_compact_store have none and keep both in their own columns, read as they are
+    Column("body", LargeBinary, nullable=True),
     Index("ix_messages_sender_control", "sending_application", "sending_facility", "control_id"),
     Index("ix_messages_outcome", "outcome"),
     # At most one applied message per sender and control id, even with several gateway instances: the

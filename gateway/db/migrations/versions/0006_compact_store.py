@@ -1,4 +1,4 @@
-"""search index keyed by its lookup (one B-tree, no owner index), aliases, dates by owner
+"""search index keyed by its lookup (one B-tree, no owner index), aliases, dates by owner; messages deflated
 
 ``search_index`` becomes a table whose primary key is the lookup (type, param, value, id, system),
 ``WITHOUT ROWID`` on SQLite: before, the rows were stored three times (the table, ``ix_search_lookup``,
@@ -8,6 +8,9 @@ the instant where a token's system goes), and the aliases of ``gateway/db/indexi
 entries of the version they replace, recomputed from its content, so the index must be what the
 current extraction gives: the upgrade rebuilds it from every current resource (``reindex_all``), and so
 must any later change to what is extracted.
+
+``messages.body``: new rows keep the raw message and its ACK deflated there (``raw`` empty, ``ack``
+null); rows written before keep both columns and are read as they are (nothing is rewritten).
 
 Revision ID: 0006_compact_store
 Revises: 0005_sessions
@@ -25,6 +28,7 @@ from alembic import op
 
 from gateway.db import bodies
 from gateway.db.indexing import ALIASES, Entry, search_entries, stored_rows
+from gateway.db.repo import unpacked_message
 
 revision = "0006_compact_store"
 down_revision = "0005_sessions"
@@ -75,6 +79,7 @@ def _flush(bind: Any, table: Any, rows: list[dict[str, str]]) -> int:
 
 
 def upgrade() -> None:
+    op.add_column("messages", sa.Column("body", sa.LargeBinary(), nullable=True))
     # The old rows are not copied: the index is rebuilt from the resources, which is what it projects.
     op.drop_index("ix_search_owner", table_name="search_index")
     op.drop_index("ix_search_lookup", table_name="search_index")
@@ -92,6 +97,15 @@ def upgrade() -> None:
     reindex_all(op.get_bind())
 
 
+def _inflate_messages(bind: Any) -> None:
+    """Back to the columns before 0006: each deflated message's raw bytes and ACK in ``raw`` and ``ack``."""
+    rows = sa.table("messages", *(sa.column(c) for c in ("id", "raw", "ack", "body")))
+    found = bind.execute(sa.select(rows.c.id, rows.c.body).where(rows.c.body.is_not(None))).all()
+    for message_id, body in found:
+        raw, ack = unpacked_message(bytes(body))
+        bind.execute(sa.update(rows).where(rows.c.id == message_id).values(raw=raw, ack=ack, body=None))
+
+
 def _entries_before_0006(resource: Any) -> list[Entry]:
     """What the extraction stored before: every alias's entries under its own name too."""
     out = search_entries(resource)
@@ -100,6 +114,9 @@ def _entries_before_0006(resource: Any) -> list[Entry]:
 
 
 def downgrade() -> None:
+    _inflate_messages(op.get_bind())
+    with op.batch_alter_table("messages") as batch:
+        batch.drop_column("body")
     op.drop_table("search_index")
     op.create_table(
         "search_index",
