@@ -5,7 +5,8 @@ A FHIR resource of 1.5–3 KB deflates only 2.6x alone, and about 6x against a d
 resources (shared keys, code systems, profile URLs): every version of every resource is stored, so this
 is most of the store's size. The 8 KiB window keeps compression near 25 µs a body (the default 32 KiB one
 costs 60–100 µs to set up per call). A dictionary is never changed once rows use it: a new one gets a
-new codec byte, and rows keep saying which they need.
+new codec byte, and rows keep saying which they need. Level 6 (1 before 0006) stores bodies 19 % smaller
+for ~7 µs more a body; the level is not part of the format (any level inflates the same way).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _DICTIONARIES = {
 CURRENT = 1
 #: the codec new raw messages (and their ACK) are written with: HL7 v2 text shares nothing with FHIR JSON
 MESSAGES = 2
-WBITS, MEM_LEVEL, LEVEL = 13, 5, 1
+WBITS, MEM_LEVEL, LEVEL = 13, 5, 6
 
 
 def _load(codec: int) -> bytes:
