@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.clock import as_utc
 from gateway.db import bodies
-from gateway.db.indexing import indexed_param, search_entries
+from gateway.db.indexing import indexed_param, search_entries, stored_system, system_of
 from gateway.db.schema import (
     audit_events,
     client_assertions,
@@ -80,7 +80,9 @@ def indexed_ids(rtype: Any, param: Any, value: Any, *, system: Any = None) -> Se
     query = select(search_index.c.id).where(
         search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value
     )
-    return query if system is None else query.where(search_index.c.system == system)
+    if system is None:
+        return query
+    return query.where(search_index.c.system == (stored_system(system) if isinstance(system, str) else system))
 
 
 def _confidential_patients() -> Any:
@@ -200,9 +202,12 @@ class FollowRepo:
 
 
 def systems_starting(conn: Connection, prefix: str, *, limit: int = 1000) -> list[str]:
-    """Identifier systems in the index that begin with ``prefix`` (minted ones: undeclared authorities)."""
-    query = select(search_index.c.system).where(search_index.c.system.startswith(prefix, autoescape=True))
-    return [str(r[0]) for r in conn.execute(query.distinct().limit(limit))]
+    """Identifier systems in the index that begin with ``prefix`` (minted ones: undeclared authorities).
+
+    Systems are stored under their codes (``indexing.SYSTEM_CODES``), so the distinct ones are read back
+    and compared whole; a scan either way (no index leads with ``system``), on the operator's pages only."""
+    rows = conn.execute(select(search_index.c.system).where(search_index.c.value != "").distinct())
+    return sorted({system for (stored,) in rows if (system := system_of(str(stored))).startswith(prefix)})[:limit]
 
 
 # -- clients ---------------------------------------------------------------------------------------

@@ -42,6 +42,40 @@ PARTICIPANT_SOURCE = f"{CANONICAL_BASE}/StructureDefinition/careteam-participant
 
 #: the width of the index's text columns: longer values are stored (and so compared) cut
 WIDTH = 255
+#: Systems the index stores under a two-character code (``~`` and a letter, in this order): the system
+#: URLs and OID arcs that recur in most entries, 80 characters for an NdE event type. Frozen: a code's
+#: meaning never changes once rows use it (new ones are appended), and they are literals, not derived
+#: from ``CANONICAL_BASE``, so that a deployment changing its base keeps reading its rows. A system
+#: stored so is written and searched through :func:`stored_system`, read back through
+#: :func:`system_of`; no URI begins with ``~`` (RFC 3986: a scheme starts with a letter).
+SYSTEM_CODES: tuple[str, ...] = (
+    "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement",
+    "http://terminology.hl7.org/CodeSystem/",
+    "urn:oid:1.2.250.1.71.4.2.1",  # idNatPs
+    "urn:oid:1.2.250.1.213.1.4.",  # INS
+    "urn:oid:1.2.250.1.",  # French health OIDs (the hospitals' authorities)
+    "urn:oid:",
+    "https://rpps.esante.gouv.fr",
+    "https://gateway.e-parcours.example/fhir/sid/",
+    "https://mos.esante.gouv.fr/NOS/",
+)
+SYSTEM_MARK = "~"
+_LONGEST_FIRST = sorted(enumerate(SYSTEM_CODES), key=lambda c: -len(c[1]))
+
+
+def stored_system(system: str) -> str:
+    """A system as the index stores (and is searched for) it: its longest listed prefix as a code."""
+    for code, prefix in _LONGEST_FIRST:
+        if system.startswith(prefix):
+            return f"{SYSTEM_MARK}{chr(ord('A') + code)}{system[len(prefix) :]}"
+    return system
+
+
+def system_of(stored: str) -> str:
+    """The system an index row's ``system`` holds (the inverse of :func:`stored_system`)."""
+    if stored.startswith(SYSTEM_MARK) and len(stored) >= 2:
+        return SYSTEM_CODES[ord(stored[1]) - ord("A")] + stored[2:]
+    return stored
 
 
 def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, str]]:
@@ -49,7 +83,7 @@ def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[st
     instant goes where a token's system does, its value left empty (see ``gateway/db/schema.py``)."""
     rows: dict[tuple[str, str, str], dict[str, str]] = {}
     for param, system, value in entries:
-        found_by, qualifier = ("", value) if param in DATE_PARAMS else (value, system)
+        found_by, qualifier = ("", value) if param in DATE_PARAMS else (value, stored_system(system))
         row = {"type": rtype, "param": param, "value": found_by[:WIDTH], "id": rid, "system": qualifier[:WIDTH]}
         rows[(param, row["value"], row["system"])] = row
     return rows

@@ -32,7 +32,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gateway.clock import as_utc
 from gateway.db import bodies
 from gateway.db.access import Visibility, indexed_ids, visible_clause
-from gateway.db.indexing import indexed_param, search_entries, stored_rows
+from gateway.db.indexing import indexed_param, search_entries, stored_rows, stored_system
 from gateway.db.schema import (
     facts,
     messages,
@@ -694,7 +694,10 @@ class ResourceRepo:
         derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
-        criteria = [(indexed_param(rtype, param), system, value) for param, system, value in criteria]
+        criteria = [
+            (indexed_param(rtype, param), None if system is None else stored_system(system), value)
+            for param, system, value in criteria
+        ]
         dates = [(indexed_param(rtype, param), op, bound) for param, op, bound in dates]
         order = [(indexed_param(rtype, name), descending) for name, descending in order]
         clause = visible_clause(self.visibility, rtype)

@@ -16,7 +16,9 @@ import orjson
 from alembic import command
 from sqlalchemy import Connection, Engine, inspect, select, text
 
+from gateway.auth.authorities import MINTED_PREFIX
 from gateway.db import bodies
+from gateway.db.access import systems_starting
 from gateway.db.engine import alembic_config
 from gateway.db.indexing import ALIASES, DATE_PARAMS, search_entries, stored_rows
 from gateway.db.repo import ResourceRepo
@@ -66,6 +68,16 @@ def test_the_index_is_what_the_current_resources_extract(db: Engine, mapping_eng
     assert len(expected) > 200
     assert stored - expected == set(), "stale entries: a search would find what the resource no longer says"
     assert expected - stored == set(), "missing entries: a search would not find the resource"
+
+
+def test_minted_systems_are_found_by_their_prefix(db: Engine, mapping_engine: MappingEngine) -> None:
+    """Systems are stored under codes; the operator's list of minted systems still reads them whole."""
+    _feed(db, mapping_engine)
+    with db.connect() as conn:
+        minted = systems_starting(conn, MINTED_PREFIX)
+        everything = systems_starting(conn, "")
+    assert minted and all(s.startswith(MINTED_PREFIX) for s in minted)
+    assert "urn:oid:1.2.250.1.71.4.2.1" in everything and not any(s.startswith("~") for s in everything)
 
 
 def _migrate(db: Engine, revision: str, *, down: bool = False) -> None:

@@ -14,7 +14,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.db.indexing import ALIASES, DATE_PARAMS, INDEX_ONLY, indexed_param, search_entries, stored_rows
+from gateway.db.indexing import (
+    ALIASES,
+    DATE_PARAMS,
+    INDEX_ONLY,
+    SYSTEM_CODES,
+    indexed_param,
+    search_entries,
+    stored_rows,
+    stored_system,
+    system_of,
+)
 from gateway.fhir.capability import SEARCH_PARAMS, capability_statement
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden" / "adt"
@@ -98,7 +108,7 @@ def test_date_parameters_are_the_declared_dates() -> None:
 #: written by the extraction of their time, and a write deletes only what the current one extracts from
 #: the version it replaces (``ResourceRepo._reindex``): a change here leaves stale entries behind unless a
 #: migration rebuilds the index.
-INDEX_FINGERPRINT = "da3a3df967656946f25cbdbb7519c112a8353a3c06396088b2a05c7c5741c0b5"
+INDEX_FINGERPRINT = "fb0a900643a137b75464e5197e73c5cc1eb28e4de1c5173bdd82723820937f80"
 
 
 def test_a_change_to_the_extraction_comes_with_a_reindex() -> None:
@@ -112,3 +122,17 @@ def test_a_change_to_the_extraction_comes_with_a_reindex() -> None:
         "what gateway/db/indexing.py extracts changed: add a migration that empties search_index and calls "
         f"reindex_all (see 0006_compact_store), then pin INDEX_FINGERPRINT = {digest!r}"
     )
+
+
+def test_systems_are_stored_under_their_codes_and_read_back_whole() -> None:
+    assert len(set(SYSTEM_CODES)) == len(SYSTEM_CODES) <= 26
+    for prefix in SYSTEM_CODES:
+        for system in (prefix, prefix + "1/x"):
+            stored = stored_system(system)
+            assert stored.startswith("~") and len(stored) == len(system) - len(prefix) + 2
+            assert system_of(stored) == system and stored_system(stored) == stored  # searched twice: same
+    # the longest listed prefix wins, and a system under none is stored as it is
+    assert stored_system("urn:oid:1.2.250.1.71.4.2.1") == "~C"
+    assert stored_system("urn:oid:1.2.250.1.999.1") == "~E999.1"
+    assert stored_system("urn:oid:2.16.840.1") == "~F2.16.840.1"
+    assert stored_system("http://other.test/sid") == system_of("http://other.test/sid") == "http://other.test/sid"
