@@ -127,3 +127,15 @@ def test_upgrading_from_0005_rebuilds_the_index_and_searches_find_the_same(
     assert differ == {}
     assert sum(len(ids) for ids in old.values()) > len(before)  # the aliases' rows are stored once now
     assert all(alias in {p for _, p, _, _ in old} for aliases in ALIASES.values() for alias in aliases)
+
+
+def test_an_entry_already_there_does_not_reject_the_write(db: Engine) -> None:
+    """An index row the write is about to insert (left by an older extraction, say) is kept, not an error:
+    the index is a projection, and it must never stop a message."""
+    patient = {"resourceType": "Patient", "id": "p-dup", "active": True}
+    with db.begin() as conn:
+        conn.execute(search_index.insert().values(type="Patient", param="active", value="true", id="p-dup", system=""))
+    with db.begin() as conn:
+        ResourceRepo(conn).put(patient, now=NOW, index=search_entries(patient))
+    with db.connect() as conn:
+        assert _stored(conn) == _expected(conn) == {("Patient", "active", "true", "p-dup", "")}
