@@ -12,6 +12,7 @@ for ~7 µs more a body; the level is not part of the format (any level inflates 
 from __future__ import annotations
 
 import hashlib
+import struct
 import zlib
 from pathlib import Path
 
@@ -58,3 +59,23 @@ def decode(body: bytes) -> bytes:
         raise ValueError(f"stored body written with an unknown codec ({codec}): a newer gateway wrote it")
     unpacker = zlib.decompressobj(WBITS, zdict=_ZDICT[codec])
     return unpacker.decompress(body[1:]) + unpacker.flush()
+
+
+#: before a stored message's deflated text: the length of its raw bytes, and whether an ACK follows
+_MESSAGE_HEAD = struct.Struct("!IB")
+
+
+def packed_message(raw: bytes, ack: str | None) -> bytes:
+    """A message's raw bytes and ACK as ``messages.body`` holds them: HL7 deflates about 4x against the
+    message dictionary, and the ACK, which repeats the header, costs a few bytes more after it."""
+    tail = b"" if ack is None else ack.encode("utf-8", "surrogatepass")
+    return encode(_MESSAGE_HEAD.pack(len(raw), ack is not None) + raw + tail, codec=MESSAGES)
+
+
+def unpacked_message(body: bytes) -> tuple[bytes, str | None]:
+    """(raw, ack) of a ``messages.body``."""
+    text = decode(body)
+    size, has_ack = _MESSAGE_HEAD.unpack_from(text)
+    start = _MESSAGE_HEAD.size
+    raw = text[start : start + size]
+    return raw, text[start + size :].decode("utf-8", "surrogatepass") if has_ack else None

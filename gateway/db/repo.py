@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -242,7 +241,7 @@ class MessageRepo:
                 "event_time": event_time,
                 "content_sha256": hashlib.sha256(raw).hexdigest(),
                 "raw": b"",
-                "body": packed_message(raw, ack),
+                "body": bodies.packed_message(raw, ack),
                 "outcome": outcome,
                 "status": status,
                 "error_code": error_code,
@@ -280,30 +279,10 @@ class MessageRepo:
         return {str(outcome): int(count) for outcome, count in rows}
 
 
-#: before a stored message's deflated text: the length of its raw bytes, and whether an ACK follows
-_MESSAGE_HEAD = struct.Struct("!IB")
-
-
-def packed_message(raw: bytes, ack: str | None) -> bytes:
-    """A message's raw bytes and ACK as ``messages.body`` holds them: HL7 deflates about 4x against the
-    message dictionary, and the ACK, which repeats the header, costs a few bytes more after it."""
-    tail = b"" if ack is None else ack.encode("utf-8", "surrogatepass")
-    return bodies.encode(_MESSAGE_HEAD.pack(len(raw), ack is not None) + raw + tail, codec=bodies.MESSAGES)
-
-
-def unpacked_message(body: bytes) -> tuple[bytes, str | None]:
-    """(raw, ack) of a ``messages.body``."""
-    text = bodies.decode(body)
-    size, has_ack = _MESSAGE_HEAD.unpack_from(text)
-    start = _MESSAGE_HEAD.size
-    raw = text[start : start + size]
-    return raw, text[start + size :].decode("utf-8", "surrogatepass") if has_ack else None
-
-
 def _message(row: Any) -> MessageRecord:
     m = row._mapping
     body = m["body"]
-    raw, ack = unpacked_message(bytes(body)) if body is not None else (bytes(m["raw"]), m["ack"])
+    raw, ack = bodies.unpacked_message(bytes(body)) if body is not None else (bytes(m["raw"]), m["ack"])
     return MessageRecord(
         id=int(m["id"]),
         received_at=utc(m["received_at"]) or datetime.now(UTC),

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, insert, select
 
 from gateway.db import bodies
 from gateway.db.engine import alembic_config
-from gateway.db.repo import MessageRepo, packed_message, unpacked_message
+from gateway.db.repo import MessageRepo
 from gateway.db.schema import messages
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
@@ -32,9 +32,9 @@ HEADER = {"sending_application": "GAM", "sending_facility": "CH", "control_id": 
     ],
 )
 def test_a_message_and_its_ack_read_back_exactly(raw: bytes, ack: str | None) -> None:
-    body = packed_message(raw, ack)
+    body = bodies.packed_message(raw, ack)
     assert body[0] == bodies.MESSAGES
-    assert unpacked_message(body) == (raw, ack)
+    assert bodies.unpacked_message(body) == (raw, ack)
 
 
 def test_messages_are_stored_deflated_and_read_back(db: Engine, mapping_engine: MappingEngine) -> None:

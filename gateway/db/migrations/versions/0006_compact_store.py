@@ -28,7 +28,6 @@ from alembic import op
 
 from gateway.db import bodies
 from gateway.db.indexing import ALIASES, Entry, search_entries, stored_rows
-from gateway.db.repo import unpacked_message
 
 revision = "0006_compact_store"
 down_revision = "0005_sessions"
@@ -102,7 +101,7 @@ def _inflate_messages(bind: Any) -> None:
     rows = sa.table("messages", *(sa.column(c) for c in ("id", "raw", "ack", "body")))
     found = bind.execute(sa.select(rows.c.id, rows.c.body).where(rows.c.body.is_not(None))).all()
     for message_id, body in found:
-        raw, ack = unpacked_message(bytes(body))
+        raw, ack = bodies.unpacked_message(bytes(body))
         bind.execute(sa.update(rows).where(rows.c.id == message_id).values(raw=raw, ack=ack, body=None))
 
 
