@@ -145,7 +145,7 @@ class FollowRepo:
 
     def _patients_of(self, rtype: str, ids: Sequence[str]) -> set[str]:
         """The patients of these resources, from their current content by primary key: the index is keyed
-        by value (which resources name a patient), not by owner (0006_index_keys)."""
+        by value (which resources name a patient), not by owner (0006_compact_store)."""
         if not ids:
             return set()
         rows = self.conn.execute(
@@ -249,6 +249,17 @@ class ClientNameTakenError(Exception):
     """Another client already has this name (names identify platforms in care circles)."""
 
 
+#: Bumped by every client registered in this process, so that a cached "no client yet" (see
+#: :meth:`gateway.auth.gate.Gate.enabled`) is asked again at once; other processes' registrations are seen
+#: when that cache expires.
+_registrations = [0]
+
+
+def registrations() -> int:
+    """How many clients this process has registered (a generation, compared, never shown)."""
+    return _registrations[0]
+
+
 class ClientRepo:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -257,6 +268,7 @@ class ClientRepo:
         return self.conn.execute(select(clients.c.id).limit(1)).first() is not None
 
     def add(self, record: ClientRecord, *, now: datetime) -> None:
+        _registrations[0] += 1
         try:
             with self.conn.begin_nested():
                 self.conn.execute(
