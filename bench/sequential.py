@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import os
 import pstats
 import secrets
 import tempfile
@@ -65,7 +66,8 @@ def run(n_messages: int, database_url: str, *, profile: bool) -> None:
     print(f"  wall  {wall / len(rest) * 1000:.2f} ms/message ({len(rest) / wall:.0f} messages/s)")
     print(f"  CPU   {cpu / len(rest) * 1000:.2f} ms/message")
     if profiler:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        order, top = os.environ.get("SORT", "tottime"), int(os.environ.get("TOP", "25"))  # e.g. SORT=cumulative
+        pstats.Stats(profiler).sort_stats(order).print_stats(top)
 
 
 def main() -> None:

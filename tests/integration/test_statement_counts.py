@@ -32,6 +32,8 @@ CONTROL = ("BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE")
 #: resources (#9), written with the message that names them: the hospital, the attending's role and the UF
 #: are new on an admission (an insert, its index rows and its version each: 29 → 38); they are read with the
 #: preload, so a later message that names them unchanged costs nothing more (A02, A08, A03 unchanged).
+#: Lowered when a write rewrote only the index entries that changed (0006_compact_store: a delete of the
+#: entries gone and an insert of the new ones, each only when there are any): A08 19 → 15, A03 40 → 35.
 STAY = Adt(control_id="S-1", ipp="300001", visit="V-3001", movement="M-1")
 CASES: list[tuple[str, Adt, int, int]] = [
     ("A01 new patient and stay", STAY, 38, 3),
@@ -53,7 +55,7 @@ CASES: list[tuple[str, Adt, int, int]] = [
             family="RENOMME",
             event_time="20260301130000",
         ),
-        19,
+        15,
         3,
     ),
     (
@@ -67,7 +69,7 @@ CASES: list[tuple[str, Adt, int, int]] = [
             event_time="20260302100000",
             discharge_time="20260302100000",
         ),
-        40,
+        35,
         3,
     ),
 ]
