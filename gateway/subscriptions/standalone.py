@@ -15,7 +15,7 @@ import logging
 import signal
 
 from gateway.config import Settings
-from gateway.db.engine import make_engine, migrate, safe_url
+from gateway.db.engine import make_engine, migrate, retry_writes_quickly, safe_url
 from gateway.mapping.engine import Engine
 from gateway.subscriptions.worker import DeliveryWorker
 
@@ -27,6 +27,7 @@ def build(settings: Settings, *, poll: float | None = None) -> DeliveryWorker:
     tables = Engine.from_directory(settings.mappings_dir).tables
     db = make_engine(settings)
     migrate(db)
+    retry_writes_quickly(db, settings)  # SQLite: its writes meet ingest's, of another process
     return DeliveryWorker(
         db=db,
         settings=settings,

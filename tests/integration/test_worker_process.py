@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,9 +24,10 @@ import respx
 from sqlalchemy import Engine, create_engine, text
 
 from gateway.config import Settings
-from gateway.db.engine import make_engine, transaction
+from gateway.db.engine import make_engine, retry_writes_quickly, transaction
 from gateway.db.repo import OutboxRepo
 from gateway.db.wakeup import Announcer, announces, watches
+from gateway.errors import StorageUnavailableError
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
 from gateway.subscriptions.service import create_subscription
@@ -199,3 +201,40 @@ def test_gateway_worker_runs_until_sigterm(database_url: str, tmp_path: Path) ->
             proc.wait()
         proc.stdout.close()
     assert any("gateway worker: store" in line for line in seen), "".join(seen)
+
+
+def test_a_quickly_retrying_writer_gets_the_lock_once_another_process_lets_it_go(tmp_path: Path) -> None:
+    """SQLite: the write lock held by another connection (as ingest's, in another process) for 0.3 s; the
+    worker's engine takes it soon after, by trying every millisecond, and gives up at its lock timeout."""
+    path = tmp_path / "locks.db"
+    settings = Settings(database_url=f"sqlite:///{path}", db_lock_timeout=1.0)
+    engine = retry_writes_quickly(make_engine(settings), settings)
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        conn.commit()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(0.3, other.execute, ["COMMIT"]).start()
+        started = time.monotonic()
+        with transaction(engine) as conn:
+            conn.execute(text("INSERT INTO t VALUES (1)"))
+        waited = time.monotonic() - started
+        assert 0.25 < waited < 0.9
+
+        other.execute("BEGIN IMMEDIATE")  # now held past the lock timeout
+        with pytest.raises(StorageUnavailableError), transaction(engine) as conn:
+            conn.execute(text("INSERT INTO t VALUES (2)"))
+        other.execute("COMMIT")
+    finally:
+        other.close()
+        engine.dispose()
+
+
+def test_an_engine_with_quick_retries_still_writes(settings: Settings, db: Engine) -> None:
+    """On both stores (on PostgreSQL it is left as it is): a write transaction commits."""
+    assert retry_writes_quickly(db, settings) is db
+    with transaction(db) as conn:
+        conn.execute(text("UPDATE subscriptions SET last_sent_at = NULL WHERE id = 'none'"))
+    with db.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM subscriptions")).scalar() == 0
