@@ -2,7 +2,8 @@
 
 No MLLP, no threads: ``Pipeline.ingest`` called in a loop on distinct stays (the A01/A03 of
 ``mllp_ingest.py``). CPU time per message is the steadier figure on a shared machine; wall time adds the
-commits' fsync and whatever else runs. ``--profile`` prints the top of a cProfile.
+commits' fsync and whatever else runs. ``--profile`` prints the top of a cProfile, by own time
+(``SORT=cumulative TOP=70`` for another view).
 
     .venv/bin/python bench/sequential.py [--messages 400] [--database-url URL] [--profile]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import cProfile
+import os
 import pstats
 import secrets
 import tempfile
@@ -65,7 +67,9 @@ def run(n_messages: int, database_url: str, *, profile: bool) -> None:
     print(f"  wall  {wall / len(rest) * 1000:.2f} ms/message ({len(rest) / wall:.0f} messages/s)")
     print(f"  CPU   {cpu / len(rest) * 1000:.2f} ms/message")
     if profiler:
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        # SORT=cumulative TOP=70 for where the time goes below each call, not only in it
+        stats = pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime"))
+        stats.print_stats(int(os.environ.get("TOP", "25")))
 
 
 def main() -> None:
