@@ -31,7 +31,7 @@ from gateway.state.patients import (
     merge_payloads,
     patient_payload,
 )
-from gateway.state.visits import VisitFact, fold_stay, resolved_inserts
+from gateway.state.visits import VisitFact, fold_stay
 from gateway.subscriptions.matching import Target, matches, patient_reference
 from gateway.subscriptions.nde import contained_subject
 from gateway.subscriptions.nde_declaration import declarations
@@ -353,7 +353,7 @@ def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
     event_types = unit.tables.codes["ADT_to_TRE_R254"]
     for declaration in declarations(
         stay=encounter,
-        inserts=resolved_inserts(facts),
+        inserts=stay.inserts,
         patient=patient.content if patient else None,
         event_types=event_types,
     ):

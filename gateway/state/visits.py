@@ -25,7 +25,6 @@ as ``cancelled``, so that a movement Encounter stored earlier is superseded rath
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -130,6 +129,8 @@ class VisitFact:
     encounter: JSON
     movement: JSON | None
     recorded_at: datetime = UNRECORDED
+    #: :meth:`content_key`, computed once: a fold sorts on it many times (``replace`` computes it anew)
+    _content: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.recorded_at == UNRECORDED:
@@ -154,8 +155,15 @@ class VisitFact:
         return KINDS.get(self.kind, _INERT)
 
     def content_key(self) -> str:
-        """The whole fact as text: the last tie-break, so that no two different facts ever compare equal."""
-        return json.dumps(self.to_payload(), sort_keys=True, default=str)
+        """The whole fact as text: the last tie-break, so that no two different facts ever compare equal.
+
+        Kept once computed: the fact is frozen, and a fold asks for it in every sort and deduplication.
+        """
+        key = self._content
+        if key is None:
+            key = json.dumps(self.to_payload(), sort_keys=True, default=str)
+            object.__setattr__(self, "_content", key)
+        return key
 
     def sort_key(self) -> tuple[datetime, int, str, str, str]:
         """Event order; never the arrival order, so that the fold does not depend on it."""
@@ -202,6 +210,9 @@ class Stay:
 
     encounter: JSON | None
     movements: list[JSON] = field(default_factory=list)
+    #: the inserts the fold resolved, in event order, each with whether it is still live (the NdE declarations
+    #: read them: resolving them again cost as much as the fold)
+    inserts: list[tuple[VisitFact, bool]] = field(default_factory=list, compare=False, repr=False)
 
 
 # -- which inserts are live --------------------------------------------------------------------
@@ -220,11 +231,6 @@ def _resolve(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
         if target is not None:
             cancelled.add(target)
     return [(f, i not in cancelled) for i, f in enumerate(inserts)]
-
-
-def resolved_inserts(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
-    """The stay's inserts in event order with whether each is still live (for the NdE declarations)."""
-    return _resolve(facts)
 
 
 def event_moment(fact: VisitFact, edge: str) -> str:
@@ -310,7 +316,7 @@ def fold_stay(facts: Iterable[VisitFact], *, natures: Mapping[str, CodeRow] | No
     resolved = _resolve(facts)
     inserts = [f for f, _ in resolved]
     if not any(f.rule.movement for f in inserts):
-        return Stay(None)  # cancels, corrections or updates for a stay never seen create nothing
+        return Stay(None, inserts=resolved)  # cancels, corrections or updates for a stay never seen create nothing
     live = [f for f, is_live in resolved if is_live]
     encounter = _identity(inserts)
     status = _status([f for f in live if f.rule.movement])
@@ -323,7 +329,18 @@ def fold_stay(facts: Iterable[VisitFact], *, natures: Mapping[str, CodeRow] | No
         encounter["period"] = period
     stay = _finish(encounter)
     # Copies: the result shares nothing with the stored facts, so a caller may change it freely.
-    return Stay(copy.deepcopy(stay), copy.deepcopy(_movements(stay, resolved, natures or {})))
+    return Stay(_copied(stay), _copied(_movements(stay, resolved, natures or {})), inserts=resolved)
+
+
+def _copied(value: Any) -> Any:
+    """``value`` with every dict and list copied and the leaves shared: what ``copy.deepcopy`` gives for the
+    JSON trees a fold returns (leaves are str, numbers, None or other immutable values such as datetimes),
+    at a fraction of its cost. Unlike deepcopy, two places that shared one dict get a copy each."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
 
 
 def _identity(inserts: list[VisitFact]) -> JSON:
