@@ -42,6 +42,8 @@ from gateway.db.schema import (
 )
 
 JSON = dict[str, Any]
+#: search index entries of a resource: (param, system, value)
+IndexEntries = Sequence[tuple[str, str, str]]
 
 
 #: SQLite hands back naive datetimes (stored as UTC): every read goes through this.
@@ -574,16 +576,20 @@ class ResourceRepo:
         return stored, stored is not previous
 
     def write(
-        self, content: JSON, *, now: datetime, index: Sequence[tuple[str, str, str]]
+        self, content: JSON, *, now: datetime, index: IndexEntries | Callable[[], IndexEntries]
     ) -> tuple[StoredResource, StoredResource | None]:
         """Like :meth:`put`, returning (stored, previous): ``stored is previous`` when nothing changed.
 
-        Callers that compare versions (topics) get the previous one from the same read.
+        Callers that compare versions (topics) get the previous one from the same read. ``index`` may be a
+        function that computes the entries: it is called only when a version is written (most writes of a
+        message find the resource unchanged).
         """
         rtype, rid = str(content["resourceType"]), str(content["id"])
         current = self.get(rtype, rid, for_update=True)
         if current is not None and not current.deleted and _same(current.content, content):
             return current, current
+        if callable(index):
+            index = index()
         version = current.version_id + 1 if current else 1
         body = dict(content)
         meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
@@ -780,14 +786,24 @@ def _sort_keys(rtype: str, order: Sequence[tuple[str, bool]]) -> list[Any]:
     return keys
 
 
-def _without_version(resource: JSON) -> JSON:
-    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-    return {**{k: v for k, v in resource.items() if k != "meta"}, "meta": meta}
+_VERSION_KEYS = ("versionId", "lastUpdated")
+
+
+def _meta_without_version(resource: JSON) -> JSON:
+    return {k: v for k, v in (resource.get("meta") or {}).items() if k not in _VERSION_KEYS}
 
 
 def _same(old: JSON, new: JSON) -> bool:
-    """Equal but for versionId/lastUpdated: then no new version is written (replays change nothing)."""
-    return _without_version(old) == _without_version(new)
+    """Equal but for versionId/lastUpdated: then no new version is written (replays change nothing).
+
+    Compared key by key, without copying either resource (most writes of a message find it unchanged);
+    an absent ``meta`` equals one holding nothing but the version."""
+    if len(old) - ("meta" in old) != len(new) - ("meta" in new):
+        return False
+    for key, value in new.items():
+        if key != "meta" and (key not in old or old[key] != value):
+            return False
+    return _meta_without_version(old) == _meta_without_version(new)
 
 
 def _stored_values(rtype: str, rid: str, values: dict[str, Any], *, content: JSON) -> StoredResource:

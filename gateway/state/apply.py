@@ -346,17 +346,21 @@ def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
     if stay.encounter is None:
         return  # nothing but cancels or corrections of movements never seen: nothing is created
     encounter = _redirect(unit, stay.encounter)
-    _put(unit, encounter, action=action)
-    _write_movements(unit, stay_id, [_redirect(unit, m) for m in stay.movements])
-    # ANS NdE flux 3: the stay's admission/discharge declarations, written in the same transaction
+    movements = [_redirect(unit, m) for m in stay.movements]
+    # ANS NdE flux 3: the stay's admission/discharge declarations, written in the same transaction (the
+    # patient was refolded before the stay, so reading him before the stay's writes changes nothing)
     patient = unit.store.get("Patient", patient_reference(encounter).removeprefix("Patient/"))
-    event_types = unit.tables.codes["ADT_to_TRE_R254"]
-    for declaration in declarations(
+    declared = declarations(
         stay=encounter,
         inserts=stay.inserts,
         patient=patient.content if patient else None,
-        event_types=event_types,
-    ):
+        event_types=unit.tables.codes["ADT_to_TRE_R254"],
+    )
+    # everything the stay writes, read in one query rather than one each by the writes below
+    unit.store.preload((str(r["resourceType"]), str(r["id"])) for r in [encounter, *movements, *declared])
+    _put(unit, encounter, action=action)
+    _write_movements(unit, stay_id, movements)
+    for declaration in declared:
         _put(unit, declaration, action=action)
 
 
@@ -375,7 +379,8 @@ def _write_movements(unit: Unit, stay_id: str, movements: list[JSON]) -> None:
 
 def _put(unit: Unit, resource: JSON, *, action: str | None = None) -> StoredResource | None:
     """Write ``resource`` if it changed; with ``action``, queue the change for the topics."""
-    stored, previous = unit.store.write(resource, now=unit.now, index=search_entries(resource))
+    # the index entries only for a version written: most resources a message refolds are unchanged
+    stored, previous = unit.store.write(resource, now=unit.now, index=lambda: search_entries(resource))
     if stored is previous:
         return None
     unit.result.changed.append(stored)
