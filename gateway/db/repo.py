@@ -103,12 +103,36 @@ _FACTS_OF_KINDS = (
     .where(facts.c.stream == bindparam("stream"), facts.c.kind.in_(bindparam("kinds", expanding=True)))
     .order_by(facts.c.id)
 )
-#: every stream a message touches, in one read (the unit of work keeps them)
-_STREAMS = (
-    select(facts.c.stream, facts.c.kind, facts.c.payload, facts.c.body)
-    .where(facts.c.stream.in_(bindparam("streams", expanding=True)))
-    .order_by(facts.c.id)
-)
+
+
+def _bucket(n: int) -> int:
+    """The size of the ``IN`` list that holds ``n`` values: the next power of two, so that few statement
+    shapes exist (the list is padded by repeating its last value, which matches nothing more)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _in_values(prefix: str, values: Sequence[str]) -> dict[str, str]:
+    """``values`` as the parameters ``<prefix>0 …`` of a padded ``IN`` list (see :func:`_bucket`)."""
+    padded = [*values, *[values[-1]] * (_bucket(len(values)) - len(values))]
+    return {f"{prefix}{i}": value for i, value in enumerate(padded)}
+
+
+def _in_list(prefix: str, n: int) -> list[BindParameter[str]]:
+    return [bindparam(f"{prefix}{i}") for i in range(_bucket(n))]
+
+
+@functools.lru_cache(maxsize=32)
+def _streams_statement(n: int) -> Select[Any]:
+    """Every stream a message touches, in one read (the unit of work keeps them). The ``IN`` list is one
+    bound parameter per value, not an expanding one: SQLAlchemy re-renders an expanding list on every
+    execution, which cost more than the read itself."""
+    return (
+        select(facts.c.stream, facts.c.kind, facts.c.payload, facts.c.body)
+        .where(facts.c.stream.in_(_in_list("s", n)))
+        .order_by(facts.c.id)
+    )
+
+
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 _SURVIVOR = select(patient_links.c.survivor_id).where(patient_links.c.merged_id == bindparam("merged"))
 #: whether a patient takes part in any merge, either side: one read answers both questions when not
@@ -122,12 +146,19 @@ _MERGED_INTO = select(patient_links.c.merged_id).where(
 )
 _GET_RESOURCE = select(resources).where(resources.c.type == bindparam("rtype"), resources.c.id == bindparam("rid"))
 _GET_RESOURCE_LOCKED = _GET_RESOURCE.with_for_update()
-#: several resources in one read: both key columns bound as lists, so that the (type, id) primary key
-#: serves it on both stores; pairs that were not asked for (a type crossed with another's id) are dropped
-_GET_RESOURCES = select(resources).where(
-    resources.c.type.in_(bindparam("rtypes", expanding=True)), resources.c.id.in_(bindparam("rids", expanding=True))
-)
-_GET_RESOURCES_LOCKED = _GET_RESOURCES.with_for_update()
+
+
+@functools.lru_cache(maxsize=64)
+def _get_resources_statement(n_types: int, n_ids: int, *, locked: bool) -> Select[Any]:
+    """Several resources in one read: both key columns bound as lists, so that the (type, id) primary key
+    serves it on both stores; pairs that were not asked for (a type crossed with another's id) are dropped.
+    Lists of single parameters, padded (see :func:`_streams_statement`)."""
+    query = select(resources).where(
+        resources.c.type.in_(_in_list("t", n_types)), resources.c.id.in_(_in_list("i", n_ids))
+    )
+    return query.with_for_update() if locked else query
+
+
 _INSERT_RESOURCE = insert(resources)
 _UPDATE_RESOURCE = (
     update(resources)
@@ -327,7 +358,8 @@ class FactRepo:
         if not wanted:
             return
         found: dict[str, list[tuple[str, bytes | str]]] = {stream: [] for stream in wanted}
-        for stream, kind, payload, body in self.conn.execute(_STREAMS, {"streams": wanted}):
+        query = _streams_statement(len(wanted))
+        for stream, kind, payload, body in self.conn.execute(query, _in_values("s", wanted)):
             found[str(stream)].append((str(kind), _text(payload, body)))
         self._streams.update(found)
 
@@ -519,10 +551,11 @@ class ResourceRepo:
         wanted = {k for k in keys if k not in self._seen or (locked and k not in self._locked)}
         if not wanted:
             return
-        params = {"rtypes": sorted({t for t, _ in wanted}), "rids": sorted({i for _, i in wanted})}
+        rtypes, rids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
+        query = _get_resources_statement(len(rtypes), len(rids), locked=locked)
         found = {
             (str(r.type), str(r.id)): r
-            for r in self.conn.execute(_GET_RESOURCES_LOCKED if locked else _GET_RESOURCES, params)
+            for r in self.conn.execute(query, _in_values("t", rtypes) | _in_values("i", rids))
         }
         for key in wanted:
             row = found.get(key)
