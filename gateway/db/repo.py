@@ -488,7 +488,9 @@ class ResourceRepo:
     history and search is filtered by it in SQL, and an ``audit`` sink hears what was returned. Internal
     callers (ingest, delivery) pass neither and see everything. With ``cached`` (the unit of work),
     resources read or written are kept by id for the transaction (an identity map): refolds read the
-    patient and the circle several times.
+    patient and the circle several times; and the version rows written wait for :meth:`flush`, which
+    inserts them in one statement (nothing in a message's transaction reads versions: only ``vread`` and
+    ``history`` do, and they flush first).
     """
 
     def __init__(
@@ -504,6 +506,8 @@ class ResourceRepo:
         self.audit = audit
         self._seen: dict[tuple[str, str], StoredResource | None] | None = {} if cached else None
         self._locked: set[tuple[str, str]] = set()
+        #: version rows not inserted yet (cached repo only; see :meth:`flush`)
+        self._versions: list[dict[str, Any]] | None = [] if cached else None
 
     def _heard(self, interaction: str, rtype: str, found: Sequence[StoredResource]) -> None:
         if self.audit is not None:
@@ -571,7 +575,17 @@ class ResourceRepo:
         """Every resource not deleted, unfiltered (``gateway convert``'s throw-away store)."""
         return [_stored(r) for r in self.conn.execute(select(resources).where(resources.c.deleted == 0))]
 
+    def flush(self) -> None:
+        """Insert the version rows written since the last flush, in one statement: the unit of work calls
+        it once a message's refolds are done, inside that message's transaction (or SAVEPOINT), so the
+        versions commit or roll back with the resources they belong to."""
+        if not self._versions:
+            return
+        rows, self._versions = self._versions, []
+        self.conn.execute(_INSERT_VERSION, rows if len(rows) > 1 else rows[0])
+
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
+        self.flush()
         if not self._visible(rtype, rid):
             return None
         row = self.conn.execute(
@@ -586,6 +600,7 @@ class ResourceRepo:
         return found
 
     def history(self, rtype: str, rid: str) -> list[StoredResource]:
+        self.flush()
         if not self._visible(rtype, rid):
             return []
         rows = self.conn.execute(
@@ -632,7 +647,10 @@ class ResourceRepo:
             self.conn.execute(_INSERT_RESOURCE, {"type": rtype, "id": rid, **values})
         else:
             self.conn.execute(_UPDATE_RESOURCE, {"rtype": rtype, "rid": rid, **values})
-        self.conn.execute(_INSERT_VERSION, {"type": rtype, "id": rid, **values})
+        if self._versions is not None:
+            self._versions.append({"type": rtype, "id": rid, **values})
+        else:
+            self.conn.execute(_INSERT_VERSION, {"type": rtype, "id": rid, **values})
         self._reindex(rtype, rid, index, fresh=current is None)
         stored = StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body)
         self._remember((rtype, rid), stored)

@@ -88,10 +88,12 @@ class Unit:
 
     def notify_all(self) -> None:
         """Match the unit's changes only now, so that filters see the state after the whole message (a
-        care circle filter must hear of the admission that adds the doctor)."""
+        care circle filter must hear of the admission that adds the doctor); then write the versions the
+        unit's refolds made, in one statement (every caller ends its unit here)."""
         pending, self.pending = self.pending, []
         for change, stored in pending:
             _notify(self, change, stored)
+        self.storage.flush()
 
     @property
     def roles(self) -> dict[str, JSON]:
