@@ -31,10 +31,10 @@ from gateway.state.patients import (
     merge_payloads,
     patient_payload,
 )
-from gateway.state.visits import VisitFact, fold_stay
+from gateway.state.visits import VisitFact, fold_stay, movement_id
 from gateway.subscriptions.matching import Target, matches, patient_reference
 from gateway.subscriptions.nde import contained_subject
-from gateway.subscriptions.nde_declaration import declarations
+from gateway.subscriptions.nde_declaration import declaration_id, declarations
 from gateway.subscriptions.topics import Change, Topic, fired, members_changed
 
 JSON = dict[str, Any]
@@ -143,6 +143,8 @@ def apply_message(
     # what the refolds below read, in two queries: the streams' facts, and the resources they write
     unit.facts.preload(streams)
     written = [(str(r["resourceType"]), str(r["id"])) for r in [*mapped.practitioners, *mapped.directory]]
+    if mapped.encounter is not None:
+        written += _stay_writes(unit, str(mapped.encounter["id"]), new=mapped.movement)
     unit.store.preload([(s.split("/", 1)[0], s.split("/", 1)[1]) for s in streams] + written)
     moved = _account_stays(unit, mapped.account) if mapped.account is not None else []
 
@@ -172,6 +174,17 @@ def record_received(unit: Unit, resource: JSON) -> StoredResource | None:
     stored = _put(unit, resource, action="INSERT")
     unit.notify_all()
     return stored
+
+
+def _stay_writes(unit: Unit, stay_id: str, *, new: JSON | None) -> list[tuple[str, str]]:
+    """What the stay's refold will write besides the stay, foreseen from its facts (already read) and the
+    message's movement: a movement Encounter per ZBE-1, a declaration per NdE event type. They join the
+    message's one preload; one foreseen wrongly costs a read of its own at its write, nothing else."""
+    idents = [(p.get("movement") or {}).get("identifier") for p in unit.facts.of(f"Encounter/{stay_id}")]
+    idents.append((new or {}).get("identifier"))
+    keys = [("Encounter", movement_id(stay_id, ident)) for ident in idents if ident]
+    codes = sorted({row.target_code for row in unit.tables.codes["ADT_to_TRE_R254"].values()})
+    return keys + [("CommunicationRequest", declaration_id(stay_id, code)) for code in codes]
 
 
 def _record_facts(unit: Unit, mapped: Mapped) -> None:

@@ -528,7 +528,7 @@ def _movement(
         codings.append(nature)
     out: JSON = {
         "resourceType": "Encounter",
-        "id": resource_id("Encounter", f"movement|{stay['id']}|{ident.get('system')}|{ident.get('value')}"),
+        "id": movement_id(str(stay["id"]), ident),
         "meta": {"profile": [PROFILE_ENCOUNTER]},
         "identifier": [ident],
         "status": status,
@@ -545,6 +545,11 @@ def _movement(
     if provider:
         out["serviceProvider"] = provider
     return _finish(out)
+
+
+def movement_id(stay_id: str, identifier: JSON) -> str:
+    """The id of the movement Encounter a ZBE-1 ``identifier`` names in a stay: its identity, deterministic."""
+    return resource_id("Encounter", f"movement|{stay_id}|{identifier.get('system')}|{identifier.get('value')}")
 
 
 def _nature(value: Any, natures: Mapping[str, CodeRow]) -> JSON | None:
