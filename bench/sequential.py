@@ -67,9 +67,8 @@ def run(n_messages: int, database_url: str, *, profile: bool) -> None:
     print(f"  wall  {wall / len(rest) * 1000:.2f} ms/message ({len(rest) / wall:.0f} messages/s)")
     print(f"  CPU   {cpu / len(rest) * 1000:.2f} ms/message")
     if profiler:
-        # SORT=cumulative TOP=70 for where the time goes below each call, not only in it
-        stats = pstats.Stats(profiler).sort_stats(os.environ.get("SORT", "tottime"))
-        stats.print_stats(int(os.environ.get("TOP", "25")))
+        order, top = os.environ.get("SORT", "tottime"), int(os.environ.get("TOP", "25"))  # e.g. SORT=cumulative
+        pstats.Stats(profiler).sort_stats(order).print_stats(top)
 
 
 def main() -> None:

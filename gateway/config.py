@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     smtp_username: str = ""
     smtp_password: str = ""
     run_worker: bool = True
+    #: Threads committing MLLP/HTTP messages in groups; 0: one on SQLite, four on PostgreSQL.
+    ingest_writers: int = Field(default=0, ge=0, le=64)
     #: Where the gateway may create its SQLite store's directories; a path elsewhere must exist already.
     data_dir: Path = DEFAULT_DATA_DIR
     #: Browser origins allowed by CORS (``["*"]`` for any); empty: no CORS headers at all.

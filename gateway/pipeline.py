@@ -7,10 +7,14 @@ applying fails, the transaction is rolled back and the raw message is stored aga
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
+import queue
 import re
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,6 +48,8 @@ MAX_ATTEMPTS = 3
 #: Messages committed together at most (group commit); they come from different connections, since each
 #: connection waits for its ACK before sending the next message.
 MAX_GROUP = 64
+#: Writer threads on PostgreSQL when GATEWAY_INGEST_WRITERS does not say (see :meth:`Pipeline.start_writer`).
+DEFAULT_PG_WRITERS = 4
 
 
 @dataclass(slots=True)
@@ -185,15 +191,41 @@ class _Pending:
     now: datetime
     done: bool = False
     outcome: Outcome | None = None
+    #: the submitter's context (log correlation ids), when the writer thread applies it
+    context: contextvars.Context | None = None
+
+
+@dataclass(slots=True)
+class _Job:
+    """A message handed to the writer thread (:meth:`Pipeline.submit`), answered through ``future``."""
+
+    raw: bytes
+    transport: str
+    now: datetime
+    facilities: Callable[[], frozenset[str] | None] | None
+    future: Future[Outcome]
+    #: the submitter's context, so that what the writer logs for it carries its correlation ids
+    context: contextvars.Context
+
+
+#: Put on the writers' queue by :meth:`Pipeline.stop_writer`, once per thread: each ends after what came before it.
+_STOP = None
 
 
 class Pipeline:
     """One instance per process; thread-safe.
 
-    Group commit: threads ingesting at the same time hand their mapped messages to whichever of them
-    holds the leader lock, which applies each in a SAVEPOINT of one transaction, commits once, and only
-    then lets every thread return its AA. A message that fails rolls back alone and is then taken again
-    on its own (:meth:`_ingest_alone`), where it is stored as rejected or retried exactly as before.
+    Group commit, two ways in:
+
+    - :meth:`submit` (MLLP and HTTP): a writer thread takes every message waiting, parses and maps each,
+      applies each in a SAVEPOINT of one transaction, commits once, and only then answers them all. One
+      thread doing all the work (on SQLite) avoids threads contending for the GIL and the write lock, and
+      the group is whatever arrived while the previous one was committed.
+    - :meth:`ingest` from several threads: the thread holding the leader lock commits the others' mapped
+      messages with its own.
+
+    Either way, a message that fails rolls back alone and is then taken again on its own
+    (:meth:`_ingest_alone`), where it is stored as rejected or retried exactly as before.
     """
 
     def __init__(
@@ -215,6 +247,121 @@ class Pipeline:
         self._queue: list[_Pending] = []
         self._queue_lock = threading.Lock()
         self._leader = threading.Lock()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writers: list[threading.Thread] = []
+        #: writer threads (GATEWAY_INGEST_WRITERS); 0: one on SQLite, ``DEFAULT_PG_WRITERS`` on PostgreSQL
+        self.writers = 0
+
+    # -- the writer thread ------------------------------------------------------------------------
+
+    def start_writer(self, writers: int | None = None) -> None:
+        """Start the writer threads that :meth:`submit` feeds (idempotent).
+
+        One on SQLite, which has one writer at a time anyway. On PostgreSQL a message's ~30 statements are
+        as many round trips, during which a thread holds no CPU: several writers, each committing its own
+        group on its own connection, overlap them (the per-stream locks keep a patient's messages in order).
+        """
+        if self._writers:
+            return
+        count = writers or self.writers or (1 if self.db.dialect.name == "sqlite" else DEFAULT_PG_WRITERS)
+        self._writers = [
+            threading.Thread(target=self._write_loop, name=f"ingest-writer-{i}", daemon=True) for i in range(count)
+        ]
+        for thread in self._writers:
+            thread.start()
+
+    def stop_writer(self, timeout: float = 30.0) -> None:
+        """Answer what was submitted, then end the writer threads; a later :meth:`submit` starts them again."""
+        writers, self._writers = self._writers, []
+        for _ in writers:
+            self._jobs.put(_STOP)
+        for thread in writers:
+            thread.join(timeout)
+
+    def submit(
+        self,
+        raw: bytes,
+        *,
+        transport: str,
+        facilities: Callable[[], frozenset[str] | None] | None = None,
+    ) -> Future[Outcome]:
+        """Queue one message for the writer thread; the future's outcome is set once it is committed.
+
+        ``facilities`` is called in the writer thread (it may read the store): the authenticated sender's
+        registered MSH-4 values, or None when not checked.
+        """
+        if not self._writers:
+            self.start_writer()
+        job = _Job(raw, transport, self.clock(), facilities, Future(), contextvars.copy_context())
+        self._jobs.put(job)
+        return job.future
+
+    async def ingest_async(
+        self,
+        raw: bytes,
+        *,
+        transport: str,
+        facilities: Callable[[], frozenset[str] | None] | None = None,
+    ) -> Outcome:
+        """:meth:`submit`, awaited: the event loop only waits, all the work is in the writer thread."""
+        return await asyncio.wrap_future(self.submit(raw, transport=transport, facilities=facilities))
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is _STOP:
+                return
+            jobs, stop = [first], False
+            while len(jobs) < MAX_GROUP:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is _STOP:
+                    stop = True
+                    break
+                jobs.append(job)
+            self._write(jobs)
+            if stop:
+                return
+
+    def _write(self, jobs: list[_Job]) -> None:
+        """Prepare, commit and answer one group. A loop boundary: every job's future gets an outcome."""
+        items = [(job, job.context.run(self._prepare_job, job)) for job in jobs]
+        group = [item for _, item in items if isinstance(item, _Pending)]
+        if group:
+            try:
+                self._commit_group(group)
+            except Exception:  # a loop boundary: each message is taken again alone below
+                logger.exception("group commit failed unexpectedly")
+        for job, item in items:
+            job.future.set_result(item if isinstance(item, Outcome) else self._settle(item))
+
+    def _prepare_job(self, job: _Job) -> _Pending | Outcome:
+        try:
+            facilities = job.facilities() if job.facilities is not None else None
+            item = self._prepare(job.raw, transport=job.transport, now=job.now, facilities=facilities)
+        except Exception as exc:
+            logger.exception("unexpected error preparing a message (%s)", job.transport)
+            return self._last_resort(job.raw, exc, transport=job.transport, now=job.now)
+        if isinstance(item, _Pending):
+            item.context = job.context
+        return item
+
+    def _settle(self, item: _Pending) -> Outcome:
+        """The outcome of a group member: its own, or, when it failed in the group, that of going alone."""
+        if item.outcome is not None:
+            return item.outcome
+        if item.context is not None:
+            return item.context.run(self._alone, item)
+        return self._alone(item)
+
+    def _alone(self, item: _Pending) -> Outcome:
+        try:
+            return self._ingest_alone(item.raw, item.message, item.mapped, transport=item.transport, now=item.now)
+        except Exception as exc:
+            logger.exception("unexpected error on ingest (%s)", item.transport)
+            return self._last_resort(item.raw, exc, transport=item.transport, now=item.now)
 
     # -- ingest -----------------------------------------------------------------------------------
 
@@ -354,10 +501,7 @@ class Pipeline:
         """
         if len(group) == 1:
             item = group[0]
-            item.outcome = self._ingest_alone(
-                item.raw, item.message, item.mapped, transport=item.transport, now=item.now
-            )
-            item.done = True
+            item.outcome, item.done = self._settle(item), True
             return
         try:
             with batch(self.db) as tx:
@@ -375,9 +519,14 @@ class Pipeline:
         """Apply one message of a group under its savepoint; None when it failed (it rolled back alone)."""
         try:
             with unit as uow:
-                return self._apply_in(uow, item.raw, item.message, item.mapped, transport=item.transport, now=item.now)
+                if item.context is not None:
+                    return item.context.run(self._apply_pending, uow, item)
+                return self._apply_pending(uow, item)
         except Exception:  # a loop boundary: the message is taken again alone, and reported there
             return None
+
+    def _apply_pending(self, uow: UnitOfWork, item: _Pending) -> Outcome:
+        return self._apply_in(uow, item.raw, item.message, item.mapped, transport=item.transport, now=item.now)
 
     def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
         with unit_of_work(self.db) as uow:

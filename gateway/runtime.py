@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway import logs
@@ -58,6 +59,7 @@ class Runtime:
         worker = DeliveryWorker(db=db, settings=settings, mediums=engine.tables.codes["ChannelType_to_Medium"])
         pipeline = Pipeline(engine=engine, db=db, on_commit=worker.wake)
         pipeline.confidential_to_platforms = settings.confidential_platform_access
+        pipeline.writers = settings.ingest_writers
         tokens = TokenService(
             db,
             issuer=token_issuer(settings),
@@ -99,21 +101,24 @@ class Runtime:
         if self.sandbox is not None:
             self.sandbox.tenant_facilities = sandbox_facilities(clients)
 
-    async def ingest(self, raw: bytes, *, transport: str, facilities: frozenset[str] | None = None) -> bytes:
-        """The MLLP handler: the pipeline is synchronous (SQL), so it runs in a worker thread."""
+    async def ingest(
+        self, raw: bytes, *, transport: str, facilities: Callable[[], frozenset[str] | None] | None = None
+    ) -> bytes:
+        """The MLLP handler: the message goes to the pipeline's writer thread, the loop only waits for its ACK.
+
+        ``facilities`` is evaluated in the writer thread, since it may read the store.
+        """
         started = time.perf_counter()
         with logs.bound(control_id=logs.control_id_of(raw), transport=transport):
-            outcome = await asyncio.to_thread(
-                self.pipeline_for(raw).ingest, raw, transport=transport, facilities=facilities
-            )
+            outcome = await self.pipeline_for(raw).ingest_async(raw, transport=transport, facilities=facilities)
         record_message(
             transport=transport, outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started
         )
         return outcome.ack
 
     async def _mllp_ingest(self, raw: bytes) -> bytes:
-        facilities = await asyncio.to_thread(self.binding.facilities, current_peer())
-        return await self.ingest(raw, transport="mllp", facilities=facilities)
+        peer = current_peer()
+        return await self.ingest(raw, transport="mllp", facilities=lambda: self.binding.facilities(peer))
 
     async def _oversize(self, prefix: bytes) -> bytes | None:
         limit = self.settings.max_message_bytes
@@ -169,6 +174,7 @@ class Runtime:
             self._refresh = None
         if self.mllp is not None:
             await self.mllp.stop()
+        await asyncio.to_thread(self.stop_writers)
         self.worker.stop()
         for task in self._tasks:
             try:
@@ -178,7 +184,14 @@ class Runtime:
         self._tasks.clear()
         await self.worker.client.aclose()
 
+    def stop_writers(self) -> None:
+        """Answer every message already submitted, then end the pipelines' writer threads."""
+        self.pipeline.stop_writer()
+        if self.sandbox is not None:
+            self.sandbox.pipeline.stop_writer()
+
     def close(self) -> None:
+        self.stop_writers()
         self.db.dispose()
         if self.sandbox is not None:
             self.sandbox.close()

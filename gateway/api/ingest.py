@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from gateway import logs
 from gateway.api.deps import AccessDep, RuntimeDep
@@ -75,11 +74,9 @@ async def ingest(request: Request, runtime: RuntimeDep, access: AccessDep) -> Re
         return Response(NO_SANDBOX_STORE + "\n", status_code=503, media_type="text/plain")
     started = time.perf_counter()
     with logs.bound(control_id=logs.control_id_of(raw), transport="http"):
-        outcome = await run_in_threadpool(
-            runtime.pipeline_for(raw, sandbox_tenant=tenant).ingest,
-            raw,
-            transport="http",
-            facilities=access.sender_facilities,
+        facilities = access.sender_facilities
+        outcome = await runtime.pipeline_for(raw, sandbox_tenant=tenant).ingest_async(
+            raw, transport="http", facilities=lambda: facilities
         )
     record_message(transport="http", outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started)
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")

@@ -40,6 +40,7 @@ from gateway.db.schema import (
     search_index,
     subscriptions,
 )
+from gateway.errors import StorageConflictError
 
 JSON = dict[str, Any]
 #: search index entries of a resource: (param, system, value)
@@ -149,20 +150,25 @@ _GET_RESOURCE_LOCKED = _GET_RESOURCE.with_for_update()
 
 
 @functools.lru_cache(maxsize=64)
-def _get_resources_statement(n_types: int, n_ids: int, *, locked: bool) -> Select[Any]:
+def _get_resources_statement(n_types: int, n_ids: int) -> Select[Any]:
     """Several resources in one read: both key columns bound as lists, so that the (type, id) primary key
     serves it on both stores; pairs that were not asked for (a type crossed with another's id) are dropped.
     Lists of single parameters, padded (see :func:`_streams_statement`)."""
-    query = select(resources).where(
+    return select(resources).where(
         resources.c.type.in_(_in_list("t", n_types)), resources.c.id.in_(_in_list("i", n_ids))
     )
-    return query.with_for_update() if locked else query
 
 
 _INSERT_RESOURCE = insert(resources)
+#: optimistic: only over the version the writer read (``expected``), so a write never needs a row lock
+#: taken at read time (see :meth:`ResourceRepo.write`)
 _UPDATE_RESOURCE = (
     update(resources)
-    .where(resources.c.type == bindparam("rtype"), resources.c.id == bindparam("rid"))
+    .where(
+        resources.c.type == bindparam("rtype"),
+        resources.c.id == bindparam("rid"),
+        resources.c.version_id == bindparam("expected"),
+    )
     .values(
         version_id=bindparam("version_id"),
         last_updated=bindparam("last_updated"),
@@ -547,23 +553,23 @@ class ResourceRepo:
         return found
 
     def preload(self, keys: Iterable[tuple[str, str]]) -> None:
-        """Read (and on PostgreSQL lock, as a write's read does) several resources in one query, for the
-        identity map: a message writes its patient, stay, circle and doctors, each read before its write."""
+        """Read several resources in one query, for the identity map: a message writes its patient, stay,
+        circle and doctors, each read before its write. No row is locked: writes are optimistic
+        (:meth:`write`), so the doctors and units many messages name are not held by each of them."""
         if self._seen is None:
             return
-        locked = self.conn.dialect.name == "postgresql"
-        wanted = {k for k in keys if k not in self._seen or (locked and k not in self._locked)}
+        wanted = {k for k in keys if k not in self._seen}
         if not wanted:
             return
         rtypes, rids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
-        query = _get_resources_statement(len(rtypes), len(rids), locked=locked)
+        query = _get_resources_statement(len(rtypes), len(rids))
         found = {
             (str(r.type), str(r.id)): r
             for r in self.conn.execute(query, _in_values("t", rtypes) | _in_values("i", rids))
         }
         for key in wanted:
             row = found.get(key)
-            self._remember(key, _stored(row) if row is not None else None, locked=locked)
+            self._remember(key, _stored(row) if row is not None else None)
 
     def _remember(self, key: tuple[str, str], found: StoredResource | None, *, locked: bool = False) -> None:
         if self._seen is not None:
@@ -628,12 +634,17 @@ class ResourceRepo:
     ) -> tuple[StoredResource, StoredResource | None]:
         """Like :meth:`put`, returning (stored, previous): ``stored is previous`` when nothing changed.
 
+        Optimistic: the resource is read without a lock and updated only over the version read, so an
+        unchanged resource (most of a message's doctors and units) is never locked, and two gateways
+        writing the same one cannot deadlock. A concurrent writer's version (or insert) makes this raise
+        :class:`StorageConflictError`, and the message is applied again from a fresh read.
+
         Callers that compare versions (topics) get the previous one from the same read. ``index`` may be a
         function that computes the entries: it is called only when a version is written (most writes of a
         message find the resource unchanged).
         """
         rtype, rid = str(content["resourceType"]), str(content["id"])
-        current = self.get(rtype, rid, for_update=True)
+        current = self.get(rtype, rid)
         if current is not None and not current.deleted and _same(current.content, content):
             return current, current
         if callable(index):
@@ -646,7 +657,9 @@ class ResourceRepo:
         if current is None:
             self.conn.execute(_INSERT_RESOURCE, {"type": rtype, "id": rid, **values})
         else:
-            self.conn.execute(_UPDATE_RESOURCE, {"rtype": rtype, "rid": rid, **values})
+            key = {"rtype": rtype, "rid": rid, "expected": current.version_id}
+            if self.conn.execute(_UPDATE_RESOURCE, {**key, **values}).rowcount != 1:
+                raise StorageConflictError(f"{rtype} changed since it was read (concurrent writer)")
         if self._versions is not None:
             self._versions.append({"type": rtype, "id": rid, **values})
         else:
