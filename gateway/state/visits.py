@@ -165,13 +165,25 @@ class VisitFact:
             object.__setattr__(self, "_content", key)
         return key
 
-    def sort_key(self) -> tuple[datetime, int, str, str, str]:
+    def sort_key(self) -> tuple[datetime, int, str, str, ContentOrder]:
         """Event order; never the arrival order, so that the fold does not depend on it."""
-        return (self.event_time, self.rule.rank, self.movement_key or "", self.control_id, self.content_key())
+        return (self.event_time, self.rule.rank, self.movement_key or "", self.control_id, ContentOrder(self))
 
-    def record_key(self) -> tuple[datetime, str, str]:
+    def record_key(self) -> tuple[datetime, str, ContentOrder]:
         """The order the sender recorded things in: among versions of one movement, the last one wins."""
-        return (self.recorded_at, self.control_id, self.content_key())
+        return (self.recorded_at, self.control_id, ContentOrder(self))
+
+    def outline(self) -> tuple[str, str, str, str, str, str]:
+        """Fields of the payload that tell most facts apart without the whole text: two facts that differ
+        here have different :meth:`content_key` (each is in the payload as it is)."""
+        return (
+            self.trigger,
+            self.kind,
+            self.action,
+            self.control_id,
+            self.event_time.isoformat(),
+            self.recorded_at.isoformat(),
+        )
 
     def to_payload(self) -> JSON:
         return {
@@ -203,6 +215,29 @@ class VisitFact:
         )
 
 
+class ContentOrder:
+    """A fact's :meth:`VisitFact.content_key` as the last element of a sort key, computed only when the
+    elements before it tie: a tuple compares element by element, and facts rarely tie on time, rank,
+    movement and control id, so most folds never serialize a fact (a stay is refolded, all its facts
+    sorted, on every message about it)."""
+
+    __slots__ = ("fact",)
+
+    def __init__(self, fact: VisitFact) -> None:
+        self.fact = fact
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ContentOrder) and self.fact.content_key() == other.fact.content_key()
+
+    def __lt__(self, other: ContentOrder) -> bool:
+        return self.fact.content_key() < other.fact.content_key()
+
+    def __gt__(self, other: ContentOrder) -> bool:
+        return self.fact.content_key() > other.fact.content_key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass(frozen=True, slots=True)
 class Stay:
     """A folded stay: its Encounter (``None`` when nothing but cancels, corrections or updates came) and
@@ -220,9 +255,8 @@ class Stay:
 
 def _resolve(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
     """Every insert (one per movement), corrected, in event order, with whether it is still live."""
-    unique = {f.content_key(): f for f in facts}  # the same fact stored twice is one fact
     by_role: dict[str | None, list[VisitFact]] = {"insert": [], "correct": [], "cancel": []}
-    for fact in sorted(unique.values(), key=VisitFact.sort_key):
+    for fact in sorted(_distinct(facts), key=VisitFact.sort_key):
         by_role.setdefault(fact.role, []).append(fact)
     inserts = sorted(_corrected(_one_per_movement(by_role["insert"]), by_role["correct"]), key=VisitFact.sort_key)
     cancelled: set[int] = set()
@@ -231,6 +265,18 @@ def _resolve(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
         if target is not None:
             cancelled.add(target)
     return [(f, i not in cancelled) for i, f in enumerate(inserts)]
+
+
+def _distinct(facts: Iterable[VisitFact]) -> list[VisitFact]:
+    """The same fact stored twice is one fact. Whole texts are compared only among facts of the same
+    :meth:`VisitFact.outline` (a message received twice under one MSH-10), not for every fact of the stay."""
+    by_outline: dict[tuple[str, ...], list[VisitFact]] = {}
+    for fact in facts:
+        by_outline.setdefault(fact.outline(), []).append(fact)
+    out: list[VisitFact] = []
+    for same in by_outline.values():
+        out.extend(same if len(same) == 1 else {f.content_key(): f for f in same}.values())
+    return out
 
 
 def event_moment(fact: VisitFact, edge: str) -> str:
