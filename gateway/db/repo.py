@@ -571,6 +571,17 @@ class ResourceRepo:
             row = found.get(key)
             self._remember(key, _stored(row) if row is not None else None)
 
+    def _found(self, row: Any) -> StoredResource:
+        """A row a search returned: the identity map's resource when it holds that very version, so that a
+        refold's search (a stay's movements, a patient's stays) does not inflate and parse again what the
+        unit has just read or written; a version number names one content, and one not deleted."""
+        if self._seen is not None:
+            m = row._mapping
+            known = self._seen.get((m["type"], m["id"]))
+            if known is not None and known.version_id == m["version_id"] and not known.deleted and not m["deleted"]:
+                return known
+        return _stored(row)
+
     def _remember(self, key: tuple[str, str], found: StoredResource | None, *, locked: bool = False) -> None:
         if self._seen is not None:
             self._seen[key] = found
@@ -731,7 +742,7 @@ class ResourceRepo:
             for i, (param, system, value) in enumerate(criteria):
                 params.update({f"p{i}": param, f"v{i}": value, f"s{i}": system})
             page_query, count_query = _search_statements(shape)
-        page = [_stored(r) for r in self.conn.execute(page_query, params)]
+        page = [self._found(r) for r in self.conn.execute(page_query, params)]
         self._heard("search-type", rtype, page)
         if not count:
             return page, len(page)  # internal callers want the rows, not a total (one query fewer)
