@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from floor import floor_server
+from peer import peer_server
 from sqlalchemy import create_engine, text
 
 from gateway.config import Settings
@@ -84,10 +85,16 @@ class Results:
     first_bad: bytes | None = None
 
 
-async def sender(port: int, messages: list[bytes], results: Results) -> None:
+async def sender(port: int, messages: list[bytes], results: Results, *, interval: float = 0.0) -> None:
+    """Send one message at a time, each after the previous one's ACK; with ``interval``, also not before its
+    slot on a fixed schedule (a paced feed: latency is measured from the slot when the sender is late)."""
     async with MLLPClient("127.0.0.1", port, timeout=60) as client:
-        for message in messages:
-            started = time.perf_counter()
+        start = time.perf_counter()
+        for i, message in enumerate(messages):
+            due = start + i * interval
+            if interval and (wait := due - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            started = max(due, start) if interval else time.perf_counter()
             ack = await client.send(message)
             results.latencies.append(time.perf_counter() - started)
             code = ack_code(ack, control_id(message))
@@ -114,22 +121,37 @@ def spread(n_messages: int, connections: int) -> list[list[bytes]]:
     return per_connection
 
 
-async def send_all(port: int, per_connection: list[list[bytes]]) -> tuple[Results, float]:
+async def send_all(port: int, per_connection: list[list[bytes]], *, rate: float = 0.0) -> tuple[Results, float]:
+    """Every connection's messages; with ``rate``, the connections together send ``rate`` messages/s."""
     results = Results()
+    busy = [batch for batch in per_connection if batch]
+    interval = len(busy) / rate if rate else 0.0
     started = time.perf_counter()
-    await asyncio.gather(*(sender(port, batch, results) for batch in per_connection if batch))
+    await asyncio.gather(*(sender(port, batch, results, interval=interval) for batch in busy))
     return results, time.perf_counter() - started
 
 
-async def floors(n_messages: int, connections: int, database_url: str) -> dict[str, tuple[float, Results]]:
+async def floors(
+    n_messages: int, connections: int, database_url: str, *, rate: float = 0.0
+) -> dict[str, tuple[float, Results]]:
     """The floor server (bench/floor.py) in both modes, same messages and sender: messages/s and results."""
     out = {}
     for mode in ("one", "group"):
         per_connection = spread(n_messages, connections)
         async with floor_server(database_url, mode=mode) as port:
-            results, elapsed = await send_all(port, per_connection)
+            results, elapsed = await send_all(port, per_connection, rate=rate)
         out[mode] = (sum(map(len, per_connection)) / elapsed, results)
     return out
+
+
+async def naive_peer(
+    n_messages: int, connections: int, database_url: str, *, rate: float = 0.0
+) -> tuple[float, Results]:
+    """The naive peer (bench/peer.py: hl7apy + fhir.resources + ORM), same messages and sender."""
+    per_connection = spread(n_messages, connections)
+    async with peer_server(database_url) as port:
+        results, elapsed = await send_all(port, per_connection, rate=rate)
+    return sum(map(len, per_connection)) / elapsed, results
 
 
 def store_bytes(database_url: str) -> int:
@@ -147,7 +169,15 @@ def store_bytes(database_url: str) -> int:
     return size
 
 
-async def run(n_messages: int, connections: int, database_url: str, *, with_floors: bool = False) -> int:
+async def run(
+    n_messages: int,
+    connections: int,
+    database_url: str,
+    *,
+    with_floors: bool = False,
+    with_peer: bool = False,
+    rate: float = 0.0,
+) -> int:
     per_connection = spread(n_messages, connections)
     total = sum(len(batch) for batch in per_connection)
 
@@ -158,18 +188,21 @@ async def run(n_messages: int, connections: int, database_url: str, *, with_floo
     assert runtime.mllp is not None
     cpu = time.process_time()
     try:
-        results, elapsed = await send_all(runtime.mllp.port, per_connection)
+        results, elapsed = await send_all(runtime.mllp.port, per_connection, rate=rate)
         cpu = time.process_time() - cpu  # sender, gateway and worker threads: the steadier figure on a busy machine
     finally:
         await runtime.stop()
         runtime.close()
     stored = store_bytes(database_url) - size_before
-    floor_figures = await floors(n_messages, connections, _floor_url(database_url)) if with_floors else {}
+    compared = _floor_url(database_url)
+    floor_figures = await floors(n_messages, connections, compared, rate=rate) if with_floors else {}
+    peer_figures = await naive_peer(n_messages, connections, compared, rate=rate) if with_peer else None
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     backend = database_url.split(":", 1)[0]
     durability = f", synchronous={settings.sqlite_synchronous}" if backend.startswith("sqlite") else ""
-    print(f"mllp_ingest: {backend}{durability}, {connections} connections, {os.cpu_count()} CPUs")
+    paced = f", paced at {rate:g} messages/s" if rate else ""
+    print(f"mllp_ingest: {backend}{durability}, {connections} connections{paced}, {os.cpu_count()} CPUs")
     print(f"  messages        {total}")
     print(f"  elapsed         {elapsed:.2f} s")
     print(f"  throughput      {total / elapsed:.0f} messages/s")
@@ -180,12 +213,17 @@ async def run(n_messages: int, connections: int, database_url: str, *, with_floo
     print(f"  AA              {results.codes['AA']}/{total}")
     print(f"  peak RSS        {peak_rss_mb:.0f} MiB")
     print(f"  store growth    {stored / total / 1024:.1f} KiB/message, {2 * stored / total / 1024:.1f} KiB/stay")
-    for mode, (rate, floor_results) in floor_figures.items():
-        label = "one commit/msg" if mode == "one" else "group commit"
-        p99 = percentile(floor_results.latencies, 0.99) * 1000
+    compared_to = [
+        (f"floor, {'one commit/msg' if mode == 'one' else 'group commit'}", figures)
+        for mode, figures in floor_figures.items()
+    ]
+    if peer_figures is not None:
+        compared_to.append(("naive peer", peer_figures))
+    for label, (their_rate, their_results) in compared_to:
+        p99 = percentile(their_results.latencies, 0.99) * 1000
         print(
-            f"  floor, {label:14} {rate:,.0f} messages/s (ACK p99 {p99:.1f} ms); "
-            f"gateway = {total / elapsed / rate:.2f}x"
+            f"  {label:22} {their_rate:,.0f} messages/s (ACK p99 {p99:.1f} ms); "
+            f"gateway = {total / elapsed / their_rate:.2f}x"
         )
     if results.codes["AA"] != total:
         print(f"ERROR: not every message was acknowledged AA: {dict(results.codes)}", file=sys.stderr)
@@ -201,14 +239,17 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4, help="concurrent MLLP connections")
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     parser.add_argument("--floors", action="store_true", help="also run bench/floor.py (both modes), print ratios")
+    parser.add_argument("--peer", action="store_true", help="also run the naive peer (bench/peer.py), print the ratio")
+    parser.add_argument("--rate", type=float, default=0.0, help="pace the feed at this many messages/s (0: flat out)")
     args = parser.parse_args()
-    if args.messages < 1 or args.connections < 1:
-        parser.error("--messages and --connections must be positive")
+    if args.messages < 1 or args.connections < 1 or args.rate < 0:
+        parser.error("--messages and --connections must be positive, --rate not negative")
+    options = {"with_floors": args.floors, "with_peer": args.peer, "rate": args.rate}
     if args.database_url:
-        return asyncio.run(run(args.messages, args.connections, args.database_url, with_floors=args.floors))
+        return asyncio.run(run(args.messages, args.connections, args.database_url, **options))
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
         url = f"sqlite:///{Path(tmp) / 'gateway.db'}"
-        return asyncio.run(run(args.messages, args.connections, url, with_floors=args.floors))
+        return asyncio.run(run(args.messages, args.connections, url, **options))
 
 
 def _floor_url(database_url: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from datetime import UTC, datetime
 
 from gateway.auth.clients import OPERATOR, SENDER
@@ -11,11 +12,13 @@ from gateway.auth.scopes import SANDBOX_TENANT, Grant
 from gateway.auth.sessions import Session, SessionStore
 from gateway.auth.tokens import TokenService, authenticate_client
 from gateway.config import Settings
-from gateway.db.access import ClientRecord, ClientRepo
+from gateway.db.access import ClientRecord, ClientRepo, registrations
 from gateway.db.engine import Database as Engine
 from gateway.db.sessions import DatabaseSessions
 from gateway.errors import AuthenticationError, OAuthError
 
+#: A client registered by another process (``gateway clients add``) turns authentication on within this.
+OFF_RECHECK_SECONDS = 1.0
 API_TOKEN_PRINCIPAL = Principal("api-token", "operator (API token)", OPERATOR, Grant(("system/*.cruds",)))
 
 
@@ -34,6 +37,8 @@ class Gate:
         self.settings = settings
         self.tokens = tokens
         self._on = settings.auth_required
+        self._off_until = 0.0
+        self._off_generation = -1
         self.sessions = SessionStore(
             lifetime=settings.session_lifetime,
             backend=DatabaseSessions(db),
@@ -41,9 +46,16 @@ class Gate:
         )
 
     def enabled(self) -> bool:
-        if not self._on:
-            with self.db.connect() as conn:
-                self._on = ClientRepo(conn).any()
+        """Asked for every MLLP message and HTTP request: "off" is believed for ``OFF_RECHECK_SECONDS``
+        (or until this process registers a client), not read from the store each time."""
+        if self._on:
+            return True
+        now, generation = time.monotonic(), registrations()
+        if now < self._off_until and generation == self._off_generation:
+            return False
+        with self.db.connect() as conn:
+            self._on = ClientRepo(conn).any()
+        self._off_until, self._off_generation = now + OFF_RECHECK_SECONDS, generation
         return self._on
 
     def principal(self, authorization: str | None) -> Principal:

@@ -233,6 +233,17 @@ class ClientNameTakenError(Exception):
     """Another client already has this name (names identify platforms in care circles)."""
 
 
+#: Bumped by every client registered in this process, so that a cached "no client yet" (see
+#: :meth:`gateway.auth.gate.Gate.enabled`) is asked again at once; other processes' registrations are seen
+#: when that cache expires.
+_registrations = [0]
+
+
+def registrations() -> int:
+    """How many clients this process has registered (a generation, compared, never shown)."""
+    return _registrations[0]
+
+
 class ClientRepo:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -241,6 +252,7 @@ class ClientRepo:
         return self.conn.execute(select(clients.c.id).limit(1)).first() is not None
 
     def add(self, record: ClientRecord, *, now: datetime) -> None:
+        _registrations[0] += 1
         try:
             with self.conn.begin_nested():
                 self.conn.execute(
