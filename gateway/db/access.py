@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from gateway.clock import as_utc
+from gateway.db import bodies
+from gateway.db.indexing import indexed_param, search_entries, stored_system, system_of
 from gateway.db.schema import (
     audit_events,
     client_assertions,
@@ -78,7 +80,9 @@ def indexed_ids(rtype: Any, param: Any, value: Any, *, system: Any = None) -> Se
     query = select(search_index.c.id).where(
         search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value
     )
-    return query if system is None else query.where(search_index.c.system == system)
+    if system is None:
+        return query
+    return query.where(search_index.c.system == (stored_system(system) if isinstance(system, str) else system))
 
 
 def _confidential_patients() -> Any:
@@ -88,7 +92,9 @@ def _confidential_patients() -> Any:
 def _with_patient(rtype: str, refs: Any) -> ColumnElement[bool]:
     return resources.c.id.in_(
         select(search_index.c.id).where(
-            search_index.c.type == rtype, search_index.c.param == "patient", search_index.c.value.in_(refs)
+            search_index.c.type == rtype,
+            search_index.c.param == indexed_param(rtype, "patient"),
+            search_index.c.value.in_(refs),
         )
     )
 
@@ -138,14 +144,21 @@ class FollowRepo:
         return [str(r[0]) for r in self.conn.execute(indexed_ids(rtype, param, value, system=system))]
 
     def _patients_of(self, rtype: str, ids: Sequence[str]) -> set[str]:
+        """The patients of these resources, from their current content by primary key: the index is keyed
+        by value (which resources name a patient), not by owner (0006_compact_store)."""
         if not ids:
             return set()
         rows = self.conn.execute(
-            select(search_index.c.value).where(
-                search_index.c.type == rtype, search_index.c.param == "patient", search_index.c.id.in_(ids)
+            select(resources.c.content, resources.c.body).where(
+                resources.c.type == rtype, resources.c.id.in_(ids), resources.c.deleted == 0
             )
         )
-        return {str(r[0]).removeprefix("Patient/") for r in rows}
+        param = indexed_param(rtype, "patient")
+        found: set[str] = set()
+        for content, body in rows:
+            resource = orjson.loads(bodies.decode(bytes(body)) if body is not None else content)
+            found |= {value.removeprefix("Patient/") for name, _, value in search_entries(resource) if name == param}
+        return found
 
     def _named(self, topic_resource: str, param: str, value: str) -> set[str]:
         """Patients one subscription filter names: a token list (an NdE Subject's INS and IPP) names each."""
@@ -189,9 +202,12 @@ class FollowRepo:
 
 
 def systems_starting(conn: Connection, prefix: str, *, limit: int = 1000) -> list[str]:
-    """Identifier systems in the index that begin with ``prefix`` (minted ones: undeclared authorities)."""
-    query = select(search_index.c.system).where(search_index.c.system.startswith(prefix, autoescape=True))
-    return [str(r[0]) for r in conn.execute(query.distinct().limit(limit))]
+    """Identifier systems in the index that begin with ``prefix`` (minted ones: undeclared authorities).
+
+    Systems are stored under their codes (``indexing.SYSTEM_CODES``), so the distinct ones are read back
+    and compared whole; a scan either way (no index leads with ``system``), on the operator's pages only."""
+    rows = conn.execute(select(search_index.c.system).where(search_index.c.value != "").distinct())
+    return sorted({system for (stored,) in rows if (system := system_of(str(stored))).startswith(prefix)})[:limit]
 
 
 # -- clients ---------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,11 +22,76 @@ INDEX_ONLY: dict[str, frozenset[str]] = {
     "Patient": frozenset({"link", "_security"}),
     "Subscription": frozenset({"criteria"}),
 }
+#: Parameters searched under another one's entries, which hold the same values: ``patient`` is the
+#: ``subject`` of these types, and a circle's CDS ``start`` is its R4 ``date`` (both period.start). The
+#: search reads the entries of the alias's target (``indexed_param``); one row instead of two.
+ALIASES: dict[str, dict[str, str]] = {
+    "Encounter": {"patient": "subject"},
+    "CareTeam": {"patient": "subject", "start": "date"},
+    "CommunicationRequest": {"patient": "subject"},
+}
+#: Parameters whose values are instants (fixed-width UTC text) or, for Encounter's ``date`` sort key,
+#: the period's start as written: stored keyed by owner (``gateway/db/schema.py``), compared for a resource found.
+DATE_PARAMS = frozenset({"date", "date.end", "start", "end", "participant-start", "participant-end"})
 #: ``CareTeam?date=``: a period's end as the instant it stops covering; an open period never does.
 PERIOD_END = "date.end"
 OPEN_END = "9999-12-31T23:59:59.999999Z"
 #: gateway/state/careteam.py's participant source extension (hospital:… or platform:<name>)
 PARTICIPANT_SOURCE = f"{CANONICAL_BASE}/StructureDefinition/careteam-participant-source"
+
+
+#: the width of the index's text columns: longer values are stored (and so compared) cut
+WIDTH = 255
+#: Systems the index stores under a two-character code (``~`` and a letter, in this order): the system
+#: URLs and OID arcs that recur in most entries, 80 characters for an NdE event type. Frozen: a code's
+#: meaning never changes once rows use it (new ones are appended), and they are literals, not derived
+#: from ``CANONICAL_BASE``, so that a deployment changing its base keeps reading its rows. A system
+#: stored so is written and searched through :func:`stored_system`, read back through
+#: :func:`system_of`; no URI begins with ``~`` (RFC 3986: a scheme starts with a letter).
+SYSTEM_CODES: tuple[str, ...] = (
+    "https://mos.esante.gouv.fr/NOS/TRE_R254-TypeEvenement/FHIR/TRE-R254-TypeEvenement",
+    "http://terminology.hl7.org/CodeSystem/",
+    "urn:oid:1.2.250.1.71.4.2.1",  # idNatPs
+    "urn:oid:1.2.250.1.213.1.4.",  # INS
+    "urn:oid:1.2.250.1.",  # French health OIDs (the hospitals' authorities)
+    "urn:oid:",
+    "https://rpps.esante.gouv.fr",
+    "https://gateway.e-parcours.example/fhir/sid/",
+    "https://mos.esante.gouv.fr/NOS/",
+)
+SYSTEM_MARK = "~"
+_LONGEST_FIRST = sorted(enumerate(SYSTEM_CODES), key=lambda c: -len(c[1]))
+
+
+def stored_system(system: str) -> str:
+    """A system as the index stores (and is searched for) it: its longest listed prefix as a code."""
+    for code, prefix in _LONGEST_FIRST:
+        if system.startswith(prefix):
+            return f"{SYSTEM_MARK}{chr(ord('A') + code)}{system[len(prefix) :]}"
+    return system
+
+
+def system_of(stored: str) -> str:
+    """The system an index row's ``system`` holds (the inverse of :func:`stored_system`)."""
+    if stored.startswith(SYSTEM_MARK) and len(stored) >= 2:
+        return SYSTEM_CODES[ord(stored[1]) - ord("A")] + stored[2:]
+    return stored
+
+
+def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, str]]:
+    """The ``search_index`` rows of these entries, by primary key (type and id aside): a date parameter's
+    instant goes where a token's system does, its value left empty (see ``gateway/db/schema.py``)."""
+    rows: dict[tuple[str, str, str], dict[str, str]] = {}
+    for param, system, value in entries:
+        found_by, qualifier = ("", value) if param in DATE_PARAMS else (value, stored_system(system))
+        row = {"type": rtype, "param": param, "value": found_by[:WIDTH], "id": rid, "system": qualifier[:WIDTH]}
+        rows[(param, row["value"], row["system"])] = row
+    return rows
+
+
+def indexed_param(rtype: str, param: str) -> str:
+    """The parameter whose entries answer a search on ``param`` (itself, or its alias's target)."""
+    return ALIASES.get(rtype, {}).get(param, param)
 
 
 def _identifiers(resource: JSON) -> list[Entry]:
@@ -75,8 +141,7 @@ def _careteam_dates(team: JSON) -> list[Entry]:
     """CDS 2.0.1 ``start`` / ``end`` / ``participant-start`` / ``participant-end``, and R4 ``date`` (the
     period: its start under ``date``, the instant it stops covering under ``date.end``)."""
     period = team.get("period") or {}
-    out = _date("start", period.get("start")) + _date("end", period.get("end"))
-    out += _date("date", period.get("start"))
+    out = _date("date", period.get("start")) + _date("end", period.get("end"))  # ``start`` reads ``date``
     out += _date(PERIOD_END, period.get("end"), upper=True) or [(PERIOD_END, "", OPEN_END)]
     for participant in team.get("participant", []):
         span = participant.get("period") or {}
@@ -96,7 +161,7 @@ def _declaration_entries(resource: JSON) -> list[Entry]:
     out: list[Entry] = []
     ref = str((resource.get("subject") or {}).get("reference", ""))
     if ref.startswith("#"):
-        out += [("subject", "", f"Patient/{ref[1:]}"), ("patient", "", f"Patient/{ref[1:]}")]
+        out.append(("subject", "", f"Patient/{ref[1:]}"))  # ``patient`` reads it too
         for item in resource.get("contained", []):
             if item.get("id") == ref[1:]:
                 out += [
@@ -105,7 +170,7 @@ def _declaration_entries(resource: JSON) -> list[Entry]:
                     if i.get("value")
                 ]
     elif ref:
-        out += [("subject", "", ref), ("patient", "", ref)]
+        out.append(("subject", "", ref))
     for ext in resource.get("extension", []):
         if str(ext.get("url", "")).endswith("/StructureDefinition/event-type"):
             for coding in (ext.get("valueCodeableConcept") or {}).get("coding", []):
@@ -122,8 +187,7 @@ def search_entries(resource: JSON) -> list[Entry]:
     rtype = resource.get("resourceType")
     out = _identifiers(resource)
     if rtype == "Encounter":
-        out += _reference("patient", resource.get("subject"))
-        out += _reference("subject", resource.get("subject"))
+        out += _reference("subject", resource.get("subject"))  # ``patient`` reads it too (ALIASES)
         out += _reference("part-of", resource.get("partOf"))
         if resource.get("status"):
             out.append(("status", "", str(resource["status"])))
@@ -140,8 +204,7 @@ def search_entries(resource: JSON) -> list[Entry]:
                 # confidential patients (PD1-12 = Y → R) are hidden from platforms by the access policy
                 out.append(("_security", str(label.get("system", "")), str(label["code"])))
     elif rtype == "CareTeam":
-        out += _reference("patient", resource.get("subject"))
-        out += _reference("subject", resource.get("subject"))
+        out += _reference("subject", resource.get("subject"))  # ``patient`` reads it too (ALIASES)
         for participant in resource.get("participant", []):
             member = participant.get("member", {})
             out += _reference("participant", member)

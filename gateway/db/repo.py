@@ -26,10 +26,12 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.clock import as_utc
 from gateway.db import bodies
 from gateway.db.access import Visibility, indexed_ids, visible_clause
+from gateway.db.indexing import indexed_param, search_entries, stored_rows, stored_system
 from gateway.db.schema import (
     facts,
     messages,
@@ -178,10 +180,16 @@ _UPDATE_RESOURCE = (
     )
 )
 _INSERT_VERSION = insert(resource_versions)
+#: one entry, by its whole key (there is no index by owner: see ``ResourceRepo._reindex``)
 _DELETE_INDEX = delete(search_index).where(
-    search_index.c.type == bindparam("rtype"), search_index.c.id == bindparam("rid")
+    *(search_index.c[name] == bindparam(f"k_{name}") for name in ("type", "param", "value", "id", "system"))
 )
-_INSERT_INDEX = insert(search_index)
+#: An entry already there is left alone (never an error that would reject a message): the index is a
+#: projection, and a row an older extraction wrote must not stop a write.
+_INSERT_INDEX = {
+    "sqlite": sqlite.insert(search_index).on_conflict_do_nothing(),
+    "postgresql": postgresql.insert(search_index).on_conflict_do_nothing(),
+}
 _LISTENING = (
     select(subscriptions)
     .where(
@@ -265,13 +273,14 @@ class MessageRepo:
                 "trigger_event": header.get("trigger", "")[:16],
                 "event_time": event_time,
                 "content_sha256": hashlib.sha256(raw).hexdigest(),
-                "raw": raw,
+                "raw": b"",
+                "body": bodies.packed_message(raw, ack),
                 "outcome": outcome,
                 "status": status,
                 "error_code": error_code,
                 "error_text": error_text,
                 "duplicate_of": duplicate_of,
-                "ack": ack,
+                "ack": None,
             },
         )
         key = result.inserted_primary_key
@@ -305,6 +314,8 @@ class MessageRepo:
 
 def _message(row: Any) -> MessageRecord:
     m = row._mapping
+    body = m["body"]
+    raw, ack = bodies.unpacked_message(bytes(body)) if body is not None else (bytes(m["raw"]), m["ack"])
     return MessageRecord(
         id=int(m["id"]),
         received_at=utc(m["received_at"]) or datetime.now(UTC),
@@ -315,12 +326,12 @@ def _message(row: Any) -> MessageRecord:
         message_type=m["message_type"],
         trigger_event=m["trigger_event"],
         content_sha256=m["content_sha256"],
-        raw=bytes(m["raw"]),
+        raw=raw,
         outcome=m["outcome"],
         status=m["status"],
         error_code=m["error_code"],
         error_text=m["error_text"],
-        ack=m["ack"],
+        ack=ack,
         duplicate_of=m["duplicate_of"],
     )
 
@@ -675,7 +686,7 @@ class ResourceRepo:
             self._versions.append({"type": rtype, "id": rid, **values})
         else:
             self.conn.execute(_INSERT_VERSION, {"type": rtype, "id": rid, **values})
-        self._reindex(rtype, rid, index, fresh=current is None)
+        self._reindex(rtype, rid, index, previous=current)
         stored = StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body)
         self._remember((rtype, rid), stored)
         return stored, current
@@ -695,16 +706,29 @@ class ResourceRepo:
         }
         self.conn.execute(update(resources).where(resources.c.type == rtype, resources.c.id == rid).values(**values))
         self.conn.execute(insert(resource_versions).values(type=rtype, id=rid, **values))
-        self._reindex(rtype, rid, [])
+        self._reindex(rtype, rid, [], previous=current)
         self._remember((rtype, rid), _stored_values(rtype, rid, values, content=current.content))
         return True
 
-    def _reindex(self, rtype: str, rid: str, index: Sequence[tuple[str, str, str]], *, fresh: bool = False) -> None:
-        if not fresh:  # a new resource has no entries yet
-            self.conn.execute(_DELETE_INDEX, {"rtype": rtype, "rid": rid})
-        rows = [{"type": rtype, "id": rid, "param": p, "system": s[:255], "value": v[:255]} for p, s, v in set(index)]
-        if rows:
-            self.conn.execute(_INSERT_INDEX, rows)
+    def _reindex(
+        self, rtype: str, rid: str, index: Sequence[tuple[str, str, str]], *, previous: StoredResource | None
+    ) -> None:
+        """Rewrite only the entries that changed: those of ``previous`` (recomputed from its content, which
+        is what they were written from) that ``index`` lacks are deleted by key, the new ones inserted.
+
+        ``index`` is ``search_entries`` of the content written (every caller passes that). The index has
+        no by-owner index to delete from, which is what keeps it one B-tree; a change to what
+        ``gateway/db/indexing.py`` extracts therefore comes with a migration that rebuilds the index
+        (``reindex_all``; ``INDEX_FINGERPRINT`` in tests/unit/test_search_params.py fails until then).
+        """
+        before = search_entries(previous.content) if previous and not previous.deleted else []
+        old, new = stored_rows(rtype, rid, before), stored_rows(rtype, rid, index)
+        gone = [{f"k_{k}": v for k, v in old[key].items()} for key in old.keys() - new.keys()]
+        if gone:
+            self.conn.execute(_DELETE_INDEX, gone)
+        added = [new[key] for key in new.keys() - old.keys()]
+        if added:
+            self.conn.execute(_INSERT_INDEX[self.conn.dialect.name], added)
 
     def search(
         self,
@@ -730,6 +754,12 @@ class ResourceRepo:
         derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
+        criteria = [
+            (indexed_param(rtype, param), None if system is None else stored_system(system), value)
+            for param, system, value in criteria
+        ]
+        dates = [(indexed_param(rtype, param), op, bound) for param, op, bound in dates]
+        order = [(indexed_param(rtype, name), descending) for name, descending in order]
         clause = visible_clause(self.visibility, rtype)
         if order or updated or dates or clause is not None:
             page_query, count_query = _dynamic_search(
@@ -823,13 +853,14 @@ def _dynamic_search(
     for op, bound in updated:
         matching = matching.where(resources.c.last_updated >= bound if op == "ge" else resources.c.last_updated < bound)
     for param, op, bound_text in dates:
-        entry = search_index.alias()
+        entry = search_index.alias()  # a date's instant is in ``system``, keyed by owner (schema.py)
         matching = matching.where(
             exists().where(
                 entry.c.type == rtype,
                 entry.c.param == param,
+                entry.c.value == "",
                 entry.c.id == resources.c.id,
-                entry.c.value >= bound_text if op == "ge" else entry.c.value < bound_text,
+                entry.c.system >= bound_text if op == "ge" else entry.c.system < bound_text,
             )
         )
     page = (
@@ -851,8 +882,8 @@ def _sort_keys(rtype: str, order: Sequence[tuple[str, bool]]) -> list[Any]:
         else:  # an indexed parameter (a date): its smallest indexed value, resources without it last
             entry = search_index.alias()
             column = (
-                select(func.min(entry.c.value))
-                .where(entry.c.type == rtype, entry.c.id == resources.c.id, entry.c.param == name)
+                select(func.min(entry.c.system))
+                .where(entry.c.type == rtype, entry.c.param == name, entry.c.value == "", entry.c.id == resources.c.id)
                 .scalar_subquery()
             )
             keys.append(column.is_(None))

@@ -60,18 +60,19 @@ def test_messages_waiting_are_committed_as_one_group_and_all_answered(pipeline: 
 
     pipeline._write = counted  # type: ignore[method-assign]
     gate = threading.Event()
-    hold_writer(pipeline, gate)
+    held = hold_writer(pipeline, gate)
     futures = [pipeline.submit(stay(k)[0], transport="test") for k in range(5)]
     gate.set()
+    assert held.result(timeout=30).code == "AA"
     outcomes = [f.result(timeout=30) for f in futures]
     assert [o.code for o in outcomes] == ["AA"] * 5
     assert groups[-1] == 5  # the five waiting were taken together
     assert statuses(db) == {"applied": 6}  # and the one that held the writer
 
 
-def hold_writer(pipeline: Pipeline, gate: threading.Event) -> None:
-    """Give the writer a job whose sender-binding callable waits for ``gate``; return once it is busy with
-    it, so that what is submitted next waits in the queue."""
+def hold_writer(pipeline: Pipeline, gate: threading.Event) -> Future[Outcome]:
+    """Give the (one) writer a job whose sender-binding callable waits for ``gate``; return once it is busy
+    with it, so that what is submitted next waits in the queue. Returns that job's future."""
     busy = threading.Event()
 
     def facilities() -> frozenset[str] | None:
@@ -79,9 +80,11 @@ def hold_writer(pipeline: Pipeline, gate: threading.Event) -> None:
         gate.wait(10)
         return None
 
-    pipeline.start_writer()
-    pipeline._jobs.put(_job(facilities))
+    pipeline.start_writer(1)
+    job = _job(facilities)
+    pipeline._jobs.put(job)
     assert busy.wait(10)
+    return job.future
 
 
 def _job(facilities: Any) -> _Job:
@@ -107,9 +110,10 @@ def test_a_failing_message_in_a_writer_group_is_stored_alone_and_the_others_get_
 
     monkeypatch.setattr(Pipeline, "_apply_in", fail_in_group)
     gate = threading.Event()
-    hold_writer(pipeline, gate)
+    held = hold_writer(pipeline, gate)
     futures = [pipeline.submit(stay(k)[0], transport="test") for k in range(4)]
     gate.set()
+    assert held.result(timeout=30).code == "AA"
     assert [f.result(timeout=30).code for f in futures] == ["AA"] * 4
     assert statuses(db) == {"applied": 5}  # four, and the blocking job's
 

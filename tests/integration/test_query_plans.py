@@ -6,6 +6,7 @@ messages against 74 now): the refolds search stays and movements on every messag
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from typing import Any
 
@@ -51,8 +52,46 @@ def test_searches_are_driven_by_the_lookup_index(
     db.dispose()
     statement, params = statements[-1]
     plan = " | ".join(row[3] for row in sqlite3.connect(path).execute("EXPLAIN QUERY PLAN " + statement, params))
-    assert "ix_search_lookup" in plan, plan
+    # the index's primary key is the lookup (0006): the first criterion is a probe on its prefix
+    assert "SEARCH search_index USING PRIMARY KEY (type=? AND param=? AND value=?" in plan, plan
     assert "SCAN resources" not in plan and "SCAN search_index" not in plan, plan
+
+
+def test_date_comparisons_sorts_and_index_rewrites_are_key_lookups(tmp_path: Any, mapping_engine: Engine) -> None:
+    """Dates are compared, and sorted on, for resources already found: their rows are keyed by owner
+    (type, param, empty value, id); a write deletes the entries it replaces by their whole key (the index
+    has no owner index to scan)."""
+    path = tmp_path / "dates.db"
+    db = make_engine(Settings(database_url=f"sqlite:///{path}"))
+    migrate(db)
+    pipeline = Pipeline(engine=mapping_engine, db=db)
+    for i in range(20):
+        pipeline.ingest(
+            Adt(control_id=f"D{i}", ipp=f"5{i:05d}", visit=f"Y-{i}", movement=f"P{i}").bytes(), transport="t"
+        )
+    statements: list[tuple[str, Any]] = []
+
+    @event.listens_for(db, "before_cursor_execute")
+    def capture(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        if statement.startswith(("SELECT resources", "DELETE FROM search_index")):
+            statements.extend((statement, p) for p in (params if many else [params]))
+
+    discharge = Adt(trigger="A03", control_id="D-D", ipp="500001", visit="Y-1", movement="P-D",
+                    event_time="20260302100000", discharge_time="20260302100000")  # fmt: skip
+    assert pipeline.ingest(discharge.bytes(), transport="t").code == "AA"
+    with db.connect() as conn:
+        repo = ResourceRepo(conn)
+        repo.search("CareTeam", [("status", None, "active")], limit=10, dates=[("date", "ge", "2026-01-01")])
+        repo.search("Encounter", [("patient", None, "Patient/x")], limit=10, order=[("date", True)])
+    db.dispose()
+    assert any(s.startswith("DELETE") for s, _ in statements)  # the discharge rewrote entries
+    with sqlite3.connect(path) as conn:
+        for statement, params in statements:
+            plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, params))
+            assert "SCAN search_" not in plan and "SCAN resources" not in plan, plan
+            if "system >=" in statement or "min(search_index" in statement:  # (aliased in a subquery)
+                owner = r"SEARCH search_index\w* USING PRIMARY KEY \(type=\? AND param=\? AND value=\? AND id=\?"
+                assert re.search(owner, plan), plan
 
 
 #: Tables read on the hot path that may be scanned: the subscriptions listening are a handful of rows,
