@@ -2,7 +2,8 @@
 
 No MLLP, no threads: ``Pipeline.ingest`` called in a loop on distinct stays (the A01/A03 of
 ``mllp_ingest.py``). CPU time per message is the steadier figure on a shared machine; wall time adds the
-commits' fsync and whatever else runs. ``--profile`` prints the top of a cProfile.
+commits' fsync and whatever else runs. ``--profile`` prints the top of a cProfile, by own time
+(``SORT=cumulative TOP=70`` for another view).
 
     .venv/bin/python bench/sequential.py [--messages 400] [--database-url URL] [--profile]
 """

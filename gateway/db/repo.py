@@ -45,6 +45,8 @@ from gateway.db.schema import (
 from gateway.errors import StorageConflictError
 
 JSON = dict[str, Any]
+#: search index entries of a resource: (param, system, value)
+IndexEntries = Sequence[tuple[str, str, str]]
 
 
 #: SQLite hands back naive datetimes (stored as UTC): every read goes through this.
@@ -104,12 +106,36 @@ _FACTS_OF_KINDS = (
     .where(facts.c.stream == bindparam("stream"), facts.c.kind.in_(bindparam("kinds", expanding=True)))
     .order_by(facts.c.id)
 )
-#: every stream a message touches, in one read (the unit of work keeps them)
-_STREAMS = (
-    select(facts.c.stream, facts.c.kind, facts.c.payload, facts.c.body)
-    .where(facts.c.stream.in_(bindparam("streams", expanding=True)))
-    .order_by(facts.c.id)
-)
+
+
+def _bucket(n: int) -> int:
+    """The size of the ``IN`` list that holds ``n`` values: the next power of two, so that few statement
+    shapes exist (the list is padded by repeating its last value, which matches nothing more)."""
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def _in_values(prefix: str, values: Sequence[str]) -> dict[str, str]:
+    """``values`` as the parameters ``<prefix>0 …`` of a padded ``IN`` list (see :func:`_bucket`)."""
+    padded = [*values, *[values[-1]] * (_bucket(len(values)) - len(values))]
+    return {f"{prefix}{i}": value for i, value in enumerate(padded)}
+
+
+def _in_list(prefix: str, n: int) -> list[BindParameter[str]]:
+    return [bindparam(f"{prefix}{i}") for i in range(_bucket(n))]
+
+
+@functools.lru_cache(maxsize=32)
+def _streams_statement(n: int) -> Select[Any]:
+    """Every stream a message touches, in one read (the unit of work keeps them). The ``IN`` list is one
+    bound parameter per value, not an expanding one: SQLAlchemy re-renders an expanding list on every
+    execution, which cost more than the read itself."""
+    return (
+        select(facts.c.stream, facts.c.kind, facts.c.payload, facts.c.body)
+        .where(facts.c.stream.in_(_in_list("s", n)))
+        .order_by(facts.c.id)
+    )
+
+
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 _SURVIVOR = select(patient_links.c.survivor_id).where(patient_links.c.merged_id == bindparam("merged"))
 #: whether a patient takes part in any merge, either side: one read answers both questions when not
@@ -123,11 +149,18 @@ _MERGED_INTO = select(patient_links.c.merged_id).where(
 )
 _GET_RESOURCE = select(resources).where(resources.c.type == bindparam("rtype"), resources.c.id == bindparam("rid"))
 _GET_RESOURCE_LOCKED = _GET_RESOURCE.with_for_update()
-#: several resources in one read: both key columns bound as lists, so that the (type, id) primary key
-#: serves it on both stores; pairs that were not asked for (a type crossed with another's id) are dropped
-_GET_RESOURCES = select(resources).where(
-    resources.c.type.in_(bindparam("rtypes", expanding=True)), resources.c.id.in_(bindparam("rids", expanding=True))
-)
+
+
+@functools.lru_cache(maxsize=64)
+def _get_resources_statement(n_types: int, n_ids: int) -> Select[Any]:
+    """Several resources in one read: both key columns bound as lists, so that the (type, id) primary key
+    serves it on both stores; pairs that were not asked for (a type crossed with another's id) are dropped.
+    Lists of single parameters, padded (see :func:`_streams_statement`)."""
+    return select(resources).where(
+        resources.c.type.in_(_in_list("t", n_types)), resources.c.id.in_(_in_list("i", n_ids))
+    )
+
+
 _INSERT_RESOURCE = insert(resources)
 #: optimistic: only over the version the writer read (``expected``), so a write never needs a row lock
 #: taken at read time (see :meth:`ResourceRepo.write`)
@@ -342,7 +375,8 @@ class FactRepo:
         if not wanted:
             return
         found: dict[str, list[tuple[str, bytes | str]]] = {stream: [] for stream in wanted}
-        for stream, kind, payload, body in self.conn.execute(_STREAMS, {"streams": wanted}):
+        query = _streams_statement(len(wanted))
+        for stream, kind, payload, body in self.conn.execute(query, _in_values("s", wanted)):
             found[str(stream)].append((str(kind), _text(payload, body)))
         self._streams.update(found)
 
@@ -471,7 +505,9 @@ class ResourceRepo:
     history and search is filtered by it in SQL, and an ``audit`` sink hears what was returned. Internal
     callers (ingest, delivery) pass neither and see everything. With ``cached`` (the unit of work),
     resources read or written are kept by id for the transaction (an identity map): refolds read the
-    patient and the circle several times.
+    patient and the circle several times; and the version rows written wait for :meth:`flush`, which
+    inserts them in one statement (nothing in a message's transaction reads versions: only ``vread`` and
+    ``history`` do, and they flush first).
     """
 
     def __init__(
@@ -487,6 +523,8 @@ class ResourceRepo:
         self.audit = audit
         self._seen: dict[tuple[str, str], StoredResource | None] | None = {} if cached else None
         self._locked: set[tuple[str, str]] = set()
+        #: version rows not inserted yet (cached repo only; see :meth:`flush`)
+        self._versions: list[dict[str, Any]] | None = [] if cached else None
 
     def _heard(self, interaction: str, rtype: str, found: Sequence[StoredResource]) -> None:
         if self.audit is not None:
@@ -534,11 +572,26 @@ class ResourceRepo:
         wanted = {k for k in keys if k not in self._seen}
         if not wanted:
             return
-        params = {"rtypes": sorted({t for t, _ in wanted}), "rids": sorted({i for _, i in wanted})}
-        found = {(str(r.type), str(r.id)): r for r in self.conn.execute(_GET_RESOURCES, params)}
+        rtypes, rids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
+        query = _get_resources_statement(len(rtypes), len(rids))
+        found = {
+            (str(r.type), str(r.id)): r
+            for r in self.conn.execute(query, _in_values("t", rtypes) | _in_values("i", rids))
+        }
         for key in wanted:
             row = found.get(key)
             self._remember(key, _stored(row) if row is not None else None)
+
+    def _found(self, row: Any) -> StoredResource:
+        """A row a search returned: the identity map's resource when it holds that very version, so that a
+        refold's search (a stay's movements, a patient's stays) does not inflate and parse again what the
+        unit has just read or written; a version number names one content, and one not deleted."""
+        if self._seen is not None:
+            m = row._mapping
+            known = self._seen.get((m["type"], m["id"]))
+            if known is not None and known.version_id == m["version_id"] and not known.deleted and not m["deleted"]:
+                return known
+        return _stored(row)
 
     def _remember(self, key: tuple[str, str], found: StoredResource | None, *, locked: bool = False) -> None:
         if self._seen is not None:
@@ -550,7 +603,17 @@ class ResourceRepo:
         """Every resource not deleted, unfiltered (``gateway convert``'s throw-away store)."""
         return [_stored(r) for r in self.conn.execute(select(resources).where(resources.c.deleted == 0))]
 
+    def flush(self) -> None:
+        """Insert the version rows written since the last flush, in one statement: the unit of work calls
+        it once a message's refolds are done, inside that message's transaction (or SAVEPOINT), so the
+        versions commit or roll back with the resources they belong to."""
+        if not self._versions:
+            return
+        rows, self._versions = self._versions, []
+        self.conn.execute(_INSERT_VERSION, rows if len(rows) > 1 else rows[0])
+
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
+        self.flush()
         if not self._visible(rtype, rid):
             return None
         row = self.conn.execute(
@@ -565,6 +628,7 @@ class ResourceRepo:
         return found
 
     def history(self, rtype: str, rid: str) -> list[StoredResource]:
+        self.flush()
         if not self._visible(rtype, rid):
             return []
         rows = self.conn.execute(
@@ -588,7 +652,7 @@ class ResourceRepo:
         return stored, stored is not previous
 
     def write(
-        self, content: JSON, *, now: datetime, index: Sequence[tuple[str, str, str]]
+        self, content: JSON, *, now: datetime, index: IndexEntries | Callable[[], IndexEntries]
     ) -> tuple[StoredResource, StoredResource | None]:
         """Like :meth:`put`, returning (stored, previous): ``stored is previous`` when nothing changed.
 
@@ -597,12 +661,16 @@ class ResourceRepo:
         writing the same one cannot deadlock. A concurrent writer's version (or insert) makes this raise
         :class:`StorageConflictError`, and the message is applied again from a fresh read.
 
-        Callers that compare versions (topics) get the previous one from the same read.
+        Callers that compare versions (topics) get the previous one from the same read. ``index`` may be a
+        function that computes the entries: it is called only when a version is written (most writes of a
+        message find the resource unchanged).
         """
         rtype, rid = str(content["resourceType"]), str(content["id"])
         current = self.get(rtype, rid)
         if current is not None and not current.deleted and _same(current.content, content):
             return current, current
+        if callable(index):
+            index = index()
         version = current.version_id + 1 if current else 1
         body = dict(content)
         meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
@@ -614,7 +682,10 @@ class ResourceRepo:
             key = {"rtype": rtype, "rid": rid, "expected": current.version_id}
             if self.conn.execute(_UPDATE_RESOURCE, {**key, **values}).rowcount != 1:
                 raise StorageConflictError(f"{rtype} changed since it was read (concurrent writer)")
-        self.conn.execute(_INSERT_VERSION, {"type": rtype, "id": rid, **values})
+        if self._versions is not None:
+            self._versions.append({"type": rtype, "id": rid, **values})
+        else:
+            self.conn.execute(_INSERT_VERSION, {"type": rtype, "id": rid, **values})
         self._reindex(rtype, rid, index, previous=current)
         stored = StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body)
         self._remember((rtype, rid), stored)
@@ -701,7 +772,7 @@ class ResourceRepo:
             for i, (param, system, value) in enumerate(criteria):
                 params.update({f"p{i}": param, f"v{i}": value, f"s{i}": system})
             page_query, count_query = _search_statements(shape)
-        page = [_stored(r) for r in self.conn.execute(page_query, params)]
+        page = [self._found(r) for r in self.conn.execute(page_query, params)]
         self._heard("search-type", rtype, page)
         if not count:
             return page, len(page)  # internal callers want the rows, not a total (one query fewer)
@@ -821,14 +892,24 @@ def _sort_keys(rtype: str, order: Sequence[tuple[str, bool]]) -> list[Any]:
     return keys
 
 
-def _without_version(resource: JSON) -> JSON:
-    meta = {k: v for k, v in (resource.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-    return {**{k: v for k, v in resource.items() if k != "meta"}, "meta": meta}
+_VERSION_KEYS = ("versionId", "lastUpdated")
+
+
+def _meta_without_version(resource: JSON) -> JSON:
+    return {k: v for k, v in (resource.get("meta") or {}).items() if k not in _VERSION_KEYS}
 
 
 def _same(old: JSON, new: JSON) -> bool:
-    """Equal but for versionId/lastUpdated: then no new version is written (replays change nothing)."""
-    return _without_version(old) == _without_version(new)
+    """Equal but for versionId/lastUpdated: then no new version is written (replays change nothing).
+
+    Compared key by key, without copying either resource (most writes of a message find it unchanged);
+    an absent ``meta`` equals one holding nothing but the version."""
+    if len(old) - ("meta" in old) != len(new) - ("meta" in new):
+        return False
+    for key, value in new.items():
+        if key != "meta" and (key not in old or old[key] != value):
+            return False
+    return _meta_without_version(old) == _meta_without_version(new)
 
 
 def _stored_values(rtype: str, rid: str, values: dict[str, Any], *, content: JSON) -> StoredResource:

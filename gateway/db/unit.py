@@ -3,7 +3,9 @@
 ``state/`` folds facts into resources without knowing SQL; it reaches the store only through this object,
 whose repositories share one connection and keep, for the length of the transaction, what they already
 read (resources by id, a stream's facts, the subscriptions listening per topic). Nothing is cached across
-transactions: another gateway instance may write between two of them.
+transactions: another gateway instance may write between two of them. Resource versions are inserted
+together by :meth:`UnitOfWork.flush`: ``state/`` flushes when a message's refolds are done, and the
+context managers below flush again before their transaction or SAVEPOINT ends, so none is left behind.
 """
 
 from __future__ import annotations
@@ -47,12 +49,18 @@ class UnitOfWork:
             self._listening = self.subscriptions.listening_by_topic(now=now)
         return self._listening.get(topic_url, [])
 
+    def flush(self) -> None:
+        """Write what the repositories hold back (the resources' version rows), in one statement each."""
+        self.resources.flush()
+
 
 @contextlib.contextmanager
 def unit_of_work(db: Database) -> Iterator[UnitOfWork]:
     """A write transaction (see :func:`gateway.db.engine.transaction`) and its unit of work."""
     with transaction(db) as conn:
-        yield UnitOfWork(conn)
+        uow = UnitOfWork(conn)
+        yield uow
+        uow.flush()
 
 
 class Batch:
@@ -65,7 +73,9 @@ class Batch:
     def message(self) -> Iterator[UnitOfWork]:
         """A unit of work for one message; when it raises, only its own writes are rolled back."""
         with translated(), self.conn.begin_nested():
-            yield UnitOfWork(self.conn)
+            uow = UnitOfWork(self.conn)
+            yield uow
+            uow.flush()
 
 
 @contextlib.contextmanager

@@ -31,10 +31,10 @@ from gateway.state.patients import (
     merge_payloads,
     patient_payload,
 )
-from gateway.state.visits import VisitFact, fold_stay, resolved_inserts
+from gateway.state.visits import VisitFact, fold_stay, movement_id
 from gateway.subscriptions.matching import Target, matches, patient_reference
 from gateway.subscriptions.nde import contained_subject
-from gateway.subscriptions.nde_declaration import declarations
+from gateway.subscriptions.nde_declaration import declaration_id, declarations
 from gateway.subscriptions.topics import Change, Topic, fired, members_changed
 
 JSON = dict[str, Any]
@@ -88,10 +88,12 @@ class Unit:
 
     def notify_all(self) -> None:
         """Match the unit's changes only now, so that filters see the state after the whole message (a
-        care circle filter must hear of the admission that adds the doctor)."""
+        care circle filter must hear of the admission that adds the doctor); then write the versions the
+        unit's refolds made, in one statement (every caller ends its unit here)."""
         pending, self.pending = self.pending, []
         for change, stored in pending:
             _notify(self, change, stored)
+        self.storage.flush()
 
     @property
     def roles(self) -> dict[str, JSON]:
@@ -141,6 +143,8 @@ def apply_message(
     # what the refolds below read, in two queries: the streams' facts, and the resources they write
     unit.facts.preload(streams)
     written = [(str(r["resourceType"]), str(r["id"])) for r in [*mapped.practitioners, *mapped.directory]]
+    if mapped.encounter is not None:
+        written += _stay_writes(unit, str(mapped.encounter["id"]), new=mapped.movement)
     unit.store.preload([(s.split("/", 1)[0], s.split("/", 1)[1]) for s in streams] + written)
     moved = _account_stays(unit, mapped.account) if mapped.account is not None else []
 
@@ -170,6 +174,17 @@ def record_received(unit: Unit, resource: JSON) -> StoredResource | None:
     stored = _put(unit, resource, action="INSERT")
     unit.notify_all()
     return stored
+
+
+def _stay_writes(unit: Unit, stay_id: str, *, new: JSON | None) -> list[tuple[str, str]]:
+    """What the stay's refold will write besides the stay, foreseen from its facts (already read) and the
+    message's movement: a movement Encounter per ZBE-1, a declaration per NdE event type. They join the
+    message's one preload; one foreseen wrongly costs a read of its own at its write, nothing else."""
+    idents = [(p.get("movement") or {}).get("identifier") for p in unit.facts.of(f"Encounter/{stay_id}")]
+    idents.append((new or {}).get("identifier"))
+    keys = [("Encounter", movement_id(stay_id, ident)) for ident in idents if ident]
+    codes = sorted({row.target_code for row in unit.tables.codes["ADT_to_TRE_R254"].values()})
+    return keys + [("CommunicationRequest", declaration_id(stay_id, code)) for code in codes]
 
 
 def _record_facts(unit: Unit, mapped: Mapped) -> None:
@@ -346,17 +361,21 @@ def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
     if stay.encounter is None:
         return  # nothing but cancels or corrections of movements never seen: nothing is created
     encounter = _redirect(unit, stay.encounter)
-    _put(unit, encounter, action=action)
-    _write_movements(unit, stay_id, [_redirect(unit, m) for m in stay.movements])
-    # ANS NdE flux 3: the stay's admission/discharge declarations, written in the same transaction
+    movements = [_redirect(unit, m) for m in stay.movements]
+    # ANS NdE flux 3: the stay's admission/discharge declarations, written in the same transaction (the
+    # patient was refolded before the stay, so reading him before the stay's writes changes nothing)
     patient = unit.store.get("Patient", patient_reference(encounter).removeprefix("Patient/"))
-    event_types = unit.tables.codes["ADT_to_TRE_R254"]
-    for declaration in declarations(
+    declared = declarations(
         stay=encounter,
-        inserts=resolved_inserts(facts),
+        inserts=stay.inserts,
         patient=patient.content if patient else None,
-        event_types=event_types,
-    ):
+        event_types=unit.tables.codes["ADT_to_TRE_R254"],
+    )
+    # everything the stay writes, read in one query rather than one each by the writes below
+    unit.store.preload((str(r["resourceType"]), str(r["id"])) for r in [encounter, *movements, *declared])
+    _put(unit, encounter, action=action)
+    _write_movements(unit, stay_id, movements)
+    for declaration in declared:
         _put(unit, declaration, action=action)
 
 
@@ -375,7 +394,8 @@ def _write_movements(unit: Unit, stay_id: str, movements: list[JSON]) -> None:
 
 def _put(unit: Unit, resource: JSON, *, action: str | None = None) -> StoredResource | None:
     """Write ``resource`` if it changed; with ``action``, queue the change for the topics."""
-    stored, previous = unit.store.write(resource, now=unit.now, index=search_entries(resource))
+    # the index entries only for a version written: most resources a message refolds are unchanged
+    stored, previous = unit.store.write(resource, now=unit.now, index=lambda: search_entries(resource))
     if stored is previous:
         return None
     unit.result.changed.append(stored)

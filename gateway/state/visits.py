@@ -25,7 +25,6 @@ as ``cancelled``, so that a movement Encounter stored earlier is superseded rath
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -130,6 +129,8 @@ class VisitFact:
     encounter: JSON
     movement: JSON | None
     recorded_at: datetime = UNRECORDED
+    #: :meth:`content_key`, computed once: a fold sorts on it many times (``replace`` computes it anew)
+    _content: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.recorded_at == UNRECORDED:
@@ -154,16 +155,35 @@ class VisitFact:
         return KINDS.get(self.kind, _INERT)
 
     def content_key(self) -> str:
-        """The whole fact as text: the last tie-break, so that no two different facts ever compare equal."""
-        return json.dumps(self.to_payload(), sort_keys=True, default=str)
+        """The whole fact as text: the last tie-break, so that no two different facts ever compare equal.
 
-    def sort_key(self) -> tuple[datetime, int, str, str, str]:
+        Kept once computed: the fact is frozen, and a fold asks for it in every sort and deduplication.
+        """
+        key = self._content
+        if key is None:
+            key = json.dumps(self.to_payload(), sort_keys=True, default=str)
+            object.__setattr__(self, "_content", key)
+        return key
+
+    def sort_key(self) -> tuple[datetime, int, str, str, ContentOrder]:
         """Event order; never the arrival order, so that the fold does not depend on it."""
-        return (self.event_time, self.rule.rank, self.movement_key or "", self.control_id, self.content_key())
+        return (self.event_time, self.rule.rank, self.movement_key or "", self.control_id, ContentOrder(self))
 
-    def record_key(self) -> tuple[datetime, str, str]:
+    def record_key(self) -> tuple[datetime, str, ContentOrder]:
         """The order the sender recorded things in: among versions of one movement, the last one wins."""
-        return (self.recorded_at, self.control_id, self.content_key())
+        return (self.recorded_at, self.control_id, ContentOrder(self))
+
+    def outline(self) -> tuple[str, str, str, str, str, str]:
+        """Fields of the payload that tell most facts apart without the whole text: two facts that differ
+        here have different :meth:`content_key` (each is in the payload as it is)."""
+        return (
+            self.trigger,
+            self.kind,
+            self.action,
+            self.control_id,
+            self.event_time.isoformat(),
+            self.recorded_at.isoformat(),
+        )
 
     def to_payload(self) -> JSON:
         return {
@@ -195,6 +215,29 @@ class VisitFact:
         )
 
 
+class ContentOrder:
+    """A fact's :meth:`VisitFact.content_key` as the last element of a sort key, computed only when the
+    elements before it tie: a tuple compares element by element, and facts rarely tie on time, rank,
+    movement and control id, so most folds never serialize a fact (a stay is refolded, all its facts
+    sorted, on every message about it)."""
+
+    __slots__ = ("fact",)
+
+    def __init__(self, fact: VisitFact) -> None:
+        self.fact = fact
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ContentOrder) and self.fact.content_key() == other.fact.content_key()
+
+    def __lt__(self, other: ContentOrder) -> bool:
+        return self.fact.content_key() < other.fact.content_key()
+
+    def __gt__(self, other: ContentOrder) -> bool:
+        return self.fact.content_key() > other.fact.content_key()
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass(frozen=True, slots=True)
 class Stay:
     """A folded stay: its Encounter (``None`` when nothing but cancels, corrections or updates came) and
@@ -202,6 +245,9 @@ class Stay:
 
     encounter: JSON | None
     movements: list[JSON] = field(default_factory=list)
+    #: the inserts the fold resolved, in event order, each with whether it is still live (the NdE declarations
+    #: read them: resolving them again cost as much as the fold)
+    inserts: list[tuple[VisitFact, bool]] = field(default_factory=list, compare=False, repr=False)
 
 
 # -- which inserts are live --------------------------------------------------------------------
@@ -209,9 +255,8 @@ class Stay:
 
 def _resolve(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
     """Every insert (one per movement), corrected, in event order, with whether it is still live."""
-    unique = {f.content_key(): f for f in facts}  # the same fact stored twice is one fact
     by_role: dict[str | None, list[VisitFact]] = {"insert": [], "correct": [], "cancel": []}
-    for fact in sorted(unique.values(), key=VisitFact.sort_key):
+    for fact in sorted(_distinct(facts), key=VisitFact.sort_key):
         by_role.setdefault(fact.role, []).append(fact)
     inserts = sorted(_corrected(_one_per_movement(by_role["insert"]), by_role["correct"]), key=VisitFact.sort_key)
     cancelled: set[int] = set()
@@ -222,9 +267,16 @@ def _resolve(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
     return [(f, i not in cancelled) for i, f in enumerate(inserts)]
 
 
-def resolved_inserts(facts: Iterable[VisitFact]) -> list[tuple[VisitFact, bool]]:
-    """The stay's inserts in event order with whether each is still live (for the NdE declarations)."""
-    return _resolve(facts)
+def _distinct(facts: Iterable[VisitFact]) -> list[VisitFact]:
+    """The same fact stored twice is one fact. Whole texts are compared only among facts of the same
+    :meth:`VisitFact.outline` (a message received twice under one MSH-10), not for every fact of the stay."""
+    by_outline: dict[tuple[str, ...], list[VisitFact]] = {}
+    for fact in facts:
+        by_outline.setdefault(fact.outline(), []).append(fact)
+    out: list[VisitFact] = []
+    for same in by_outline.values():
+        out.extend(same if len(same) == 1 else {f.content_key(): f for f in same}.values())
+    return out
 
 
 def event_moment(fact: VisitFact, edge: str) -> str:
@@ -310,7 +362,7 @@ def fold_stay(facts: Iterable[VisitFact], *, natures: Mapping[str, CodeRow] | No
     resolved = _resolve(facts)
     inserts = [f for f, _ in resolved]
     if not any(f.rule.movement for f in inserts):
-        return Stay(None)  # cancels, corrections or updates for a stay never seen create nothing
+        return Stay(None, inserts=resolved)  # cancels, corrections or updates for a stay never seen create nothing
     live = [f for f, is_live in resolved if is_live]
     encounter = _identity(inserts)
     status = _status([f for f in live if f.rule.movement])
@@ -323,7 +375,18 @@ def fold_stay(facts: Iterable[VisitFact], *, natures: Mapping[str, CodeRow] | No
         encounter["period"] = period
     stay = _finish(encounter)
     # Copies: the result shares nothing with the stored facts, so a caller may change it freely.
-    return Stay(copy.deepcopy(stay), copy.deepcopy(_movements(stay, resolved, natures or {})))
+    return Stay(_copied(stay), _copied(_movements(stay, resolved, natures or {})), inserts=resolved)
+
+
+def _copied(value: Any) -> Any:
+    """``value`` with every dict and list copied and the leaves shared: what ``copy.deepcopy`` gives for the
+    JSON trees a fold returns (leaves are str, numbers, None or other immutable values such as datetimes),
+    at a fraction of its cost. Unlike deepcopy, two places that shared one dict get a copy each."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    return value
 
 
 def _identity(inserts: list[VisitFact]) -> JSON:
@@ -511,7 +574,7 @@ def _movement(
         codings.append(nature)
     out: JSON = {
         "resourceType": "Encounter",
-        "id": resource_id("Encounter", f"movement|{stay['id']}|{ident.get('system')}|{ident.get('value')}"),
+        "id": movement_id(str(stay["id"]), ident),
         "meta": {"profile": [PROFILE_ENCOUNTER]},
         "identifier": [ident],
         "status": status,
@@ -528,6 +591,11 @@ def _movement(
     if provider:
         out["serviceProvider"] = provider
     return _finish(out)
+
+
+def movement_id(stay_id: str, identifier: JSON) -> str:
+    """The id of the movement Encounter a ZBE-1 ``identifier`` names in a stay: its identity, deterministic."""
+    return resource_id("Encounter", f"movement|{stay_id}|{identifier.get('system')}|{identifier.get('value')}")
 
 
 def _nature(value: Any, natures: Mapping[str, CodeRow]) -> JSON | None:

@@ -24,6 +24,7 @@ from gateway.state.visits import (
     CLASS_BY_TRIGGER,
     KINDS,
     RAW_NATURE_SYSTEM,
+    ContentOrder,
     Stay,
     VisitFact,
     fold_stay,
@@ -357,6 +358,28 @@ def test_fold_does_not_modify_its_input() -> None:
     first = fold_visit(facts)
     assert [f.to_payload() for f in facts] == before
     assert fold_visit(facts) == first
+
+
+def test_facts_tied_but_for_their_content_fold_alike_in_any_order() -> None:
+    """Same time, kind, movement and MSH-10, different content (a sender re-using a control id): the whole
+    text breaks the tie, in the event order and among versions of the movement alike."""
+    first = fact("A01", at=T0, control="C-1", movement_id="MV-1", unit="4010")
+    second = fact("A01", at=T0, control="C-1", movement_id="MV-1", unit="4020")
+    assert first.sort_key()[:4] == second.sort_key()[:4] and first.content_key() != second.content_key()
+    folded = fold_stay([first, second], natures=NATURES)
+    assert fold_stay([second, first], natures=NATURES) == folded
+    winner = max((first, second), key=VisitFact.content_key)
+    assert folded.encounter is not None
+    assert folded.encounter["serviceProvider"]["identifier"]["value"] == winner.movement["medical_unit"]["code"]  # type: ignore[index]
+    assert sorted([second, first], key=VisitFact.sort_key) == sorted([first, second], key=VisitFact.content_key)
+
+
+def test_content_order_compares_the_whole_text_only() -> None:
+    one = admission()
+    assert ContentOrder(one) == ContentOrder(VisitFact.from_payload(one.to_payload()))
+    assert ContentOrder(one) != ContentOrder(discharge())
+    assert ContentOrder(one) != one.content_key()  # not a string: only another fact's order
+    assert (ContentOrder(one) > ContentOrder(discharge())) == (one.content_key() > discharge().content_key())
 
 
 def test_payload_round_trip() -> None:
