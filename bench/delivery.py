@@ -15,8 +15,11 @@ admission notifies. Two phases on the same gateway:
     .venv/bin/python bench/delivery.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench
     .venv/bin/python bench/delivery.py --rate 200 --sustain 60 [--connections 4]   # p99, backlog over time
     .venv/bin/python bench/delivery.py --backlog 100000                             # RSS while draining
+    .venv/bin/python bench/delivery.py --rate 100 --sustain 60 --worker-process     # delivery in `gateway worker`
 
-Sender, gateway and receiver share one process and event loop, so the figures include all three.
+Sender, gateway and receiver share one process and event loop, so the figures include all three; with
+``--worker-process`` (sustained and backlog runs) delivery runs in a ``gateway worker`` subprocess instead
+(the gateway with ``GATEWAY_RUN_WORKER=false``), and its CPU and RSS are read from ``/proc`` apart.
 Exit status 1 when an event is lost, duplicated, out of order or badly signed.
 """
 
@@ -29,6 +32,7 @@ import json
 import os
 import resource
 import secrets
+import subprocess
 import sys
 import tempfile
 import time
@@ -253,9 +257,59 @@ RSS_TARGET_MB = 250.0
 BULK_CHUNK = 2_000
 
 
+class WorkerProcess:
+    """``gateway worker`` as a subprocess on the bench's store, its log in a file; CPU and RSS from ``/proc``."""
+
+    def __init__(self, database_url: str, log: Path) -> None:
+        env = {
+            **os.environ,
+            "GATEWAY_DATABASE_URL": database_url,
+            "GATEWAY_ENDPOINT_ALLOWLIST": '["127.0.0.1"]',
+            "GATEWAY_LOG_LEVEL": os.environ.get(
+                "BENCH_WORKER_LOG_LEVEL", "WARNING"
+            ),  # as the in-process runs: no line per delivery
+        }
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, *os.environ.get("BENCH_WORKER_ARGS", "-m gateway worker").split()],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return 0.0
+
+    def check(self) -> None:
+        if self.proc.poll() is not None:
+            raise SystemExit(f"gateway worker exited ({self.proc.returncode}):\n{self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 @dataclass
 class Up:
-    """A running gateway with its receiver subscribed (handshake done) and its worker running."""
+    """A running gateway with its receiver subscribed (handshake done) and its worker running (in this
+    process, or ``process``)."""
 
     runtime: Runtime
     receiver: TimingReceiver
@@ -263,6 +317,7 @@ class Up:
     mllp_port: int
     sub_id: str
     worker_task: asyncio.Task[None] | None = None
+    process: WorkerProcess | None = None
 
     async def stop_worker(self) -> None:
         if self.worker_task is not None:
@@ -270,24 +325,33 @@ class Up:
             await self.worker_task
             self.worker_task = None
 
+    def worker_cpu(self) -> float:
+        """CPU seconds of the delivery worker's own process (0 when it runs in this one)."""
+        return self.process.cpu_seconds() if self.process is not None else 0.0
+
 
 @asynccontextmanager
-async def gateway_up(database_url: str, *, max_count: int = 1) -> AsyncIterator[Up]:
+async def gateway_up(database_url: str, *, max_count: int = 1, worker_process: bool = False) -> AsyncIterator[Up]:
     settings = Settings(
         database_url=database_url,
         http_port=free_port(None),
         mllp_port=0,
         endpoint_allowlist=["127.0.0.1"],
-        run_worker=False,
+        run_worker=False,  # the bench starts the worker itself (here, or as `gateway worker`)
     )
     runtime = Runtime.build(settings)
     receiver = TimingReceiver()
     receiver_port = free_port(None)
     up: Up | None = None
+    process: WorkerProcess | None = None
     try:
         async with serving(receiver.app, receiver_port), serving(create_app(runtime), settings.http_port):
             assert runtime.mllp is not None
-            task = asyncio.create_task(runtime.worker.run())
+            if worker_process:
+                process = WorkerProcess(database_url, Path(tempfile.mkdtemp(prefix="bench-worker-")) / "worker.log")
+                task = None
+            else:
+                task = asyncio.create_task(runtime.worker.run())
             sub_body = _subscription("encounter-start", f"http://127.0.0.1:{receiver_port}/notify", "id-only")
             del sub_body["_criteria"]
             sub_body["channel"]["extension"] = [
@@ -305,13 +369,15 @@ async def gateway_up(database_url: str, *, max_count: int = 1) -> AsyncIterator[
                 e["valueString"] for e in created["channel"]["extension"] if e["url"] == SIGNING_SECRET
             )
             await asyncio.wait_for(receiver.handshake.wait(), timeout=WAIT)
-            up = Up(runtime, receiver, settings, runtime.mllp.port, created["id"], task)
+            up = Up(runtime, receiver, settings, runtime.mllp.port, created["id"], task, process)
             yield up
             await up.stop_worker()
     finally:
         if up is not None and up.worker_task is not None:
             runtime.worker.stop()
             up.worker_task.cancel()
+        if process is not None:
+            process.stop()
         runtime.close()
 
 
@@ -376,7 +442,9 @@ async def sampler(up: Up, acked: list[float], out: list[tuple[float, int, int, f
         out.append((time.perf_counter() - start, done, len(up.receiver.arrived), rss_mb()))
 
 
-async def sustained(database_url: str, *, rate: float, seconds: float, connections: int) -> int:
+async def sustained(
+    database_url: str, *, rate: float, seconds: float, connections: int, worker_process: bool = False
+) -> int:
     """ADT in at a paced ``rate`` for ``seconds`` over ``connections`` MLLP connections; each notification
     timed from the send of the message that caused it; the backlog (ACKed, not yet received) over time."""
     run_tag = f"{secrets.randbelow(10_000):04d}"
@@ -384,21 +452,27 @@ async def sustained(database_url: str, *, rate: float, seconds: float, connectio
     messages = [admission(run_tag, k) for k in range(n)]
     sent, acked = [0.0] * n, [0.0] * n
     samples: list[tuple[float, int, int, float]] = []
-    async with gateway_up(database_url) as up:
+    async with gateway_up(database_url, worker_process=worker_process) as up:
         up.receiver.expect(n)
-        cpu0, wall0 = cpu_seconds(), time.perf_counter()
+        cpu0, wall0, worker_cpu0 = cpu_seconds(), time.perf_counter(), up.worker_cpu()
         watch = asyncio.create_task(sampler(up, acked, samples, every=1.0))
         await paced(up.mllp_port, messages, rate=rate, connections=connections, sent=sent, acked=acked)
         ingest_wall = time.perf_counter() - wall0
+        backlog_at_end = n - len(up.receiver.arrived)
         await asyncio.wait_for(up.receiver.all_in.wait(), timeout=WAIT + seconds * 10)
         wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
+        worker_cpu = up.worker_cpu() - worker_cpu0
         watch.cancel()
         owner = focus_to_message(up, run_tag)
     latencies = [arrived - sent[owner[ref]] for ref, arrived in up.receiver.by_focus.items() if ref in owner]
     ack_lat = [a - s for s, a in zip(sent, acked, strict=True)]
     p99 = percentile(latencies, 0.99) * 1000
     backend = database_url.split(":", 1)[0]
-    print(f"delivery, sustained: {backend}, {rate:g} msg/s paced for {seconds:g} s over {connections} MLLP connections")
+    where = "in a `gateway worker` process" if worker_process else "in the gateway's process"
+    print(
+        f"delivery, sustained: {backend}, {rate:g} msg/s paced for {seconds:g} s over {connections} MLLP "
+        f"connections, delivery {where}"
+    )
     print(f"  {n} admissions, ingest {n / ingest_wall:.0f} msg/s achieved (asked {rate:g})")
     ack_p50, ack_p99 = percentile(ack_lat, 0.5) * 1000, percentile(ack_lat, 0.99) * 1000
     print(f"  ACK latency          p50 {ack_p50:.1f} ms, p99 {ack_p99:.1f} ms")
@@ -410,6 +484,15 @@ async def sustained(database_url: str, *, rate: float, seconds: float, connectio
     print(
         f"  CPU                  {cpu:.1f} s in {wall:.1f} s wall ({cpu / n * 1000:.2f} ms per message, "
         f"sender + gateway + receiver; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
+    if worker_process:
+        print(
+            f"  worker process CPU   {worker_cpu:.1f} s ({worker_cpu / n * 1000:.2f} ms per notification; "
+            f"the line above is then sender + ingest + receiver)"
+        )
+    print(
+        f"  backlog              0 at the start, {backlog_at_end} when the feed ended "
+        f"({ingest_wall:.1f} s), all received {wall - ingest_wall:.1f} s later"
     )
     print("  backlog over time (ACKed but not yet received by the platform):")
     for t, done, received, rss in samples[:: max(1, len(samples) // 12)]:
@@ -447,15 +530,21 @@ def _verdict(receiver: TimingReceiver, n: int) -> int:
     return 0
 
 
-async def backlog_memory(database_url: str, *, events: int, max_count: int, seconds: float) -> int:
+async def backlog_memory(
+    database_url: str, *, events: int, max_count: int, seconds: float, worker_process: bool = False
+) -> int:
     """RSS while a worker works through ``events`` queued notifications (written in bulk) for ``seconds``
     (or to the end, if sooner): what the worker holds must not grow with the backlog."""
     run_tag = f"{secrets.randbelow(10_000):04d}"
-    async with gateway_up(database_url, max_count=max_count) as up:
+    async with gateway_up(database_url, max_count=max_count, worker_process=worker_process) as up:
         up.receiver.expect(1)
         await send(up.mllp_port, [admission(run_tag, 0)])  # one real stay: the backlog's focus
         await asyncio.wait_for(up.receiver.all_in.wait(), timeout=WAIT)
         await up.stop_worker()
+        if up.process is not None:
+            # The worker process keeps running: the backlog becomes visible to it at once, when the bulk
+            # write commits, and the drain is timed from there.
+            return await _drain_in_process(up, events=events, seconds=seconds, max_count=max_count)
         t_build = time.perf_counter()
         with transaction(up.runtime.db) as conn:
             outbox = OutboxRepo(conn)
@@ -507,6 +596,61 @@ async def backlog_memory(database_url: str, *, events: int, max_count: int, seco
     return _verdict(up.receiver, delivered + 1)
 
 
+async def _drain_in_process(up: Up, *, events: int, seconds: float, max_count: int) -> int:
+    """``--backlog`` with ``--worker-process``: the bulk write commits under a running `gateway worker`."""
+    assert up.process is not None
+    up.receiver.expect(events + 1)
+    with transaction(up.runtime.db) as conn:
+        outbox = OutboxRepo(conn)
+        # The event, delivered or not yet recorded so by the other process (it is received already).
+        (real,) = [r for r in outbox.for_subscription(up.sub_id) if r.notification_type == "event-notification"]
+        focus = (real.focus_type or "", real.focus_id or "", real.focus_version or 1)
+        t_build = time.perf_counter()
+        for start in range(2, events + 2, BULK_CHUNK):
+            outbox.add_many(
+                subscription_id=up.sub_id,
+                topic=real.topic,
+                focus=focus,
+                context=real.context,
+                occurred_at=real.occurred_at,
+                event_numbers=range(start, min(start + BULK_CHUNK, events + 2)),
+            )
+        before = up.process.rss_mb()
+        cpu0 = up.worker_cpu()
+    t0 = time.perf_counter()
+    build = t0 - t_build
+    up.runtime.worker.wake()  # the announcement a real ingest sends (PostgreSQL); SQLite: the poll
+    samples: list[float] = []
+
+    async def watch() -> None:
+        while True:
+            samples.append(up.process.rss_mb() if up.process else 0.0)
+            await asyncio.sleep(0.25)
+
+    watcher = asyncio.create_task(watch())
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(up.receiver.all_in.wait(), timeout=seconds)
+    wall, cpu = time.perf_counter() - t0, up.worker_cpu() - cpu0
+    watcher.cancel()
+    up.process.check()
+    delivered = len(up.receiver.arrived) - 1
+    peak = max(samples, default=before)
+    backend = str(up.runtime.db.url).split(":", 1)[0]
+    print(
+        f"delivery, backlog memory: {backend}, {events} events queued in bulk ({build:.1f} s), "
+        f"maxCount={max_count}, drained by a `gateway worker` process"
+    )
+    print(
+        f"  worker RSS before the drain {before:.0f} MiB; peak while draining {peak:.0f} MiB "
+        f"(target ≤ {RSS_TARGET_MB:.0f} MiB: {'met' if peak <= RSS_TARGET_MB else 'NOT met'})"
+    )
+    print(
+        f"  drained {delivered} of {events} in {wall:.1f} s ({delivered / wall:.0f} events/s), "
+        f"worker CPU {cpu:.1f} s ({cpu / max(1, delivered) * 1000:.2f} ms per event)"
+    )
+    return _verdict(up.receiver, delivered + 1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--messages", type=int, default=500, help="admissions per phase")
@@ -517,6 +661,11 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=4, help="MLLP connections of the sustained run")
     parser.add_argument("--backlog", type=int, default=0, help="events queued in bulk, then drained: RSS")
     parser.add_argument("--drain-seconds", type=float, default=60.0, help="--backlog: how long to drain at most")
+    parser.add_argument(
+        "--worker-process",
+        action="store_true",
+        help="--sustain / --backlog: deliver from a `gateway worker` subprocess (ingest stays here)",
+    )
     args = parser.parse_args()
     if args.messages < 1 or not 1 <= args.max_count <= 1000:
         parser.error("--messages must be positive and --max-count within 1..1000")
@@ -525,9 +674,21 @@ def main() -> int:
 
     def chosen(url: str) -> Coroutine[Any, Any, int]:
         if args.sustain:
-            return sustained(url, rate=args.rate, seconds=args.sustain, connections=args.connections)
+            return sustained(
+                url,
+                rate=args.rate,
+                seconds=args.sustain,
+                connections=args.connections,
+                worker_process=args.worker_process,
+            )
         if args.backlog:
-            return backlog_memory(url, events=args.backlog, max_count=args.max_count, seconds=args.drain_seconds)
+            return backlog_memory(
+                url,
+                events=args.backlog,
+                max_count=args.max_count,
+                seconds=args.drain_seconds,
+                worker_process=args.worker_process,
+            )
         return run(args.messages, args.max_count, url, args.rate)
 
     if args.database_url:

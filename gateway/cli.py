@@ -1,5 +1,5 @@
-"""The ``gateway`` command: serve | migrate | clients | check-mappings | convert | send | replay | import | demo
-| openapi."""
+"""The ``gateway`` command: serve | worker | migrate | clients | check-mappings | convert | send | replay | import
+| demo | openapi."""
 
 from __future__ import annotations
 
@@ -131,6 +131,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.close()
         runtime.close()
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Only the delivery worker, with serve's settings; ingest runs in ``gateway serve`` (or several)."""
+    from gateway.subscriptions import standalone
+
+    if args.poll_interval is not None and not args.poll_interval > 0:
+        raise UsageError("--poll-interval must be a positive number of seconds")
+    return standalone.run(_settings(args), poll=args.poll_interval)
 
 
 def _exposed_without_auth(runtime: Any) -> str | None:
@@ -495,6 +504,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(serve)
     _add_ports(serve)
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser(
+        "worker",
+        help="run only the delivery worker (beside 'gateway serve' with GATEWAY_RUN_WORKER=false; several may run)",
+    )
+    _add_common(worker)
+    worker.add_argument(
+        "--poll-interval",
+        type=float,
+        help="seconds between looks at the outbox when nothing woke it (GATEWAY_WORKER_POLL_INTERVAL, 0.5); it "
+        "is woken by NOTIFY on PostgreSQL, by commits seen in SQLite's data_version every 0.05 s",
+    )
+    worker.set_defaults(func=cmd_worker)
 
     _add_clients_parser(sub)
 

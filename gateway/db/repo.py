@@ -1033,6 +1033,15 @@ class SubscriptionRepo:
     def sent(self, sub_id: str, *, now: datetime) -> None:
         self.conn.execute(update(subscriptions).where(subscriptions.c.id == sub_id).values(last_sent_at=now))
 
+    def sent_now(self, sub_id: str, *, now: datetime) -> None:
+        """:meth:`sent` with a statement built once (the delivery worker's hot path)."""
+        self.conn.execute(_SUBSCRIPTION_SENT, {"sub_id": sub_id, "now": now})
+
+    def current(self, sub_id: str) -> SubscriptionRecord | None:
+        """:meth:`get` with a statement built once, whoever owns it (the delivery worker's hot path)."""
+        row = self.conn.execute(_SUBSCRIPTION_BY_ID, {"sub_id": sub_id}).first()
+        return _subscription(row) if row else None
+
     def with_heartbeat(self) -> list[SubscriptionRecord]:
         rows = self.conn.execute(
             select(subscriptions).where(
@@ -1208,6 +1217,22 @@ _CLAIM_FOLLOWING = (
     .returning(*outbox.c)
 )
 
+#: A run of rows sent one notification after another, recorded in one statement (the worker's runs).
+_DELIVERED_MANY = (
+    update(outbox)
+    .where(outbox.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status="delivered", delivered_at=bindparam("now"), attempts=outbox.c.attempts + 1, last_error=None)
+)
+#: Leased rows of a run that were not sent (a failure before them, a stop, the run's time up): due again
+#: at once, so that whichever becomes the head goes out next, not after its lease.
+_RELEASE = (
+    update(outbox).where(outbox.c.id.in_(bindparam("ids", expanding=True))).values(next_attempt_at=bindparam("at"))
+)
+_SUBSCRIPTION_SENT = (
+    update(subscriptions).where(subscriptions.c.id == bindparam("sub_id")).values(last_sent_at=bindparam("now"))
+)
+_SUBSCRIPTION_BY_ID = select(subscriptions).where(subscriptions.c.id == bindparam("sub_id"))
+
 
 class OutboxRepo:
     def __init__(self, conn: Connection) -> None:
@@ -1328,6 +1353,16 @@ class OutboxRepo:
             .where(outbox.c.id == row_id)
             .values(status="delivered", delivered_at=now, attempts=outbox.c.attempts + 1, last_error=None)
         )
+
+    def delivered_many(self, row_ids: Sequence[int], *, now: datetime) -> None:
+        """:meth:`delivered` for many rows in one statement built once."""
+        if row_ids:
+            self.conn.execute(_DELIVERED_MANY, {"ids": list(row_ids), "now": now})
+
+    def release(self, row_ids: Sequence[int], *, now: datetime) -> None:
+        """Leased rows that were not sent are due again at ``now`` (still behind their head, in order)."""
+        if row_ids:
+            self.conn.execute(_RELEASE, {"ids": list(row_ids), "at": now})
 
     def failed(self, row_id: int, *, error: str, next_attempt_at: datetime, now: datetime) -> None:
         """Record a failed attempt; the row stays pending, due again at ``next_attempt_at``."""

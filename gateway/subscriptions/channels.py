@@ -165,6 +165,12 @@ class _PinningBackend(httpcore.AsyncNetworkBackend):
 
 
 DELIVERY_LIMITS: Final = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+#: An answer whose declared length is at most this is read (and thrown away) so that its connection goes
+#: back to the pool: closed unread, a connection is closed, and every notification paid a new TCP (and
+#: TLS) handshake on both sides: 2,000 connections for 2,000 events in ``bench/delivery.py --backlog``.
+DRAIN_BYTES: Final = 16 * 1024
+#: Seconds the small answer may take after its status line; past it the connection is closed, as before.
+DRAIN_SECONDS: Final = 1.0
 
 
 class PinnedTransport(httpx.AsyncHTTPTransport):
@@ -269,6 +275,7 @@ class RestHookChannel:
                 follow_redirects=False,
             ) as response:
                 status = response.status_code
+                await _drain(response)
         except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
             retryable = _exception_retryable(exc)
             logger.info(
@@ -285,6 +292,24 @@ class RestHookChannel:
         retryable = status in _RETRYABLE_4XX or status >= 500
         logger.info("delivery %s to %s: HTTP %d (retryable=%s)", idempotency_key, host, status, retryable)
         return DeliveryResult(ok=False, status_code=status, error=f"HTTP {status}", retryable=retryable)
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read a small answer to its end, keeping none of it, so that the connection is kept alive.
+
+    Only a declared ``Content-Length`` of at most :data:`DRAIN_BYTES` is read; a larger or chunked answer
+    is left unread and its connection closed, as every answer was before. The status is already known:
+    a failure here only costs the connection, never the delivery's outcome.
+    """
+    length = response.headers.get("content-length", "")
+    if not length.isdigit() or int(length) > DRAIN_BYTES:
+        return
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _chunk in response.aiter_raw():
+                pass
+    except (TimeoutError, httpx.HTTPError, httpx.StreamError):
+        return
 
 
 def _exception_retryable(exc: Exception) -> bool:

@@ -6,7 +6,8 @@ single writer), which moves their ``next_attempt_at`` to a lease, so two workers
 never send the same row at once; they are delivered outside any transaction, then their result recorded.
 Only the oldest pending row of a subscription is ever due (plus, with ``maxCount``, the events right behind
 it, sent in the same notification), so a later event cannot overtake an earlier one while it waits for a
-retry.
+retry. :meth:`DeliveryWorker.run` leases a subscription's next notifications with its head as one run
+(:data:`RUN_AHEAD`), sends them one after another and records them together: one commit per run.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from gateway.db.engine import Database as DB
 from gateway.db.engine import DbConnection as Connection
 from gateway.db.engine import reading, transaction
 from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo, SubscriptionRecord, SubscriptionRepo
+from gateway.db.wakeup import Announcer, announces, listen, watch, watches
 from gateway.mapping.tables import CodeRow
 from gateway.metrics import record_delivery
 from gateway.subscriptions import nde_order
@@ -55,6 +57,14 @@ LEASE_MARGIN = 30
 #: ingest holds those threads while its messages wait for their group commit, and the worker, queued
 #: behind them, delivered 5 events/s while a saturating feed lasted, 90/s once it stopped.
 THREADS = 4
+#: Notifications of one subscription leased together by :meth:`DeliveryWorker.run`: sent one after another
+#: (each once the previous one was answered 2xx: order holds), then recorded in one transaction that also
+#: leases the next run. Under a backlog this turns one commit and ~6 statements per notification into one
+#: commit per run; with little pending a run is as long as what is pending (often one).
+RUN_AHEAD = 25
+#: Seconds after which a run sends no more (the rest is released, due at once): results are recorded at
+#: least this often, and the last send of a run ends before the head's lease does (timeout + LEASE_MARGIN).
+RUN_SECONDS = 1.0
 T = TypeVar("T")
 
 
@@ -138,8 +148,18 @@ class DeliveryWorker:
         client: httpx.AsyncClient | None = None,
         rng: random.Random | None = None,
         mediums: Mapping[str, CodeRow] | None = None,
+        listen: bool = False,
+        poll_interval: float | None = None,
     ) -> None:
         self.db = db
+        #: Be woken by other processes' commits as well as by :meth:`wake` (PostgreSQL ``LISTEN``; SQLite's
+        #: ``data_version`` watched): what ``gateway worker`` does, as its ingest runs elsewhere.
+        self.listen = listen and (announces(db) or watches(db))
+        #: Seconds between looks at the outbox when nothing woke the worker: retries coming due, and what
+        #: a lost wake-up missed.
+        self.poll_interval = poll_interval if poll_interval is not None else settings.worker_poll_interval
+        #: With the worker elsewhere (``GATEWAY_RUN_WORKER=false``), :meth:`wake` tells other processes.
+        self.announcer = Announcer(db) if not settings.run_worker and announces(db) else None
         #: ANS NdE flux 4 ``medium`` by channel type (mappings/codes/ChannelType_to_Medium.csv)
         self.mediums = mediums or {}
         self.settings = settings
@@ -172,10 +192,13 @@ class DeliveryWorker:
         return await asyncio.get_running_loop().run_in_executor(self.threads, call)
 
     def wake(self) -> None:
-        """Called from ingest threads after a commit that queued notifications: deliver now."""
+        """Called from ingest threads (and API routes) after a commit that queued notifications: deliver
+        now; with no worker running in this process, announce it to the workers of others (PostgreSQL)."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake.set)
+        elif self.announcer is not None:
+            self.threads.submit(self.announcer.announce)  # the caller does not wait for the round trip
 
     async def run(self) -> None:
         """Deliver until stopped; each claimed job runs on its own, so a slow endpoint holds only its
@@ -183,6 +206,10 @@ class DeliveryWorker:
         self._loop = asyncio.get_running_loop()
         logger.info("delivery worker %s started", self.worker_id)
         inflight = self._inflight
+        listener = None
+        if self.listen:
+            waiting = listen(self.db, self._wake.set) if announces(self.db) else watch(self.db, self._wake.set)
+            listener = asyncio.create_task(waiting)
         try:
             while not self._stopping:
                 # Cleared before looking, not after: a wake() that comes while the claim finds nothing (the
@@ -192,10 +219,13 @@ class DeliveryWorker:
                 count = await self.dispatch()
                 if count == 0 and not self._stopping:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=self.settings.worker_poll_interval)
+                        await asyncio.wait_for(self._wake.wait(), timeout=self.poll_interval)
             if inflight:
                 await asyncio.wait(inflight, timeout=self.settings.delivery_timeout)
         finally:
+            if listener is not None:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
             for task in inflight:
                 task.cancel()
             await asyncio.gather(*inflight, return_exceptions=True)
@@ -210,31 +240,45 @@ class DeliveryWorker:
             return 1
         try:
             await self._off_loop(self._queue_heartbeats)
-            jobs = await self._off_loop(self._claim, limit=free)
+            runs = await self._off_loop(self._claim_runs, limit=free)
         except Exception:
             logger.exception("delivery worker iteration failed; carrying on")
             return 0
-        for job in jobs:
-            task = asyncio.create_task(self._deliver(job))
+        for run in runs:
+            task = asyncio.create_task(self._deliver(run))
             inflight.add(task)
             task.add_done_callback(inflight.discard)
-        return len(jobs)
+        return len(runs)
 
-    async def _deliver(self, job: Job) -> None:
-        """Send one job and record its result; while the subscription has more due, go on with it.
+    async def _deliver(self, run: list[Job]) -> None:
+        """Send a run of one subscription's jobs in order and record them; while it has more due, go on.
 
-        Recording a result and leasing the subscription's next head share one write transaction (one
-        commit per event instead of two), and the next job starts without waiting for a dispatch pass.
-        Order holds: the next head is leased only once the previous one is recorded.
+        Each job is sent once the previous one was answered 2xx; the first failure ends the run (what is
+        behind it is released, still behind it). Recording the run and leasing the subscription's next
+        one share one write transaction, and the next run starts without waiting for a dispatch pass.
+        Order holds: the next run is leased only once the previous one is recorded.
         """
-        current: Job | None = job
+        current = run
         try:
-            while current is not None and not self._stopping:
-                result = await self._timed_send(current)
-                current = await self._off_loop(self._record_then_next, current, result)
+            while current and not self._stopping:
+                sent, failure = await self._send_run(current)
+                current = await self._off_loop(self._record_run, current, sent, failure)
         except Exception:
-            logger.exception("delivery failed unexpectedly; the row is retried once its lease ends")
+            logger.exception("delivery failed unexpectedly; the rows are retried once their lease ends")
         self._wake.set()
+
+    async def _send_run(self, run: list[Job]) -> tuple[list[Job], tuple[Job, DeliveryResult] | None]:
+        """The jobs answered 2xx, in order, and the failure that ended the run (``None``: none failed)."""
+        sent: list[Job] = []
+        started = time.monotonic()
+        for job in run:
+            if sent and (self._stopping or time.monotonic() - started > RUN_SECONDS):
+                break
+            result = await self._timed_send(job)
+            if not result.ok:
+                return sent, (job, result)
+            sent.append(job)
+        return sent, None
 
     def stop(self) -> None:
         self._stopping = True
@@ -281,8 +325,13 @@ class DeliveryWorker:
                 subs.sent(sub.id, now=now)
 
     def _claim(self, *, limit: int = BATCH) -> list[Job]:
-        """Lease due rows in one short write transaction; build their payloads after it, from a read
-        connection, so that the write lock (SQLite's only one) is not held while Bundles are built."""
+        """Lease due heads (one job each) as :meth:`run_once` sends them: see :meth:`_claim_runs`."""
+        return [job for run in self._claim_runs(limit=limit, ahead=1) for job in run]
+
+    def _claim_runs(self, *, limit: int = BATCH, ahead: int = RUN_AHEAD) -> list[list[Job]]:
+        """Lease due rows in one short write transaction, up to ``ahead`` notifications per subscription;
+        build their payloads after it, from a read connection, so that the write lock (SQLite's only one)
+        is not held while Bundles are built."""
         now = self.now()
         with reading(self.db) as conn:
             if not OutboxRepo(conn).any_due(now=now):
@@ -291,45 +340,71 @@ class DeliveryWorker:
             outbox = OutboxRepo(conn)
             heads = outbox.claim_heads(now=now, lease_until=self._lease(now), limit=limit)
             subs = SubscriptionRepo(conn).get_many(head.subscription_id for head in heads)
-            claimed = [self._batch(outbox, head, subs.get(head.subscription_id), now=now) for head in heads]
-        return self._jobs([c for c in claimed if c is not None], now=now)
+            claimed = [
+                self._batch(outbox, head, subs.get(head.subscription_id), now=now, ahead=ahead) for head in heads
+            ]
+        return self._runs([c for c in claimed if c is not None], now=now)
 
-    def _record_then_next(self, job: Job, result: DeliveryResult) -> Job | None:
-        """Record ``job``'s result and, on success, lease its subscription's next due head: one transaction."""
+    def _record_run(self, run: list[Job], sent: list[Job], failure: tuple[Job, DeliveryResult] | None) -> list[Job]:
+        """Record a run (what was delivered, the failure that ended it, the rest released) and, unless it
+        failed or the worker stops, lease the subscription's next run: one transaction."""
         now = self.now()
+        done = {id(job) for job in sent} | ({id(failure[0])} if failure else set())
+        unsent = [row.id for job in run if id(job) not in done for row in job.rows]
+        sub = run[0].subscription
         with transaction(self.db) as conn:
-            self._outcome(conn, job, result, now=now)
-            if not result.ok or self._stopping:
-                return None
-            head = OutboxRepo(conn).claim_head_of(job.subscription.id, now=now, lease_until=self._lease(now))
-            sub = SubscriptionRepo(conn).get(job.subscription.id) if head is not None else None
-            claimed = self._batch(OutboxRepo(conn), head, sub, now=now) if head is not None else None
-        jobs = self._jobs([claimed] if claimed is not None else [], now=now)
-        return jobs[0] if jobs else None
+            outbox = OutboxRepo(conn)
+            if len(sent) == 1:
+                self._delivered(conn, sent[0], now=now)  # handshakes and heartbeats are runs of one
+            elif sent:
+                self._delivered_run(conn, sent, now=now)
+            if failure is not None:
+                self._failed(conn, failure[0], failure[1], now=now)
+            outbox.release(unsent, now=now)
+            if failure is not None or self._stopping:
+                return []
+            head = outbox.claim_head_of(sub.id, now=now, lease_until=self._lease(now))
+            current = SubscriptionRepo(conn).current(sub.id) if head is not None else None
+            claimed = self._batch(outbox, head, current, now=now, ahead=RUN_AHEAD) if head is not None else None
+        runs = self._runs([claimed] if claimed is not None else [], now=now)
+        return runs[0] if runs else []
 
     def _lease(self, now: datetime) -> datetime:
         return now + timedelta(seconds=self.settings.delivery_timeout + LEASE_MARGIN)
 
     def _batch(
-        self, outbox: OutboxRepo, head: OutboxRecord, sub: SubscriptionRecord | None, *, now: datetime
+        self,
+        outbox: OutboxRepo,
+        head: OutboxRecord,
+        sub: SubscriptionRecord | None,
+        *,
+        now: datetime,
+        ahead: int = 1,
     ) -> tuple[list[OutboxRecord], SubscriptionRecord] | None:
-        """A leased head with the events behind it (``maxCount``), its lease stretched to a longer own
-        timeout; ``None`` when the subscription was deleted meanwhile (its rows go with it)."""
+        """A leased head with the events behind it (``maxCount`` per notification, ``ahead``
+        notifications), its lease stretched to a longer own timeout; ``None`` when the subscription was
+        deleted meanwhile (its rows go with it)."""
         if sub is None:
             return None
         rows = [head]
-        if head.notification_type == "event-notification" and (sub.max_count or 1) > 1:
-            rows += outbox.claim_following(head, lease_until=self._lease(now), limit=(sub.max_count or 1) - 1)
+        following = (sub.max_count or 1) * ahead - 1
+        if head.notification_type == "event-notification" and following > 0:
+            rows += outbox.claim_following(head, lease_until=self._lease(now), limit=following)
         if self._timeout(sub) > self.settings.delivery_timeout:
             longer = now + timedelta(seconds=self._timeout(sub) + LEASE_MARGIN)
             outbox.extend_lease([r.id for r in rows], lease_until=longer)
         return rows, sub
 
-    def _jobs(self, claimed: list[tuple[list[OutboxRecord], SubscriptionRecord]], *, now: datetime) -> list[Job]:
+    def _runs(self, claimed: list[tuple[list[OutboxRecord], SubscriptionRecord]], *, now: datetime) -> list[list[Job]]:
+        """Each subscription's leased rows as its run of jobs, ``maxCount`` rows a notification."""
         if not claimed:
             return []
+        runs = []
         with reading(self.db) as conn:
-            return [self._job(conn, rows, sub, now=now) for rows, sub in claimed]
+            for rows, sub in claimed:
+                size = sub.max_count or 1
+                runs.append([self._job(conn, rows[i : i + size], sub, now=now) for i in range(0, len(rows), size)])
+        return runs
 
     def _timeout(self, sub: SubscriptionRecord) -> float:
         return float(sub.timeout) if sub.timeout else self.settings.delivery_timeout
@@ -400,6 +475,16 @@ class DeliveryWorker:
             self._delivered(conn, job, now=now)
         else:
             self._failed(conn, job, result, now=now)
+
+    def _delivered_run(self, conn: Connection, jobs: list[Job], *, now: datetime) -> None:
+        """:meth:`_delivered` for a run of event notifications: one statement per table, not per row."""
+        sub = jobs[0].subscription
+        rows = [row for job in jobs for row in job.rows]
+        OutboxRepo(conn).delivered_many([row.id for row in rows], now=now)
+        SubscriptionRepo(conn).sent_now(sub.id, now=now)
+        _audit_delivery(conn, Job(rows=rows, subscription=sub, outgoing=jobs[0].outgoing, bundle_id=""), now=now)
+        self.delivered_total += len(rows)
+        logger.info("delivered %d row(s) in %d notification(s)", len(rows), len(jobs), extra={"subscription": sub.id})
 
     def _delivered(self, conn: Connection, job: Job, *, now: datetime) -> None:
         outbox, sub = OutboxRepo(conn), job.subscription

@@ -32,6 +32,7 @@ from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
 from gateway.runtime import Runtime
 from gateway.subscriptions import delivery as delivery_module
+from gateway.subscriptions import worker as worker_module
 from gateway.subscriptions.channels import IDEMPOTENCY_HEADER, SIGNATURE_HEADER, DeliveryResult, verify
 from gateway.subscriptions.endpoints import vet_endpoint
 from gateway.subscriptions.service import (
@@ -43,7 +44,7 @@ from gateway.subscriptions.service import (
     update_subscription,
 )
 from gateway.subscriptions.topics import TOPIC_BASE
-from gateway.subscriptions.worker import HANDSHAKE_ATTEMPTS, DeliveryWorker
+from gateway.subscriptions.worker import HANDSHAKE_ATTEMPTS, RUN_AHEAD, DeliveryWorker
 from tests.messages import IPP_SYSTEM, Adt
 
 HOOK = "http://platform.test/hook"
@@ -909,11 +910,13 @@ def test_a_claim_is_two_statements_whatever_the_number_of_heads(harness: Harness
     assert committed == ["UPDATE", "SELECT"]
 
 
-def test_a_backlog_drains_with_one_commit_per_event(harness: Harness, platform: respx.MockRouter) -> None:
-    """``run`` records a delivery and leases the subscription's next event in one transaction: a backlog
-    of n events costs n + 1 commits (the first claim), not 2n, and goes out in order."""
+def test_a_backlog_drains_in_runs_with_one_commit_per_run(harness: Harness, platform: respx.MockRouter) -> None:
+    """``run`` leases a subscription's pending events as one run (up to ``RUN_AHEAD`` notifications), sends
+    them one after another, then records them all and leases the next run in one transaction: a backlog
+    of 5 costs 2 commits (the claim, the record), not 5 + 1 (one per event) nor 2n, and goes out in order."""
     route = platform.post(HOOK).respond(200)
-    harness.activate(harness.subscribe())
+    sub_id = harness.subscribe()
+    harness.activate(sub_id)
     for _ in range(5):
         harness.admit()
     commits: list[int] = []
@@ -941,7 +944,59 @@ def test_a_backlog_drains_with_one_commit_per_event(harness: Harness, platform: 
     finally:
         event.remove(harness.db, "commit", count)
     assert [numbers for kind, numbers in sent(route)] == [[], [1], [2], [3], [4], [5]]
-    assert len(commits) == 5 + 1
+    assert len(commits) == 2
+    assert [r.status for r in harness.rows(sub_id)] == ["delivered"] * 6
+
+
+def _run_until(harness: Harness, done: Callable[[], bool]) -> None:
+    async def main() -> None:
+        task = asyncio.create_task(harness.worker.run())
+        try:
+            for _ in range(1000):
+                if done():
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # let the last result be recorded
+        finally:
+            harness.worker.stop()
+            await task
+
+    asyncio.run(main())
+
+
+def test_a_failure_ends_a_run_and_what_is_behind_it_waits_for_it(harness: Harness, platform: respx.MockRouter) -> None:
+    """Event 3 of a run is refused (503): 1 and 2 are recorded delivered, 3 waits for its retry, 4 and 5
+    (leased with the run, never sent) are released behind it; once 3 is through, 4 and 5 follow, in order."""
+    route = platform.post(HOOK).mock(side_effect=answers(200, 200, 200, 503))  # the handshake, 1, 2, then 3
+    sub_id = harness.subscribe()
+    harness.activate(sub_id)
+    for _ in range(5):
+        harness.admit()
+    harness.worker.now = lambda: datetime.now(UTC) + timedelta(seconds=10)  # the retry comes due by itself
+    _run_until(harness, lambda: route.call_count >= 7)
+    assert [numbers for kind, numbers in sent(route)] == [[], [1], [2], [3], [3], [4], [5]]
+    rows = harness.rows(sub_id, kind="event-notification")
+    assert [r.status for r in rows] == ["delivered"] * 5
+    assert [r.attempts for r in rows] == [1, 1, 2, 1, 1]
+
+
+@pytest.mark.parametrize("max_count", [1, 2])
+def test_a_run_whose_time_is_up_releases_the_rest_due_at_once(
+    harness: Harness, platform: respx.MockRouter, monkeypatch: pytest.MonkeyPatch, max_count: int
+) -> None:
+    """With no time for more than one notification per run, each run sends one and releases the rest, which
+    goes out next at once (not after its lease): every event once, in order, ``maxCount`` per request."""
+    monkeypatch.setattr(worker_module, "RUN_SECONDS", 0.0)
+    route = platform.post(HOOK).respond(200)
+    sub_id = harness.subscribe(max_count=max_count)
+    harness.activate(sub_id)
+    for _ in range(5):
+        harness.admit()
+    requests = -(-5 // max_count) + 1
+    _run_until(harness, lambda: route.call_count >= requests)
+    expected = [[1], [2], [3], [4], [5]] if max_count == 1 else [[1, 2], [3, 4], [5]]
+    assert [numbers for kind, numbers in sent(route)] == [[], *expected]
+    assert [r.status for r in harness.rows(sub_id)] == ["delivered"] * 6
 
 
 def test_a_dead_endpoint_fails_at_its_deadline_and_never_delays_another(
@@ -1020,16 +1075,19 @@ def test_claims_fetch_heads_by_id_however_long_the_backlog(tmp_path: Any, mappin
             statements.append((statement, params))
 
     worker = DeliveryWorker(db=db, settings=settings)
-    (job,) = worker._claim()
-    ok = DeliveryResult(ok=True, status_code=200, error=None, retryable=False)
-    assert worker._record_then_next(job, ok) is not None
+    (run,) = worker._claim_runs()
+    assert len(run) == RUN_AHEAD
+    next_run = worker._record_run(run, run[:-1], None)  # all but the last sent: it is released, due at once
+    assert [job.head.event_number for job in next_run[:1]] == [run[-1].head.event_number]
+    failed = DeliveryResult(ok=False, status_code=503, error="HTTP 503", retryable=True)
+    assert worker._record_run(next_run, [], (next_run[0], failed)) == []  # the rest released behind it
     db.dispose()
     explained = sqlite3.connect(path)
     plans = [
         " | ".join(row[3] for row in explained.execute("EXPLAIN QUERY PLAN " + sql, params))
         for sql, params in statements
     ]
-    assert len(plans) >= 4  # any due, the claim, the record, the next head
+    assert len(plans) >= 8  # any due, the claims (head, run), the record, the release, the next head and run
     for plan in plans:
         assert "SCAN outbox" not in plan and "SCAN candidate" not in plan, plan
         assert "ix_outbox_due (status=?)" not in plan, plan
