@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -120,19 +120,17 @@ class GroupWriter:
                 future.set_result(None)
 
 
-async def _serve_connection(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, store_one: Callable[[tuple[str, str]], Any]
+async def serve_frames(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answer: Callable[[bytes], Awaitable[bytes]]
 ) -> None:
+    """Split MLLP frames by hand and write ``answer(message)`` (a framed ACK) for each, in order."""
     buffer = b""
     try:
         while chunk := await reader.read(65536):
             buffer += chunk
             while (end := buffer.find(END)) >= 0:
                 frame, buffer = buffer[:end], buffer[end + len(END) :]
-                message = frame[frame.find(START) + 1 :]
-                control, row = document(message)
-                await store_one(row)
-                writer.write(ack(control))
+                writer.write(await answer(frame[frame.find(START) + 1 :]))
                 await writer.drain()
     finally:
         writer.close()
@@ -144,13 +142,15 @@ async def floor_server(database_url: str, *, mode: str) -> AsyncIterator[int]:
     store = Store(database_url)
     group = GroupWriter(store) if mode == "group" else None
 
-    async def store_one(row: tuple[str, str]) -> None:
+    async def answer(message: bytes) -> bytes:
+        control, row = document(message)
         if group is not None:
             await group.put(row)
         else:
             await asyncio.to_thread(store.insert, [row])
+        return ack(control)
 
-    server = await asyncio.start_server(lambda r, w: _serve_connection(r, w, store_one), "127.0.0.1", 0)
+    server = await asyncio.start_server(lambda r, w: serve_frames(r, w, answer), "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:

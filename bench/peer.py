@@ -24,7 +24,7 @@ from fhir.resources.R4B.humanname import HumanName
 from fhir.resources.R4B.identifier import Identifier
 from fhir.resources.R4B.patient import Patient
 from fhir.resources.R4B.reference import Reference
-from floor import END, START, ack
+from floor import ack, serve_frames
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from sqlalchemy import Integer, String, Text, create_engine, event
@@ -112,24 +112,15 @@ class Peer:
         return ack(control.encode())
 
 
-async def _serve_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
-    buffer = b""
-    try:
-        while chunk := await reader.read(65536):
-            buffer += chunk
-            while (end := buffer.find(END)) >= 0:
-                frame, buffer = buffer[:end], buffer[end + len(END) :]
-                writer.write(await asyncio.to_thread(peer.handle, frame[frame.find(START) + 1 :]))
-                await writer.drain()
-    finally:
-        writer.close()
-
-
 @contextlib.asynccontextmanager
 async def peer_server(database_url: str) -> AsyncIterator[int]:
     """Run the naive peer on a free port; yields the port."""
     peer = Peer(database_url)
-    server = await asyncio.start_server(lambda r, w: _serve_connection(r, w, peer), "127.0.0.1", 0)
+
+    async def answer(message: bytes) -> bytes:
+        return await asyncio.to_thread(peer.handle, message)
+
+    server = await asyncio.start_server(lambda r, w: serve_frames(r, w, answer), "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
