@@ -189,7 +189,6 @@ class _Pending:
     mapped: Mapped
     transport: str
     now: datetime
-    done: bool = False
     outcome: Outcome | None = None
     #: the submitter's context (log correlation ids), when the writer thread applies it
     context: contextvars.Context | None = None
@@ -208,6 +207,11 @@ class _Job:
     context: contextvars.Context
 
 
+def _in_context(item: _Pending, call: Callable[..., Outcome], *args: object) -> Outcome:
+    """``call(*args)`` in the context the message was submitted in (its log correlation ids), if any."""
+    return item.context.run(call, *args) if item.context is not None else call(*args)
+
+
 #: Put on the writers' queue by :meth:`Pipeline.stop_writer`, once per thread: each ends after what came before it.
 _STOP = None
 
@@ -215,17 +219,14 @@ _STOP = None
 class Pipeline:
     """One instance per process; thread-safe.
 
-    Group commit, two ways in:
-
-    - :meth:`submit` (MLLP and HTTP): a writer thread takes every message waiting, parses and maps each,
-      applies each in a SAVEPOINT of one transaction, commits once, and only then answers them all. One
-      thread doing all the work (on SQLite) avoids threads contending for the GIL and the write lock, and
-      the group is whatever arrived while the previous one was committed.
-    - :meth:`ingest` from several threads: the thread holding the leader lock commits the others' mapped
-      messages with its own.
-
-    Either way, a message that fails rolls back alone and is then taken again on its own
-    (:meth:`_ingest_alone`), where it is stored as rejected or retried exactly as before.
+    Group commit: :meth:`submit` (MLLP and HTTP) hands a message to a writer thread, which takes every
+    message waiting, parses and maps each, applies each in a SAVEPOINT of one transaction, commits once, and
+    only then answers them all. One thread doing all the work (on SQLite) avoids threads contending for the
+    GIL and the write lock, and the group is whatever arrived while the previous one was committed;
+    :meth:`ingest_many` (``gateway import``) groups the messages it is given. A message that fails rolls
+    back alone and is then taken again on its own (:meth:`_ingest_alone`), where it is stored as rejected
+    or retried exactly as before. :meth:`ingest` (replay, the sandbox's trials, ``gateway convert``)
+    applies one message in its own transaction.
     """
 
     def __init__(
@@ -235,7 +236,6 @@ class Pipeline:
         db: DB,
         clock: Clock = utcnow,
         on_commit: Callable[[], None] | None = None,
-        group_commit: bool = True,
     ):
         self.engine = engine
         self.db = db
@@ -243,10 +243,6 @@ class Pipeline:
         self.on_commit = on_commit
         #: GATEWAY_CONFIDENTIAL_PLATFORM_ACCESS: platforms hear of PD1-12 = Y patients too (#13)
         self.confidential_to_platforms = False
-        self.group_commit = group_commit
-        self._queue: list[_Pending] = []
-        self._queue_lock = threading.Lock()
-        self._leader = threading.Lock()
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._writers: list[threading.Thread] = []
         #: writer threads (GATEWAY_INGEST_WRITERS); 0: one on SQLite, ``DEFAULT_PG_WRITERS`` on PostgreSQL
@@ -352,9 +348,7 @@ class Pipeline:
         """The outcome of a group member: its own, or, when it failed in the group, that of going alone."""
         if item.outcome is not None:
             return item.outcome
-        if item.context is not None:
-            return item.context.run(self._alone, item)
-        return self._alone(item)
+        return _in_context(item, self._alone, item)
 
     def _alone(self, item: _Pending) -> Outcome:
         try:
@@ -386,10 +380,6 @@ class Pipeline:
         item = self._prepare(raw, transport=transport, now=now, facilities=facilities)
         if isinstance(item, Outcome):
             return item
-        if self.group_commit:
-            outcome = self._grouped(item)
-            if outcome is not None:
-                return outcome
         return self._ingest_alone(item.raw, item.message, item.mapped, transport=transport, now=now)
 
     def _prepare(
@@ -438,12 +428,9 @@ class Pipeline:
     def _flush_group(self, group: list[_Pending], slots: list[int], outcomes: list[Outcome | None]) -> None:
         if not group:
             return
-        with self._leader:
-            self._commit_group(group)
+        self._commit_group(group)
         for slot, item in zip(slots, group, strict=True):
-            outcomes[slot] = item.outcome or self._ingest_alone(
-                item.raw, item.message, item.mapped, transport=item.transport, now=item.now
-            )
+            outcomes[slot] = self._settle(item)
 
     def _ingest_alone(
         self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
@@ -481,27 +468,14 @@ class Pipeline:
             logger.exception("answering from the MSH failed too; answering without it")
         return self._store_rejected(raw, None, error, transport=transport, now=now)
 
-    def _grouped(self, item: _Pending) -> Outcome | None:
-        """Wait until some thread (perhaps this one) has committed ``item`` with others; None: go alone."""
-        with self._queue_lock:
-            self._queue.append(item)
-        while True:
-            with self._leader:
-                if item.done:
-                    return item.outcome
-                with self._queue_lock:
-                    group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-                self._commit_group(group)
-
     def _commit_group(self, group: list[_Pending]) -> None:
-        """Apply ``group`` in one transaction, under the leader lock, so that the next group gathers meanwhile.
+        """Apply ``group`` in one transaction, each message under its own SAVEPOINT.
 
         A message alone takes the ordinary path (no savepoint). In a group, a message whose outcome is left
-        None (it failed, or the commit did) is taken again alone by its own thread.
+        None (it failed, or the commit did) is taken again alone by :meth:`_settle`.
         """
         if len(group) == 1:
-            item = group[0]
-            item.outcome, item.done = self._settle(item), True
+            group[0].outcome = self._settle(group[0])
             return
         try:
             with batch(self.db) as tx:
@@ -511,7 +485,7 @@ class Pipeline:
             logger.warning("group commit of %d messages failed: %s", len(group), exc.message)
             outcomes = [None] * len(group)
         for item, outcome in zip(group, outcomes, strict=True):
-            item.outcome, item.done = outcome, True
+            item.outcome = outcome
         if self.on_commit is not None and any(o is not None and o.notifications for o in outcomes):
             self.on_commit()
 
@@ -519,9 +493,7 @@ class Pipeline:
         """Apply one message of a group under its savepoint; None when it failed (it rolled back alone)."""
         try:
             with unit as uow:
-                if item.context is not None:
-                    return item.context.run(self._apply_pending, uow, item)
-                return self._apply_pending(uow, item)
+                return _in_context(item, self._apply_pending, uow, item)
         except Exception:  # a loop boundary: the message is taken again alone, and reported there
             return None
 

@@ -48,12 +48,14 @@ def test_a_failing_message_rolls_back_alone(
         pending(mapping_engine, Adt(control_id="G-3", ipp="410003", visit="V-43")),
     ]
     pipeline._commit_group(group)
-    assert [p.done for p in group] == [True, True, True]
     assert [p.outcome.code if p.outcome else None for p in group] == ["AA", None, "AA"]
     assert messages_by_status(db) == {"applied": 2}
     with db.connect() as conn:
         patients = conn.execute(select(schema.resources.c.id).where(schema.resources.c.type == "Patient")).all()
     assert len(patients) == 2  # nothing of the failed message stands
+    failed = pipeline._settle(group[1])  # taken again alone, it fails again: kept as an error, replayable
+    assert (failed.code, failed.status) == ("AE", "error")
+    assert messages_by_status(db) == {"applied": 2, "error": 1}
 
 
 def test_a_resend_in_the_same_group_is_applied_once(db: Engine, mapping_engine: MappingEngine) -> None:
