@@ -1031,16 +1031,8 @@ class SubscriptionRepo:
         self.conn.execute(delete(subscriptions).where(subscriptions.c.id == sub_id))
 
     def sent(self, sub_id: str, *, now: datetime) -> None:
-        self.conn.execute(update(subscriptions).where(subscriptions.c.id == sub_id).values(last_sent_at=now))
-
-    def sent_now(self, sub_id: str, *, now: datetime) -> None:
-        """:meth:`sent` with a statement built once (the delivery worker's hot path)."""
+        """Statement built once: the delivery worker's hot path."""
         self.conn.execute(_SUBSCRIPTION_SENT, {"sub_id": sub_id, "now": now})
-
-    def current(self, sub_id: str) -> SubscriptionRecord | None:
-        """:meth:`get` with a statement built once, whoever owns it (the delivery worker's hot path)."""
-        row = self.conn.execute(_SUBSCRIPTION_BY_ID, {"sub_id": sub_id}).first()
-        return _subscription(row) if row else None
 
     def with_heartbeat(self) -> list[SubscriptionRecord]:
         rows = self.conn.execute(
@@ -1057,10 +1049,12 @@ class SubscriptionRepo:
         return [_subscription(r) for r in self.conn.execute(query)]
 
     def get(self, sub_id: str) -> SubscriptionRecord | None:
-        query = select(subscriptions).where(subscriptions.c.id == sub_id)
-        if self.owner is not None:
-            query = query.where(subscriptions.c.owner == self.owner)
-        row = self.conn.execute(query).first()
+        """Unowned (the delivery worker's hot path) with a statement built once; a platform's, filtered."""
+        if self.owner is None:
+            row = self.conn.execute(_SUBSCRIPTION_BY_ID, {"sub_id": sub_id}).first()
+        else:
+            query = select(subscriptions).where(subscriptions.c.id == sub_id, subscriptions.c.owner == self.owner)
+            row = self.conn.execute(query).first()
         return _subscription(row) if row else None
 
     def get_many(self, sub_ids: Iterable[str]) -> dict[str, SubscriptionRecord]:
@@ -1218,7 +1212,7 @@ _CLAIM_FOLLOWING = (
 )
 
 #: A run of rows sent one notification after another, recorded in one statement (the worker's runs).
-_DELIVERED_MANY = (
+_DELIVERED = (
     update(outbox)
     .where(outbox.c.id.in_(bindparam("ids", expanding=True)))
     .values(status="delivered", delivered_at=bindparam("now"), attempts=outbox.c.attempts + 1, last_error=None)
@@ -1347,17 +1341,10 @@ class OutboxRepo:
         query = select(outbox.c.id).where(outbox.c.subscription_id == sub_id, outbox.c.status == "pending").limit(1)
         return self.conn.execute(query).first() is not None
 
-    def delivered(self, row_id: int, *, now: datetime) -> None:
-        self.conn.execute(
-            update(outbox)
-            .where(outbox.c.id == row_id)
-            .values(status="delivered", delivered_at=now, attempts=outbox.c.attempts + 1, last_error=None)
-        )
-
-    def delivered_many(self, row_ids: Sequence[int], *, now: datetime) -> None:
-        """:meth:`delivered` for many rows in one statement built once."""
+    def delivered(self, row_ids: Sequence[int], *, now: datetime) -> None:
+        """Rows sent and answered 2xx, in one statement built once (the delivery worker's hot path)."""
         if row_ids:
-            self.conn.execute(_DELIVERED_MANY, {"ids": list(row_ids), "now": now})
+            self.conn.execute(_DELIVERED, {"ids": list(row_ids), "now": now})
 
     def release(self, row_ids: Sequence[int], *, now: datetime) -> None:
         """Leased rows that were not sent are due again at ``now`` (still behind their head, in order)."""

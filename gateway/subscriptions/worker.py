@@ -354,17 +354,16 @@ class DeliveryWorker:
         sub = run[0].subscription
         with transaction(self.db) as conn:
             outbox = OutboxRepo(conn)
-            if len(sent) == 1:
-                self._delivered(conn, sent[0], now=now)  # handshakes and heartbeats are runs of one
-            elif sent:
-                self._delivered_run(conn, sent, now=now)
+            if sent:  # recorded as one notification: the run's rows, audited and marked together
+                rows = [row for job in sent for row in job.rows]
+                self._delivered(conn, Job(rows, sub, sent[0].outgoing, sent[0].bundle_id), now=now)
             if failure is not None:
                 self._failed(conn, failure[0], failure[1], now=now)
             outbox.release(unsent, now=now)
             if failure is not None or self._stopping:
                 return []
             head = outbox.claim_head_of(sub.id, now=now, lease_until=self._lease(now))
-            current = SubscriptionRepo(conn).current(sub.id) if head is not None else None
+            current = SubscriptionRepo(conn).get(sub.id) if head is not None else None
             claimed = self._batch(outbox, head, current, now=now, ahead=RUN_AHEAD) if head is not None else None
         runs = self._runs([claimed] if claimed is not None else [], now=now)
         return runs[0] if runs else []
@@ -476,20 +475,9 @@ class DeliveryWorker:
         else:
             self._failed(conn, job, result, now=now)
 
-    def _delivered_run(self, conn: Connection, jobs: list[Job], *, now: datetime) -> None:
-        """:meth:`_delivered` for a run of event notifications: one statement per table, not per row."""
-        sub = jobs[0].subscription
-        rows = [row for job in jobs for row in job.rows]
-        OutboxRepo(conn).delivered_many([row.id for row in rows], now=now)
-        SubscriptionRepo(conn).sent_now(sub.id, now=now)
-        _audit_delivery(conn, Job(rows=rows, subscription=sub, outgoing=jobs[0].outgoing, bundle_id=""), now=now)
-        self.delivered_total += len(rows)
-        logger.info("delivered %d row(s) in %d notification(s)", len(rows), len(jobs), extra={"subscription": sub.id})
-
     def _delivered(self, conn: Connection, job: Job, *, now: datetime) -> None:
         outbox, sub = OutboxRepo(conn), job.subscription
-        for row in job.rows:
-            outbox.delivered(row.id, now=now)
+        outbox.delivered([row.id for row in job.rows], now=now)
         SubscriptionRepo(conn).sent(sub.id, now=now)
         _audit_delivery(conn, job, now=now)
         self.delivered_total += len(job.rows)

@@ -180,8 +180,7 @@ def _drain(
                 bundles.append(build_notification_bundle(ctx, [event], bundle_id=bundle_id, now=now))
                 if sub.topic == DECLARATION_TOPIC:
                     orders += _nde_order(conn, row, now=now, medium=medium)
-            for row in rows:
-                outbox.delivered(row.id, now=now)
+            outbox.delivered([row.id for row in rows], now=now)
     return bundles, orders
 
 

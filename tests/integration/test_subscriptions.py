@@ -91,7 +91,7 @@ def activate(runtime: Runtime, sub_id: str) -> None:
         outbox = OutboxRepo(conn)
         for row in outbox.for_subscription(sub_id, statuses=["pending"]):
             if row.notification_type == "handshake":
-                outbox.delivered(row.id, now=utcnow())
+                outbox.delivered([row.id], now=utcnow())
         set_status(conn, sub_id, "active", now=utcnow())
 
 
