@@ -100,8 +100,13 @@ def throwaway_engine() -> Engine:
     return engine
 
 
-def make_engine(settings: Settings) -> Engine:
-    """One engine per process. SQLite gets WAL, a busy timeout and the configured ``synchronous``."""
+def make_engine(settings: Settings, *, quick_lock_retry: bool = False) -> Engine:
+    """One engine per process. SQLite gets WAL, a busy timeout and the configured ``synchronous``.
+
+    ``quick_lock_retry`` (SQLite): take the write lock by trying every millisecond rather than through
+    SQLite's busy handler, for a writer in another process than ingest's (``gateway worker``: see
+    :func:`_begin_retrying`). Nothing changes on PostgreSQL.
+    """
     url = settings.database_url
     parsed = _parse_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -125,10 +130,14 @@ def make_engine(settings: Settings) -> Engine:
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute(f"PRAGMA synchronous={synchronous}")
-            cur.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+            busy_ms = QUICK_BUSY_MS if quick_lock_retry else int(lock_timeout * 1000)
+            cur.execute(f"PRAGMA busy_timeout={busy_ms}")
             cur.close()
 
-        event.listen(engine, "begin", _begin_immediate)
+        if quick_lock_retry:
+            event.listen(engine, "begin", lambda conn: _begin_retrying(conn, limit=lock_timeout))
+        else:
+            event.listen(engine, "begin", _begin_immediate)
         return engine
     return create_engine(
         url,
@@ -144,46 +153,30 @@ def _begin_immediate(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-#: Seconds between two tries of SQLite's write lock by :func:`retry_writes_quickly`'s engine, and the busy
+#: Seconds between two tries of SQLite's write lock with ``make_engine(quick_lock_retry=True)``, and the busy
 #: timeout it leaves SQLite's own handler (whose sleeps grow to 100 ms a try).
 QUICK_RETRY_SECONDS = 0.001
 QUICK_BUSY_MS = 2
 
 
-def retry_writes_quickly(engine: Engine, settings: Settings) -> Engine:
-    """SQLite, for a writer of another process than ingest (``gateway worker`` beside ``gateway serve``):
-    take the write lock by trying every millisecond instead of through SQLite's busy handler.
+def _begin_retrying(conn: Any, *, limit: float) -> None:
+    """``BEGIN IMMEDIATE``, tried every :data:`QUICK_RETRY_SECONDS` for at most ``limit`` seconds.
 
-    Between processes there is no fair lock, only the busy handler, which sleeps 1, 2, 5 … then 50–100 ms
-    between tries: a worker lost the lock to ingest's writer thread (which takes it again the instant it
-    commits) so often that its claims waited hundreds of milliseconds and its backlog grew at 50 msg/s.
-    Trying every millisecond catches the gaps; the wait is still bounded by ``GATEWAY_DB_LOCK_TIMEOUT``.
-    Nothing on PostgreSQL.
+    Between processes there is no fair lock, only SQLite's busy handler, which sleeps 1, 2, 5 … then
+    50–100 ms between tries: a worker lost the lock to ingest's writer thread (which takes it again the
+    instant it commits) so often that its claims waited hundreds of milliseconds and its backlog grew at
+    50 msg/s. Trying every millisecond catches the gaps; the wait is still bounded by
+    ``GATEWAY_DB_LOCK_TIMEOUT``.
     """
-    if engine.dialect.name != "sqlite":
-        return engine
-    event.remove(engine, "begin", _begin_immediate)
-    limit = settings.db_lock_timeout
-
-    @event.listens_for(engine, "connect")
-    def _short_busy(dbapi_conn: Any, _record: Any) -> None:
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={QUICK_BUSY_MS}")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _begin_retrying(conn: Any) -> None:
-        deadline = time.monotonic() + limit
-        while True:
-            try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-                return
-            except OperationalError as exc:
-                if "locked" not in str(exc.orig) or time.monotonic() > deadline:
-                    raise
-            time.sleep(QUICK_RETRY_SECONDS)
-
-    return engine
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig) or time.monotonic() > deadline:
+                raise
+        time.sleep(QUICK_RETRY_SECONDS)
 
 
 def postgres_connect_args(settings: Settings) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import logging
 import signal
 
 from gateway.config import Settings
-from gateway.db.engine import make_engine, migrate, retry_writes_quickly, safe_url
+from gateway.db.engine import make_engine, migrate, safe_url
 from gateway.mapping.engine import Engine
 from gateway.subscriptions.worker import DeliveryWorker
 
@@ -25,9 +25,8 @@ logger = logging.getLogger(__name__)
 def build(settings: Settings, *, poll: float | None = None) -> DeliveryWorker:
     """The worker as ``gateway serve`` builds it (tables validated first, store migrated), listening."""
     tables = Engine.from_directory(settings.mappings_dir).tables
-    db = make_engine(settings)
+    db = make_engine(settings, quick_lock_retry=True)  # SQLite: its writes meet ingest's, of another process
     migrate(db)
-    retry_writes_quickly(db, settings)  # SQLite: its writes meet ingest's, of another process
     return DeliveryWorker(
         db=db,
         settings=settings,

@@ -21,11 +21,12 @@ from pathlib import Path
 import httpx
 import pytest
 import respx
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, insert, text
 
 from gateway.config import Settings
-from gateway.db.engine import make_engine, retry_writes_quickly, transaction
+from gateway.db.engine import make_engine, transaction
 from gateway.db.repo import OutboxRepo
+from gateway.db.schema import search_index
 from gateway.db.wakeup import Announcer, announces, watches
 from gateway.errors import StorageUnavailableError
 from gateway.mapping.engine import Engine as MappingEngine
@@ -208,7 +209,7 @@ def test_a_quickly_retrying_writer_gets_the_lock_once_another_process_lets_it_go
     worker's engine takes it soon after, by trying every millisecond, and gives up at its lock timeout."""
     path = tmp_path / "locks.db"
     settings = Settings(database_url=f"sqlite:///{path}", db_lock_timeout=1.0)
-    engine = retry_writes_quickly(make_engine(settings), settings)
+    engine = make_engine(settings, quick_lock_retry=True)
     with engine.connect() as conn:
         conn.execute(text("CREATE TABLE t (x INTEGER)"))
         conn.commit()
@@ -231,10 +232,13 @@ def test_a_quickly_retrying_writer_gets_the_lock_once_another_process_lets_it_go
         engine.dispose()
 
 
-def test_an_engine_with_quick_retries_still_writes(settings: Settings, db: Engine) -> None:
-    """On both stores (on PostgreSQL it is left as it is): a write transaction commits."""
-    assert retry_writes_quickly(db, settings) is db
-    with transaction(db) as conn:
-        conn.execute(text("UPDATE subscriptions SET last_sent_at = NULL WHERE id = 'none'"))
-    with db.connect() as conn:
-        assert conn.execute(text("SELECT count(*) FROM subscriptions")).scalar() == 0
+def test_an_engine_with_quick_retries_still_writes(settings: Settings) -> None:
+    """On both stores (on PostgreSQL the option changes nothing): a write transaction commits."""
+    db = make_engine(settings, quick_lock_retry=True)
+    try:
+        with transaction(db) as conn:
+            conn.execute(insert(search_index).values(type="Patient", id="p-1", param="active", system="", value="true"))
+        with db.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM search_index")).scalar() == 1
+    finally:
+        db.dispose()
