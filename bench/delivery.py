@@ -128,6 +128,27 @@ class TimingReceiver(Receiver):
             self.all_in.set()
 
 
+async def subscribe(settings: Settings, receiver: TimingReceiver, receiver_port: int, max_count: int) -> str:
+    """A rest-hook subscription to every admission (``maxCount`` events a notification), created over the
+    API, its signing secret given to the receiver; returns its id once the handshake was received."""
+    sub_body = _subscription("encounter-start", f"http://127.0.0.1:{receiver_port}/notify", "id-only")
+    del sub_body["_criteria"]  # every admission notifies
+    sub_body["channel"]["extension"] = [{"url": f"{BACKPORT}/backport-max-count", "valuePositiveInt": max_count}]
+    async with httpx.AsyncClient(timeout=30) as http:
+        answer = await http.post(
+            f"http://127.0.0.1:{settings.http_port}/fhir/Subscription",
+            content=json.dumps(sub_body),
+            headers={"Content-Type": "application/fhir+json"},
+        )
+        answer.raise_for_status()
+        created = answer.json()
+    receiver.secrets[created["id"]] = next(
+        e["valueString"] for e in created["channel"]["extension"] if e["url"] == SIGNING_SECRET
+    )
+    await asyncio.wait_for(receiver.handshake.wait(), timeout=WAIT)
+    return str(created["id"])
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -167,23 +188,7 @@ async def run(n: int, max_count: int, database_url: str, rate: float = 0.0) -> i
             mllp_port = runtime.mllp.port
             worker_task = asyncio.create_task(runtime.worker.run())
 
-            sub_body = _subscription("encounter-start", f"http://127.0.0.1:{receiver_port}/notify", "id-only")
-            del sub_body["_criteria"]  # every admission notifies
-            sub_body["channel"]["extension"] = [
-                {"url": f"{BACKPORT}/backport-max-count", "valuePositiveInt": max_count}
-            ]
-            async with httpx.AsyncClient(timeout=30) as http:
-                answer = await http.post(
-                    f"http://127.0.0.1:{settings.http_port}/fhir/Subscription",
-                    content=json.dumps(sub_body),
-                    headers={"Content-Type": "application/fhir+json"},
-                )
-                answer.raise_for_status()
-                created = answer.json()
-            receiver.secrets[created["id"]] = next(
-                e["valueString"] for e in created["channel"]["extension"] if e["url"] == SIGNING_SECRET
-            )
-            await asyncio.wait_for(receiver.handshake.wait(), timeout=WAIT)
+            await subscribe(settings, receiver, receiver_port, max_count)
 
             # -- live ------------------------------------------------------------------------------
             receiver.expect(n)
@@ -352,24 +357,8 @@ async def gateway_up(database_url: str, *, max_count: int = 1, worker_process: b
                 task = None
             else:
                 task = asyncio.create_task(runtime.worker.run())
-            sub_body = _subscription("encounter-start", f"http://127.0.0.1:{receiver_port}/notify", "id-only")
-            del sub_body["_criteria"]
-            sub_body["channel"]["extension"] = [
-                {"url": f"{BACKPORT}/backport-max-count", "valuePositiveInt": max_count}
-            ]
-            async with httpx.AsyncClient(timeout=30) as http:
-                answer = await http.post(
-                    f"http://127.0.0.1:{settings.http_port}/fhir/Subscription",
-                    content=json.dumps(sub_body),
-                    headers={"Content-Type": "application/fhir+json"},
-                )
-                answer.raise_for_status()
-                created = answer.json()
-            receiver.secrets[created["id"]] = next(
-                e["valueString"] for e in created["channel"]["extension"] if e["url"] == SIGNING_SECRET
-            )
-            await asyncio.wait_for(receiver.handshake.wait(), timeout=WAIT)
-            up = Up(runtime, receiver, settings, runtime.mllp.port, created["id"], task, process)
+            sub_id = await subscribe(settings, receiver, receiver_port, max_count)
+            up = Up(runtime, receiver, settings, runtime.mllp.port, sub_id, task, process)
             yield up
             await up.stop_worker()
     finally:
