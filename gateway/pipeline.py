@@ -38,7 +38,7 @@ from gateway.errors import (
 )
 from gateway.hl7 import er7
 from gateway.hl7.ack import AckIssue, build_ack, encode_ack
-from gateway.mapping.engine import Engine, Mapped, read_header
+from gateway.mapping.engine import Engine, Header, Mapped, read_header
 from gateway.metrics import FOLD_SECONDS, timed
 from gateway.state.apply import Applied, apply_message
 
@@ -79,9 +79,11 @@ def _error_issue(exc: GatewayError) -> AckIssue:
 
 
 def _header_values(message: er7.Message | None) -> dict[str, str]:
-    if message is None:
-        return {}
-    header = read_header(message)
+    return _header_fields(read_header(message)) if message is not None else {}
+
+
+def _header_fields(header: Header) -> dict[str, str]:
+    """The header's values stored with the message (its sender keys, type and trigger)."""
     return {
         "sending_application": header.sending_application,
         "sending_facility": header.sending_facility,
@@ -98,12 +100,12 @@ def _check_header(message: er7.Message) -> None:
         raise ParseError("MSH-9 (message type) is empty", location="MSH-9")
 
 
-def _check_facility(message: er7.Message, facilities: frozenset[str] | None) -> None:
+def _check_facility(header: Header, facilities: frozenset[str] | None) -> None:
     """Sender binding (#13): a sender posts only as one of its registered facilities (MSH-4, or its
     namespace id); any other claim is kept and answered AR."""
     if facilities is None:
         return
-    claimed = read_header(message).sending_facility
+    claimed = header.sending_facility
     if claimed in facilities or claimed.split("^")[0] in facilities:
         return
     if not facilities:
@@ -120,14 +122,14 @@ _KEY_FIELDS = {"sending_application": "MSH-3", "sending_facility": "MSH-4", "con
 _SEGMENT_END = re.compile(rb"\r\n|\n|\r")
 
 
-def _check_key_lengths(message: er7.Message) -> None:
+def _check_key_lengths(header: Header) -> None:
     """A key longer than its column would be stored cut and looked up whole: refuse it, precisely."""
-    header = _header_values(message)
+    values = _header_fields(header)
     for name, location in _KEY_FIELDS.items():
         limit = MESSAGE_KEY_LENGTHS[name]
-        if limit and len(header[name]) > limit:
+        if limit and len(values[name]) > limit:
             raise KeyTooLongError(
-                f"{location} is {len(header[name])} characters long; at most {limit} are accepted", location=location
+                f"{location} is {len(values[name])} characters long; at most {limit} are accepted", location=location
             )
 
 
@@ -391,9 +393,10 @@ class Pipeline:
         try:
             message = er7.parse(raw)
             _check_header(message)
-            _check_key_lengths(message)
-            _check_facility(message, facilities)
-            mapped = self.engine.map(message)
+            header = read_header(message)  # once: the checks, the map and the stored row all use it
+            _check_key_lengths(header)
+            _check_facility(header, facilities)
+            mapped = self.engine.map(message, header=header)
         except GatewayError as exc:
             return self._store_rejected(raw, message, exc, transport=transport, now=now)
         except Exception as exc:
@@ -511,7 +514,7 @@ class Pipeline:
         self, uow: UnitOfWork, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime
     ) -> Outcome:
         """The one place a message is applied: duplicate check, the message row with its AA, the state."""
-        header = _header_values(message)
+        header = _header_fields(mapped.header)
         repo = uow.messages
         previous = repo.find_applied(
             sending_application=header["sending_application"],

@@ -141,8 +141,9 @@ class Engine:
     def from_directory(cls, directory: Path) -> Engine:
         return cls(load_tables(directory, transforms=frozenset(TRANSFORMS)))
 
-    def map(self, message: Message) -> Mapped:
-        header = read_header(message)
+    def map(self, message: Message, *, header: Header | None = None) -> Mapped:
+        """``header``: the message's :func:`read_header`, when the caller has read it already."""
+        header = header or read_header(message)
         event = self._route(header)
         ctx = MapContext(tables=self.tables, sender=header.sender)
         ctx.warnings.extend(("MSH", w) for w in message.warnings)
