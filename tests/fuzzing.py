@@ -17,7 +17,7 @@ from pathlib import Path
 from gateway.errors import GatewayError
 from gateway.hl7 import er7
 from gateway.hl7.ack import AckIssue, build_ack
-from gateway.mapping.engine import Engine
+from gateway.mapping.engine import Engine, read_header
 from gateway.pipeline import _check_header, _check_key_lengths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -269,8 +269,9 @@ def pure_step(engine: Engine, raw: bytes) -> bytes:
     try:
         message = er7.parse(raw)
         _check_header(message)
-        _check_key_lengths(message)
-        mapped = engine.map(message)
+        header = read_header(message)
+        _check_key_lengths(header)
+        mapped = engine.map(message, header=header)
     except GatewayError as exc:
         issue = AckIssue(code=exc.code, text=exc.message, location=exc.location)
         return build_ack(message, code=exc.ack_code, issues=[issue], now=NOW).encode("utf-8")
