@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    event,
     exists,
     func,
     insert,
@@ -983,8 +985,33 @@ class OutboxRecord:
     retry_since: datetime | None = None
 
 
+#: Bumped by every subscription written in this process, at the write and again at its commit, so that
+#: the listening registry (``gateway/db/unit.py``) reads them again at once: one that re-read between the two
+#: (on PostgreSQL, from another connection) did not see the row yet. Other processes' writes are seen when
+#: the registry's read expires.
+_subscription_changes = [0]
+_changes_lock = threading.Lock()
+
+
+def subscription_generation() -> int:
+    """How many subscription writes this process has made (a generation, compared, never shown)."""
+    return _subscription_changes[0]
+
+
+def _bump(*_: Any) -> None:
+    with _changes_lock:
+        _subscription_changes[0] += 1
+
+
+def _subscriptions_changed(conn: Connection) -> None:
+    _bump()
+    event.listen(conn, "commit", _bump, once=True)
+
+
 class SubscriptionRepo:
-    """Subscriptions; built with an ``owner`` (a platform's client id), :meth:`get` finds only its own."""
+    """Subscriptions; built with an ``owner`` (a platform's client id), :meth:`get` finds only its own.
+
+    Every write tells the listening registry (see :func:`subscription_generation`)."""
 
     def __init__(self, conn: Connection, *, owner: str | None = None) -> None:
         self.conn = conn
@@ -1012,6 +1039,7 @@ class SubscriptionRepo:
         }
 
     def add(self, record: SubscriptionRecord) -> None:
+        _subscriptions_changed(self.conn)
         self.conn.execute(
             insert(subscriptions).values(
                 id=record.id,
@@ -1024,9 +1052,11 @@ class SubscriptionRepo:
 
     def update(self, record: SubscriptionRecord) -> None:
         """Replace what a platform may change (never the event counter)."""
+        _subscriptions_changed(self.conn)
         self.conn.execute(update(subscriptions).where(subscriptions.c.id == record.id).values(**self._settable(record)))
 
     def delete(self, sub_id: str) -> None:
+        _subscriptions_changed(self.conn)
         self.conn.execute(delete(outbox).where(outbox.c.subscription_id == sub_id, outbox.c.status != "delivered"))
         self.conn.execute(delete(subscriptions).where(subscriptions.c.id == sub_id))
 
@@ -1095,12 +1125,18 @@ class SubscriptionRepo:
         return [str(r[0]) for r in rows]
 
     def set_status(self, sub_id: str, status: str, *, error: str | None = None) -> None:
+        _subscriptions_changed(self.conn)
         self.conn.execute(update(subscriptions).where(subscriptions.c.id == sub_id).values(status=status, error=error))
 
     def next_event_number(self, sub_id: str) -> int:
-        """Increment and return the subscription's counter; the row lock keeps numbers gapless."""
+        """Increment and return the subscription's counter; the row lock keeps numbers gapless.
+
+        A subscription another instance deleted since the listening registry read it has no row left: the
+        registry is told to read again and the message is applied again (:class:`StorageConflictError`)."""
         row = run(self.conn, _NEXT_EVENT_NUMBER, {"sub_id": sub_id}).first()
-        assert row is not None
+        if row is None:
+            _bump()
+            raise StorageConflictError("a subscription was deleted meanwhile (another instance)")
         return int(row[0])
 
 
