@@ -22,7 +22,6 @@ rendered once, as the values it holds), no Python-side default computed per row.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -101,6 +100,8 @@ class Compiled:
     #: result processors, one per column (None where the driver's value is kept); None: no rows
     results: tuple[_Processor, ...] | None
     row: type[Row]
+    #: (column, processor) of the columns converted (the others are kept as the driver returns them)
+    converted: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
 
     def bind(self, params: Mapping[str, Any]) -> Any:
         """The driver's parameters for one row of ``params``."""
@@ -118,28 +119,32 @@ class Compiled:
         return out
 
     def rows(self, fetched: Sequence[Sequence[Any]]) -> list[Row]:
-        make, procs = self.row, self.results
-        assert procs is not None
-        if not any(procs):
+        make, converted = self.row, self.converted
+        if not converted:
             return [make(r) for r in fetched]
-        return [make(v if p is None else p(v) for p, v in zip(procs, r, strict=True)) for r in fetched]
+        out = []
+        for r in fetched:
+            values = list(r)
+            for i, proc in converted:
+                values[i] = proc(values[i])
+            out.append(make(values))
+        return out
 
 
-_SHAPES: weakref.WeakKeyDictionary[Dialect, dict[tuple[Any, ...], Compiled]] = weakref.WeakKeyDictionary()
+#: (statement, dialect, parameter names, executemany) -> compiled; bounded by :data:`MAX_SHAPES` (a throw-away
+#: store's dialect is held until then, no longer)
+_SHAPES: dict[tuple[Any, ...], Compiled] = {}
 
 
 def compiled(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], *, many: bool = False) -> Compiled:
     """``statement`` compiled for ``dialect`` with parameters named ``keys``, for ``executemany`` or not
     (an INSERT run once gets PostgreSQL's implicit ``RETURNING`` of its key, as SQLAlchemy does) (cached)."""
-    shapes = _SHAPES.get(dialect)
-    if shapes is None:
-        shapes = _SHAPES.setdefault(dialect, {})
-    key = (statement, keys, many)
-    found = shapes.get(key)
+    key = (statement, dialect, keys, many)
+    found = _SHAPES.get(key)
     if found is None:
-        if len(shapes) >= MAX_SHAPES:
-            shapes.clear()
-        found = shapes[key] = _compile(statement, dialect, keys, many=many)
+        if len(_SHAPES) >= MAX_SHAPES:
+            _SHAPES.clear()
+        found = _SHAPES[key] = _compile(statement, dialect, keys, many=many)
     return found
 
 
@@ -180,7 +185,15 @@ def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], 
     if comp._result_columns:
         results = tuple(col[3]._cached_result_processor(dialect, None) for col in comp._result_columns)
         fields = [col[0] for col in comp._result_columns]
-    return Compiled(sql=state.statement, positional=positional, named=named, results=results, row=_row_class(fields))
+    converted = tuple((i, proc) for i, proc in enumerate(results or ()) if proc is not None)
+    return Compiled(
+        sql=state.statement,
+        positional=positional,
+        named=named,
+        results=results,
+        row=_row_class(fields),
+        converted=converted,
+    )
 
 
 def _scalar_defaults(comp: SQLCompiler) -> dict[str, Any]:
@@ -198,23 +211,27 @@ def _scalar_defaults(comp: SQLCompiler) -> dict[str, Any]:
 def execute(conn: Connection, statement: ClauseElement, params: Params) -> Result:
     """Run ``statement`` (built once) with ``params`` (a dict, or a list of dicts: ``executemany``) on
     ``conn``'s DB-API connection, inside ``conn``'s transaction or SAVEPOINT."""
-    many = not isinstance(params, Mapping)
+    many = type(params) is not dict and not isinstance(params, Mapping)  # (the ABC check is slow: dicts first)
     rows: Sequence[Mapping[str, Any]] = params if many else [params]  # type: ignore[list-item,assignment]
     shape = compiled(statement, conn.dialect, tuple(rows[0]), many=many)
     dbapi = _ready(conn)
     bound: Any = [shape.bind(r) for r in rows] if many else shape.bind(rows[0])
+    # An engine with any connection listener (ours have "begin") has events: ask for these two, on the
+    # engine's own listeners unless the connection has some of its own (fewer levels to look through).
+    dispatch = conn.dispatch if conn._has_events else conn.engine.dispatch if conn.engine._has_events else None
+    before = dispatch.before_cursor_execute if dispatch is not None else None
+    after = dispatch.after_cursor_execute if dispatch is not None else None
     cursor = dbapi.cursor()
     try:
-        events = conn._has_events or conn.engine._has_events
-        if events:
-            for fn in conn.dispatch.before_cursor_execute:
+        if before:
+            for fn in before:
                 _, bound = fn(conn, cursor, shape.sql, bound, None, many)
         if many:
             cursor.executemany(shape.sql, bound)
         else:
             cursor.execute(shape.sql, bound)
-        if events:
-            conn.dispatch.after_cursor_execute(conn, cursor, shape.sql, bound, None, many)
+        if after:
+            after(conn, cursor, shape.sql, bound, None, many)
         fetched = shape.rows(cursor.fetchall()) if shape.results is not None else []
         result = Result(fetched, cursor.rowcount)
     except BaseException as exc:
