@@ -232,13 +232,17 @@ def execute(conn: Connection, statement: ClauseElement, params: Params) -> Resul
             cursor.execute(shape.sql, bound)
         if after:
             after(conn, cursor, shape.sql, bound, None, many)
-        fetched = shape.rows(cursor.fetchall()) if shape.results is not None else []
-        result = Result(fetched, cursor.rowcount)
+        fetched = cursor.fetchall() if shape.results is not None else []
+        rowcount = cursor.rowcount
     except BaseException as exc:
-        conn._handle_dbapi_exception(exc, shape.sql, bound, cursor, None)
+        # The connection's own handler: a driver error wrapped (with the statement) into SQLAlchemy's tree,
+        # a lost connection or an interrupt invalidating it. Anything else (a listener's error) is raised as
+        # it is, as SQLAlchemy raises it: without an execution context the handler would wrap it.
+        driver = isinstance(exc, conn.dialect.loaded_dbapi.Error)
+        conn._handle_dbapi_exception(exc, shape.sql if driver else None, bound if driver else None, cursor, None)
     finally:
         cursor.close()
-    return result
+    return Result(shape.rows(fetched) if fetched else [], rowcount)
 
 
 def _ready(conn: Connection) -> Any:

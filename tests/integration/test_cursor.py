@@ -169,3 +169,19 @@ def test_a_statement_built_per_call_is_a_new_shape_each_time() -> None:
         with engine.connect() as conn:
             cursor.execute(conn, select(resources.c.id).where(resources.c.id == bindparam("x")), {"x": str(i)})
     assert len(cursor._SHAPES) <= cursor.MAX_SHAPES
+
+
+def test_a_listeners_error_is_raised_as_it_is(db: Engine) -> None:
+    """Not wrapped into a ``StatementError``, as on SQLAlchemy's path; and the connection stays usable."""
+
+    def failing(*_: Any) -> None:
+        raise RuntimeError("listener")
+
+    with db.connect() as conn:
+        event.listen(db, "before_cursor_execute", failing)
+        try:
+            with pytest.raises(RuntimeError, match="listener"):
+                cursor.execute(conn, _GET_RESOURCE, {"rtype": "Patient", "rid": "x"})
+        finally:
+            event.remove(db, "before_cursor_execute", failing)
+        assert cursor.execute(conn, _GET_RESOURCE, {"rtype": "Patient", "rid": "x"}).first() is None
