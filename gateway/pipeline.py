@@ -210,6 +210,14 @@ class _Job:
     context: contextvars.Context
 
 
+def _logged(outcome: Outcome) -> Outcome:
+    """Log an applied message once its transaction has committed (a group tried without savepoints may be
+    rolled back and applied again: it would otherwise be logged twice, once under an id that never was)."""
+    if outcome.status == "applied":
+        logger.info("message applied", extra={"message_id": outcome.message_id, "changed": len(outcome.changed)})
+    return outcome
+
+
 def _in_context(item: _Pending, call: Callable[..., Outcome], *args: object) -> Outcome:
     """``call(*args)`` in the context the message was submitted in (its log correlation ids), if any."""
     return item.context.run(call, *args) if item.context is not None else call(*args)
@@ -500,7 +508,7 @@ class Pipeline:
         if outcomes is None:  # (with savepoints a failing message rolls back alone: never None)
             outcomes = self._group_transaction(group, savepoints=True) or [None] * len(group)
         for item, outcome in zip(group, outcomes, strict=True):
-            item.outcome = outcome
+            item.outcome = outcome if outcome is None else _in_context(item, _logged, outcome)
         if self.on_commit is not None and any(o is not None and o.notifications for o in outcomes):
             self.on_commit()
 
@@ -537,6 +545,7 @@ class Pipeline:
     def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
         with unit_of_work(self.db) as uow:
             outcome = self._apply_in(uow, raw, message, mapped, transport=transport, now=now)
+        _logged(outcome)
         if outcome.notifications and self.on_commit is not None:
             self.on_commit()
         return outcome
@@ -569,7 +578,6 @@ class Pipeline:
             ack=ack,
         )
         applied = self._fold(uow, mapped, message_id=message_id, now=now)
-        logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})
         outcome = _outcome("AA", ack, message, message_id=message_id, status="applied", issues=issues)
         outcome.changed, outcome.notifications = applied.changed, applied.notifications
         return outcome

@@ -5,6 +5,7 @@ message fails, the transaction is rolled back whole and the group applied again 
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -60,8 +61,9 @@ def failing_on_bad(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_failing_message_rolls_back_alone(
-    db: Engine, mapping_engine: MappingEngine, monkeypatch: pytest.MonkeyPatch
+    db: Engine, mapping_engine: MappingEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.pipeline")
     pipeline = Pipeline(engine=mapping_engine, db=db, clock=lambda: NOW)
     failing_on_bad(monkeypatch)
     group = [
@@ -75,6 +77,10 @@ def test_a_failing_message_rolls_back_alone(
     with db.connect() as conn:
         patients = conn.execute(select(schema.resources.c.id).where(schema.resources.c.type == "Patient")).all()
     assert len(patients) == 2  # nothing of the failed message stands
+    with db.connect() as conn:
+        stored = {int(i) for (i,) in conn.execute(select(schema.messages.c.id))}
+    logged = [r.message_id for r in caplog.records if r.getMessage() == "message applied"]  # type: ignore[attr-defined]
+    assert sorted(logged) == sorted(stored)  # once each, after the commit, under the ids that stand
     failed = pipeline._settle(group[1])  # taken again alone, it fails again: kept as an error, replayable
     assert (failed.code, failed.status) == ("AE", "error")
     assert messages_by_status(db) == {"applied": 2, "error": 1}
