@@ -1004,8 +1004,12 @@ def _bump(*_: Any) -> None:
 
 
 def _subscriptions_changed(conn: Connection) -> None:
+    """Bumped now, and again when the transaction ends: at its commit (see above), or at its rollback, for a
+    registry that read the row uncommitted in this very transaction (it would otherwise keep it until its
+    read expires)."""
     _bump()
     event.listen(conn, "commit", _bump, once=True)
+    event.listen(conn, "rollback", _bump, once=True)
 
 
 class SubscriptionRepo:

@@ -143,3 +143,16 @@ def test_validity_is_applied_per_message(db: Engine, mapping_engine: MappingEngi
     late = Pipeline(engine=mapping_engine, db=db, clock=lambda: NOW + timedelta(hours=2))
     _admit(late, 2)
     assert _queued(db) == ["later", "over"]
+
+
+def test_a_subscription_rolled_back_is_not_kept(db: Engine, clock: Clock) -> None:
+    """Read uncommitted in its own transaction (as a platform action's unit of work would), then rolled back:
+    the registry reads again on the next message instead of keeping it until its read expires."""
+    registry = listening_registry(db)
+    with db.connect() as conn:
+        trans = conn.begin()
+        SubscriptionRepo(conn).add(_record("phantom"))
+        assert [s.id for s in registry.listening(SubscriptionRepo(conn))[START]] == ["phantom"]
+        trans.rollback()
+    with db.connect() as conn:
+        assert registry.listening(SubscriptionRepo(conn)) == {}
