@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from gateway.canonical import CANONICAL_BASE
@@ -63,6 +64,7 @@ SYSTEM_MARK = "~"
 _LONGEST_FIRST = sorted(enumerate(SYSTEM_CODES), key=lambda c: -len(c[1]))
 
 
+@lru_cache(maxsize=4096)  # a few dozen systems recur in every message's entries
 def stored_system(system: str) -> str:
     """A system as the index stores (and is searched for) it: its longest listed prefix as a code."""
     for code, prefix in _LONGEST_FIRST:
@@ -131,10 +133,16 @@ def instant_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(INSTANT_FORMAT)
 
 
+@lru_cache(maxsize=4096)  # a stay's dates recur in its circle's periods, message after message
+def _instant(text: str, *, upper: bool) -> str | None:
+    bounds = instant_bounds(text)
+    return instant_text(bounds[1] if upper else bounds[0]) if bounds else None
+
+
 def _date(param: str, value: Any, *, upper: bool = False) -> list[Entry]:
     """A date parameter entry: the value's first instant (its last one, exclusive, with ``upper``)."""
-    bounds = instant_bounds(str(value)) if value else None
-    return [(param, "", instant_text(bounds[1] if upper else bounds[0]))] if bounds else []
+    instant = _instant(str(value), upper=upper) if value else None
+    return [(param, "", instant)] if instant is not None else []
 
 
 def _careteam_dates(team: JSON) -> list[Entry]:
