@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.canonical import CANONICAL_BASE
 from gateway.mapping.directory import practitioner_of_role
-from gateway.mapping.ids import ps_identifier_forms
+from gateway.mapping.ids import MEMO_LONGEST, ps_identifier_forms
 
 JSON = dict[str, Any]
 Entry = tuple[str, str, str]  # (param, system, value)
@@ -64,13 +64,20 @@ SYSTEM_MARK = "~"
 _LONGEST_FIRST = sorted(enumerate(SYSTEM_CODES), key=lambda c: -len(c[1]))
 
 
-@lru_cache(maxsize=4096)  # a few dozen systems recur in every message's entries
 def stored_system(system: str) -> str:
     """A system as the index stores (and is searched for) it: its longest listed prefix as a code."""
+    return _coded(system) if len(system) > MEMO_LONGEST else _known_coded(system)
+
+
+def _coded(system: str) -> str:
     for code, prefix in _LONGEST_FIRST:
         if system.startswith(prefix):
             return f"{SYSTEM_MARK}{chr(ord('A') + code)}{system[len(prefix) :]}"
     return system
+
+
+#: a few dozen systems recur in every message's ~50 entries, each walking the nine prefixes
+_known_coded = lru_cache(maxsize=4096)(_coded)
 
 
 def system_of(stored: str) -> str:
@@ -133,15 +140,21 @@ def instant_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(INSTANT_FORMAT)
 
 
-@lru_cache(maxsize=4096)  # a stay's dates recur in its circle's periods, message after message
-def _instant(text: str, *, upper: bool) -> str | None:
+def _instant(text: str, upper: bool) -> str | None:
     bounds = instant_bounds(text)
     return instant_text(bounds[1] if upper else bounds[0]) if bounds else None
 
 
+#: a stay's dates recur in its movements' and its circle's periods, and in the previous version's entries
+_known_instant = lru_cache(maxsize=4096)(_instant)
+
+
 def _date(param: str, value: Any, *, upper: bool = False) -> list[Entry]:
     """A date parameter entry: the value's first instant (its last one, exclusive, with ``upper``)."""
-    instant = _instant(str(value), upper=upper) if value else None
+    if not value:
+        return []
+    text = str(value)
+    instant = _instant(text, upper) if len(text) > MEMO_LONGEST else _known_instant(text, upper)
     return [(param, "", instant)] if instant is not None else []
 
 
