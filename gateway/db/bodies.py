@@ -11,9 +11,9 @@ for ~7 µs more a body; the level is not part of the format (any level inflates 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
-import threading
 import zlib
 from pathlib import Path
 
@@ -47,8 +47,10 @@ _PRIMED = {
 }
 
 
-#: how many bodies :class:`_Inflated` remembers (~2.5 KB each, text and body: a few MB in all)
+#: how many bodies :class:`_Inflated` remembers (~2.5 KB each, text and body)
 INFLATED_BODIES = 1024
+#: texts longer than this are not remembered, so that the cache stays a few MB whatever the bodies
+REMEMBERED_TEXT = 16_384
 
 
 class _Inflated:
@@ -57,22 +59,26 @@ class _Inflated:
     A message reads back what the previous messages wrote (the stay's facts, the patient, the circle)
     and the same doctors and units every time; inflating a body costs ~7 µs, most of it setting the
     dictionary, against a hash of its ~300 bytes here. A body's bytes determine its text, so an entry
-    is never stale. Writer threads and API reads share it: one lock, oldest entries dropped first.
+    is never stale. Writer threads and API reads share it without a lock (a dict's get and set are atomic
+    under the GIL); the oldest entry goes first, and two threads dropping at once may leave one more.
     """
 
     def __init__(self, size: int) -> None:
         self._size = size
         self._texts: dict[bytes, bytes] = {}
-        self._lock = threading.Lock()
 
     def get(self, body: bytes) -> bytes | None:
         return self._texts.get(body)
 
     def keep(self, body: bytes, text: bytes) -> None:
-        with self._lock:
-            if len(self._texts) >= self._size:
-                del self._texts[next(iter(self._texts))]
-            self._texts[body] = text
+        if len(text) > REMEMBERED_TEXT:
+            return  # a resource swollen by a huge field: inflating it again is cheap beside its size
+        texts = self._texts
+        texts[body] = text
+        if len(texts) > self._size:
+            # another thread may have dropped it, or changed the dict meanwhile
+            with contextlib.suppress(KeyError, RuntimeError):
+                del texts[next(iter(texts))]
 
 
 _INFLATED = _Inflated(INFLATED_BODIES)

@@ -51,3 +51,11 @@ def test_raw_messages_are_not_remembered() -> None:
     assert bodies._INFLATED.get(stored) is None
     assert bodies.unpacked_message(stored) == (b"MSH|^~\\&|A|B", None)
     assert bodies._INFLATED.get(stored) is None
+
+
+def test_a_huge_text_is_not_remembered_but_reads_back() -> None:
+    text = orjson.dumps({"resourceType": "Patient", "id": "p", "text": "x" * (bodies.REMEMBERED_TEXT + 1)})
+    stored = bodies.encode(text)
+    assert bodies._INFLATED.get(stored) is None
+    assert bodies.decode(stored) == text
+    assert bodies._INFLATED.get(stored) is None
