@@ -92,9 +92,17 @@ def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[st
     instant goes where a token's system does, its value left empty (see ``gateway/db/schema.py``)."""
     rows: dict[tuple[str, str, str], dict[str, str]] = {}
     for param, system, value in entries:
-        found_by, qualifier = ("", value) if param in DATE_PARAMS else (value, stored_system(system))
-        row = {"type": rtype, "param": param, "value": found_by[:WIDTH], "id": rid, "system": qualifier[:WIDTH]}
-        rows[(param, row["value"], row["system"])] = row
+        if param in DATE_PARAMS:
+            found_by, qualifier = "", value[:WIDTH]
+        else:
+            found_by, qualifier = value[:WIDTH], stored_system(system)[:WIDTH]
+        rows[(param, found_by, qualifier)] = {
+            "type": rtype,
+            "param": param,
+            "value": found_by,
+            "id": rid,
+            "system": qualifier,
+        }
     return rows
 
 
