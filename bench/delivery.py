@@ -17,9 +17,12 @@ admission notifies. Two phases on the same gateway:
     .venv/bin/python bench/delivery.py --backlog 100000                             # RSS while draining
     .venv/bin/python bench/delivery.py --rate 100 --sustain 60 --worker-process     # delivery in `gateway worker`
 
-Sender, gateway and receiver share one process and event loop, so the figures include all three; with
-``--worker-process`` (sustained and backlog runs) delivery runs in a ``gateway worker`` subprocess instead
-(the gateway with ``GATEWAY_RUN_WORKER=false``), and its CPU and RSS are read from ``/proc`` apart.
+Sender and gateway share one process and event loop. The receiver (``bench/receiver.py``) shares it too,
+except in the sustained run, where it is a process of its own as a platform is another system
+(``--receiver-in-process`` for the earlier setup: its uvicorn and HMAC checks then take the interpreter lock
+from the gateway's writer). With ``--worker-process`` (sustained and backlog runs) delivery runs in a
+``gateway worker`` subprocess instead (the gateway with ``GATEWAY_RUN_WORKER=false``), and its CPU and RSS
+are read from ``/proc`` apart.
 Exit status 1 when an event is lost, duplicated, out of order or badly signed.
 """
 
@@ -43,17 +46,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import orjson
-from fastapi import Request, Response
+from receiver import ReceiverProcess, TimingReceiver
 
 from gateway.api.app import create_app
 from gateway.config import Settings
 from gateway.db.engine import transaction
 from gateway.db.repo import OutboxRepo, ResourceRepo
-from gateway.demo import Receiver, _subscription, free_port, serving
+from gateway.demo import _subscription, free_port, serving
 from gateway.hl7.mllp import MLLPClient
 from gateway.runtime import Runtime
-from gateway.subscriptions.channels import SIGNATURE_HEADER, verify
 from gateway.subscriptions.service import SIGNING_SECRET
 from gateway.subscriptions.worker import DeliveryWorker
 
@@ -61,6 +62,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ADMISSION = (ROOT / "fixtures" / "demo" / "01_A01_admission.hl7").read_bytes()
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 WAIT = 120.0  # seconds: a bound on each phase, far above any sane figure
+AnyReceiver = TimingReceiver | ReceiverProcess
 
 
 def _replace_once(text: bytes, old: bytes, new: bytes) -> bytes:
@@ -77,58 +79,7 @@ def admission(run: str, k: int) -> bytes:
     return _replace_once(message, b"|MVT-1001^", f"|MVT-{run}-{k}^".encode())
 
 
-class TimingReceiver(Receiver):
-    """Records when each event number first arrives, duplicates, order breaks and bad signatures."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.arrived: dict[int, float] = {}
-        #: ``Encounter/<id>`` → first arrival, to tie an event to the message that caused it (several
-        #: connections commit in any order, so event numbers do not follow the send order)
-        self.by_focus: dict[str, float] = {}
-        self.order: list[int] = []
-        self.requests = 0
-        self.duplicates = 0
-        self.unsigned = 0
-        self.handshake = asyncio.Event()
-        self.target = 0
-        self.all_in = asyncio.Event()
-
-    async def _notify(self, request: Request) -> Response:
-        body = await request.body()
-        now = time.perf_counter()
-        bundle = orjson.loads(body)
-        params = bundle["entry"][0]["resource"]["parameter"]
-        sub_id = params[0]["valueReference"]["reference"].rsplit("/", 1)[-1]
-        if not verify(body, self.secrets.get(sub_id, ""), request.headers.get(SIGNATURE_HEADER, "")):
-            self.unsigned += 1
-        kind = next(p["valueCode"] for p in params if p["name"] == "type")
-        if kind == "handshake":
-            self.handshake.set()
-            return Response(status_code=200)
-        self.requests += 1
-        for event in (p for p in params if p["name"] == "notification-event"):
-            number = int(next(part["valueString"] for part in event["part"] if part["name"] == "event-number"))
-            if number in self.arrived:
-                self.duplicates += 1
-                continue
-            self.arrived[number] = now
-            self.order.append(number)
-            focus = next((part["valueReference"]["reference"] for part in event["part"] if part["name"] == "focus"), "")
-            if focus:
-                self.by_focus.setdefault("/".join(focus.rsplit("/", 2)[-2:]), now)
-        if len(self.arrived) >= self.target:
-            self.all_in.set()
-        return Response(status_code=200)
-
-    def expect(self, total: int) -> None:
-        self.target = total
-        self.all_in.clear()
-        if len(self.arrived) >= total:
-            self.all_in.set()
-
-
-async def subscribe(settings: Settings, receiver: TimingReceiver, receiver_port: int, max_count: int) -> str:
+async def subscribe(settings: Settings, receiver: AnyReceiver, receiver_port: int, max_count: int) -> str:
     """A rest-hook subscription to every admission (``maxCount`` events a notification), created over the
     API, its signing secret given to the receiver; returns its id once the handshake was received."""
     sub_body = _subscription("encounter-start", f"http://127.0.0.1:{receiver_port}/notify", "id-only")
@@ -142,10 +93,10 @@ async def subscribe(settings: Settings, receiver: TimingReceiver, receiver_port:
         )
         answer.raise_for_status()
         created = answer.json()
-    receiver.secrets[created["id"]] = next(
-        e["valueString"] for e in created["channel"]["extension"] if e["url"] == SIGNING_SECRET
-    )
-    await asyncio.wait_for(receiver.handshake.wait(), timeout=WAIT)
+    secret = next(e["valueString"] for e in created["channel"]["extension"] if e["url"] == SIGNING_SECRET)
+    await receiver.set_secret(str(created["id"]), secret)
+    async with asyncio.timeout(WAIT):
+        await receiver.wait_handshake()
     return str(created["id"])
 
 
@@ -195,7 +146,8 @@ async def run(n: int, max_count: int, database_url: str, rate: float = 0.0) -> i
             t0 = time.perf_counter()
             sent_at = await send(mllp_port, [admission(run_tag, k) for k in range(n)], rate=rate)
             ingest_done = time.perf_counter()
-            await asyncio.wait_for(receiver.all_in.wait(), timeout=WAIT)
+            async with asyncio.timeout(WAIT):
+                await receiver.wait_all()
             live_elapsed = max(receiver.arrived.values()) - t0
             latencies = [receiver.arrived[i + 1] - sent_at[i] for i in range(n)]
             live_requests = receiver.requests
@@ -208,7 +160,8 @@ async def run(n: int, max_count: int, database_url: str, rate: float = 0.0) -> i
             drainer = DeliveryWorker(db=runtime.db, settings=settings)
             t1 = time.perf_counter()
             worker_task = asyncio.create_task(drainer.run())
-            await asyncio.wait_for(receiver.all_in.wait(), timeout=WAIT)
+            async with asyncio.timeout(WAIT):
+                await receiver.wait_all()
             drain_elapsed = max(receiver.arrived.values()) - t1
             drain_requests = receiver.requests - live_requests
             drainer.stop()
@@ -317,7 +270,7 @@ class Up:
     process, or ``process``)."""
 
     runtime: Runtime
-    receiver: TimingReceiver
+    receiver: AnyReceiver
     settings: Settings
     mllp_port: int
     sub_id: str
@@ -336,7 +289,11 @@ class Up:
 
 
 @asynccontextmanager
-async def gateway_up(database_url: str, *, max_count: int = 1, worker_process: bool = False) -> AsyncIterator[Up]:
+async def gateway_up(
+    database_url: str, *, max_count: int = 1, worker_process: bool = False, receiver_process: bool = False
+) -> AsyncIterator[Up]:
+    """The gateway (worker here or in ``gateway worker``) and its subscribed receiver (here, or in its own
+    process: ``bench/receiver.py``)."""
     settings = Settings(
         database_url=database_url,
         http_port=free_port(None),
@@ -345,12 +302,18 @@ async def gateway_up(database_url: str, *, max_count: int = 1, worker_process: b
         run_worker=False,  # the bench starts the worker itself (here, or as `gateway worker`)
     )
     runtime = Runtime.build(settings)
-    receiver = TimingReceiver()
-    receiver_port = free_port(None)
+    local = None if receiver_process else TimingReceiver()
+    receiver: AnyReceiver = local or ReceiverProcess()
+    receiver_port = local_port = free_port(None) if local else receiver.port  # type: ignore[union-attr]
     up: Up | None = None
     process: WorkerProcess | None = None
     try:
-        async with serving(receiver.app, receiver_port), serving(create_app(runtime), settings.http_port):
+        if isinstance(receiver, ReceiverProcess):
+            await receiver.started()
+        async with (
+            serving(local.app, local_port) if local else contextlib.nullcontext(),
+            serving(create_app(runtime), settings.http_port),
+        ):
             assert runtime.mllp is not None
             if worker_process:
                 process = WorkerProcess(database_url, Path(tempfile.mkdtemp(prefix="bench-worker-")) / "worker.log")
@@ -367,6 +330,8 @@ async def gateway_up(database_url: str, *, max_count: int = 1, worker_process: b
             up.worker_task.cancel()
         if process is not None:
             process.stop()
+        if isinstance(receiver, ReceiverProcess):
+            await receiver.close()
         runtime.close()
 
 
@@ -428,27 +393,35 @@ async def sampler(up: Up, acked: list[float], out: list[tuple[float, int, int, f
     while True:
         await asyncio.sleep(every)
         done = sum(1 for a in acked if a)
-        out.append((time.perf_counter() - start, done, len(up.receiver.arrived), rss_mb()))
+        out.append((time.perf_counter() - start, done, await up.receiver.count(), rss_mb()))
 
 
 async def sustained(
-    database_url: str, *, rate: float, seconds: float, connections: int, worker_process: bool = False
+    database_url: str,
+    *,
+    rate: float,
+    seconds: float,
+    connections: int,
+    worker_process: bool = False,
+    receiver_process: bool = True,
 ) -> int:
     """ADT in at a paced ``rate`` for ``seconds`` over ``connections`` MLLP connections; each notification
-    timed from the send of the message that caused it; the backlog (ACKed, not yet received) over time."""
+    timed from the send of the message that caused it; the backlog (ACKed, not yet received) over time.
+    The receiver runs in a process of its own unless ``receiver_process`` is False (``--receiver-in-process``)."""
     run_tag = f"{secrets.randbelow(10_000):04d}"
     n = max(1, round(rate * seconds))
     messages = [admission(run_tag, k) for k in range(n)]
     sent, acked = [0.0] * n, [0.0] * n
     samples: list[tuple[float, int, int, float]] = []
-    async with gateway_up(database_url, worker_process=worker_process) as up:
+    async with gateway_up(database_url, worker_process=worker_process, receiver_process=receiver_process) as up:
         up.receiver.expect(n)
         cpu0, wall0, worker_cpu0 = cpu_seconds(), time.perf_counter(), up.worker_cpu()
         watch = asyncio.create_task(sampler(up, acked, samples, every=1.0))
         await paced(up.mllp_port, messages, rate=rate, connections=connections, sent=sent, acked=acked)
         ingest_wall = time.perf_counter() - wall0
-        backlog_at_end = n - len(up.receiver.arrived)
-        await asyncio.wait_for(up.receiver.all_in.wait(), timeout=WAIT + seconds * 10)
+        backlog_at_end = n - await up.receiver.count()
+        async with asyncio.timeout(WAIT + seconds * 10):
+            await up.receiver.wait_all()
         wall, cpu = time.perf_counter() - wall0, cpu_seconds() - cpu0
         worker_cpu = up.worker_cpu() - worker_cpu0
         watch.cancel()
@@ -458,9 +431,10 @@ async def sustained(
     p99 = percentile(latencies, 0.99) * 1000
     backend = database_url.split(":", 1)[0]
     where = "in a `gateway worker` process" if worker_process else "in the gateway's process"
+    platform = "in its own process" if receiver_process else "in the gateway's process"
     print(
         f"delivery, sustained: {backend}, {rate:g} msg/s paced for {seconds:g} s over {connections} MLLP "
-        f"connections, delivery {where}"
+        f"connections, delivery {where}, receiver {platform}"
     )
     print(f"  {n} admissions, ingest {n / ingest_wall:.0f} msg/s achieved (asked {rate:g})")
     ack_p50, ack_p99 = percentile(ack_lat, 0.5) * 1000, percentile(ack_lat, 0.99) * 1000
@@ -472,12 +446,13 @@ async def sustained(
     )
     print(
         f"  CPU                  {cpu:.1f} s in {wall:.1f} s wall ({cpu / n * 1000:.2f} ms per message, "
-        f"sender + gateway + receiver; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+        f"sender + gateway{'' if receiver_process else ' + receiver'}; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
     )
     if worker_process:
         print(
             f"  worker process CPU   {worker_cpu:.1f} s ({worker_cpu / n * 1000:.2f} ms per notification; "
-            f"the line above is then sender + ingest + receiver)"
+            f"the line above is then without delivery)"
         )
     print(
         f"  backlog              0 at the start, {backlog_at_end} when the feed ended "
@@ -504,7 +479,7 @@ def _trend(samples: list[tuple[float, int, int, float]]) -> str:
     return f"{slope:+.1f} events/s over the middle of the run, mean backlog {mean_y:.0f}: {verdict}"
 
 
-def _verdict(receiver: TimingReceiver, n: int) -> int:
+def _verdict(receiver: AnyReceiver, n: int) -> int:
     problems = []
     if sorted(receiver.order) != list(range(1, n + 1)) or receiver.order != sorted(receiver.order):
         problems.append("events lost or out of order")
@@ -528,7 +503,8 @@ async def backlog_memory(
     async with gateway_up(database_url, max_count=max_count, worker_process=worker_process) as up:
         up.receiver.expect(1)
         await send(up.mllp_port, [admission(run_tag, 0)])  # one real stay: the backlog's focus
-        await asyncio.wait_for(up.receiver.all_in.wait(), timeout=WAIT)
+        async with asyncio.timeout(WAIT):
+            await up.receiver.wait_all()
         await up.stop_worker()
         if up.process is not None:
             # The worker process keeps running: the backlog becomes visible to it at once, when the bulk
@@ -563,7 +539,8 @@ async def backlog_memory(
 
         watcher = asyncio.create_task(watch())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(up.receiver.all_in.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await up.receiver.wait_all()
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - cpu0
         watcher.cancel()
         drainer.stop()
@@ -618,7 +595,8 @@ async def _drain_in_process(up: Up, *, events: int, seconds: float, max_count: i
 
     watcher = asyncio.create_task(watch())
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(up.receiver.all_in.wait(), timeout=seconds)
+        async with asyncio.timeout(seconds):
+            await up.receiver.wait_all()
     wall, cpu = time.perf_counter() - t0, up.worker_cpu() - cpu0
     watcher.cancel()
     up.process.check()
@@ -655,6 +633,11 @@ def main() -> int:
         action="store_true",
         help="--sustain / --backlog: deliver from a `gateway worker` subprocess (ingest stays here)",
     )
+    parser.add_argument(
+        "--receiver-in-process",
+        action="store_true",
+        help="--sustain: the receiver in the bench's process (as before), not in a process of its own",
+    )
     args = parser.parse_args()
     if args.messages < 1 or not 1 <= args.max_count <= 1000:
         parser.error("--messages must be positive and --max-count within 1..1000")
@@ -669,6 +652,7 @@ def main() -> int:
                 seconds=args.sustain,
                 connections=args.connections,
                 worker_process=args.worker_process,
+                receiver_process=not args.receiver_in_process,
             )
         if args.backlog:
             return backlog_memory(

@@ -13,6 +13,7 @@ import logging
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
@@ -209,6 +210,14 @@ class _Job:
     context: contextvars.Context
 
 
+def _logged(outcome: Outcome) -> Outcome:
+    """Log an applied message once its transaction has committed (a group tried without savepoints may be
+    rolled back and applied again: it would otherwise be logged twice, once under an id that never was)."""
+    if outcome.status == "applied":
+        logger.info("message applied", extra={"message_id": outcome.message_id, "changed": len(outcome.changed)})
+    return outcome
+
+
 def _in_context(item: _Pending, call: Callable[..., Outcome], *args: object) -> Outcome:
     """``call(*args)`` in the context the message was submitted in (its log correlation ids), if any."""
     return item.context.run(call, *args) if item.context is not None else call(*args)
@@ -216,6 +225,12 @@ def _in_context(item: _Pending, call: Callable[..., Outcome], *args: object) -> 
 
 #: Put on the writers' queue by :meth:`Pipeline.stop_writer`, once per thread: each ends after what came before it.
 _STOP = None
+#: Seconds a writer keeps a SAVEPOINT per message after a message of a group failed (:meth:`Pipeline._commit_group`).
+SAVEPOINT_SECONDS = 10.0
+
+
+class _Abandoned(Exception):
+    """A message of a group without savepoints failed: the group's transaction is rolled back whole."""
 
 
 class Pipeline:
@@ -249,6 +264,8 @@ class Pipeline:
         self._writers: list[threading.Thread] = []
         #: writer threads (GATEWAY_INGEST_WRITERS); 0: one on SQLite, ``DEFAULT_PG_WRITERS`` on PostgreSQL
         self.writers = 0
+        #: ``time.monotonic()`` until which groups are applied with a SAVEPOINT per message
+        self._savepoints_until = 0.0
 
     # -- the writer thread ------------------------------------------------------------------------
 
@@ -472,7 +489,10 @@ class Pipeline:
         return self._store_rejected(raw, None, error, transport=transport, now=now)
 
     def _commit_group(self, group: list[_Pending]) -> None:
-        """Apply ``group`` in one transaction, each message under its own SAVEPOINT.
+        """Apply ``group`` in one transaction, first without savepoints: most groups have no message that
+        fails while it is applied (bad input is refused before, by the parse and the map). When one does,
+        the whole transaction is rolled back and the group applied again with a SAVEPOINT per message,
+        as are the groups of the next :data:`SAVEPOINT_SECONDS` (a feed sending such messages sends more).
 
         A message alone takes the ordinary path (no savepoint). In a group, a message whose outcome is left
         None (it failed, or the commit did) is taken again alone by :meth:`_settle`.
@@ -480,17 +500,36 @@ class Pipeline:
         if len(group) == 1:
             group[0].outcome = self._settle(group[0])
             return
+        outcomes = None
+        if time.monotonic() >= self._savepoints_until:
+            outcomes = self._group_transaction(group, savepoints=False)
+            if outcomes is None:
+                self._savepoints_until = time.monotonic() + SAVEPOINT_SECONDS
+        if outcomes is None:  # (with savepoints a failing message rolls back alone: never None)
+            outcomes = self._group_transaction(group, savepoints=True) or [None] * len(group)
+        for item, outcome in zip(group, outcomes, strict=True):
+            item.outcome = outcome if outcome is None else _in_context(item, _logged, outcome)
+        if self.on_commit is not None and any(o is not None and o.notifications for o in outcomes):
+            self.on_commit()
+
+    def _group_transaction(self, group: list[_Pending], *, savepoints: bool) -> list[Outcome | None] | None:
+        """The group's outcomes (None for a message that failed under its savepoint), or, without
+        savepoints, None as soon as one message fails: the transaction is then rolled back whole."""
         try:
             with batch(self.db) as tx:
-                outcomes = [self._apply_in_group(tx.message(), item) for item in group]
+                outcomes = []
+                for item in group:
+                    outcome = self._apply_in_group(tx.message(savepoint=savepoints), item)
+                    if outcome is None and not savepoints:
+                        raise _Abandoned
+                    outcomes.append(outcome)
+                return outcomes
+        except _Abandoned:
+            return None
         except GatewayError as exc:
             # The commit itself failed: nothing of the group stands, each message goes again alone.
             logger.warning("group commit of %d messages failed: %s", len(group), exc.message)
-            outcomes = [None] * len(group)
-        for item, outcome in zip(group, outcomes, strict=True):
-            item.outcome = outcome
-        if self.on_commit is not None and any(o is not None and o.notifications for o in outcomes):
-            self.on_commit()
+            return [None] * len(group)
 
     def _apply_in_group(self, unit: AbstractContextManager[UnitOfWork], item: _Pending) -> Outcome | None:
         """Apply one message of a group under its savepoint; None when it failed (it rolled back alone)."""
@@ -506,6 +545,7 @@ class Pipeline:
     def _apply(self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime) -> Outcome:
         with unit_of_work(self.db) as uow:
             outcome = self._apply_in(uow, raw, message, mapped, transport=transport, now=now)
+        _logged(outcome)
         if outcome.notifications and self.on_commit is not None:
             self.on_commit()
         return outcome
@@ -538,7 +578,6 @@ class Pipeline:
             ack=ack,
         )
         applied = self._fold(uow, mapped, message_id=message_id, now=now)
-        logger.info("message applied", extra={"message_id": message_id, "changed": len(applied.changed)})
         outcome = _outcome("AA", ack, message, message_id=message_id, status="applied", issues=issues)
         outcome.changed, outcome.notifications = applied.changed, applied.notifications
         return outcome

@@ -23,7 +23,7 @@ from gateway.hl7.mllp import MLLPServer, current_peer
 from gateway.mapping.engine import Engine
 from gateway.mapping.tables import Tables
 from gateway.metrics import record_message
-from gateway.pipeline import Pipeline
+from gateway.pipeline import Outcome, Pipeline
 from gateway.subscriptions.worker import DeliveryWorker
 from gateway.web.tenants import SandboxStore
 
@@ -104,17 +104,30 @@ class Runtime:
     async def ingest(
         self, raw: bytes, *, transport: str, facilities: Callable[[], frozenset[str] | None] | None = None
     ) -> bytes:
-        """The MLLP handler: the message goes to the pipeline's writer thread, the loop only waits for its ACK.
+        """The MLLP handler: the message's ACK (see :meth:`ingest_outcome`)."""
+        return (await self.ingest_outcome(raw, transport=transport, facilities=facilities)).ack
+
+    async def ingest_outcome(
+        self,
+        raw: bytes,
+        *,
+        transport: str,
+        facilities: Callable[[], frozenset[str] | None] | None = None,
+        sandbox_tenant: bool = False,
+    ) -> Outcome:
+        """One message from MLLP or HTTP: to its store's pipeline (:meth:`pipeline_for`), whose writer thread
+        does the work while the loop only waits; logged with its control id, counted for ``/metrics``.
 
         ``facilities`` is evaluated in the writer thread, since it may read the store.
         """
         started = time.perf_counter()
         with logs.bound(control_id=logs.control_id_of(raw), transport=transport):
-            outcome = await self.pipeline_for(raw).ingest_async(raw, transport=transport, facilities=facilities)
+            pipeline = self.pipeline_for(raw, sandbox_tenant=sandbox_tenant)
+            outcome = await pipeline.ingest_async(raw, transport=transport, facilities=facilities)
         record_message(
             transport=transport, outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started
         )
-        return outcome.ack
+        return outcome
 
     async def _mllp_ingest(self, raw: bytes) -> bytes:
         peer = current_peer()

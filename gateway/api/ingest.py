@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Request, Response
 
-from gateway import logs
 from gateway.api.deps import AccessDep, RuntimeDep
 from gateway.api.errors import http_status
 from gateway.errors import BodyTooLargeError, MediaTypeError, TransportError
-from gateway.metrics import record_message
 
 router = APIRouter(tags=["ingest"])
 ACCEPTED_TYPES = frozenset({"application/hl7-v2", "text/plain", "x-application/hl7-v2+er7", "application/edi-hl7"})
@@ -72,12 +68,9 @@ async def ingest(request: Request, runtime: RuntimeDep, access: AccessDep) -> Re
     tenant = access.principal.sandbox_tenant
     if tenant and runtime.sandbox is None:  # never let a sandbox sender's message reach the real store
         return Response(NO_SANDBOX_STORE + "\n", status_code=503, media_type="text/plain")
-    started = time.perf_counter()
-    with logs.bound(control_id=logs.control_id_of(raw), transport="http"):
-        facilities = access.sender_facilities
-        outcome = await runtime.pipeline_for(raw, sandbox_tenant=tenant).ingest_async(
-            raw, transport="http", facilities=lambda: facilities
-        )
-    record_message(transport="http", outcome=outcome.code, ack=outcome.ack, seconds=time.perf_counter() - started)
+    facilities = access.sender_facilities
+    outcome = await runtime.ingest_outcome(
+        raw, transport="http", facilities=lambda: facilities, sandbox_tenant=bool(tenant)
+    )
     charset = CHARSET_NAMES.get(outcome.codec, "utf-8")
     return Response(outcome.ack, media_type=f"{HL7_MEDIA}; charset={charset}", headers={"X-Ack-Code": outcome.code})

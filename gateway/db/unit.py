@@ -70,9 +70,13 @@ class Batch:
         self.conn = conn
 
     @contextlib.contextmanager
-    def message(self) -> Iterator[UnitOfWork]:
-        """A unit of work for one message; when it raises, only its own writes are rolled back."""
-        with translated(), self.conn.begin_nested():
+    def message(self, *, savepoint: bool = True) -> Iterator[UnitOfWork]:
+        """A unit of work for one message; when it raises, only its own writes are rolled back.
+
+        ``savepoint=False`` leaves out the SAVEPOINT (two statements, two round trips on PostgreSQL): a
+        message that raises then leaves its writes in the transaction, which the caller must roll back
+        whole."""
+        with translated(), self.conn.begin_nested() if savepoint else contextlib.nullcontext():
             uow = UnitOfWork(self.conn)
             yield uow
             uow.flush()
