@@ -48,7 +48,7 @@ _PRIMED = {
 
 
 #: how many bodies :class:`_Inflated` remembers (~2.5 KB each, text and body)
-INFLATED_BODIES = 1024
+INFLATED_BODIES = 512
 #: texts longer than this are not remembered, so that the cache stays a few MB whatever the bodies
 REMEMBERED_TEXT = 16_384
 

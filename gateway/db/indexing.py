@@ -77,7 +77,7 @@ def _coded(system: str) -> str:
 
 
 #: a few dozen systems recur in every message's ~50 entries, each walking the nine prefixes
-_known_coded = lru_cache(maxsize=4096)(_coded)
+_known_coded = lru_cache(maxsize=512)(_coded)
 
 
 def system_of(stored: str) -> str:
@@ -154,7 +154,7 @@ def _instant(text: str, upper: bool) -> str | None:
 
 
 #: a stay's dates recur in its movements' and its circle's periods, and in the previous version's entries
-_known_instant = lru_cache(maxsize=4096)(_instant)
+_known_instant = lru_cache(maxsize=1024)(_instant)
 
 
 def _date(param: str, value: Any, *, upper: bool = False) -> list[Entry]:

@@ -20,7 +20,7 @@ def _digest(resource_type: str, key: str) -> str:
 
 
 #: ~25 ids a message, most of them the same doctors, units, patient and stay again
-_known_digest = lru_cache(maxsize=8192)(_digest)
+_known_digest = lru_cache(maxsize=1024)(_digest)
 
 
 #: ANS national identifiers of health professionals (FR Core 2.1.0 fr-core-practitioner slices).

@@ -108,7 +108,7 @@ def _parse_dtm(text: str, tz: ZoneInfo) -> tuple[datetime, int] | None:
 
 
 #: a message gives the same instant in MSH-7, EVN-2, PV1-44 and ZBE-2 (the result is immutable)
-_known_dtm = lru_cache(maxsize=1024)(_parse_dtm)
+_known_dtm = lru_cache(maxsize=256)(_parse_dtm)
 
 
 def _offset_zone(offset: str) -> timezone | None:
@@ -225,7 +225,7 @@ def _local_system(kind: str, *parts: str) -> str:
 
 
 #: a sender's few facilities and units, asked for several times a message (``_slug`` is a regex)
-_known_system = lru_cache(maxsize=4096)(_local_system)
+_known_system = lru_cache(maxsize=512)(_local_system)
 
 
 def _authority_key(namespace: str, universal_id: str, ctx: MapContext) -> str:
