@@ -241,7 +241,7 @@ class Engine:
     def _apply(self, seg_map: SegmentMap, segment: Segment, ctx: MapContext) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for rule in seg_map.rules:
-            ctx.location = str(rule.source)
+            ctx.location = rule.location
             reps = segment.repetitions(rule.source.field)
             groups = _people(reps) if rule.transform in PERSON_TRANSFORMS else [[rep] for rep in reps]
             for rep, *same in groups if rule.repeat else groups[:1]:

@@ -101,6 +101,11 @@ class Rule:
     transform: str
     args: dict[str, Any] = field(default_factory=dict)
     repeat: bool = False
+    #: ``str(source)``, what a warning names: built once at load, not for every rule of every message
+    location: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "location", str(self.source))
 
 
 @dataclass(frozen=True, slots=True)
