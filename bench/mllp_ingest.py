@@ -9,8 +9,13 @@ waits for each ACK, as a hospital engine does) and prints throughput, ACK latenc
 
     .venv/bin/python bench/mllp_ingest.py --messages 2000 --connections 4
     .venv/bin/python bench/mllp_ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench
+    .venv/bin/python bench/mllp_ingest.py --instances 3 --connections 16 --database-url postgresql+psycopg://...
 
 The sender runs in the same process and event loop as the gateway, so the figures include its cost.
+With ``--instances N`` (N > 1) the gateway runs instead in N subprocesses on the same store (the
+``Runtime``, each with its own MLLP port and delivery worker, as ``gateway serve`` runs), the
+connections spread over them round-robin; CPU is then the instances' and the sender's together, and
+each instance's own is printed beside.
 Exit status 1 when any message is not acknowledged AA.
 """
 
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,11 +41,15 @@ from peer import peer_server
 from sqlalchemy import create_engine, text
 
 from gateway.config import Settings
+from gateway.db.engine import make_engine, migrate
 from gateway.hl7.mllp import MLLPClient
 from gateway.runtime import Runtime
 
-ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve()
+ROOT = BENCH.parent.parent
 FIXTURES = ROOT / "fixtures" / "demo"
+#: seconds an instance may take to start (imports, mapping tables) and to stop (writers drained)
+INSTANCE_TIMEOUT = 120
 ADMISSION = (FIXTURES / "01_A01_admission.hl7").read_bytes()
 DISCHARGE = (FIXTURES / "02_A03_discharge.hl7").read_bytes()
 
@@ -121,13 +131,17 @@ def spread(n_messages: int, connections: int) -> list[list[bytes]]:
     return per_connection
 
 
-async def send_all(port: int, per_connection: list[list[bytes]], *, rate: float = 0.0) -> tuple[Results, float]:
-    """Every connection's messages; with ``rate``, the connections together send ``rate`` messages/s."""
+async def send_all(
+    port: int | Sequence[int], per_connection: list[list[bytes]], *, rate: float = 0.0
+) -> tuple[Results, float]:
+    """Every connection's messages; with ``rate``, the connections together send ``rate`` messages/s.
+    With several ports (one per instance), connection ``i`` goes to ``ports[i % len(ports)]``."""
+    ports = [port] if isinstance(port, int) else list(port)
     results = Results()
-    busy = [batch for batch in per_connection if batch]
+    busy = [(ports[i % len(ports)], batch) for i, batch in enumerate(per_connection) if batch]
     interval = len(busy) / rate if rate else 0.0
     started = time.perf_counter()
-    await asyncio.gather(*(sender(port, batch, results, interval=interval) for batch in busy))
+    await asyncio.gather(*(sender(to, batch, results, interval=interval) for to, batch in busy))
     return results, time.perf_counter() - started
 
 
@@ -169,21 +183,69 @@ def store_bytes(database_url: str) -> int:
     return size
 
 
-async def run(
-    n_messages: int,
-    connections: int,
-    database_url: str,
-    *,
-    with_floors: bool = False,
-    with_peer: bool = False,
-    rate: float = 0.0,
-) -> int:
-    per_connection = spread(n_messages, connections)
-    total = sum(len(batch) for batch in per_connection)
+@dataclass
+class Instance:
+    """A gateway subprocess of ``--instances``: its MLLP port, then what it reports when told to stop."""
 
+    process: asyncio.subprocess.Process
+    port: int
+    cpu: float = 0.0
+    rss_mb: float = 0.0
+    messages: int = 0
+
+
+async def start_instance(database_url: str) -> Instance:
+    """``serve_instance`` in a subprocess (the bench's own file, ``--serve-instance``), once it listens."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(BENCH),
+        "--serve-instance",
+        "--database-url",
+        database_url,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    line = await asyncio.wait_for(process.stdout.readline(), INSTANCE_TIMEOUT)
+    if not line.startswith(b"port "):
+        process.kill()
+        raise SystemExit(f"a gateway instance did not start: {line!r}")
+    return Instance(process=process, port=int(line.split()[1]))
+
+
+async def stop_instance(instance: Instance) -> None:
+    """Close its stdin (the signal to stop), read the CPU and peak RSS it reports, wait for it."""
+    assert instance.process.stdin is not None and instance.process.stdout is not None
+    instance.process.stdin.close()
+    out, _ = await asyncio.wait_for(instance.process.communicate(), INSTANCE_TIMEOUT)
+    words = out.split()
+    instance.cpu, instance.rss_mb = float(words[words.index(b"cpu") + 1]), float(words[words.index(b"rss") + 1])
+
+
+async def serve_instance(database_url: str) -> int:
+    """One instance of ``--instances``: the gateway on an ephemeral MLLP port (printed), until stdin closes;
+    then its CPU since it listened and its peak RSS, on stdout. The bench migrated the store already."""
     settings = Settings(database_url=database_url, mllp_port=0, mllp_host="127.0.0.1")
+    runtime = Runtime.build(settings, run_migrations=False)
+    await runtime.start(mllp=True, worker=True)
+    assert runtime.mllp is not None
+    cpu = time.process_time()
+    print(f"port {runtime.mllp.port}", flush=True)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
+        cpu = time.process_time() - cpu
+    finally:
+        await runtime.stop()
+        runtime.close()
+    print(f"cpu {cpu:.6f} rss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}", flush=True)
+    return 0
+
+
+async def ingest_in_process(
+    settings: Settings, per_connection: list[list[bytes]], *, rate: float
+) -> tuple[Results, float, float]:
+    """(results, elapsed, CPU of this process): the gateway in this process, beside the sender."""
     runtime = Runtime.build(settings)
-    size_before = store_bytes(database_url)
     await runtime.start(mllp=True, worker=True)
     assert runtime.mllp is not None
     cpu = time.process_time()
@@ -193,6 +255,50 @@ async def run(
     finally:
         await runtime.stop()
         runtime.close()
+    return results, elapsed, cpu
+
+
+async def ingest_in_instances(
+    database_url: str, per_connection: list[list[bytes]], *, count: int, rate: float
+) -> tuple[Results, float, float, list[Instance]]:
+    """(results, elapsed, CPU of the instances and the sender, the instances): ``count`` gateway processes."""
+    instances = list(await asyncio.gather(*(start_instance(database_url) for _ in range(count))))
+    cpu = time.process_time()
+    try:
+        results, elapsed = await send_all([i.port for i in instances], per_connection, rate=rate)
+        cpu = time.process_time() - cpu
+    finally:
+        await asyncio.gather(*(stop_instance(i) for i in instances))
+    for k, batch in enumerate(per_connection):
+        instances[k % count].messages += len(batch)
+    return results, elapsed, cpu + sum(i.cpu for i in instances), instances
+
+
+async def run(
+    n_messages: int,
+    connections: int,
+    database_url: str,
+    *,
+    with_floors: bool = False,
+    with_peer: bool = False,
+    rate: float = 0.0,
+    instances: int = 1,
+) -> int:
+    per_connection = spread(n_messages, connections)
+    total = sum(len(batch) for batch in per_connection)
+
+    settings = Settings(database_url=database_url, mllp_port=0, mllp_host="127.0.0.1")
+    db = make_engine(settings)
+    migrate(db)  # before measuring the store, and before any instance starts (they never race to migrate)
+    db.dispose()
+    size_before = store_bytes(database_url)
+    servers: list[Instance] = []
+    if instances > 1:
+        results, elapsed, cpu, servers = await ingest_in_instances(
+            database_url, per_connection, count=instances, rate=rate
+        )
+    else:
+        results, elapsed, cpu = await ingest_in_process(settings, per_connection, rate=rate)
     stored = store_bytes(database_url) - size_before
     compared = _floor_url(database_url)
     floor_figures = await floors(n_messages, connections, compared, rate=rate) if with_floors else {}
@@ -202,17 +308,26 @@ async def run(
     backend = database_url.split(":", 1)[0]
     durability = f", synchronous={settings.sqlite_synchronous}" if backend.startswith("sqlite") else ""
     paced = f", paced at {rate:g} messages/s" if rate else ""
-    print(f"mllp_ingest: {backend}{durability}, {connections} connections{paced}, {os.cpu_count()} CPUs")
+    spread_over = f", {instances} instances" if servers else ""
+    print(f"mllp_ingest: {backend}{durability}, {connections} connections{paced}{spread_over}, {os.cpu_count()} CPUs")
     print(f"  messages        {total}")
     print(f"  elapsed         {elapsed:.2f} s")
     print(f"  throughput      {total / elapsed:.0f} messages/s")
-    print(f"  CPU             {cpu / total * 1000:.2f} ms/message (whole process, sender included)")
+    whose = f"{instances} instances and the sender" if servers else "whole process, sender included"
+    print(f"  CPU             {cpu / total * 1000:.2f} ms/message ({whose})")
     print(f"  ACK latency p50 {percentile(results.latencies, 0.50) * 1000:.1f} ms")
     print(f"  ACK latency p99 {percentile(results.latencies, 0.99) * 1000:.1f} ms")
     print(f"  ACK latency max {max(results.latencies) * 1000:.1f} ms")
     print(f"  AA              {results.codes['AA']}/{total}")
+    if servers:
+        peak_rss_mb = max(i.rss_mb for i in servers)  # the largest instance's
     print(f"  peak RSS        {peak_rss_mb:.0f} MiB")
     print(f"  store growth    {stored / total / 1024:.1f} KiB/message, {2 * stored / total / 1024:.1f} KiB/stay")
+    for k, server in enumerate(servers, 1):
+        print(
+            f"  instance {k:<6} CPU {server.cpu:.2f} s, {server.messages} messages "
+            f"({server.cpu / max(server.messages, 1) * 1000:.2f} ms/message), peak RSS {server.rss_mb:.0f} MiB"
+        )
     compared_to = [
         (f"floor, {'one commit/msg' if mode == 'one' else 'group commit'}", figures)
         for mode, figures in floor_figures.items()
@@ -241,10 +356,16 @@ def main() -> int:
     parser.add_argument("--floors", action="store_true", help="also run bench/floor.py (both modes), print ratios")
     parser.add_argument("--peer", action="store_true", help="also run the naive peer (bench/peer.py), print the ratio")
     parser.add_argument("--rate", type=float, default=0.0, help="pace the feed at this many messages/s (0: flat out)")
+    parser.add_argument(
+        "--instances", type=int, default=1, help="gateway processes on the same store (1: in this process)"
+    )
+    parser.add_argument("--serve-instance", action="store_true", help=argparse.SUPPRESS)  # one of --instances
     args = parser.parse_args()
-    if args.messages < 1 or args.connections < 1 or args.rate < 0:
-        parser.error("--messages and --connections must be positive, --rate not negative")
-    options = {"with_floors": args.floors, "with_peer": args.peer, "rate": args.rate}
+    if args.serve_instance:
+        return asyncio.run(serve_instance(args.database_url))
+    if args.messages < 1 or args.connections < 1 or args.rate < 0 or args.instances < 1:
+        parser.error("--messages, --connections and --instances must be positive, --rate not negative")
+    options = {"with_floors": args.floors, "with_peer": args.peer, "rate": args.rate, "instances": args.instances}
     if args.database_url:
         return asyncio.run(run(args.messages, args.connections, args.database_url, **options))
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:

@@ -4,7 +4,9 @@
 stay, so N/2 patients) into a temporary SQLite file, then the pages each table and index holds
 (``dbstat``, after a WAL checkpoint), per message received, and the rows per message. With
 ``--database-url`` (an empty, throw-away PostgreSQL database), the growth of each table and index
-(``pg_relation_size``, heap and TOAST together) and of the whole database.
+(``pg_relation_size``, heap and TOAST together) and of the whole database; then, per table, its heap,
+TOAST, free-space and visibility maps and indexes apart, with the bytes each row takes in the heap and in
+each index (a row's header and line pointer included), and what grew outside the tables (the catalog).
 
     .venv/bin/python bench/store_size.py [--messages 400] [--database-url URL]
 """
@@ -77,12 +79,52 @@ def _pg_sizes(db: Engine) -> tuple[int, dict[str, int]]:
         return total, {str(name): int(size) for name, size in conn.execute(_PG_SIZES)}
 
 
+#: per relation of the schema: its table (itself for a table), heap (main fork), maps (fsm, vm), TOAST
+_PG_PARTS = text(
+    "SELECT c.relname, coalesce(t.relname, c.relname), pg_relation_size(c.oid, 'main'),"
+    " pg_relation_size(c.oid, 'fsm') + pg_relation_size(c.oid, 'vm'),"
+    " coalesce(pg_total_relation_size(nullif(c.reltoastrelid, 0)), 0)"
+    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " LEFT JOIN pg_index i ON i.indexrelid = c.oid LEFT JOIN pg_class t ON t.oid = i.indrelid"
+    " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'i')"
+)
+
+Parts = dict[str, tuple[str, int, int, int]]
+
+
+def _pg_parts(db: Engine) -> Parts:
+    with db.connect() as conn:
+        return {str(r[0]): (str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in conn.execute(_PG_PARTS)}
+
+
+def _pg_breakdown(before: Parts, after: Parts, counts: dict[str, int], n: int, total: int) -> None:
+    """Per table of ``TABLES``: heap, TOAST, maps and each index, per message and per row it holds."""
+    grown: Parts = {}
+    for name, (table, heap, maps, toast) in after.items():
+        _, heap_before, maps_before, toast_before = before.get(name, (table, 0, 0, 0))
+        grown[name] = (table, heap - heap_before, maps - maps_before, toast - toast_before)
+    print("  per table (KiB/message; bytes per row):")
+    for table in TABLES:
+        _, heap, maps, toast = grown[table]
+        rows = max(counts[table], 1)
+        indexes = sorted((g[1], name) for name, g in grown.items() if g[0] == table and name != table)
+        shown = ", ".join(f"{name} {size / n / 1024:.2f} ({size / rows:.0f} B)" for size, name in reversed(indexes))
+        print(
+            f"    {table:20s} heap {heap / n / 1024:.2f} ({heap / rows:.0f} B), TOAST {toast / n / 1024:.2f},"
+            f" maps {maps / n / 1024:.2f}; {shown}"
+        )
+    outside = total - sum(sum(g[1:]) for g in grown.values())
+    print(f"    {'outside the tables':20s} {outside / n / 1024:.2f} (the catalog, and the tables not listed)")
+
+
 def run_postgres(n_messages: int, url: str) -> None:
     db = make_engine(Settings(database_url=url))
     migrate(db)
     total_before, before = _pg_sizes(db)
+    parts_before = _pg_parts(db)
     n = ingest(db, n_messages)
     total_after, after = _pg_sizes(db)
+    parts_after = _pg_parts(db)
     with db.connect() as conn:
         counts = {t: int(conn.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()) for t in TABLES}
     db.dispose()
@@ -93,6 +135,7 @@ def run_postgres(n_messages: int, url: str) -> None:
             print(f"  {name:38s} {size / n / 1024:6.2f} KiB/message")
     for table in TABLES:
         print(f"  {table:38s} {counts[table] / n:6.2f} rows/message")
+    _pg_breakdown(parts_before, parts_after, counts, n, total_after - total_before)
 
 
 def main() -> None:

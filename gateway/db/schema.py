@@ -51,10 +51,11 @@ messages = Table(
     #: ``raw`` and ``ack`` deflated together (gateway/db/bodies.py, codec MESSAGES); rows written before
     #: 0006_compact_store have none and keep both in their own columns, read as they are
     Column("body", LargeBinary, nullable=True),
-    Index("ix_messages_sender_control", "sending_application", "sending_facility", "control_id"),
     Index("ix_messages_outcome", "outcome"),
     # At most one applied message per sender and control id, even with several gateway instances: the
-    # loser of a race fails on this index, retries, and then sees the winner as a duplicate.
+    # loser of a race fails on this index, retries, and then sees the winner as a duplicate. It is also
+    # the duplicate check's lookup (the applied message of a sender key), the only query by that key: no
+    # other index on it since 0007.
     Index(
         "uq_messages_applied",
         "sending_application",
@@ -136,7 +137,9 @@ facts = Table(
     Column("kind", String(32), nullable=False),
     Column("payload", Text, nullable=False),  # rows before 0004_bodies; newer ones leave it empty
     Column("body", LargeBinary, nullable=True),  # the payload deflated (gateway/db/bodies.py)
-    Index("ix_facts_stream", "stream", "event_time"),
+    # every query is by stream, ordered by id: SQLite's entries end with the rowid (``id``), so they come
+    # in order; PostgreSQL keeps one key per stream and a list of rows (0007)
+    Index("ix_facts_stream", "stream"),
 )
 
 #: A40 merges (and A47 IPP changes): the merged patient points at its survivor. Stays, filters and

@@ -35,3 +35,12 @@ def test_mllp_ingest_paced() -> None:
     assert "paced at 100 messages/s" in out
     assert "AA              20/20" in out
     assert "ACK latency p99" in out
+
+
+def test_mllp_ingest_over_two_instances() -> None:
+    """Two gateway processes on one store (SQLite here: the cheap case), the connections spread over them."""
+    out = run_bench("--messages", "20", "--connections", "2", "--instances", "2")
+    assert "2 instances" in out.splitlines()[0]
+    assert "AA              20/20" in out
+    for k in (1, 2):
+        assert f"instance {k} " in out and "10 messages" in out.split(f"instance {k} ", 1)[1].splitlines()[0]
