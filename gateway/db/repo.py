@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    event,
     exists,
     func,
     insert,
@@ -31,6 +33,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gateway.clock import as_utc
 from gateway.db import bodies
 from gateway.db.access import Visibility, indexed_ids, visible_clause
+from gateway.db.cursor import execute as run
 from gateway.db.indexing import indexed_param, search_entries, stored_rows, stored_system
 from gateway.db.schema import (
     facts,
@@ -82,7 +85,8 @@ def fhir_instant(moment: datetime) -> str:
 # The hot path runs these with a dict of parameters. Building a Core statement per call cost ~95 µs
 # (coercions, cache key), against ~15 µs for one built once and found in the compiled cache.
 
-_INSERT_MESSAGE = insert(messages)
+#: RETURNING on both stores (SQLite 3.35+): the id comes back in the one round trip, on the cursor too
+_INSERT_MESSAGE = insert(messages).returning(messages.c.id)
 _FIND_APPLIED = (
     select(messages)
     .where(
@@ -261,7 +265,8 @@ class MessageRepo:
         duplicate_of: int | None = None,
         ack: str | None = None,
     ) -> int:
-        result = self.conn.execute(
+        result = run(
+            self.conn,
             _INSERT_MESSAGE,
             {
                 "received_at": received_at,
@@ -283,14 +288,12 @@ class MessageRepo:
                 "ack": None,
             },
         )
-        key = result.inserted_primary_key
-        assert key is not None
-        return int(key[0])
+        return int(result.scalar_one())
 
     def find_applied(self, *, sending_application: str, sending_facility: str, control_id: str) -> MessageRecord | None:
         """The message already applied under this sender and control id, if any."""
         params = {"app": sending_application, "facility": sending_facility, "control_id": control_id}
-        row = self.conn.execute(_FIND_APPLIED, params).first()
+        row = run(self.conn, _FIND_APPLIED, params).first()
         return _message(row) if row else None
 
     def get(self, message_id: int) -> MessageRecord | None:
@@ -365,7 +368,7 @@ class FactRepo:
             return
         for stream in sorted(set(streams)):
             key = int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "big", signed=True)
-            self.conn.execute(_ADVISORY_LOCK, {"key": key})
+            run(self.conn, _ADVISORY_LOCK, {"key": key})
 
     def preload(self, streams: Iterable[str]) -> None:
         """Read the streams a message will fold in one query instead of one each (cached repo only)."""
@@ -376,7 +379,7 @@ class FactRepo:
             return
         found: dict[str, list[tuple[str, bytes | str]]] = {stream: [] for stream in wanted}
         query = _streams_statement(len(wanted))
-        for stream, kind, payload, body in self.conn.execute(query, _in_values("s", wanted)):
+        for stream, kind, payload, body in run(self.conn, query, _in_values("s", wanted)):
             found[str(stream)].append((str(kind), _text(payload, body)))
         self._streams.update(found)
 
@@ -399,7 +402,7 @@ class FactRepo:
         ]
         if not rows:
             return
-        self.conn.execute(_INSERT_FACT, rows if len(rows) > 1 else rows[0])
+        run(self.conn, _INSERT_FACT, rows if len(rows) > 1 else rows[0])
         if self._streams is not None:
             for f, text in zip(new, texts, strict=True):
                 if f.stream in self._streams:
@@ -423,7 +426,7 @@ class FactRepo:
     def _cached(self, stream: str, kinds: Sequence[str] | None) -> list[JSON]:
         assert self._streams is not None
         if stream not in self._streams:
-            rows = self.conn.execute(_STREAM, {"stream": stream})
+            rows = run(self.conn, _STREAM, {"stream": stream})
             self._streams[stream] = [(str(kind), _text(payload, body)) for kind, payload, body in rows]
         return [orjson.loads(p) for k, p in self._streams[stream] if kinds is None or k in kinds]
 
@@ -453,7 +456,7 @@ class PatientLinkRepo:
         if self._unlinked is None:
             return False
         if patient_id not in self._unlinked:
-            self._unlinked[patient_id] = self.conn.execute(_LINKED, {"pid": patient_id}).first() is None
+            self._unlinked[patient_id] = run(self.conn, _LINKED, {"pid": patient_id}).first() is None
         return self._unlinked[patient_id]
 
     def survivor(self, patient_id: str) -> str:
@@ -462,7 +465,7 @@ class PatientLinkRepo:
         seen = {patient_id}
         current = patient_id
         while True:
-            row = self.conn.execute(_SURVIVOR, {"merged": current}).first()
+            row = run(self.conn, _SURVIVOR, {"merged": current}).first()
             if row is None or row[0] in seen:
                 return current
             current = str(row[0])
@@ -558,7 +561,7 @@ class ResourceRepo:
         key = (rtype, rid)
         if self._seen is not None and key in self._seen and (not locked or key in self._locked):
             return self._seen[key]
-        row = self.conn.execute(_GET_RESOURCE_LOCKED if locked else _GET_RESOURCE, {"rtype": rtype, "rid": rid}).first()
+        row = run(self.conn, _GET_RESOURCE_LOCKED if locked else _GET_RESOURCE, {"rtype": rtype, "rid": rid}).first()
         found = _stored(row) if row else None
         self._remember(key, found, locked=locked)
         return found
@@ -575,8 +578,7 @@ class ResourceRepo:
         rtypes, rids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
         query = _get_resources_statement(len(rtypes), len(rids))
         found = {
-            (str(r.type), str(r.id)): r
-            for r in self.conn.execute(query, _in_values("t", rtypes) | _in_values("i", rids))
+            (str(r.type), str(r.id)): r for r in run(self.conn, query, _in_values("t", rtypes) | _in_values("i", rids))
         }
         for key in wanted:
             row = found.get(key)
@@ -610,7 +612,7 @@ class ResourceRepo:
         if not self._versions:
             return
         rows, self._versions = self._versions, []
-        self.conn.execute(_INSERT_VERSION, rows if len(rows) > 1 else rows[0])
+        run(self.conn, _INSERT_VERSION, rows if len(rows) > 1 else rows[0])
 
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
         self.flush()
@@ -677,15 +679,15 @@ class ResourceRepo:
         body["meta"] = {"versionId": str(version), "lastUpdated": fhir_instant(now), **meta}
         values = {"version_id": version, "last_updated": now, "deleted": 0, "content": "", "body": packed(body)}
         if current is None:
-            self.conn.execute(_INSERT_RESOURCE, {"type": rtype, "id": rid, **values})
+            run(self.conn, _INSERT_RESOURCE, {"type": rtype, "id": rid, **values})
         else:
             key = {"rtype": rtype, "rid": rid, "expected": current.version_id}
-            if self.conn.execute(_UPDATE_RESOURCE, {**key, **values}).rowcount != 1:
+            if run(self.conn, _UPDATE_RESOURCE, {**key, **values}).rowcount != 1:
                 raise StorageConflictError(f"{rtype} changed since it was read (concurrent writer)")
         if self._versions is not None:
             self._versions.append({"type": rtype, "id": rid, **values})
         else:
-            self.conn.execute(_INSERT_VERSION, {"type": rtype, "id": rid, **values})
+            run(self.conn, _INSERT_VERSION, {"type": rtype, "id": rid, **values})
         self._reindex(rtype, rid, index, previous=current)
         stored = StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body)
         self._remember((rtype, rid), stored)
@@ -725,10 +727,10 @@ class ResourceRepo:
         old, new = stored_rows(rtype, rid, before), stored_rows(rtype, rid, index)
         gone = [{f"k_{k}": v for k, v in old[key].items()} for key in old.keys() - new.keys()]
         if gone:
-            self.conn.execute(_DELETE_INDEX, gone)
+            run(self.conn, _DELETE_INDEX, gone)
         added = [new[key] for key in new.keys() - old.keys()]
         if added:
-            self.conn.execute(_INSERT_INDEX[self.conn.dialect.name], added)
+            run(self.conn, _INSERT_INDEX[self.conn.dialect.name], added)
 
     def search(
         self,
@@ -772,11 +774,11 @@ class ResourceRepo:
             for i, (param, system, value) in enumerate(criteria):
                 params.update({f"p{i}": param, f"v{i}": value, f"s{i}": system})
             page_query, count_query = _search_statements(shape)
-        page = [self._found(r) for r in self.conn.execute(page_query, params)]
+        page = [self._found(r) for r in run(self.conn, page_query, params)]
         self._heard("search-type", rtype, page)
         if not count:
             return page, len(page)  # internal callers want the rows, not a total (one query fewer)
-        total = int(self.conn.execute(count_query, params).scalar_one())
+        total = int(run(self.conn, count_query, params).scalar_one())
         return page, total
 
 
@@ -983,8 +985,37 @@ class OutboxRecord:
     retry_since: datetime | None = None
 
 
+#: Bumped by every subscription written in this process, at the write and again at its commit, so that
+#: the listening registry (``gateway/db/unit.py``) reads them again at once: one that re-read between the two
+#: (on PostgreSQL, from another connection) did not see the row yet. Other processes' writes are seen when
+#: the registry's read expires.
+_subscription_changes = [0]
+_changes_lock = threading.Lock()
+
+
+def subscription_generation() -> int:
+    """How many subscription writes this process has made (a generation, compared, never shown)."""
+    return _subscription_changes[0]
+
+
+def _bump(*_: Any) -> None:
+    with _changes_lock:
+        _subscription_changes[0] += 1
+
+
+def _subscriptions_changed(conn: Connection) -> None:
+    """Bumped now, and again when the transaction ends: at its commit (see above), or at its rollback, for a
+    registry that read the row uncommitted in this very transaction (it would otherwise keep it until its
+    read expires)."""
+    _bump()
+    event.listen(conn, "commit", _bump, once=True)
+    event.listen(conn, "rollback", _bump, once=True)
+
+
 class SubscriptionRepo:
-    """Subscriptions; built with an ``owner`` (a platform's client id), :meth:`get` finds only its own."""
+    """Subscriptions; built with an ``owner`` (a platform's client id), :meth:`get` finds only its own.
+
+    Every write tells the listening registry (see :func:`subscription_generation`)."""
 
     def __init__(self, conn: Connection, *, owner: str | None = None) -> None:
         self.conn = conn
@@ -1012,6 +1043,7 @@ class SubscriptionRepo:
         }
 
     def add(self, record: SubscriptionRecord) -> None:
+        _subscriptions_changed(self.conn)
         self.conn.execute(
             insert(subscriptions).values(
                 id=record.id,
@@ -1024,15 +1056,17 @@ class SubscriptionRepo:
 
     def update(self, record: SubscriptionRecord) -> None:
         """Replace what a platform may change (never the event counter)."""
+        _subscriptions_changed(self.conn)
         self.conn.execute(update(subscriptions).where(subscriptions.c.id == record.id).values(**self._settable(record)))
 
     def delete(self, sub_id: str) -> None:
+        _subscriptions_changed(self.conn)
         self.conn.execute(delete(outbox).where(outbox.c.subscription_id == sub_id, outbox.c.status != "delivered"))
         self.conn.execute(delete(subscriptions).where(subscriptions.c.id == sub_id))
 
     def sent(self, sub_id: str, *, now: datetime) -> None:
         """Statement built once: the delivery worker's hot path."""
-        self.conn.execute(_SUBSCRIPTION_SENT, {"sub_id": sub_id, "now": now})
+        run(self.conn, _SUBSCRIPTION_SENT, {"sub_id": sub_id, "now": now})
 
     def with_heartbeat(self) -> list[SubscriptionRecord]:
         rows = self.conn.execute(
@@ -1075,13 +1109,13 @@ class SubscriptionRepo:
         subscriptions record nothing, and, given ``now``, none outside their validity (start, ``end``).
         """
         if now is None:
-            return [_subscription(r) for r in self.conn.execute(_LISTENING, {"topic": topic})]
-        return [_subscription(r) for r in self.conn.execute(_LISTENING_AT, {"topic": topic, "now": now})]
+            return [_subscription(r) for r in run(self.conn, _LISTENING, {"topic": topic})]
+        return [_subscription(r) for r in run(self.conn, _LISTENING_AT, {"topic": topic, "now": now})]
 
     def listening_by_topic(self, *, now: datetime | None = None) -> dict[str, list[SubscriptionRecord]]:
         """:meth:`listening` for every topic at once: topic URL → subscriptions, ordered by id."""
         out: dict[str, list[SubscriptionRecord]] = {}
-        rows = self.conn.execute(_LISTENING_ALL) if now is None else self.conn.execute(_LISTENING_ALL_AT, {"now": now})
+        rows = run(self.conn, _LISTENING_ALL, {}) if now is None else run(self.conn, _LISTENING_ALL_AT, {"now": now})
         for row in rows:
             record = _subscription(row)
             out.setdefault(record.topic, []).append(record)
@@ -1095,12 +1129,18 @@ class SubscriptionRepo:
         return [str(r[0]) for r in rows]
 
     def set_status(self, sub_id: str, status: str, *, error: str | None = None) -> None:
+        _subscriptions_changed(self.conn)
         self.conn.execute(update(subscriptions).where(subscriptions.c.id == sub_id).values(status=status, error=error))
 
     def next_event_number(self, sub_id: str) -> int:
-        """Increment and return the subscription's counter; the row lock keeps numbers gapless."""
-        row = self.conn.execute(_NEXT_EVENT_NUMBER, {"sub_id": sub_id}).first()
-        assert row is not None
+        """Increment and return the subscription's counter; the row lock keeps numbers gapless.
+
+        A subscription another instance deleted since the listening registry read it has no row left: the
+        registry is told to read again and the message is applied again (:class:`StorageConflictError`)."""
+        row = run(self.conn, _NEXT_EVENT_NUMBER, {"sub_id": sub_id}).first()
+        if row is None:
+            _bump()
+            raise StorageConflictError("a subscription was deleted meanwhile (another instance)")
         return int(row[0])
 
 
@@ -1243,7 +1283,8 @@ class OutboxRepo:
         focus: tuple[str, str, int] | None = None,
         context: list[JSON] | None = None,
     ) -> None:
-        self.conn.execute(
+        run(
+            self.conn,
             _INSERT_OUTBOX,
             {
                 "subscription_id": subscription_id,

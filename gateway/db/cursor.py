@@ -1,0 +1,260 @@
+"""The hot path's statements run on the DB-API cursor: compiled once per dialect, executed without
+SQLAlchemy's execution layer, in the same transaction as the SQLAlchemy ``Connection`` they are given.
+
+SQLAlchemy's execution of a statement already compiled and cached still costs tens of microseconds
+(execution context, ``construct_params``, result metadata, event dispatch): a quarter of the MLLP writer
+thread at ~22 statements a message. Here a statement built once in ``repo.py`` is compiled once per
+dialect and parameter shape into its SQL text, the order (or names) of its parameters, the bind processors
+SQLAlchemy itself would apply (so that a ``DateTime`` is written as the very string SQLAlchemy writes and
+rows written by either path compare and sort alike) and its result processors; then each run is a cursor
+``execute`` or ``executemany`` on the connection's own DB-API connection.
+
+What SQLAlchemy's path guarantees is kept: a driver error goes through the connection's own handler
+(``DBAPIError`` wrapping, disconnect detection and invalidation, ``handle_error`` events), so every
+``except IntegrityError`` / ``OperationalError`` and :func:`gateway.db.engine.translated` work unchanged; a
+transaction that must be rolled back refuses further statements; autobegin happens as it would; and
+``before_cursor_execute`` / ``after_cursor_execute`` listeners fire (with no execution context) when any
+is registered, which the statement-count pins and the benchmarks rely on.
+
+Only statements whose SQL does not depend on the values qualify: no expanding ``IN`` (a literal list is
+rendered once, as the values it holds), no Python-side default computed per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
+
+#: Parameters as a caller gives them: one dict, or a list of dicts for ``executemany``.
+Params = Mapping[str, Any] | Sequence[Mapping[str, Any]]
+_Processor = Callable[[Any], Any] | None
+
+#: Statement shapes compiled per dialect; past this many a dialect's cache is emptied (the hot path has a
+#: few dozen shapes: a growing cache means a statement built per call reached this module).
+MAX_SHAPES = 512
+
+
+class Row(tuple[Any, ...]):
+    """A result row read as the callers read SQLAlchemy's: by position, unpacked, by attribute
+    (``row.id``) or by ``row._mapping["id"]``."""
+
+    __slots__ = ()
+    _fields: ClassVar[tuple[str, ...]] = ()
+    _index: ClassVar[dict[str, int]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[type(self)._index[name]]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def _mapping(self) -> dict[str, Any]:
+        return dict(zip(self._fields, self, strict=True))
+
+
+def _row_class(fields: Sequence[str]) -> type[Row]:
+    index = {field: i for i, field in enumerate(fields)}
+    return type("Row", (Row,), {"__slots__": (), "_fields": tuple(fields), "_index": index})
+
+
+class Result:
+    """What a run returned: its rows (read at once), ``rowcount`` (the optimistic update needs it)."""
+
+    __slots__ = ("rowcount", "rows")
+
+    def __init__(self, rows: list[Row], rowcount: int) -> None:
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+    def first(self) -> Row | None:
+        return self.rows[0] if self.rows else None
+
+    def all(self) -> list[Row]:
+        return self.rows
+
+    def scalar_one(self) -> Any:
+        if len(self.rows) != 1:
+            raise LookupError(f"expected one row, got {len(self.rows)}")
+        return self.rows[0][0]
+
+
+@dataclass(frozen=True, slots=True)
+class Compiled:
+    """One statement as the driver runs it, for one dialect and one set of parameter names."""
+
+    sql: str
+    #: positional paramstyles: (parameter name or None, fixed value, bind processor) in placeholder order
+    positional: tuple[tuple[str | None, Any, _Processor], ...] | None
+    #: named paramstyles: (bind name, parameter name or None, fixed value, bind processor)
+    named: tuple[tuple[str, str | None, Any, _Processor], ...] | None
+    #: result processors, one per column (None where the driver's value is kept); None: no rows
+    results: tuple[_Processor, ...] | None
+    row: type[Row]
+    #: (column, processor) of the columns converted (the others are kept as the driver returns them)
+    converted: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
+
+    def bind(self, params: Mapping[str, Any]) -> Any:
+        """The driver's parameters for one row of ``params``."""
+        if self.positional is not None:
+            values = []
+            for key, fixed, proc in self.positional:
+                value = params[key] if key is not None else fixed
+                values.append(value if proc is None else proc(value))
+            return tuple(values)
+        assert self.named is not None
+        out = {}
+        for name, key, fixed, proc in self.named:
+            value = params[key] if key is not None else fixed
+            out[name] = value if proc is None else proc(value)
+        return out
+
+    def rows(self, fetched: Sequence[Sequence[Any]]) -> list[Row]:
+        make, converted = self.row, self.converted
+        if not converted:
+            return [make(r) for r in fetched]
+        out = []
+        for r in fetched:
+            values = list(r)
+            for i, proc in converted:
+                values[i] = proc(values[i])
+            out.append(make(values))
+        return out
+
+
+#: (statement, dialect, parameter names, executemany) -> compiled; bounded by :data:`MAX_SHAPES` (a throw-away
+#: store's dialect is held until then, no longer)
+_SHAPES: dict[tuple[Any, ...], Compiled] = {}
+
+
+def compiled(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], *, many: bool = False) -> Compiled:
+    """``statement`` compiled for ``dialect`` with parameters named ``keys``, for ``executemany`` or not
+    (an INSERT run once gets PostgreSQL's implicit ``RETURNING`` of its key, as SQLAlchemy does) (cached)."""
+    key = (statement, dialect, keys, many)
+    found = _SHAPES.get(key)
+    if found is None:
+        if len(_SHAPES) >= MAX_SHAPES:
+            _SHAPES.clear()
+        found = _SHAPES[key] = _compile(statement, dialect, keys, many=many)
+    return found
+
+
+def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], *, many: bool) -> Compiled:
+    """SQLAlchemy's own compilation, taken apart once: SQL text, where each parameter comes from (the
+    caller's dict, or a value fixed in the statement such as a literal ``status``), its bind processor.
+
+    A literal ``IN`` list, which SQLAlchemy expands on every execution, is expanded here once (its values
+    are fixed); a list the caller passes (an expanding parameter) would change the SQL per call: refused."""
+    comp = statement.compile(dialect=dialect, column_keys=list(keys), for_executemany=many)
+    assert isinstance(comp, SQLCompiler)
+    given = set(keys)
+    if any(bind.key in given for bind in [*comp.post_compile_params, *comp.literal_execute_params]):
+        raise ValueError("an expanding parameter given by the caller: not a fast statement")
+    defaults = _scalar_defaults(comp)
+    state = comp.construct_expanded_state({key: None for key in given}, escape_names=False)
+    processors = {**comp._bind_processors, **state.processors}  # the state's own: only the expanded ones
+
+    def source(name: str) -> tuple[str | None, Any, _Processor]:
+        bind = comp.binds.get(name)
+        key = bind.key if bind is not None and bind.key in given else None
+        fixed = defaults.get(bind.key, state.parameters[name]) if bind is not None else state.parameters[name]
+        if key is None and bind is not None and bind.required and bind.key not in defaults:
+            raise ValueError(f"parameter {bind.key!r} not given for a fast statement")
+        proc = processors.get(name)
+        if proc is not None and not callable(proc):
+            raise ValueError(f"parameter {name!r} is a tuple: not a fast statement")
+        return key, fixed, proc
+
+    positional = named = None
+    if state.positiontup is not None:
+        positional = tuple(source(name) for name in state.positiontup)
+    else:
+        escaped: Mapping[str, str] = comp.escaped_bind_names or {}
+        named = tuple((escaped.get(name, name), *source(name)) for name in state.parameters)
+    results = None
+    fields: list[str] = []
+    if comp._result_columns:
+        results = tuple(col[3]._cached_result_processor(dialect, None) for col in comp._result_columns)
+        fields = [col[0] for col in comp._result_columns]
+    converted = tuple((i, proc) for i, proc in enumerate(results or ()) if proc is not None)
+    return Compiled(
+        sql=state.statement,
+        positional=positional,
+        named=named,
+        results=results,
+        row=_row_class(fields),
+        converted=converted,
+    )
+
+
+def _scalar_defaults(comp: SQLCompiler) -> dict[str, Any]:
+    """The Python-side defaults an INSERT or UPDATE fills in for columns not given: constants only (a
+    default computed per row would need SQLAlchemy's execution context)."""
+    out: dict[str, Any] = {}
+    for column in [*comp.insert_prefetch, *comp.update_prefetch]:
+        default = column.default if comp.isinsert else column.onupdate
+        if default is None or not getattr(default, "is_scalar", False):
+            raise ValueError(f"column {column.key!r} has a default computed per row: not a fast statement")
+        out[column.key] = getattr(default, "arg", None)
+    return out
+
+
+def execute(conn: Connection, statement: ClauseElement, params: Params) -> Result:
+    """Run ``statement`` (built once) with ``params`` (a dict, or a list of dicts: ``executemany``) on
+    ``conn``'s DB-API connection, inside ``conn``'s transaction or SAVEPOINT."""
+    many = type(params) is not dict and not isinstance(params, Mapping)  # (the ABC check is slow: dicts first)
+    rows: Sequence[Mapping[str, Any]] = params if many else [params]  # type: ignore[list-item,assignment]
+    shape = compiled(statement, conn.dialect, tuple(rows[0]), many=many)
+    dbapi = _ready(conn)
+    bound: Any = [shape.bind(r) for r in rows] if many else shape.bind(rows[0])
+    # An engine with any connection listener (ours have "begin") has events: ask for these two, on the
+    # engine's own listeners unless the connection has some of its own (fewer levels to look through).
+    dispatch = conn.dispatch if conn._has_events else conn.engine.dispatch if conn.engine._has_events else None
+    before = dispatch.before_cursor_execute if dispatch is not None else None
+    after = dispatch.after_cursor_execute if dispatch is not None else None
+    cursor = dbapi.cursor()
+    try:
+        if before:
+            for fn in before:
+                _, bound = fn(conn, cursor, shape.sql, bound, None, many)
+        if many:
+            cursor.executemany(shape.sql, bound)
+        else:
+            cursor.execute(shape.sql, bound)
+        if after:
+            after(conn, cursor, shape.sql, bound, None, many)
+        fetched = cursor.fetchall() if shape.results is not None else []
+        rowcount = cursor.rowcount
+    except BaseException as exc:
+        # The connection's own handler: a driver error wrapped (with the statement) into SQLAlchemy's tree,
+        # a lost connection or an interrupt invalidating it. Anything else (a listener's error) is raised as
+        # it is, as SQLAlchemy raises it: without an execution context the handler would wrap it.
+        driver = isinstance(exc, conn.dialect.loaded_dbapi.Error)
+        conn._handle_dbapi_exception(exc, shape.sql if driver else None, bound if driver else None, cursor, None)
+    finally:
+        cursor.close()
+    return Result(shape.rows(fetched) if fetched else [], rowcount)
+
+
+def _ready(conn: Connection) -> Any:
+    """``conn``'s DB-API connection, checked as SQLAlchemy checks it before a statement: a transaction
+    that failed refuses more work (``PendingRollbackError``), and none open begins one (autobegin)."""
+    dbapi = conn.connection.dbapi_connection
+    trans, nested = conn._transaction, conn._nested_transaction
+    if (trans is not None and not trans.is_active) or (nested is not None and not nested.is_active):
+        conn._invalid_transaction()
+    if trans is None:
+        conn._autobegin()
+    return dbapi
+
+
+__all__ = ["Compiled", "Params", "Result", "Row", "compiled", "execute"]

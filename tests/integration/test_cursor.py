@@ -1,0 +1,187 @@
+"""The hot path's statements on the DB-API cursor (``gateway/db/cursor.py``), on SQLite and PostgreSQL:
+the same rows as SQLAlchemy's path writes and reads, its errors, its transaction, its events."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, bindparam, event, insert, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from gateway.db import cursor
+from gateway.db.engine import throwaway_engine, transaction, translated
+from gateway.db.repo import _GET_RESOURCE, _INSERT_RESOURCE, _LISTENING_ALL, _UPDATE_RESOURCE, _get_resources_statement
+from gateway.db.schema import resources, subscriptions
+from gateway.errors import StorageConflictError
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def _resource(rid: str, *, at: datetime = NOW) -> dict[str, Any]:
+    return {
+        "type": "Patient",
+        "id": rid,
+        "version_id": 1,
+        "last_updated": at,
+        "deleted": 0,
+        "content": "",
+        "body": b"\x00z",
+    }
+
+
+def test_rows_written_on_the_cursor_equal_sqlalchemys_byte_for_byte(db: Engine) -> None:
+    """A ``DateTime`` (and a ``LargeBinary``) goes through SQLAlchemy's own bind processor: the stored
+    text is the one SQLAlchemy writes, so rows of both paths compare and sort alike (SQLite stores text)."""
+    paris = timezone(timedelta(hours=1))
+    with transaction(db) as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, _resource("fast", at=NOW.astimezone(paris)))
+        conn.execute(_INSERT_RESOURCE, _resource("slow", at=NOW.astimezone(paris)))
+    with db.connect() as conn:
+        raw = conn.execute(
+            select(text("CAST(last_updated AS TEXT)"), resources.c.body).select_from(resources).order_by(resources.c.id)
+        ).all()
+        assert raw[0] == raw[1]
+        fast = cursor.execute(conn, _GET_RESOURCE, {"rtype": "Patient", "rid": "fast"}).first()
+        slow = conn.execute(_GET_RESOURCE, {"rtype": "Patient", "rid": "fast"}).first()
+    assert fast is not None and slow is not None
+    assert tuple(fast) == tuple(slow)  # result processors too: the datetime parsed back, the same type
+    assert fast._mapping == dict(slow._mapping)
+    assert fast.body == b"\x00z"
+
+
+def test_executemany_rowcount_and_padded_lists(db: Engine) -> None:
+    with transaction(db) as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, [_resource(f"p{i}") for i in range(3)])
+        changed = cursor.execute(
+            conn,
+            _UPDATE_RESOURCE,
+            {"rtype": "Patient", "rid": "p1", "expected": 1, **_resource("p1"), "version_id": 2},
+        )
+        stale = cursor.execute(
+            conn,
+            _UPDATE_RESOURCE,
+            {"rtype": "Patient", "rid": "p2", "expected": 7, **_resource("p2"), "version_id": 8},
+        )
+        assert (changed.rowcount, stale.rowcount) == (1, 0)
+        query = _get_resources_statement(1, 2)
+        found = cursor.execute(conn, query, {"t0": "Patient", "i0": "p0", "i1": "p1"}).all()
+        assert sorted((r.id, r.version_id) for r in found) == [("p0", 1), ("p1", 2)]
+
+
+def test_a_literal_in_list_is_rendered_once(db: Engine) -> None:
+    """``status IN ('requested', 'active', 'error')`` is expanded per execution by SQLAlchemy; here once."""
+    with transaction(db) as conn:
+        for sid, status in (("s1", "active"), ("s2", "off")):
+            conn.execute(
+                insert(subscriptions).values(
+                    id=sid,
+                    status=status,
+                    topic="t",
+                    endpoint="e",
+                    payload_content="id-only",
+                    secret="x",
+                    created_at=NOW,
+                )
+            )
+        assert [r.id for r in cursor.execute(conn, _LISTENING_ALL, {})] == ["s1"]
+
+
+def test_an_expanding_parameter_is_refused(db: Engine) -> None:
+    query = select(resources.c.id).where(resources.c.id.in_(bindparam("ids", expanding=True)))
+    with db.connect() as conn, pytest.raises(ValueError, match="expanding"):
+        cursor.execute(conn, query, {"ids": ["a"]})
+
+
+def test_driver_errors_are_sqlalchemys_and_translated_the_same(db: Engine) -> None:
+    """A unique violation is an ``IntegrityError`` (what every ``except`` and ``translated`` expect), and
+    the transaction is then refused further work as SQLAlchemy refuses it, on both paths."""
+    with transaction(db) as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, _resource("dup"))
+    with pytest.raises(StorageConflictError), translated(), db.connect() as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, _resource("dup"))
+    with db.connect() as conn:
+        trans = conn.begin()
+        with pytest.raises(IntegrityError):
+            cursor.execute(conn, _INSERT_RESOURCE, _resource("dup"))
+        if db.dialect.name == "postgresql":  # the server aborted the transaction: wrapped as SQLAlchemy does
+            with pytest.raises(DBAPIError, match="aborted"):
+                cursor.execute(conn, _GET_RESOURCE, {"rtype": "Patient", "rid": "dup"})
+        trans.rollback()
+
+
+def test_savepoints_and_rollback_cover_cursor_writes(db: Engine) -> None:
+    """The cursor is the connection's own: a SAVEPOINT rolled back, or the transaction, takes its rows."""
+    with db.connect() as conn:
+        with conn.begin():
+            cursor.execute(conn, _INSERT_RESOURCE, _resource("kept"))
+            nested = conn.begin_nested()
+            cursor.execute(conn, _INSERT_RESOURCE, _resource("dropped"))
+            nested.rollback()
+        with conn.begin() as trans:
+            cursor.execute(conn, _INSERT_RESOURCE, _resource("rolled-back"))
+            trans.rollback()
+        ids = [r.id for r in conn.execute(select(resources.c.id).order_by(resources.c.id))]
+    assert ids == ["kept"]
+
+
+def test_autobegin_without_a_transaction(db: Engine) -> None:
+    """As ``Connection.execute``: a statement outside any transaction begins one, which must be committed."""
+    with db.connect() as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, _resource("auto"))
+        assert conn.in_transaction()
+        conn.rollback()
+        assert cursor.execute(conn, _GET_RESOURCE, {"rtype": "Patient", "rid": "auto"}).first() is None
+
+
+def test_cursor_events_fire_with_the_drivers_parameters(db: Engine) -> None:
+    seen: list[tuple[str, Any, bool]] = []
+
+    def before(conn: Any, cur: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+        seen.append((statement, params, many))
+
+    after: list[str] = []
+
+    def done(conn: Any, cur: Any, statement: str, *_: Any) -> None:
+        after.append(statement)
+
+    with transaction(db) as conn:
+        event.listen(db, "before_cursor_execute", before)
+        event.listen(db, "after_cursor_execute", done)
+        try:
+            cursor.execute(conn, _INSERT_RESOURCE, [_resource("e1"), _resource("e2")])
+            cursor.execute(conn, _GET_RESOURCE, {"rtype": "Patient", "rid": "e1"})
+        finally:
+            event.remove(db, "before_cursor_execute", before)
+            event.remove(db, "after_cursor_execute", done)
+    assert [s.split()[0] for s, _, _ in seen] == ["INSERT", "SELECT"]
+    assert [many for _, _, many in seen] == [True, False]
+    assert after == [s for s, _, _ in seen]
+    params = seen[1][1]
+    assert ("Patient" in params and "e1" in params) or params == {"rtype": "Patient", "rid": "e1"}
+
+
+def test_a_statement_built_per_call_is_a_new_shape_each_time() -> None:
+    """The cache is keyed by the statement object: ``MAX_SHAPES`` bounds what a mistake would leak."""
+    engine = throwaway_engine()
+    for i in range(cursor.MAX_SHAPES + 5):
+        with engine.connect() as conn:
+            cursor.execute(conn, select(resources.c.id).where(resources.c.id == bindparam("x")), {"x": str(i)})
+    assert len(cursor._SHAPES) <= cursor.MAX_SHAPES
+
+
+def test_a_listeners_error_is_raised_as_it_is(db: Engine) -> None:
+    """Not wrapped into a ``StatementError``, as on SQLAlchemy's path; and the connection stays usable."""
+
+    def failing(*_: Any) -> None:
+        raise RuntimeError("listener")
+
+    with db.connect() as conn:
+        event.listen(db, "before_cursor_execute", failing)
+        try:
+            with pytest.raises(RuntimeError, match="listener"):
+                cursor.execute(conn, _GET_RESOURCE, {"rtype": "Patient", "rid": "x"})
+        finally:
+            event.remove(db, "before_cursor_execute", failing)
+        assert cursor.execute(conn, _GET_RESOURCE, {"rtype": "Patient", "rid": "x"}).first() is None
