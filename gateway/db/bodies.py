@@ -11,6 +11,7 @@ for ~7 µs more a body; the level is not part of the format (any level inflates 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import struct
 import zlib
@@ -46,19 +47,65 @@ _PRIMED = {
 }
 
 
+#: how many bodies :class:`_Inflated` remembers (~2.5 KB each, text and body)
+INFLATED_BODIES = 512
+#: texts longer than this are not remembered, so that the cache stays a few MB whatever the bodies
+REMEMBERED_TEXT = 16_384
+
+
+class _Inflated:
+    """The texts of the resource and fact bodies this process wrote or read last, by their stored bytes.
+
+    A message reads back what the previous messages wrote (the stay's facts, the patient, the circle)
+    and the same doctors and units every time; inflating a body costs ~7 µs, most of it setting the
+    dictionary, against a hash of its ~300 bytes here. A body's bytes determine its text, so an entry
+    is never stale. Writer threads and API reads share it without a lock (a dict's get and set are atomic
+    under the GIL); the oldest entry goes first, and two threads dropping at once may leave one more.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._texts: dict[bytes, bytes] = {}
+
+    def get(self, body: bytes) -> bytes | None:
+        return self._texts.get(body)
+
+    def keep(self, body: bytes, text: bytes) -> None:
+        if len(text) > REMEMBERED_TEXT:
+            return  # a resource swollen by a huge field: inflating it again is cheap beside its size
+        texts = self._texts
+        texts[body] = text
+        if len(texts) > self._size:
+            # another thread may have dropped it, or changed the dict meanwhile
+            with contextlib.suppress(KeyError, RuntimeError):
+                del texts[next(iter(texts))]
+
+
+_INFLATED = _Inflated(INFLATED_BODIES)
+
+
 def encode(text: bytes, *, codec: int = CURRENT) -> bytes:
     """A body as stored: the codec byte, then ``text`` deflated against that codec's dictionary."""
     packer = _PRIMED[codec].copy()
-    return bytes((codec,)) + packer.compress(text) + packer.flush()
+    body = bytes((codec,)) + packer.compress(text) + packer.flush()
+    if codec == CURRENT:  # resources and facts are read back by the next messages; raw messages seldom
+        _INFLATED.keep(body, text)
+    return body
 
 
 def decode(body: bytes) -> bytes:
     """The JSON text of a stored body, whichever codec wrote it."""
+    known = _INFLATED.get(body)
+    if known is not None:
+        return known
     codec = body[0]
     if codec not in _ZDICT:
         raise ValueError(f"stored body written with an unknown codec ({codec}): a newer gateway wrote it")
     unpacker = zlib.decompressobj(WBITS, zdict=_ZDICT[codec])
-    return unpacker.decompress(body[1:]) + unpacker.flush()
+    text = unpacker.decompress(body[1:]) + unpacker.flush()
+    if codec == CURRENT:
+        _INFLATED.keep(body, text)
+    return text
 
 
 #: before a stored message's deflated text: the length of its raw bytes, and whether an ACK follows

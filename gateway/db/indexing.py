@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from gateway.canonical import CANONICAL_BASE
 from gateway.mapping.directory import practitioner_of_role
-from gateway.mapping.ids import ps_identifier_forms
+from gateway.mapping.ids import MEMO_LONGEST, ps_identifier_forms
 
 JSON = dict[str, Any]
 Entry = tuple[str, str, str]  # (param, system, value)
@@ -65,10 +66,18 @@ _LONGEST_FIRST = sorted(enumerate(SYSTEM_CODES), key=lambda c: -len(c[1]))
 
 def stored_system(system: str) -> str:
     """A system as the index stores (and is searched for) it: its longest listed prefix as a code."""
+    return _coded(system) if len(system) > MEMO_LONGEST else _known_coded(system)
+
+
+def _coded(system: str) -> str:
     for code, prefix in _LONGEST_FIRST:
         if system.startswith(prefix):
             return f"{SYSTEM_MARK}{chr(ord('A') + code)}{system[len(prefix) :]}"
     return system
+
+
+#: a few dozen systems recur in every message's ~50 entries, each walking the nine prefixes
+_known_coded = lru_cache(maxsize=512)(_coded)
 
 
 def system_of(stored: str) -> str:
@@ -83,9 +92,17 @@ def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[st
     instant goes where a token's system does, its value left empty (see ``gateway/db/schema.py``)."""
     rows: dict[tuple[str, str, str], dict[str, str]] = {}
     for param, system, value in entries:
-        found_by, qualifier = ("", value) if param in DATE_PARAMS else (value, stored_system(system))
-        row = {"type": rtype, "param": param, "value": found_by[:WIDTH], "id": rid, "system": qualifier[:WIDTH]}
-        rows[(param, row["value"], row["system"])] = row
+        if param in DATE_PARAMS:
+            found_by, qualifier = "", value[:WIDTH]
+        else:
+            found_by, qualifier = value[:WIDTH], stored_system(system)[:WIDTH]
+        rows[(param, found_by, qualifier)] = {
+            "type": rtype,
+            "param": param,
+            "value": found_by,
+            "id": rid,
+            "system": qualifier,
+        }
     return rows
 
 
@@ -131,10 +148,22 @@ def instant_text(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(INSTANT_FORMAT)
 
 
+def _instant(text: str, upper: bool) -> str | None:
+    bounds = instant_bounds(text)
+    return instant_text(bounds[1] if upper else bounds[0]) if bounds else None
+
+
+#: a stay's dates recur in its movements' and its circle's periods, and in the previous version's entries
+_known_instant = lru_cache(maxsize=1024)(_instant)
+
+
 def _date(param: str, value: Any, *, upper: bool = False) -> list[Entry]:
     """A date parameter entry: the value's first instant (its last one, exclusive, with ``upper``)."""
-    bounds = instant_bounds(str(value)) if value else None
-    return [(param, "", instant_text(bounds[1] if upper else bounds[0]))] if bounds else []
+    if not value:
+        return []
+    text = str(value)
+    instant = _instant(text, upper) if len(text) > MEMO_LONGEST else _known_instant(text, upper)
+    return [(param, "", instant)] if instant is not None else []
 
 
 def _careteam_dates(team: JSON) -> list[Entry]:

@@ -104,17 +104,27 @@ class Repetition:
 class Segment:
     """One segment; ``fields[n]`` is HL7 field n (MSH is shifted so that MSH-1 is the field separator)."""
 
-    __slots__ = ("_enc", "fields", "name")
+    __slots__ = ("_enc", "_reps", "fields", "name")
 
     def __init__(self, name: str, fields: list[str], enc: Encoding) -> None:
         self.name = name
         self.fields = fields
         self._enc = enc
+        #: field number → its repetitions, split once: the header checks, the map and its rules read
+        #: the same fields several times (a repetition splits its components once, too)
+        self._reps: dict[int, list[Repetition]] = {}
 
     def raw(self, n: int) -> str:
         return self.fields[n] if 0 < n < len(self.fields) else ""
 
     def repetitions(self, n: int) -> list[Repetition]:
+        """Field ``n``'s non-empty repetitions: one list per field, shared by every caller (read it only)."""
+        reps = self._reps.get(n)
+        if reps is None:
+            reps = self._reps[n] = self._split(n)
+        return reps
+
+    def _split(self, n: int) -> list[Repetition]:
         raw = self.raw(n)
         if not raw:
             return []

@@ -6,6 +6,7 @@ what makes golden files, ``gateway convert`` and the sandbox trustworthy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -240,7 +241,7 @@ class Engine:
     def _apply(self, seg_map: SegmentMap, segment: Segment, ctx: MapContext) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for rule in seg_map.rules:
-            ctx.location = str(rule.source)
+            ctx.location = rule.location
             reps = segment.repetitions(rule.source.field)
             groups = _people(reps) if rule.transform in PERSON_TRANSFORMS else [[rep] for rep in reps]
             for rep, *same in groups if rule.repeat else groups[:1]:
@@ -579,7 +580,7 @@ def filter_identifiers(
     return kept
 
 
-def _people(reps: list[Repetition]) -> list[list[Repetition]]:
+def _people(reps: Sequence[Repetition]) -> list[list[Repetition]]:
     """XCN repetitions grouped by person: GAMs send one doctor as ``ADELI~RPPS`` with the same name
     (XCN-2/3). Repetitions without a name stand alone."""
     groups: dict[tuple[str, str] | int, list[Repetition]] = {}

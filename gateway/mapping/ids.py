@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
+
+#: Arguments longer than this are not memoized by the hot path's small caches (``lru_cache`` keeps its
+#: keys): a hostile 300 kB field must not be held a thousand times over.
+MEMO_LONGEST = 256
 
 
 def resource_id(resource_type: str, key: str) -> str:
     """A FHIR id (32 hex chars) from a business key such as ``system|value``; no PHI is readable in it."""
-    digest = hashlib.sha256(f"{resource_type}\x1f{key}".encode()).hexdigest()
-    return digest[:32]
+    return _digest(resource_type, key) if len(key) > MEMO_LONGEST else _known_digest(resource_type, key)
+
+
+def _digest(resource_type: str, key: str) -> str:
+    return hashlib.sha256(f"{resource_type}\x1f{key}".encode()).hexdigest()[:32]
+
+
+#: ~25 ids a message, most of them the same doctors, units, patient and stay again
+_known_digest = lru_cache(maxsize=1024)(_digest)
 
 
 #: ANS national identifiers of health professionals (FR Core 2.1.0 fr-core-practitioner slices).

@@ -83,10 +83,15 @@ class CodeRow:
     target_display: str = ""
 
     def coding(self) -> dict[str, str]:
-        out = {"system": self.target_system, "code": self.target_code}
+        """A new Coding each call (callers may change it), without its empty elements."""
+        out = {}
+        if self.target_system:
+            out["system"] = self.target_system
+        if self.target_code:
+            out["code"] = self.target_code
         if self.target_display:
             out["display"] = self.target_display
-        return {k: v for k, v in out.items() if v}
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,11 @@ class Rule:
     transform: str
     args: dict[str, Any] = field(default_factory=dict)
     repeat: bool = False
+    #: ``str(source)``, what a warning names: built once at load, not for every rule of every message
+    location: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "location", str(self.source))
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,21 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from gateway.canonical import CANONICAL_BASE, FR_CORE_SD
 from gateway.hl7.er7 import Repetition
-from gateway.mapping.ids import ADELI_SYSTEM, NATIONAL_PS, PS_OID, RPPS_SYSTEM, national_ps, resource_id
+from gateway.mapping.ids import (
+    ADELI_SYSTEM,
+    MEMO_LONGEST,
+    NATIONAL_PS,
+    PS_OID,
+    RPPS_SYSTEM,
+    national_ps,
+    resource_id,
+)
 from gateway.mapping.tables import Tables
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -71,6 +80,11 @@ def transform(name: str) -> Callable[[Transform], Transform]:
 
 
 def parse_dtm(text: str, tz: ZoneInfo = PARIS) -> tuple[datetime, int] | None:
+    """HL7 DTM → (aware datetime, precision in characters), or ``None``: see :func:`_parse_dtm`."""
+    return _parse_dtm(text, tz) if len(text) > MEMO_LONGEST else _known_dtm(text, tz)
+
+
+def _parse_dtm(text: str, tz: ZoneInfo) -> tuple[datetime, int] | None:
     """HL7 DTM → (aware datetime, precision in characters). Naive times are French local time.
 
     Anything that is not a real instant (month 13, offset +2400, year 0001…) gives ``None``, never an
@@ -91,6 +105,10 @@ def parse_dtm(text: str, tz: ZoneInfo = PARIS) -> tuple[datetime, int] | None:
         return None
     precision = len("".join(g for g in (year, month, day, hour, minute, second) if g))
     return moment.replace(tzinfo=zone), precision
+
+
+#: a message gives the same instant in MSH-7, EVN-2, PV1-44 and ZBE-2 (the result is immutable)
+_known_dtm = lru_cache(maxsize=256)(_parse_dtm)
 
 
 def _offset_zone(offset: str) -> timezone | None:
@@ -197,7 +215,17 @@ def authority_system(ctx: MapContext, *, namespace: str, universal_id: str, fall
 
 def local_system(kind: str, *parts: str) -> str:
     """A gateway-minted identifier system, e.g. ``…/sid/uf/1.2.250.1.999.1.1`` for a facility's UF codes."""
+    if sum(map(len, parts)) > MEMO_LONGEST:
+        return _local_system(kind, *parts)
+    return _known_system(kind, *parts)
+
+
+def _local_system(kind: str, *parts: str) -> str:
     return "/".join([LOCAL_SID, kind, *(_slug(p) for p in parts)])
+
+
+#: a sender's few facilities and units, asked for several times a message (``_slug`` is a regex)
+_known_system = lru_cache(maxsize=512)(_local_system)
 
 
 def _authority_key(namespace: str, universal_id: str, ctx: MapContext) -> str:

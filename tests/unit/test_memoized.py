@@ -1,0 +1,40 @@
+"""The hot path's small memoized functions give what they compute, for short and for long arguments
+(long ones are computed each time, so that a hostile field is never kept by a cache)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+
+from gateway.db.indexing import search_entries, stored_system
+from gateway.mapping.ids import MEMO_LONGEST, resource_id
+from gateway.mapping.transforms import LOCAL_SID, local_system, parse_dtm
+
+LONG = "9" * (MEMO_LONGEST + 1)
+
+
+def test_resource_id_is_the_digest_of_its_key_short_or_long() -> None:
+    for key in ("urn:oid:1.2.250.1.999|480001", f"urn:oid:1.2.250.1.999|{LONG}"):
+        expected = hashlib.sha256(f"Patient\x1f{key}".encode()).hexdigest()[:32]
+        assert resource_id("Patient", key) == resource_id("Patient", key) == expected
+
+
+def test_a_dtm_reads_the_same_twice_and_a_long_text_is_no_date() -> None:
+    first, again = parse_dtm("202603010800"), parse_dtm("202603010800")
+    assert first == again and first is not None
+    assert first[0].replace(tzinfo=None) == datetime(2026, 3, 1, 8, 0) and first[1] == 12
+    assert parse_dtm(f"2026{LONG}") is None
+
+
+def test_local_systems_are_slugged_short_or_long() -> None:
+    assert local_system("uf", "CHU Nord", "1.2.3") == f"{LOCAL_SID}/uf/CHU-Nord/1.2.3"
+    assert local_system("uf", f"A {LONG}") == f"{LOCAL_SID}/uf/A-{LONG}"
+
+
+def test_stored_systems_and_dates_are_coded_short_or_long() -> None:
+    assert stored_system("urn:oid:1.2.250.1.71.4.2.1") == "~C"
+    assert stored_system(f"urn:oid:{LONG}") == f"~F{LONG}"
+    team = {"resourceType": "CareTeam", "id": "t", "period": {"start": "2026-03-01T08:00:00+01:00"}}
+    long_start = {**team, "period": {"start": f"2026-03-01T08:00:00{LONG}"}}
+    assert ("date", "", "2026-03-01T07:00:00.000000Z") in search_entries(team)
+    assert not [e for e in search_entries(long_start) if e[0] == "date"]
