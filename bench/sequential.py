@@ -52,6 +52,7 @@ def run(n_messages: int, database_url: str, *, profile: bool) -> None:
         kind[0] = "warm-up" if i < WARM_UP else ("A01" if i % 2 == 0 else "A03")
         pipeline.ingest(message, transport="bench")
     per_kind = {k: counts[k] / (WARM_UP / 2) for k in ("A01", "A03")}
+    event.remove(db, "before_cursor_execute", count)  # a listener costs each statement: not in the timed part
     rest = messages[2 * WARM_UP :]
     profiler = cProfile.Profile() if profile else None
     started, cpu = time.perf_counter(), time.process_time()
