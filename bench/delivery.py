@@ -48,6 +48,7 @@ from typing import Any
 import httpx
 from receiver import ReceiverProcess, TimingReceiver
 
+from gateway import heap
 from gateway.api.app import create_app
 from gateway.config import Settings
 from gateway.db.engine import transaction
@@ -130,6 +131,7 @@ async def run(n: int, max_count: int, database_url: str, rate: float = 0.0) -> i
         run_worker=False,  # the bench starts and pauses the worker itself
     )
     runtime = Runtime.build(settings)
+    heap.settle()  # as `gateway serve` does after start-up
     receiver = TimingReceiver()
     receiver_port = free_port(None)
     worker_task: asyncio.Task[None] | None = None
@@ -302,6 +304,7 @@ async def gateway_up(
         run_worker=False,  # the bench starts the worker itself (here, or as `gateway worker`)
     )
     runtime = Runtime.build(settings)
+    heap.settle()  # as `gateway serve` does after start-up
     local = None if receiver_process else TimingReceiver()
     receiver: AnyReceiver = local or ReceiverProcess()
     receiver_port = local_port = free_port(None) if local else receiver.port  # type: ignore[union-attr]

@@ -40,6 +40,7 @@ from floor import floor_server
 from peer import peer_server
 from sqlalchemy import create_engine, text
 
+from gateway import heap
 from gateway.config import Settings
 from gateway.db.engine import make_engine, migrate
 from gateway.hl7.mllp import MLLPClient
@@ -227,6 +228,7 @@ async def serve_instance(database_url: str) -> int:
     then its CPU since it listened and its peak RSS, on stdout. The bench migrated the store already."""
     settings = Settings(database_url=database_url, mllp_port=0, mllp_host="127.0.0.1")
     runtime = Runtime.build(settings, run_migrations=False)
+    heap.settle()  # as `gateway serve` does after start-up
     await runtime.start(mllp=True, worker=True)
     assert runtime.mllp is not None
     cpu = time.process_time()
@@ -246,6 +248,7 @@ async def ingest_in_process(
 ) -> tuple[Results, float, float]:
     """(results, elapsed, CPU of this process): the gateway in this process, beside the sender."""
     runtime = Runtime.build(settings)
+    heap.settle()  # as `gateway serve` does after start-up
     await runtime.start(mllp=True, worker=True)
     assert runtime.mllp is not None
     cpu = time.process_time()

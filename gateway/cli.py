@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gateway import __version__
+from gateway import __version__, heap
 from gateway.config import Settings
 from gateway.errors import ConfigError, NotFoundError, StartupError
 from gateway.logs import LOG_FORMATS, LOG_LEVELS, configure
@@ -114,6 +114,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         runtime.close()
         raise
     app = create_app(runtime)
+    heap.settle()
     # log_config=None: uvicorn's records go through our handler and format (text or JSON).
     config = uvicorn_config(app, settings, log_config=None, log_level=settings.log_level.lower(), access_log=False)
     logger.info(
@@ -461,6 +462,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     sources = collect(args.paths)
     runtime = Runtime.build(_settings(args))
+    heap.settle()
     try:
         progress = None if args.quiet else Progress(len(sources), out=sys.stderr)
         summary = run_import(runtime.pipeline, sources, progress=progress)

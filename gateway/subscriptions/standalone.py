@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 
+from gateway import heap
 from gateway.config import Settings
 from gateway.db.engine import make_engine, migrate, safe_url
 from gateway.mapping.engine import Engine
@@ -59,6 +60,7 @@ async def serve(worker: DeliveryWorker, *, stop: asyncio.Event) -> None:
 def run(settings: Settings, *, poll: float | None = None) -> int:
     """``gateway worker``: until SIGTERM or SIGINT; exit status 0."""
     worker = build(settings, poll=poll)
+    heap.settle()
 
     async def main() -> None:
         stop = asyncio.Event()

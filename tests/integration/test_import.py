@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, select
 
+from gateway import heap
 from gateway.cli import main
 from gateway.config import Settings
 from gateway.db import schema
@@ -48,7 +49,15 @@ def test_progress_on_a_pipe_prints_every_tenth() -> None:
     assert len(lines) == 10 and lines[-1].startswith("[" + "#" * 30 + "] 20/20 messages")
 
 
-def test_import_command(tmp_path: Path, settings: Settings, db: Engine, capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_command(
+    tmp_path: Path,
+    settings: Settings,
+    db: Engine,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settled: list[bool] = []  # the command settles the collector after start-up (not this test process's)
+    monkeypatch.setattr(heap, "settle", lambda: settled.append(True))
     folder = tmp_path / "history"
     folder.mkdir()
     (folder / "stay.hl7").write_bytes(DISCHARGE.bytes() + ADMIT.bytes())
@@ -56,6 +65,7 @@ def test_import_command(tmp_path: Path, settings: Settings, db: Engine, capsys: 
     argv = ["--log-level", "WARNING", "import", "--quiet", "--database-url", settings.database_url]
     argv += ["--mappings-dir", str(settings.mappings_dir), str(folder)]
     assert main(argv) == 1  # one message is not AA
+    assert settled == [True]
     out = capsys.readouterr().out
     assert "imported 3 messages" in out and "AA 2, AR 1" in out
     assert "AR " + str(folder / "other.hl7") + " #1" in out
