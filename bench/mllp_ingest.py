@@ -96,11 +96,14 @@ class Results:
     first_bad: bytes | None = None
 
 
-async def sender(port: int, messages: list[bytes], results: Results, *, interval: float = 0.0) -> None:
+async def sender(
+    port: int, messages: list[bytes], results: Results, *, interval: float = 0.0, offset: float = 0.0
+) -> None:
     """Send one message at a time, each after the previous one's ACK; with ``interval``, also not before its
-    slot on a fixed schedule (a paced feed: latency is measured from the slot when the sender is late)."""
+    slot on a fixed schedule, ``offset`` seconds into it (a paced feed: latency is measured from the slot
+    when the sender is late)."""
     async with MLLPClient("127.0.0.1", port, timeout=60) as client:
-        start = time.perf_counter()
+        start = time.perf_counter() + offset
         for i, message in enumerate(messages):
             due = start + i * interval
             if interval and (wait := due - time.perf_counter()) > 0:
@@ -135,14 +138,21 @@ def spread(n_messages: int, connections: int) -> list[list[bytes]]:
 async def send_all(
     port: int | Sequence[int], per_connection: list[list[bytes]], *, rate: float = 0.0
 ) -> tuple[Results, float]:
-    """Every connection's messages; with ``rate``, the connections together send ``rate`` messages/s.
-    With several ports (one per instance), connection ``i`` goes to ``ports[i % len(ports)]``."""
+    """Every connection's messages; with ``rate``, the connections together send ``rate`` messages/s, one
+    every ``1 / rate`` seconds: connection ``i``'s slots are ``i / rate`` after the first's (all at the same
+    instants, they sent bursts of one message a connection). With several ports (one per instance),
+    connection ``i`` goes to ``ports[i % len(ports)]``."""
     ports = [port] if isinstance(port, int) else list(port)
     results = Results()
     busy = [(ports[i % len(ports)], batch) for i, batch in enumerate(per_connection) if batch]
     interval = len(busy) / rate if rate else 0.0
     started = time.perf_counter()
-    await asyncio.gather(*(sender(to, batch, results, interval=interval) for to, batch in busy))
+    await asyncio.gather(
+        *(
+            sender(to, batch, results, interval=interval, offset=k / rate if rate else 0.0)
+            for k, (to, batch) in enumerate(busy)
+        )
+    )
     return results, time.perf_counter() - started
 
 
