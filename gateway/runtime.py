@@ -53,7 +53,9 @@ class Runtime:
     def build(cls, settings: Settings, *, run_migrations: bool = True) -> Runtime:
         """Validate the tables first (a bad table must stop start-up), then open and migrate the store."""
         engine = Engine.from_directory(settings.mappings_dir)
-        db = make_engine(settings)
+        # SQLite: its write lock is taken by trying every millisecond, not through SQLite's busy handler
+        # (sleeps growing to 100 ms): a `gateway worker` or another instance's writes meet ingest's.
+        db = make_engine(settings, quick_lock_retry=True)
         if run_migrations:
             migrate(db)
         worker = DeliveryWorker(db=db, settings=settings, mediums=engine.tables.codes["ChannelType_to_Medium"])

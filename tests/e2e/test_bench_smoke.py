@@ -1,5 +1,6 @@
 """The benchmarks keep running: each measures nothing here (speed targets live in bench/, never in tests),
-it only has to finish, answer every message AA and print the figures it is read for."""
+it only has to finish, answer every message AA (deliver every event once, in order, signed; import every
+message) and print the figures it is read for."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_bench(*args: str) -> str:
+def run_bench(*args: str, script: str = "mllp_ingest.py") -> str:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "mllp_ingest.py"), *args],
+        [sys.executable, str(ROOT / "bench" / script), *args],
         check=False,
         cwd=ROOT,
         capture_output=True,
@@ -44,3 +45,24 @@ def test_mllp_ingest_over_two_instances() -> None:
     assert "AA              20/20" in out
     for k in (1, 2):
         assert f"instance {k} " in out and "10 messages" in out.split(f"instance {k} ", 1)[1].splitlines()[0]
+
+
+def test_delivery_sustained_with_the_receiver_in_its_own_process() -> None:
+    out = run_bench("--rate", "40", "--sustain", "1", "--connections", "2", script="delivery.py")
+    assert "receiver in its own process" in out
+    assert "40 of 40 tied to their message" in out
+    assert "every event received once, in order, signed" in out
+
+
+def test_delivery_sustained_with_the_receiver_in_the_bench_process() -> None:
+    args = ("--rate", "40", "--sustain", "1", "--connections", "2", "--receiver-in-process")
+    out = run_bench(*args, script="delivery.py")
+    assert "receiver in the gateway's process" in out
+    assert "every event received once, in order, signed" in out
+
+
+def test_import_bench_imports_every_message() -> None:
+    out = run_bench("--messages", "40", "--files", "3", script="import_files.py")
+    assert "import: sqlite, 40 messages in 3 files" in out
+    assert "imported 40 messages" in out and "AA 40" in out
+    assert "import rate" in out
