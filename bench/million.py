@@ -2,10 +2,10 @@
 
 Building a million patients through the pipeline would take hours here, so the store is filled through a
 bulk path: one stay (A01 + A03 of a new patient) is ingested by the real pipeline into a template store,
-and its rows (message, facts, resources, versions, search index; the shared doctor once) are copied
-``--patients`` times under new keys: every id, reference, IPP, visit and control id of the template gets a
-per-copy suffix in the key columns, so the tables and their indexes have the sizes and key spread of that
-many patients. The copies keep the template's bodies (no lookup reads another patient's body). On
+and its rows (message, facts, resources, the versions they replaced, search index; the shared doctor
+once) are copied ``--patients`` times under new keys: every id, reference, IPP, visit and control id of
+the template gets a per-copy suffix in the key columns, so the tables and their indexes have the sizes
+and key spread of that many patients. The copies keep the template's bodies (no lookup reads another patient's body). On
 PostgreSQL the bulk load ends with ANALYZE, as a bulk path of the gateway's would.
 
 Then the same sequence of new stays is ingested by the pipeline into the full store and into an empty

@@ -6,13 +6,14 @@ import functools
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import (
     BindParameter,
+    CompoundSelect,
     Connection,
     Integer,
     Select,
@@ -26,6 +27,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -63,12 +65,6 @@ def dumps(data: Any) -> str:
 def packed(data: JSON) -> bytes:
     """A resource or fact as its ``body`` column holds it (sorted keys, compact, deflated)."""
     return bodies.encode(orjson.dumps(data, option=orjson.OPT_SORT_KEYS))
-
-
-def unpacked(row: Any) -> JSON:
-    """A resource row's JSON: from ``body``, or from ``content`` for rows written before 0004_bodies."""
-    m = row._mapping
-    return orjson.loads(_text(m["content"], m["body"]))  # type: ignore[no-any-return]
 
 
 def _text(text: str, body: bytes | None) -> bytes | str:
@@ -183,7 +179,23 @@ _UPDATE_RESOURCE = (
         body=bindparam("body"),
     )
 )
+#: a replaced version, as it was read from ``resources`` (the current version is never in this table)
 _INSERT_VERSION = insert(resource_versions)
+
+
+def _versions_of(*, version: bool) -> CompoundSelect[Any]:
+    """A resource's versions: its current row in ``resources`` and the replaced ones in
+    ``resource_versions`` (two primary-key lookups, no join), or only ``version`` of them."""
+    parts = []
+    for table in (resources, resource_versions):
+        part = select(table).where(table.c.type == bindparam("rtype"), table.c.id == bindparam("rid"))
+        parts.append(part.where(table.c.version_id == bindparam("version")) if version else part)
+    both = union_all(*parts)
+    return both.order_by(both.selected_columns.version_id.desc())
+
+
+_VREAD = _versions_of(version=True)
+_HISTORY = _versions_of(version=False)
 #: one entry, by its whole key (there is no index by owner: see ``ResourceRepo._reindex``)
 _DELETE_INDEX = delete(search_index).where(
     *(search_index.c[name] == bindparam(f"k_{name}") for name in ("type", "param", "value", "id", "system"))
@@ -495,6 +507,9 @@ class StoredResource:
     last_updated: datetime
     content: JSON
     deleted: bool = False
+    #: the row's ``content`` and ``body`` columns as read or written: when this version is replaced they
+    #: are inserted into ``resource_versions`` as they are, neither serialised nor deflated again
+    columns: tuple[str, bytes | None] | None = field(default=None, compare=False, repr=False)
 
 
 #: Told what a filtered repository returned: (interaction, resource type, resources), for the audit trail.
@@ -606,39 +621,50 @@ class ResourceRepo:
         return [_stored(r) for r in self.conn.execute(select(resources).where(resources.c.deleted == 0))]
 
     def flush(self) -> None:
-        """Insert the version rows written since the last flush, in one statement: the unit of work calls
-        it once a message's refolds are done, inside that message's transaction (or SAVEPOINT), so the
-        versions commit or roll back with the resources they belong to."""
+        """Insert the replaced versions held back since the last flush, in one statement: the unit of work
+        calls it once a message's refolds are done, inside that message's transaction (or SAVEPOINT), so
+        the versions commit or roll back with the resources that replaced them."""
         if not self._versions:
             return
         rows, self._versions = self._versions, []
         run(self.conn, _INSERT_VERSION, rows if len(rows) > 1 else rows[0])
 
+    def _keep_replaced(self, replaced: StoredResource) -> None:
+        """``replaced``, which a write or delete has just overwritten in ``resources``, into
+        ``resource_versions``: held back for :meth:`flush` in a unit of work, inserted at once otherwise.
+
+        Each body is stored once: the current version only in ``resources``, the older ones only here
+        (a new resource inserts no version row)."""
+        content, body = replaced.columns if replaced.columns is not None else ("", packed(replaced.content))
+        row = {
+            "type": replaced.type,
+            "id": replaced.id,
+            "version_id": replaced.version_id,
+            "last_updated": replaced.last_updated,
+            "deleted": int(replaced.deleted),
+            "content": content,
+            "body": body,
+        }
+        if self._versions is not None:
+            self._versions.append(row)
+        else:
+            run(self.conn, _INSERT_VERSION, row)
+
     def vread(self, rtype: str, rid: str, version: int) -> StoredResource | None:
         self.flush()
         if not self._visible(rtype, rid):
             return None
-        row = self.conn.execute(
-            select(resource_versions).where(
-                resource_versions.c.type == rtype,
-                resource_versions.c.id == rid,
-                resource_versions.c.version_id == version,
-            )
-        ).first()
+        row = run(self.conn, _VREAD, {"rtype": rtype, "rid": rid, "version": version}).first()
         found = _stored(row) if row else None
         self._heard("vread", rtype, [found] if found else [])
         return found
 
     def history(self, rtype: str, rid: str) -> list[StoredResource]:
+        """Every version, newest first: the current one from ``resources``, the replaced ones after it."""
         self.flush()
         if not self._visible(rtype, rid):
             return []
-        rows = self.conn.execute(
-            select(resource_versions)
-            .where(resource_versions.c.type == rtype, resource_versions.c.id == rid)
-            .order_by(resource_versions.c.version_id.desc())
-        )
-        found = [_stored(r) for r in rows]
+        found = [_stored(r) for r in run(self.conn, _HISTORY, {"rtype": rtype, "rid": rid})]
         self._heard("history-instance", rtype, found[:1])
         return found
 
@@ -677,19 +703,19 @@ class ResourceRepo:
         body = dict(content)
         meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
         body["meta"] = {"versionId": str(version), "lastUpdated": fhir_instant(now), **meta}
-        values = {"version_id": version, "last_updated": now, "deleted": 0, "content": "", "body": packed(body)}
+        deflated = packed(body)
+        values = {"version_id": version, "last_updated": now, "deleted": 0, "content": "", "body": deflated}
         if current is None:
             run(self.conn, _INSERT_RESOURCE, {"type": rtype, "id": rid, **values})
         else:
             key = {"rtype": rtype, "rid": rid, "expected": current.version_id}
             if run(self.conn, _UPDATE_RESOURCE, {**key, **values}).rowcount != 1:
                 raise StorageConflictError(f"{rtype} changed since it was read (concurrent writer)")
-        if self._versions is not None:
-            self._versions.append({"type": rtype, "id": rid, **values})
-        else:
-            run(self.conn, _INSERT_VERSION, {"type": rtype, "id": rid, **values})
+            self._keep_replaced(current)
         self._reindex(rtype, rid, index, previous=current)
-        stored = StoredResource(type=rtype, id=rid, version_id=version, last_updated=now, content=body)
+        stored = StoredResource(
+            type=rtype, id=rid, version_id=version, last_updated=now, content=body, columns=("", deflated)
+        )
         self._remember((rtype, rid), stored)
         return stored, current
 
@@ -699,15 +725,10 @@ class ResourceRepo:
         if current is None or current.deleted:
             return False
         version = current.version_id + 1
-        values = {
-            "version_id": version,
-            "last_updated": now,
-            "deleted": 1,
-            "content": "",
-            "body": packed(current.content),
-        }
+        content, body = current.columns if current.columns is not None else ("", packed(current.content))
+        values = {"version_id": version, "last_updated": now, "deleted": 1, "content": content, "body": body}
         self.conn.execute(update(resources).where(resources.c.type == rtype, resources.c.id == rid).values(**values))
-        self.conn.execute(insert(resource_versions).values(type=rtype, id=rid, **values))
+        self._keep_replaced(current)
         self._reindex(rtype, rid, [], previous=current)
         self._remember((rtype, rid), _stored_values(rtype, rid, values, content=current.content))
         return True
@@ -922,18 +943,21 @@ def _stored_values(rtype: str, rid: str, values: dict[str, Any], *, content: JSO
         last_updated=values["last_updated"],
         content=content,
         deleted=bool(values["deleted"]),
+        columns=(values["content"], values["body"]),
     )
 
 
 def _stored(row: Any) -> StoredResource:
     m = row._mapping
+    body = m["body"]
     return StoredResource(
         type=m["type"],
         id=m["id"],
         version_id=int(m["version_id"]),
         last_updated=utc(m["last_updated"]) or datetime.now(UTC),
-        content=unpacked(row),
+        content=orjson.loads(_text(m["content"], body)),  # from ``content`` for rows written before 0004
         deleted=bool(m["deleted"]),
+        columns=(m["content"], None if body is None else bytes(body)),
     )
 
 

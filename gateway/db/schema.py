@@ -89,7 +89,8 @@ resources = Table(
     Column("body", LargeBinary, nullable=True),
 )
 
-#: Every version, for ``_history`` and ``vread``.
+#: The versions that were replaced, for ``_history`` and ``vread``; the current one is only in ``resources``
+#: (since 0008_versions_replaced), so that each body is stored once.
 resource_versions = Table(
     "resource_versions",
     metadata,

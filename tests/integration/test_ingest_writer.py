@@ -207,7 +207,8 @@ def test_several_writers_sharing_doctors_apply_everything(
 
 
 def repo_check(db: Engine) -> None:
-    """Forty finished stays, one doctor, each resource's current version its last."""
+    """Forty finished stays, one doctor, each resource's current version its last: its history is every
+    version from the current one down to 1, and ``resource_versions`` holds those it replaced."""
     with db.connect() as conn:
         repo = ResourceRepo(conn)
         _, total = repo.search("Encounter", [("status", None, "finished")], limit=200)
@@ -221,4 +222,5 @@ def repo_check(db: Engine) -> None:
                     schema.resource_versions.c.type == rtype, schema.resource_versions.c.id == rid
                 )
             ).scalar_one()
-            assert last == version
+            assert last == (version - 1 if version > 1 else None)
+            assert [v.version_id for v in repo.history(rtype, rid)] == list(range(version, 0, -1))

@@ -8,8 +8,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, insert, inspect, select
+from sqlalchemy import Engine, insert, inspect, select, text
 
+from gateway.clock import as_utc
+from gateway.db import bodies
 from gateway.db.engine import alembic_config, migrate
 from gateway.db.repo import FactRepo, MessageRepo, ResourceRepo
 from gateway.db.schema import messages, metadata, resource_versions, resources
@@ -39,13 +41,11 @@ def test_migrating_twice_is_harmless(db: Engine) -> None:
 
 def test_rows_written_before_0004_are_read_and_compacted_when_they_change(db: Engine) -> None:
     """0004_bodies rewrites nothing: a row with JSON in ``content`` and no ``body`` is read as it is, and
-    its next version is stored deflated."""
+    its next version is stored deflated; the row it replaces moves to ``resource_versions`` as it was."""
     old = {"resourceType": "Patient", "id": "p-0003", "meta": {"versionId": "1"}, "active": True}
     values = {"type": "Patient", "id": "p-0003", "version_id": 1, "deleted": 0, "content": orjson.dumps(old).decode()}
     with db.begin() as conn:
-        stamp = {"last_updated": datetime(2026, 1, 1, tzinfo=UTC)}
-        conn.execute(insert(resources).values(**values, **stamp))
-        conn.execute(insert(resource_versions).values(**values, **stamp))
+        conn.execute(insert(resources).values(**values, last_updated=datetime(2026, 1, 1, tzinfo=UTC)))
     with db.begin() as conn:
         repo = ResourceRepo(conn)
         found = repo.get("Patient", "p-0003")
@@ -53,10 +53,12 @@ def test_rows_written_before_0004_are_read_and_compacted_when_they_change(db: En
         repo.write({**old, "active": False}, now=datetime(2026, 1, 2, tzinfo=UTC), index=[])
     with db.connect() as conn:
         rows = conn.execute(select(resource_versions.c.version_id, resource_versions.c.body)).all()
+        current = conn.execute(select(resources.c.version_id, resources.c.body)).all()
         repo = ResourceRepo(conn)
         assert repo.vread("Patient", "p-0003", 1).content == old  # type: ignore[union-attr]
         assert repo.get("Patient", "p-0003").content["active"] is False  # type: ignore[union-attr]
-    assert [(v, body is None) for v, body in sorted(rows)] == [(1, True), (2, False)]
+    assert [(v, body is None) for v, body in rows] == [(1, True)]
+    assert [(v, body is None) for v, body in current] == [(2, False)]
 
 
 def _move(db: Engine, revision: str, *, down: bool = False) -> None:
@@ -111,7 +113,7 @@ def test_0007_keeps_what_a_store_with_data_answers(db: Engine, mapping_engine: M
         before = _answers(db)
         searches = [v for k, v in before.items() if k.startswith("search")]
         assert len(searches) == 8 and all(total > 0 for _, total in searches) and before["careteams"][1] > 0
-        _move(db, "head")
+        _move(db, "0007_narrow_indexes")
         assert _answers(db) == before
         indexes = {i["name"]: i["column_names"] for i in inspect(db).get_indexes("facts")}
         assert indexes["ix_facts_stream"] == ["stream"]
@@ -120,3 +122,110 @@ def test_0007_keeps_what_a_store_with_data_answers(db: Engine, mapping_engine: M
     finally:
         _move(db, "head")
     assert _answers(db) == before
+
+
+#: (version, deleted, last updated, resource): one version as ``vread`` and ``_history`` answer it
+Version = tuple[int, bool, datetime, Any]
+
+
+def _as_version(row: Any) -> Version:
+    body = row.body
+    resource = orjson.loads(bodies.decode(bytes(body)) if body is not None else row.content)
+    return int(row.version_id), bool(row.deleted), as_utc(row.last_updated), resource  # type: ignore[return-value]
+
+
+def _versions_at_0007(db: Engine) -> dict[str, list[Version]]:
+    """Each resource's history as 0007's code answered it: every row of ``resource_versions``, newest first
+    (the current version was one of them)."""
+    t = resource_versions
+    with db.connect() as conn:
+        rows = conn.execute(select(t).order_by(t.c.type, t.c.id, t.c.version_id.desc())).all()
+    out: dict[str, list[Version]] = {}
+    for row in rows:
+        out.setdefault(f"{row.type}/{row.id}", []).append(_as_version(row))
+    return out
+
+
+def _versions_now(db: Engine) -> dict[str, list[Version]]:
+    """Each resource's history through ``ResourceRepo`` (the current version from ``resources``), checked
+    against its ``vread`` of every version, and of none past the current one."""
+    out: dict[str, list[Version]] = {}
+    with db.connect() as conn:
+        repo = ResourceRepo(conn)
+        for rtype, rid, current in conn.execute(select(resources.c.type, resources.c.id, resources.c.version_id)):
+            history = [(r.version_id, r.deleted, r.last_updated, r.content) for r in repo.history(rtype, rid)]
+            read = [repo.vread(rtype, rid, v) for v in range(current, 0, -1)]
+            assert [(r.version_id, r.deleted, r.last_updated, r.content) for r in read if r] == history
+            assert repo.vread(rtype, rid, current + 1) is None and repo.vread(rtype, rid, 0) is None
+            out[f"{rtype}/{rid}"] = history
+    return out
+
+
+def _version_rows(db: Engine) -> list[tuple[Any, ...]]:
+    """``resource_versions`` as stored, every column (bodies as bytes)."""
+    t = resource_versions
+    with db.connect() as conn:
+        rows = conn.execute(select(t).order_by(t.c.type, t.c.id, t.c.version_id)).all()
+    return [(*r[:-1], None if r.body is None else bytes(r.body)) for r in rows]
+
+
+def _fill_at_0007(db: Engine, mapping_engine: MappingEngine) -> None:
+    """Stays admitted, moved, renamed and discharged through the pipeline (several versions each), a
+    resource deleted and one written again after its deletion, then the current rows added to
+    ``resource_versions`` as 0007's code wrote them (this branch's code writes only the replaced ones)."""
+    pipeline = Pipeline(engine=mapping_engine, db=db)
+    for i in range(3):
+        stay = {"ipp": f"88{i:04d}", "visit": f"V-88{i}"}
+        messages_of_stay = [
+            Adt(control_id=f"N{i}-A", movement=f"NA{i}", **stay),
+            Adt(trigger="A02", control_id=f"N{i}-T", movement=f"NT{i}", event_time="20260301120000", **stay),
+            Adt(trigger="A08", control_id=f"N{i}-R", movement=f"NR{i}", event_time="20260301130000",
+                family=f"RENOMME{i}", **stay),
+            Adt(trigger="A03", control_id=f"N{i}-D", movement=f"ND{i}", event_time="20260302100000",
+                discharge_time="20260302100000", **stay),
+        ]  # fmt: skip
+        for message in messages_of_stay:
+            assert pipeline.ingest(message.bytes(), transport="t").code == "AA"
+    now = datetime(2026, 3, 3, 9, 0, tzinfo=UTC)
+    org = {"resourceType": "Organization", "id": "org-0008", "name": "CH A"}
+    with db.begin() as conn:
+        repo = ResourceRepo(conn)
+        repo.write(org, now=now, index=[])
+        repo.write({**org, "name": "CH B"}, now=now, index=[])
+        assert repo.delete("Organization", "org-0008", now=now)
+        repo.write({**org, "name": "CH C"}, now=now, index=[])
+        encounter = conn.execute(select(resources.c.id).where(resources.c.type == "Encounter")).scalars().first()
+        assert repo.delete("Encounter", str(encounter), now=now)
+    columns = "type, id, version_id, last_updated, deleted, content, body"
+    with db.begin() as conn:
+        conn.execute(text(f"INSERT INTO resource_versions ({columns}) SELECT {columns} FROM resources"))
+
+
+def test_0008_keeps_every_version_each_body_once(db: Engine, mapping_engine: MappingEngine) -> None:
+    """A store filled at 0007 (every version in ``resource_versions``, the current one too) answers the
+    same history and version reads after 0008, after going back down to 0007 and after 0008 again; at
+    0008 ``resource_versions`` holds no current version, and going down restores it row for row."""
+    _move(db, "0007_narrow_indexes", down=True)
+    try:
+        _fill_at_0007(db, mapping_engine)
+        before, rows_before = _versions_at_0007(db), _version_rows(db)
+        with db.connect() as conn:
+            current = {
+                f"{t}/{i}": v
+                for t, i, v in conn.execute(select(resources.c.type, resources.c.id, resources.c.version_id))
+            }
+        assert {key: [v[0] for v in found] for key, found in before.items()} == {
+            key: list(range(version, 0, -1)) for key, version in current.items()
+        }
+        assert max(current.values()) >= 4 and any(found[0][1] for found in before.values())  # a deletion
+        assert before["Organization/org-0008"][0][3]["name"] == "CH C"
+        _move(db, "0008_versions_replaced")
+        assert _versions_now(db) == before
+        assert len(_version_rows(db)) == len(rows_before) - len(current)
+        answers = _answers(db)
+        _move(db, "0007_narrow_indexes", down=True)
+        assert _versions_at_0007(db) == before and _version_rows(db) == rows_before
+    finally:
+        _move(db, "head")
+    assert _versions_now(db) == before
+    assert _answers(db) == answers
