@@ -16,6 +16,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
@@ -291,4 +292,9 @@ def migrate(engine: Engine) -> None:
             command.upgrade(cfg, "head")
     except OperationalError as exc:
         raise StartupError(f"database unreachable: {safe_url(str(engine.url))}: {first_line(exc)}") from exc
+    except CommandError as exc:  # a revision this code does not know: a newer gateway migrated the store
+        raise StartupError(
+            f"the store's schema is newer than this gateway ({first_line(exc)}): run the gateway version that "
+            "migrated it; every instance on one store must run the same version"
+        ) from exc
     logger.info("schema migrated", extra={"database": engine.url.get_backend_name()})

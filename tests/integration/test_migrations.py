@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -15,6 +16,7 @@ from gateway.db import bodies
 from gateway.db.engine import alembic_config, migrate
 from gateway.db.repo import FactRepo, MessageRepo, ResourceRepo
 from gateway.db.schema import messages, metadata, resource_versions, resources
+from gateway.errors import StartupError
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
 from tests.messages import Adt
@@ -31,6 +33,18 @@ def _single_head() -> str:
     heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
     assert len(heads) == 1, f"several Alembic heads: {heads}"
     return heads[0]
+
+
+def test_a_store_migrated_by_a_newer_gateway_is_refused_at_start(db: Engine) -> None:
+    with db.begin() as conn:
+        current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_from_the_future'"))
+    try:
+        with pytest.raises(StartupError, match="newer than this gateway"):
+            migrate(db)
+    finally:  # the store is shared with the next tests on PostgreSQL
+        with db.begin() as conn:
+            conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": current})
 
 
 def test_migrating_twice_is_harmless(db: Engine) -> None:
