@@ -784,22 +784,27 @@ class ResourceRepo:
         dates = [(indexed_param(rtype, param), op, bound) for param, op, bound in dates]
         order = [(indexed_param(rtype, name), descending) for name, descending in order]
         clause = visible_clause(self.visibility, rtype)
+        execute: Callable[[Any, dict[str, Any]], Any]
         if order or updated or dates or clause is not None:
             page_query, count_query = _dynamic_search(
                 rtype, criteria, order=order, updated=updated, clause=clause, dates=dates
             )
             params: dict[str, Any] = {"limit": limit, "offset": offset}
+            # Built for this call: through SQLAlchemy, whose compiled cache knows its shape. The cursor
+            # path compiles per statement object, and would compile it anew and crowd out the hot path's.
+            execute = self.conn.execute
         else:
             shape = tuple((param == "_id", system is not None) for param, system, _ in criteria)
             params = {"rtype": rtype, "limit": limit, "offset": offset}
             for i, (param, system, value) in enumerate(criteria):
                 params.update({f"p{i}": param, f"v{i}": value, f"s{i}": system})
             page_query, count_query = _search_statements(shape)
-        page = [self._found(r) for r in run(self.conn, page_query, params)]
+            execute = functools.partial(run, self.conn)
+        page = [self._found(r) for r in execute(page_query, params)]
         self._heard("search-type", rtype, page)
         if not count:
             return page, len(page)  # internal callers want the rows, not a total (one query fewer)
-        total = int(run(self.conn, count_query, params).scalar_one())
+        total = int(execute(count_query, params).scalar_one())
         return page, total
 
 

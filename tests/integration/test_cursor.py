@@ -12,7 +12,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from gateway.db import cursor
 from gateway.db.engine import throwaway_engine, transaction, translated
-from gateway.db.repo import _GET_RESOURCE, _INSERT_RESOURCE, _LISTENING_ALL, _UPDATE_RESOURCE, _get_resources_statement
+from gateway.db.repo import (
+    _GET_RESOURCE,
+    _INSERT_RESOURCE,
+    _LISTENING_ALL,
+    _UPDATE_RESOURCE,
+    ResourceRepo,
+    _get_resources_statement,
+)
 from gateway.db.schema import resources, subscriptions
 from gateway.errors import StorageConflictError
 
@@ -185,3 +192,17 @@ def test_a_listeners_error_is_raised_as_it_is(db: Engine) -> None:
         finally:
             event.remove(db, "before_cursor_execute", failing)
         assert cursor.execute(conn, _GET_RESOURCE, {"rtype": "Patient", "rid": "x"}).first() is None
+
+
+def test_a_search_built_per_call_stays_off_the_cursor_cache(db: Engine) -> None:
+    """The API's searches with a sort, a date or a visibility clause are built per call: they run through
+    SQLAlchemy (whose compiled cache knows their shape), so they neither compile anew on the cursor path
+    nor crowd the hot path's statements out of its cache. The built-once searches do use the cursor."""
+    with transaction(db) as conn:
+        store = ResourceRepo(conn)
+        store.search("Patient", [("identifier", None, "x")], limit=5)  # built once: compiled on first use
+        shapes = len(cursor._SHAPES)
+        for _ in range(3):
+            page, total = store.search("Patient", [("identifier", None, "x")], limit=5, order=[("_lastUpdated", True)])
+            assert (page, total) == ([], 0)
+        assert len(cursor._SHAPES) == shapes
