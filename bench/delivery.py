@@ -52,7 +52,7 @@ from gateway import heap
 from gateway.api.app import create_app
 from gateway.config import Settings
 from gateway.db.engine import transaction
-from gateway.db.repo import OutboxRepo, ResourceRepo
+from gateway.db.repo import OutboxRecord, OutboxRepo, ResourceRepo
 from gateway.demo import _subscription, free_port, serving
 from gateway.hl7.mllp import MLLPClient
 from gateway.runtime import Runtime
@@ -517,16 +517,7 @@ async def backlog_memory(
         with transaction(up.runtime.db) as conn:
             outbox = OutboxRepo(conn)
             (real,) = outbox.for_subscription(up.sub_id, statuses=["delivered"])[-1:]
-            focus = (real.focus_type or "", real.focus_id or "", real.focus_version or 1)
-            for start in range(2, events + 2, BULK_CHUNK):  # chunks: the bench's own lists stay small
-                outbox.add_many(
-                    subscription_id=up.sub_id,
-                    topic=real.topic,
-                    focus=focus,
-                    context=real.context,
-                    occurred_at=real.occurred_at,
-                    event_numbers=range(start, min(start + BULK_CHUNK, events + 2)),
-                )
+            _queue_copies(outbox, real, events)
         build = time.perf_counter() - t_build
         up.receiver.expect(events + 1)
         before = rss_mb()
@@ -565,6 +556,21 @@ async def backlog_memory(
     return _verdict(up.receiver, delivered + 1)
 
 
+def _queue_copies(outbox: OutboxRepo, real: OutboxRecord, events: int) -> None:
+    """``events`` copies of the real event ``real``, numbered from 2 on, written in chunks (the bench's own
+    lists stay small)."""
+    focus = (real.focus_type or "", real.focus_id or "", real.focus_version or 1)
+    for start in range(2, events + 2, BULK_CHUNK):
+        outbox.add_many(
+            subscription_id=real.subscription_id,
+            topic=real.topic,
+            focus=focus,
+            context=real.context,
+            occurred_at=real.occurred_at,
+            event_numbers=range(start, min(start + BULK_CHUNK, events + 2)),
+        )
+
+
 async def _drain_in_process(up: Up, *, events: int, seconds: float, max_count: int) -> int:
     """``--backlog`` with ``--worker-process``: the bulk write commits under a running `gateway worker`."""
     assert up.process is not None
@@ -573,17 +579,8 @@ async def _drain_in_process(up: Up, *, events: int, seconds: float, max_count: i
         outbox = OutboxRepo(conn)
         # The event, delivered or not yet recorded so by the other process (it is received already).
         (real,) = [r for r in outbox.for_subscription(up.sub_id) if r.notification_type == "event-notification"]
-        focus = (real.focus_type or "", real.focus_id or "", real.focus_version or 1)
         t_build = time.perf_counter()
-        for start in range(2, events + 2, BULK_CHUNK):
-            outbox.add_many(
-                subscription_id=up.sub_id,
-                topic=real.topic,
-                focus=focus,
-                context=real.context,
-                occurred_at=real.occurred_at,
-                event_numbers=range(start, min(start + BULK_CHUNK, events + 2)),
-            )
+        _queue_copies(outbox, real, events)
         before = up.process.rss_mb()
         cpu0 = up.worker_cpu()
     t0 = time.perf_counter()
