@@ -374,17 +374,26 @@ def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
     )
     # everything the stay writes, read in one query rather than one each by the writes below
     unit.store.preload((str(r["resourceType"]), str(r["id"])) for r in [encounter, *movements, *declared])
+    stored_before = unit.store.get("Encounter", str(encounter["id"])) is not None  # (the identity map's)
     _put(unit, encounter, action=action)
-    _write_movements(unit, stay_id, movements)
+    _write_movements(unit, stay_id, movements, stay_stored=stored_before)
     for declaration in declared:
         _put(unit, declaration, action=action)
 
 
-def _write_movements(unit: Unit, stay_id: str, movements: list[JSON]) -> None:
-    """Movement Encounters ``partOf`` the stay; one that a later cancel removed becomes entered-in-error."""
+def _write_movements(unit: Unit, stay_id: str, movements: list[JSON], *, stay_stored: bool = True) -> None:
+    """Movement Encounters ``partOf`` the stay; one that a later cancel removed becomes entered-in-error.
+
+    The search for the stored ones is the safety net for movements the fold no longer lists (facts
+    forgotten by a reprocessing, rows of an older id scheme). It is left out when the stay itself was not
+    stored before this refold (``stay_stored``): movements are written only after their stay, by this
+    function, so none can be ``partOf`` a stay never stored (a deleted stay is still stored). That is the
+    first message of every stay: one statement fewer."""
     current = {str(m["id"]) for m in movements}
     for movement in movements:
         _put(unit, movement)
+    if not stay_stored:
+        return
     stored, _ = unit.store.search(
         "Encounter", [("part-of", None, f"Encounter/{stay_id}")], limit=MAX_REFOLD, count=False
     )
