@@ -182,16 +182,5 @@ TOPICS: tuple[Topic, ...] = (
 BY_URL = {t.url: t for t in TOPICS}
 
 
-#: each topic's URL, built once (``Topic.url`` formats it on each call)
-URLS = {t.code: t.url for t in TOPICS}
-
-
-def fired(resource_type: str, change: Change, *, heard: Callable[[str], bool] | None = None) -> list[Topic]:
-    """The topics ``change`` fires; with ``heard`` (topic URL → whether anyone listens), only among those
-    someone listens to: a topic's test (a care circle's members compared) is then run only when its answer
-    can matter, and most changes interest no subscription."""
-    return [
-        t
-        for t in TOPICS
-        if t.resource == resource_type and (heard is None or heard(URLS[t.code])) and t.fires(change)
-    ]
+def fired(resource_type: str, change: Change) -> list[Topic]:
+    return [t for t in TOPICS if t.resource == resource_type and t.fires(change)]
