@@ -722,6 +722,10 @@ class ResourceRepo:
         )
         if self._seen is not None:
             _PARSED.keep(deflated, body)  # the next message reads it back (its stay, patient, circle)
+            _ENTRIES[deflated] = tuple(index)  # and rewrites its index entries from these (see _reindex)
+            if len(_ENTRIES) > PARSED_BODIES:
+                with contextlib.suppress(KeyError, RuntimeError):
+                    del _ENTRIES[next(iter(_ENTRIES))]
         self._remember((rtype, rid), stored)
         return stored, current
 
@@ -750,7 +754,7 @@ class ResourceRepo:
         ``gateway/db/indexing.py`` extracts therefore comes with a migration that rebuilds the index
         (``reindex_all``; ``INDEX_FINGERPRINT`` in tests/unit/test_search_params.py fails until then).
         """
-        before = search_entries(previous.content) if previous and not previous.deleted else []
+        before = _entries_before(previous) if previous and not previous.deleted else []
         old, new = stored_rows(rtype, rid, before), stored_rows(rtype, rid, index)
         gone = [{f"k_{k}": v for k, v in old[key].items()} for key in old.keys() - new.keys()]
         if gone:
@@ -982,6 +986,19 @@ class _Parsed:
         if len(contents) > self._size:
             with contextlib.suppress(KeyError, RuntimeError):  # another thread may have changed it meanwhile
                 del contents[next(iter(contents))]
+
+
+#: the index entries of the bodies the unit of work wrote lately, by their stored bytes: the next version's
+#: rewrite of the index needs the previous one's entries (a body's bytes determine them, as its content)
+_ENTRIES: dict[bytes, tuple[tuple[str, str, str], ...]] = {}
+
+
+def _entries_before(previous: StoredResource) -> IndexEntries:
+    """``search_entries`` of a version about to be replaced: kept since its write when this process wrote
+    it lately (a stay's discharge replaces what its admission wrote), else computed from its content."""
+    body = previous.columns[1] if previous.columns is not None else None
+    known = _ENTRIES.get(body) if body is not None else None
+    return known if known is not None else search_entries(previous.content)
 
 
 #: how many contents :class:`_Parsed` keeps (a few messages' worth of resources)
