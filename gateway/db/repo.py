@@ -632,6 +632,14 @@ class ResourceRepo:
                 return known
         return _stored(row, shared=self._seen is not None)
 
+    def held(self, rtype: str) -> list[StoredResource]:
+        """The resources of ``rtype`` the identity map holds (read or written by this unit), not deleted,
+        in a search's order (newest first, then by id); empty outside a unit of work."""
+        found = [r for r in (self._seen or {}).values() if r is not None and r.type == rtype and not r.deleted]
+        found.sort(key=lambda r: r.id)
+        found.sort(key=lambda r: r.last_updated, reverse=True)
+        return found
+
     def _remember(self, key: tuple[str, str], found: StoredResource | None, *, locked: bool = False) -> None:
         if self._seen is not None:
             self._seen[key] = found
