@@ -14,11 +14,12 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from gateway.clock import utcnow
 from gateway.db.engine import Database as DB
@@ -45,10 +46,13 @@ from gateway.state.apply import Applied, apply_message
 
 logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 MAX_ATTEMPTS = 3
 #: Messages committed together at most (group commit); they come from different connections, since each
 #: connection waits for its ACK before sending the next message.
 MAX_GROUP = 64
+#: Messages committed together by :meth:`Pipeline.ingest_groups` (``gateway import``), which has them all at hand.
+IMPORT_GROUP = 64
 #: Writer threads on PostgreSQL when GATEWAY_INGEST_WRITERS does not say (see :meth:`Pipeline.start_writer`).
 DEFAULT_PG_WRITERS = 4
 
@@ -198,6 +202,35 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Refused:
+    """A message refused before it is applied (parse, header, sender binding, map), stored as rejected by
+    the thread that writes: reading a message never writes, so that it can run beside the writer."""
+
+    raw: bytes
+    message: er7.Message | None
+    error: GatewayError
+    transport: str
+    now: datetime
+    context: contextvars.Context | None = None
+
+
+@dataclass(slots=True)
+class _Failed:
+    """Reading a message raised unexpectedly (a bug, the sender binding's store): the writer keeps it
+    (:meth:`Pipeline._last_resort`)."""
+
+    raw: bytes
+    error: Exception
+    transport: str
+    now: datetime
+    context: contextvars.Context | None = None
+
+
+#: What reading a message gives: ready to apply, refused, or failed.
+_Read = _Pending | _Refused | _Failed
+
+
+@dataclass(slots=True)
 class _Job:
     """A message handed to the writer thread (:meth:`Pipeline.submit`), answered through ``future``."""
 
@@ -218,7 +251,7 @@ def _logged(outcome: Outcome) -> Outcome:
     return outcome
 
 
-def _in_context(item: _Pending, call: Callable[..., Outcome], *args: object) -> Outcome:
+def _in_context(item: _Pending | _Refused | _Failed, call: Callable[..., Outcome], *args: object) -> Outcome:
     """``call(*args)`` in the context the message was submitted in (its log correlation ids), if any."""
     return item.context.run(call, *args) if item.context is not None else call(*args)
 
@@ -227,6 +260,24 @@ def _in_context(item: _Pending, call: Callable[..., Outcome], *args: object) -> 
 _STOP = None
 #: Seconds a writer keeps a SAVEPOINT per message after a message of a group failed (:meth:`Pipeline._commit_group`).
 SAVEPOINT_SECONDS = 10.0
+
+
+def _take(source: queue.SimpleQueue[T | None], most: int) -> tuple[list[T], bool]:
+    """Wait for one entry, then take every other one waiting, up to ``most``; and whether :data:`_STOP`
+    came (nothing after it is taken: it is for whoever reads the queue next)."""
+    first = source.get()
+    if first is _STOP:
+        return [], True
+    taken = [first]
+    while len(taken) < most:
+        try:
+            entry = source.get_nowait()
+        except queue.Empty:
+            break
+        if entry is _STOP:
+            return taken, True
+        taken.append(entry)
+    return taken, False
 
 
 class _Abandoned(Exception):
@@ -261,6 +312,9 @@ class Pipeline:
         #: GATEWAY_CONFIDENTIAL_PLATFORM_ACCESS: platforms hear of PD1-12 = Y patients too (#13)
         self.confidential_to_platforms = False
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        #: what the reader thread read, for the writers
+        self._ready: queue.SimpleQueue[tuple[_Job, _Read] | None] = queue.SimpleQueue()
+        self._reader: threading.Thread | None = None
         self._writers: list[threading.Thread] = []
         #: writer threads (GATEWAY_INGEST_WRITERS); 0: one on SQLite, ``DEFAULT_PG_WRITERS`` on PostgreSQL
         self.writers = 0
@@ -270,11 +324,13 @@ class Pipeline:
     # -- the writer thread ------------------------------------------------------------------------
 
     def start_writer(self, writers: int | None = None) -> None:
-        """Start the writer threads that :meth:`submit` feeds (idempotent).
+        """Start the reader and the writer threads that :meth:`submit` feeds (idempotent).
 
-        One on SQLite, which has one writer at a time anyway. On PostgreSQL a message's ~30 statements are
-        as many round trips, during which a thread holds no CPU: several writers, each committing its own
-        group on its own connection, overlap them (the per-stream locks keep a patient's messages in order).
+        One writer on SQLite, which has one writer at a time anyway. On PostgreSQL a message's ~30
+        statements are as many round trips, during which a thread holds no CPU: several writers, each
+        committing its own group on its own connection, overlap them (the per-stream locks keep a patient's
+        messages in order). One reader thread parses, checks and maps what was submitted while the writers
+        wait on SQL, fsync and zlib (which release the GIL), and hands them what it read.
         """
         if self._writers:
             return
@@ -282,14 +338,19 @@ class Pipeline:
         self._writers = [
             threading.Thread(target=self._write_loop, name=f"ingest-writer-{i}", daemon=True) for i in range(count)
         ]
+        self._reader = threading.Thread(target=self._read_loop, args=(count,), name="ingest-reader", daemon=True)
+        self._reader.start()
         for thread in self._writers:
             thread.start()
 
     def stop_writer(self, timeout: float = 30.0) -> None:
-        """Answer what was submitted, then end the writer threads; a later :meth:`submit` starts them again."""
+        """Answer what was submitted, then end the threads; a later :meth:`submit` starts them again."""
         writers, self._writers = self._writers, []
-        for _ in writers:
-            self._jobs.put(_STOP)
+        if not writers:
+            return
+        self._jobs.put(_STOP)  # the reader passes it on, once per writer, after what came before it
+        if self._reader is not None:
+            self._reader.join(timeout)
         for thread in writers:
             thread.join(timeout)
 
@@ -300,9 +361,9 @@ class Pipeline:
         transport: str,
         facilities: Callable[[], frozenset[str] | None] | None = None,
     ) -> Future[Outcome]:
-        """Queue one message for the writer thread; the future's outcome is set once it is committed.
+        """Queue one message for the writer threads; the future's outcome is set once it is committed.
 
-        ``facilities`` is called in the writer thread (it may read the store): the authenticated sender's
+        ``facilities`` is called in the reader thread (it may read the store): the authenticated sender's
         registered MSH-4 values, or None when not checked.
         """
         if not self._writers:
@@ -318,49 +379,67 @@ class Pipeline:
         transport: str,
         facilities: Callable[[], frozenset[str] | None] | None = None,
     ) -> Outcome:
-        """:meth:`submit`, awaited: the event loop only waits, all the work is in the writer thread."""
+        """:meth:`submit`, awaited: the event loop only waits, all the work is in the pipeline's threads."""
         return await asyncio.wrap_future(self.submit(raw, transport=transport, facilities=facilities))
+
+    def _read_loop(self, writers: int) -> None:
+        """Read every job waiting (parse, checks, map), then hand them all to the writers, so that a writer
+        finding them takes them in one group. A loop boundary: :meth:`_read_job` never raises."""
+        while True:
+            jobs, stop = _take(self._jobs, MAX_GROUP)
+            for pair in [(job, job.context.run(self._read_job, job)) for job in jobs]:
+                self._ready.put(pair)
+            if stop:
+                for _ in range(writers):
+                    self._ready.put(_STOP)
+                return
 
     def _write_loop(self) -> None:
         while True:
-            first = self._jobs.get()
-            if first is _STOP:
-                return
-            jobs, stop = [first], False
-            while len(jobs) < MAX_GROUP:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is _STOP:
-                    stop = True
-                    break
-                jobs.append(job)
-            self._write(jobs)
+            items, stop = _take(self._ready, MAX_GROUP)
+            if items:
+                self._write(items)
             if stop:
                 return
 
-    def _write(self, jobs: list[_Job]) -> None:
-        """Prepare, commit and answer one group. A loop boundary: every job's future gets an outcome."""
-        items = [(job, job.context.run(self._prepare_job, job)) for job in jobs]
-        group = [item for _, item in items if isinstance(item, _Pending)]
+    def _write(self, items: list[tuple[_Job, _Read]]) -> None:
+        """Commit and answer one group. A loop boundary: every job's future gets an outcome."""
+        outcomes = self._commit_reads([item for _, item in items])
+        for (job, _), outcome in zip(items, outcomes, strict=True):
+            job.future.set_result(outcome)
+
+    def _commit_reads(self, items: list[_Read]) -> list[Outcome]:
+        """Store the refused and failed reads (as before the reader thread, at once), apply and commit the
+        others in one group; every item gets an outcome (:meth:`_settle` never raises)."""
+        settled = [item if isinstance(item, _Pending) else _in_context(item, self._store_read, item) for item in items]
+        group = [item for item in settled if isinstance(item, _Pending)]
         if group:
             try:
                 self._commit_group(group)
             except Exception:  # a loop boundary: each message is taken again alone below
                 logger.exception("group commit failed unexpectedly")
-        for job, item in items:
-            job.future.set_result(item if isinstance(item, Outcome) else self._settle(item))
+        return [item if isinstance(item, Outcome) else self._settle(item) for item in settled]
 
-    def _prepare_job(self, job: _Job) -> _Pending | Outcome:
+    def _store_read(self, item: _Refused | _Failed) -> Outcome:
+        try:
+            return self._stored_read(item)
+        except Exception as exc:  # a loop boundary: the message is still kept, and answered
+            logger.exception("unexpected error storing a refused message (%s)", item.transport)
+            return self._last_resort(item.raw, exc, transport=item.transport, now=item.now)
+
+    def _stored_read(self, item: _Refused | _Failed) -> Outcome:
+        if isinstance(item, _Refused):
+            return self._store_rejected(item.raw, item.message, item.error, transport=item.transport, now=item.now)
+        return self._last_resort(item.raw, item.error, transport=item.transport, now=item.now)
+
+    def _read_job(self, job: _Job) -> _Read:
         try:
             facilities = job.facilities() if job.facilities is not None else None
-            item = self._prepare(job.raw, transport=job.transport, now=job.now, facilities=facilities)
+            item = self._read(job.raw, transport=job.transport, now=job.now, facilities=facilities)
         except Exception as exc:
             logger.exception("unexpected error preparing a message (%s)", job.transport)
-            return self._last_resort(job.raw, exc, transport=job.transport, now=job.now)
-        if isinstance(item, _Pending):
-            item.context = job.context
+            return _Failed(job.raw, exc, job.transport, job.now, job.context)
+        item.context = job.context
         return item
 
     def _settle(self, item: _Pending) -> Outcome:
@@ -404,8 +483,14 @@ class Pipeline:
     def _prepare(
         self, raw: bytes, *, transport: str, now: datetime | None = None, facilities: frozenset[str] | None = None
     ) -> _Pending | Outcome:
-        """Parse and map (no storage); a message that fails here is stored as rejected at once."""
-        now = now or self.clock()
+        """Parse and map; a message that fails here is stored as rejected at once."""
+        item = self._read(raw, transport=transport, now=now or self.clock(), facilities=facilities)
+        return item if isinstance(item, _Pending) else self._store_read(item)
+
+    def _read(
+        self, raw: bytes, *, transport: str, now: datetime, facilities: frozenset[str] | None = None
+    ) -> _Pending | _Refused:
+        """Parse, check and map, without storing anything (so that it may run beside a writer)."""
         message: er7.Message | None = None
         try:
             message = er7.parse(raw)
@@ -415,42 +500,48 @@ class Pipeline:
             _check_facility(header, facilities)
             mapped = self.engine.map(message, header=header)
         except GatewayError as exc:
-            return self._store_rejected(raw, message, exc, transport=transport, now=now)
+            return _Refused(raw, message, exc, transport, now)
         except Exception as exc:
             logger.exception("unexpected error reading or mapping a message")
             error = GatewayError(f"internal error while reading the message ({type(exc).__name__})")
-            return self._store_rejected(raw, message, error, transport=transport, now=now)
+            return _Refused(raw, message, error, transport, now)
         return _Pending(raw, message, mapped, transport, now)
 
-    def ingest_many(self, raws: list[bytes], *, transport: str) -> list[Outcome]:
-        """The bulk path (``gateway import``): messages in the given order, up to ``MAX_GROUP`` per commit.
+    def ingest_many(self, raws: Sequence[bytes], *, transport: str) -> list[Outcome]:
+        """The bulk path (``gateway import``): messages in the given order, up to ``IMPORT_GROUP`` per commit.
 
         Same guarantees as :meth:`ingest` message by message (a failing one rolls back alone and is stored
         as rejected); only the commits are shared.
         """
-        outcomes: list[Outcome | None] = []
-        group: list[_Pending] = []
-        slots: list[int] = []
-        for raw in raws:
-            item = self._prepare(raw, transport=transport)
-            if isinstance(item, Outcome):
-                outcomes.append(item)
-                continue
-            slots.append(len(outcomes))
-            outcomes.append(None)
-            group.append(item)
-            if len(group) == MAX_GROUP:
-                self._flush_group(group, slots, outcomes)
-                group, slots = [], []
-        self._flush_group(group, slots, outcomes)
-        return [o for o in outcomes if o is not None]
+        return [outcome for group in self.ingest_groups(raws, transport=transport) for outcome in group]
 
-    def _flush_group(self, group: list[_Pending], slots: list[int], outcomes: list[Outcome | None]) -> None:
-        if not group:
+    def ingest_groups(
+        self, raws: Sequence[bytes], *, transport: str, size: int = IMPORT_GROUP
+    ) -> Iterator[list[Outcome]]:
+        """:meth:`ingest_many`, group by group, each group's outcomes once it is committed. The next group
+        is read (parsed, checked, mapped) in a thread while this one is applied and committed: most of the
+        writer's time in SQLite, fsync and zlib leaves the GIL to it."""
+        chunks = [raws[offset : offset + size] for offset in range(0, len(raws), size)]
+        if not chunks:
             return
-        self._commit_group(group)
-        for slot, item in zip(slots, group, strict=True):
-            outcomes[slot] = self._settle(item)
+        with ThreadPoolExecutor(1, thread_name_prefix="import-reader") as reader:
+            ahead = reader.submit(self._read_all, chunks[0], transport)
+            for following in [*chunks[1:], None]:
+                items = ahead.result()
+                if following is not None:
+                    ahead = reader.submit(self._read_all, following, transport)
+                yield self._commit_reads(items)
+
+    def _read_all(self, raws: Sequence[bytes], transport: str) -> list[_Read]:
+        return [self._read_one(raw, transport) for raw in raws]
+
+    def _read_one(self, raw: bytes, transport: str) -> _Read:
+        now = self.clock()
+        try:
+            return self._read(raw, transport=transport, now=now)
+        except Exception as exc:  # a loop boundary: the message is kept by the writer (_last_resort)
+            logger.exception("unexpected error preparing a message (%s)", transport)
+            return _Failed(raw, exc, transport, now)
 
     def _ingest_alone(
         self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime

@@ -4,8 +4,8 @@ lock nor deadlock each other, and a stale read is retried instead of overwriting
 
 from __future__ import annotations
 
-import contextvars
 import threading
+import time
 from collections import Counter
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -20,7 +20,7 @@ from gateway.db.repo import ResourceRepo
 from gateway.db.unit import unit_of_work
 from gateway.errors import StorageConflictError
 from gateway.mapping.engine import Engine as MappingEngine
-from gateway.pipeline import Outcome, Pipeline, _Job
+from gateway.pipeline import Outcome, Pipeline, _Job, _Pending
 from tests.messages import Adt
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -54,14 +54,15 @@ def test_messages_waiting_are_committed_as_one_group_and_all_answered(pipeline: 
     groups: list[int] = []
     real = pipeline._write
 
-    def counted(jobs: list[_Job]) -> None:
-        groups.append(len(jobs))
-        real(jobs)
+    def counted(items: list[tuple[_Job, Any]]) -> None:
+        groups.append(len(items))
+        real(items)
 
     pipeline._write = counted  # type: ignore[method-assign]
     gate = threading.Event()
     held = hold_writer(pipeline, gate)
     futures = [pipeline.submit(stay(k)[0], transport="test") for k in range(5)]
+    wait_until_read(pipeline, 5)
     gate.set()
     assert held.result(timeout=30).code == "AA"
     outcomes = [f.result(timeout=30) for f in futures]
@@ -71,31 +72,30 @@ def test_messages_waiting_are_committed_as_one_group_and_all_answered(pipeline: 
 
 
 def hold_writer(pipeline: Pipeline, gate: threading.Event) -> Future[Outcome]:
-    """Give the (one) writer a job whose sender-binding callable waits for ``gate``; return once it is busy
-    with it, so that what is submitted next waits in the queue. Returns that job's future."""
+    """Give the (one) writer a job whose group commit waits for ``gate``; return once it is busy with it,
+    so that what is submitted next waits (read, in the queue). Returns that job's future."""
     busy = threading.Event()
+    real = pipeline._commit_group
 
-    def facilities() -> frozenset[str] | None:
+    def held(group: list[_Pending]) -> None:
+        pipeline._commit_group = real  # type: ignore[method-assign]
         busy.set()
         gate.wait(10)
-        return None
+        real(group)
 
+    pipeline._commit_group = held  # type: ignore[method-assign]
     pipeline.start_writer(1)
-    job = _job(facilities)
-    pipeline._jobs.put(job)
+    future = pipeline.submit(Adt(control_id="W-block", ipp="799999", visit="V-79999").bytes(), transport="test")
     assert busy.wait(10)
-    return job.future
+    return future
 
 
-def _job(facilities: Any) -> _Job:
-    return _Job(
-        Adt(control_id="W-block", ipp="799999", visit="V-79999").bytes(),
-        "test",
-        NOW,
-        facilities,
-        Future(),
-        contextvars.copy_context(),
-    )
+def wait_until_read(pipeline: Pipeline, count: int) -> None:
+    """Until the reader thread has handed ``count`` messages to the (held) writer."""
+    deadline = time.monotonic() + 10
+    while pipeline._ready.qsize() < count:
+        assert time.monotonic() < deadline, "the reader thread did not read the messages submitted"
+        time.sleep(0.005)
 
 
 def test_a_failing_message_in_a_writer_group_is_stored_alone_and_the_others_get_aa(
