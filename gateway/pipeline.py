@@ -238,7 +238,8 @@ class _Job:
     transport: str
     now: datetime
     facilities: Callable[[], frozenset[str] | None] | None
-    future: Future[Outcome]
+    #: where the outcome goes: :meth:`Pipeline.submit`'s future, or :meth:`Pipeline.ingest_async`'s waiter
+    future: Future[Outcome] | asyncio.Future[Outcome]
     #: the submitter's context, so that what the writer logs for it carries its correlation ids
     context: contextvars.Context
 
@@ -260,6 +261,30 @@ def _in_context(item: _Pending | _Refused | _Failed, call: Callable[..., Outcome
 _STOP = None
 #: Seconds a writer keeps a SAVEPOINT per message after a message of a group failed (:meth:`Pipeline._commit_group`).
 SAVEPOINT_SECONDS = 10.0
+
+
+def _answer(jobs: list[_Job], outcomes: list[Outcome]) -> None:
+    """Give each job its outcome: a :meth:`Pipeline.submit` future at once, the waiters of each event loop
+    in one call on that loop. A waiter cancelled meanwhile (its connection closed, the server stopping)
+    is skipped: its message stands as committed, and the writer goes on."""
+    waiters: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outcome], Outcome]]] = {}
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        if isinstance(job.future, asyncio.Future):
+            waiters.setdefault(job.future.get_loop(), []).append((job.future, outcome))
+        elif job.future.set_running_or_notify_cancel():
+            job.future.set_result(outcome)
+    for loop, answers in waiters.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, answers)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            logger.warning("%d outcomes not delivered: their event loop is closed", len(answers))
+
+
+def _resolve(answers: list[tuple[asyncio.Future[Outcome], Outcome]]) -> None:
+    """On the waiters' loop: set each outcome, unless its waiter was cancelled."""
+    for waiter, outcome in answers:
+        if not waiter.done():
+            waiter.set_result(outcome)
 
 
 def _take(source: queue.SimpleQueue[T | None], most: int) -> tuple[list[T], bool]:
@@ -312,9 +337,6 @@ class Pipeline:
         #: GATEWAY_CONFIDENTIAL_PLATFORM_ACCESS: platforms hear of PD1-12 = Y patients too (#13)
         self.confidential_to_platforms = False
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        #: what the reader thread read, for the writers
-        self._ready: queue.SimpleQueue[tuple[_Job, _Read] | None] = queue.SimpleQueue()
-        self._reader: threading.Thread | None = None
         self._writers: list[threading.Thread] = []
         #: writer threads (GATEWAY_INGEST_WRITERS); 0: one on SQLite, ``DEFAULT_PG_WRITERS`` on PostgreSQL
         self.writers = 0
@@ -324,13 +346,11 @@ class Pipeline:
     # -- the writer thread ------------------------------------------------------------------------
 
     def start_writer(self, writers: int | None = None) -> None:
-        """Start the reader and the writer threads that :meth:`submit` feeds (idempotent).
+        """Start the writer threads that :meth:`submit` feeds (idempotent).
 
-        One writer on SQLite, which has one writer at a time anyway. On PostgreSQL a message's ~30
-        statements are as many round trips, during which a thread holds no CPU: several writers, each
-        committing its own group on its own connection, overlap them (the per-stream locks keep a patient's
-        messages in order). One reader thread parses, checks and maps what was submitted while the writers
-        wait on SQL, fsync and zlib (which release the GIL), and hands them what it read.
+        One on SQLite, which has one writer at a time anyway. On PostgreSQL a message's ~30 statements are
+        as many round trips, during which a thread holds no CPU: several writers, each committing its own
+        group on its own connection, overlap them (the per-stream locks keep a patient's messages in order).
         """
         if self._writers:
             return
@@ -338,19 +358,14 @@ class Pipeline:
         self._writers = [
             threading.Thread(target=self._write_loop, name=f"ingest-writer-{i}", daemon=True) for i in range(count)
         ]
-        self._reader = threading.Thread(target=self._read_loop, args=(count,), name="ingest-reader", daemon=True)
-        self._reader.start()
         for thread in self._writers:
             thread.start()
 
     def stop_writer(self, timeout: float = 30.0) -> None:
-        """Answer what was submitted, then end the threads; a later :meth:`submit` starts them again."""
+        """Answer what was submitted, then end the writer threads; a later :meth:`submit` starts them again."""
         writers, self._writers = self._writers, []
-        if not writers:
-            return
-        self._jobs.put(_STOP)  # the reader passes it on, once per writer, after what came before it
-        if self._reader is not None:
-            self._reader.join(timeout)
+        for _ in writers:
+            self._jobs.put(_STOP)
         for thread in writers:
             thread.join(timeout)
 
@@ -361,16 +376,14 @@ class Pipeline:
         transport: str,
         facilities: Callable[[], frozenset[str] | None] | None = None,
     ) -> Future[Outcome]:
-        """Queue one message for the writer threads; the future's outcome is set once it is committed.
+        """Queue one message for the writer thread; the future's outcome is set once it is committed.
 
-        ``facilities`` is called in the reader thread (it may read the store): the authenticated sender's
+        ``facilities`` is called in the writer thread (it may read the store): the authenticated sender's
         registered MSH-4 values, or None when not checked.
         """
-        if not self._writers:
-            self.start_writer()
-        job = _Job(raw, transport, self.clock(), facilities, Future(), contextvars.copy_context())
-        self._jobs.put(job)
-        return job.future
+        future: Future[Outcome] = Future()
+        self._queue(_Job(raw, transport, self.clock(), facilities, future, contextvars.copy_context()))
+        return future
 
     async def ingest_async(
         self,
@@ -379,34 +392,29 @@ class Pipeline:
         transport: str,
         facilities: Callable[[], frozenset[str] | None] | None = None,
     ) -> Outcome:
-        """:meth:`submit`, awaited: the event loop only waits, all the work is in the pipeline's threads."""
-        return await asyncio.wrap_future(self.submit(raw, transport=transport, facilities=facilities))
+        """:meth:`submit`, awaited: the event loop only waits, all the work is in the writer thread, which
+        answers a whole group's waiters on one loop in one call (one wake-up of the loop, not one each)."""
+        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue(_Job(raw, transport, self.clock(), facilities, waiter, contextvars.copy_context()))
+        return await waiter
 
-    def _read_loop(self, writers: int) -> None:
-        """Read every job waiting (parse, checks, map), then hand them all to the writers, so that a writer
-        finding them takes them in one group. A loop boundary: :meth:`_read_job` never raises."""
-        while True:
-            jobs, stop = _take(self._jobs, MAX_GROUP)
-            for pair in [(job, job.context.run(self._read_job, job)) for job in jobs]:
-                self._ready.put(pair)
-            if stop:
-                for _ in range(writers):
-                    self._ready.put(_STOP)
-                return
+    def _queue(self, job: _Job) -> None:
+        if not self._writers:
+            self.start_writer()
+        self._jobs.put(job)
 
     def _write_loop(self) -> None:
         while True:
-            items, stop = _take(self._ready, MAX_GROUP)
-            if items:
-                self._write(items)
+            jobs, stop = _take(self._jobs, MAX_GROUP)
+            if jobs:
+                self._write(jobs)
             if stop:
                 return
 
-    def _write(self, items: list[tuple[_Job, _Read]]) -> None:
-        """Commit and answer one group. A loop boundary: every job's future gets an outcome."""
-        outcomes = self._commit_reads([item for _, item in items])
-        for (job, _), outcome in zip(items, outcomes, strict=True):
-            job.future.set_result(outcome)
+    def _write(self, jobs: list[_Job]) -> None:
+        """Read, commit and answer one group. A loop boundary: every job gets an outcome."""
+        outcomes = self._commit_reads([job.context.run(self._read_job, job) for job in jobs])
+        _answer(jobs, outcomes)
 
     def _commit_reads(self, items: list[_Read]) -> list[Outcome]:
         """Store the refused and failed reads (as before the reader thread, at once), apply and commit the
@@ -516,11 +524,12 @@ class Pipeline:
         return [outcome for group in self.ingest_groups(raws, transport=transport) for outcome in group]
 
     def ingest_groups(
-        self, raws: Sequence[bytes], *, transport: str, size: int = IMPORT_GROUP
+        self, raws: Sequence[bytes], *, transport: str, size: int | None = None
     ) -> Iterator[list[Outcome]]:
         """:meth:`ingest_many`, group by group, each group's outcomes once it is committed. The next group
         is read (parsed, checked, mapped) in a thread while this one is applied and committed: most of the
         writer's time in SQLite, fsync and zlib leaves the GIL to it."""
+        size = size or IMPORT_GROUP
         chunks = [raws[offset : offset + size] for offset in range(0, len(raws), size)]
         if not chunks:
             return

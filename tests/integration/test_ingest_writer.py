@@ -4,8 +4,9 @@ lock nor deadlock each other, and a stale read is retried instead of overwriting
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import threading
-import time
 from collections import Counter
 from concurrent.futures import Future
 from datetime import UTC, datetime
@@ -15,12 +16,13 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from gateway import logs
+from gateway import pipeline as pipeline_module
 from gateway.db import schema
 from gateway.db.repo import ResourceRepo
 from gateway.db.unit import unit_of_work
 from gateway.errors import StorageConflictError
 from gateway.mapping.engine import Engine as MappingEngine
-from gateway.pipeline import Outcome, Pipeline, _Job, _Pending
+from gateway.pipeline import Outcome, Pipeline, _Job
 from tests.messages import Adt
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -54,15 +56,14 @@ def test_messages_waiting_are_committed_as_one_group_and_all_answered(pipeline: 
     groups: list[int] = []
     real = pipeline._write
 
-    def counted(items: list[tuple[_Job, Any]]) -> None:
-        groups.append(len(items))
-        real(items)
+    def counted(jobs: list[_Job]) -> None:
+        groups.append(len(jobs))
+        real(jobs)
 
     pipeline._write = counted  # type: ignore[method-assign]
     gate = threading.Event()
     held = hold_writer(pipeline, gate)
     futures = [pipeline.submit(stay(k)[0], transport="test") for k in range(5)]
-    wait_until_read(pipeline, 5)
     gate.set()
     assert held.result(timeout=30).code == "AA"
     outcomes = [f.result(timeout=30) for f in futures]
@@ -72,30 +73,31 @@ def test_messages_waiting_are_committed_as_one_group_and_all_answered(pipeline: 
 
 
 def hold_writer(pipeline: Pipeline, gate: threading.Event) -> Future[Outcome]:
-    """Give the (one) writer a job whose group commit waits for ``gate``; return once it is busy with it,
-    so that what is submitted next waits (read, in the queue). Returns that job's future."""
+    """Give the (one) writer a job whose sender-binding callable waits for ``gate``; return once it is busy
+    with it, so that what is submitted next waits in the queue. Returns that job's future."""
     busy = threading.Event()
-    real = pipeline._commit_group
 
-    def held(group: list[_Pending]) -> None:
-        pipeline._commit_group = real  # type: ignore[method-assign]
+    def facilities() -> frozenset[str] | None:
         busy.set()
         gate.wait(10)
-        real(group)
+        return None
 
-    pipeline._commit_group = held  # type: ignore[method-assign]
     pipeline.start_writer(1)
-    future = pipeline.submit(Adt(control_id="W-block", ipp="799999", visit="V-79999").bytes(), transport="test")
+    job = _job(facilities)
+    pipeline._jobs.put(job)
     assert busy.wait(10)
-    return future
+    return job.future
 
 
-def wait_until_read(pipeline: Pipeline, count: int) -> None:
-    """Until the reader thread has handed ``count`` messages to the (held) writer."""
-    deadline = time.monotonic() + 10
-    while pipeline._ready.qsize() < count:
-        assert time.monotonic() < deadline, "the reader thread did not read the messages submitted"
-        time.sleep(0.005)
+def _job(facilities: Any) -> _Job:
+    return _Job(
+        Adt(control_id="W-block", ipp="799999", visit="V-79999").bytes(),
+        "test",
+        NOW,
+        facilities,
+        Future(),
+        contextvars.copy_context(),
+    )
 
 
 def test_a_failing_message_in_a_writer_group_is_stored_alone_and_the_others_get_aa(
@@ -224,3 +226,64 @@ def repo_check(db: Engine) -> None:
             ).scalar_one()
             assert last == (version - 1 if version > 1 else None)
             assert [v.version_id for v in repo.history(rtype, rid)] == list(range(version, 0, -1))
+
+
+def test_a_groups_waiters_on_one_event_loop_are_answered_in_one_call(pipeline: Pipeline, db: Engine) -> None:
+    """:meth:`Pipeline.ingest_async`: the writer wakes the loop once per group, not once per message."""
+    wakes: list[int] = []
+
+    async def run() -> list[str]:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            if callback is pipeline_module._resolve:
+                wakes.append(len(args[0]))
+            return real(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        gate = threading.Event()
+        held = hold_writer(pipeline, gate)
+        tasks = [asyncio.ensure_future(pipeline.ingest_async(stay(k)[0], transport="test")) for k in range(5)]
+        await asyncio.sleep(0)  # each task has queued its job
+        gate.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert (await asyncio.wrap_future(held)).code == "AA"
+        return [o.code for o in outcomes]
+
+    assert asyncio.run(run()) == ["AA"] * 5
+    assert wakes == [5]
+    assert statuses(db) == {"applied": 6}
+
+
+def test_a_waiter_cancelled_while_its_message_is_applied_does_not_stop_the_writer(
+    pipeline: Pipeline, db: Engine
+) -> None:
+    """An MLLP connection aborted at shutdown, an HTTP request cancelled: its message is still committed
+    (and may have got its AA in the store), and the writer answers the messages after it."""
+
+    async def run() -> str:
+        gate = threading.Event()
+        held = hold_writer(pipeline, gate)
+        cancelled = asyncio.ensure_future(pipeline.ingest_async(stay(1)[0], transport="test"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        gate.set()
+        assert (await asyncio.wait_for(asyncio.wrap_future(held), 30)).code == "AA"
+        return (await asyncio.wait_for(pipeline.ingest_async(stay(2)[0], transport="test"), 30)).code
+
+    assert asyncio.run(run()) == "AA"
+    assert statuses(db) == {"applied": 3}
+
+
+def test_a_future_cancelled_before_the_writer_answers_it_does_not_stop_the_writer(
+    pipeline: Pipeline, db: Engine
+) -> None:
+    gate = threading.Event()
+    held = hold_writer(pipeline, gate)
+    cancelled = pipeline.submit(stay(1)[0], transport="test")
+    assert cancelled.cancel()
+    gate.set()
+    assert held.result(timeout=30).code == "AA"
+    assert pipeline.submit(stay(2)[0], transport="test").result(timeout=30).code == "AA"
+    assert statuses(db) == {"applied": 3}
