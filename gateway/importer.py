@@ -3,9 +3,8 @@
 A file holds one message or several (one after another, MLLP-framed or not, segments ended by CR, LF or
 CRLF). Messages are sorted by MSH-7 (the time the sending system built them; the fold does not need the
 order, since the state is the same in any order, but notifications then go out in the order of events),
-ties kept in file order, and stored through :meth:`Pipeline.ingest_many`: the same checks, ACKs and
-rejected-message records as live ingest, with up to ``IMPORT_GROUP`` messages per commit (the next group
-read while one is committed).
+ties kept in file order, and stored through :meth:`Pipeline.ingest_groups`: the same checks, ACKs and
+rejected-message records as live ingest, with up to ``IMPORT_GROUP`` messages per commit.
 """
 
 from __future__ import annotations
