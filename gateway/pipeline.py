@@ -204,8 +204,8 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Refused:
-    """A message refused before it is applied (parse, header, sender binding, map), stored as rejected by
-    the thread that writes: reading a message never writes, so that it can run beside the writer."""
+    """A message refused before it is applied (parse, header, sender binding, map). Reading never writes:
+    the refusal is stored by :meth:`Pipeline._commit_reads`, with its group, in the group's order."""
 
     raw: bytes
     message: er7.Message | None
@@ -253,7 +253,7 @@ def _logged(outcome: Outcome) -> Outcome:
     return outcome
 
 
-def _in_context(item: _Pending | _Refused | _Failed, call: Callable[..., Outcome], *args: object) -> Outcome:
+def _in_context(item: _Read, call: Callable[..., Outcome], *args: object) -> Outcome:
     """``call(*args)`` in the context the message was submitted in (its log correlation ids), if any."""
     return item.context.run(call, *args) if item.context is not None else call(*args)
 
@@ -418,7 +418,7 @@ class Pipeline:
         _answer(jobs, outcomes)
 
     def _commit_reads(self, items: list[_Read]) -> list[Outcome]:
-        """Store the refused and failed reads (as before the reader thread, at once), apply and commit the
+        """Store the refused and failed reads (each in its own transaction, as always), apply and commit the
         others in one group; every item gets an outcome (:meth:`_settle` never raises)."""
         settled = [item if isinstance(item, _Pending) else _in_context(item, self._store_read, item) for item in items]
         group = [item for item in settled if isinstance(item, _Pending)]
