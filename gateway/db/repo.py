@@ -366,9 +366,11 @@ class NewFact:
 
 
 class FactRepo:
-    """Facts per stream. With ``cached``, a stream read once is kept (as JSON text, parsed on each read so
-    that no caller can change another's copy) and kept current by this repo's own writes: for the unit of
-    work, whose stream locks guarantee no one else writes those streams meanwhile."""
+    """Facts per stream. With ``cached``, a stream read once is kept (as JSON text) and kept current by this
+    repo's own writes: for the unit of work, whose stream locks guarantee no one else writes those streams
+    meanwhile. Its reads hand back payloads parsed once per text (:data:`_FACT_PAYLOADS`), shared by every
+    unit of work that reads the same fact, read only: the folds build new dicts from them, never change one
+    in place (as resource contents are shared, see ``_Parsed``). Without ``cached``, each read parses anew."""
 
     def __init__(self, conn: Connection, *, cached: bool = False) -> None:
         self.conn = conn
@@ -444,7 +446,23 @@ class FactRepo:
         if stream not in self._streams:
             rows = run(self.conn, _STREAM, {"stream": stream})
             self._streams[stream] = [(str(kind), _text(payload, body)) for kind, payload, body in rows]
-        return [orjson.loads(p) for k, p in self._streams[stream] if kinds is None or k in kinds]
+        return [_fact_payload(p) for k, p in self._streams[stream] if kinds is None or k in kinds]
+
+
+#: fact text → its payload, parsed once: a stay's facts are folded again on every message about it, and a
+#: patient's on every message about him (a bounded number, the oldest dropped first, like ``_Parsed``)
+_FACT_PAYLOADS: dict[bytes | str, JSON] = {}
+FACT_PAYLOADS = 512
+
+
+def _fact_payload(text: bytes | str) -> JSON:
+    payload = _FACT_PAYLOADS.get(text)
+    if payload is None:
+        payload = _FACT_PAYLOADS[text] = orjson.loads(text)
+        if len(_FACT_PAYLOADS) > FACT_PAYLOADS:
+            with contextlib.suppress(KeyError, RuntimeError):  # another thread may have changed it meanwhile
+                del _FACT_PAYLOADS[next(iter(_FACT_PAYLOADS))]
+    return payload
 
 
 class PatientLinkRepo:

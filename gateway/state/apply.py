@@ -369,8 +369,8 @@ def _redirect(unit: Unit, resource: JSON) -> JSON:
 
 
 def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
-    facts = [VisitFact.from_payload(p) for p in unit.facts.of(f"Encounter/{stay_id}")]  # parsed for this fold
-    # no copy of the result: the facts are this call's own, and what follows builds new dicts to write
+    facts = [VisitFact.from_payload(p) for p in unit.facts.of(f"Encounter/{stay_id}")]
+    # no copy of the result: it shares parts with the facts, read only, and what follows builds new dicts
     stay = fold_stay(facts, natures=unit.tables.codes.get("MovementNature"), copy=False)
     if stay.encounter is None:
         return  # nothing but cancels or corrections of movements never seen: nothing is created

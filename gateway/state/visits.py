@@ -360,8 +360,8 @@ def fold_stay(facts: Iterable[VisitFact], *, natures: Mapping[str, CodeRow] | No
     passed it as a bare code; a nature the engine already coded is used as it is, an unknown one omitted.
 
     ``copy=False`` leaves out the final copy: the result then shares parts with the facts (and the
-    movements with the stay, e.g. their subject). For a caller whose facts were parsed for this fold alone
-    and that changes no part of the result in place (the refold: it writes new top-level dicts, as
+    movements with the stay, e.g. their subject). For a caller that changes no part of the result or of
+    the facts in place (the refold: it writes new top-level dicts, as
     :func:`gateway.state.patients.fold_patient`'s callers do): the copy was a fifth of the fold.
     """
     resolved = _resolve(facts)
