@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import threading
@@ -24,6 +25,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    literal_column,
     or_,
     select,
     text,
@@ -83,15 +85,17 @@ def fhir_instant(moment: datetime) -> str:
 
 #: RETURNING on both stores (SQLite 3.35+): the id comes back in the one round trip, on the cursor too
 _INSERT_MESSAGE = insert(messages).returning(messages.c.id)
+#: ``status = 'applied'`` as a literal, not a bound parameter: a term bound to a parameter that qualifies a
+#: partial index (``uq_messages_applied``) makes SQLite prepare the statement again on every execution
+#: (~20-70 µs, more than the lookup). The index is unique: at most one row, no ORDER BY (a temp B-tree).
 _FIND_APPLIED = (
     select(messages)
     .where(
         messages.c.sending_application == bindparam("app"),
         messages.c.sending_facility == bindparam("facility"),
         messages.c.control_id == bindparam("control_id"),
-        messages.c.status == "applied",
+        messages.c.status == literal_column("'applied'"),
     )
-    .order_by(messages.c.id)
     .limit(1)
 )
 _INSERT_FACT = insert(facts)
@@ -362,9 +366,11 @@ class NewFact:
 
 
 class FactRepo:
-    """Facts per stream. With ``cached``, a stream read once is kept (as JSON text, parsed on each read so
-    that no caller can change another's copy) and kept current by this repo's own writes: for the unit of
-    work, whose stream locks guarantee no one else writes those streams meanwhile."""
+    """Facts per stream. With ``cached``, a stream read once is kept (as JSON text) and kept current by this
+    repo's own writes: for the unit of work, whose stream locks guarantee no one else writes those streams
+    meanwhile. Its reads hand back payloads parsed once per text (:data:`_FACT_PAYLOADS`), shared by every
+    unit of work that reads the same fact, read only: the folds build new dicts from them, never change one
+    in place (as resource contents are shared, see ``_Parsed``). Without ``cached``, each read parses anew."""
 
     def __init__(self, conn: Connection, *, cached: bool = False) -> None:
         self.conn = conn
@@ -440,7 +446,23 @@ class FactRepo:
         if stream not in self._streams:
             rows = run(self.conn, _STREAM, {"stream": stream})
             self._streams[stream] = [(str(kind), _text(payload, body)) for kind, payload, body in rows]
-        return [orjson.loads(p) for k, p in self._streams[stream] if kinds is None or k in kinds]
+        return [_fact_payload(p) for k, p in self._streams[stream] if kinds is None or k in kinds]
+
+
+#: fact text → its payload, parsed once: a stay's facts are folded again on every message about it, and a
+#: patient's on every message about him (a bounded number, the oldest dropped first, like ``_Parsed``)
+_FACT_PAYLOADS: dict[bytes | str, JSON] = {}
+FACT_PAYLOADS = 512
+
+
+def _fact_payload(text: bytes | str) -> JSON:
+    payload = _FACT_PAYLOADS.get(text)
+    if payload is None:
+        payload = _FACT_PAYLOADS[text] = orjson.loads(text)
+        if len(_FACT_PAYLOADS) > FACT_PAYLOADS:
+            with contextlib.suppress(KeyError, RuntimeError):  # another thread may have changed it meanwhile
+                del _FACT_PAYLOADS[next(iter(_FACT_PAYLOADS))]
+    return payload
 
 
 class PatientLinkRepo:
@@ -577,7 +599,7 @@ class ResourceRepo:
         if self._seen is not None and key in self._seen and (not locked or key in self._locked):
             return self._seen[key]
         row = run(self.conn, _GET_RESOURCE_LOCKED if locked else _GET_RESOURCE, {"rtype": rtype, "rid": rid}).first()
-        found = _stored(row) if row else None
+        found = _stored(row, shared=self._seen is not None) if row else None
         self._remember(key, found, locked=locked)
         return found
 
@@ -597,7 +619,7 @@ class ResourceRepo:
         }
         for key in wanted:
             row = found.get(key)
-            self._remember(key, _stored(row) if row is not None else None)
+            self._remember(key, _stored(row, shared=True) if row is not None else None)
 
     def _found(self, row: Any) -> StoredResource:
         """A row a search returned: the identity map's resource when it holds that very version, so that a
@@ -608,7 +630,15 @@ class ResourceRepo:
             known = self._seen.get((m["type"], m["id"]))
             if known is not None and known.version_id == m["version_id"] and not known.deleted and not m["deleted"]:
                 return known
-        return _stored(row)
+        return _stored(row, shared=self._seen is not None)
+
+    def held(self, rtype: str) -> list[StoredResource]:
+        """The resources of ``rtype`` the identity map holds (read or written by this unit), not deleted,
+        in a search's order (newest first, then by id); empty outside a unit of work."""
+        found = [r for r in (self._seen or {}).values() if r is not None and r.type == rtype and not r.deleted]
+        found.sort(key=lambda r: r.id)
+        found.sort(key=lambda r: r.last_updated, reverse=True)
+        return found
 
     def _remember(self, key: tuple[str, str], found: StoredResource | None, *, locked: bool = False) -> None:
         if self._seen is not None:
@@ -716,6 +746,12 @@ class ResourceRepo:
         stored = StoredResource(
             type=rtype, id=rid, version_id=version, last_updated=now, content=body, columns=("", deflated)
         )
+        if self._seen is not None:
+            _PARSED.keep(deflated, body)  # the next message reads it back (its stay, patient, circle)
+            _ENTRIES[deflated] = tuple(index)  # and rewrites its index entries from these (see _reindex)
+            if len(_ENTRIES) > PARSED_BODIES:
+                with contextlib.suppress(KeyError, RuntimeError):
+                    del _ENTRIES[next(iter(_ENTRIES))]
         self._remember((rtype, rid), stored)
         return stored, current
 
@@ -744,7 +780,7 @@ class ResourceRepo:
         ``gateway/db/indexing.py`` extracts therefore comes with a migration that rebuilds the index
         (``reindex_all``; ``INDEX_FINGERPRINT`` in tests/unit/test_search_params.py fails until then).
         """
-        before = search_entries(previous.content) if previous and not previous.deleted else []
+        before = _entries_before(previous) if previous and not previous.deleted else []
         old, new = stored_rows(rtype, rid, before), stored_rows(rtype, rid, index)
         gone = [{f"k_{k}": v for k, v in old[key].items()} for key in old.keys() - new.keys()]
         if gone:
@@ -952,17 +988,68 @@ def _stored_values(rtype: str, rid: str, values: dict[str, Any], *, content: JSO
     )
 
 
-def _stored(row: Any) -> StoredResource:
+class _Parsed:
+    """The content of the resource bodies the unit of work wrote or read last, by their stored bytes, as
+    :class:`gateway.db.bodies._Inflated` keeps their text: a message reads again the doctors, units and
+    hospital every message names, and what the previous message wrote (its stay, patient and circle);
+    parsing a body cost ~7 µs. A body's bytes determine its content, so an entry is never stale.
+
+    The dicts are shared by every unit of work that reads the same body, as the identity map shares them
+    within one: the ingest path reads stored contents and writes new dicts, never changing one in place.
+    Only the unit of work's repositories use it (``cached``); the API's reads parse their own copy.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._contents: dict[bytes, JSON] = {}
+
+    def get(self, body: bytes) -> JSON | None:
+        return self._contents.get(body)
+
+    def keep(self, body: bytes, content: JSON) -> None:
+        contents = self._contents
+        contents[body] = content
+        if len(contents) > self._size:
+            with contextlib.suppress(KeyError, RuntimeError):  # another thread may have changed it meanwhile
+                del contents[next(iter(contents))]
+
+
+#: the index entries of the bodies the unit of work wrote lately, by their stored bytes: the next version's
+#: rewrite of the index needs the previous one's entries (a body's bytes determine them, as its content)
+_ENTRIES: dict[bytes, tuple[tuple[str, str, str], ...]] = {}
+
+
+def _entries_before(previous: StoredResource) -> IndexEntries:
+    """``search_entries`` of a version about to be replaced: kept since its write when this process wrote
+    it lately (a stay's discharge replaces what its admission wrote), else computed from its content."""
+    body = previous.columns[1] if previous.columns is not None else None
+    known = _ENTRIES.get(body) if body is not None else None
+    return known if known is not None else search_entries(previous.content)
+
+
+#: how many contents :class:`_Parsed` keeps (a few messages' worth of resources)
+PARSED_BODIES = 256
+_PARSED = _Parsed(PARSED_BODIES)
+
+
+def _stored(row: Any, *, shared: bool = False) -> StoredResource:
+    """A resource row; ``shared`` (the unit of work's reads): its content from :data:`_PARSED` when kept."""
     m = row._mapping
     body = m["body"]
+    raw = None if body is None else bytes(body)
+    content = _PARSED.get(raw) if shared and raw is not None else None
+    if content is None:
+        content = orjson.loads(_text(m["content"], raw))  # from ``content`` for rows written before 0004
+        if shared and raw is not None:
+            _PARSED.keep(raw, content)
     return StoredResource(
         type=m["type"],
         id=m["id"],
         version_id=int(m["version_id"]),
         last_updated=utc(m["last_updated"]) or datetime.now(UTC),
-        content=orjson.loads(_text(m["content"], body)),  # from ``content`` for rows written before 0004
+        content=content,
         deleted=bool(m["deleted"]),
-        columns=(m["content"], None if body is None else bytes(body)),
+        columns=(m["content"], raw),
     )
 
 

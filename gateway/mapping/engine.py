@@ -6,6 +6,7 @@ what makes golden files, ``gateway convert`` and the sandbox trustworthy.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -243,7 +244,12 @@ class Engine:
         for rule in seg_map.rules:
             ctx.location = rule.location
             reps = segment.repetitions(rule.source.field)
-            groups = _people(reps) if rule.transform in PERSON_TRANSFORMS else [[rep] for rep in reps]
+            if not reps:
+                continue  # most rules of a segment map name a field the message leaves empty
+            if rule.transform in PERSON_TRANSFORMS:
+                groups = _people(reps)
+            else:
+                groups = [[rep] for rep in (reps if rule.repeat else reps[:1])]
             for rep, *same in groups if rule.repeat else groups[:1]:
                 if rep.component_raw(1) == HL7_NULL:
                     continue  # "" is HL7's explicit null: the value is deleted, so nothing is mapped
@@ -519,14 +525,20 @@ def instant(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=PARIS)
 
 
+@functools.lru_cache(maxsize=1024)
+def _path_parts(path: str) -> tuple[tuple[str, bool, bool], ...]:
+    """``a.b[]`` as (name, appends, is last) steps: the tables name a few hundred paths, each set on
+    every message, so each is split once."""
+    parts = path.split(".")
+    return tuple(
+        (part.removesuffix("[]"), part.endswith("[]"), index == len(parts) - 1) for index, part in enumerate(parts)
+    )
+
+
 def set_path(target: dict[str, Any], path: str, value: Any) -> None:
     """Set ``a.b[]``-style paths: ``[]`` appends to a list (skipping exact duplicates)."""
-    parts = path.split(".")
     node: Any = target
-    for index, part in enumerate(parts):
-        last = index == len(parts) - 1
-        append = part.endswith("[]")
-        name = part[:-2] if append else part
+    for name, append, last in _path_parts(path):
         if append:
             items = node.setdefault(name, [])
             if last:

@@ -146,6 +146,8 @@ def apply_message(
     if mapped.encounter is not None:
         written += _stay_writes(unit, str(mapped.encounter["id"]), new=mapped.movement)
     unit.store.preload([(s.split("/", 1)[0], s.split("/", 1)[1]) for s in streams] + written)
+    # a patient first heard of now (not stored before this message) has no stay but those it writes
+    first_heard = unit.store.get("Patient", patient_id) is None and not merging and survivor_id == patient_id
     moved = _account_stays(unit, mapped.account) if mapped.account is not None else []
 
     _record_facts(unit, mapped)
@@ -160,7 +162,7 @@ def apply_message(
         _refold_stay(unit, str(mapped.encounter["id"]), action=mapped.action)
     if (merging or mapped.account is not None) and prior_id and prior_id != patient_id:
         refold_careteam(unit, prior_id, action=mapped.action)  # merged away, or lost the stays moved
-    refold_careteam(unit, patient_id, action=mapped.action)
+    refold_careteam(unit, patient_id, action=mapped.action, first_heard=first_heard and not moved)
     if survivor_id != patient_id:
         # a message naming a merged patient feeds the survivor's circle (his stays now belong there)
         refold_careteam(unit, survivor_id, action=mapped.action)
@@ -216,9 +218,12 @@ def _record_facts(unit: Unit, mapped: Mapped) -> None:
     unit.facts.add_many(new, message_id=unit.message_id, event_time=mapped.event_time)
 
 
-def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT") -> None:
+def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT", first_heard: bool = False) -> None:
     """The circle of ``patient_id``: its own facts and stays, those of patients merged into it, and what
-    platforms added. A patient merged into another keeps an inactive, empty circle pointing there."""
+    platforms added. A patient merged into another keeps an inactive, empty circle pointing there.
+
+    ``first_heard``: the patient was not stored before this unit (and is in no merge), so his stays are
+    those the unit wrote: found in the identity map, without the search (see :func:`_stays_of`)."""
     survivor = unit.survivor(patient_id)
     patient = unit.store.get("Patient", patient_id)
     if patient is None:
@@ -231,7 +236,7 @@ def refold_careteam(unit: Unit, patient_id: str, *, action: str = "INSERT") -> N
             participations += [
                 Participation.from_payload(p) for p in unit.facts.of(f"Patient/{pid}", kinds=(PARTICIPATION,))
             ]
-        stays = _stays_of(unit, patient_id)
+        stays = _stays_of(unit, patient_id, searched=not first_heard)
     team_id = careteam_id(patient_id)
     # Platform edits are serialized by the CareTeam stream lock: the last one written is the current list.
     platform = unit.facts.of(f"CareTeam/{team_id}", kinds=(PLATFORM,))
@@ -285,16 +290,24 @@ def _first_heard(unit: Unit, patient_id: str) -> str | None:
     return min(datetime.fromisoformat(t) for t in times).isoformat(timespec="seconds") if times else None
 
 
-def _stays_of(unit: Unit, patient_id: str) -> list[tuple[JSON, list[JSON]]]:
+def _stays_of(unit: Unit, patient_id: str, *, searched: bool = True) -> list[tuple[JSON, list[JSON]]]:
     """The patient's most recent stays with their movements, in one query (movements share the subject).
 
     Only the ``CIRCLE_STAYS`` latest stays feed the circle: a patient in séances (dialysis, chemotherapy)
     has hundreds of stays, and the circle is about who cares for him now and lately, not a full archive
     (the stays themselves stay readable). The cut depends on the stays' dates, never on the clock.
+
+    ``searched=False`` (a patient the unit writes for the first time): no query. Stays and movements are
+    written with the patient of their message as subject, after that patient's refold has stored him (or
+    his survivor), so a patient not stored before this unit has no Encounter but those the unit wrote: the
+    identity map's Encounters whose subject (what the ``patient`` search reads) is him.
     """
-    found, _ = unit.store.search(
-        "Encounter", [("patient", None, f"Patient/{patient_id}")], limit=MAX_REFOLD, count=False
-    )
+    subject = f"Patient/{patient_id}"
+    if searched:
+        found, _ = unit.store.search("Encounter", [("patient", None, subject)], limit=MAX_REFOLD, count=False)
+    else:
+        held = unit.store.held("Encounter")
+        found = [r for r in held if (r.content.get("subject") or {}).get("reference") == subject]
     movements: dict[str, list[JSON]] = {}
     stays = []
     for resource in (r.content for r in found):
@@ -357,7 +370,8 @@ def _redirect(unit: Unit, resource: JSON) -> JSON:
 
 def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
     facts = [VisitFact.from_payload(p) for p in unit.facts.of(f"Encounter/{stay_id}")]
-    stay = fold_stay(facts, natures=unit.tables.codes.get("MovementNature"))
+    # no copy of the result: it shares parts with the facts, read only, and what follows builds new dicts
+    stay = fold_stay(facts, natures=unit.tables.codes.get("MovementNature"), copy=False)
     if stay.encounter is None:
         return  # nothing but cancels or corrections of movements never seen: nothing is created
     encounter = _redirect(unit, stay.encounter)
@@ -373,17 +387,26 @@ def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
     )
     # everything the stay writes, read in one query rather than one each by the writes below
     unit.store.preload((str(r["resourceType"]), str(r["id"])) for r in [encounter, *movements, *declared])
+    stored_before = unit.store.get("Encounter", str(encounter["id"])) is not None  # (the identity map's)
     _put(unit, encounter, action=action)
-    _write_movements(unit, stay_id, movements)
+    _write_movements(unit, stay_id, movements, stay_stored=stored_before)
     for declaration in declared:
         _put(unit, declaration, action=action)
 
 
-def _write_movements(unit: Unit, stay_id: str, movements: list[JSON]) -> None:
-    """Movement Encounters ``partOf`` the stay; one that a later cancel removed becomes entered-in-error."""
+def _write_movements(unit: Unit, stay_id: str, movements: list[JSON], *, stay_stored: bool = True) -> None:
+    """Movement Encounters ``partOf`` the stay; one that a later cancel removed becomes entered-in-error.
+
+    The search for the stored ones is the safety net for movements the fold no longer lists (facts
+    forgotten by a reprocessing, rows of an older id scheme). It is left out when the stay itself was not
+    stored before this refold (``stay_stored``): movements are written only after their stay, by this
+    function, so none can be ``partOf`` a stay never stored (a deleted stay is still stored). That is the
+    first message of every stay: one statement fewer."""
     current = {str(m["id"]) for m in movements}
     for movement in movements:
         _put(unit, movement)
+    if not stay_stored:
+        return
     stored, _ = unit.store.search(
         "Encounter", [("part-of", None, f"Encounter/{stay_id}")], limit=MAX_REFOLD, count=False
     )

@@ -353,11 +353,16 @@ def fold_visit(facts: Iterable[VisitFact]) -> JSON | None:
     return fold_stay(facts).encounter
 
 
-def fold_stay(facts: Iterable[VisitFact], *, natures: Mapping[str, CodeRow] | None = None) -> Stay:
+def fold_stay(facts: Iterable[VisitFact], *, natures: Mapping[str, CodeRow] | None = None, copy: bool = True) -> Stay:
     """The stay's Encounter and its movement Encounters.
 
     ``natures`` is the ZBE-9 table (``MovementNature``) used to code a movement's nature when the engine
     passed it as a bare code; a nature the engine already coded is used as it is, an unknown one omitted.
+
+    ``copy=False`` leaves out the final copy: the result then shares parts with the facts (and the
+    movements with the stay, e.g. their subject). For a caller that changes no part of the result or of
+    the facts in place (the refold: it writes new top-level dicts, as
+    :func:`gateway.state.patients.fold_patient`'s callers do): the copy was a fifth of the fold.
     """
     resolved = _resolve(facts)
     inserts = [f for f, _ in resolved]
@@ -374,8 +379,11 @@ def fold_stay(facts: Iterable[VisitFact], *, natures: Mapping[str, CodeRow] | No
     if period:
         encounter["period"] = period
     stay = _finish(encounter)
+    movements = _movements(stay, resolved, natures or {})
+    if not copy:
+        return Stay(stay, movements, inserts=resolved)
     # Copies: the result shares nothing with the stored facts, so a caller may change it freely.
-    return Stay(_copied(stay), _copied(_movements(stay, resolved, natures or {})), inserts=resolved)
+    return Stay(_copied(stay), _copied(movements), inserts=resolved)
 
 
 def _copied(value: Any) -> Any:
