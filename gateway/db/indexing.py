@@ -87,9 +87,131 @@ def system_of(stored: str) -> str:
     return stored
 
 
-def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, str]]:
-    """The ``search_index`` rows of these entries, by primary key (type and id aside): a date parameter's
-    instant goes where a token's system does, its value left empty (see ``gateway/db/schema.py``)."""
+#: (type, parameter) of every index entry as the smallint ``search_index.code`` stores, in place of two
+#: text columns (a fifth of each row and of its key). Frozen like ``SYSTEM_CODES``: a code's meaning never
+#: changes once rows use it, a new pair takes the next number, and tests/unit/test_search_params.py pins
+#: the table and checks that every pair the extraction gives for a searchable type has one.
+PARAM_CODES: dict[tuple[str, str], int] = {
+    ("Patient", "identifier"): 1,
+    ("Patient", "active"): 2,
+    ("Patient", "link"): 3,
+    ("Patient", "_security"): 4,
+    ("Encounter", "identifier"): 5,
+    ("Encounter", "subject"): 6,
+    ("Encounter", "part-of"): 7,
+    ("Encounter", "status"): 8,
+    ("Encounter", "date"): 9,
+    ("Encounter", "class"): 10,
+    ("Practitioner", "identifier"): 11,
+    ("PractitionerRole", "identifier"): 12,
+    ("PractitionerRole", "practitioner"): 13,
+    ("PractitionerRole", "organization"): 14,
+    ("Organization", "identifier"): 15,
+    ("Organization", "partof"): 16,
+    ("CareTeam", "identifier"): 17,
+    ("CareTeam", "subject"): 18,
+    ("CareTeam", "participant"): 19,
+    ("CareTeam", "_platform-source"): 20,
+    ("CareTeam", "participant.identifier"): 21,
+    ("CareTeam", "status"): 22,
+    ("CareTeam", "date"): 23,
+    ("CareTeam", "end"): 24,
+    ("CareTeam", "date.end"): 25,
+    ("CareTeam", "participant-start"): 26,
+    ("CareTeam", "participant-end"): 27,
+    ("CommunicationRequest", "identifier"): 28,
+    ("CommunicationRequest", "subject"): 29,
+    ("CommunicationRequest", "patient.identifier"): 30,
+    ("CommunicationRequest", "event-type"): 31,
+    ("CommunicationRequest", "encounter"): 32,
+    ("CommunicationRequest", "status"): 33,
+    ("Subscription", "identifier"): 34,
+    ("Subscription", "status"): 35,
+    ("Subscription", "criteria"): 36,
+    ("Subscription", "url"): 37,
+}
+#: the code a search on a pair without one looks up: no row holds it, so it finds nothing
+NO_CODE = 0
+
+
+def param_code(rtype: str, param: str) -> int:
+    """The ``search_index.code`` of (type, parameter), or :data:`NO_CODE`."""
+    return PARAM_CODES.get((rtype, param), NO_CODE)
+
+
+#: Resource types whose references the PostgreSQL index stores compactly (:func:`value_key`): a byte
+#: 0x80 + position (a byte no UTF-8 text begins with), then the id's 16 bytes. Frozen as the codes above.
+REFERENCE_TYPES: tuple[str, ...] = (
+    "Patient",
+    "Encounter",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "CareTeam",
+    "CommunicationRequest",
+    "Subscription",
+)
+_REFERENCE_BYTE = {rtype: 0x80 + i for i, rtype in enumerate(REFERENCE_TYPES)}
+#: the trailing byte of a stored id that is not 32 hex digits but is 16 bytes long (no UTF-8 has it)
+_NOT_HEX = b"\xff"
+
+
+def _hex_id(rid: str) -> bytes | None:
+    """The 16 bytes of an id of 32 lowercase hex digits (the gateway's deterministic ids), else None."""
+    if len(rid) != 32:
+        return None
+    try:
+        raw = bytes.fromhex(rid)
+    except ValueError:
+        return None
+    return raw if raw.hex() == rid else None
+
+
+def id_key(rid: str) -> bytes:
+    """A resource id as the PostgreSQL index stores it: 16 bytes for 32 hex digits, otherwise its UTF-8
+    text, which is never 16 bytes long (``0xFF`` is appended to one that is): the two never meet."""
+    raw = _hex_id(rid)
+    if raw is not None:
+        return raw
+    text = rid.encode()
+    return text + _NOT_HEX if len(text) == 16 else text
+
+
+def id_of(key: bytes) -> str:
+    """The id :func:`id_key` stored."""
+    if len(key) == 16:
+        return key.hex()
+    return (key[:-1] if key.endswith(_NOT_HEX) else key).decode()
+
+
+def value_key(value: str) -> bytes:
+    """An entry's value as the PostgreSQL index stores it: a reference ``Type/<32 hex>`` to a type of
+    :data:`REFERENCE_TYPES` as 17 bytes (its type's byte, the id's bytes), anything else as UTF-8 text."""
+    rtype, slash, rid = value.partition("/")
+    code = _REFERENCE_BYTE.get(rtype) if slash else None
+    if code is not None:
+        raw = _hex_id(rid)
+        if raw is not None:
+            return bytes((code,)) + raw
+    return value.encode()
+
+
+def value_of(key: bytes) -> str:
+    """The value :func:`value_key` stored."""
+    if key and 0x80 <= key[0] < 0x80 + len(REFERENCE_TYPES):
+        return f"{REFERENCE_TYPES[key[0] - 0x80]}/{key[1:].hex()}"
+    return key.decode()
+
+
+def reference_byte(rtype: str) -> int:
+    """The first byte of a compact reference to ``rtype`` (:func:`value_key`)."""
+    return _REFERENCE_BYTE[rtype]
+
+
+def text_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, str]]:
+    """The rows of these entries as ``search_index`` held them from 0006 to 0008 (type and param as text),
+    by their key (type and id aside): a date parameter's instant goes where a token's system does, its
+    value left empty (see ``gateway/db/schema.py``). Migrations 0006 and 0009's downgrade write these."""
     rows: dict[tuple[str, str, str], dict[str, str]] = {}
     for param, system, value in entries:
         if param in DATE_PARAMS:
@@ -103,6 +225,25 @@ def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[st
             "id": rid,
             "system": qualifier,
         }
+    return rows
+
+
+def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[int, str, str], dict[str, Any]]:
+    """The ``search_index`` rows of these entries, by primary key (id aside): (type, param) as its
+    :data:`PARAM_CODES` code, a date parameter's instant where a token's system goes, its value left empty
+    (see ``gateway/db/schema.py``). An entry of a pair without a code (a type no search is declared for)
+    is not stored: no search could read it."""
+    rows: dict[tuple[int, str, str], dict[str, Any]] = {}
+    codes = PARAM_CODES
+    for param, system, value in entries:
+        code = codes.get((rtype, param))
+        if code is None:
+            continue
+        if param in DATE_PARAMS:
+            found_by, qualifier = "", value[:WIDTH]
+        else:
+            found_by, qualifier = value[:WIDTH], stored_system(system)[:WIDTH]
+        rows[(code, found_by, qualifier)] = {"code": code, "value": found_by, "id": rid, "system": qualifier}
     return rows
 
 

@@ -36,9 +36,10 @@ from gateway.clock import as_utc
 from gateway.db import bodies
 from gateway.db.access import Visibility, indexed_ids, visible_clause
 from gateway.db.cursor import execute as run
-from gateway.db.indexing import indexed_param, search_entries, stored_rows, stored_system
+from gateway.db.indexing import indexed_param, param_code, search_entries, stored_rows, stored_system
 from gateway.db.schema import (
     facts,
+    index_id,
     messages,
     outbox,
     patient_links,
@@ -198,7 +199,7 @@ _VREAD = _versions_of(version=True)
 _HISTORY = _versions_of(version=False)
 #: one entry, by its whole key (there is no index by owner: see ``ResourceRepo._reindex``)
 _DELETE_INDEX = delete(search_index).where(
-    *(search_index.c[name] == bindparam(f"k_{name}") for name in ("type", "param", "value", "id", "system"))
+    *(search_index.c[name] == bindparam(f"k_{name}") for name in ("code", "value", "id", "system"))
 )
 #: An entry already there is left alone (never an error that would reject a message): the index is a
 #: projection, and a row an older extraction wrote must not stop a write.
@@ -777,27 +778,31 @@ class ResourceRepo:
         derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
-        criteria = [
+        indexed = [
             (indexed_param(rtype, param), None if system is None else stored_system(system), value)
             for param, system, value in criteria
         ]
         dates = [(indexed_param(rtype, param), op, bound) for param, op, bound in dates]
         order = [(indexed_param(rtype, name), descending) for name, descending in order]
+        # the index names (type, param) by its code (PARAM_CODES); ``_id`` stays a name (resources.id)
+        coded: list[tuple[Any, str | None, str]] = [
+            (param if param == "_id" else param_code(rtype, param), s, v) for param, s, v in indexed
+        ]
         clause = visible_clause(self.visibility, rtype)
         execute: Callable[[Any, dict[str, Any]], Any]
         if order or updated or dates or clause is not None:
             page_query, count_query = _dynamic_search(
-                rtype, criteria, order=order, updated=updated, clause=clause, dates=dates
+                rtype, coded, order=order, updated=updated, clause=clause, dates=dates
             )
             params: dict[str, Any] = {"limit": limit, "offset": offset}
             # Built for this call: through SQLAlchemy, whose compiled cache knows its shape. The cursor
             # path compiles per statement object, and would compile it anew and crowd out the hot path's.
             execute = self.conn.execute
         else:
-            shape = tuple((param == "_id", system is not None) for param, system, _ in criteria)
+            shape = tuple((param == "_id", system is not None) for param, system, _ in coded)
             params = {"rtype": rtype, "limit": limit, "offset": offset}
-            for i, (param, system, value) in enumerate(criteria):
-                params.update({f"p{i}": param, f"v{i}": value, f"s{i}": system})
+            for i, (param, system, value) in enumerate(coded):
+                params.update({f"p{i}": param, f"v{i}": value, f"s{i}": system})  # p: the code
             page_query, count_query = _search_statements(shape)
             execute = functools.partial(run, self.conn)
         page = [self._found(r) for r in execute(page_query, params)]
@@ -845,16 +850,15 @@ def _matching(matching: Select[Any], rtype: Any, criteria: Sequence[Criterion]) 
             matching = matching.where(resources.c.id == value)
             continue
         if driving:
-            matching = matching.where(resources.c.id.in_(indexed_ids(rtype, param, value, system=system)))
+            matching = matching.where(resources.c.id.in_(indexed_ids(param, value, system=system)))
             driving = False
             continue
         entry = search_index.alias()
         matching = matching.where(
             exists().where(
-                entry.c.type == rtype,
-                entry.c.param == param,
+                entry.c.code == param,
                 entry.c.value == value,
-                entry.c.id == resources.c.id,
+                entry.c.id == index_id(resources.c.id),
                 *([entry.c.system == system] if system is not None else []),
             )
         )
@@ -863,7 +867,7 @@ def _matching(matching: Select[Any], rtype: Any, criteria: Sequence[Criterion]) 
 
 def _dynamic_search(
     rtype: str,
-    criteria: Sequence[tuple[str, str | None, str]],
+    criteria: Sequence[tuple[Any, str | None, str]],
     *,
     order: Sequence[tuple[str, bool]],
     updated: Sequence[tuple[str, datetime]],
@@ -884,10 +888,9 @@ def _dynamic_search(
         entry = search_index.alias()  # a date's instant is in ``system``, keyed by owner (schema.py)
         matching = matching.where(
             exists().where(
-                entry.c.type == rtype,
-                entry.c.param == param,
+                entry.c.code == param_code(rtype, param),
                 entry.c.value == "",
-                entry.c.id == resources.c.id,
+                entry.c.id == index_id(resources.c.id),
                 entry.c.system >= bound_text if op == "ge" else entry.c.system < bound_text,
             )
         )
@@ -911,7 +914,11 @@ def _sort_keys(rtype: str, order: Sequence[tuple[str, bool]]) -> list[Any]:
             entry = search_index.alias()
             column = (
                 select(func.min(entry.c.system))
-                .where(entry.c.type == rtype, entry.c.param == name, entry.c.value == "", entry.c.id == resources.c.id)
+                .where(
+                    entry.c.code == param_code(rtype, name),
+                    entry.c.value == "",
+                    entry.c.id == index_id(resources.c.id),
+                )
                 .scalar_subquery()
             )
             keys.append(column.is_(None))

@@ -53,7 +53,7 @@ def test_searches_are_driven_by_the_lookup_index(
     statement, params = statements[-1]
     plan = " | ".join(row[3] for row in sqlite3.connect(path).execute("EXPLAIN QUERY PLAN " + statement, params))
     # the index's primary key is the lookup (0006): the first criterion is a probe on its prefix
-    assert "SEARCH search_index USING PRIMARY KEY (type=? AND param=? AND value=?" in plan, plan
+    assert "SEARCH search_index USING PRIMARY KEY (code=? AND value=?" in plan, plan
     assert "SCAN resources" not in plan and "SCAN search_index" not in plan, plan
 
 
@@ -90,7 +90,7 @@ def test_date_comparisons_sorts_and_index_rewrites_are_key_lookups(tmp_path: Any
             plan = " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + statement, params))
             assert "SCAN search_" not in plan and "SCAN resources" not in plan, plan
             if "system >=" in statement or "min(search_index" in statement:  # (aliased in a subquery)
-                owner = r"SEARCH search_index\w* USING PRIMARY KEY \(type=\? AND param=\? AND value=\? AND id=\?"
+                owner = r"SEARCH search_index\w* USING PRIMARY KEY \(code=\? AND value=\? AND id=\?"
                 assert re.search(owner, plan), plan
 
 

@@ -18,12 +18,21 @@ from gateway.db.indexing import (
     ALIASES,
     DATE_PARAMS,
     INDEX_ONLY,
+    NO_CODE,
+    PARAM_CODES,
+    REFERENCE_TYPES,
     SYSTEM_CODES,
+    id_key,
+    id_of,
     indexed_param,
+    param_code,
     search_entries,
     stored_rows,
     stored_system,
     system_of,
+    text_rows,
+    value_key,
+    value_of,
 )
 from gateway.fhir.capability import SEARCH_PARAMS, capability_statement
 
@@ -115,7 +124,7 @@ def test_a_change_to_the_extraction_comes_with_a_reindex() -> None:
     rows = sorted(
         json.dumps(row, sort_keys=True)
         for resource in stored_resources()
-        for row in stored_rows(resource["resourceType"], str(resource["id"]), search_entries(resource)).values()
+        for row in text_rows(resource["resourceType"], str(resource["id"]), search_entries(resource)).values()
     )
     digest = hashlib.sha256("\n".join(rows).encode()).hexdigest()
     assert digest == INDEX_FINGERPRINT, (
@@ -136,3 +145,74 @@ def test_systems_are_stored_under_their_codes_and_read_back_whole() -> None:
     assert stored_system("urn:oid:1.2.250.1.999.1") == "~E999.1"
     assert stored_system("urn:oid:2.16.840.1") == "~F2.16.840.1"
     assert stored_system("http://other.test/sid") == system_of("http://other.test/sid") == "http://other.test/sid"
+
+
+#: ``PARAM_CODES`` as rows use them: a code is never given to another pair, nor a pair another code (rows
+#: already stored would answer for the wrong parameter). New pairs are appended, here too.
+FROZEN_CODES = {
+    ("Patient", "identifier"): 1, ("Patient", "active"): 2, ("Patient", "link"): 3, ("Patient", "_security"): 4,
+    ("Encounter", "identifier"): 5, ("Encounter", "subject"): 6, ("Encounter", "part-of"): 7,
+    ("Encounter", "status"): 8, ("Encounter", "date"): 9, ("Encounter", "class"): 10,
+    ("Practitioner", "identifier"): 11, ("PractitionerRole", "identifier"): 12,
+    ("PractitionerRole", "practitioner"): 13, ("PractitionerRole", "organization"): 14,
+    ("Organization", "identifier"): 15, ("Organization", "partof"): 16, ("CareTeam", "identifier"): 17,
+    ("CareTeam", "subject"): 18, ("CareTeam", "participant"): 19, ("CareTeam", "_platform-source"): 20,
+    ("CareTeam", "participant.identifier"): 21, ("CareTeam", "status"): 22, ("CareTeam", "date"): 23,
+    ("CareTeam", "end"): 24, ("CareTeam", "date.end"): 25, ("CareTeam", "participant-start"): 26,
+    ("CareTeam", "participant-end"): 27, ("CommunicationRequest", "identifier"): 28,
+    ("CommunicationRequest", "subject"): 29, ("CommunicationRequest", "patient.identifier"): 30,
+    ("CommunicationRequest", "event-type"): 31, ("CommunicationRequest", "encounter"): 32,
+    ("CommunicationRequest", "status"): 33, ("Subscription", "identifier"): 34, ("Subscription", "status"): 35,
+    ("Subscription", "criteria"): 36, ("Subscription", "url"): 37,
+}  # fmt: skip
+
+
+def test_parameter_codes_never_change_meaning() -> None:
+    assert {pair: PARAM_CODES[pair] for pair in FROZEN_CODES} == FROZEN_CODES
+    assert len(set(PARAM_CODES.values())) == len(PARAM_CODES) and min(PARAM_CODES.values()) > NO_CODE
+    assert max(PARAM_CODES.values()) < 2**15  # a smallint
+
+
+def test_every_searchable_pair_has_a_code() -> None:
+    """Each entry the extraction gives for a type with searches, each declared parameter (through its
+    alias's target) and each index-only one has a code: an entry without one would not be stored."""
+    pairs = {(rtype, p) for rtype, params in extracted().items() if rtype in SEARCH_PARAMS for p in params}
+    pairs |= {
+        (rtype, indexed_param(rtype, name))
+        for rtype, params in SEARCH_PARAMS.items()
+        if rtype not in NOT_STORED
+        for name, _, _ in params
+        if name not in COLUMNS
+    }
+    pairs |= {(rtype, name) for rtype, names in INDEX_ONLY.items() for name in names}
+    assert sorted(pairs - PARAM_CODES.keys()) == []
+    assert param_code("Observation", "identifier") == NO_CODE
+    assert stored_rows("Observation", "o", [("identifier", "s", "v")]) == {}
+
+
+def test_stored_rows_are_the_text_rows_coded() -> None:
+    for resource in stored_resources():
+        rtype, rid = resource["resourceType"], str(resource["id"])
+        text = text_rows(rtype, rid, search_entries(resource))
+        coded = stored_rows(rtype, rid, search_entries(resource))
+        assert sorted((param_code(r["type"], r["param"]), r["value"], r["id"], r["system"]) for r in text.values()) == (
+            sorted((r["code"], r["value"], r["id"], r["system"]) for r in coded.values())
+        )
+
+
+HEX = "3d4cdbf614c4d04d89e32308c394cc2f"
+
+
+def test_ids_and_values_are_stored_compactly_and_read_back_whole() -> None:
+    """PostgreSQL's ``search_index`` keys: a deterministic id in 16 bytes, a reference to one in 17; any
+    other id or value as its text, never equal to the key of another (no two ids or values share a key)."""
+    ids = [HEX, HEX.upper(), HEX[:31], HEX + "0", "p-1", "a" * 16, "a" * 15 + "\u00e9", "x" * 17, "é" * 8, "-" * 64]
+    ids += [bytes(16).hex(), (b"a" * 15 + b"\xff").hex(), (b"a" * 16).hex()]
+    keys = [id_key(rid) for rid in ids]
+    assert len(set(keys)) == len(ids) and [id_of(k) for k in keys] == ids
+    assert len(id_key(HEX)) == 16 and all(len(k) != 16 for rid, k in zip(ids, keys, strict=True) if len(rid) != 32)
+    values = [f"{t}/{HEX}" for t in REFERENCE_TYPES] + [f"Patient/{HEX.upper()}", f"Location/{HEX}", "Patient/p-1"]
+    values += ["", "finished", HEX, "Patient/", f"Patient/{HEX}/_history/2", "\u00e9t\u00e9", "\x80", "urn:uuid:" + HEX]
+    keys = [value_key(v) for v in values]
+    assert len(set(keys)) == len(values) and [value_of(k) for k in keys] == values
+    assert {len(k) for k in keys[: len(REFERENCE_TYPES)]} == {17}
