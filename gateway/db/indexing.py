@@ -140,7 +140,7 @@ def param_code(rtype: str, param: str) -> int:
 
 
 #: Resource types whose references the PostgreSQL index stores compactly (:func:`value_key`): a byte
-#: 0x80 + position (a byte no UTF-8 text begins with), then the id's 16 bytes. Frozen as the codes above.
+#: 0x80 + position (a byte no UTF-8 text begins with), then the id's bytes. Frozen as the codes above.
 REFERENCE_TYPES: tuple[str, ...] = (
     "Patient",
     "Encounter",
@@ -152,41 +152,50 @@ REFERENCE_TYPES: tuple[str, ...] = (
     "Subscription",
 )
 _REFERENCE_BYTE = {rtype: 0x80 + i for i, rtype in enumerate(REFERENCE_TYPES)}
-#: the trailing byte of a stored id that is not 32 hex digits but is 16 bytes long (no UTF-8 has it)
+#: the trailing byte of a stored id that is not hex but as long as one that is (no UTF-8 has it)
 _NOT_HEX = b"\xff"
+#: the byte lengths of ids stored as bytes: 32 hex digits (a deterministic id), and 32 + ``-`` + 16 (a
+#: PractitionerRole's, ``gateway/mapping/directory.py``: its practitioner's and its structure's)
+HEX_WIDTHS = (16, 24)
 
 
 def _hex_id(rid: str) -> bytes | None:
-    """The 16 bytes of an id of 32 lowercase hex digits (the gateway's deterministic ids), else None."""
-    if len(rid) != 32:
+    """The bytes of a deterministic id (32 lowercase hex digits, or those, ``-`` and 16 more), else None."""
+    if len(rid) == 32:
+        digits = rid
+    elif len(rid) == 49 and rid[32] == "-":
+        digits = rid[:32] + rid[33:]
+    else:
         return None
     try:
-        raw = bytes.fromhex(rid)
+        raw = bytes.fromhex(digits)
     except ValueError:
         return None
-    return raw if raw.hex() == rid else None
+    return raw if raw.hex() == digits else None
 
 
 def id_key(rid: str) -> bytes:
-    """A resource id as the PostgreSQL index stores it: 16 bytes for 32 hex digits, otherwise its UTF-8
-    text, which is never 16 bytes long (``0xFF`` is appended to one that is): the two never meet."""
+    """A resource id as the PostgreSQL index stores it: 16 or 24 bytes for a deterministic one, otherwise
+    its UTF-8 text, never of those lengths (``0xFF`` is appended to one that is): the two never meet."""
     raw = _hex_id(rid)
     if raw is not None:
         return raw
     text = rid.encode()
-    return text + _NOT_HEX if len(text) == 16 else text
+    return text + _NOT_HEX if len(text) in HEX_WIDTHS else text
 
 
 def id_of(key: bytes) -> str:
     """The id :func:`id_key` stored."""
     if len(key) == 16:
         return key.hex()
+    if len(key) == 24:
+        return f"{key[:16].hex()}-{key[16:].hex()}"
     return (key[:-1] if key.endswith(_NOT_HEX) else key).decode()
 
 
 def value_key(value: str) -> bytes:
-    """An entry's value as the PostgreSQL index stores it: a reference ``Type/<32 hex>`` to a type of
-    :data:`REFERENCE_TYPES` as 17 bytes (its type's byte, the id's bytes), anything else as UTF-8 text."""
+    """An entry's value as the PostgreSQL index stores it: a reference to a deterministic id of a type of
+    :data:`REFERENCE_TYPES` as its type's byte then the id's bytes (17 or 25), anything else as UTF-8 text."""
     rtype, slash, rid = value.partition("/")
     code = _REFERENCE_BYTE.get(rtype) if slash else None
     if code is not None:
@@ -199,7 +208,7 @@ def value_key(value: str) -> bytes:
 def value_of(key: bytes) -> str:
     """The value :func:`value_key` stored."""
     if key and 0x80 <= key[0] < 0x80 + len(REFERENCE_TYPES):
-        return f"{REFERENCE_TYPES[key[0] - 0x80]}/{key[1:].hex()}"
+        return f"{REFERENCE_TYPES[key[0] - 0x80]}/{id_of(key[1:])}"
     return key.decode()
 
 

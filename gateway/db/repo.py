@@ -773,7 +773,7 @@ class ResourceRepo:
         (param, ``ge`` | ``lt``, bound) comparisons on indexed instants (fixed-width UTC text): some entry
         of the parameter must meet each.
 
-        The first criterion is a one-level ``id IN (ids from the index on type, param, value)``; the others
+        The first criterion is a one-level ``id IN (ids from the index on code, value)``; the others
         are correlated EXISTS. Driving from resources made SQLite scan every resource of the type, a DISTINCT
         derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
@@ -841,7 +841,7 @@ Criterion = tuple[bool, Any, Any, Any]
 def _matching(matching: Select[Any], rtype: Any, criteria: Sequence[Criterion]) -> Select[Any]:
     """``matching`` narrowed by each criterion, the same for statements built once and per request.
 
-    The first criterion drives the query from the index (type, param, value): the plan stays an index
+    The first criterion drives the query from the index (code, value): the plan stays an index
     lookup however large the store grows, on SQLite and PostgreSQL alike; the others are correlated EXISTS.
     """
     driving = True

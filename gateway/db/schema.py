@@ -36,6 +36,27 @@ metadata = MetaData(
 
 ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
 
+
+class HexDigest(TypeDecorator[str]):
+    """A SHA-256 as the code reads it (64 hex digits), stored as its 32 bytes (since 0009): ``bytea`` on
+    PostgreSQL; on SQLite the declared type stays text, which keeps a BLOB as it is given, and a row
+    still holding hex text is read as it is."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return dialect.type_descriptor(LargeBinary() if dialect.name == "postgresql" else String(64))
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else bytes.fromhex(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        return bytes(value).hex()
+
+
 #: Every message received, whatever its outcome: the raw bytes are the source of truth and replayable.
 #: Since 0006 new rows keep them (and the ACK) deflated in ``body``, ``raw`` left empty.
 messages = Table(
@@ -50,7 +71,7 @@ messages = Table(
     Column("message_type", String(16), nullable=False, default=""),
     Column("trigger_event", String(16), nullable=False, default=""),
     Column("event_time", DateTime(timezone=True), nullable=True),
-    Column("content_sha256", String(64), nullable=False),
+    Column("content_sha256", HexDigest(), nullable=False),
     Column("raw", LargeBinary, nullable=False),
     Column("outcome", String(2), nullable=False),
     Column("status", String(16), nullable=False),  # applied | duplicate | rejected | error | replayed
@@ -155,7 +176,7 @@ class _Compact(TypeDecorator[str]):
 
 
 class IndexId(_Compact):
-    """``search_index.id``: on PostgreSQL 16 bytes for a deterministic (32 hex digit) id
+    """``search_index.id``: on PostgreSQL 16 bytes for a deterministic id, 24 for a PractitionerRole's
     (:func:`gateway.db.indexing.id_key`)."""
 
     cache_ok = True
@@ -170,8 +191,8 @@ class IndexId(_Compact):
 
 
 class IndexValue(_Compact):
-    """``search_index.value``: on PostgreSQL 17 bytes for a reference to a deterministic id
-    (:func:`gateway.db.indexing.value_key`)."""
+    """``search_index.value``: on PostgreSQL 17 bytes for a reference to a deterministic id (25 to a
+    PractitionerRole's) (:func:`gateway.db.indexing.value_key`)."""
 
     cache_ok = True
 
@@ -221,17 +242,22 @@ def _reference_as_text(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(index_id, "postgresql")
 def _pg_index_id(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
+    """:func:`gateway.db.indexing.id_key` in SQL."""
     x = compiler.process(next(iter(element.clauses)), **kw)
     return (
         f"(CASE WHEN {x} ~ '^[0-9a-f]{{32}}$' THEN decode({x}, 'hex')"
-        f" WHEN octet_length({x}) = 16 THEN convert_to({x}, 'UTF8') || '\\xff'::bytea"
+        f" WHEN {x} ~ '^[0-9a-f]{{32}}-[0-9a-f]{{16}}$' THEN decode(replace({x}, '-', ''), 'hex')"
+        f" WHEN octet_length({x}) IN (16, 24) THEN convert_to({x}, 'UTF8') || '\\xff'::bytea"
         f" ELSE convert_to({x}, 'UTF8') END)"
     )
 
 
 def _pg_id_text(x: str) -> str:
+    """:func:`gateway.db.indexing.id_of` in SQL."""
     return (
         f"(CASE WHEN length({x}) = 16 THEN encode({x}, 'hex')"
+        f" WHEN length({x}) = 24 THEN encode(substring({x} from 1 for 16), 'hex') || '-'"
+        f" || encode(substring({x} from 17), 'hex')"
         f" WHEN get_byte({x}, length({x}) - 1) = 255"
         f" THEN convert_from(substring({x} from 1 for length({x}) - 1), 'UTF8')"
         f" ELSE convert_from({x}, 'UTF8') END)"
@@ -245,11 +271,12 @@ def _pg_index_id_text(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(index_reference, "postgresql")
 def _pg_index_reference(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
+    """:func:`gateway.db.indexing.value_key` of ``Type/<id>`` in SQL."""
     rtype_clause, rid = list(element.clauses)
     rtype = str(rtype_clause.value)
     x = compiler.process(rid, **kw)
     return (
-        f"(CASE WHEN length({x}) = 16 THEN '\\x{reference_byte(rtype):02x}'::bytea || {x}"
+        f"(CASE WHEN length({x}) IN (16, 24) THEN '\\x{reference_byte(rtype):02x}'::bytea || {x}"
         f" ELSE convert_to('{rtype}/' || {_pg_id_text(x)}, 'UTF8') END)"
     )
 

@@ -262,10 +262,13 @@ def _index_rows(db: Engine, *, coded: bool) -> set[tuple[Any, ...]]:
         return {tuple(r) for r in conn.execute(text("SELECT type, param, value, id, system FROM search_index"))}
 
 
-def test_0009_keeps_every_index_entry_and_what_searches_answer(db: Engine, mapping_engine: MappingEngine) -> None:
+def test_0009_keeps_every_index_entry_digest_and_what_searches_answer(
+    db: Engine, mapping_engine: MappingEngine
+) -> None:
     """A store filled at head, taken down to 0008 (the index as text, the layout of 0006) and up again:
     down gives exactly the rows 0008's extraction wrote (``text_rows`` of every current resource), up
-    gives back the same entries, and every search, history and duplicate check answers the same."""
+    gives back the same entries, and every search, history and duplicate check answers the same; each
+    message's digest is 32 bytes at 0009, its 64 hex digits at 0008, the same digest throughout."""
     _fill_at_0007(db, mapping_engine)
     before, rows = _answers(db), _index_rows(db, coded=True)
     assert len(rows) > 50 and any(k.startswith("search") and v[1] for k, v in before.items())
@@ -278,10 +281,28 @@ def test_0009_keeps_every_index_entry_and_what_searches_answer(db: Engine, mappi
                     for r in text_rows(current.type, current.id, search_entries(current.content)).values()
                 }
     assert rows == expected
+    digests = _digests(db)
+    assert len(digests) >= 12 and all(len(d) == 64 for d in digests.values())
+    assert _widths(db) == {32}
     _move(db, "0008_versions_replaced", down=True)
     try:
         assert _index_rows(db, coded=False) == rows
+        assert _widths(db) == {64}
+        with db.connect() as conn:
+            assert dict(conn.execute(text("SELECT id, content_sha256 FROM messages")).all()) == digests
     finally:
         _move(db, "head")
     assert _index_rows(db, coded=True) == rows
+    assert _digests(db) == digests and _widths(db) == {32}
     assert _answers(db) == before
+
+
+def _digests(db: Engine) -> dict[int, str]:
+    with db.connect() as conn:
+        return dict(conn.execute(select(messages.c.id, messages.c.content_sha256)).all())  # type: ignore[arg-type]
+
+
+def _widths(db: Engine) -> set[int]:
+    """The bytes each stored ``content_sha256`` takes: 32 from 0009, 64 hex digits before."""
+    with db.connect() as conn:
+        return {int(n) for (n,) in conn.execute(text("SELECT DISTINCT length(content_sha256) FROM messages"))}

@@ -14,17 +14,18 @@ from pathlib import Path
 
 import orjson
 from alembic import command
-from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy import Connection, Engine, inspect, literal, select, text
 
 from gateway.auth.authorities import MINTED_PREFIX
 from gateway.db import bodies
 from gateway.db.access import systems_starting
 from gateway.db.engine import alembic_config
-from gateway.db.indexing import ALIASES, DATE_PARAMS, PARAM_CODES, search_entries, text_rows
+from gateway.db.indexing import ALIASES, DATE_PARAMS, PARAM_CODES, id_key, search_entries, text_rows, value_key
 from gateway.db.repo import ResourceRepo
-from gateway.db.schema import resources, search_index
+from gateway.db.schema import IndexId, index_id, index_id_text, index_reference, resources, search_index
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
+from tests.unit.test_search_params import IDS
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures" / "adt"
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -91,6 +92,26 @@ def test_postgresql_stores_ids_and_references_as_bytes(db: Engine, mapping_engin
         found, _ = ResourceRepo(conn).search("Encounter", [("patient", None, subject)], limit=100)
     assert dict(widths).get(16, 0) > 100 and refs == [(17, sum(n for _, n in refs))]
     assert encounter.id in {r.id for r in found}
+
+
+def test_the_sql_keys_are_the_python_ones(db: Engine) -> None:
+    """``index_id``, ``index_id_text`` and ``index_reference`` (SQL, on PostgreSQL ``CASE``s) give what
+    ``indexing.id_key`` / ``value_key`` store and ``id_of`` reads, for ids of every shape."""
+    ids = [*IDS, "Z" * 64]
+    with db.connect() as conn:
+        for rid in ids:
+            stored = select(literal(rid, IndexId(64)).label("id")).subquery()  # bound as the column binds it
+            key, back, ref = conn.execute(
+                select(
+                    index_id(literal(rid)),
+                    index_id_text(stored.c.id),
+                    index_reference(literal("Patient"), stored.c.id),
+                )
+            ).one()
+            if db.dialect.name == "postgresql":
+                assert (bytes(key), back, bytes(ref)) == (id_key(rid), rid, value_key(f"Patient/{rid}")), rid
+            else:
+                assert (key, back, ref) == (rid, rid, f"Patient/{rid}")
 
 
 def test_minted_systems_are_found_by_their_prefix(db: Engine, mapping_engine: MappingEngine) -> None:

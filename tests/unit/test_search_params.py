@@ -201,18 +201,24 @@ def test_stored_rows_are_the_text_rows_coded() -> None:
 
 
 HEX = "3d4cdbf614c4d04d89e32308c394cc2f"
+ROLE = f"{HEX}-2e47ae12c6e2035a"
+#: ids of every shape: deterministic ones, near misses (case, length, separator), texts of the stored
+#: widths (16 and 24 bytes, ASCII or not), and hex texts whose bytes are a text id's
+IDS = [HEX, ROLE, HEX.upper(), HEX[:31], HEX + "0", f"{HEX}_2e47ae12c6e2035a", f"{HEX}-2E47AE12C6E2035A", "p-1"]
+IDS += ["a" * 16, "a" * 24, "a" * 15 + "\u00e9", "x" * 17, "\u00e9" * 8, "\u00e9" * 12, "-" * 64, bytes(16).hex()]
+IDS += [(b"a" * 15 + b"\xff").hex(), (b"a" * 16).hex(), f"{(b'a' * 16).hex()}-{(b'a' * 8).hex()}"]
 
 
 def test_ids_and_values_are_stored_compactly_and_read_back_whole() -> None:
-    """PostgreSQL's ``search_index`` keys: a deterministic id in 16 bytes, a reference to one in 17; any
-    other id or value as its text, never equal to the key of another (no two ids or values share a key)."""
-    ids = [HEX, HEX.upper(), HEX[:31], HEX + "0", "p-1", "a" * 16, "a" * 15 + "\u00e9", "x" * 17, "é" * 8, "-" * 64]
-    ids += [bytes(16).hex(), (b"a" * 15 + b"\xff").hex(), (b"a" * 16).hex()]
-    keys = [id_key(rid) for rid in ids]
-    assert len(set(keys)) == len(ids) and [id_of(k) for k in keys] == ids
-    assert len(id_key(HEX)) == 16 and all(len(k) != 16 for rid, k in zip(ids, keys, strict=True) if len(rid) != 32)
-    values = [f"{t}/{HEX}" for t in REFERENCE_TYPES] + [f"Patient/{HEX.upper()}", f"Location/{HEX}", "Patient/p-1"]
-    values += ["", "finished", HEX, "Patient/", f"Patient/{HEX}/_history/2", "\u00e9t\u00e9", "\x80", "urn:uuid:" + HEX]
+    """PostgreSQL's ``search_index`` keys: a deterministic id in 16 bytes (a role's in 24), a reference to
+    one in 17 (25); any other id or value as its text, never equal to another's key."""
+    keys = [id_key(rid) for rid in IDS]
+    assert len(set(keys)) == len(IDS) and [id_of(k) for k in keys] == IDS
+    assert len(id_key(HEX)) == 16 and len(id_key(ROLE)) == 24
+    assert [len(k) for k in keys[2:]].count(16) + [len(k) for k in keys[2:]].count(24) == 4  # the hex ones
+    values = [f"{t}/{HEX}" for t in REFERENCE_TYPES] + [f"PractitionerRole/{ROLE}", f"Patient/{HEX.upper()}"]
+    values += [f"Location/{HEX}", "Patient/p-1", "", "finished", HEX, "Patient/", f"Patient/{HEX}/_history/2"]
+    values += ["\u00e9t\u00e9", "\x80", "urn:uuid:" + HEX]
     keys = [value_key(v) for v in values]
     assert len(set(keys)) == len(values) and [value_of(k) for k in keys] == values
-    assert {len(k) for k in keys[: len(REFERENCE_TYPES)]} == {17}
+    assert {len(k) for k in keys[: len(REFERENCE_TYPES)]} == {17} and len(value_key(f"PractitionerRole/{ROLE}")) == 25

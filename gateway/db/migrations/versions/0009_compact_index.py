@@ -1,4 +1,5 @@
-"""search index entries keyed by a (type, param) code; on PostgreSQL, ids and references as bytes
+"""search index entries keyed by a (type, param) code; on PostgreSQL, ids and references as bytes;
+messages.content_sha256 as its 32 bytes
 
 ``search_index`` held (type, param, value, id, system) as text, its primary key the same five columns:
 on PostgreSQL 274 bytes an entry (heap and key), 27.5 entries a message, 58 % of the store. From here
@@ -11,6 +12,10 @@ Upgrade and downgrade copy every row, converted, into the table of the other sha
 flat on a large store): what the index answers is unchanged, and a row of a (type, param) that has no code
 (a type no search is declared for: none could read it) is not copied. The rows are the same extraction
 (``indexing.text_rows`` gives the shape before), so nothing needs rebuilding from the resources.
+
+``messages.content_sha256`` holds the digest's 32 bytes instead of 64 hex digits (``schema.HexDigest``):
+``bytea`` on PostgreSQL (converted by ``ALTER … USING``); on SQLite the column keeps its declared type and
+each row is rewritten as a BLOB (SQLite has no ``unhex`` before 3.41). Downgrade writes hex text back.
 
 Measured on PostgreSQL (``bench/store_size.py --messages 400``): see bench/README.md.
 
@@ -116,9 +121,49 @@ def _swap(old: sa.Table, new: sa.Table, key: tuple[str, ...], convert: Callable[
         op.execute(f"ALTER TABLE search_index RENAME CONSTRAINT pk_{new.name} TO pk_search_index")
 
 
+_MESSAGES = sa.table("messages", sa.column("id", sa.BigInteger()), sa.column("content_sha256", sa.LargeBinary()))
+
+
+def _digests_as_bytes(bind: Any) -> None:
+    """SQLite: every hex ``content_sha256`` rewritten as its bytes, a page of ids at a time."""
+    after = 0
+    while True:
+        page = bind.execute(
+            sa.text(
+                "SELECT id, content_sha256 FROM messages WHERE id > :after AND typeof(content_sha256) = 'text'"
+                " ORDER BY id LIMIT :n"
+            ),
+            {"after": after, "n": BATCH},
+        ).all()
+        if page:
+            rows = [{"k": i, "v": bytes.fromhex(str(digest))} for i, digest in page]
+            bind.execute(
+                sa.update(_MESSAGES)
+                .where(_MESSAGES.c.id == sa.bindparam("k"))
+                .values(content_sha256=sa.bindparam("v")),
+                rows,
+            )
+        if len(page) < BATCH:
+            return
+        after = int(page[-1][0])
+
+
 def upgrade() -> None:
     _swap(_text_table("search_index"), _coded_table("search_index_0009"), _TEXT_KEY, _coded)
+    bind = op.get_bind()
+    if bind.dialect.name == "postgresql":
+        op.execute("ALTER TABLE messages ALTER COLUMN content_sha256 TYPE bytea USING decode(content_sha256, 'hex')")
+    else:
+        _digests_as_bytes(bind)
 
 
 def downgrade() -> None:
     _swap(_coded_table("search_index"), _text_table("search_index_0008"), _CODED_KEY, _text)
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "ALTER TABLE messages ALTER COLUMN content_sha256 TYPE varchar(64) USING encode(content_sha256, 'hex')"
+        )
+    else:
+        op.execute(
+            "UPDATE messages SET content_sha256 = lower(hex(content_sha256)) WHERE typeof(content_sha256) = 'blob'"
+        )
