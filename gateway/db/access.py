@@ -24,13 +24,14 @@ from sqlalchemy import (
     literal,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from gateway.clock import as_utc
 from gateway.db import bodies
-from gateway.db.indexing import indexed_param, param_code, search_entries, stored_system, system_of
+from gateway.db.indexing import indexed_param, lookup_forms, param_code, search_entries, stored_system, system_of
 from gateway.db.schema import (
     audit_events,
     client_assertions,
@@ -81,10 +82,19 @@ def indexed_ids(code: Any, value: Any, *, system: Any = None) -> Select[Any]:
     """Ids (as ``resources.id`` holds them) indexed under (code, value[, system]), ``code`` naming a (type,
     param) pair (``indexing.param_code``): the lookup index's own shape (code, value), shared by searches,
     visibility and follows so that each stays an index lookup."""
-    query = select(index_id_text(search_index.c.id)).where(search_index.c.code == code, search_index.c.value == value)
+    query = select(index_id_text(search_index.c.id).label("id")).where(
+        search_index.c.code == code, search_index.c.value == value
+    )
     if system is None:
         return query
     return query.where(search_index.c.system == (stored_system(system) if isinstance(system, str) else system))
+
+
+def lookup_ids(code: Any, lookups: Sequence[tuple[Any, Any]]) -> Any:
+    """Ids indexed under ``code`` by any of these (system or None, value) lookups (``indexing.lookup_forms``):
+    one :func:`indexed_ids`, or a UNION ALL of each (an index lookup each)."""
+    parts = [indexed_ids(code, value, system=system) for system, value in lookups]
+    return parts[0] if len(parts) == 1 else union_all(*parts)
 
 
 def _confidential_patients() -> Any:
@@ -143,7 +153,8 @@ class FollowRepo:
         self.conn = conn
 
     def _ids(self, rtype: str, param: str, value: str, *, system: str | None = None) -> list[str]:
-        return [str(r[0]) for r in self.conn.execute(indexed_ids(param_code(rtype, param), value, system=system))]
+        query = lookup_ids(param_code(rtype, param), lookup_forms(param, system, value))
+        return list(dict.fromkeys(str(r[0]) for r in self.conn.execute(query)))
 
     def _patients_of(self, rtype: str, ids: Sequence[str]) -> set[str]:
         """The patients of these resources, from their current content by primary key: the index is keyed

@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.canonical import CANONICAL_BASE
 from gateway.mapping.directory import practitioner_of_role
-from gateway.mapping.ids import MEMO_LONGEST, ps_identifier_forms
+from gateway.mapping.ids import MEMO_LONGEST, NATIONAL_LENGTH, NATIONAL_PS, national_ps, ps_identifier_forms
 
 JSON = dict[str, Any]
 Entry = tuple[str, str, str]  # (param, system, value)
@@ -237,16 +237,76 @@ def text_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[str,
     return rows
 
 
+#: Parameters whose entries hold a professional's national id under each of its three forms (RPPS or
+#: ADELI number, the number under the idNatPs OID, the prefixed idNatPs: ``ps_identifier_forms``).
+FORM_PARAMS = frozenset({"identifier", "participant.identifier"})
+
+
+def _regular_national(system: str, value: str) -> tuple[str, str] | None:
+    """(RPPS or ADELI system, number) when (system, value) is a form of a well-formed national id (ASCII
+    digits of the system's length), else None: the only ids stored under their first form alone."""
+    found = national_ps(system, value)
+    if found is None:
+        return None
+    national, number = found
+    return found if number.isascii() and number.isdigit() and len(number) == NATIONAL_LENGTH[national] else None
+
+
+#: a message's professionals recur in every circle and role it writes
+_known_national = lru_cache(maxsize=1024)(_regular_national)
+
+
+def _spare_forms(entries: list[Entry]) -> set[Entry]:
+    """The entries that another one of the same parameter stands for: the idNatPs OID forms of a
+    well-formed national id whose first (RPPS / ADELI) form is there too. A search finds them through it
+    (:func:`lookup_forms`), so they are not stored: two rows of each professional in each care circle."""
+    spare: set[Entry] = set()
+    present: set[Entry] | None = None
+    for param, system, value in entries:
+        if param not in FORM_PARAMS or len(value) > MEMO_LONGEST:
+            continue
+        found = _known_national(system, value)
+        if found is None or found == (system, value):
+            continue
+        present = set(entries) if present is None else present
+        if (param, *found) in present:
+            spare.add((param, system, value))
+    return spare
+
+
+def lookup_forms(param: str, system: str | None, value: str) -> list[tuple[str | None, str]]:
+    """The (system or None, value) lookups that find what a search on (system, value) found when every
+    form of a national id was stored: itself, and the first form of the national id it is a form of
+    (``8`` + RPPS and ``0`` + ADELI searched without a system are the idNatPs form). One or two."""
+    found: list[tuple[str | None, str]] = [(system, value)]
+    if param not in FORM_PARAMS or len(value) > MEMO_LONGEST:
+        return found
+    if system is not None:
+        national = _known_national(system, value)
+        if national is not None and national != (system, value):
+            found.append(national)
+        return found
+    for national_system, (_code, prefix) in NATIONAL_PS.items():
+        number = value[len(prefix) :]
+        if value.startswith(prefix) and _known_national(national_system, number) == (national_system, number):
+            found.append((national_system, number))
+    return found
+
+
 def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[int, str, str], dict[str, Any]]:
     """The ``search_index`` rows of these entries, by primary key (id aside): (type, param) as its
     :data:`PARAM_CODES` code, a date parameter's instant where a token's system goes, its value left empty
     (see ``gateway/db/schema.py``). An entry of a pair without a code (a type no search is declared for)
-    is not stored: no search could read it."""
+    is not stored: no search could read it; nor is a national id's idNatPs form beside its first form
+    (:func:`_spare_forms`, since 0009)."""
     rows: dict[tuple[int, str, str], dict[str, Any]] = {}
     codes = PARAM_CODES
-    for param, system, value in entries:
+    entries = list(entries)
+    spare = _spare_forms(entries)
+    for entry in entries:
+        param, system, value = entry
         code = codes.get((rtype, param))
-        if code is None:
+        if code is None or (spare and entry in spare):
             continue
         if param in DATE_PARAMS:
             found_by, qualifier = "", value[:WIDTH]

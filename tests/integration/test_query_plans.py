@@ -27,6 +27,9 @@ from tests.messages import Adt
         [("part-of", None, "Encounter/x")],
         [("patient", None, "Patient/x"), ("status", None, "finished")],
         [("identifier", "urn:oid:1.2.250.1.999.9.2", "V-1")],
+        # an idNatPs (8 + RPPS) is also looked up under its RPPS form (0009): two lookups, each a probe
+        [("identifier", None, "810003456789")],
+        [("patient", None, "Patient/x"), ("identifier", "urn:oid:1.2.250.1.71.4.2.1", "810003456789")],
     ],
 )
 def test_searches_are_driven_by_the_lookup_index(

@@ -20,7 +20,7 @@ from gateway.auth.authorities import MINTED_PREFIX
 from gateway.db import bodies
 from gateway.db.access import systems_starting
 from gateway.db.engine import alembic_config
-from gateway.db.indexing import ALIASES, DATE_PARAMS, PARAM_CODES, id_key, search_entries, text_rows, value_key
+from gateway.db.indexing import ALIASES, DATE_PARAMS, PARAM_CODES, id_key, search_entries, stored_rows, value_key
 from gateway.db.repo import ResourceRepo
 from gateway.db.schema import IndexId, index_id, index_id_text, index_reference, resources, search_index
 from gateway.mapping.engine import Engine as MappingEngine
@@ -61,8 +61,8 @@ def _expected(conn: Connection) -> set[tuple[str, ...]]:
     for row in conn.execute(select(resources).where(resources.c.deleted == 0)):
         m = row._mapping
         resource = orjson.loads(bodies.decode(bytes(m["body"])) if m["body"] is not None else m["content"])
-        for r in text_rows(m["type"], m["id"], search_entries(resource)).values():
-            out.add((r["type"], r["param"], r["value"], r["id"], r["system"]))
+        for r in stored_rows(m["type"], m["id"], search_entries(resource)).values():
+            out.add((*_PAIRS[r["code"]], r["value"], r["id"], r["system"]))
     return out
 
 
@@ -121,7 +121,7 @@ def test_minted_systems_are_found_by_their_prefix(db: Engine, mapping_engine: Ma
         minted = systems_starting(conn, MINTED_PREFIX)
         everything = systems_starting(conn, "")
     assert minted and all(s.startswith(MINTED_PREFIX) for s in minted)
-    assert "urn:oid:1.2.250.1.71.4.2.1" in everything and not any(s.startswith("~") for s in everything)
+    assert "https://rpps.esante.gouv.fr" in everything and not any(s.startswith("~") for s in everything)
 
 
 def _migrate(db: Engine, revision: str, *, down: bool = False) -> None:

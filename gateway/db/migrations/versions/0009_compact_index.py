@@ -8,10 +8,12 @@ on PostgreSQL 274 bytes an entry (heap and key), 27.5 entries a message, 58 % of
 in 17 (``indexing.id_key``, ``indexing.value_key``); other ids and values keep their UTF-8 text. SQLite
 keeps text for both (its joins with ``resources.id`` need no conversion), with the code.
 
-Upgrade and downgrade copy every row, converted, into the table of the other shape (keyset pages, memory
-flat on a large store): what the index answers is unchanged, and a row of a (type, param) that has no code
-(a type no search is declared for: none could read it) is not copied. The rows are the same extraction
-(``indexing.text_rows`` gives the shape before), so nothing needs rebuilding from the resources.
+A national id's idNatPs forms (the number under the idNatPs OID, and 8 + RPPS / 0 + ADELI) are no longer
+stored beside its RPPS / ADELI form (two rows of each professional in each care circle): a search for one
+of them looks its first form up too (``indexing.lookup_forms``; the same resources are found). What is
+stored changes, so upgrade and downgrade rebuild the index from every current resource
+(``stored_rows``, or ``text_rows`` for the shape before), a page at a time, into a table created beside
+it, which then takes its place: a few minutes per million resources, inside the migration's transaction.
 
 ``messages.content_sha256`` holds the digest's 32 bytes instead of 64 hex digits (``schema.HexDigest``):
 ``bytea`` on PostgreSQL (converted by ``ALTER … USING``); on SQLite the column keeps its declared type and
@@ -29,10 +31,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from alembic import op
 
-from gateway.db.indexing import PARAM_CODES
+from gateway.db import bodies
+from gateway.db.indexing import Entry, search_entries, stored_rows, text_rows
 from gateway.db.schema import IndexId, IndexValue
 
 revision = "0009_compact_index"
@@ -44,7 +48,6 @@ depends_on = None
 BATCH = 5000
 _TEXT_KEY = ("type", "param", "value", "id", "system")
 _CODED_KEY = ("code", "value", "id", "system")
-_PAIRS = {code: pair for pair, code in PARAM_CODES.items()}
 
 
 def _text_table(name: str) -> sa.Table:
@@ -74,47 +77,42 @@ def _coded_table(name: str) -> sa.Table:
     )
 
 
-def _pages(bind: Any, table: sa.Table, key: tuple[str, ...]) -> Iterator[list[Any]]:
-    """Every row of ``table`` in primary key order, a page at a time (keyset pagination)."""
-    columns = [table.c[name] for name in key]
-    query = sa.select(*columns).order_by(*columns).limit(BATCH)
-    after: Any = None
+def _current(bind: Any) -> Iterator[tuple[str, str, Any]]:
+    """(type, id, resource) of every resource not deleted, in primary key order, a page at a time."""
+    rows = sa.table("resources", *(sa.column(c) for c in ("type", "id", "deleted", "content", "body")))
+    after: tuple[str, str] = ("", "")
     while True:
-        page = bind.execute(query if after is None else query.where(sa.tuple_(*columns) > sa.tuple_(*after))).all()
-        if page:
-            yield page
+        page = bind.execute(
+            sa.select(rows.c.type, rows.c.id, rows.c.content, rows.c.body)
+            .where(rows.c.deleted == 0, sa.tuple_(rows.c.type, rows.c.id) > sa.tuple_(*after))
+            .order_by(rows.c.type, rows.c.id)
+            .limit(BATCH)
+        ).all()
+        for rtype, rid, content, body in page:
+            yield rtype, rid, orjson.loads(bodies.decode(bytes(body)) if body is not None else content)
         if len(page) < BATCH:
             return
-        after = tuple(page[-1])
+        after = (page[-1][0], page[-1][1])
 
 
-def _copy(
-    source: sa.Table, key: tuple[str, ...], target: sa.Table, convert: Callable[[Any], dict[str, Any] | None]
-) -> None:
+def _reindex(table: sa.Table, rows_of: Callable[[str, str, list[Entry]], dict[Any, dict[str, Any]]]) -> None:
+    """``table`` filled from every current resource, its rows as ``rows_of`` shapes them."""
     bind = op.get_bind()
-    for page in _pages(bind, source, key):
-        rows = [row for row in map(convert, page) if row is not None]
-        if rows:
-            bind.execute(target.insert(), rows)
+    rows: list[dict[str, Any]] = []
+    for rtype, rid, resource in _current(bind):
+        rows += rows_of(rtype, rid, search_entries(resource)).values()
+        if len(rows) >= BATCH:
+            bind.execute(table.insert(), rows)
+            rows = []
+    if rows:
+        bind.execute(table.insert(), rows)
 
 
-def _coded(row: Any) -> dict[str, Any] | None:
-    rtype, param, value, rid, system = row
-    code = PARAM_CODES.get((rtype, param))
-    return None if code is None else {"code": code, "value": value, "id": rid, "system": system}
-
-
-def _text(row: Any) -> dict[str, Any]:
-    code, value, rid, system = row
-    rtype, param = _PAIRS[code]
-    return {"type": rtype, "param": param, "value": value, "id": rid, "system": system}
-
-
-def _swap(old: sa.Table, new: sa.Table, key: tuple[str, ...], convert: Callable[[Any], Any]) -> None:
-    """``new`` (created under a temporary name) filled from ``old``, which it then replaces."""
+def _swap(old: sa.Table, new: sa.Table, rows_of: Callable[[str, str, list[Entry]], Any]) -> None:
+    """``new`` (created under a temporary name) filled from the resources, then in ``old``'s place."""
     bind = op.get_bind()
     new.create(bind)
-    _copy(old, key, new, convert)
+    _reindex(new, rows_of)
     old.drop(bind)
     op.rename_table(new.name, "search_index")
     if bind.dialect.name == "postgresql":
@@ -149,7 +147,7 @@ def _digests_as_bytes(bind: Any) -> None:
 
 
 def upgrade() -> None:
-    _swap(_text_table("search_index"), _coded_table("search_index_0009"), _TEXT_KEY, _coded)
+    _swap(_text_table("search_index"), _coded_table("search_index_0009"), stored_rows)
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
         op.execute("ALTER TABLE messages ALTER COLUMN content_sha256 TYPE bytea USING decode(content_sha256, 'hex')")
@@ -158,7 +156,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    _swap(_coded_table("search_index"), _text_table("search_index_0008"), _CODED_KEY, _text)
+    _swap(_coded_table("search_index"), _text_table("search_index_0008"), text_rows)
     if op.get_bind().dialect.name == "postgresql":
         op.execute(
             "ALTER TABLE messages ALTER COLUMN content_sha256 TYPE varchar(64) USING encode(content_sha256, 'hex')"
