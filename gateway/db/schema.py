@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
@@ -25,6 +26,7 @@ from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from gateway.db.indexing import id_key, id_of, reference_byte, value_key, value_of
+from gateway.mapping.ids import MEMO_LONGEST
 
 metadata = MetaData(
     naming_convention={
@@ -163,10 +165,14 @@ class _Compact(TypeDecorator[str]):
     def bind_processor(self, dialect: Dialect) -> Any:
         if dialect.name != "postgresql":
             return None
-        key, inner = self._key, LargeBinary().dialect_impl(dialect).bind_processor(dialect)
-        if inner is None:
-            return lambda value: None if value is None else key(value)
-        return lambda value: None if value is None else inner(key(value))
+        key, known = self._key, _KNOWN[type(self)]
+
+        def keyed(value: str | None) -> bytes | None:  # bytes go to psycopg as bytea as they are
+            if value is None:
+                return None
+            return known(value) if len(value) <= MEMO_LONGEST else key(value)
+
+        return keyed
 
     def result_processor(self, dialect: Dialect, coltype: object) -> Any:
         if dialect.name != "postgresql":
@@ -205,6 +211,13 @@ class IndexValue(_Compact):
         return value_of(key)
 
 
+#: each type's keying, memoized: a message binds each of its ids and references several times
+_KNOWN: dict[type[_Compact], Any] = {
+    IndexId: lru_cache(maxsize=2048)(id_key),
+    IndexValue: lru_cache(maxsize=2048)(value_key),
+}
+
+
 class index_id(FunctionElement[Any]):
     """``search_index.id`` as it holds a ``resources.id`` expression (a correlated probe of the index)."""
 
@@ -240,6 +253,15 @@ def _reference_as_text(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
     return f"({compiler.process(rtype, **kw)} || '/' || {compiler.process(rid, **kw)})"
 
 
+#: PostgreSQL's ``convert_to`` / ``convert_from`` are STABLE (they read the server's encoding), and an
+#: ``IN`` over a stable expression made the planner scan a type's resources instead of probing them by
+#: id: 0009 wraps them in IMMUTABLE functions (the database's encoding never changes under a store).
+PG_FUNCTIONS = {
+    "gateway_utf8(text)": "RETURNS bytea AS $$ SELECT convert_to($1, 'UTF8') $$",
+    "gateway_text(bytea)": "RETURNS text AS $$ SELECT convert_from($1, 'UTF8') $$",
+}
+
+
 @compiles(index_id, "postgresql")
 def _pg_index_id(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
     """:func:`gateway.db.indexing.id_key` in SQL."""
@@ -247,8 +269,8 @@ def _pg_index_id(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
     return (
         f"(CASE WHEN {x} ~ '^[0-9a-f]{{32}}$' THEN decode({x}, 'hex')"
         f" WHEN {x} ~ '^[0-9a-f]{{32}}-[0-9a-f]{{16}}$' THEN decode(replace({x}, '-', ''), 'hex')"
-        f" WHEN octet_length({x}) IN (16, 24) THEN convert_to({x}, 'UTF8') || '\\xff'::bytea"
-        f" ELSE convert_to({x}, 'UTF8') END)"
+        f" WHEN octet_length({x}) IN (16, 24) THEN gateway_utf8({x}) || '\\xff'::bytea"
+        f" ELSE gateway_utf8({x}) END)"
     )
 
 
@@ -259,8 +281,8 @@ def _pg_id_text(x: str) -> str:
         f" WHEN length({x}) = 24 THEN encode(substring({x} from 1 for 16), 'hex') || '-'"
         f" || encode(substring({x} from 17), 'hex')"
         f" WHEN get_byte({x}, length({x}) - 1) = 255"
-        f" THEN convert_from(substring({x} from 1 for length({x}) - 1), 'UTF8')"
-        f" ELSE convert_from({x}, 'UTF8') END)"
+        f" THEN gateway_text(substring({x} from 1 for length({x}) - 1))"
+        f" ELSE gateway_text({x}) END)"
     )
 
 
@@ -277,7 +299,7 @@ def _pg_index_reference(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
     x = compiler.process(rid, **kw)
     return (
         f"(CASE WHEN length({x}) IN (16, 24) THEN '\\x{reference_byte(rtype):02x}'::bytea || {x}"
-        f" ELSE convert_to('{rtype}/' || {_pg_id_text(x)}, 'UTF8') END)"
+        f" ELSE gateway_utf8('{rtype}/' || {_pg_id_text(x)}) END)"
     )
 
 

@@ -37,7 +37,7 @@ from alembic import op
 
 from gateway.db import bodies
 from gateway.db.indexing import Entry, search_entries, stored_rows, text_rows
-from gateway.db.schema import IndexId, IndexValue
+from gateway.db.schema import PG_FUNCTIONS, IndexId, IndexValue
 
 revision = "0009_compact_index"
 down_revision = "0008_versions_replaced"
@@ -147,6 +147,9 @@ def _digests_as_bytes(bind: Any) -> None:
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "postgresql":  # what the index's SQL calls (schema.PG_FUNCTIONS)
+        for signature, body in PG_FUNCTIONS.items():
+            op.execute(f"CREATE OR REPLACE FUNCTION {signature} {body} LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE")
     _swap(_text_table("search_index"), _coded_table("search_index_0009"), stored_rows)
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
@@ -161,6 +164,8 @@ def downgrade() -> None:
         op.execute(
             "ALTER TABLE messages ALTER COLUMN content_sha256 TYPE varchar(64) USING encode(content_sha256, 'hex')"
         )
+        for signature in PG_FUNCTIONS:
+            op.execute(f"DROP FUNCTION IF EXISTS {signature}")
     else:
         op.execute(
             "UPDATE messages SET content_sha256 = lower(hex(content_sha256)) WHERE typeof(content_sha256) = 'blob'"
