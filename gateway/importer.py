@@ -3,8 +3,8 @@
 A file holds one message or several (one after another, MLLP-framed or not, segments ended by CR, LF or
 CRLF). Messages are sorted by MSH-7 (the time the sending system built them; the fold does not need the
 order, since the state is the same in any order, but notifications then go out in the order of events),
-ties kept in file order, and stored through :meth:`Pipeline.ingest_many`: the same checks, ACKs and
-rejected-message records as live ingest, with up to ``MAX_GROUP`` messages per commit.
+ties kept in file order, and stored through :meth:`Pipeline.ingest_groups`: the same checks, ACKs and
+rejected-message records as live ingest, with up to ``IMPORT_GROUP`` messages per commit.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from gateway.pipeline import MAX_GROUP, Outcome, Pipeline
+from gateway.pipeline import Outcome, Pipeline
 
 #: A message starts at an ``MSH`` segment at the beginning of the data or of a line.
 _MESSAGE_START = re.compile(rb"(?:^|(?<=[\r\n\x0b]))MSH(?=.)")
@@ -144,12 +144,10 @@ def run_import(pipeline: Pipeline, sources: list[Source], *, progress: Progress 
     """Store every message (see the module docstring); the summary says what became of each."""
     summary = Summary()
     started = time.monotonic()
-    for offset in range(0, len(sources), MAX_GROUP):
-        chunk = sources[offset : offset + MAX_GROUP]
-        for source, outcome in zip(
-            chunk, pipeline.ingest_many([s.raw for s in chunk], transport="import"), strict=True
-        ):
-            summary.add(source, outcome)
+    pending = iter(sources)
+    for outcomes in pipeline.ingest_groups([s.raw for s in sources], transport="import"):
+        for outcome in outcomes:
+            summary.add(next(pending), outcome)
         if progress is not None:
             progress.update(summary.total)
     summary.elapsed = time.monotonic() - started

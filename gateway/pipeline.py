@@ -14,11 +14,12 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TypeVar
 
 from gateway.clock import utcnow
 from gateway.db.engine import Database as DB
@@ -45,10 +46,14 @@ from gateway.state.apply import Applied, apply_message
 
 logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+T = TypeVar("T")
 MAX_ATTEMPTS = 3
 #: Messages committed together at most (group commit); they come from different connections, since each
 #: connection waits for its ACK before sending the next message.
 MAX_GROUP = 64
+#: Messages committed together by :meth:`Pipeline.ingest_groups` (``gateway import``), which has them all at
+#: hand: a quarter of the commits (and fsyncs) of groups of 64, for a transaction of a few MB of WAL.
+IMPORT_GROUP = 256
 #: Writer threads on PostgreSQL when GATEWAY_INGEST_WRITERS does not say (see :meth:`Pipeline.start_writer`).
 DEFAULT_PG_WRITERS = 4
 
@@ -198,6 +203,35 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Refused:
+    """A message refused before it is applied (parse, header, sender binding, map). Reading never writes:
+    the refusal is stored by :meth:`Pipeline._commit_reads`, with its group, in the group's order."""
+
+    raw: bytes
+    message: er7.Message | None
+    error: GatewayError
+    transport: str
+    now: datetime
+    context: contextvars.Context | None = None
+
+
+@dataclass(slots=True)
+class _Failed:
+    """Reading a message raised unexpectedly (a bug, the sender binding's store): the writer keeps it
+    (:meth:`Pipeline._last_resort`)."""
+
+    raw: bytes
+    error: Exception
+    transport: str
+    now: datetime
+    context: contextvars.Context | None = None
+
+
+#: What reading a message gives: ready to apply, refused, or failed.
+_Read = _Pending | _Refused | _Failed
+
+
+@dataclass(slots=True)
 class _Job:
     """A message handed to the writer thread (:meth:`Pipeline.submit`), answered through ``future``."""
 
@@ -205,7 +239,8 @@ class _Job:
     transport: str
     now: datetime
     facilities: Callable[[], frozenset[str] | None] | None
-    future: Future[Outcome]
+    #: where the outcome goes: :meth:`Pipeline.submit`'s future, or :meth:`Pipeline.ingest_async`'s waiter
+    future: Future[Outcome] | asyncio.Future[Outcome]
     #: the submitter's context, so that what the writer logs for it carries its correlation ids
     context: contextvars.Context
 
@@ -218,7 +253,7 @@ def _logged(outcome: Outcome) -> Outcome:
     return outcome
 
 
-def _in_context(item: _Pending, call: Callable[..., Outcome], *args: object) -> Outcome:
+def _in_context(item: _Read, call: Callable[..., Outcome], *args: object) -> Outcome:
     """``call(*args)`` in the context the message was submitted in (its log correlation ids), if any."""
     return item.context.run(call, *args) if item.context is not None else call(*args)
 
@@ -227,6 +262,48 @@ def _in_context(item: _Pending, call: Callable[..., Outcome], *args: object) -> 
 _STOP = None
 #: Seconds a writer keeps a SAVEPOINT per message after a message of a group failed (:meth:`Pipeline._commit_group`).
 SAVEPOINT_SECONDS = 10.0
+
+
+def _answer(jobs: list[_Job], outcomes: list[Outcome]) -> None:
+    """Give each job its outcome: a :meth:`Pipeline.submit` future at once, the waiters of each event loop
+    in one call on that loop. A waiter cancelled meanwhile (its connection closed, the server stopping)
+    is skipped: its message stands as committed, and the writer goes on."""
+    waiters: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Outcome], Outcome]]] = {}
+    for job, outcome in zip(jobs, outcomes, strict=True):
+        if isinstance(job.future, asyncio.Future):
+            waiters.setdefault(job.future.get_loop(), []).append((job.future, outcome))
+        elif job.future.set_running_or_notify_cancel():
+            job.future.set_result(outcome)
+    for loop, answers in waiters.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, answers)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            logger.warning("%d outcomes not delivered: their event loop is closed", len(answers))
+
+
+def _resolve(answers: list[tuple[asyncio.Future[Outcome], Outcome]]) -> None:
+    """On the waiters' loop: set each outcome, unless its waiter was cancelled."""
+    for waiter, outcome in answers:
+        if not waiter.done():
+            waiter.set_result(outcome)
+
+
+def _take(source: queue.SimpleQueue[T | None], most: int) -> tuple[list[T], bool]:
+    """Wait for one entry, then take every other one waiting, up to ``most``; and whether :data:`_STOP`
+    came (nothing after it is taken: it is for whoever reads the queue next)."""
+    first = source.get()
+    if first is _STOP:
+        return [], True
+    taken = [first]
+    while len(taken) < most:
+        try:
+            entry = source.get_nowait()
+        except queue.Empty:
+            break
+        if entry is _STOP:
+            return taken, True
+        taken.append(entry)
+    return taken, False
 
 
 class _Abandoned(Exception):
@@ -305,11 +382,9 @@ class Pipeline:
         ``facilities`` is called in the writer thread (it may read the store): the authenticated sender's
         registered MSH-4 values, or None when not checked.
         """
-        if not self._writers:
-            self.start_writer()
-        job = _Job(raw, transport, self.clock(), facilities, Future(), contextvars.copy_context())
-        self._jobs.put(job)
-        return job.future
+        future: Future[Outcome] = Future()
+        self._queue(_Job(raw, transport, self.clock(), facilities, future, contextvars.copy_context()))
+        return future
 
     async def ingest_async(
         self,
@@ -318,49 +393,62 @@ class Pipeline:
         transport: str,
         facilities: Callable[[], frozenset[str] | None] | None = None,
     ) -> Outcome:
-        """:meth:`submit`, awaited: the event loop only waits, all the work is in the writer thread."""
-        return await asyncio.wrap_future(self.submit(raw, transport=transport, facilities=facilities))
+        """:meth:`submit`, awaited: the event loop only waits, all the work is in the writer thread, which
+        answers a whole group's waiters on one loop in one call (one wake-up of the loop, not one each)."""
+        waiter: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue(_Job(raw, transport, self.clock(), facilities, waiter, contextvars.copy_context()))
+        return await waiter
+
+    def _queue(self, job: _Job) -> None:
+        if not self._writers:
+            self.start_writer()
+        self._jobs.put(job)
 
     def _write_loop(self) -> None:
         while True:
-            first = self._jobs.get()
-            if first is _STOP:
-                return
-            jobs, stop = [first], False
-            while len(jobs) < MAX_GROUP:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is _STOP:
-                    stop = True
-                    break
-                jobs.append(job)
-            self._write(jobs)
+            jobs, stop = _take(self._jobs, MAX_GROUP)
+            if jobs:
+                self._write(jobs)
             if stop:
                 return
 
     def _write(self, jobs: list[_Job]) -> None:
-        """Prepare, commit and answer one group. A loop boundary: every job's future gets an outcome."""
-        items = [(job, job.context.run(self._prepare_job, job)) for job in jobs]
-        group = [item for _, item in items if isinstance(item, _Pending)]
+        """Read, commit and answer one group. A loop boundary: every job gets an outcome."""
+        outcomes = self._commit_reads([job.context.run(self._read_job, job) for job in jobs])
+        _answer(jobs, outcomes)
+
+    def _commit_reads(self, items: list[_Read]) -> list[Outcome]:
+        """Store the refused and failed reads (each in its own transaction, as always), apply and commit the
+        others in one group; every item gets an outcome (:meth:`_settle` never raises)."""
+        settled = [item if isinstance(item, _Pending) else _in_context(item, self._store_read, item) for item in items]
+        group = [item for item in settled if isinstance(item, _Pending)]
         if group:
             try:
                 self._commit_group(group)
             except Exception:  # a loop boundary: each message is taken again alone below
                 logger.exception("group commit failed unexpectedly")
-        for job, item in items:
-            job.future.set_result(item if isinstance(item, Outcome) else self._settle(item))
+        return [item if isinstance(item, Outcome) else self._settle(item) for item in settled]
 
-    def _prepare_job(self, job: _Job) -> _Pending | Outcome:
+    def _store_read(self, item: _Refused | _Failed) -> Outcome:
+        try:
+            return self._stored_read(item)
+        except Exception as exc:  # a loop boundary: the message is still kept, and answered
+            logger.exception("unexpected error storing a refused message (%s)", item.transport)
+            return self._last_resort(item.raw, exc, transport=item.transport, now=item.now)
+
+    def _stored_read(self, item: _Refused | _Failed) -> Outcome:
+        if isinstance(item, _Refused):
+            return self._store_rejected(item.raw, item.message, item.error, transport=item.transport, now=item.now)
+        return self._last_resort(item.raw, item.error, transport=item.transport, now=item.now)
+
+    def _read_job(self, job: _Job) -> _Read:
         try:
             facilities = job.facilities() if job.facilities is not None else None
-            item = self._prepare(job.raw, transport=job.transport, now=job.now, facilities=facilities)
+            item = self._read(job.raw, transport=job.transport, now=job.now, facilities=facilities)
         except Exception as exc:
             logger.exception("unexpected error preparing a message (%s)", job.transport)
-            return self._last_resort(job.raw, exc, transport=job.transport, now=job.now)
-        if isinstance(item, _Pending):
-            item.context = job.context
+            return _Failed(job.raw, exc, job.transport, job.now, job.context)
+        item.context = job.context
         return item
 
     def _settle(self, item: _Pending) -> Outcome:
@@ -404,8 +492,14 @@ class Pipeline:
     def _prepare(
         self, raw: bytes, *, transport: str, now: datetime | None = None, facilities: frozenset[str] | None = None
     ) -> _Pending | Outcome:
-        """Parse and map (no storage); a message that fails here is stored as rejected at once."""
-        now = now or self.clock()
+        """Parse and map; a message that fails here is stored as rejected at once."""
+        item = self._read(raw, transport=transport, now=now or self.clock(), facilities=facilities)
+        return item if isinstance(item, _Pending) else self._store_read(item)
+
+    def _read(
+        self, raw: bytes, *, transport: str, now: datetime, facilities: frozenset[str] | None = None
+    ) -> _Pending | _Refused:
+        """Parse, check and map, without storing anything (so that it may run beside a writer)."""
         message: er7.Message | None = None
         try:
             message = er7.parse(raw)
@@ -415,42 +509,40 @@ class Pipeline:
             _check_facility(header, facilities)
             mapped = self.engine.map(message, header=header)
         except GatewayError as exc:
-            return self._store_rejected(raw, message, exc, transport=transport, now=now)
+            return _Refused(raw, message, exc, transport, now)
         except Exception as exc:
             logger.exception("unexpected error reading or mapping a message")
             error = GatewayError(f"internal error while reading the message ({type(exc).__name__})")
-            return self._store_rejected(raw, message, error, transport=transport, now=now)
+            return _Refused(raw, message, error, transport, now)
         return _Pending(raw, message, mapped, transport, now)
 
-    def ingest_many(self, raws: list[bytes], *, transport: str) -> list[Outcome]:
-        """The bulk path (``gateway import``): messages in the given order, up to ``MAX_GROUP`` per commit.
+    def ingest_many(self, raws: Sequence[bytes], *, transport: str) -> list[Outcome]:
+        """The bulk path (``gateway import``): messages in the given order, up to ``IMPORT_GROUP`` per commit.
 
         Same guarantees as :meth:`ingest` message by message (a failing one rolls back alone and is stored
         as rejected); only the commits are shared.
         """
-        outcomes: list[Outcome | None] = []
-        group: list[_Pending] = []
-        slots: list[int] = []
-        for raw in raws:
-            item = self._prepare(raw, transport=transport)
-            if isinstance(item, Outcome):
-                outcomes.append(item)
-                continue
-            slots.append(len(outcomes))
-            outcomes.append(None)
-            group.append(item)
-            if len(group) == MAX_GROUP:
-                self._flush_group(group, slots, outcomes)
-                group, slots = [], []
-        self._flush_group(group, slots, outcomes)
-        return [o for o in outcomes if o is not None]
+        return [outcome for group in self.ingest_groups(raws, transport=transport) for outcome in group]
 
-    def _flush_group(self, group: list[_Pending], slots: list[int], outcomes: list[Outcome | None]) -> None:
-        if not group:
-            return
-        self._commit_group(group)
-        for slot, item in zip(slots, group, strict=True):
-            outcomes[slot] = self._settle(item)
+    def ingest_groups(
+        self, raws: Sequence[bytes], *, transport: str, size: int | None = None
+    ) -> Iterator[list[Outcome]]:
+        """:meth:`ingest_many`, group by group (``IMPORT_GROUP`` messages), each group's outcomes once it is
+        committed, so that ``gateway import`` shows its progress."""
+        size = size or IMPORT_GROUP
+        for offset in range(0, len(raws), size):
+            yield self._commit_reads(self._read_all(raws[offset : offset + size], transport))
+
+    def _read_all(self, raws: Sequence[bytes], transport: str) -> list[_Read]:
+        return [self._read_one(raw, transport) for raw in raws]
+
+    def _read_one(self, raw: bytes, transport: str) -> _Read:
+        now = self.clock()
+        try:
+            return self._read(raw, transport=transport, now=now)
+        except Exception as exc:  # a loop boundary: the message is kept by the writer (_last_resort)
+            logger.exception("unexpected error preparing a message (%s)", transport)
+            return _Failed(raw, exc, transport, now)
 
     def _ingest_alone(
         self, raw: bytes, message: er7.Message, mapped: Mapped, *, transport: str, now: datetime

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, event, select
 
 from gateway import heap
 from gateway.cli import main
@@ -14,6 +14,8 @@ from gateway.config import Settings
 from gateway.db import schema
 from gateway.db.repo import ResourceRepo
 from gateway.importer import Progress, collect, event_key, split_messages
+from gateway.mapping.engine import Engine as MappingEngine
+from gateway.pipeline import Pipeline
 from tests.messages import Adt
 
 ADMIT = Adt(control_id="I-1", ipp="510001", visit="V-51", event_time="20260301080000")
@@ -76,3 +78,18 @@ def test_import_command(
         ]
     assert sorted(rows) == [("I-1", "applied"), ("I-2", "applied"), ("Z1", "rejected")]
     assert encounter  # the stay was admitted, then discharged
+
+
+def test_import_groups_commit_once_each_and_keep_every_outcome_in_order(
+    db: Engine, mapping_engine: MappingEngine
+) -> None:
+    """``Pipeline.ingest_groups``: one commit per group of ``size``; a refused message keeps its place."""
+    pipeline = Pipeline(engine=mapping_engine, db=db)
+    commits: list[int] = []
+    event.listen(db, "commit", lambda conn: commits.append(1))
+    bad = b"MSH|^~\\&|X|Y|||20200101||ORU^R01|Z1|P|2.5\rPID|1\r"
+    raws = [Adt(control_id=f"G-{k}", ipp=f"52000{k}", visit=f"V-52{k}").bytes() if k != 2 else bad for k in range(5)]
+    groups = list(pipeline.ingest_groups(raws, transport="import", size=2))
+    assert [[o.code for o in group] for group in groups] == [["AA", "AA"], ["AR", "AA"], ["AA"]]
+    assert len(commits) == 4  # three groups, and the refused message stored in its own transaction
+    assert pipeline.ingest_many(raws[:1], transport="import")[0].status == "duplicate"

@@ -4,6 +4,7 @@ lock nor deadlock each other, and a stale read is retried instead of overwriting
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 from collections import Counter
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 
 from gateway import logs
+from gateway import pipeline as pipeline_module
 from gateway.db import schema
 from gateway.db.repo import ResourceRepo
 from gateway.db.unit import unit_of_work
@@ -224,3 +226,64 @@ def repo_check(db: Engine) -> None:
             ).scalar_one()
             assert last == (version - 1 if version > 1 else None)
             assert [v.version_id for v in repo.history(rtype, rid)] == list(range(version, 0, -1))
+
+
+def test_a_groups_waiters_on_one_event_loop_are_answered_in_one_call(pipeline: Pipeline, db: Engine) -> None:
+    """:meth:`Pipeline.ingest_async`: the writer wakes the loop once per group, not once per message."""
+    wakes: list[int] = []
+
+    async def run() -> list[str]:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counted(callback: Any, *args: Any, **kwargs: Any) -> Any:
+            if callback is pipeline_module._resolve:
+                wakes.append(len(args[0]))
+            return real(callback, *args, **kwargs)
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        gate = threading.Event()
+        held = hold_writer(pipeline, gate)
+        tasks = [asyncio.ensure_future(pipeline.ingest_async(stay(k)[0], transport="test")) for k in range(5)]
+        await asyncio.sleep(0)  # each task has queued its job
+        gate.set()
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert (await asyncio.wrap_future(held)).code == "AA"
+        return [o.code for o in outcomes]
+
+    assert asyncio.run(run()) == ["AA"] * 5
+    assert wakes == [5]
+    assert statuses(db) == {"applied": 6}
+
+
+def test_a_waiter_cancelled_while_its_message_is_applied_does_not_stop_the_writer(
+    pipeline: Pipeline, db: Engine
+) -> None:
+    """An MLLP connection aborted at shutdown, an HTTP request cancelled: its message is still committed
+    (and may have got its AA in the store), and the writer answers the messages after it."""
+
+    async def run() -> str:
+        gate = threading.Event()
+        held = hold_writer(pipeline, gate)
+        cancelled = asyncio.ensure_future(pipeline.ingest_async(stay(1)[0], transport="test"))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        gate.set()
+        assert (await asyncio.wait_for(asyncio.wrap_future(held), 30)).code == "AA"
+        return (await asyncio.wait_for(pipeline.ingest_async(stay(2)[0], transport="test"), 30)).code
+
+    assert asyncio.run(run()) == "AA"
+    assert statuses(db) == {"applied": 3}
+
+
+def test_a_future_cancelled_before_the_writer_answers_it_does_not_stop_the_writer(
+    pipeline: Pipeline, db: Engine
+) -> None:
+    gate = threading.Event()
+    held = hold_writer(pipeline, gate)
+    cancelled = pipeline.submit(stay(1)[0], transport="test")
+    assert cancelled.cancel()
+    gate.set()
+    assert held.result(timeout=30).code == "AA"
+    assert pipeline.submit(stay(2)[0], transport="test").result(timeout=30).code == "AA"
+    assert statuses(db) == {"applied": 3}
