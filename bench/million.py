@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 
 from gateway.config import Settings
 from gateway.db.engine import make_engine, migrate
+from gateway.db.indexing import id_key, id_of, value_key, value_of
 from gateway.db.schema import facts, messages, resource_versions, resources, search_index
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
@@ -47,6 +48,18 @@ KEYED = {
     resource_versions: ("id",),
     search_index: ("id", "value"),
 }
+
+
+#: PostgreSQL's compact ``search_index`` columns (0009): read as text to be keyed, stored as bytes again
+_COMPACT = {"id": (id_of, id_key), "value": (value_of, value_key)}
+
+
+def _as_text(columns: list[str], row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_COMPACT[c][0](bytes(v)) if c in _COMPACT else v for c, v in zip(columns, row, strict=True))
+
+
+def _as_stored(columns: list[str], row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_COMPACT[c][1](v) if c in _COMPACT else v for c, v in zip(columns, row, strict=True))
 
 
 def _pipeline(db: Engine) -> Pipeline:
@@ -67,6 +80,8 @@ def template(db: Engine) -> tuple[dict[str, tuple[list[str], list[tuple[Any, ...
             columns = [c.name for c in table.c if not (c.name == "id" and c.autoincrement is True)]
             cursor.execute(f"SELECT {', '.join(columns)} FROM {table.name}")
             found = [tuple(r) for r in cursor.fetchall()]
+            if table is search_index and db.dialect.name == "postgresql":
+                found = [_as_text(columns, r) for r in found]
             if table is not messages and table is not facts:
                 found = [r for r in found if r[columns.index("id")] not in shared]
             rows[table.name] = (columns, found)
@@ -127,6 +142,8 @@ def fill(db: Engine, patients: int) -> float:
                 statement = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))})"
                 cursor.executemany(statement, batch)
                 continue
+            if name == search_index.name:
+                batch = [_as_stored(columns, row) for row in batch]
             with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:  # PostgreSQL's bulk path
                 for row in batch:
                     copy.write_row(row)

@@ -21,19 +21,23 @@ from sqlalchemy import (
     delete,
     false,
     insert,
+    literal,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
 
 from gateway.clock import as_utc
 from gateway.db import bodies
-from gateway.db.indexing import indexed_param, search_entries, stored_system, system_of
+from gateway.db.indexing import indexed_param, lookup_forms, param_code, search_entries, stored_system, system_of
 from gateway.db.schema import (
     audit_events,
     client_assertions,
     clients,
+    index_id_text,
+    index_reference,
     resources,
     search_index,
     signing_keys,
@@ -74,34 +78,42 @@ class Visibility:
 EVERYTHING = Visibility(everything=True)
 
 
-def indexed_ids(rtype: Any, param: Any, value: Any, *, system: Any = None) -> Select[Any]:
-    """Ids of ``rtype`` indexed under (param, value[, system]): the lookup index's own shape (type, param,
-    value), shared by searches, visibility and follows so that each stays an index lookup."""
-    query = select(search_index.c.id).where(
-        search_index.c.type == rtype, search_index.c.param == param, search_index.c.value == value
+def indexed_ids(code: Any, value: Any, *, system: Any = None) -> Select[Any]:
+    """Ids (as ``resources.id`` holds them) indexed under (code, value[, system]), ``code`` naming a (type,
+    param) pair (``indexing.param_code``): the lookup index's own shape (code, value), shared by searches,
+    visibility and follows so that each stays an index lookup."""
+    query = select(index_id_text(search_index.c.id).label("id")).where(
+        search_index.c.code == code, search_index.c.value == value
     )
     if system is None:
         return query
     return query.where(search_index.c.system == (stored_system(system) if isinstance(system, str) else system))
 
 
+def lookup_ids(code: Any, lookups: Sequence[tuple[Any, Any]]) -> Any:
+    """Ids indexed under ``code`` by any of these (system or None, value) lookups (``indexing.lookup_forms``):
+    one :func:`indexed_ids`, or a UNION ALL of each (an index lookup each)."""
+    parts = [indexed_ids(code, value, system=system) for system, value in lookups]
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
 def _confidential_patients() -> Any:
-    return indexed_ids("Patient", SECURITY_PARAM, "R")
+    return indexed_ids(param_code("Patient", SECURITY_PARAM), "R")
 
 
 def _with_patient(rtype: str, refs: Any) -> ColumnElement[bool]:
     return resources.c.id.in_(
-        select(search_index.c.id).where(
-            search_index.c.type == rtype,
-            search_index.c.param == indexed_param(rtype, "patient"),
+        select(index_id_text(search_index.c.id)).where(
+            search_index.c.code == param_code(rtype, indexed_param(rtype, "patient")),
             search_index.c.value.in_(refs),
         )
     )
 
 
 def _confidential_refs() -> Any:
-    return select(search_index.c.type + "/" + search_index.c.id).where(
-        search_index.c.type == "Patient", search_index.c.param == SECURITY_PARAM, search_index.c.value == "R"
+    """The ``patient`` entry values that name a confidential patient (compared as the index stores them)."""
+    return select(index_reference(literal("Patient"), search_index.c.id)).where(
+        search_index.c.code == param_code("Patient", SECURITY_PARAM), search_index.c.value == "R"
     )
 
 
@@ -141,7 +153,8 @@ class FollowRepo:
         self.conn = conn
 
     def _ids(self, rtype: str, param: str, value: str, *, system: str | None = None) -> list[str]:
-        return [str(r[0]) for r in self.conn.execute(indexed_ids(rtype, param, value, system=system))]
+        query = lookup_ids(param_code(rtype, param), lookup_forms(param, system, value))
+        return list(dict.fromkeys(str(r[0]) for r in self.conn.execute(query)))
 
     def _patients_of(self, rtype: str, ids: Sequence[str]) -> set[str]:
         """The patients of these resources, from their current content by primary key: the index is keyed

@@ -10,8 +10,10 @@ from typing import Any
 
 from sqlalchemy import Connection, String, func, literal, select
 
+from gateway.db.access import lookup_ids
+from gateway.db.indexing import lookup_forms, param_code
 from gateway.db.repo import MessageRecord, _message, utc
-from gateway.db.schema import clients, facts, messages, outbox, search_index, subscriptions
+from gateway.db.schema import clients, facts, messages, outbox, subscriptions
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,9 +62,8 @@ def _messages_of_ipp(ipp: str) -> Any:
 
     Rejected messages recorded no fact, so they are found by sender and control id, not by IPP.
     """
-    patients = select(literal("Patient/", type_=String) + search_index.c.id).where(
-        search_index.c.type == "Patient", search_index.c.param == "identifier", search_index.c.value == ipp
-    )
+    ids = lookup_ids(param_code("Patient", "identifier"), lookup_forms("identifier", None, ipp)).subquery()
+    patients = select(literal("Patient/", type_=String) + ids.c.id)
     return select(facts.c.message_id).where(facts.c.stream.in_(patients))
 
 

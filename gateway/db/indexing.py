@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.canonical import CANONICAL_BASE
 from gateway.mapping.directory import practitioner_of_role
-from gateway.mapping.ids import MEMO_LONGEST, ps_identifier_forms
+from gateway.mapping.ids import MEMO_LONGEST, NATIONAL_LENGTH, NATIONAL_PS, national_ps, ps_identifier_forms
 
 JSON = dict[str, Any]
 Entry = tuple[str, str, str]  # (param, system, value)
@@ -87,9 +87,140 @@ def system_of(stored: str) -> str:
     return stored
 
 
-def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, str]]:
-    """The ``search_index`` rows of these entries, by primary key (type and id aside): a date parameter's
-    instant goes where a token's system does, its value left empty (see ``gateway/db/schema.py``)."""
+#: (type, parameter) of every index entry as the smallint ``search_index.code`` stores, in place of two
+#: text columns (a fifth of each row and of its key). Frozen like ``SYSTEM_CODES``: a code's meaning never
+#: changes once rows use it, a new pair takes the next number, and tests/unit/test_search_params.py pins
+#: the table and checks that every pair the extraction gives for a searchable type has one.
+PARAM_CODES: dict[tuple[str, str], int] = {
+    ("Patient", "identifier"): 1,
+    ("Patient", "active"): 2,
+    ("Patient", "link"): 3,
+    ("Patient", "_security"): 4,
+    ("Encounter", "identifier"): 5,
+    ("Encounter", "subject"): 6,
+    ("Encounter", "part-of"): 7,
+    ("Encounter", "status"): 8,
+    ("Encounter", "date"): 9,
+    ("Encounter", "class"): 10,
+    ("Practitioner", "identifier"): 11,
+    ("PractitionerRole", "identifier"): 12,
+    ("PractitionerRole", "practitioner"): 13,
+    ("PractitionerRole", "organization"): 14,
+    ("Organization", "identifier"): 15,
+    ("Organization", "partof"): 16,
+    ("CareTeam", "identifier"): 17,
+    ("CareTeam", "subject"): 18,
+    ("CareTeam", "participant"): 19,
+    ("CareTeam", "_platform-source"): 20,
+    ("CareTeam", "participant.identifier"): 21,
+    ("CareTeam", "status"): 22,
+    ("CareTeam", "date"): 23,
+    ("CareTeam", "end"): 24,
+    ("CareTeam", "date.end"): 25,
+    ("CareTeam", "participant-start"): 26,
+    ("CareTeam", "participant-end"): 27,
+    ("CommunicationRequest", "identifier"): 28,
+    ("CommunicationRequest", "subject"): 29,
+    ("CommunicationRequest", "patient.identifier"): 30,
+    ("CommunicationRequest", "event-type"): 31,
+    ("CommunicationRequest", "encounter"): 32,
+    ("CommunicationRequest", "status"): 33,
+    ("Subscription", "identifier"): 34,
+    ("Subscription", "status"): 35,
+    ("Subscription", "criteria"): 36,
+    ("Subscription", "url"): 37,
+}
+#: the code a search on a pair without one looks up: no row holds it, so it finds nothing
+NO_CODE = 0
+
+
+def param_code(rtype: str, param: str) -> int:
+    """The ``search_index.code`` of (type, parameter), or :data:`NO_CODE`."""
+    return PARAM_CODES.get((rtype, param), NO_CODE)
+
+
+#: Resource types whose references the PostgreSQL index stores compactly (:func:`value_key`): a byte
+#: 0x80 + position (a byte no UTF-8 text begins with), then the id's bytes. Frozen as the codes above.
+REFERENCE_TYPES: tuple[str, ...] = (
+    "Patient",
+    "Encounter",
+    "Practitioner",
+    "PractitionerRole",
+    "Organization",
+    "CareTeam",
+    "CommunicationRequest",
+    "Subscription",
+)
+_REFERENCE_BYTE = {rtype: 0x80 + i for i, rtype in enumerate(REFERENCE_TYPES)}
+#: the trailing byte of a stored id that is not hex but as long as one that is (no UTF-8 has it)
+_NOT_HEX = b"\xff"
+#: the byte lengths of ids stored as bytes: 32 hex digits (a deterministic id), and 32 + ``-`` + 16 (a
+#: PractitionerRole's, ``gateway/mapping/directory.py``: its practitioner's and its structure's)
+HEX_WIDTHS = (16, 24)
+
+
+def _hex_id(rid: str) -> bytes | None:
+    """The bytes of a deterministic id (32 lowercase hex digits, or those, ``-`` and 16 more), else None."""
+    if len(rid) == 32:
+        digits = rid
+    elif len(rid) == 49 and rid[32] == "-":
+        digits = rid[:32] + rid[33:]
+    else:
+        return None
+    try:
+        raw = bytes.fromhex(digits)
+    except ValueError:
+        return None
+    return raw if raw.hex() == digits else None
+
+
+def id_key(rid: str) -> bytes:
+    """A resource id as the PostgreSQL index stores it: 16 or 24 bytes for a deterministic one, otherwise
+    its UTF-8 text, never of those lengths (``0xFF`` is appended to one that is): the two never meet."""
+    raw = _hex_id(rid)
+    if raw is not None:
+        return raw
+    text = rid.encode()
+    return text + _NOT_HEX if len(text) in HEX_WIDTHS else text
+
+
+def id_of(key: bytes) -> str:
+    """The id :func:`id_key` stored."""
+    if len(key) == 16:
+        return key.hex()
+    if len(key) == 24:
+        return f"{key[:16].hex()}-{key[16:].hex()}"
+    return (key[:-1] if key.endswith(_NOT_HEX) else key).decode()
+
+
+def value_key(value: str) -> bytes:
+    """An entry's value as the PostgreSQL index stores it: a reference to a deterministic id of a type of
+    :data:`REFERENCE_TYPES` as its type's byte then the id's bytes (17 or 25), anything else as UTF-8 text."""
+    rtype, slash, rid = value.partition("/")
+    code = _REFERENCE_BYTE.get(rtype) if slash else None
+    if code is not None:
+        raw = _hex_id(rid)
+        if raw is not None:
+            return bytes((code,)) + raw
+    return value.encode()
+
+
+def value_of(key: bytes) -> str:
+    """The value :func:`value_key` stored."""
+    if key and 0x80 <= key[0] < 0x80 + len(REFERENCE_TYPES):
+        return f"{REFERENCE_TYPES[key[0] - 0x80]}/{id_of(key[1:])}"
+    return key.decode()
+
+
+def reference_byte(rtype: str) -> int:
+    """The first byte of a compact reference to ``rtype`` (:func:`value_key`)."""
+    return _REFERENCE_BYTE[rtype]
+
+
+def text_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[str, str, str], dict[str, str]]:
+    """The rows of these entries as ``search_index`` held them from 0006 to 0008 (type and param as text),
+    by their key (type and id aside): a date parameter's instant goes where a token's system does, its
+    value left empty (see ``gateway/db/schema.py``). Migrations 0006 and 0009's downgrade write these."""
     rows: dict[tuple[str, str, str], dict[str, str]] = {}
     for param, system, value in entries:
         if param in DATE_PARAMS:
@@ -103,6 +234,85 @@ def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[st
             "id": rid,
             "system": qualifier,
         }
+    return rows
+
+
+#: Parameters whose entries hold a professional's national id under each of its three forms (RPPS or
+#: ADELI number, the number under the idNatPs OID, the prefixed idNatPs: ``ps_identifier_forms``).
+FORM_PARAMS = frozenset({"identifier", "participant.identifier"})
+
+
+def _regular_national(system: str, value: str) -> tuple[str, str] | None:
+    """(RPPS or ADELI system, number) when (system, value) is a form of a well-formed national id (ASCII
+    digits of the system's length), else None: the only ids stored under their first form alone."""
+    found = national_ps(system, value)
+    if found is None:
+        return None
+    national, number = found
+    return found if number.isascii() and number.isdigit() and len(number) == NATIONAL_LENGTH[national] else None
+
+
+#: a message's professionals recur in every circle and role it writes
+_known_national = lru_cache(maxsize=1024)(_regular_national)
+
+
+def _spare_forms(entries: list[Entry]) -> set[Entry]:
+    """The entries that another one of the same parameter stands for: the idNatPs OID forms of a
+    well-formed national id whose first (RPPS / ADELI) form is there too. A search finds them through it
+    (:func:`lookup_forms`), so they are not stored: two rows of each professional in each care circle."""
+    spare: set[Entry] = set()
+    present: set[Entry] | None = None
+    for param, system, value in entries:
+        if param not in FORM_PARAMS or len(value) > MEMO_LONGEST:
+            continue
+        found = _known_national(system, value)
+        if found is None or found == (system, value):
+            continue
+        present = set(entries) if present is None else present
+        if (param, *found) in present:
+            spare.add((param, system, value))
+    return spare
+
+
+def lookup_forms(param: str, system: str | None, value: str) -> list[tuple[str | None, str]]:
+    """The (system or None, value) lookups that find what a search on (system, value) found when every
+    form of a national id was stored: itself, and the first form of the national id it is a form of
+    (``8`` + RPPS and ``0`` + ADELI searched without a system are the idNatPs form). One or two."""
+    found: list[tuple[str | None, str]] = [(system, value)]
+    if param not in FORM_PARAMS or len(value) > MEMO_LONGEST:
+        return found
+    if system is not None:
+        national = _known_national(system, value)
+        if national is not None and national != (system, value):
+            found.append(national)
+        return found
+    for national_system, (_code, prefix) in NATIONAL_PS.items():
+        number = value[len(prefix) :]
+        if value.startswith(prefix) and _known_national(national_system, number) == (national_system, number):
+            found.append((national_system, number))
+    return found
+
+
+def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[int, str, str], dict[str, Any]]:
+    """The ``search_index`` rows of these entries, by primary key (id aside): (type, param) as its
+    :data:`PARAM_CODES` code, a date parameter's instant where a token's system goes, its value left empty
+    (see ``gateway/db/schema.py``). An entry of a pair without a code (a type no search is declared for)
+    is not stored: no search could read it; nor is a national id's idNatPs form beside its first form
+    (:func:`_spare_forms`, since 0009)."""
+    rows: dict[tuple[int, str, str], dict[str, Any]] = {}
+    codes = PARAM_CODES
+    entries = list(entries)
+    spare = _spare_forms(entries)
+    for entry in entries:
+        param, system, value = entry
+        code = codes.get((rtype, param))
+        if code is None or (spare and entry in spare):
+            continue
+        if param in DATE_PARAMS:
+            found_by, qualifier = "", value[:WIDTH]
+        else:
+            found_by, qualifier = value[:WIDTH], stored_system(system)[:WIDTH]
+        rows[(code, found_by, qualifier)] = {"code": code, "value": found_by, "id": rid, "system": qualifier}
     return rows
 
 

@@ -36,11 +36,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.clock import as_utc
 from gateway.db import bodies
-from gateway.db.access import Visibility, indexed_ids, visible_clause
+from gateway.db.access import Visibility, lookup_ids, visible_clause
 from gateway.db.cursor import execute as run
-from gateway.db.indexing import indexed_param, search_entries, stored_rows, stored_system
+from gateway.db.indexing import (
+    indexed_param,
+    lookup_forms,
+    param_code,
+    search_entries,
+    stored_rows,
+    stored_system,
+)
 from gateway.db.schema import (
     facts,
+    index_id,
     messages,
     outbox,
     patient_links,
@@ -202,7 +210,7 @@ _VREAD = _versions_of(version=True)
 _HISTORY = _versions_of(version=False)
 #: one entry, by its whole key (there is no index by owner: see ``ResourceRepo._reindex``)
 _DELETE_INDEX = delete(search_index).where(
-    *(search_index.c[name] == bindparam(f"k_{name}") for name in ("type", "param", "value", "id", "system"))
+    *(search_index.c[name] == bindparam(f"k_{name}") for name in ("code", "value", "id", "system"))
 )
 #: An entry already there is left alone (never an error that would reject a message): the index is a
 #: projection, and a row an older extraction wrote must not stop a write.
@@ -808,32 +816,31 @@ class ResourceRepo:
         (param, ``ge`` | ``lt``, bound) comparisons on indexed instants (fixed-width UTC text): some entry
         of the parameter must meet each.
 
-        The first criterion is a one-level ``id IN (ids from the index on type, param, value)``; the others
+        The first criterion is a one-level ``id IN (ids from the index on code, value)``; the others
         are correlated EXISTS. Driving from resources made SQLite scan every resource of the type, a DISTINCT
         derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
-        criteria = [
-            (indexed_param(rtype, param), None if system is None else stored_system(system), value)
-            for param, system, value in criteria
-        ]
+        coded = [_coded_criterion(rtype, param, system, value) for param, system, value in criteria]
         dates = [(indexed_param(rtype, param), op, bound) for param, op, bound in dates]
         order = [(indexed_param(rtype, name), descending) for name, descending in order]
         clause = visible_clause(self.visibility, rtype)
         execute: Callable[[Any, dict[str, Any]], Any]
         if order or updated or dates or clause is not None:
             page_query, count_query = _dynamic_search(
-                rtype, criteria, order=order, updated=updated, clause=clause, dates=dates
+                rtype, coded, order=order, updated=updated, clause=clause, dates=dates
             )
             params: dict[str, Any] = {"limit": limit, "offset": offset}
             # Built for this call: through SQLAlchemy, whose compiled cache knows its shape. The cursor
             # path compiles per statement object, and would compile it anew and crowd out the hot path's.
             execute = self.conn.execute
         else:
-            shape = tuple((param == "_id", system is not None) for param, system, _ in criteria)
+            shape = tuple((code == "_id", tuple(s is not None for s, _ in lookups)) for code, lookups in coded)
             params = {"rtype": rtype, "limit": limit, "offset": offset}
-            for i, (param, system, value) in enumerate(criteria):
-                params.update({f"p{i}": param, f"v{i}": value, f"s{i}": system})
+            for i, (code, lookups) in enumerate(coded):
+                params[f"p{i}"] = code
+                for j, (system, value) in enumerate(lookups):
+                    params.update({f"v{i}_{j}": value, f"s{i}_{j}": system})
             page_query, count_query = _search_statements(shape)
             execute = functools.partial(run, self.conn)
         page = [self._found(r) for r in execute(page_query, params)]
@@ -844,19 +851,43 @@ class ResourceRepo:
         return page, total
 
 
-@functools.lru_cache(maxsize=128)
-def _search_statements(shape: tuple[tuple[bool, bool], ...]) -> tuple[Select[Any], Select[Any]]:
-    """(page, count) statements for criteria of this shape ((is ``_id``, has a system) each), built once.
+#: a search criterion as the index answers it: (the (type, param) code, or ``_id``; its lookups, (stored
+#: system or None, value) each, any of which finds a resource: ``indexing.lookup_forms``)
+Coded = tuple[Any, tuple[tuple[str | None, str], ...]]
 
-    Values are bound as ``p<i>`` (param), ``s<i>`` (system), ``v<i>`` (value), plus ``rtype``, ``limit`` and
-    ``offset``: the refolds search on every message, and building the statement cost more than running it.
+
+def _coded_criterion(rtype: str, param: str, system: str | None, value: str) -> Coded:
+    """A (param, system or None, value) criterion as the index is searched for it: the alias's target's
+    code (``PARAM_CODES``), systems as stored, and a national id's other forms (``lookup_forms``)."""
+    param = indexed_param(rtype, param)
+    if param == "_id":
+        return "_id", ((None, value),)
+    lookups = tuple((None if s is None else stored_system(s), v) for s, v in lookup_forms(param, system, value))
+    return param_code(rtype, param), lookups
+
+
+@functools.lru_cache(maxsize=128)
+def _search_statements(shape: tuple[tuple[bool, tuple[bool, ...]], ...]) -> tuple[Select[Any], Select[Any]]:
+    """(page, count) statements for criteria of this shape ((is ``_id``, has a system per lookup) each),
+    built once.
+
+    Values are bound as ``p<i>`` (the code), ``s<i>_<j>`` (system), ``v<i>_<j>`` (value), plus ``rtype``,
+    ``limit`` and ``offset``: the refolds search on every message, and building the statement cost more
+    than running it.
     """
     rtype: BindParameter[str] = bindparam("rtype")
     bound: list[Criterion] = [
-        (is_id, bindparam(f"p{i}"), bindparam(f"s{i}") if has_system else None, bindparam(f"v{i}"))
-        for i, (is_id, has_system) in enumerate(shape)
+        (
+            is_id,
+            bindparam(f"p{i}"),
+            tuple(
+                (bindparam(f"s{i}_{j}") if has_system else None, bindparam(f"v{i}_{j}"))
+                for j, has_system in enumerate(systems)
+            ),
+        )
+        for i, (is_id, systems) in enumerate(shape)
     ]
-    matching = _matching(select(resources).where(resources.c.type == rtype, resources.c.deleted == 0), rtype, bound)
+    matching = _matching(select(resources).where(resources.c.type == rtype, resources.c.deleted == 0), bound)
     page = (
         matching.order_by(resources.c.last_updated.desc(), resources.c.id)
         .limit(bindparam("limit", type_=Integer))
@@ -865,41 +896,45 @@ def _search_statements(shape: tuple[tuple[bool, bool], ...]) -> tuple[Select[Any
     return page, select(func.count()).select_from(matching.subquery())
 
 
-#: (is ``_id``, param, system or None, value): bound parameters (statements built once) or plain values
-Criterion = tuple[bool, Any, Any, Any]
+#: (is ``_id``, code, lookups: (system or None, value) each): bound parameters (statements built once)
+#: or plain values
+Criterion = tuple[bool, Any, tuple[tuple[Any, Any], ...]]
 
 
-def _matching(matching: Select[Any], rtype: Any, criteria: Sequence[Criterion]) -> Select[Any]:
+def _matching(matching: Select[Any], criteria: Sequence[Criterion]) -> Select[Any]:
     """``matching`` narrowed by each criterion, the same for statements built once and per request.
 
-    The first criterion drives the query from the index (type, param, value): the plan stays an index
-    lookup however large the store grows, on SQLite and PostgreSQL alike; the others are correlated EXISTS.
+    The first criterion drives the query from the index (code, value): the plan stays an index lookup (one
+    per lookup of the criterion, in a UNION ALL) however large the store grows, on SQLite and PostgreSQL
+    alike; the others are correlated EXISTS (OR-ed per lookup).
     """
     driving = True
-    for is_id, param, system, value in criteria:
+    for is_id, code, lookups in criteria:
         if is_id:
-            matching = matching.where(resources.c.id == value)
+            matching = matching.where(resources.c.id == lookups[0][1])
             continue
         if driving:
-            matching = matching.where(resources.c.id.in_(indexed_ids(rtype, param, value, system=system)))
+            matching = matching.where(resources.c.id.in_(lookup_ids(code, lookups)))
             driving = False
             continue
-        entry = search_index.alias()
-        matching = matching.where(
-            exists().where(
-                entry.c.type == rtype,
-                entry.c.param == param,
-                entry.c.value == value,
-                entry.c.id == resources.c.id,
-                *([entry.c.system == system] if system is not None else []),
+        found = []
+        for system, value in lookups:
+            entry = search_index.alias()
+            found.append(
+                exists().where(
+                    entry.c.code == code,
+                    entry.c.value == value,
+                    entry.c.id == index_id(resources.c.id),
+                    *([entry.c.system == system] if system is not None else []),
+                )
             )
-        )
+        matching = matching.where(or_(*found))
     return matching
 
 
 def _dynamic_search(
     rtype: str,
-    criteria: Sequence[tuple[str, str | None, str]],
+    criteria: Sequence[Coded],
     *,
     order: Sequence[tuple[str, bool]],
     updated: Sequence[tuple[str, datetime]],
@@ -912,18 +947,16 @@ def _dynamic_search(
     matching = select(resources).where(resources.c.type == rtype, resources.c.deleted == 0)
     if clause is not None:
         matching = matching.where(clause)
-    inline = [(param == "_id", param, system, value) for param, system, value in criteria]
-    matching = _matching(matching, rtype, inline)
+    matching = _matching(matching, [(code == "_id", code, lookups) for code, lookups in criteria])
     for op, bound in updated:
         matching = matching.where(resources.c.last_updated >= bound if op == "ge" else resources.c.last_updated < bound)
     for param, op, bound_text in dates:
         entry = search_index.alias()  # a date's instant is in ``system``, keyed by owner (schema.py)
         matching = matching.where(
             exists().where(
-                entry.c.type == rtype,
-                entry.c.param == param,
+                entry.c.code == param_code(rtype, param),
                 entry.c.value == "",
-                entry.c.id == resources.c.id,
+                entry.c.id == index_id(resources.c.id),
                 entry.c.system >= bound_text if op == "ge" else entry.c.system < bound_text,
             )
         )
@@ -947,7 +980,11 @@ def _sort_keys(rtype: str, order: Sequence[tuple[str, bool]]) -> list[Any]:
             entry = search_index.alias()
             column = (
                 select(func.min(entry.c.system))
-                .where(entry.c.type == rtype, entry.c.param == name, entry.c.value == "", entry.c.id == resources.c.id)
+                .where(
+                    entry.c.code == param_code(rtype, name),
+                    entry.c.value == "",
+                    entry.c.id == index_id(resources.c.id),
+                )
                 .scalar_subquery()
             )
             keys.append(column.is_(None))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -10,11 +13,20 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
     text,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from gateway.db.indexing import id_key, id_of, reference_byte, value_key, value_of
+from gateway.mapping.ids import MEMO_LONGEST
 
 metadata = MetaData(
     naming_convention={
@@ -25,6 +37,27 @@ metadata = MetaData(
 )
 
 ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
+
+
+class HexDigest(TypeDecorator[str]):
+    """A SHA-256 as the code reads it (64 hex digits), stored as its 32 bytes (since 0009): ``bytea`` on
+    PostgreSQL; on SQLite the declared type stays text, which keeps a BLOB as it is given, and a row
+    still holding hex text is read as it is."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return dialect.type_descriptor(LargeBinary() if dialect.name == "postgresql" else String(64))
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> bytes | None:
+        return None if value is None else bytes.fromhex(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None or isinstance(value, str):
+            return value
+        return bytes(value).hex()
+
 
 #: Every message received, whatever its outcome: the raw bytes are the source of truth and replayable.
 #: Since 0006 new rows keep them (and the ACK) deflated in ``body``, ``raw`` left empty.
@@ -40,7 +73,7 @@ messages = Table(
     Column("message_type", String(16), nullable=False, default=""),
     Column("trigger_event", String(16), nullable=False, default=""),
     Column("event_time", DateTime(timezone=True), nullable=True),
-    Column("content_sha256", String(64), nullable=False),
+    Column("content_sha256", HexDigest(), nullable=False),
     Column("raw", LargeBinary, nullable=False),
     Column("outcome", String(2), nullable=False),
     Column("status", String(16), nullable=False),  # applied | duplicate | rejected | error | replayed
@@ -105,23 +138,191 @@ resource_versions = Table(
     Column("body", LargeBinary, nullable=True),
 )
 
+
+class _Compact(TypeDecorator[str]):
+    """Text in the code, and on SQLite; on PostgreSQL the column is ``bytea`` holding the text's compact
+    form (``gateway/db/indexing.py``): SQLite keeps text, whose joins with ``resources.id`` need no
+    conversion (it has no ``decode(…, 'hex')``), and its store met the target before."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def __init__(self, length: int) -> None:
+        super().__init__()
+        self.length = length
+
+    @staticmethod
+    def _key(value: str) -> bytes:
+        raise NotImplementedError
+
+    @staticmethod
+    def _text(key: bytes) -> str:
+        raise NotImplementedError
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return dialect.type_descriptor(LargeBinary() if dialect.name == "postgresql" else String(self.length))
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        if dialect.name != "postgresql":
+            return None
+        key, known = self._key, _KNOWN[type(self)]
+
+        def keyed(value: str | None) -> bytes | None:  # bytes go to psycopg as bytea as they are
+            if value is None:
+                return None
+            return known(value) if len(value) <= MEMO_LONGEST else key(value)
+
+        return keyed
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> Any:
+        if dialect.name != "postgresql":
+            return None
+        decoded = self._text
+        return lambda value: None if value is None else decoded(bytes(value))
+
+
+class IndexId(_Compact):
+    """``search_index.id``: on PostgreSQL 16 bytes for a deterministic id, 24 for a PractitionerRole's
+    (:func:`gateway.db.indexing.id_key`)."""
+
+    cache_ok = True
+
+    @staticmethod
+    def _key(value: str) -> bytes:
+        return id_key(value)
+
+    @staticmethod
+    def _text(key: bytes) -> str:
+        return id_of(key)
+
+
+class IndexValue(_Compact):
+    """``search_index.value``: on PostgreSQL 17 bytes for a reference to a deterministic id (25 to a
+    PractitionerRole's) (:func:`gateway.db.indexing.value_key`)."""
+
+    cache_ok = True
+
+    @staticmethod
+    def _key(value: str) -> bytes:
+        return value_key(value)
+
+    @staticmethod
+    def _text(key: bytes) -> str:
+        return value_of(key)
+
+
+#: each type's keying, memoized: a message binds each of its ids and references several times
+_KNOWN: dict[type[_Compact], Any] = {
+    IndexId: lru_cache(maxsize=2048)(id_key),
+    IndexValue: lru_cache(maxsize=2048)(value_key),
+}
+
+
+class index_id(FunctionElement[Any]):
+    """``search_index.id`` as it holds a ``resources.id`` expression (a correlated probe of the index)."""
+
+    inherit_cache = True
+    name = "index_id"
+
+
+class index_id_text(FunctionElement[Any]):
+    """The ``resources.id`` a ``search_index.id`` expression holds (``resources.id IN (…)``)."""
+
+    type = String()
+    inherit_cache = True
+    name = "index_id_text"
+
+
+class index_reference(FunctionElement[Any]):
+    """The ``search_index.value`` of a reference to ``Type/<the id>`` from a ``search_index.id``
+    expression; the type is the first argument, a literal string."""
+
+    inherit_cache = True
+    name = "index_reference"
+
+
+@compiles(index_id)
+@compiles(index_id_text)
+def _id_as_is(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
+    return compiler.process(next(iter(element.clauses)), **kw)
+
+
+@compiles(index_reference)
+def _reference_as_text(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
+    rtype, rid = list(element.clauses)
+    return f"({compiler.process(rtype, **kw)} || '/' || {compiler.process(rid, **kw)})"
+
+
+#: PostgreSQL's ``convert_to`` / ``convert_from`` are STABLE (they read the server's encoding), and an
+#: ``IN`` over a stable expression made the planner scan a type's resources instead of probing them by
+#: id: 0009 wraps them in IMMUTABLE functions (the database's encoding never changes under a store).
+PG_FUNCTIONS = {
+    "gateway_utf8(text)": "RETURNS bytea AS $$ SELECT convert_to($1, 'UTF8') $$",
+    "gateway_text(bytea)": "RETURNS text AS $$ SELECT convert_from($1, 'UTF8') $$",
+}
+
+
+@compiles(index_id, "postgresql")
+def _pg_index_id(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
+    """:func:`gateway.db.indexing.id_key` in SQL."""
+    x = compiler.process(next(iter(element.clauses)), **kw)
+    return (
+        f"(CASE WHEN {x} ~ '^[0-9a-f]{{32}}$' THEN decode({x}, 'hex')"
+        f" WHEN {x} ~ '^[0-9a-f]{{32}}-[0-9a-f]{{16}}$' THEN decode(replace({x}, '-', ''), 'hex')"
+        f" WHEN octet_length({x}) IN (16, 24) THEN gateway_utf8({x}) || '\\xff'::bytea"
+        f" ELSE gateway_utf8({x}) END)"
+    )
+
+
+def _pg_id_text(x: str) -> str:
+    """:func:`gateway.db.indexing.id_of` in SQL."""
+    return (
+        f"(CASE WHEN length({x}) = 16 THEN encode({x}, 'hex')"
+        f" WHEN length({x}) = 24 THEN encode(substring({x} from 1 for 16), 'hex') || '-'"
+        f" || encode(substring({x} from 17), 'hex')"
+        f" WHEN get_byte({x}, length({x}) - 1) = 255"
+        f" THEN gateway_text(substring({x} from 1 for length({x}) - 1))"
+        f" ELSE gateway_text({x}) END)"
+    )
+
+
+@compiles(index_id_text, "postgresql")
+def _pg_index_id_text(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
+    return _pg_id_text(compiler.process(next(iter(element.clauses)), **kw))
+
+
+@compiles(index_reference, "postgresql")
+def _pg_index_reference(element: Any, compiler: SQLCompiler, **kw: Any) -> str:
+    """:func:`gateway.db.indexing.value_key` of ``Type/<id>`` in SQL."""
+    rtype_clause, rid = list(element.clauses)
+    rtype = str(rtype_clause.value)
+    x = compiler.process(rid, **kw)
+    return (
+        f"(CASE WHEN length({x}) IN (16, 24) THEN '\\x{reference_byte(rtype):02x}'::bytea || {x}"
+        f" ELSE gateway_utf8('{rtype}/' || {_pg_id_text(x)}) END)"
+    )
+
+
 #: Search parameters of current versions, one row per (parameter, value) a resource is found by.
 #: The primary key is the lookup itself, and on SQLite the table is ``WITHOUT ROWID``: the rows are
 #: stored once, in the lookup's order, instead of a table plus two indexes (48 % of the store before
 #: 0006). There is no index by owner: a write deletes exactly the entries of the version it replaces,
 #: recomputed from that version (``ResourceRepo._reindex``).
 #:
+#: ``code`` is the (type, parameter) pair (``gateway/db/indexing.py`` ``PARAM_CODES``); on PostgreSQL
+#: ``id`` and ``value`` are stored compactly (:class:`IndexId`, :class:`IndexValue`), since 0009: the
+#: index was 58 % of a PostgreSQL store, 274 bytes an entry.
+#:
 #: A date parameter (``gateway/db/indexing.py`` ``DATE_PARAMS``) is only ever compared for a resource
 #: already found (``CareTeam?date=ge…`` beside other criteria, ``_sort=date``), never looked up by its
-#: instant: its ``value`` is empty and the instant is in ``system``, so that (type, param, '', id) is a
+#: instant: its ``value`` is empty and the instant is in ``system``, so that (code, '', id) is a
 #: key prefix and the comparison a probe on it.
 search_index = Table(
     "search_index",
     metadata,
-    Column("type", String(64), primary_key=True),
-    Column("param", String(64), primary_key=True),
-    Column("value", String(255), primary_key=True),  # empty for a date parameter
-    Column("id", String(64), primary_key=True),
+    Column("code", SmallInteger, primary_key=True, autoincrement=False),
+    Column("value", IndexValue(255), primary_key=True),  # empty for a date parameter
+    Column("id", IndexId(64), primary_key=True),
     Column("system", String(255), primary_key=True, default=""),  # a token's system; a date's instant
     sqlite_with_rowid=False,
 )

@@ -14,8 +14,9 @@ from sqlalchemy import Engine, insert, inspect, select, text
 from gateway.clock import as_utc
 from gateway.db import bodies
 from gateway.db.engine import alembic_config, migrate
+from gateway.db.indexing import PARAM_CODES, search_entries, stored_rows, text_rows
 from gateway.db.repo import FactRepo, MessageRepo, ResourceRepo
-from gateway.db.schema import messages, metadata, resource_versions, resources
+from gateway.db.schema import messages, metadata, resource_versions, resources, search_index
 from gateway.errors import StartupError
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
@@ -82,26 +83,31 @@ def _move(db: Engine, revision: str, *, down: bool = False) -> None:
         (command.downgrade if down else command.upgrade)(cfg, revision)
 
 
-def _answers(db: Engine) -> dict[str, Any]:
+def _answers(db: Engine, *, everything: bool = True) -> dict[str, Any]:
     """What the store answers: every resource and its history, searches through the index (a lookup, a
-    second criterion, a date comparison and sort), each stream's facts, and the duplicate check."""
+    second criterion, a date comparison and sort), each stream's facts, and the duplicate check. Below
+    0009 (the index's old shape) and 0008 (every version in ``resource_versions``) this code can read only
+    the facts and the duplicate check: ``everything=False``."""
     out: dict[str, Any] = {}
     with db.connect() as conn:
         repo, facts, sent = ResourceRepo(conn), FactRepo(conn), MessageRepo(conn)
         for rtype, rid in conn.execute(
             select(resources.c.type, resources.c.id).order_by(resources.c.type, resources.c.id)
         ):
-            out[f"{rtype}/{rid}"] = [(r.version_id, r.content) for r in repo.history(rtype, rid)]
             out[f"facts {rtype}/{rid}"] = facts.of(f"{rtype}/{rid}")
+            if not everything:
+                continue
+            out[f"{rtype}/{rid}"] = [(r.version_id, r.content) for r in repo.history(rtype, rid)]
             if rtype == "Patient":
                 ref = f"Patient/{rid}"
                 for criteria in ([("patient", None, ref)], [("patient", None, ref), ("status", None, "finished")]):
                     found, total = repo.search("Encounter", criteria, limit=50, order=[("date", True)])
                     out[f"search {criteria}"] = ([r.id for r in found], total)
-        found, total = repo.search(
-            "CareTeam", [("status", None, "active")], limit=50, dates=[("date", "ge", "2026-01-01")]
-        )
-        out["careteams"] = (sorted(r.id for r in found), total)
+        if everything:
+            found, total = repo.search(
+                "CareTeam", [("status", None, "active")], limit=50, dates=[("date", "ge", "2026-01-01")]
+            )
+            out["careteams"] = (sorted(r.id for r in found), total)
         keys = conn.execute(select(messages.c.sending_application, messages.c.sending_facility, messages.c.control_id))
         out["applied"] = sorted(
             (control, record.id if record else None)
@@ -112,27 +118,30 @@ def _answers(db: Engine) -> dict[str, Any]:
 
 
 def test_0007_keeps_what_a_store_with_data_answers(db: Engine, mapping_engine: MappingEngine) -> None:
-    """A store filled at 0006 answers the same after 0007 (and after going back down and up again); 0007
-    only changes which indexes exist."""
+    """A store filled (at head), taken down to 0006, answers the same after 0007 (and after going back
+    down and up again); 0007 only changes which indexes exist: those of the facts and the duplicate check,
+    which is what this code can still read at 0006 and 0007. Back at head, everything answers the same."""
+    pipeline = Pipeline(engine=mapping_engine, db=db)
+    for i in range(4):
+        stay = {"ipp": f"77{i:04d}", "visit": f"V-77{i}"}
+        admit = Adt(control_id=f"M{i}-A", movement=f"MA{i}", **stay)
+        discharge = Adt(trigger="A03", control_id=f"M{i}-D", movement=f"MD{i}", event_time="20260302100000",
+                        discharge_time="20260302100000", **stay)  # fmt: skip
+        for message in (admit, discharge):
+            assert pipeline.ingest(message.bytes(), transport="t").code == "AA"
+    before = _answers(db)
+    searches = [v for k, v in before.items() if k.startswith("search")]
+    assert len(searches) == 8 and all(total > 0 for _, total in searches) and before["careteams"][1] > 0
     _move(db, "0006_compact_store", down=True)
     try:
-        pipeline = Pipeline(engine=mapping_engine, db=db)
-        for i in range(4):
-            stay = {"ipp": f"77{i:04d}", "visit": f"V-77{i}"}
-            admit = Adt(control_id=f"M{i}-A", movement=f"MA{i}", **stay)
-            discharge = Adt(trigger="A03", control_id=f"M{i}-D", movement=f"MD{i}", event_time="20260302100000",
-                            discharge_time="20260302100000", **stay)  # fmt: skip
-            for message in (admit, discharge):
-                assert pipeline.ingest(message.bytes(), transport="t").code == "AA"
-        before = _answers(db)
-        searches = [v for k, v in before.items() if k.startswith("search")]
-        assert len(searches) == 8 and all(total > 0 for _, total in searches) and before["careteams"][1] > 0
+        at_0006 = _answers(db, everything=False)
+        assert at_0006 == {k: v for k, v in before.items() if k.startswith(("facts", "applied"))}
         _move(db, "0007_narrow_indexes")
-        assert _answers(db) == before
+        assert _answers(db, everything=False) == at_0006
         indexes = {i["name"]: i["column_names"] for i in inspect(db).get_indexes("facts")}
         assert indexes["ix_facts_stream"] == ["stream"]
         _move(db, "0006_compact_store", down=True)
-        assert _answers(db) == before
+        assert _answers(db, everything=False) == at_0006
     finally:
         _move(db, "head")
     assert _answers(db) == before
@@ -185,8 +194,9 @@ def _version_rows(db: Engine) -> list[tuple[Any, ...]]:
 
 def _fill_at_0007(db: Engine, mapping_engine: MappingEngine) -> None:
     """Stays admitted, moved, renamed and discharged through the pipeline (several versions each), a
-    resource deleted and one written again after its deletion, then the current rows added to
-    ``resource_versions`` as 0007's code wrote them (this branch's code writes only the replaced ones)."""
+    resource deleted and one written again after its deletion (at head: this code writes the search index
+    of 0009); going down to 0007 then adds the current rows to ``resource_versions``, as 0007's code wrote
+    them (``tests`` below check that row for row)."""
     pipeline = Pipeline(engine=mapping_engine, db=db)
     for i in range(3):
         stay = {"ipp": f"88{i:04d}", "visit": f"V-88{i}"}
@@ -210,24 +220,21 @@ def _fill_at_0007(db: Engine, mapping_engine: MappingEngine) -> None:
         repo.write({**org, "name": "CH C"}, now=now, index=[])
         encounter = conn.execute(select(resources.c.id).where(resources.c.type == "Encounter")).scalars().first()
         assert repo.delete("Encounter", str(encounter), now=now)
-    columns = "type, id, version_id, last_updated, deleted, content, body"
-    with db.begin() as conn:
-        conn.execute(text(f"INSERT INTO resource_versions ({columns}) SELECT {columns} FROM resources"))
 
 
 def test_0008_keeps_every_version_each_body_once(db: Engine, mapping_engine: MappingEngine) -> None:
-    """A store filled at 0007 (every version in ``resource_versions``, the current one too) answers the
+    """A store at 0007 (every version in ``resource_versions``, the current one too) answers the
     same history and version reads after 0008, after going back down to 0007 and after 0008 again; at
     0008 ``resource_versions`` holds no current version, and going down restores it row for row."""
+    _fill_at_0007(db, mapping_engine)
+    answers = _answers(db)
+    with db.connect() as conn:
+        current = {
+            f"{t}/{i}": v for t, i, v in conn.execute(select(resources.c.type, resources.c.id, resources.c.version_id))
+        }
     _move(db, "0007_narrow_indexes", down=True)
     try:
-        _fill_at_0007(db, mapping_engine)
         before, rows_before = _versions_at_0007(db), _version_rows(db)
-        with db.connect() as conn:
-            current = {
-                f"{t}/{i}": v
-                for t, i, v in conn.execute(select(resources.c.type, resources.c.id, resources.c.version_id))
-            }
         assert {key: [v[0] for v in found] for key, found in before.items()} == {
             key: list(range(version, 0, -1)) for key, version in current.items()
         }
@@ -236,10 +243,70 @@ def test_0008_keeps_every_version_each_body_once(db: Engine, mapping_engine: Map
         _move(db, "0008_versions_replaced")
         assert _versions_now(db) == before
         assert len(_version_rows(db)) == len(rows_before) - len(current)
-        answers = _answers(db)
         _move(db, "0007_narrow_indexes", down=True)
         assert _versions_at_0007(db) == before and _version_rows(db) == rows_before
     finally:
         _move(db, "head")
     assert _versions_now(db) == before
     assert _answers(db) == answers
+
+
+def _index_rows(db: Engine, *, coded: bool) -> set[tuple[Any, ...]]:
+    """``search_index`` as (type, param, value, id, system), read from either shape: text before 0009, the
+    (type, param) code and (on PostgreSQL) bytes from 0009 (read through the declared column types)."""
+    pairs = {code: pair for pair, code in PARAM_CODES.items()}
+    with db.connect() as conn:
+        if coded:
+            columns = [search_index.c[n] for n in ("code", "value", "id", "system")]
+            return {(*pairs[c], v, i, s) for c, v, i, s in conn.execute(select(*columns))}
+        return {tuple(r) for r in conn.execute(text("SELECT type, param, value, id, system FROM search_index"))}
+
+
+def test_0009_keeps_every_index_entry_digest_and_what_searches_answer(
+    db: Engine, mapping_engine: MappingEngine
+) -> None:
+    """A store filled at head, taken down to 0008 (the index as text, the layout of 0006) and up again:
+    down gives exactly the rows 0008's extraction wrote (``text_rows``: every form of a national id), up
+    exactly those 0009's writes (``stored_rows``), each rebuilt from every current resource, and every
+    search, history and duplicate check answers the same; each message's digest is 32 bytes at 0009, its
+    64 hex digits at 0008, the same digest throughout."""
+    _fill_at_0007(db, mapping_engine)
+    before, rows = _answers(db), _index_rows(db, coded=True)
+    assert len(rows) > 50 and any(k.startswith("search") and v[1] for k, v in before.items())
+    pairs = {code: pair for pair, code in PARAM_CODES.items()}
+    expected: set[tuple[Any, ...]] = set()
+    old: set[tuple[Any, ...]] = set()
+    with db.connect() as conn:
+        for current in ResourceRepo(conn).current():
+            entries = search_entries(current.content)
+            old |= {tuple(r.values()) for r in text_rows(current.type, current.id, entries).values()}
+            expected |= {
+                (*pairs[r["code"]], r["value"], r["id"], r["system"])
+                for r in stored_rows(current.type, current.id, entries).values()
+            }
+    assert rows == expected and expected < old  # the idNatPs forms of the professionals are not stored
+    digests = _digests(db)
+    assert len(digests) >= 12 and all(len(d) == 64 for d in digests.values())
+    assert _widths(db) == {32}
+    _move(db, "0008_versions_replaced", down=True)
+    try:
+        assert _index_rows(db, coded=False) == old
+        assert _widths(db) == {64}
+        with db.connect() as conn:
+            assert dict(conn.execute(text("SELECT id, content_sha256 FROM messages")).all()) == digests
+    finally:
+        _move(db, "head")
+    assert _index_rows(db, coded=True) == rows
+    assert _digests(db) == digests and _widths(db) == {32}
+    assert _answers(db) == before
+
+
+def _digests(db: Engine) -> dict[int, str]:
+    with db.connect() as conn:
+        return dict(conn.execute(select(messages.c.id, messages.c.content_sha256)).all())  # type: ignore[arg-type]
+
+
+def _widths(db: Engine) -> set[int]:
+    """The bytes each stored ``content_sha256`` takes: 32 from 0009, 64 hex digits before."""
+    with db.connect() as conn:
+        return {int(n) for (n,) in conn.execute(text("SELECT DISTINCT length(content_sha256) FROM messages"))}

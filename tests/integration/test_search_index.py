@@ -14,17 +14,18 @@ from pathlib import Path
 
 import orjson
 from alembic import command
-from sqlalchemy import Connection, Engine, inspect, select, text
+from sqlalchemy import Connection, Engine, inspect, literal, select, text
 
 from gateway.auth.authorities import MINTED_PREFIX
 from gateway.db import bodies
 from gateway.db.access import systems_starting
 from gateway.db.engine import alembic_config
-from gateway.db.indexing import ALIASES, DATE_PARAMS, search_entries, stored_rows
+from gateway.db.indexing import ALIASES, DATE_PARAMS, PARAM_CODES, id_key, search_entries, stored_rows, value_key
 from gateway.db.repo import ResourceRepo
-from gateway.db.schema import resources, search_index
+from gateway.db.schema import IndexId, index_id, index_id_text, index_reference, resources, search_index
 from gateway.mapping.engine import Engine as MappingEngine
 from gateway.pipeline import Pipeline
+from tests.unit.test_search_params import IDS
 
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "fixtures" / "adt"
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
@@ -46,9 +47,13 @@ def _feed(db: Engine, mapping_engine: MappingEngine) -> None:
         assert repo.delete("CareTeam", team.id, now=NOW)
 
 
+_PAIRS = {code: pair for pair, code in PARAM_CODES.items()}
+
+
 def _stored(conn: Connection) -> set[tuple[str, ...]]:
-    columns = [search_index.c[n] for n in ("type", "param", "value", "id", "system")]
-    return {tuple(r) for r in conn.execute(select(*columns))}
+    """Every row as (type, param, value, id, system): its code read back as the pair it stands for."""
+    columns = [search_index.c[n] for n in ("code", "value", "id", "system")]
+    return {(*_PAIRS[code], value, rid, system) for code, value, rid, system in conn.execute(select(*columns))}
 
 
 def _expected(conn: Connection) -> set[tuple[str, ...]]:
@@ -57,7 +62,7 @@ def _expected(conn: Connection) -> set[tuple[str, ...]]:
         m = row._mapping
         resource = orjson.loads(bodies.decode(bytes(m["body"])) if m["body"] is not None else m["content"])
         for r in stored_rows(m["type"], m["id"], search_entries(resource)).values():
-            out.add((r["type"], r["param"], r["value"], r["id"], r["system"]))
+            out.add((*_PAIRS[r["code"]], r["value"], r["id"], r["system"]))
     return out
 
 
@@ -70,6 +75,45 @@ def test_the_index_is_what_the_current_resources_extract(db: Engine, mapping_eng
     assert expected - stored == set(), "missing entries: a search would not find the resource"
 
 
+def test_postgresql_stores_ids_and_references_as_bytes(db: Engine, mapping_engine: MappingEngine) -> None:
+    """On PostgreSQL a deterministic id takes 16 bytes of the index, a reference to one 17, and a search
+    by such a reference still finds its resources (SQLite keeps text)."""
+    _feed(db, mapping_engine)
+    if db.dialect.name != "postgresql":
+        return
+    with db.connect() as conn:
+        widths = conn.execute(text("SELECT octet_length(id), count(*) FROM search_index GROUP BY 1")).all()
+        refs = conn.execute(
+            text("SELECT octet_length(value), count(*) FROM search_index WHERE code = :c GROUP BY 1"),
+            {"c": PARAM_CODES["Encounter", "subject"]},
+        ).all()
+        (encounter,) = [r for r in ResourceRepo(conn).current() if r.type == "Encounter"][:1]
+        subject = encounter.content["subject"]["reference"]
+        found, _ = ResourceRepo(conn).search("Encounter", [("patient", None, subject)], limit=100)
+    assert dict(widths).get(16, 0) > 100 and refs == [(17, sum(n for _, n in refs))]
+    assert encounter.id in {r.id for r in found}
+
+
+def test_the_sql_keys_are_the_python_ones(db: Engine) -> None:
+    """``index_id``, ``index_id_text`` and ``index_reference`` (SQL, on PostgreSQL ``CASE``s) give what
+    ``indexing.id_key`` / ``value_key`` store and ``id_of`` reads, for ids of every shape."""
+    ids = [*IDS, "Z" * 64]
+    with db.connect() as conn:
+        for rid in ids:
+            stored = select(literal(rid, IndexId(64)).label("id")).subquery()  # bound as the column binds it
+            key, back, ref = conn.execute(
+                select(
+                    index_id(literal(rid)),
+                    index_id_text(stored.c.id),
+                    index_reference(literal("Patient"), stored.c.id),
+                )
+            ).one()
+            if db.dialect.name == "postgresql":
+                assert (bytes(key), back, bytes(ref)) == (id_key(rid), rid, value_key(f"Patient/{rid}")), rid
+            else:
+                assert (key, back, ref) == (rid, rid, f"Patient/{rid}")
+
+
 def test_minted_systems_are_found_by_their_prefix(db: Engine, mapping_engine: MappingEngine) -> None:
     """Systems are stored under codes; the operator's list of minted systems still reads them whole."""
     _feed(db, mapping_engine)
@@ -77,7 +121,7 @@ def test_minted_systems_are_found_by_their_prefix(db: Engine, mapping_engine: Ma
         minted = systems_starting(conn, MINTED_PREFIX)
         everything = systems_starting(conn, "")
     assert minted and all(s.startswith(MINTED_PREFIX) for s in minted)
-    assert "urn:oid:1.2.250.1.71.4.2.1" in everything and not any(s.startswith("~") for s in everything)
+    assert "https://rpps.esante.gouv.fr" in everything and not any(s.startswith("~") for s in everything)
 
 
 def _migrate(db: Engine, revision: str, *, down: bool = False) -> None:
@@ -134,7 +178,9 @@ def test_an_entry_already_there_does_not_reject_the_write(db: Engine) -> None:
     the index is a projection, and it must never stop a message."""
     patient = {"resourceType": "Patient", "id": "p-dup", "active": True}
     with db.begin() as conn:
-        conn.execute(search_index.insert().values(type="Patient", param="active", value="true", id="p-dup", system=""))
+        conn.execute(
+            search_index.insert().values(code=PARAM_CODES["Patient", "active"], value="true", id="p-dup", system="")
+        )
     with db.begin() as conn:
         ResourceRepo(conn).put(patient, now=NOW, index=search_entries(patient))
     with db.connect() as conn:

@@ -237,7 +237,7 @@ def test_an_engine_with_quick_retries_still_writes(settings: Settings) -> None:
     db = make_engine(settings, quick_lock_retry=True)
     try:
         with transaction(db) as conn:
-            conn.execute(insert(search_index).values(type="Patient", id="p-1", param="active", system="", value="true"))
+            conn.execute(insert(search_index).values(code=2, id="p-1", system="", value="true"))
         with db.connect() as conn:
             assert conn.execute(text("SELECT count(*) FROM search_index")).scalar() == 1
     finally:

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from gateway.db import bodies
-from gateway.db.indexing import ALIASES, Entry, search_entries, stored_rows
+from gateway.db.indexing import ALIASES, Entry, search_entries, text_rows
 
 revision = "0006_compact_store"
 down_revision = "0005_sessions"
@@ -63,7 +63,7 @@ def reindex_all(bind: Any) -> int:
     rows: list[dict[str, str]] = []
     written = 0
     for rtype, rid, resource in _current(bind):
-        rows += stored_rows(rtype, rid, search_entries(resource)).values()
+        rows += text_rows(rtype, rid, search_entries(resource)).values()
         if len(rows) >= 10 * BATCH:
             written += _flush(bind, index, rows)
     return written + _flush(bind, index, rows)
