@@ -52,7 +52,9 @@ MAX_ATTEMPTS = 3
 #: connection waits for its ACK before sending the next message.
 MAX_GROUP = 64
 #: Messages committed together by :meth:`Pipeline.ingest_groups` (``gateway import``), which has them all at
-#: hand: a quarter of the commits (and fsyncs) of groups of 64, for a transaction of a few MB of WAL.
+#: hand: on SQLite a quarter of the commits (and fsyncs) of groups of 64, for a transaction of a few MB of
+#: WAL. PostgreSQL imported slower with 256 (77 / 77 against 87 / 91 msg/s for groups of 64, interleaved,
+#: ``bench/import_files.py --messages 2000``): it keeps ``MAX_GROUP``.
 IMPORT_GROUP = 256
 #: Writer threads on PostgreSQL when GATEWAY_INGEST_WRITERS does not say (see :meth:`Pipeline.start_writer`).
 DEFAULT_PG_WRITERS = 4
@@ -527,9 +529,10 @@ class Pipeline:
     def ingest_groups(
         self, raws: Sequence[bytes], *, transport: str, size: int | None = None
     ) -> Iterator[list[Outcome]]:
-        """:meth:`ingest_many`, group by group (``IMPORT_GROUP`` messages), each group's outcomes once it is
-        committed, so that ``gateway import`` shows its progress."""
-        size = size or IMPORT_GROUP
+        """:meth:`ingest_many`, group by group (``IMPORT_GROUP`` messages on SQLite, ``MAX_GROUP`` on
+        PostgreSQL), each group's outcomes once it is committed, so that ``gateway import`` shows its
+        progress."""
+        size = size or (IMPORT_GROUP if self.db.dialect.name == "sqlite" else MAX_GROUP)
         for offset in range(0, len(raws), size):
             yield self._commit_reads(self._read_all(raws[offset : offset + size], transport))
 
