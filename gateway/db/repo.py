@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -58,6 +58,38 @@ from gateway.db.schema import (
     subscriptions,
 )
 from gateway.errors import StorageConflictError
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Recent(Generic[K, V]):
+    """The last ``size`` values kept by key, the oldest dropped first: what the unit of work parsed or
+    computed from a stored body or text, which determines it, so that an entry is never stale.
+
+    Used for resource contents (:data:`_PARSED`: a message reads again the doctors, units and hospital
+    every message names, and what the previous message wrote, its stay, patient and circle; parsing a body
+    cost ~7 µs), fact payloads and index entries. The values are shared by every unit of work that reads
+    the same body, as the identity map shares them within one: the ingest path reads stored contents and
+    writes new dicts, never changing one in place. Only the unit of work's repositories use them
+    (``cached``); the API's reads parse their own copy. Threads share them without a lock (a dict's get
+    and set are atomic under the GIL).
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._values: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        return self._values.get(key)
+
+    def keep(self, key: K, value: V) -> None:
+        values = self._values
+        values[key] = value
+        if len(values) > self._size:
+            with contextlib.suppress(KeyError, RuntimeError):  # another thread may have changed it meanwhile
+                del values[next(iter(values))]
+
 
 JSON = dict[str, Any]
 #: search index entries of a resource: (param, system, value)
@@ -378,7 +410,7 @@ class FactRepo:
     repo's own writes: for the unit of work, whose stream locks guarantee no one else writes those streams
     meanwhile. Its reads hand back payloads parsed once per text (:data:`_FACT_PAYLOADS`), shared by every
     unit of work that reads the same fact, read only: the folds build new dicts from them, never change one
-    in place (as resource contents are shared, see ``_Parsed``). Without ``cached``, each read parses anew."""
+    in place (as resource contents are shared, see :class:`_Recent`). Without ``cached``, each read parses anew."""
 
     def __init__(self, conn: Connection, *, cached: bool = False) -> None:
         self.conn = conn
@@ -458,18 +490,15 @@ class FactRepo:
 
 
 #: fact text → its payload, parsed once: a stay's facts are folded again on every message about it, and a
-#: patient's on every message about him (a bounded number, the oldest dropped first, like ``_Parsed``)
-_FACT_PAYLOADS: dict[bytes | str, JSON] = {}
-FACT_PAYLOADS = 512
+#: patient's on every message about him (a bounded number, the oldest dropped first, see :class:`_Recent`)
+_FACT_PAYLOADS: _Recent[bytes | str, JSON] = _Recent(512)
 
 
 def _fact_payload(text: bytes | str) -> JSON:
     payload = _FACT_PAYLOADS.get(text)
     if payload is None:
-        payload = _FACT_PAYLOADS[text] = orjson.loads(text)
-        if len(_FACT_PAYLOADS) > FACT_PAYLOADS:
-            with contextlib.suppress(KeyError, RuntimeError):  # another thread may have changed it meanwhile
-                del _FACT_PAYLOADS[next(iter(_FACT_PAYLOADS))]
+        payload = orjson.loads(text)
+        _FACT_PAYLOADS.keep(text, payload)
     return payload
 
 
@@ -756,10 +785,7 @@ class ResourceRepo:
         )
         if self._seen is not None:
             _PARSED.keep(deflated, body)  # the next message reads it back (its stay, patient, circle)
-            _ENTRIES[deflated] = tuple(index)  # and rewrites its index entries from these (see _reindex)
-            if len(_ENTRIES) > PARSED_BODIES:
-                with contextlib.suppress(KeyError, RuntimeError):
-                    del _ENTRIES[next(iter(_ENTRIES))]
+            _ENTRIES.keep(deflated, tuple(index))  # and rewrites its index entries from these (see _reindex)
         self._remember((rtype, rid), stored)
         return stored, current
 
@@ -1025,35 +1051,9 @@ def _stored_values(rtype: str, rid: str, values: dict[str, Any], *, content: JSO
     )
 
 
-class _Parsed:
-    """The content of the resource bodies the unit of work wrote or read last, by their stored bytes, as
-    :class:`gateway.db.bodies._Inflated` keeps their text: a message reads again the doctors, units and
-    hospital every message names, and what the previous message wrote (its stay, patient and circle);
-    parsing a body cost ~7 µs. A body's bytes determine its content, so an entry is never stale.
-
-    The dicts are shared by every unit of work that reads the same body, as the identity map shares them
-    within one: the ingest path reads stored contents and writes new dicts, never changing one in place.
-    Only the unit of work's repositories use it (``cached``); the API's reads parse their own copy.
-    """
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._contents: dict[bytes, JSON] = {}
-
-    def get(self, body: bytes) -> JSON | None:
-        return self._contents.get(body)
-
-    def keep(self, body: bytes, content: JSON) -> None:
-        contents = self._contents
-        contents[body] = content
-        if len(contents) > self._size:
-            with contextlib.suppress(KeyError, RuntimeError):  # another thread may have changed it meanwhile
-                del contents[next(iter(contents))]
-
-
 #: the index entries of the bodies the unit of work wrote lately, by their stored bytes: the next version's
 #: rewrite of the index needs the previous one's entries (a body's bytes determine them, as its content)
-_ENTRIES: dict[bytes, tuple[tuple[str, str, str], ...]] = {}
+_ENTRIES: _Recent[bytes, tuple[tuple[str, str, str], ...]] = _Recent(256)
 
 
 def _entries_before(previous: StoredResource) -> IndexEntries:
@@ -1064,9 +1064,8 @@ def _entries_before(previous: StoredResource) -> IndexEntries:
     return known if known is not None else search_entries(previous.content)
 
 
-#: how many contents :class:`_Parsed` keeps (a few messages' worth of resources)
-PARSED_BODIES = 256
-_PARSED = _Parsed(PARSED_BODIES)
+#: resource contents by stored body (a few messages' worth of resources)
+_PARSED: _Recent[bytes, JSON] = _Recent(256)
 
 
 def _stored(row: Any, *, shared: bool = False) -> StoredResource:
