@@ -604,8 +604,10 @@ class ResourceRepo:
         self._locked: set[tuple[str, str]] = set()
         #: version rows not inserted yet (cached repo only; see :meth:`flush`)
         self._versions: list[dict[str, Any]] | None = [] if cached else None
-        #: new resources' rows not inserted yet, by (type, id) (cached repo only; see :meth:`flush`)
+        #: new resources' rows not inserted yet, and the optimistic UPDATEs of the others (their new row and
+        #: the version expected), by (type, id) (cached repo only; see :meth:`flush`)
         self._inserts: dict[tuple[str, str], dict[str, Any]] | None = {} if cached else None
+        self._updates: dict[tuple[str, str], dict[str, Any]] | None = {} if cached else None
         #: index rows to delete and to insert, by their whole key: each key in one of them at most, the
         #: last change made to it (cached repo only; see :meth:`_reindex`)
         self._gone: dict[tuple[str, int, str, str], dict[str, Any]] = {}
@@ -646,8 +648,8 @@ class ResourceRepo:
         key = (rtype, rid)
         if self._seen is not None and key in self._seen and (not locked or key in self._locked):
             return self._seen[key]
-        if locked and self._inserts and key in self._inserts:
-            self.flush()  # a row this unit inserts is read locked from the store: inserted first
+        if locked and self._pending:
+            self.flush()  # a row this unit writes is read locked from the store: written first
         row = run(self.conn, _GET_RESOURCE_LOCKED if locked else _GET_RESOURCE, {"rtype": rtype, "rid": rid}).first()
         found = _stored(row, shared=self._seen is not None) if row else None
         self._remember(key, found, locked=locked)
@@ -706,29 +708,34 @@ class ResourceRepo:
         resources, the replaced versions, the index rows gone and those added. The unit of work calls it
         once a message's refolds are done, inside that message's transaction (or SAVEPOINT), so that they
         commit or roll back with the rest of the message; a search of a type with rows held back, ``exists``,
-        ``vread``, ``history`` and a locked read of a resource inserted here flush first.
+        ``vread``, ``history`` and a locked read flush first.
 
-        A new resource's INSERT held back until here meets a concurrent writer's as it would have at the
-        write: the unique key refuses it (``StorageConflictError`` through ``translated``)."""
-        if self._inserts:
-            rows = list(self._inserts.values())
-            self._inserts = {}
-            run(self.conn, _INSERT_RESOURCE, rows if len(rows) > 1 else rows[0])
-        if self._versions:
-            rows, self._versions = self._versions, []
-            run(self.conn, _INSERT_VERSION, rows if len(rows) > 1 else rows[0])
-        if self._gone:
-            gone = [
-                {"k_code": r["code"], "k_value": r["value"], "k_id": r["id"], "k_system": r["system"]}
-                for r in self._gone.values()
-            ]
-            self._gone = {}
-            run(self.conn, _DELETE_INDEX, gone)
-        if self._added:
-            added = list(self._added.values())
-            self._added = {}
-            run(self.conn, _INSERT_INDEX[self.conn.dialect.name], added)
+        What was held back until here meets a concurrent writer's as it would have at the write: the unique
+        key refuses a second INSERT of a new resource (``StorageConflictError`` through ``translated``), and
+        an UPDATE over a version another writer has replaced matches no row (``StorageConflictError``)."""
+        if not self._pending and not self._versions:
+            return
+        # taken out first: after a conflict below nothing of it is written again (the unit is abandoned)
+        inserts, updates = list((self._inserts or {}).values()), list((self._updates or {}).values())
+        versions, gone, added = self._versions or [], list(self._gone.values()), list(self._added.values())
+        self._inserts, self._updates, self._versions = {}, {}, []
+        self._gone, self._added = {}, {}
         self._pending.clear()
+        if inserts:
+            run(self.conn, _INSERT_RESOURCE, inserts if len(inserts) > 1 else inserts[0])
+        # each UPDATE matches one row at most (the primary key): fewer than all, a concurrent writer's version
+        matched = run(self.conn, _UPDATE_RESOURCE, updates if len(updates) > 1 else updates[0]) if updates else None
+        if matched is not None and matched.rowcount != len(updates):
+            raise StorageConflictError("a resource changed since it was read (concurrent writer)")
+        if versions:
+            run(self.conn, _INSERT_VERSION, versions if len(versions) > 1 else versions[0])
+        if gone:
+            keys = [
+                {"k_code": r["code"], "k_value": r["value"], "k_id": r["id"], "k_system": r["system"]} for r in gone
+            ]
+            run(self.conn, _DELETE_INDEX, keys)
+        if added:
+            run(self.conn, _INSERT_INDEX[self.conn.dialect.name], added)
 
     def _keep_replaced(self, replaced: StoredResource) -> None:
         """``replaced``, which a write or delete has just overwritten in ``resources``, into
@@ -788,7 +795,9 @@ class ResourceRepo:
         Optimistic: the resource is read without a lock and updated only over the version read, so an
         unchanged resource (most of a message's doctors and units) is never locked, and two gateways
         writing the same one cannot deadlock. A concurrent writer's version (or insert) makes this raise
-        :class:`StorageConflictError`, and the message is applied again from a fresh read.
+        :class:`StorageConflictError` (in a unit of work: its :meth:`flush`, which runs the unit's UPDATEs
+        together, before its transaction or SAVEPOINT ends), and the message is applied again from a fresh
+        read.
 
         Callers that compare versions (topics) get the previous one from the same read. ``index`` may be a
         function that computes the entries: it is called only when a version is written (most writes of a
@@ -806,19 +815,26 @@ class ResourceRepo:
         body["meta"] = {"versionId": str(version), "lastUpdated": fhir_instant(now), **meta}
         deflated = packed(body)
         values = {"version_id": version, "last_updated": now, "deleted": 0, "content": "", "body": deflated}
-        inserts = self._inserts
-        if inserts is not None and (current is None or (rtype, rid) in inserts):
-            # new to the store: its row waits for flush (the identity map answers reads of it meanwhile);
-            # written again in the same unit, the held-back row becomes the newer version
-            inserts[(rtype, rid)] = {"type": rtype, "id": rid, **values}
-            self._pending.add(rtype)
+        inserts, updates = self._inserts, self._updates
+        if inserts is not None and updates is not None:
+            # a unit of work: the row waits for flush (the identity map answers reads of it meanwhile); one
+            # written again in the same unit becomes the newer version of the held-back row, whose UPDATE
+            # still expects the version the unit read from the store
+            key = (rtype, rid)
+            if current is None or key in inserts:
+                inserts[key] = {"type": rtype, "id": rid, **values}
+            else:
+                held = updates.get(key)
+                expected = held["expected"] if held is not None else current.version_id
+                updates[key] = {"rtype": rtype, "rid": rid, "expected": expected, **values}
             if current is not None:
                 self._keep_replaced(current)
+            self._pending.add(rtype)
         elif current is None:
             run(self.conn, _INSERT_RESOURCE, {"type": rtype, "id": rid, **values})
         else:
-            key = {"rtype": rtype, "rid": rid, "expected": current.version_id}
-            if run(self.conn, _UPDATE_RESOURCE, {**key, **values}).rowcount != 1:
+            where = {"rtype": rtype, "rid": rid, "expected": current.version_id}
+            if run(self.conn, _UPDATE_RESOURCE, {**where, **values}).rowcount != 1:
                 raise StorageConflictError(f"{rtype} changed since it was read (concurrent writer)")
             self._keep_replaced(current)
         rows = self._reindex(rtype, rid, stored_rows(rtype, rid, index), previous=current)

@@ -190,3 +190,45 @@ def test_a_locked_read_of_a_held_back_resource_finds_it(db: Engine) -> None:
         found = uow.resources.get("Organization", "org-l", for_update=True)
         assert found is not None and found.version_id == 1
         assert uow.resources.exists("Organization", "org-l")
+
+
+def test_a_concurrent_update_of_a_resource_read_is_a_conflict_at_the_flush(db: Engine) -> None:
+    """The held-back UPDATEs run together at the flush, each over the version its unit read: one that
+    another gateway replaced meanwhile matches no row, and the unit is refused, whatever the others did."""
+    if db.dialect.name != "postgresql":
+        pytest.skip("SQLite: one writer at a time, nothing to race")
+    with unit_of_work(db) as uow:
+        for rid in ("org-u1", "org-u2"):
+            write(uow.resources, org(rid, "1"))
+    with pytest.raises(StorageConflictError), unit_of_work(db) as late:
+        late.resources.preload([("Organization", "org-u1"), ("Organization", "org-u2")])
+        with unit_of_work(db) as first:
+            write(first.resources, org("org-u2", "2", name="first"))
+        write(late.resources, org("org-u1", "3", name="late"))
+        write(late.resources, org("org-u2", "3", name="late"))
+        write(late.resources, org("org-u2", "4", name="late again"))
+    with db.connect() as conn:
+        repo = ResourceRepo(conn)
+        assert [(v.version_id, v.content["name"]) for v in repo.history("Organization", "org-u1")] == [(1, "CH")]
+        newest = repo.history("Organization", "org-u2")[0]
+        assert (newest.version_id, newest.content["name"]) == (2, "first")
+        assert rows_of(conn, "org-u2") == expected_rows(org("org-u2", "2"))
+
+
+def test_updates_are_one_statement_at_the_flush(db: Engine, counted: list[str]) -> None:
+    with unit_of_work(db) as uow:
+        for rid in ("org-v1", "org-v2"):
+            write(uow.resources, org(rid, "1"))
+    with unit_of_work(db) as uow:
+        uow.resources.preload([("Organization", "org-v1"), ("Organization", "org-v2")])
+        counted.clear()
+        write(uow.resources, org("org-v1", "1", name="B"))
+        write(uow.resources, org("org-v2", "1", name="B"))
+        write(uow.resources, org("org-v2", "1", name="C"))
+        assert counted == []
+        uow.flush()
+        assert counted == ["UPDATE resources SET", "INSERT INTO resource_versions"]
+    with db.connect() as conn:
+        repo = ResourceRepo(conn)
+        assert [v.version_id for v in repo.history("Organization", "org-v2")] == [3, 2, 1]
+        assert [v.content["name"] for v in repo.history("Organization", "org-v1")] == ["B", "CH"]
