@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import functools
 import hashlib
 import threading
@@ -78,7 +78,9 @@ class _Recent(Generic[K, V]):
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._values: dict[K, V] = {}
+        #: ordered by insertion: ``popitem(last=False)`` drops the oldest in constant time, where a dict's
+        #: ``next(iter(...))`` first walks past the slots its earlier deletions left
+        self._values: collections.OrderedDict[K, V] = collections.OrderedDict()
 
     def get(self, key: K) -> V | None:
         return self._values.get(key)
@@ -87,8 +89,10 @@ class _Recent(Generic[K, V]):
         values = self._values
         values[key] = value
         if len(values) > self._size:
-            with contextlib.suppress(KeyError, RuntimeError):  # another thread may have changed it meanwhile
-                del values[next(iter(values))]
+            try:
+                values.popitem(last=False)
+            except KeyError:  # another thread emptied it meanwhile
+                return
 
 
 JSON = dict[str, Any]
@@ -705,7 +709,8 @@ class ResourceRepo:
 
     def flush(self) -> None:
         """Write what the unit of work held back since the last flush, one statement each: the new
-        resources, the replaced versions, the index rows gone and those added. The unit of work calls it
+        resources, the UPDATEs of the others, the replaced versions, the index rows gone and those added
+        (the unit's searches find the resources it wrote, and each row once). The unit of work calls it
         once a message's refolds are done, inside that message's transaction (or SAVEPOINT), so that they
         commit or roll back with the rest of the message; a search of a type with rows held back, ``exists``,
         ``vread``, ``history`` and a locked read flush first.
