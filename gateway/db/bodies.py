@@ -16,7 +16,9 @@ the right size) and a checksum (as deflate's adler32 did: a damaged body fails i
 
 Codecs 1 and 2 (zlib deflate, 8 KiB window, against their own dictionaries) are read forever and written
 no more: rows written with them stay as they are, no migration rewrites them, and a store holds both
-kinds side by side. The level is not part of either format (any level inflates the same way).
+kinds side by side. The level is not part of either format (any level inflates the same way). The other
+way does not work: a gateway from before codecs 3 and 4 refuses their rows ("unknown codec"), and the
+schema's revision did not change with them, so no older instance may run on a store this one wrote.
 """
 
 from __future__ import annotations
