@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import functools
 import hashlib
 import threading
@@ -78,7 +78,9 @@ class _Recent(Generic[K, V]):
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._values: dict[K, V] = {}
+        #: ordered by insertion: ``popitem(last=False)`` drops the oldest in constant time, where a dict's
+        #: ``next(iter(...))`` first walks past the slots its earlier deletions left
+        self._values: collections.OrderedDict[K, V] = collections.OrderedDict()
 
     def get(self, key: K) -> V | None:
         return self._values.get(key)
@@ -87,13 +89,17 @@ class _Recent(Generic[K, V]):
         values = self._values
         values[key] = value
         if len(values) > self._size:
-            with contextlib.suppress(KeyError, RuntimeError):  # another thread may have changed it meanwhile
-                del values[next(iter(values))]
+            try:
+                values.popitem(last=False)
+            except KeyError:  # another thread emptied it meanwhile
+                return
 
 
 JSON = dict[str, Any]
 #: search index entries of a resource: (param, system, value)
 IndexEntries = Sequence[tuple[str, str, str]]
+#: a resource's ``search_index`` rows by key (id aside): :func:`gateway.db.indexing.stored_rows`
+IndexRows = dict[tuple[int, str, str], dict[str, Any]]
 
 
 #: SQLite hands back naive datetimes (stored as UTC): every read goes through this.
@@ -602,6 +608,16 @@ class ResourceRepo:
         self._locked: set[tuple[str, str]] = set()
         #: version rows not inserted yet (cached repo only; see :meth:`flush`)
         self._versions: list[dict[str, Any]] | None = [] if cached else None
+        #: new resources' rows not inserted yet, and the optimistic UPDATEs of the others (their new row and
+        #: the version expected), by (type, id) (cached repo only; see :meth:`flush`)
+        self._inserts: dict[tuple[str, str], dict[str, Any]] | None = {} if cached else None
+        self._updates: dict[tuple[str, str], dict[str, Any]] | None = {} if cached else None
+        #: index rows to delete and to insert, by their whole key: each key in one of them at most, the
+        #: last change made to it (cached repo only; see :meth:`_reindex`)
+        self._gone: dict[tuple[str, int, str, str], dict[str, Any]] = {}
+        self._added: dict[tuple[str, int, str, str], dict[str, Any]] = {}
+        #: the resource types whose rows (resources or index) wait for :meth:`flush`: a search of one flushes
+        self._pending: set[str] = set()
 
     def _heard(self, interaction: str, rtype: str, found: Sequence[StoredResource]) -> None:
         if self.audit is not None:
@@ -612,6 +628,7 @@ class ResourceRepo:
 
     def exists(self, rtype: str, rid: str) -> bool:
         """Whether the resource exists and is visible (no content read, nothing audited)."""
+        self.flush()
         query = select(resources.c.id).where(resources.c.type == rtype, resources.c.id == rid)
         clause = visible_clause(self.visibility, rtype)
         if clause is not None:
@@ -635,6 +652,8 @@ class ResourceRepo:
         key = (rtype, rid)
         if self._seen is not None and key in self._seen and (not locked or key in self._locked):
             return self._seen[key]
+        if locked and self._pending:
+            self.flush()  # a row this unit writes is read locked from the store: written first
         row = run(self.conn, _GET_RESOURCE_LOCKED if locked else _GET_RESOURCE, {"rtype": rtype, "rid": rid}).first()
         found = _stored(row, shared=self._seen is not None) if row else None
         self._remember(key, found, locked=locked)
@@ -685,16 +704,43 @@ class ResourceRepo:
 
     def current(self) -> list[StoredResource]:
         """Every resource not deleted, unfiltered (``gateway convert``'s throw-away store)."""
+        self.flush()
         return [_stored(r) for r in self.conn.execute(select(resources).where(resources.c.deleted == 0))]
 
     def flush(self) -> None:
-        """Insert the replaced versions held back since the last flush, in one statement: the unit of work
-        calls it once a message's refolds are done, inside that message's transaction (or SAVEPOINT), so
-        the versions commit or roll back with the resources that replaced them."""
-        if not self._versions:
+        """Write what the unit of work held back since the last flush, one statement each: the new
+        resources, the UPDATEs of the others, the replaced versions, the index rows gone and those added
+        (the unit's searches find the resources it wrote, and each row once). The unit of work calls it
+        once a message's refolds are done, inside that message's transaction (or SAVEPOINT), so that they
+        commit or roll back with the rest of the message; a search of a type with rows held back, ``exists``,
+        ``vread``, ``history`` and a locked read flush first.
+
+        What was held back until here meets a concurrent writer's as it would have at the write: the unique
+        key refuses a second INSERT of a new resource (``StorageConflictError`` through ``translated``), and
+        an UPDATE over a version another writer has replaced matches no row (``StorageConflictError``)."""
+        if not self._pending and not self._versions:
             return
-        rows, self._versions = self._versions, []
-        run(self.conn, _INSERT_VERSION, rows if len(rows) > 1 else rows[0])
+        # taken out first: after a conflict below nothing of it is written again (the unit is abandoned)
+        inserts, updates = list((self._inserts or {}).values()), list((self._updates or {}).values())
+        versions, gone, added = self._versions or [], list(self._gone.values()), list(self._added.values())
+        self._inserts, self._updates, self._versions = {}, {}, []
+        self._gone, self._added = {}, {}
+        self._pending.clear()
+        if inserts:
+            run(self.conn, _INSERT_RESOURCE, inserts if len(inserts) > 1 else inserts[0])
+        # each UPDATE matches one row at most (the primary key): fewer than all, a concurrent writer's version
+        matched = run(self.conn, _UPDATE_RESOURCE, updates if len(updates) > 1 else updates[0]) if updates else None
+        if matched is not None and matched.rowcount != len(updates):
+            raise StorageConflictError("a resource changed since it was read (concurrent writer)")
+        if versions:
+            run(self.conn, _INSERT_VERSION, versions if len(versions) > 1 else versions[0])
+        if gone:
+            keys = [
+                {"k_code": r["code"], "k_value": r["value"], "k_id": r["id"], "k_system": r["system"]} for r in gone
+            ]
+            run(self.conn, _DELETE_INDEX, keys)
+        if added:
+            run(self.conn, _INSERT_INDEX[self.conn.dialect.name], added)
 
     def _keep_replaced(self, replaced: StoredResource) -> None:
         """``replaced``, which a write or delete has just overwritten in ``resources``, into
@@ -754,7 +800,9 @@ class ResourceRepo:
         Optimistic: the resource is read without a lock and updated only over the version read, so an
         unchanged resource (most of a message's doctors and units) is never locked, and two gateways
         writing the same one cannot deadlock. A concurrent writer's version (or insert) makes this raise
-        :class:`StorageConflictError`, and the message is applied again from a fresh read.
+        :class:`StorageConflictError` (in a unit of work: its :meth:`flush`, which runs the unit's UPDATEs
+        together, before its transaction or SAVEPOINT ends), and the message is applied again from a fresh
+        read.
 
         Callers that compare versions (topics) get the previous one from the same read. ``index`` may be a
         function that computes the entries: it is called only when a version is written (most writes of a
@@ -772,25 +820,41 @@ class ResourceRepo:
         body["meta"] = {"versionId": str(version), "lastUpdated": fhir_instant(now), **meta}
         deflated = packed(body)
         values = {"version_id": version, "last_updated": now, "deleted": 0, "content": "", "body": deflated}
-        if current is None:
+        inserts, updates = self._inserts, self._updates
+        if inserts is not None and updates is not None:
+            # a unit of work: the row waits for flush (the identity map answers reads of it meanwhile); one
+            # written again in the same unit becomes the newer version of the held-back row, whose UPDATE
+            # still expects the version the unit read from the store
+            key = (rtype, rid)
+            if current is None or key in inserts:
+                inserts[key] = {"type": rtype, "id": rid, **values}
+            else:
+                held = updates.get(key)
+                expected = held["expected"] if held is not None else current.version_id
+                updates[key] = {"rtype": rtype, "rid": rid, "expected": expected, **values}
+            if current is not None:
+                self._keep_replaced(current)
+            self._pending.add(rtype)
+        elif current is None:
             run(self.conn, _INSERT_RESOURCE, {"type": rtype, "id": rid, **values})
         else:
-            key = {"rtype": rtype, "rid": rid, "expected": current.version_id}
-            if run(self.conn, _UPDATE_RESOURCE, {**key, **values}).rowcount != 1:
+            where = {"rtype": rtype, "rid": rid, "expected": current.version_id}
+            if run(self.conn, _UPDATE_RESOURCE, {**where, **values}).rowcount != 1:
                 raise StorageConflictError(f"{rtype} changed since it was read (concurrent writer)")
             self._keep_replaced(current)
-        self._reindex(rtype, rid, index, previous=current)
+        rows = self._reindex(rtype, rid, stored_rows(rtype, rid, index), previous=current)
         stored = StoredResource(
             type=rtype, id=rid, version_id=version, last_updated=now, content=body, columns=("", deflated)
         )
         if self._seen is not None:
             _PARSED.keep(deflated, body)  # the next message reads it back (its stay, patient, circle)
-            _ENTRIES.keep(deflated, tuple(index))  # and rewrites its index entries from these (see _reindex)
+            _ROWS.keep(deflated, rows)  # and rewrites its index rows from these (see _reindex)
         self._remember((rtype, rid), stored)
         return stored, current
 
     def delete(self, rtype: str, rid: str, *, now: datetime) -> bool:
         """FHIR delete: a new version marked deleted; reads then answer 410 and searches skip it."""
+        self.flush()  # the row updated below must be in the store
         current = self.get(rtype, rid, for_update=True)
         if current is None or current.deleted:
             return False
@@ -799,29 +863,41 @@ class ResourceRepo:
         values = {"version_id": version, "last_updated": now, "deleted": 1, "content": content, "body": body}
         self.conn.execute(update(resources).where(resources.c.type == rtype, resources.c.id == rid).values(**values))
         self._keep_replaced(current)
-        self._reindex(rtype, rid, [], previous=current)
+        self._reindex(rtype, rid, {}, previous=current)
         self._remember((rtype, rid), _stored_values(rtype, rid, values, content=current.content))
         return True
 
-    def _reindex(
-        self, rtype: str, rid: str, index: Sequence[tuple[str, str, str]], *, previous: StoredResource | None
-    ) -> None:
-        """Rewrite only the entries that changed: those of ``previous`` (recomputed from its content, which
-        is what they were written from) that ``index`` lacks are deleted by key, the new ones inserted.
+    def _reindex(self, rtype: str, rid: str, new: IndexRows, *, previous: StoredResource | None) -> IndexRows:
+        """Rewrite only the index rows that changed: those of ``previous`` (as written from its content)
+        that ``new`` lacks are deleted by key, the new ones inserted; returns ``new``.
 
-        ``index`` is ``search_entries`` of the content written (every caller passes that). The index has
-        no by-owner index to delete from, which is what keeps it one B-tree; a change to what
+        ``new`` is ``stored_rows`` of ``search_entries`` of the content written (every caller passes that).
+        The index has no by-owner index to delete from, which is what keeps it one B-tree; a change to what
         ``gateway/db/indexing.py`` extracts therefore comes with a migration that rebuilds the index
         (``reindex_all``; ``INDEX_FINGERPRINT`` in tests/unit/test_search_params.py fails until then).
+
+        In a unit of work the changes wait for :meth:`flush`, netted by key (the last change to a row is
+        the one made), so that a message's index rows are two statements at most, not two per write.
         """
-        before = _entries_before(previous) if previous and not previous.deleted else []
-        old, new = stored_rows(rtype, rid, before), stored_rows(rtype, rid, index)
-        gone = [{f"k_{k}": v for k, v in old[key].items()} for key in old.keys() - new.keys()]
-        if gone:
-            run(self.conn, _DELETE_INDEX, gone)
-        added = [new[key] for key in new.keys() - old.keys()]
-        if added:
-            run(self.conn, _INSERT_INDEX[self.conn.dialect.name], added)
+        old = _rows_before(previous) if previous and not previous.deleted else {}
+        gone, added = old.keys() - new.keys(), new.keys() - old.keys()
+        if self._seen is None:  # outside a unit of work: at once
+            if gone:
+                run(self.conn, _DELETE_INDEX, [{f"k_{k}": v for k, v in old[key].items()} for key in gone])
+            if added:
+                run(self.conn, _INSERT_INDEX[self.conn.dialect.name], [new[key] for key in added])
+            return new
+        if gone or added:
+            self._pending.add(rtype)
+        for key in gone:
+            full = (rid, *key)
+            self._added.pop(full, None)
+            self._gone[full] = old[key]
+        for key in added:
+            full = (rid, *key)
+            self._gone.pop(full, None)  # deleted and inserted again: the insert alone leaves the same row
+            self._added[full] = new[key]
+        return new
 
     def search(
         self,
@@ -847,6 +923,8 @@ class ResourceRepo:
         derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
+        if self._pending and (rtype in self._pending or self.visibility is not None):
+            self.flush()  # what this unit wrote of the type (rows and index) is in the store before it is read
         coded = [_coded_criterion(rtype, param, system, value) for param, system, value in criteria]
         dates = [(indexed_param(rtype, param), op, bound) for param, op, bound in dates]
         order = [(indexed_param(rtype, name), descending) for name, descending in order]
@@ -1051,17 +1129,19 @@ def _stored_values(rtype: str, rid: str, values: dict[str, Any], *, content: JSO
     )
 
 
-#: the index entries of the bodies the unit of work wrote lately, by their stored bytes: the next version's
-#: rewrite of the index needs the previous one's entries (a body's bytes determine them, as its content)
-_ENTRIES: _Recent[bytes, tuple[tuple[str, str, str], ...]] = _Recent(256)
+#: the index rows of the bodies the unit of work wrote lately, by their stored bytes: the next version's
+#: rewrite of the index needs the previous one's rows (a body's bytes determine them, as its content)
+_ROWS: _Recent[bytes, IndexRows] = _Recent(256)
 
 
-def _entries_before(previous: StoredResource) -> IndexEntries:
-    """``search_entries`` of a version about to be replaced: kept since its write when this process wrote
-    it lately (a stay's discharge replaces what its admission wrote), else computed from its content."""
+def _rows_before(previous: StoredResource) -> IndexRows:
+    """The index rows of a version about to be replaced: kept since its write when this process wrote it
+    lately (a stay's discharge replaces what its admission wrote), else computed from its content."""
     body = previous.columns[1] if previous.columns is not None else None
-    known = _ENTRIES.get(body) if body is not None else None
-    return known if known is not None else search_entries(previous.content)
+    known = _ROWS.get(body) if body is not None else None
+    if known is not None:
+        return known
+    return stored_rows(previous.type, previous.id, search_entries(previous.content))
 
 
 #: resource contents by stored body (a few messages' worth of resources)

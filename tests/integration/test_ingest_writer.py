@@ -175,8 +175,9 @@ def test_a_write_over_a_stale_read_is_a_conflict_not_an_overwrite(db: Engine, pi
             with unit_of_work(db) as other:
                 changed = {**current.content, "active": False}
                 other.resources.write(changed, now=NOW, index=[])
-            with pytest.raises(StorageConflictError):
+            with pytest.raises(StorageConflictError):  # at the unit's flush, which runs its UPDATEs together
                 stale.resources.write({**current.content, "gender": "other"}, now=NOW, index=[])
+                stale.flush()
         else:
             written, previous = stale.resources.write({**current.content, "gender": "other"}, now=NOW, index=[])
             assert previous is current and written.version_id == current.version_id + 1
