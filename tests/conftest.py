@@ -8,6 +8,7 @@ it cannot be reached the PostgreSQL tests are skipped, except under ``CI=true``,
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,26 +74,63 @@ def pg_database() -> Iterator[str]:
         admin.dispose()
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite store migrated once for the session: each test's store is a copy of this file.
+
+    Migrating runs alembic (~40 ms of CPU a store); copying the file takes a fraction of a millisecond and
+    gives the same schema and ``alembic_version`` (tests/integration/test_migrations.py migrates its own).
+    """
+    path = tmp_path_factory.mktemp("sqlite-template") / "gateway.db"
+    engine = make_engine(Settings(database_url=f"sqlite:///{path}"))
+    migrate(engine)
+    engine.dispose()  # the last connection closed checkpoints the WAL into the file and removes it
+    leftovers = [p.name for p in path.parent.iterdir() if p != path]
+    assert not leftovers, f"the migrated template left {leftovers} beside it"
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_cleaner(pg_database: str) -> Iterator[Engine]:
+    """One engine for the session's emptying of the PostgreSQL database (not one connection per test)."""
+    engine = make_engine(Settings(database_url=pg_database))
+    yield engine
+    engine.dispose()
+
+
+#: The tables a test may have written, with the sequences they own: a table with any page on disk (a row
+#: rolled back leaves one too), or one whose sequence has been drawn from.
+_WRITTEN = """
+SELECT t.relname FROM pg_class t
+WHERE t.relnamespace = current_schema()::regnamespace AND t.relkind = 'r' AND t.relname = ANY(:tables)
+  AND (pg_relation_size(t.oid) > 0 OR EXISTS (
+    SELECT 1 FROM pg_depend d JOIN pg_class q ON q.oid = d.objid AND q.relkind = 'S'
+    JOIN pg_sequences s ON s.schemaname = current_schema() AND s.sequencename = q.relname
+    WHERE d.refobjid = t.oid AND s.last_value IS NOT NULL))
+"""
+
+
 def _truncate(engine: Engine) -> None:
-    names = ", ".join(t.name for t in metadata.sorted_tables)
+    """``TRUNCATE … RESTART IDENTITY`` of the tables a test wrote: the same empty store as truncating every
+    table, at the cost of those written only (TRUNCATE takes ~5 ms a table on the server)."""
+    tables = [t.name for t in metadata.sorted_tables]
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY"))
+        written = list(conn.execute(text(_WRITTEN), {"tables": tables}).scalars())
+        if written:
+            conn.execute(text(f"TRUNCATE {', '.join(written)} RESTART IDENTITY CASCADE"))
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty store: a new SQLite file, or the session's PostgreSQL database emptied."""
+    """A migrated, empty store: a copy of the session's migrated SQLite file, or the session's PostgreSQL
+    database emptied."""
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'gateway.db'}"
-        engine = make_engine(Settings(database_url=url))
-        migrate(engine)
-        engine.dispose()
-        yield url
+        path = tmp_path / "gateway.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
     url = request.getfixturevalue("pg_database")
-    engine = make_engine(Settings(database_url=url))
-    _truncate(engine)
-    engine.dispose()
+    _truncate(request.getfixturevalue("pg_cleaner"))
     yield url
 
 

@@ -108,7 +108,7 @@ def test_a_listening_worker_is_woken_by_the_ingest_of_another_process(
                     conn.execute(
                         text(
                             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+                            "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid() AND datname = current_database()"
                         )
                     )
                 await asyncio.sleep(1.5)
