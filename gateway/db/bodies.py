@@ -49,6 +49,8 @@ DEFLATED = frozenset({1, 2})
 #: the codecs of raw messages, which are seldom read back (not remembered by :class:`_Inflated`)
 MESSAGE_CODECS = frozenset({2, MESSAGES})
 WBITS = 13
+#: what codecs 1 and 2 were written with (``deflated``: a store taken back below 0010)
+DEFLATE_LEVEL, DEFLATE_MEM_LEVEL = 6, 5
 #: the zstd level of each codec (not part of the format): 3 for bodies (as small as 4, twice as fast as 5,
 #: which stores 5 % smaller), 5 for messages (7 % smaller than 3 for 2 µs more, one a message)
 ZSTD_LEVELS = {CURRENT: 3, MESSAGES: 5}
@@ -141,6 +143,15 @@ def encode(text: bytes, *, codec: int = CURRENT) -> bytes:
     if codec == CURRENT:  # resources and facts are read back by the next messages; raw messages seldom
         _INFLATED.keep(body, text)
     return body
+
+
+def deflated(text: bytes, *, codec: int) -> bytes:
+    """``text`` as the deflate codec ``codec`` (1 or 2) stored it, byte for byte as before codecs 3 and 4:
+    only for taking a store back below ``0010_zstd_bodies``, where a gateway reads no zstd."""
+    if codec not in DEFLATED:
+        raise ValueError(f"codec {codec} is not a deflate codec")
+    packer = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, WBITS, DEFLATE_MEM_LEVEL, zdict=_ZDICT[codec])
+    return bytes((codec,)) + packer.compress(text) + packer.flush()
 
 
 def decode(body: bytes) -> bytes:

@@ -310,3 +310,50 @@ def _widths(db: Engine) -> set[int]:
     """The bytes each stored ``content_sha256`` takes: 32 from 0009, 64 hex digits before."""
     with db.connect() as conn:
         return {int(n) for (n,) in conn.execute(text("SELECT DISTINCT length(content_sha256) FROM messages"))}
+
+
+def _bodies(db: Engine) -> dict[tuple[str, str], tuple[int, bytes]]:
+    """Every stored body: (table, key) -> (its codec byte, its text)."""
+    keys = {"messages": "id", "resources": "type || '/' || id", "facts": "id",
+            "resource_versions": "type || '/' || id || '/' || version_id"}  # fmt: skip
+    out: dict[tuple[str, str], tuple[int, bytes]] = {}
+    with db.connect() as conn:
+        for table, key in keys.items():
+            for name, body in conn.execute(text(f"SELECT {key}, body FROM {table} WHERE body IS NOT NULL")):
+                stored = bytes(body)
+                out[(table, str(name))] = (stored[0], bodies.decode(stored))
+    return out
+
+
+def test_0010_takes_zstd_bodies_back_to_deflate_byte_for_byte_and_head_reads_both(
+    db: Engine, mapping_engine: MappingEngine
+) -> None:
+    """A store filled at head holds zstd bodies (codecs 3 and 4) only; below 0010 each is the deflate body of
+    the same text (1 and 2, as the gateway before 0010 wrote it), and back at head everything answers the
+    same, old rows and new side by side."""
+    pipeline = Pipeline(engine=mapping_engine, db=db)
+    for i in range(3):
+        stay = {"ipp": f"78{i:04d}", "visit": f"V-78{i}"}
+        admit = Adt(control_id=f"Z{i}-A", movement=f"ZA{i}", **stay)
+        discharge = Adt(trigger="A03", control_id=f"Z{i}-D", movement=f"ZD{i}", event_time="20260302100000",
+                        discharge_time="20260302100000", **stay)  # fmt: skip
+        for message in (admit, discharge):
+            assert pipeline.ingest(message.bytes(), transport="t").code == "AA"
+    before, answers = _bodies(db), _answers(db)
+    assert {table for table, _ in before} == {"messages", "resources", "facts", "resource_versions"}
+    assert {codec for codec, _ in before.values()} == {bodies.CURRENT, bodies.MESSAGES}
+    bodies._INFLATED._texts.clear()  # every text below is inflated from its row, none remembered
+    _move(db, "0009_compact_index", down=True)
+    try:
+        below = _bodies(db)
+        back = {3: 1, 4: 2}
+        assert below == {key: (back[codec], text_) for key, (codec, text_) in before.items()}
+        with db.connect() as conn:
+            stored = conn.execute(text("SELECT body FROM resources WHERE body IS NOT NULL")).scalars().all()
+        assert all(bodies.deflated(bodies.decode(bytes(b)), codec=1) == bytes(b) for b in stored)
+    finally:
+        _move(db, "head")
+    assert _bodies(db) == below and _answers(db) == answers  # head reads the deflate rows as it wrote the zstd ones
+    another = Adt(control_id="Z9-A", movement="ZA9", ipp="789999", visit="V-789")
+    assert pipeline.ingest(another.bytes(), transport="t").code == "AA"
+    assert {codec for codec, _ in _bodies(db).values()} == {1, 2, bodies.CURRENT, bodies.MESSAGES}

@@ -173,3 +173,11 @@ def test_threads_compress_and_inflate_at_once_without_mixing_bodies() -> None:
         results = list(pool.map(round_trips, (0, 100, 200, 300)))
     assert [all(r) for r in results] == [True] * 4
     assert all(len(r) == len(texts) for r in results)
+
+
+def test_deflated_writes_the_deflate_codecs_byte_for_byte_as_before_zstd() -> None:
+    """What ``0010_zstd_bodies``'s downgrade writes is what the gateway before it wrote."""
+    assert bodies.deflated(OLD_RESOURCE, codec=1) == OLD_RESOURCE_BODY
+    assert bodies.deflated(bodies.decode(OLD_MESSAGE_BODY), codec=2) == OLD_MESSAGE_BODY
+    with pytest.raises(ValueError, match="not a deflate codec"):
+        bodies.deflated(OLD_RESOURCE, codec=bodies.CURRENT)
