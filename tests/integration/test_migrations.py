@@ -117,18 +117,22 @@ def _answers(db: Engine, *, everything: bool = True) -> dict[str, Any]:
     return out
 
 
+def _admit_and_discharge(pipeline: Pipeline, *, stays: int, tag: str) -> None:
+    """``stays`` distinct stays, each admitted then discharged, every message AA (``tag`` keeps them apart)."""
+    for i in range(stays):
+        stay = {"ipp": f"7{tag}{i:04d}", "visit": f"V-7{tag}{i}"}
+        admit = Adt(control_id=f"{tag}{i}-A", movement=f"{tag}A{i}", **stay)
+        discharge = Adt(trigger="A03", control_id=f"{tag}{i}-D", movement=f"{tag}D{i}", event_time="20260302100000",
+                        discharge_time="20260302100000", **stay)  # fmt: skip
+        for message in (admit, discharge):
+            assert pipeline.ingest(message.bytes(), transport="t").code == "AA"
+
+
 def test_0007_keeps_what_a_store_with_data_answers(db: Engine, mapping_engine: MappingEngine) -> None:
     """A store filled (at head), taken down to 0006, answers the same after 0007 (and after going back
     down and up again); 0007 only changes which indexes exist: those of the facts and the duplicate check,
     which is what this code can still read at 0006 and 0007. Back at head, everything answers the same."""
-    pipeline = Pipeline(engine=mapping_engine, db=db)
-    for i in range(4):
-        stay = {"ipp": f"77{i:04d}", "visit": f"V-77{i}"}
-        admit = Adt(control_id=f"M{i}-A", movement=f"MA{i}", **stay)
-        discharge = Adt(trigger="A03", control_id=f"M{i}-D", movement=f"MD{i}", event_time="20260302100000",
-                        discharge_time="20260302100000", **stay)  # fmt: skip
-        for message in (admit, discharge):
-            assert pipeline.ingest(message.bytes(), transport="t").code == "AA"
+    _admit_and_discharge(Pipeline(engine=mapping_engine, db=db), stays=4, tag="7")
     before = _answers(db)
     searches = [v for k, v in before.items() if k.startswith("search")]
     assert len(searches) == 8 and all(total > 0 for _, total in searches) and before["careteams"][1] > 0
@@ -332,13 +336,7 @@ def test_0010_takes_zstd_bodies_back_to_deflate_byte_for_byte_and_head_reads_bot
     the same text (1 and 2, as the gateway before 0010 wrote it), and back at head everything answers the
     same, old rows and new side by side."""
     pipeline = Pipeline(engine=mapping_engine, db=db)
-    for i in range(3):
-        stay = {"ipp": f"78{i:04d}", "visit": f"V-78{i}"}
-        admit = Adt(control_id=f"Z{i}-A", movement=f"ZA{i}", **stay)
-        discharge = Adt(trigger="A03", control_id=f"Z{i}-D", movement=f"ZD{i}", event_time="20260302100000",
-                        discharge_time="20260302100000", **stay)  # fmt: skip
-        for message in (admit, discharge):
-            assert pipeline.ingest(message.bytes(), transport="t").code == "AA"
+    _admit_and_discharge(pipeline, stays=3, tag="8")
     before, answers = _bodies(db), _answers(db)
     assert {table for table, _ in before} == {"messages", "resources", "facts", "resource_versions"}
     assert {codec for codec, _ in before.values()} == {bodies.CURRENT, bodies.MESSAGES}

@@ -35,8 +35,9 @@ _TABLES = {
     "resource_versions": ("type", "id", "version_id"),
     "facts": ("id",),
 }
-#: the deflate codec each zstd codec goes back to
-_BACK = {bodies.CURRENT: 1, bodies.MESSAGES: 2}
+#: the deflate codec each zstd codec goes back to (literals: what 0010 introduced, whatever later
+#: revisions make ``bodies.CURRENT``)
+_BACK = {3: 1, 4: 2}
 PAGE = 1000
 
 
