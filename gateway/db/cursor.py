@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, Insert, bindparam
+from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -213,51 +213,7 @@ def execute(conn: Connection, statement: ClauseElement, params: Params) -> Resul
     ``conn``'s DB-API connection, inside ``conn``'s transaction or SAVEPOINT."""
     many = type(params) is not dict and not isinstance(params, Mapping)  # (the ABC check is slow: dicts first)
     rows: Sequence[Mapping[str, Any]] = params if many else [params]  # type: ignore[list-item,assignment]
-    if many and len(rows) > 1 and isinstance(statement, Insert) and conn.dialect.name == "postgresql":
-        return _insert_rows(conn, statement, rows)
-    return _run(conn, compiled(statement, conn.dialect, tuple(rows[0]), many=many), rows, many=many)
-
-
-#: Rows of one multi-row INSERT at most (:func:`_insert_rows`); more are split into statements of this many.
-MAX_ROWS = 100
-#: (INSERT, parameter names, rows) -> its multi-row form, built once (emptied with :data:`_SHAPES`)
-_MULTI: dict[tuple[Any, ...], Insert] = {}
-
-
-def _insert_rows(conn: Connection, statement: Insert, rows: Sequence[Mapping[str, Any]]) -> Result:
-    """Several rows of an INSERT on PostgreSQL as one statement, ``VALUES (…), (…)``, per
-    :data:`MAX_ROWS` rows, rather than psycopg's ``executemany``, which sends each row as its own
-    Bind/Execute, its parameters dumped one row at a time in Python: 243 against 104 µs of CPU for 12
-    index rows (a message's), in one round trip either way. Same rows, same order, same errors (a unique
-    key refuses a second row as it would a second execute); ``rowcount`` is the rows inserted."""
-    keys = tuple(rows[0])
-    inserted = 0
-    for start in range(0, len(rows), MAX_ROWS):
-        chunk = rows[start : start + MAX_ROWS]
-        shape = compiled(_multi_row(statement, keys, len(chunk)), conn.dialect, _row_keys(keys, len(chunk)))
-        flat = {f"{key}__{i}": row[key] for i, row in enumerate(chunk) for key in keys}
-        inserted += _run(conn, shape, [flat], many=False).rowcount
-    return Result([], inserted)
-
-
-def _row_keys(keys: tuple[str, ...], n: int) -> tuple[str, ...]:
-    return tuple(f"{key}__{i}" for i in range(n) for key in keys)
-
-
-def _multi_row(statement: Insert, keys: tuple[str, ...], n: int) -> Insert:
-    key = (statement, keys, n)
-    found = _MULTI.get(key)
-    if found is None:
-        if len(_MULTI) >= MAX_SHAPES:
-            _MULTI.clear()
-        columns = statement.table.c
-        found = _MULTI[key] = statement.values(
-            [{k: bindparam(f"{k}__{i}", type_=columns[k].type) for k in keys} for i in range(n)]
-        )
-    return found
-
-
-def _run(conn: Connection, shape: Compiled, rows: Sequence[Mapping[str, Any]], *, many: bool) -> Result:
+    shape = compiled(statement, conn.dialect, tuple(rows[0]), many=many)
     dbapi = _ready(conn)
     bound: Any = [shape.bind(r) for r in rows] if many else shape.bind(rows[0])
     # An engine with any connection listener (ours have "begin") has events: ask for these two, on the

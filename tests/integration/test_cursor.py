@@ -10,7 +10,6 @@ import pytest
 from sqlalchemy import Engine, bindparam, event, insert, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from gateway.clock import as_utc
 from gateway.db import cursor
 from gateway.db.engine import throwaway_engine, transaction, translated
 from gateway.db.repo import (
@@ -76,43 +75,6 @@ def test_executemany_rowcount_and_padded_lists(db: Engine) -> None:
         query = _get_resources_statement(1, 2)
         found = cursor.execute(conn, query, {"t0": "Patient", "i0": "p0", "i1": "p1"}).all()
         assert sorted((r.id, r.version_id) for r in found) == [("p0", 1), ("p1", 2)]
-
-
-def test_many_rows_of_an_insert_are_all_written_in_order_and_a_repeated_key_refused(
-    db: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Many rows (on PostgreSQL one multi-row statement per ``MAX_ROWS``, here 7, so 16 rows are three
-    statements) land as SQLAlchemy's executemany writes them, every column through its bind processor;
-    a key given twice is an ``IntegrityError`` and nothing of the statement stands."""
-    monkeypatch.setattr(cursor, "MAX_ROWS", 7)
-    rows = [_resource(f"m{i:02d}", at=NOW + timedelta(seconds=i)) for i in range(16)]
-    statements: list[str] = []
-
-    def counted(conn: Any, cur: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    with transaction(db) as conn:
-        event.listen(db, "before_cursor_execute", counted)
-        try:
-            inserted = cursor.execute(conn, _INSERT_RESOURCE, rows)
-        finally:
-            event.remove(db, "before_cursor_execute", counted)
-        conn.execute(_INSERT_RESOURCE, [{**r, "type": "Practitioner"} for r in rows])
-    assert len(statements) == (3 if db.dialect.name == "postgresql" else 1)
-    if db.dialect.name == "postgresql":
-        assert inserted.rowcount == 16
-    with db.connect() as conn:
-        order = [resources.c.id]
-        fast = conn.execute(select(resources).where(resources.c.type == "Patient").order_by(*order)).all()
-        slow = conn.execute(select(resources).where(resources.c.type == "Practitioner").order_by(*order)).all()
-    assert [tuple(r)[1:] for r in fast] == [tuple(r)[1:] for r in slow]
-    assert [(r.id, as_utc(r.last_updated)) for r in fast] == [(r["id"], r["last_updated"]) for r in rows]
-    with db.connect() as conn:
-        trans = conn.begin()
-        with pytest.raises(IntegrityError):
-            cursor.execute(conn, _INSERT_RESOURCE, [_resource("twice"), _resource("once"), _resource("twice")])
-        trans.rollback()
-        assert conn.execute(select(resources.c.id).where(resources.c.id.in_(["twice", "once"]))).all() == []
 
 
 def test_a_literal_in_list_is_rendered_once(db: Engine) -> None:
@@ -201,12 +163,7 @@ def test_cursor_events_fire_with_the_drivers_parameters(db: Engine) -> None:
             event.remove(db, "before_cursor_execute", before)
             event.remove(db, "after_cursor_execute", done)
     assert [s.split()[0] for s, _, _ in seen] == ["INSERT", "SELECT"]
-    if db.dialect.name == "postgresql":
-        # several rows of an INSERT are one multi-row statement there (cursor._insert_rows), not executemany
-        assert [many for _, _, many in seen] == [False, False]
-        assert seen[0][0].count("), (") == 1 and {"e1", "e2"} <= set(seen[0][1].values())
-    else:
-        assert [many for _, _, many in seen] == [True, False]
+    assert [many for _, _, many in seen] == [True, False]
     assert after == [s for s, _, _ in seen]
     params = seen[1][1]
     assert ("Patient" in params and "e1" in params) or params == {"rtype": "Patient", "rid": "e1"}
