@@ -18,6 +18,7 @@ from sqlalchemy import (
     Connection,
     Integer,
     Select,
+    TextClause,
     and_,
     bindparam,
     delete,
@@ -186,7 +187,16 @@ def _streams_statement(n: int) -> Select[Any]:
     )
 
 
-_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+@functools.lru_cache(maxsize=16)
+def _advisory_locks(n: int) -> TextClause:
+    """``n`` advisory locks in one statement, ``SELECT pg_advisory_xact_lock(:k0), …``: a message's
+    streams (its patient, stay and circle) were one round trip each. The target list is evaluated left
+    to right, so they are taken in the order given; were two ever taken out of order, PostgreSQL would
+    detect the deadlock and fail one transaction, which is then retried as any transient failure is
+    (``StorageUnavailableError``)."""
+    return text("SELECT " + ", ".join(f"pg_advisory_xact_lock(:k{i})" for i in range(n)))
+
+
 _SURVIVOR = select(patient_links.c.survivor_id).where(patient_links.c.merged_id == bindparam("merged"))
 #: whether a patient takes part in any merge, either side: one read answers both questions when not
 _LINKED = (
@@ -430,9 +440,12 @@ class FactRepo:
         """
         if self.conn.dialect.name != "postgresql":
             return
-        for stream in sorted(set(streams)):
-            key = int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "big", signed=True)
-            run(self.conn, _ADVISORY_LOCK, {"key": key})
+        keys = [
+            int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "big", signed=True)
+            for stream in sorted(set(streams))
+        ]
+        if keys:
+            run(self.conn, _advisory_locks(len(keys)), {f"k{i}": key for i, key in enumerate(keys)})
 
     def preload(self, streams: Iterable[str]) -> None:
         """Read the streams a message will fold in one query instead of one each (cached repo only)."""
