@@ -692,9 +692,15 @@ class ResourceRepo:
         """The resources of ``rtype`` the identity map holds (read or written by this unit), not deleted,
         in a search's order (newest first, then by id); empty outside a unit of work."""
         found = [r for r in (self._seen or {}).values() if r is not None and r.type == rtype and not r.deleted]
-        found.sort(key=lambda r: r.id)
-        found.sort(key=lambda r: r.last_updated, reverse=True)
-        return found
+        return _search_order(found)
+
+    def _written(self, rtype: str) -> dict[tuple[str, str], StoredResource] | None:
+        """The resources of ``rtype`` whose rows wait for :meth:`flush`, as written (the identity map's);
+        None outside a unit of work, or for a filtered repository (its searches flush)."""
+        if self._seen is None or self.visibility is not None:
+            return None
+        keys = [k for k in [*(self._inserts or {}), *(self._updates or {})] if k[0] == rtype]
+        return {k: found for k in keys if (found := self._seen.get(k)) is not None and not found.deleted}
 
     def _remember(self, key: tuple[str, str], found: StoredResource | None, *, locked: bool = False) -> None:
         if self._seen is not None:
@@ -910,8 +916,16 @@ class ResourceRepo:
         order: Sequence[tuple[str, bool]] = (),
         updated: Sequence[tuple[str, datetime]] = (),
         dates: Sequence[tuple[str, str, str]] = (),
+        held_back: Callable[[StoredResource], bool] | None = None,
     ) -> tuple[list[StoredResource], int]:
         """Resources matching every (param, system or None, value) criterion; (page, total).
+
+        ``held_back`` (a unit of work's internal search, ``count=False``, first page): the unit's rows of
+        ``rtype`` held back for :meth:`flush` stay held back. The store answers for the resources the unit
+        has not written since its last flush, and ``held_back`` says which of those it has written match
+        (the criteria read from their content, as the index would); in a search's order. The same page as a
+        flush and a search, without the flush's statements in the middle of the unit (a circle's search
+        of the stays, right after the stay's refold wrote them).
 
         ``order`` is ``_sort``: (``_lastUpdated`` | ``_id`` | an indexed parameter, descending?) keys, newest
         first by default. ``updated`` is ``_lastUpdated``: (``ge`` | ``lt``, instant) bounds. ``dates`` are
@@ -923,8 +937,12 @@ class ResourceRepo:
         derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
-        if self._pending and (rtype in self._pending or self.visibility is not None):
+        written = self._written(rtype) if held_back is not None and not count and not offset else None
+        if self._pending and (rtype in self._pending or self.visibility is not None) and written is None:
             self.flush()  # what this unit wrote of the type (rows and index) is in the store before it is read
+        wanted = limit
+        if written:
+            limit += len(written)  # the store's rows of those are left out below: as many more may follow
         coded = [_coded_criterion(rtype, param, system, value) for param, system, value in criteria]
         dates = [(indexed_param(rtype, param), op, bound) for param, op, bound in dates]
         order = [(indexed_param(rtype, name), descending) for name, descending in order]
@@ -948,6 +966,9 @@ class ResourceRepo:
             page_query, count_query = _search_statements(shape)
             execute = functools.partial(run, self.conn)
         page = [self._found(r) for r in execute(page_query, params)]
+        if written and held_back is not None:
+            page = [r for r in page if (r.type, r.id) not in written] + [r for r in written.values() if held_back(r)]
+            page = _search_order(page)[:wanted]
         self._heard("search-type", rtype, page)
         if not count:
             return page, len(page)  # internal callers want the rows, not a total (one query fewer)
@@ -1095,6 +1116,13 @@ def _sort_keys(rtype: str, order: Sequence[tuple[str, bool]]) -> list[Any]:
         keys.append(column.desc() if descending else column.asc())
     keys.append(resources.c.id)
     return keys
+
+
+def _search_order(found: list[StoredResource]) -> list[StoredResource]:
+    """``found`` in the order a search returns its rows: newest first, then by id."""
+    found.sort(key=lambda r: r.id)
+    found.sort(key=lambda r: r.last_updated, reverse=True)
+    return found
 
 
 _VERSION_KEYS = ("versionId", "lastUpdated")
