@@ -124,6 +124,11 @@ def fhir_instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: :func:`fhir_instant` of the moments writes stamped lately: every write of a unit stamps the unit's one
+#: ``now`` (equal moments, even in other zones, have one UTC text)
+_instant_of = functools.lru_cache(maxsize=8)(fhir_instant)
+
+
 # -- statements built once -----------------------------------------------------------------------
 #
 # The hot path runs these with a dict of parameters. Building a Core statement per call cost ~95 µs
@@ -823,7 +828,7 @@ class ResourceRepo:
         version = current.version_id + 1 if current else 1
         body = dict(content)
         meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-        body["meta"] = {"versionId": str(version), "lastUpdated": fhir_instant(now), **meta}
+        body["meta"] = {"versionId": str(version), "lastUpdated": _instant_of(now), **meta}
         deflated = packed(body)
         values = {"version_id": version, "last_updated": now, "deleted": 0, "content": "", "body": deflated}
         inserts, updates = self._inserts, self._updates
@@ -1128,10 +1133,6 @@ def _search_order(found: list[StoredResource]) -> list[StoredResource]:
 _VERSION_KEYS = ("versionId", "lastUpdated")
 
 
-def _meta_without_version(resource: JSON) -> JSON:
-    return {k: v for k, v in (resource.get("meta") or {}).items() if k not in _VERSION_KEYS}
-
-
 def _same(old: JSON, new: JSON) -> bool:
     """Equal but for versionId/lastUpdated: then no new version is written (replays change nothing).
 
@@ -1142,7 +1143,15 @@ def _same(old: JSON, new: JSON) -> bool:
     for key, value in new.items():
         if key != "meta" and (key not in old or old[key] != value):
             return False
-    return _meta_without_version(old) == _meta_without_version(new)
+    # the metas, versionId and lastUpdated aside, read in place (two dicts built per call cost a third)
+    old_meta, new_meta = old.get("meta") or {}, new.get("meta") or {}
+    kept = 0
+    for key, value in new_meta.items():
+        if key not in _VERSION_KEYS:
+            if key not in old_meta or old_meta[key] != value:
+                return False
+            kept += 1
+    return kept == len(old_meta) - ("versionId" in old_meta) - ("lastUpdated" in old_meta)
 
 
 def _stored_values(rtype: str, rid: str, values: dict[str, Any], *, content: JSON) -> StoredResource:
