@@ -23,11 +23,12 @@ rendered once, as the values it holds), no Python-side default computed per row.
 from __future__ import annotations
 
 import operator
+import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, LargeBinary
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -184,6 +185,8 @@ def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], 
         proc = processors.get(name)
         if proc is not None and not callable(proc):
             raise ValueError(f"parameter {name!r} is a tuple: not a fast statement")
+        if proc is not None and bind is not None and _driver_binary(dialect, bind.type):
+            proc = None  # the driver binds the bytes themselves as it binds the memoryview made of them
         return key, fixed, proc
 
     positional = named = None
@@ -242,6 +245,23 @@ def _binder(positional: _Sources | None) -> _Binder | None:
         return tuple(values)
 
     return bind
+
+
+def _driver_binary(dialect: Dialect, kind: Any) -> bool:
+    """A ``LargeBinary`` parameter on SQLite: SQLAlchemy's bind processor wraps the bytes in a
+    ``memoryview`` (``sqlite3.Binary``), which ``sqlite3`` binds as the same BLOB as the bytes themselves,
+    after an adaptation lookup that fails (an ``AttributeError`` built and dropped); with the
+    :func:`sqlite3.register_adapter` below, bytes are handed over as they are (~12 bodies a message)."""
+    return dialect.name == "sqlite" and isinstance(kind, LargeBinary)
+
+
+#: ``sqlite3`` looks up an adapter for every parameter that is not an int, float, str or bytearray, and
+#: builds an ``AttributeError`` for each it lacks (~1.3 µs a parameter for bytes, ~1.7 for None, against
+#: ~0.1 with an adapter): bytes and None, adapted to themselves (``bytes(b) is b``; ``{}.get(None)`` is
+#: None), are bound as before without it. The registry is per process; nothing else registers these types.
+sqlite3.register_adapter(bytes, bytes)
+_NOTHING: dict[None, None] = {}
+sqlite3.register_adapter(type(None), _NOTHING.get)
 
 
 def _scalar_defaults(comp: SQLCompiler) -> dict[str, Any]:
