@@ -21,7 +21,7 @@ from gateway.db.unit import UnitOfWork
 from gateway.errors import MappingError
 from gateway.mapping.engine import Mapped
 from gateway.mapping.ids import ps_identifier_forms
-from gateway.mapping.tables import Tables
+from gateway.mapping.tables import CodeRow, Tables
 from gateway.state.careteam import Participation, careteam_id, fold_careteam
 from gateway.state.patients import (
     ABSORBED,
@@ -43,6 +43,8 @@ MAX_REFOLD = 2000
 CIRCLE_STAYS = 20
 PARTICIPATION, PLATFORM = "participation", "platform"
 PATIENT_KINDS = (DEMOGRAPHICS, MERGED_INTO, ABSORBED)
+#: id of a CareTeamRole table → (the table, its roles as CodeableConcepts): see :attr:`Unit.roles`
+_ROLES: dict[int, tuple[dict[str, CodeRow], dict[str, JSON]]] = {}
 
 
 @dataclass(slots=True)
@@ -97,8 +99,14 @@ class Unit:
 
     @property
     def roles(self) -> dict[str, JSON]:
-        """Care circle role code → CodeableConcept (mappings/codes/CareTeamRole.csv)."""
-        return {code: {"coding": [row.coding()]} for code, row in self.tables.codes["CareTeamRole"].items()}
+        """Care circle role code → CodeableConcept (mappings/codes/CareTeamRole.csv), made once per table:
+        every circle refold asks (shared read only, as the stored contents are)."""
+        table = self.tables.codes["CareTeamRole"]
+        known = _ROLES.get(id(table))
+        if known is None or known[0] is not table:
+            _ROLES.clear()  # the tables of one engine at a time: a new one replaces the last
+            known = _ROLES[id(table)] = (table, {code: {"coding": [row.coding()]} for code, row in table.items()})
+        return known[1]
 
 
 def visit_fact(mapped: Mapped, encounter: JSON) -> VisitFact:
