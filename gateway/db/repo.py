@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import operator
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gateway.clock import as_utc
 from gateway.db import bodies
 from gateway.db.access import Visibility, lookup_ids, visible_clause
+from gateway.db.cursor import Row
 from gateway.db.cursor import execute as run
 from gateway.db.indexing import (
     indexed_param,
@@ -704,23 +706,25 @@ class ResourceRepo:
             return
         rtypes, rids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
         query = _get_resources_statement(len(rtypes), len(rids))
-        found = {
-            (str(r.type), str(r.id)): r for r in run(self.conn, query, _in_values("t", rtypes) | _in_values("i", rids))
-        }
+        found = {}
+        for row in run(self.conn, query, _in_values("t", rtypes) | _in_values("i", rids)):
+            columns = _columns(row)
+            found[(str(columns[0]), str(columns[1]))] = columns
         for key in wanted:
-            row = found.get(key)
-            self._remember(key, _stored(row, shared=True) if row is not None else None)
+            got = found.get(key)
+            self._remember(key, _stored_columns(got, shared=True) if got is not None else None)
 
     def _found(self, row: Any) -> StoredResource:
         """A row a search returned: the identity map's resource when it holds that very version, so that a
         refold's search (a stay's movements, a patient's stays) does not inflate and parse again what the
         unit has just read or written; a version number names one content, and one not deleted."""
+        columns = _columns(row)
         if self._seen is not None:
-            m = row._mapping
-            known = self._seen.get((m["type"], m["id"]))
-            if known is not None and known.version_id == m["version_id"] and not known.deleted and not m["deleted"]:
+            rtype, rid, version, _, deleted, _, _ = columns
+            known = self._seen.get((rtype, rid))
+            if known is not None and known.version_id == version and not known.deleted and not deleted:
                 return known
-        return _stored(row, shared=self._seen is not None)
+        return _stored_columns(columns, shared=self._seen is not None)
 
     def held(self, rtype: str) -> list[StoredResource]:
         """The resources of ``rtype`` the identity map holds (read or written by this unit), not deleted,
@@ -1214,24 +1218,53 @@ def _rows_before(previous: StoredResource) -> IndexRows:
 _PARSED: _Recent[bytes, JSON] = _Recent(256)
 
 
+#: the columns of a ``resources`` (or ``resource_versions``) row that make a :class:`StoredResource`
+RESOURCE_COLUMNS = ("type", "id", "version_id", "last_updated", "deleted", "content", "body")
+#: a cursor row class → the ``itemgetter`` of its :data:`RESOURCE_COLUMNS` (a class per statement shape)
+_COLUMN_GETTERS: dict[type[Row], Callable[[Row], tuple[Any, ...]]] = {}
+
+
+def _columns(row: Any) -> tuple[Any, ...]:
+    """A resource row's :data:`RESOURCE_COLUMNS`, in that order: by position, with one ``itemgetter`` per
+    row class, for the cursor's rows (``row._mapping`` builds a dict per row: a third of ``_stored``), by
+    name for SQLAlchemy's."""
+    kind = type(row)
+    getter = _COLUMN_GETTERS.get(kind)
+    if getter is None:
+        if not isinstance(row, Row):
+            mapping = row._mapping
+            return tuple(mapping[name] for name in RESOURCE_COLUMNS)
+        if len(_COLUMN_GETTERS) >= MAX_ROW_CLASSES:
+            _COLUMN_GETTERS.clear()  # the cursor's shapes were compiled again (see ``cursor.MAX_SHAPES``)
+        getter = _COLUMN_GETTERS[kind] = operator.itemgetter(*(kind._index[name] for name in RESOURCE_COLUMNS))
+    return getter(row)
+
+
+MAX_ROW_CLASSES = 256
+
+
 def _stored(row: Any, *, shared: bool = False) -> StoredResource:
     """A resource row; ``shared`` (the unit of work's reads): its content from :data:`_PARSED` when kept."""
-    m = row._mapping
-    body = m["body"]
+    return _stored_columns(_columns(row), shared=shared)
+
+
+def _stored_columns(columns: tuple[Any, ...], *, shared: bool = False) -> StoredResource:
+    """:func:`_stored` of a row's :func:`_columns`."""
+    rtype, rid, version, updated, deleted, text, body = columns
     raw = None if body is None else bytes(body)
     content = _PARSED.get(raw) if shared and raw is not None else None
     if content is None:
-        content = orjson.loads(_text(m["content"], raw))  # from ``content`` for rows written before 0004
+        content = orjson.loads(_text(text, raw))  # from ``content`` for rows written before 0004
         if shared and raw is not None:
             _PARSED.keep(raw, content)
     return _resource(
-        m["type"],
-        m["id"],
-        version_id=int(m["version_id"]),
-        last_updated=utc(m["last_updated"]) or datetime.now(UTC),
+        rtype,
+        rid,
+        version_id=int(version),
+        last_updated=utc(updated) or datetime.now(UTC),
         content=content,
-        deleted=bool(m["deleted"]),
-        columns=(m["content"], raw),
+        deleted=bool(deleted),
+        columns=(text, raw),
     )
 
 
