@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import hashlib
+import operator
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from gateway.clock import as_utc
 from gateway.db import bodies
 from gateway.db.access import Visibility, lookup_ids, visible_clause
+from gateway.db.cursor import Row
 from gateway.db.cursor import execute as run
 from gateway.db.indexing import (
     indexed_param,
@@ -123,6 +126,11 @@ def _text(text: str, body: bytes | None) -> bytes | str:
 
 def fhir_instant(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+#: :func:`fhir_instant` of the moments writes stamped lately: every write of a unit stamps the unit's one
+#: ``now`` (equal moments, even in other zones, have one UTC text)
+_instant_of = functools.lru_cache(maxsize=8)(fhir_instant)
 
 
 # -- statements built once -----------------------------------------------------------------------
@@ -590,6 +598,34 @@ class StoredResource:
     columns: tuple[str, bytes | None] | None = field(default=None, compare=False, repr=False)
 
 
+#: the slots of :class:`StoredResource`, set directly by :func:`_resource`
+_SET_SLOTS = tuple(getattr(StoredResource, f.name).__set__ for f in dataclasses.fields(StoredResource))
+
+
+def _resource(
+    rtype: str,
+    rid: str,
+    *,
+    version_id: int,
+    last_updated: datetime,
+    content: JSON,
+    deleted: bool,
+    columns: tuple[str, bytes | None] | None,
+) -> StoredResource:
+    """``StoredResource(...)`` for the store's own reads and writes (~14 a message): the frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``, twice the cost of setting its slots."""
+    out: StoredResource = object.__new__(StoredResource)
+    s_type, s_id, s_version, s_updated, s_content, s_deleted, s_columns = _SET_SLOTS
+    s_type(out, rtype)
+    s_id(out, rid)
+    s_version(out, version_id)
+    s_updated(out, last_updated)
+    s_content(out, content)
+    s_deleted(out, deleted)
+    s_columns(out, columns)
+    return out
+
+
 #: Told what a filtered repository returned: (interaction, resource type, resources), for the audit trail.
 AuditSink = Callable[[str, str, Sequence["StoredResource"]], None]
 
@@ -683,31 +719,39 @@ class ResourceRepo:
             return
         rtypes, rids = sorted({t for t, _ in wanted}), sorted({i for _, i in wanted})
         query = _get_resources_statement(len(rtypes), len(rids))
-        found = {
-            (str(r.type), str(r.id)): r for r in run(self.conn, query, _in_values("t", rtypes) | _in_values("i", rids))
-        }
+        found = {}
+        for row in run(self.conn, query, _in_values("t", rtypes) | _in_values("i", rids)):
+            columns = _columns(row)
+            found[(str(columns[0]), str(columns[1]))] = columns
         for key in wanted:
-            row = found.get(key)
-            self._remember(key, _stored(row, shared=True) if row is not None else None)
+            got = found.get(key)
+            self._remember(key, _stored_columns(got, shared=True) if got is not None else None)
 
     def _found(self, row: Any) -> StoredResource:
         """A row a search returned: the identity map's resource when it holds that very version, so that a
         refold's search (a stay's movements, a patient's stays) does not inflate and parse again what the
         unit has just read or written; a version number names one content, and one not deleted."""
+        columns = _columns(row)
         if self._seen is not None:
-            m = row._mapping
-            known = self._seen.get((m["type"], m["id"]))
-            if known is not None and known.version_id == m["version_id"] and not known.deleted and not m["deleted"]:
+            rtype, rid, version, _, deleted, _, _ = columns
+            known = self._seen.get((rtype, rid))
+            if known is not None and known.version_id == version and not known.deleted and not deleted:
                 return known
-        return _stored(row, shared=self._seen is not None)
+        return _stored_columns(columns, shared=self._seen is not None)
 
     def held(self, rtype: str) -> list[StoredResource]:
         """The resources of ``rtype`` the identity map holds (read or written by this unit), not deleted,
         in a search's order (newest first, then by id); empty outside a unit of work."""
         found = [r for r in (self._seen or {}).values() if r is not None and r.type == rtype and not r.deleted]
-        found.sort(key=lambda r: r.id)
-        found.sort(key=lambda r: r.last_updated, reverse=True)
-        return found
+        return _search_order(found)
+
+    def _written(self, rtype: str) -> dict[tuple[str, str], StoredResource] | None:
+        """The resources of ``rtype`` whose rows wait for :meth:`flush`, as written (the identity map's);
+        None outside a unit of work, or for a filtered repository (its searches flush)."""
+        if self._seen is None or self.visibility is not None:
+            return None
+        keys = [k for k in [*(self._inserts or {}), *(self._updates or {})] if k[0] == rtype]
+        return {k: found for k in keys if (found := self._seen.get(k)) is not None and not found.deleted}
 
     def _remember(self, key: tuple[str, str], found: StoredResource | None, *, locked: bool = False) -> None:
         if self._seen is not None:
@@ -830,7 +874,7 @@ class ResourceRepo:
         version = current.version_id + 1 if current else 1
         body = dict(content)
         meta = {k: v for k, v in (content.get("meta") or {}).items() if k not in ("versionId", "lastUpdated")}
-        body["meta"] = {"versionId": str(version), "lastUpdated": fhir_instant(now), **meta}
+        body["meta"] = {"versionId": str(version), "lastUpdated": _instant_of(now), **meta}
         deflated = packed(body)
         values = {"version_id": version, "last_updated": now, "deleted": 0, "content": "", "body": deflated}
         inserts, updates = self._inserts, self._updates
@@ -856,8 +900,8 @@ class ResourceRepo:
                 raise StorageConflictError(f"{rtype} changed since it was read (concurrent writer)")
             self._keep_replaced(current)
         rows = self._reindex(rtype, rid, stored_rows(rtype, rid, index), previous=current)
-        stored = StoredResource(
-            type=rtype, id=rid, version_id=version, last_updated=now, content=body, columns=("", deflated)
+        stored = _resource(
+            rtype, rid, version_id=version, last_updated=now, content=body, deleted=False, columns=("", deflated)
         )
         if self._seen is not None:
             _PARSED.keep(deflated, body)  # the next message reads it back (its stay, patient, circle)
@@ -923,8 +967,16 @@ class ResourceRepo:
         order: Sequence[tuple[str, bool]] = (),
         updated: Sequence[tuple[str, datetime]] = (),
         dates: Sequence[tuple[str, str, str]] = (),
+        held_back: Callable[[StoredResource], bool] | None = None,
     ) -> tuple[list[StoredResource], int]:
         """Resources matching every (param, system or None, value) criterion; (page, total).
+
+        ``held_back`` (a unit of work's internal search, ``count=False``, first page): the unit's rows of
+        ``rtype`` held back for :meth:`flush` stay held back. The store answers for the resources the unit
+        has not written since its last flush, and ``held_back`` says which of those it has written match
+        (the criteria read from their content, as the index would); in a search's order. The same page as a
+        flush and a search, without the flush's statements in the middle of the unit (a circle's search
+        of the stays, right after the stay's refold wrote them).
 
         ``order`` is ``_sort``: (``_lastUpdated`` | ``_id`` | an indexed parameter, descending?) keys, newest
         first by default. ``updated`` is ``_lastUpdated``: (``ge`` | ``lt``, instant) bounds. ``dates`` are
@@ -936,8 +988,12 @@ class ResourceRepo:
         derived table made it pick the (type, id) index, and nested IN subqueries made PostgreSQL scan: all
         grew with the store. Query plans are checked by tests/integration/test_query_plans.py.
         """
-        if self._pending and (rtype in self._pending or self.visibility is not None):
+        written = self._written(rtype) if held_back is not None and not count and not offset else None
+        if self._pending and (rtype in self._pending or self.visibility is not None) and written is None:
             self.flush()  # what this unit wrote of the type (rows and index) is in the store before it is read
+        wanted = limit
+        if written:
+            limit += len(written)  # the store's rows of those are left out below: as many more may follow
         coded = [_coded_criterion(rtype, param, system, value) for param, system, value in criteria]
         dates = [(indexed_param(rtype, param), op, bound) for param, op, bound in dates]
         order = [(indexed_param(rtype, name), descending) for name, descending in order]
@@ -961,6 +1017,9 @@ class ResourceRepo:
             page_query, count_query = _search_statements(shape)
             execute = functools.partial(run, self.conn)
         page = [self._found(r) for r in execute(page_query, params)]
+        if written and held_back is not None:
+            page = [r for r in page if (r.type, r.id) not in written] + [r for r in written.values() if held_back(r)]
+            page = _search_order(page)[:wanted]
         self._heard("search-type", rtype, page)
         if not count:
             return page, len(page)  # internal callers want the rows, not a total (one query fewer)
@@ -1110,11 +1169,14 @@ def _sort_keys(rtype: str, order: Sequence[tuple[str, bool]]) -> list[Any]:
     return keys
 
 
+def _search_order(found: list[StoredResource]) -> list[StoredResource]:
+    """``found`` in the order a search returns its rows: newest first, then by id."""
+    found.sort(key=lambda r: r.id)
+    found.sort(key=lambda r: r.last_updated, reverse=True)
+    return found
+
+
 _VERSION_KEYS = ("versionId", "lastUpdated")
-
-
-def _meta_without_version(resource: JSON) -> JSON:
-    return {k: v for k, v in (resource.get("meta") or {}).items() if k not in _VERSION_KEYS}
 
 
 def _same(old: JSON, new: JSON) -> bool:
@@ -1127,7 +1189,15 @@ def _same(old: JSON, new: JSON) -> bool:
     for key, value in new.items():
         if key != "meta" and (key not in old or old[key] != value):
             return False
-    return _meta_without_version(old) == _meta_without_version(new)
+    # the metas, versionId and lastUpdated aside, read in place (two dicts built per call cost a third)
+    old_meta, new_meta = old.get("meta") or {}, new.get("meta") or {}
+    kept = 0
+    for key, value in new_meta.items():
+        if key not in _VERSION_KEYS:
+            if key not in old_meta or old_meta[key] != value:
+                return False
+            kept += 1
+    return kept == len(old_meta) - ("versionId" in old_meta) - ("lastUpdated" in old_meta)
 
 
 def _stored_values(rtype: str, rid: str, values: dict[str, Any], *, content: JSON) -> StoredResource:
@@ -1161,24 +1231,53 @@ def _rows_before(previous: StoredResource) -> IndexRows:
 _PARSED: _Recent[bytes, JSON] = _Recent(256)
 
 
+#: the columns of a ``resources`` (or ``resource_versions``) row that make a :class:`StoredResource`
+RESOURCE_COLUMNS = ("type", "id", "version_id", "last_updated", "deleted", "content", "body")
+#: a cursor row class → the ``itemgetter`` of its :data:`RESOURCE_COLUMNS` (a class per statement shape)
+_COLUMN_GETTERS: dict[type[Row], Callable[[Row], tuple[Any, ...]]] = {}
+
+
+def _columns(row: Any) -> tuple[Any, ...]:
+    """A resource row's :data:`RESOURCE_COLUMNS`, in that order: by position, with one ``itemgetter`` per
+    row class, for the cursor's rows (``row._mapping`` builds a dict per row: a third of ``_stored``), by
+    name for SQLAlchemy's."""
+    kind = type(row)
+    getter = _COLUMN_GETTERS.get(kind)
+    if getter is None:
+        if not isinstance(row, Row):
+            mapping = row._mapping
+            return tuple(mapping[name] for name in RESOURCE_COLUMNS)
+        if len(_COLUMN_GETTERS) >= MAX_ROW_CLASSES:
+            _COLUMN_GETTERS.clear()  # the cursor's shapes were compiled again (see ``cursor.MAX_SHAPES``)
+        getter = _COLUMN_GETTERS[kind] = operator.itemgetter(*(kind._index[name] for name in RESOURCE_COLUMNS))
+    return getter(row)
+
+
+MAX_ROW_CLASSES = 256
+
+
 def _stored(row: Any, *, shared: bool = False) -> StoredResource:
     """A resource row; ``shared`` (the unit of work's reads): its content from :data:`_PARSED` when kept."""
-    m = row._mapping
-    body = m["body"]
+    return _stored_columns(_columns(row), shared=shared)
+
+
+def _stored_columns(columns: tuple[Any, ...], *, shared: bool = False) -> StoredResource:
+    """:func:`_stored` of a row's :func:`_columns`."""
+    rtype, rid, version, updated, deleted, text, body = columns
     raw = None if body is None else bytes(body)
     content = _PARSED.get(raw) if shared and raw is not None else None
     if content is None:
-        content = orjson.loads(_text(m["content"], raw))  # from ``content`` for rows written before 0004
+        content = orjson.loads(_text(text, raw))  # from ``content`` for rows written before 0004
         if shared and raw is not None:
             _PARSED.keep(raw, content)
-    return StoredResource(
-        type=m["type"],
-        id=m["id"],
-        version_id=int(m["version_id"]),
-        last_updated=utc(m["last_updated"]) or datetime.now(UTC),
+    return _resource(
+        rtype,
+        rid,
+        version_id=int(version),
+        last_updated=utc(updated) or datetime.now(UTC),
         content=content,
-        deleted=bool(m["deleted"]),
-        columns=(m["content"], raw),
+        deleted=bool(deleted),
+        columns=(text, raw),
     )
 
 

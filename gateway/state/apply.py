@@ -21,7 +21,7 @@ from gateway.db.unit import UnitOfWork
 from gateway.errors import MappingError
 from gateway.mapping.engine import Mapped
 from gateway.mapping.ids import ps_identifier_forms
-from gateway.mapping.tables import Tables
+from gateway.mapping.tables import CodeRow, Tables
 from gateway.state.careteam import Participation, careteam_id, fold_careteam
 from gateway.state.patients import (
     ABSORBED,
@@ -43,6 +43,8 @@ MAX_REFOLD = 2000
 CIRCLE_STAYS = 20
 PARTICIPATION, PLATFORM = "participation", "platform"
 PATIENT_KINDS = (DEMOGRAPHICS, MERGED_INTO, ABSORBED)
+#: id of a CareTeamRole table → (the table, its roles as CodeableConcepts): see :attr:`Unit.roles`
+_ROLES: dict[int, tuple[dict[str, CodeRow], dict[str, JSON]]] = {}
 
 
 @dataclass(slots=True)
@@ -97,8 +99,14 @@ class Unit:
 
     @property
     def roles(self) -> dict[str, JSON]:
-        """Care circle role code → CodeableConcept (mappings/codes/CareTeamRole.csv)."""
-        return {code: {"coding": [row.coding()]} for code, row in self.tables.codes["CareTeamRole"].items()}
+        """Care circle role code → CodeableConcept (mappings/codes/CareTeamRole.csv), made once per table:
+        every circle refold asks (shared read only, as the stored contents are)."""
+        table = self.tables.codes["CareTeamRole"]
+        known = _ROLES.get(id(table))
+        if known is None or known[0] is not table:
+            _ROLES.clear()  # the tables of one engine at a time: a new one replaces the last
+            known = _ROLES[id(table)] = (table, {code: {"coding": [row.coding()]} for code, row in table.items()})
+        return known[1]
 
 
 def visit_fact(mapped: Mapped, encounter: JSON) -> VisitFact:
@@ -303,11 +311,17 @@ def _stays_of(unit: Unit, patient_id: str, *, searched: bool = True) -> list[tup
     identity map's Encounters whose subject (what the ``patient`` search reads) is him.
     """
     subject = f"Patient/{patient_id}"
+
+    def about(r: StoredResource) -> bool:
+        return (r.content.get("subject") or {}).get("reference") == subject  # what ``patient`` reads
+
     if searched:
-        found, _ = unit.store.search("Encounter", [("patient", None, subject)], limit=MAX_REFOLD, count=False)
+        # the stays and movements the unit has just written are not flushed for it: matched here by ``about``
+        found, _ = unit.store.search(
+            "Encounter", [("patient", None, subject)], limit=MAX_REFOLD, count=False, held_back=about
+        )
     else:
-        held = unit.store.held("Encounter")
-        found = [r for r in held if (r.content.get("subject") or {}).get("reference") == subject]
+        found = [r for r in unit.store.held("Encounter") if about(r)]
     movements: dict[str, list[JSON]] = {}
     stays = []
     for resource in (r.content for r in found):
@@ -388,28 +402,36 @@ def _refold_stay(unit: Unit, stay_id: str, *, action: str) -> None:
     # everything the stay writes, read in one query rather than one each by the writes below
     unit.store.preload((str(r["resourceType"]), str(r["id"])) for r in [encounter, *movements, *declared])
     stored_before = unit.store.get("Encounter", str(encounter["id"])) is not None  # (the identity map's)
+    # searched before the stay's writes, which then wait for the unit's one flush instead of this search's
+    stored = _stored_movements(unit, stay_id) if stored_before else []
     _put(unit, encounter, action=action)
-    _write_movements(unit, stay_id, movements, stay_stored=stored_before)
+    _write_movements(unit, movements, stored=stored)
     for declaration in declared:
         _put(unit, declaration, action=action)
 
 
-def _write_movements(unit: Unit, stay_id: str, movements: list[JSON], *, stay_stored: bool = True) -> None:
-    """Movement Encounters ``partOf`` the stay; one that a later cancel removed becomes entered-in-error.
+def _stored_movements(unit: Unit, stay_id: str) -> list[StoredResource]:
+    """The movement Encounters stored ``partOf`` the stay: the safety net of :func:`_write_movements`.
 
-    The search for the stored ones is the safety net for movements the fold no longer lists (facts
-    forgotten by a reprocessing, rows of an older id scheme). It is left out when the stay itself was not
-    stored before this refold (``stay_stored``): movements are written only after their stay, by this
-    function, so none can be ``partOf`` a stay never stored (a deleted stay is still stored). That is the
-    first message of every stay: one statement fewer."""
-    current = {str(m["id"]) for m in movements}
-    for movement in movements:
-        _put(unit, movement)
-    if not stay_stored:
-        return
+    Only for a stay stored before its refold: movements are written only after their stay, by
+    :func:`_write_movements`, so none can be ``partOf`` a stay never stored (a deleted stay is still
+    stored). That is the first message of every stay: one statement fewer. Searched before the refold
+    writes anything: what it finds that the refold writes again is in the fold's list, and the rest is
+    what the store holds either way."""
     stored, _ = unit.store.search(
         "Encounter", [("part-of", None, f"Encounter/{stay_id}")], limit=MAX_REFOLD, count=False
     )
+    return stored
+
+
+def _write_movements(unit: Unit, movements: list[JSON], *, stored: list[StoredResource]) -> None:
+    """Movement Encounters ``partOf`` the stay; one that a later cancel removed becomes entered-in-error.
+
+    ``stored`` (:func:`_stored_movements`) is the safety net for movements the fold no longer lists (facts
+    forgotten by a reprocessing, rows of an older id scheme): each becomes entered-in-error."""
+    current = {str(m["id"]) for m in movements}
+    for movement in movements:
+        _put(unit, movement)
     for old in stored:
         if old.id not in current and old.content.get("status") != "entered-in-error":
             _put(unit, {**old.content, "status": "entered-in-error"})

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from gateway.canonical import CANONICAL_BASE
 from gateway.mapping import directory
 from gateway.mapping.ids import resource_id
@@ -196,6 +198,27 @@ def _coalesce(entries: list[Entry]) -> list[Entry]:
     return out
 
 
+#: (member as stated, role, source) → its Reference as :func:`directory.member` makes it: a circle is folded
+#: again on every message about the patient, naming the same doctors and units each time (half the fold's
+#: time went into making their references, and the directory resources made with them, unused here).
+#: Shared read only, as the stored contents are; emptied past :data:`MEMBER_REFERENCES` entries.
+_MEMBER_REFERENCES: dict[tuple[bytes, str, str], JSON] = {}
+MEMBER_REFERENCES = 1024
+
+
+def _member_reference(member: JSON, role: str, source: str) -> JSON:
+    """``directory.member(member, role=role, source=source).reference``, made once per member, role and
+    source. The key is the member's JSON in its own key order, which the reference keeps: equal keys, one
+    reference."""
+    key = (orjson.dumps(member), role, source)
+    found = _MEMBER_REFERENCES.get(key)
+    if found is None:
+        if len(_MEMBER_REFERENCES) >= MEMBER_REFERENCES:
+            _MEMBER_REFERENCES.clear()
+        found = _MEMBER_REFERENCES[key] = directory.member(member, role=role, source=source).reference
+    return found
+
+
 def _participant(entry: Entry, roles: dict[str, JSON], member: JSON) -> JSON:
     out: JSON = {"extension": [{"url": SOURCE_EXT, "valueString": entry.source}]}
     if entry.role in roles:
@@ -235,8 +258,7 @@ def fold_careteam(
         hospital += stay_entries(stay, movements, source=_stay_source(stay))
     hospital = _coalesce(hospital)
     hospital.sort(key=lambda e: (e.start or "", e.role, str(e.member.get("reference") or e.member.get("display"))))
-    members = [directory.member(e.member, role=e.role, source=e.source) for e in hospital]
-    participants = [_participant(e, roles, m.reference) for e, m in zip(hospital, members, strict=True)]
+    participants = [_participant(e, roles, _member_reference(e.member, e.role, e.source)) for e in hospital]
     participants += [dict(p) for p in platform_participants]
     patient_id = str(patient["id"])
     team: JSON = {

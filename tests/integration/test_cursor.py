@@ -19,6 +19,7 @@ from gateway.db.repo import (
     _UPDATE_RESOURCE,
     ResourceRepo,
     _get_resources_statement,
+    _search_statements,
 )
 from gateway.db.schema import resources, subscriptions
 from gateway.errors import StorageConflictError
@@ -56,6 +57,27 @@ def test_rows_written_on_the_cursor_equal_sqlalchemys_byte_for_byte(db: Engine) 
     assert tuple(fast) == tuple(slow)  # result processors too: the datetime parsed back, the same type
     assert fast._mapping == dict(slow._mapping)
     assert fast.body == b"\x00z"
+
+
+def test_the_binder_built_once_reads_what_the_loop_over_the_sources_reads(db: Engine) -> None:
+    """``Compiled.binder`` (an ``itemgetter``, processors after, fixed values put in their places) gives
+    the driver the very parameters ``Compiled._bind`` does: a ``DateTime`` processed, a ``deleted = 0``
+    and a ``LIMIT`` fixed in the statement, one parameter alone."""
+    page, _ = _search_statements(((False, (False,)),))
+    search = {"rtype": "Patient", "p0": 3, "v0_0": "x", "limit": 5, "offset": 0}
+    cases = [
+        (_INSERT_RESOURCE, _resource("p1")),
+        (_UPDATE_RESOURCE, {**_resource("p1"), "rtype": "Patient", "rid": "p1", "expected": 1}),
+        (_GET_RESOURCE, {"rtype": "Patient", "rid": "p1"}),
+        (page, search),
+        (select(resources.c.id).where(resources.c.id == bindparam("only")).limit(1), {"only": "p1"}),
+    ]
+    for statement, params in cases:
+        shape = cursor.compiled(statement, db.dialect, tuple(params))
+        # PostgreSQL's driver takes named parameters: those are read by the loop itself
+        assert (shape.binder is None) == (shape.positional is None) == (db.dialect.name == "postgresql")
+        if shape.binder is not None:
+            assert shape.binder(params) == shape._bind(params)
 
 
 def test_executemany_rowcount_and_padded_lists(db: Engine) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from gateway.db.repo import _same
+from gateway.db.repo import StoredResource, _resource, _same
 
 STORED: dict[str, Any] = {
     "resourceType": "Patient",
@@ -39,3 +40,14 @@ def test_no_meta_equals_a_meta_holding_only_the_version() -> None:
     stored = {**bare, "meta": {"versionId": "1", "lastUpdated": "2026-03-10T12:00:00.000Z"}}
     assert _same(stored, bare)
     assert _same(bare, {**bare, "meta": None})
+
+
+def test_a_resource_built_on_the_stores_fast_path_is_the_dataclasss() -> None:
+    """``_resource`` sets the slots of the frozen dataclass itself: the same value, still frozen."""
+    at = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+    fields = {"version_id": 3, "last_updated": at, "content": STORED, "deleted": False, "columns": ("", b"x")}
+    fast = _resource("Patient", "p1", **fields)
+    assert fast == StoredResource(type="Patient", id="p1", **fields)
+    assert repr(fast) == repr(StoredResource(type="Patient", id="p1", **fields))
+    with pytest.raises(AttributeError):
+        fast.version_id = 4  # type: ignore[misc]
