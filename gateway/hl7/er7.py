@@ -130,22 +130,31 @@ class Segment:
         return reps
 
     def _split(self, n: int) -> list[Repetition]:
-        raw = self.raw(n)
+        fields = self.fields
+        raw = fields[n] if 0 < n < len(fields) else ""
         if not raw:
             return []
-        if self.name == "MSH" and n in (1, 2):
-            return [Repetition(raw, self._enc)]
-        return [Repetition(r, self._enc) for r in raw.split(self._enc.repetition) if r]
+        enc = self._enc
+        separator = enc.repetition
+        # most fields do not repeat: one repetition, without a split and a comprehension
+        if separator not in raw or (n < 3 and self.name == "MSH"):
+            return [Repetition(raw, enc)]
+        return [Repetition(r, enc) for r in raw.split(separator) if r]
 
     def first(self, n: int) -> Repetition:
-        reps = self.repetitions(n)
+        reps = self._reps.get(n)
+        if reps is None:
+            reps = self._reps[n] = self._split(n)
         return reps[0] if reps else Repetition("", self._enc)
 
     def get(self, n: int, c: int = 1, s: int = 0) -> str:
         """Unescaped value of the first repetition of field ``n``, component ``c``, subcomponent ``s``."""
-        if self.name == "MSH" and n in (1, 2):
+        if n < 3 and self.name == "MSH" and n > 0:
             return self.raw(n)
-        return self.first(n).get(c, s)
+        reps = self._reps.get(n)
+        if reps is None:
+            reps = self._reps[n] = self._split(n)
+        return reps[0].get(c, s) if reps else ""
 
     def __repr__(self) -> str:  # never prints content: segments carry health data
         return f"<Segment {self.name} fields={len(self.fields) - 1}>"
