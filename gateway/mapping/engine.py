@@ -253,15 +253,19 @@ class Engine:
             if not reps:
                 continue
             if person:
-                groups = _people(reps) if repeat else _people(reps)[:1]
-            else:
-                groups = [[rep] for rep in (reps if repeat else reps[:1])]
-            for rep, *same in groups:
+                for rep, *same in _people(reps) if repeat else _people(reps)[:1]:
+                    if rep.component_raw(1) == HL7_NULL:
+                        continue  # "" is HL7's explicit null: the value is deleted, so nothing is mapped
+                    ctx.same_person = same
+                    value = transform(rep, ctx, args)
+                    ctx.same_person = []
+                    if value is not None:
+                        _set_steps(out, steps, value)
+                continue
+            for rep in reps if repeat else reps[:1]:  # ctx.same_person is [] outside a person's transform
                 if rep.component_raw(1) == HL7_NULL:
-                    continue  # "" is HL7's explicit null: the value is deleted, so nothing is mapped
-                ctx.same_person = same
+                    continue
                 value = transform(rep, ctx, args)
-                ctx.same_person = []
                 if value is not None:
                     _set_steps(out, steps, value)
         if out and seg_map.defaults:

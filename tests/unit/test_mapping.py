@@ -717,6 +717,14 @@ def test_no_participants() -> None:
     assert mapped.practitioners == []
 
 
+def test_explicit_null_participant_maps_no_one() -> None:
+    """PV1-7 ``""`` (HL7's explicit null) maps no participant, beside the one it is grouped with."""
+    mapped = run(pv1={7: f'""~{DR_PETIT}'})
+    assert mapped.encounter is not None
+    assert [p["individual"]["display"] for p in mapped.encounter["participant"]] == ["ANNE PETIT"]
+    assert run(pv1={7: '""'}).practitioners == []
+
+
 def test_location_from_pv1_3() -> None:
     encounter = run().encounter
     assert encounter is not None
