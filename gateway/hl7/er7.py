@@ -226,7 +226,7 @@ def _escape_value(code: str, enc: Encoding) -> str:
 def sniff_charset(raw: bytes) -> str:
     """MSH-18 read from the raw bytes (the header is ASCII in every charset we accept)."""
     head = raw[:2048].lstrip(b"\xef\xbb\xbf\x0b \t\r\n")
-    line = _SEGMENT_SPLIT.split(head.decode("latin-1"), maxsplit=1)[0]
+    line = head.decode("latin-1").split("\r", 1)[0].split("\n", 1)[0]  # up to the first CR or LF
     if not line.startswith("MSH") or len(line) < 4:
         return ""
     parts = line.split(line[3])
@@ -265,7 +265,9 @@ def parse(raw: bytes | str) -> Message:
     if not text.startswith("MSH") or len(text) < 8:
         raise ParseError("message does not start with an MSH segment", location="MSH")
     enc = _encoding(text)
-    lines = [line for line in _SEGMENT_SPLIT.split(text) if line.strip()]
+    # CR-only text (what MLLP carries) needs no regular expression, which scans every character
+    pieces = _SEGMENT_SPLIT.split(text) if "\n" in text else text.split("\r")
+    lines = [line for line in pieces if line.strip()]
     segments: list[Segment] = []
     for index, line in enumerate(lines):
         name = line[:3]
