@@ -99,6 +99,10 @@ class Repetition:
         esc = enc.escape
         return raw if not esc or esc not in raw else unescape(raw, enc)
 
+    @property
+    def encoding(self) -> Encoding:
+        return self._enc
+
     def subcomponents(self, c: int) -> list[str]:
         return [unescape(p, self._enc) for p in self.component_raw(c).split(self._enc.subcomponent)]
 

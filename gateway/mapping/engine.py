@@ -140,6 +140,8 @@ class Engine:
         self.tables = tables
         #: each segment map's rules compiled once into plain tuples (see :func:`compile_rules`)
         self._plans = {name: compile_rules(seg_map) for name, seg_map in tables.segments.items()}
+        #: what pure steps made from a text before (``MapContext.memo``), for this engine's tables alone
+        self._memo: dict[tuple[Any, ...], Any] = {}
 
     @classmethod
     def from_directory(cls, directory: Path) -> Engine:
@@ -149,7 +151,7 @@ class Engine:
         """``header``: the message's :func:`read_header`, when the caller has read it already."""
         header = header or read_header(message)
         event = self._route(header)
-        ctx = MapContext(tables=self.tables, sender=header.sender)
+        ctx = MapContext(tables=self.tables, sender=header.sender, memo=self._memo)
         ctx.warnings.extend(("MSH", w) for w in message.warnings)
         self._check_header(message, header, ctx)
         self._check_evn(message, header, ctx)
