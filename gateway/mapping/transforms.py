@@ -126,7 +126,12 @@ def _offset_zone(offset: str) -> timezone | None:
 
 
 def fhir_datetime(text: str, tz: ZoneInfo = PARIS) -> str | None:
-    parsed = parse_dtm(text, tz)
+    """HL7 DTM → FHIR date or dateTime text at the DTM's precision (``None``: not an instant)."""
+    return _fhir_datetime(text, tz) if len(text) > MEMO_LONGEST else _known_fhir_datetime(text, tz)
+
+
+def _fhir_datetime(text: str, tz: ZoneInfo) -> str | None:
+    parsed = _parse_dtm(text, tz)
     if parsed is None:
         return None
     moment, precision = parsed
@@ -137,6 +142,10 @@ def fhir_datetime(text: str, tz: ZoneInfo = PARIS) -> str | None:
     if precision <= 8:
         return moment.strftime("%Y-%m-%d")
     return moment.isoformat(timespec="seconds")
+
+
+#: a message gives the same instant in MSH-7, EVN-2, EVN-6, PV1-44 and ZBE-2: formatted once (text is immutable)
+_known_fhir_datetime = lru_cache(maxsize=256)(_fhir_datetime)
 
 
 @transform("datetime")
