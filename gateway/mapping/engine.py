@@ -631,6 +631,8 @@ def filter_identifiers(
 def _people(reps: Sequence[Repetition]) -> list[list[Repetition]]:
     """XCN repetitions grouped by person: GAMs send one doctor as ``ADELI~RPPS`` with the same name
     (XCN-2/3). Repetitions without a name stand alone."""
+    if len(reps) == 1:
+        return [[reps[0]]]  # one repetition is one person: no names to compare
     groups: dict[tuple[str, str] | int, list[Repetition]] = {}
     for index, rep in enumerate(reps):
         family, given = rep.get(2, 1).strip().upper(), rep.get(3).strip().upper()
