@@ -99,6 +99,10 @@ class Repetition:
         esc = enc.escape
         return raw if not esc or esc not in raw else unescape(raw, enc)
 
+    @property
+    def encoding(self) -> Encoding:
+        return self._enc
+
     def subcomponents(self, c: int) -> list[str]:
         return [unescape(p, self._enc) for p in self.component_raw(c).split(self._enc.subcomponent)]
 
@@ -130,22 +134,31 @@ class Segment:
         return reps
 
     def _split(self, n: int) -> list[Repetition]:
-        raw = self.raw(n)
+        fields = self.fields
+        raw = fields[n] if 0 < n < len(fields) else ""
         if not raw:
             return []
-        if self.name == "MSH" and n in (1, 2):
-            return [Repetition(raw, self._enc)]
-        return [Repetition(r, self._enc) for r in raw.split(self._enc.repetition) if r]
+        enc = self._enc
+        separator = enc.repetition
+        # most fields do not repeat: one repetition, without a split and a comprehension
+        if separator not in raw or (n < 3 and self.name == "MSH"):
+            return [Repetition(raw, enc)]
+        return [Repetition(r, enc) for r in raw.split(separator) if r]
 
     def first(self, n: int) -> Repetition:
-        reps = self.repetitions(n)
+        reps = self._reps.get(n)
+        if reps is None:
+            reps = self._reps[n] = self._split(n)
         return reps[0] if reps else Repetition("", self._enc)
 
     def get(self, n: int, c: int = 1, s: int = 0) -> str:
         """Unescaped value of the first repetition of field ``n``, component ``c``, subcomponent ``s``."""
-        if self.name == "MSH" and n in (1, 2):
+        if n < 3 and self.name == "MSH" and n > 0:
             return self.raw(n)
-        return self.first(n).get(c, s)
+        reps = self._reps.get(n)
+        if reps is None:
+            reps = self._reps[n] = self._split(n)
+        return reps[0].get(c, s) if reps else ""
 
     def __repr__(self) -> str:  # never prints content: segments carry health data
         return f"<Segment {self.name} fields={len(self.fields) - 1}>"
@@ -217,7 +230,7 @@ def _escape_value(code: str, enc: Encoding) -> str:
 def sniff_charset(raw: bytes) -> str:
     """MSH-18 read from the raw bytes (the header is ASCII in every charset we accept)."""
     head = raw[:2048].lstrip(b"\xef\xbb\xbf\x0b \t\r\n")
-    line = _SEGMENT_SPLIT.split(head.decode("latin-1"), maxsplit=1)[0]
+    line = head.decode("latin-1").split("\r", 1)[0].split("\n", 1)[0]  # up to the first CR or LF
     if not line.startswith("MSH") or len(line) < 4:
         return ""
     parts = line.split(line[3])
@@ -256,7 +269,9 @@ def parse(raw: bytes | str) -> Message:
     if not text.startswith("MSH") or len(text) < 8:
         raise ParseError("message does not start with an MSH segment", location="MSH")
     enc = _encoding(text)
-    lines = [line for line in _SEGMENT_SPLIT.split(text) if line.strip()]
+    # CR-only text (what MLLP carries) needs no regular expression, which scans every character
+    pieces = _SEGMENT_SPLIT.split(text) if "\n" in text else text.split("\r")
+    lines = [line for line in pieces if line.strip()]
     segments: list[Segment] = []
     for index, line in enumerate(lines):
         name = line[:3]

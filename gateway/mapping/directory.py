@@ -21,9 +21,10 @@ A PractitionerRole's id starts with its practitioner's id, so that a circle is s
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
-from gateway.mapping.ids import resource_id
+from gateway.mapping.ids import MEMO_LONGEST, resource_id
 from gateway.mapping.transforms import local_system
 
 JSON = dict[str, Any]
@@ -67,15 +68,25 @@ def facility_of(source: str) -> str | None:
 
 def hospital(facility: str) -> JSON:
     """The sending hospital (MSH-4) as an Organization: what its doctors act for and its units belong to."""
-    system = local_system("sender")
-    value = local_system("sender", facility).rsplit("/", 1)[-1]
+    system, value, oid = _hospital_key(facility) if len(facility) > MEMO_LONGEST else _known_hospital(facility)
     return {
         "resourceType": "Organization",
-        "id": resource_id("Organization", f"{system}|{value}"),
+        "id": oid,
         "meta": {"profile": [PROFILE_ORGANIZATION]},
         "identifier": [{"type": INTERNAL_ID, "system": system, "value": value}],
         "name": value,  # MSH-4 as the gateway keys it (the same from a stay's meta.source and from a ROL)
     }
+
+
+def _hospital_key(facility: str) -> tuple[str, str, str]:
+    """The hospital's identifier system, value and resource id."""
+    system = local_system("sender")
+    value = local_system("sender", facility).rsplit("/", 1)[-1]
+    return system, value, resource_id("Organization", f"{system}|{value}")
+
+
+#: the few sending facilities, each named by several members of every message and by every circle's fold
+_known_hospital = lru_cache(maxsize=256)(_hospital_key)
 
 
 def unit(provider: JSON, facility: str | None) -> JSON:
@@ -103,7 +114,7 @@ def practitioner_role(practitioner: JSON, organization: JSON | None) -> JSON:
         "resourceType": "PractitionerRole",
         "id": rid,
         "meta": {"profile": [PROFILE_ROLE]},
-        "practitioner": {k: practitioner[k] for k in ("reference", "display") if practitioner.get(k)},
+        "practitioner": _kept(practitioner, "reference", "display"),
     }
     if organization is not None:
         out["organization"] = _reference(organization)
@@ -124,7 +135,7 @@ def member(reference: JSON, *, role: str, source: str) -> Member:
     if target.startswith("Practitioner/"):
         organization = hospital(facility) if facility and role in HOSPITAL_ROLES else None
         found = practitioner_role(reference, organization)
-        kept = {k: reference[k] for k in ("identifier", "display") if reference.get(k)}
+        kept = _kept(reference, "identifier", "display")
         made = (found,) if organization is None else (found, organization)
         return Member({"reference": f"PractitionerRole/{found['id']}", **kept}, made)
     ident = reference.get("identifier") or {}
@@ -168,6 +179,18 @@ def of_message(
     made = [r for ref, role in named for r in member(ref, role=role, source=source).resources]
     found = {(r["resourceType"], r["id"]): r for r in made}
     return [found[key] for key in sorted(found)]
+
+
+def _kept(source: JSON, first: str, second: str) -> JSON:
+    """The two elements of ``source`` that are set (neither empty nor missing), in that order."""
+    out: JSON = {}
+    value = source.get(first)
+    if value:
+        out[first] = value
+    value = source.get(second)
+    if value:
+        out[second] = value
+    return out
 
 
 def _reference(resource: JSON) -> JSON:

@@ -6,7 +6,6 @@ what makes golden files, ``gateway convert`` and the sandbox trustworthy.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from gateway.mapping.transforms import (
     PERSON_TRANSFORMS,
     TRANSFORMS,
     MapContext,
+    Transform,
     local_system,
     parse_dtm,
 )
@@ -138,6 +138,10 @@ class Engine:
 
     def __init__(self, tables: Tables) -> None:
         self.tables = tables
+        #: each segment map's rules compiled once into plain tuples (see :func:`compile_rules`)
+        self._plans = {name: compile_rules(seg_map) for name, seg_map in tables.segments.items()}
+        #: what pure steps made from a text before (``MapContext.memo``), for this engine's tables alone
+        self._memo: dict[tuple[Any, ...], Any] = {}
 
     @classmethod
     def from_directory(cls, directory: Path) -> Engine:
@@ -147,7 +151,7 @@ class Engine:
         """``header``: the message's :func:`read_header`, when the caller has read it already."""
         header = header or read_header(message)
         event = self._route(header)
-        ctx = MapContext(tables=self.tables, sender=header.sender)
+        ctx = MapContext(tables=self.tables, sender=header.sender, memo=self._memo)
         ctx.warnings.extend(("MSH", w) for w in message.warnings)
         self._check_header(message, header, ctx)
         self._check_evn(message, header, ctx)
@@ -241,23 +245,31 @@ class Engine:
 
     def _apply(self, seg_map: SegmentMap, segment: Segment, ctx: MapContext) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for rule in seg_map.rules:
-            ctx.location = rule.location
-            reps = segment.repetitions(rule.source.field)
-            if not reps:
+        fields = segment.fields
+        count = len(fields)
+        for number, transform, args, steps, repeat, person, location in self._plans[seg_map.name]:
+            if number >= count or not fields[number]:
                 continue  # most rules of a segment map name a field the message leaves empty
-            if rule.transform in PERSON_TRANSFORMS:
-                groups = _people(reps)
-            else:
-                groups = [[rep] for rep in (reps if rule.repeat else reps[:1])]
-            for rep, *same in groups if rule.repeat else groups[:1]:
+            ctx.location = location
+            reps = segment.repetitions(number)
+            if not reps:
+                continue
+            if person:
+                for rep, *same in _people(reps) if repeat else _people(reps)[:1]:
+                    if rep.component_raw(1) == HL7_NULL:
+                        continue  # "" is HL7's explicit null: the value is deleted, so nothing is mapped
+                    ctx.same_person = same
+                    value = transform(rep, ctx, args)
+                    ctx.same_person = []
+                    if value is not None:
+                        _set_steps(out, steps, value)
+                continue
+            for rep in reps if repeat else reps[:1]:  # ctx.same_person is [] outside a person's transform
                 if rep.component_raw(1) == HL7_NULL:
-                    continue  # "" is HL7's explicit null: the value is deleted, so nothing is mapped
-                ctx.same_person = same
-                value = TRANSFORMS[rule.transform](rep, ctx, rule.args)
-                ctx.same_person = []
+                    continue
+                value = transform(rep, ctx, args)
                 if value is not None:
-                    set_path(out, rule.target, value)
+                    _set_steps(out, steps, value)
         if out and seg_map.defaults:
             out = {**seg_map.defaults, **out}
         return out
@@ -525,10 +537,30 @@ def instant(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=PARIS)
 
 
-@functools.lru_cache(maxsize=1024)
+#: One compiled rule: field number, transform, its arguments, the target's steps (:func:`_path_parts`),
+#: whether it repeats, whether it reads people (``PERSON_TRANSFORMS``), and the location warnings name.
+Plan = tuple[tuple[int, Transform, dict[str, Any], tuple[tuple[str, bool, bool], ...], bool, bool, str], ...]
+
+
+def compile_rules(seg_map: SegmentMap) -> Plan:
+    """A segment map's rules as plain tuples, resolved once when the engine is built: the transform
+    looked up, the target path split, the location formatted (not per rule of every message)."""
+    return tuple(
+        (
+            rule.source.field,
+            TRANSFORMS[rule.transform],
+            rule.args,
+            _path_parts(rule.target),
+            rule.repeat,
+            rule.transform in PERSON_TRANSFORMS,
+            rule.location,
+        )
+        for rule in seg_map.rules
+    )
+
+
 def _path_parts(path: str) -> tuple[tuple[str, bool, bool], ...]:
-    """``a.b[]`` as (name, appends, is last) steps: the tables name a few hundred paths, each set on
-    every message, so each is split once."""
+    """``a.b[]`` as (name, appends, is last) steps."""
     parts = path.split(".")
     return tuple(
         (part.removesuffix("[]"), part.endswith("[]"), index == len(parts) - 1) for index, part in enumerate(parts)
@@ -537,8 +569,12 @@ def _path_parts(path: str) -> tuple[tuple[str, bool, bool], ...]:
 
 def set_path(target: dict[str, Any], path: str, value: Any) -> None:
     """Set ``a.b[]``-style paths: ``[]`` appends to a list (skipping exact duplicates)."""
+    _set_steps(target, _path_parts(path), value)
+
+
+def _set_steps(target: dict[str, Any], steps: tuple[tuple[str, bool, bool], ...], value: Any) -> None:
     node: Any = target
-    for name, append, last in _path_parts(path):
+    for name, append, last in steps:
         if append:
             items = node.setdefault(name, [])
             if last:
@@ -595,6 +631,8 @@ def filter_identifiers(
 def _people(reps: Sequence[Repetition]) -> list[list[Repetition]]:
     """XCN repetitions grouped by person: GAMs send one doctor as ``ADELI~RPPS`` with the same name
     (XCN-2/3). Repetitions without a name stand alone."""
+    if len(reps) == 1:
+        return [[reps[0]]]  # one repetition is one person: no names to compare
     groups: dict[tuple[str, str] | int, list[Repetition]] = {}
     for index, rep in enumerate(reps):
         family, given = rep.get(2, 1).strip().upper(), rep.get(3).strip().upper()

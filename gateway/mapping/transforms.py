@@ -14,6 +14,8 @@ from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from gateway.canonical import CANONICAL_BASE, FR_CORE_SD
 from gateway.hl7.er7 import Repetition
 from gateway.mapping.ids import (
@@ -59,6 +61,9 @@ class MapContext:
     location: str = ""
     #: the other repetitions of the person a transform is reading (same name: ``ADELI~RPPS``)
     same_person: list[Repetition] = field(default_factory=list)
+    #: what pure steps made from the same text before (the engine's, shared by its messages: see
+    #: :func:`practitioner_from_xcn`); each entry is immutable, and handed out as a new copy
+    memo: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
     def warn(self, text: str) -> None:
         self.warnings.append((self.location, text))
@@ -121,7 +126,12 @@ def _offset_zone(offset: str) -> timezone | None:
 
 
 def fhir_datetime(text: str, tz: ZoneInfo = PARIS) -> str | None:
-    parsed = parse_dtm(text, tz)
+    """HL7 DTM → FHIR date or dateTime text at the DTM's precision (``None``: not an instant)."""
+    return _fhir_datetime(text, tz) if len(text) > MEMO_LONGEST else _known_fhir_datetime(text, tz)
+
+
+def _fhir_datetime(text: str, tz: ZoneInfo) -> str | None:
+    parsed = _parse_dtm(text, tz)
     if parsed is None:
         return None
     moment, precision = parsed
@@ -132,6 +142,10 @@ def fhir_datetime(text: str, tz: ZoneInfo = PARIS) -> str | None:
     if precision <= 8:
         return moment.strftime("%Y-%m-%d")
     return moment.isoformat(timespec="seconds")
+
+
+#: a message gives the same instant in MSH-7, EVN-2, EVN-6, PV1-44 and ZBE-2: formatted once (text is immutable)
+_known_fhir_datetime = lru_cache(maxsize=256)(_fhir_datetime)
 
 
 @transform("datetime")
@@ -357,10 +371,51 @@ def _telecom(rep: Repetition, ctx: MapContext, args: dict[str, Any]) -> dict[str
     return out
 
 
+#: Entries the memo holds at most; it starts again empty beyond (a feed names a few hundred doctors).
+MEMO_ENTRIES = 4096
+
+
 def practitioner_from_xcn(rep: Repetition, ctx: MapContext) -> tuple[str, dict[str, Any]] | None:
     """XCN → a Practitioner (fr-core-practitioner) keyed by RPPS when given, else ADELI, else the sender's
     local id. The same person sent as several repetitions (``ADELI~RPPS``, same name) is one Practitioner
-    with every identifier: the engine passes the other repetitions in ``ctx.same_person``."""
+    with every identifier: the engine passes the other repetitions in ``ctx.same_person``.
+
+    The same doctors come back in every message (PV1-7, PV1-17, ROL-4, PD1-4): what their text makes (the
+    resource, and the warnings said while making it) is kept in ``ctx.memo``, by the text, the delimiters
+    and the sender, and each use gets a new copy of the resource and the warnings at its own location.
+    """
+    texts = [rep.raw, *(one.raw for one in ctx.same_person)]
+    key = ("xcn", rep.encoding, ctx.sender, *texts) if sum(map(len, texts)) <= MEMO_LONGEST else None
+    made = ctx.memo.get(key) if key is not None else None
+    if made is None:
+        reported = len(ctx.warnings)
+        found = _practitioner(rep, ctx)
+        if key is not None:
+            if len(ctx.memo) >= MEMO_ENTRIES:
+                ctx.memo.clear()
+            said = tuple(text for _, text in ctx.warnings[reported:])
+            ctx.memo[key] = (found[0], orjson.dumps(found[1]), said) if found else (None, b"", said)
+        if found is None:
+            return None
+        pid, resource = found
+    else:
+        pid, body, said = made
+        ctx.warnings.extend((ctx.location, text) for text in said)
+        if pid is None:
+            return None
+        resource = orjson.loads(body)
+    known = ctx.practitioners.get(pid)
+    if known is not None:  # named twice in one message (PV1-7 and ROL-4): keep every identifier
+        identifiers = resource.get("identifier", [])
+        extra = [i for i in known.get("identifier", []) if i not in identifiers]
+        if extra:
+            resource["identifier"] = _one_national_id([*identifiers, *extra])
+    ctx.practitioners[pid] = resource
+    return pid, resource
+
+
+def _practitioner(rep: Repetition, ctx: MapContext) -> tuple[str, dict[str, Any]] | None:
+    """The Practitioner one XCN (and the same person's other repetitions) makes, alone."""
     reps = [rep, *ctx.same_person]
     family, given = rep.get(2, 1).strip(), rep.get(3).strip()
     identifiers: list[dict[str, Any]] = []
@@ -385,12 +440,6 @@ def practitioner_from_xcn(rep: Repetition, ctx: MapContext) -> tuple[str, dict[s
         name["suffix"] = [rep.get(6).strip()]
     if name:
         resource["name"] = [name]
-    known = ctx.practitioners.get(pid)
-    if known is not None:  # named twice in one message (PV1-7 and ROL-4): keep every identifier
-        extra = [i for i in known.get("identifier", []) if i not in identifiers]
-        if extra:
-            resource["identifier"] = _one_national_id([*identifiers, *extra])
-    ctx.practitioners[pid] = resource
     return pid, resource
 
 

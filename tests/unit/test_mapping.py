@@ -16,6 +16,7 @@ import pytest
 
 from gateway.errors import MappingError, UnsupportedError, UnsupportedEventError
 from gateway.hl7 import er7
+from gateway.mapping import transforms
 from gateway.mapping.engine import (
     PROFILE_ENCOUNTER,
     PROFILE_PATIENT,
@@ -717,6 +718,14 @@ def test_no_participants() -> None:
     assert mapped.practitioners == []
 
 
+def test_explicit_null_participant_maps_no_one() -> None:
+    """PV1-7 ``""`` (HL7's explicit null) maps no participant, beside the one it is grouped with."""
+    mapped = run(pv1={7: f'""~{DR_PETIT}'})
+    assert mapped.encounter is not None
+    assert [p["individual"]["display"] for p in mapped.encounter["participant"]] == ["ANNE PETIT"]
+    assert run(pv1={7: '""'}).practitioners == []
+
+
 def test_location_from_pv1_3() -> None:
     encounter = run().encounter
     assert encounter is not None
@@ -988,3 +997,31 @@ def test_a44_without_pv1_names_the_account_to_move() -> None:
 def test_a_movement_id_without_its_value_is_no_identifier() -> None:
     mapped = run(zbe={1: f"^CH-TEST^{IPP_OID}^ISO"})
     assert mapped.movement is not None and "identifier" not in mapped.movement
+
+
+def test_a_doctor_named_again_is_made_again_from_the_memo() -> None:
+    """The same XCN in a later message: an equal Practitioner, a new copy of it, the same warnings."""
+    doctor = "77001^LEGRAND^ANNE^^^DR^^^CH-TEST-UNKNOWN"  # an authority no table knows: a warning
+    first, second = (run(pv1={7: doctor}, msh={10: f"CTRL-M{n}"}) for n in (1, 2))
+    assert first.practitioners == second.practitioners
+    assert first.practitioners[0] is not second.practitioners[0]
+    assert first.practitioners[0]["name"] is not second.practitioners[0]["name"]
+    assert warned(first, "PV1-7") == warned(second, "PV1-7") != []
+    assert first.encounter is not None and second.encounter is not None
+    assert first.encounter["participant"] == second.encounter["participant"]
+
+
+def test_an_xcn_naming_no_one_is_remembered_as_no_one() -> None:
+    for n in (1, 2):
+        mapped = run(pv1={7: "^^MARC"}, msh={10: f"CTRL-N{n}"})
+        assert mapped.practitioners == []
+        assert mapped.encounter is not None and "participant" not in mapped.encounter
+
+
+def test_the_memo_starts_again_when_full(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transforms, "MEMO_ENTRIES", 1)
+    engine = Engine(ENGINE.tables)
+    for doctor in (DR_BERNARD, DR_PETIT, DR_BERNARD):
+        [practitioner] = engine.map(adt(pv1={7: doctor})).practitioners
+        assert practitioner["identifier"][0]["value"] == doctor.split("^", 1)[0]
+        assert len(engine._memo) == 1
