@@ -290,20 +290,12 @@ def _resolve(answers: list[tuple[asyncio.Future[Outcome], Outcome]]) -> None:
             waiter.set_result(outcome)
 
 
-def _take(source: queue.SimpleQueue[T | None], most: int, *, sharers: int = 1) -> tuple[list[T], bool]:
-    """Wait for one entry, then take every other one waiting, up to ``most`` and to this reader's share of
-    what waits among ``sharers`` readers of the queue; and whether :data:`_STOP` came (nothing after it is
-    taken: it is for whoever reads the queue next).
-
-    The share is for PostgreSQL's several writers: the first to wake took every message waiting, so the
-    16 connections' messages went to one writer, one after another, while the others waited for the next
-    group (``mllp_ingest.py --connections 16``, PostgreSQL, 4 writers: 84 msg/s taking all, 95 / 103
-    taking a share, interleaved on a loaded machine). One writer (SQLite) takes everything, as before."""
+def _take(source: queue.SimpleQueue[T | None], most: int) -> tuple[list[T], bool]:
+    """Wait for one entry, then take every other one waiting, up to ``most``; and whether :data:`_STOP`
+    came (nothing after it is taken: it is for whoever reads the queue next)."""
     first = source.get()
     if first is _STOP:
         return [], True
-    if sharers > 1:
-        most = min(most, -(-(1 + source.qsize()) // sharers))
     taken = [first]
     while len(taken) < most:
         try:
@@ -416,7 +408,7 @@ class Pipeline:
 
     def _write_loop(self) -> None:
         while True:
-            jobs, stop = _take(self._jobs, MAX_GROUP, sharers=len(self._writers))
+            jobs, stop = _take(self._jobs, MAX_GROUP)
             if jobs:
                 self._write(jobs)
             if stop:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import queue
 import threading
 from collections import Counter
 from concurrent.futures import Future
@@ -208,22 +207,6 @@ def test_several_writers_sharing_doctors_apply_everything(
     assert Counter(results) == {"AA": 80}
     assert statuses(db) == {"applied": 80}
     repo_check(db)
-
-
-def test_a_writer_among_several_takes_its_share_of_what_waits() -> None:
-    """With four writers and nine messages waiting, the first to wake takes three (ceil 9 / 4), not all
-    nine: the others' groups start at once instead of after its commit. One writer takes everything."""
-    source: queue.SimpleQueue[int | None] = queue.SimpleQueue()
-    for k in range(9):
-        source.put(k)
-    taken, stop = pipeline_module._take(source, 64, sharers=4)
-    assert (taken, stop) == ([0, 1, 2], False)
-    taken, _ = pipeline_module._take(source, 64, sharers=4)
-    assert taken == [3, 4]  # six waiting: ceil(6 / 4)
-    taken, _ = pipeline_module._take(source, 2, sharers=1)
-    assert taken == [5, 6]  # ``most`` still bounds a group
-    source.put(None)
-    assert pipeline_module._take(source, 64, sharers=1) == ([7, 8], True)
 
 
 def repo_check(db: Engine) -> None:
