@@ -1233,6 +1233,8 @@ _PARSED: _Recent[bytes, JSON] = _Recent(256)
 
 #: the columns of a ``resources`` (or ``resource_versions``) row that make a :class:`StoredResource`
 RESOURCE_COLUMNS = ("type", "id", "version_id", "last_updated", "deleted", "content", "body")
+#: row classes whose getters are kept at most (the cursor makes one per compiled shape)
+MAX_ROW_CLASSES = 256
 #: a cursor row class → the ``itemgetter`` of its :data:`RESOURCE_COLUMNS` (a class per statement shape)
 _COLUMN_GETTERS: dict[type[Row], Callable[[Row], tuple[Any, ...]]] = {}
 
@@ -1251,9 +1253,6 @@ def _columns(row: Any) -> tuple[Any, ...]:
             _COLUMN_GETTERS.clear()  # the cursor's shapes were compiled again (see ``cursor.MAX_SHAPES``)
         getter = _COLUMN_GETTERS[kind] = operator.itemgetter(*(kind._index[name] for name in RESOURCE_COLUMNS))
     return getter(row)
-
-
-MAX_ROW_CLASSES = 256
 
 
 def _stored(row: Any, *, shared: bool = False) -> StoredResource:
