@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import resource
 import secrets
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,8 +254,54 @@ async def serve_instance(database_url: str) -> int:
     return 0
 
 
+class Stalls:
+    """What can hold every connection's ACK at once, watched while the gateway runs (``--stalls``): the event
+    loop's lag (how late a 5 ms ticker wakes: the loop busy, or waiting for the GIL a writer holds) and the
+    garbage collector's pauses (each stops every thread)."""
+
+    TICK = 0.005
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.pauses: list[tuple[int, float]] = []  # (generation, seconds)
+        self._began = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        else:
+            self.pauses.append((info["generation"], time.perf_counter() - self._began))
+
+    async def _tick(self) -> None:
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(self.TICK)
+            self.lags.append(time.perf_counter() - before - self.TICK)
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        gc.callbacks.append(self._on_gc)
+        ticker = asyncio.create_task(self._tick())
+        try:
+            yield
+        finally:
+            ticker.cancel()
+            gc.callbacks.remove(self._on_gc)
+
+    def lines(self) -> list[str]:
+        lags = self.lags or [0.0]
+        oldest = [s for generation, s in self.pauses if generation == 2]
+        longest = max((s for _, s in self.pauses), default=0.0)
+        return [
+            f"  loop lag        p50 {percentile(lags, 0.5) * 1000:.1f} ms, p99 {percentile(lags, 0.99) * 1000:.1f} ms, "
+            f"max {max(lags) * 1000:.1f} ms ({len(self.lags)} ticks of {self.TICK * 1000:g} ms)",
+            f"  GC pauses       {len(self.pauses)} ({len(oldest)} of generation 2), longest {longest * 1000:.1f} ms, "
+            f"total {sum(s for _, s in self.pauses) * 1000:.0f} ms",
+        ]
+
+
 async def ingest_in_process(
-    settings: Settings, per_connection: list[list[bytes]], *, rate: float
+    settings: Settings, per_connection: list[list[bytes]], *, rate: float, stalls: Stalls | None = None
 ) -> tuple[Results, float, float]:
     """(results, elapsed, CPU of this process): the gateway in this process, beside the sender."""
     runtime = Runtime.build(settings)
@@ -263,7 +310,8 @@ async def ingest_in_process(
     assert runtime.mllp is not None
     cpu = time.process_time()
     try:
-        results, elapsed = await send_all(runtime.mllp.port, per_connection, rate=rate)
+        async with stalls.watching() if stalls else contextlib.nullcontext():
+            results, elapsed = await send_all(runtime.mllp.port, per_connection, rate=rate)
         cpu = time.process_time() - cpu  # sender, gateway and worker threads: the steadier figure on a busy machine
     finally:
         await runtime.stop()
@@ -296,6 +344,7 @@ async def run(
     with_peer: bool = False,
     rate: float = 0.0,
     instances: int = 1,
+    stalls: bool = False,
 ) -> int:
     per_connection = spread(n_messages, connections)
     total = sum(len(batch) for batch in per_connection)
@@ -306,12 +355,13 @@ async def run(
     db.dispose()
     size_before = store_bytes(database_url)
     servers: list[Instance] = []
+    watched = Stalls() if stalls and instances == 1 else None
     if instances > 1:
         results, elapsed, cpu, servers = await ingest_in_instances(
             database_url, per_connection, count=instances, rate=rate
         )
     else:
-        results, elapsed, cpu = await ingest_in_process(settings, per_connection, rate=rate)
+        results, elapsed, cpu = await ingest_in_process(settings, per_connection, rate=rate, stalls=watched)
     stored = store_bytes(database_url) - size_before
     compared = _floor_url(database_url)
     floor_figures = await floors(n_messages, connections, compared, rate=rate) if with_floors else {}
@@ -336,6 +386,8 @@ async def run(
         peak_rss_mb = max(i.rss_mb for i in servers)  # the largest instance's
     print(f"  peak RSS        {peak_rss_mb:.0f} MiB")
     print(f"  store growth    {stored / total / 1024:.1f} KiB/message, {2 * stored / total / 1024:.1f} KiB/stay")
+    if watched is not None:
+        print("\n".join(watched.lines()))
     for k, server in enumerate(servers, 1):
         print(
             f"  instance {k:<6} CPU {server.cpu:.2f} s, {server.messages} messages "
@@ -372,13 +424,22 @@ def main() -> int:
     parser.add_argument(
         "--instances", type=int, default=1, help="gateway processes on the same store (1: in this process)"
     )
+    parser.add_argument(
+        "--stalls", action="store_true", help="also watch the event loop's lag and GC pauses (in-process only)"
+    )
     parser.add_argument("--serve-instance", action="store_true", help=argparse.SUPPRESS)  # one of --instances
     args = parser.parse_args()
     if args.serve_instance:
         return asyncio.run(serve_instance(args.database_url))
     if args.messages < 1 or args.connections < 1 or args.rate < 0 or args.instances < 1:
         parser.error("--messages, --connections and --instances must be positive, --rate not negative")
-    options = {"with_floors": args.floors, "with_peer": args.peer, "rate": args.rate, "instances": args.instances}
+    options = {
+        "with_floors": args.floors,
+        "with_peer": args.peer,
+        "rate": args.rate,
+        "instances": args.instances,
+        "stalls": args.stalls,
+    }
     if args.database_url:
         return asyncio.run(run(args.messages, args.connections, args.database_url, **options))
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
