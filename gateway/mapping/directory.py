@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import orjson
-
 from gateway.mapping.ids import MEMO_LONGEST, resource_id
 from gateway.mapping.transforms import local_system
 
@@ -159,12 +157,6 @@ def unit_reference(unit_fact: JSON | None) -> JSON | None:
     }
 
 
-#: Directory answers kept by :func:`of_message` (a hospital's doctors and units, message after message)
-DIRECTORY_MEMO_SIZE = 512
-#: What a message names, as JSON, above which :func:`of_message` computes without its memo
-DIRECTORY_MEMO_LONGEST = 4 * MEMO_LONGEST
-
-
 def of_message(
     *,
     facility: str,
@@ -173,12 +165,7 @@ def of_message(
     movement: JSON | None,
 ) -> list[JSON]:
     """The directory resources the members a message names need (roles of its doctors, its unit in
-    charge, the hospital), sorted: written with the message, whatever the circle then makes of them.
-
-    Memoized by what it reads (the facility and the named members with their roles, as JSON): the same
-    doctors and unit come back message after message, and building their resources was a tenth of the
-    mapping. Each call gets a new copy (callers may change it); a long naming is computed each time.
-    """
+    charge, the hospital), sorted: written with the message, whatever the circle then makes of them."""
     source = f"hospital:{facility}"
     named: list[tuple[JSON, str]] = [(p["member"], str(p["role"])) for p in participations if p.get("member")]
     for participant in (encounter or {}).get("participant", []):
@@ -189,23 +176,9 @@ def of_message(
     provider = unit_reference((movement or {}).get("medical_unit"))
     if provider:
         named.append((provider, "UF"))
-    key = orjson.dumps([source, named])
-    if len(key) > DIRECTORY_MEMO_LONGEST:
-        return _directory(source, named)
-    return list(orjson.loads(_known_directory(key)))
-
-
-def _directory(source: str, named: list[tuple[JSON, str]]) -> list[JSON]:
     made = [r for ref, role in named for r in member(ref, role=role, source=source).resources]
     found = {(r["resourceType"], r["id"]): r for r in made}
     return [found[key] for key in sorted(found)]
-
-
-@lru_cache(maxsize=DIRECTORY_MEMO_SIZE)
-def _known_directory(key: bytes) -> bytes:
-    """``_directory`` of what ``key`` holds (``[source, [[reference, role], …]]``), as JSON."""
-    source, named = orjson.loads(key)
-    return orjson.dumps(_directory(source, [(ref, role) for ref, role in named]))
 
 
 def _kept(source: JSON, first: str, second: str) -> JSON:

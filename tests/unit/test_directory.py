@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
 from gateway.mapping import directory
 
 DOCTOR = {"reference": "Practitioner/abc", "identifier": {"system": "https://rpps.esante.gouv.fr", "value": "1"}}
@@ -38,60 +36,3 @@ def test_references_already_allowed_or_unresolvable_are_kept() -> None:
         assert directory.member(reference, role="CP", source="hospital:CH-X") == directory.Member(reference, ())
     assert directory.practitioner_of_role("Organization/x") is None
     assert directory.unit_reference(None) is None
-
-
-def _naming(k: int) -> dict[str, object]:
-    """A message's members: a ROL doctor, a PV1 attending and admitting doctor, a unit in charge (k-th)."""
-    doctor = {"reference": f"Practitioner/p{k}", "display": f"DR {k}"}
-    return {
-        "facility": f"CH-{k % 3}",
-        "participations": [
-            {"member": doctor, "role": "AT" if k % 2 else "RP", "action": "INSERT"},
-            {"member": {}, "role": "AT"},
-            {"role": "AD"},
-        ],
-        "encounter": {
-            "participant": [
-                {"type": [{"coding": [{"code": "ATND"}]}], "individual": {"reference": f"Practitioner/a{k}"}},
-                {"type": [{"coding": [{"code": "ADM"}]}], "individual": {"reference": f"Practitioner/m{k % 2}"}},
-                {"type": [{"coding": [{"code": "XXX"}]}], "individual": {"reference": "Practitioner/x"}},
-            ]
-        }
-        if k % 4
-        else None,
-        "movement": {"medical_unit": {"system": "urn:oid:1.2.3", "code": f"UF{k % 5}", "name": "Cardio"}}
-        if k % 3
-        else {},
-    }
-
-
-def _unmemoized(naming: dict[str, object]) -> list[dict[str, object]]:
-    """``of_message`` with its memo out of the way: every naming is "too long" to be kept."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(directory, "DIRECTORY_MEMO_LONGEST", -1)
-        before = directory._known_directory.cache_info()
-        out = directory.of_message(**naming)  # type: ignore[arg-type]
-        assert directory._known_directory.cache_info() == before  # neither looked up nor kept
-    return out
-
-
-def test_memoized_directory_is_the_unmemoized_one_and_a_new_copy_each_time() -> None:
-    for k in range(24):
-        naming = _naming(k)
-        expected = _unmemoized(naming)
-        directory._known_directory.cache_clear()
-        first = directory.of_message(**naming)  # type: ignore[arg-type]
-        again = directory.of_message(**naming)  # type: ignore[arg-type]
-        assert first == again == expected and repr(first) == repr(expected)
-        assert directory._known_directory.cache_info().hits == 1
-        if first:
-            first[0]["id"] = "changed"
-            assert directory.of_message(**naming)[0]["id"] != "changed"  # type: ignore[arg-type]
-
-
-def test_directory_memo_is_bounded() -> None:
-    directory._known_directory.cache_clear()
-    for k in range(directory.DIRECTORY_MEMO_SIZE + 50):  # a hostile feed: a new doctor per message
-        directory.of_message(**_naming(k))  # type: ignore[arg-type]
-    info = directory._known_directory.cache_info()
-    assert info.currsize == info.maxsize == directory.DIRECTORY_MEMO_SIZE
