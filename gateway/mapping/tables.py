@@ -12,6 +12,7 @@ import yaml
 
 from gateway.errors import ConfigError
 from gateway.hl7.er7 import Path as HL7Path
+from gateway.mapping.ids import MEMO_LONGEST
 
 _TARGET = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_]*(\[\])?)*$")
 
@@ -125,14 +126,43 @@ class EventSpec:
     cancels: tuple[str, ...] = ()
 
 
+#: (namespace, universal id, sender) → system answers kept by ``Authorities.system_for``, cleared past this
+AUTHORITY_MEMO_SIZE = 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Authorities:
     national: dict[str, str]
     default: dict[str, str]
     senders: dict[str, dict[str, str]]
+    #: ``system_for``'s answers, by its arguments: the tables never change once loaded
+    _known: dict[tuple[str, str, str, str], str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def system_for(self, *, namespace: str, universal_id: str, sender: tuple[str, str]) -> str | None:
-        """The FHIR system of an assigning authority; ``None`` when no table knows it."""
+        """The FHIR system of an assigning authority; ``None`` when no table knows it.
+
+        Memoized: a message asks for a handful of authorities (IPP, NDA, visit, each practitioner), the
+        same ones message after message, and each answer costs a regular expression and two formatted keys.
+        The memo is cleared once it holds ``AUTHORITY_MEMO_SIZE`` answers, and arguments longer than
+        ``MEMO_LONGEST`` altogether are never kept, so that a hostile feed cannot grow it.
+        """
+        key = (namespace, universal_id, *sender)
+        known = self._known
+        try:
+            return known[key]
+        except KeyError:
+            pass
+        system = self.lookup(namespace=namespace, universal_id=universal_id, sender=sender)
+        if sum(map(len, key)) <= MEMO_LONGEST:
+            if len(known) >= AUTHORITY_MEMO_SIZE:
+                known.clear()
+            known[key] = system
+        return system
+
+    def lookup(self, *, namespace: str, universal_id: str, sender: tuple[str, str]) -> str | None:
+        """``system_for`` without its memo."""
         if universal_id and universal_id in self.national:
             return self.national[universal_id]
         if universal_id and _OID.fullmatch(universal_id):

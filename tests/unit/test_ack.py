@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from gateway.hl7 import ack as ack_module
 from gateway.hl7 import er7
-from gateway.hl7.ack import CODE_TEXT, AckIssue, build_ack, encode_ack, escape
+from gateway.hl7.ack import CODE_TEXT, STAMP_MEMO_SIZE, AckIssue, ack_stamp, build_ack, encode_ack, escape
 from gateway.hl7.er7 import Encoding
 
 NOW = datetime(2026, 3, 15, 10, 15, 30, tzinfo=UTC)
@@ -296,3 +297,28 @@ def test_encode_ack_replaces_unencodable_characters() -> None:
     assert encode_ack("MSA|AA|x", "ascii") == b"MSA|AA|x"
     assert encode_ack("MSA|AE|é", "ascii") == b"MSA|AE|?"
     assert encode_ack("MSA|AE|é", "utf-8") == "MSA|AE|é".encode()
+
+
+def test_ack_stamp_is_strftime_across_seconds_zones_and_microseconds() -> None:
+    """The memoized stamp is what ``strftime`` gives, for many distinct seconds (more than the memo
+    holds, back and forth), microseconds and zones, naive or aware; the ACK's MSH-7 and control id use it."""
+    paris = timezone(timedelta(hours=1))
+    moments = [NOW + timedelta(seconds=k, microseconds=(k * 7919) % 1_000_000) for k in range(-40, 40, 3)]
+    moments += [m.astimezone(paris) for m in moments] + [m.replace(tzinfo=None) for m in moments]
+    for moment in moments + moments[::-1]:
+        assert ack_stamp(moment) == moment.strftime("%Y%m%d%H%M%S")
+        ack = reparse(build_ack(inbound(), code="AA", issues=[], now=moment))
+        assert ack.msh.get(7) == moment.strftime("%Y%m%d%H%M%S")
+        assert ack.msh.get(10).startswith(f"ACK{moment.strftime('%Y%m%d%H%M%S')}")
+    # one instant in two zones: equal datetimes, different text
+    assert ack_stamp(NOW) != ack_stamp(NOW.astimezone(paris))
+
+
+def test_ack_stamp_memo_is_bounded() -> None:
+    ack_module._stamp.cache_clear()
+    for k in range(10 * STAMP_MEMO_SIZE):
+        ack_stamp(NOW + timedelta(seconds=k))
+    info = ack_module._stamp.cache_info()
+    assert info.currsize == STAMP_MEMO_SIZE == info.maxsize
+    ack_stamp(NOW + timedelta(seconds=10 * STAMP_MEMO_SIZE - 1, microseconds=5))
+    assert ack_module._stamp.cache_info().hits == info.hits + 1  # the same second, shared

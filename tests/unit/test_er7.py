@@ -540,3 +540,55 @@ def test_generated_values_round_trip(
                     assert segment.get(n, c) == "&".join(subs)
                     for s, value in enumerate(subs, start=1):
                         assert segment.get(n, c, s) == value
+
+
+# -- the encoding memo -------------------------------------------------------------------------
+
+
+def _encoding_as_before(text: str) -> Encoding:
+    """The unmemoized reading of MSH-1/MSH-2 from the whole text, as ``er7`` did before the memo."""
+    sep = text[3]
+    if sep.isalnum() or sep in "\r\n":
+        raise ParseError("MSH-1 field separator is missing", location="MSH-1")
+    chars = text[4 : text.find(sep, 4)] if sep in text[4:] else ""
+    return er7._read_encoding(sep + chars)
+
+
+def _outcome(read: object, text: str) -> object:
+    try:
+        return read(text)  # type: ignore[operator]
+    except ParseError as exc:
+        return ("error", exc.message, exc.location)
+
+
+@PROPERTY
+@given(
+    st.text(alphabet="|#^~\\&$*!@ab1\r\n \x1c", min_size=1, max_size=12),
+    st.text(alphabet="|^a\r", max_size=6),
+)
+def test_memoized_encoding_reads_as_the_unmemoized_one(head: str, rest: str) -> None:
+    text = "MSH" + head + rest
+    assert _outcome(er7._encoding, text) == _outcome(_encoding_as_before, text)
+    assert _outcome(er7._encoding, text) == _outcome(_encoding_as_before, text)  # a second time, from the memo
+
+
+def test_encoding_memo_is_bounded_and_skips_long_declarations() -> None:
+    er7._known_encoding.cache_clear()
+    alphabet = "#$*!@%+=-_/:;,.?"
+    declarations = [
+        sep + "".join(alphabet[(i + k) % len(alphabet)] for k in range(1, 5)) for i, sep in enumerate(alphabet)
+    ]
+    declarations += ["|^~\\&", "|^~\\&#", "|^~", "|^~\\"]
+    for declared in declarations * 3:
+        text = f"MSH{declared}{declared[0]}GAM"
+        assert _outcome(er7._encoding, text) == _outcome(_encoding_as_before, text)
+    info = er7._known_encoding.cache_info()
+    assert len(declarations) <= er7.ENCODING_MEMO_SIZE and info.currsize == len(set(declarations))
+    for i in range(3 * er7.ENCODING_MEMO_SIZE):  # a hostile feed: a new declaration per message
+        er7._encoding(f"MSH|^~\\&{chr(0x2190 + i)}|GAM")  # arrows: printable, not alphanumeric
+    assert er7._known_encoding.cache_info().currsize == er7.ENCODING_MEMO_SIZE
+    before = er7._known_encoding.cache_info()
+    long = "|^~\\&" + "#" * er7.ENCODING_MEMO_LONGEST
+    assert er7._encoding(f"MSH{long}|GAM") == Encoding()
+    assert er7._known_encoding.cache_info() == before  # neither looked up nor kept
+    assert parse(f"MSH{long}|GAM|CH\rPID|1").encoding == Encoding()

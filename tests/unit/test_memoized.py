@@ -6,7 +6,11 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
+import pytest
+
 from gateway.db.indexing import search_entries, stored_system
+from gateway.hl7.er7 import Path
+from gateway.mapping.engine import DEATH_RULE_MEMO_SIZE, death_rule
 from gateway.mapping.ids import MEMO_LONGEST, resource_id
 from gateway.mapping.transforms import LOCAL_SID, local_system, parse_dtm
 
@@ -38,3 +42,19 @@ def test_stored_systems_and_dates_are_coded_short_or_long() -> None:
     long_start = {**team, "period": {"start": f"2026-03-01T08:00:00{LONG}"}}
     assert ("date", "", "2026-03-01T07:00:00.000000Z") in search_entries(team)
     assert not [e for e in search_entries(long_start) if e[0] == "date"]
+
+
+def test_death_rules_read_as_unmemoized_and_the_memo_is_bounded() -> None:
+    death_rule.cache_clear()
+    codes = [f"{seg}-{n}{comp}=" for seg in ("ZFM", "PV1", "PID") for n in (2, 36) for comp in ("", ".1")]
+    codes = [f"{code}{value}" for value in ("9", "20") for code in codes] + ["ZFM-2=", "PV1-36"]
+    for code in codes + codes:
+        position, _, value = code.partition("=")
+        assert death_rule(code) == (position, Path.parse(position), value)
+    assert death_rule.cache_info().currsize == len(set(codes))
+    for k in range(3 * DEATH_RULE_MEMO_SIZE):
+        death_rule(f"ZFM-{k + 1}=9")
+    assert death_rule.cache_info().currsize == DEATH_RULE_MEMO_SIZE == death_rule.cache_info().maxsize
+    for _ in range(2):  # a malformed row raises every time it is read: nothing is kept for it
+        with pytest.raises(ValueError, match="not an HL7 position"):
+            death_rule("ZFM2=9")

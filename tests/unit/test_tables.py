@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 from gateway import cli
 from gateway.errors import ConfigError
 from gateway.mapping.engine import Engine
-from gateway.mapping.tables import EVENT_KINDS, Authorities, load_tables
+from gateway.mapping.ids import MEMO_LONGEST
+from gateway.mapping.tables import AUTHORITY_MEMO_SIZE, EVENT_KINDS, Authorities, load_tables
 from gateway.mapping.transforms import TRANSFORMS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -365,3 +367,46 @@ def test_event_type_table_names_only_what_adt_expresses() -> None:
     assert len(terminology) == 21  # TRE_R254 version 20240329120000, every code
     mapped = {t: r.target_code for t, r in tables.codes["ADT_to_TRE_R254"].items()}
     assert mapped == {"A01": "ADM", "A04": "ADM", "A03": "SOR"}
+
+
+def _memo_authorities() -> Authorities:
+    return Authorities(
+        national={"1.2.250.1.213.1.4.8": "urn:oid:1.2.250.1.213.1.4.8"},
+        default={"RPPS": "urn:oid:1.2.250.1.71.4.2.1"},
+        senders={"GAM|CH": {"CH": "urn:oid:1.2.250.1.999.9.1"}, "*|CH": {"WILD": "https://ch/wild"}},
+    )
+
+
+def test_memoized_authority_systems_are_the_unmemoized_ones() -> None:
+    """Across national, OID, sender, wildcard, default and unknown authorities, each asked twice and in
+    both orders: the memo answers what the lookup answers, ``None`` included."""
+    authorities = _memo_authorities()
+    asks = [
+        (namespace, universal_id, sender)
+        for namespace in ("CH", "WILD", "RPPS", "NOWHERE", "")
+        for universal_id in ("", "1.2.250.1.213.1.4.8", "1.2.250.1.999.9.7", "000897406")
+        for sender in (("GAM", "CH"), ("OTHER", "CH"), ("GAM", "ELSEWHERE"))
+    ]
+    answers = set()
+    for namespace, universal_id, sender in asks + asks[::-1]:
+        expected = authorities.lookup(namespace=namespace, universal_id=universal_id, sender=sender)
+        assert authorities.system_for(namespace=namespace, universal_id=universal_id, sender=sender) == expected
+        answers.add(expected)
+    assert None in answers and len(answers) == 6  # every branch of the lookup answered
+    assert len(authorities._known) == len(asks)
+    # the memo is not part of the tables' value, and a replaced table starts without one
+    assert authorities == _memo_authorities()
+    assert replace(authorities, senders={})._known == {}
+
+
+def test_authority_memo_is_bounded_and_keeps_no_long_argument() -> None:
+    authorities = _memo_authorities()
+    for k in range(3 * AUTHORITY_MEMO_SIZE):  # a hostile feed: a new namespace per message
+        assert authorities.system_for(namespace=f"NS{k}", universal_id="", sender=("GAM", "CH")) is None
+        assert len(authorities._known) <= AUTHORITY_MEMO_SIZE
+    assert authorities.system_for(namespace="CH", universal_id="", sender=("GAM", "CH")) == "urn:oid:1.2.250.1.999.9.1"
+    before = dict(authorities._known)
+    long = "9" * MEMO_LONGEST
+    assert authorities.system_for(namespace="CH", universal_id=f"1.{long}", sender=("GAM", "CH")) == f"urn:oid:1.{long}"
+    assert authorities.system_for(namespace=long, universal_id="", sender=("GAM", "CH")) is None
+    assert authorities._known == before
