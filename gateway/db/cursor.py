@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from sqlalchemy import Connection, LargeBinary
+from sqlalchemy import Connection, DateTime, LargeBinary
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -187,6 +187,8 @@ def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], 
             raise ValueError(f"parameter {name!r} is a tuple: not a fast statement")
         if proc is not None and bind is not None and _driver_binary(dialect, bind.type):
             proc = None  # the driver binds the bytes themselves as it binds the memoryview made of them
+        if proc is not None and bind is not None and isinstance(bind.type, DateTime):
+            return key, fixed, _last_kept(proc)
         return key, fixed, proc
 
     positional = named = None
@@ -245,6 +247,25 @@ def _binder(positional: _Sources | None) -> _Binder | None:
         return tuple(values)
 
     return bind
+
+
+def _last_kept(proc: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A datetime parameter's processor remembering its last value and text: a message binds its one
+    moment (``now``) as the ``last_updated`` of every row it writes, and SQLite's processor formats it
+    each time through a dict of seven fields (~11 a message). A datetime is immutable, so the same object
+    always gives the same text; the last (value, text) pair is one tuple, replaced whole, so that threads
+    sharing the compiled statement never see one's value with another's text."""
+    last: list[tuple[Any, Any]] = [(None, None)]
+
+    def process(value: Any) -> Any:
+        seen, text = last[0]
+        if value is seen and value is not None:
+            return text
+        text = proc(value)
+        last[0] = (value, text)
+        return text
+
+    return process
 
 
 def _driver_binary(dialect: Dialect, kind: Any) -> bool:

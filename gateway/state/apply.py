@@ -450,7 +450,7 @@ def _put(unit: Unit, resource: JSON, *, action: str | None = None) -> StoredReso
 
 
 def _notify(unit: Unit, change: Change, stored: StoredResource) -> None:
-    topics = [t for t in fired(stored.type, change) if unit.listening(t.url)]
+    topics = fired(stored.type, change, heard=lambda t: unit.listening(t.url))
     if not topics:
         return  # most changes interest no subscription: skip building the match target
     patient, target = _target(unit, stored)

@@ -180,7 +180,14 @@ TOPICS: tuple[Topic, ...] = (
     ),
 )
 BY_URL = {t.url: t for t in TOPICS}
+#: the topics about each resource type, in :data:`TOPICS`' order
+BY_RESOURCE: dict[str, tuple[Topic, ...]] = {
+    kind: tuple(t for t in TOPICS if t.resource == kind) for kind in dict.fromkeys(t.resource for t in TOPICS)
+}
 
 
-def fired(resource_type: str, change: Change) -> list[Topic]:
-    return [t for t in TOPICS if t.resource == resource_type and t.fires(change)]
+def fired(resource_type: str, change: Change, *, heard: Callable[[Topic], object] | None = None) -> list[Topic]:
+    """The topics ``change`` fires; with ``heard``, only among those it accepts, asked first: whether a
+    topic fires compares both versions (a circle's members, each side), whether anyone subscribes to it
+    is one lookup, and most changes of a message interest nobody."""
+    return [t for t in BY_RESOURCE.get(resource_type, ()) if (heard is None or heard(t)) and t.fires(change)]

@@ -59,6 +59,25 @@ def test_rows_written_on_the_cursor_equal_sqlalchemys_byte_for_byte(db: Engine) 
     assert fast.body == b"\x00z"
 
 
+def test_a_datetime_bound_again_is_the_text_of_each_value(db: Engine) -> None:
+    """A ``DateTime`` processor keeps its last value's text (``_last_kept``): the same moment bound on
+    several rows, then another moment, an equal one in another zone and the first again each store their
+    own, as SQLAlchemy's path stores them."""
+    paris = timezone(timedelta(hours=1))
+    later = NOW + timedelta(seconds=1)
+    moments = [NOW, NOW, later, NOW.astimezone(paris), NOW]
+    rows = [_resource(f"p{i}", at=at) for i, at in enumerate(moments)]
+    with transaction(db) as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, rows)
+        conn.execute(_INSERT_RESOURCE, [{**r, "id": f"s{r['id']}"} for r in rows])
+        raw = conn.execute(
+            select(resources.c.id, text("CAST(last_updated AS TEXT)")).select_from(resources).order_by(resources.c.id)
+        ).all()
+    fast, slow = dict(r for r in raw if r[0].startswith("p")), {r[0][1:]: r[1] for r in raw if r[0].startswith("s")}
+    assert fast == slow
+    assert fast["p0"] == fast["p1"] == fast["p4"] != fast["p2"]
+
+
 def test_the_binder_built_once_reads_what_the_loop_over_the_sources_reads(db: Engine) -> None:
     """``Compiled.binder`` (an ``itemgetter``, processors after, fixed values put in their places) gives
     the driver the very parameters ``Compiled._bind`` does: a ``DateTime`` processed, a ``deleted = 0``

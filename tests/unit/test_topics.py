@@ -140,3 +140,20 @@ def _declaration(status: str) -> dict[str, object]:
 def test_event_declaration_topic(prev: str | None, new: str, fires: bool) -> None:
     change = Change(_declaration(prev) if prev else None, _declaration(new))
     assert [t.code for t in fired("CommunicationRequest", change)] == (["event-declaration"] if fires else [])
+
+
+def test_a_topic_nobody_hears_is_not_compared() -> None:
+    """``fired(heard=…)`` asks whether anyone listens before comparing the versions: a change whose
+    topics nobody subscribes to fires none, and the others fire as without it."""
+    asked: list[str] = []
+
+    def heard(topic: Any) -> bool:
+        asked.append(topic.code)
+        return topic.code == "encounter-end"
+
+    start = Change(None, encounter("in-progress"))
+    assert fired("Encounter", start, heard=heard) == []
+    assert asked == [t.code for t in TOPICS if t.resource == "Encounter"]
+    end = Change(encounter("in-progress"), encounter("finished"))
+    assert [t.code for t in fired("Encounter", end, heard=heard)] == ["encounter-end"]
+    assert fired("Practitioner", end, heard=heard) == []
