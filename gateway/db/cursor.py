@@ -18,11 +18,18 @@ is registered, which the statement-count pins and the benchmarks rely on.
 
 Only statements whose SQL does not depend on the values qualify: no expanding ``IN`` (a literal list is
 rendered once, as the values it holds), no Python-side default computed per row.
+
+On PostgreSQL an INSERT given several rows is one multi-row ``INSERT … VALUES (…), (…)`` per
+:data:`MAX_VALUES_ROWS` rows rather than psycopg's ``executemany``, which sends each row as its own
+statement (a ``sendto`` and two ``poll`` a row, even pipelined): one round trip for a message's facts,
+versions or index rows. SQLite keeps ``executemany``: in-process, it has no round trip to save.
 """
 
 from __future__ import annotations
 
+import itertools
 import operator
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +46,10 @@ _Processor = Callable[[Any], Any] | None
 #: a positional statement's sources (:attr:`Compiled.positional`), and what reads a row's values from them
 _Sources = tuple[tuple[str | None, Any, _Processor], ...]
 _Binder = Callable[[Mapping[str, Any]], Any]
+
+#: Rows in one multi-row INSERT at most: the SQL text of each row count is cached (a shape per count up to
+#: here), and a statement's parameters stay far below PostgreSQL's limit (65,535).
+MAX_VALUES_ROWS = 100
 
 #: Statement shapes compiled per dialect; past this many a dialect's cache is emptied (the hot path has a
 #: few dozen shapes: a growing cache means a statement built per call reached this module).
@@ -109,6 +120,8 @@ class Compiled:
     converted: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
     #: :meth:`bind` as built once for this statement's sources (see :func:`_binder`)
     binder: _Binder | None = field(default=None, compare=False, repr=False)
+    #: an INSERT's rows sent as one multi-row statement (PostgreSQL ``executemany``), or None
+    values: MultiRow | None = field(default=None, compare=False, repr=False)
 
     def bind(self, params: Mapping[str, Any]) -> Any:
         """The driver's parameters for one row of ``params``."""
@@ -142,6 +155,53 @@ class Compiled:
                 values[i] = proc(values[i])
             out.append(make(values))
         return out
+
+
+class MultiRow:
+    """An INSERT's single-row SQL cut around its ``VALUES (…)`` group, to be sent as one statement of
+    ``n`` groups with positional placeholders (``%s``, a flat list of every row's values): no renamed
+    parameters to build per row, one :func:`_binder` ``itemgetter`` a row."""
+
+    __slots__ = ("_group", "_head", "_sql", "_tail", "bind")
+
+    def __init__(self, head: str, group: str, tail: str, bind: Callable[[Mapping[str, Any]], Sequence[Any]]) -> None:
+        self._head, self._group, self._tail = head, group, tail
+        self._sql: dict[int, str] = {}
+        self.bind = bind
+
+    def sql(self, n: int) -> str:
+        """The statement of ``n`` rows (cached per count, at most :data:`MAX_VALUES_ROWS` of them)."""
+        found = self._sql.get(n)
+        if found is None:
+            found = self._sql[n] = f"{self._head}{', '.join([self._group] * n)}{self._tail}"
+        return found
+
+
+#: a pyformat placeholder, as psycopg's dialect writes each bound parameter
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+def _multirow(sql: str, named: tuple[tuple[str, str | None, Any, _Processor], ...]) -> MultiRow | None:
+    """``sql`` (a PostgreSQL INSERT of one row, no RETURNING) cut for :class:`MultiRow`, or None when its
+    text is not the plain ``INSERT … VALUES (…) [ON CONFLICT …]`` this expects (then ``executemany``)."""
+    start = sql.find(" VALUES (")
+    if start < 0 or sql.find(" VALUES (", start + 1) >= 0:
+        return None
+    open_at, depth = start + len(" VALUES "), 0
+    for end in range(open_at, len(sql)):
+        depth += {"(": 1, ")": -1}.get(sql[end], 0)
+        if depth == 0:
+            break
+    else:
+        return None
+    group, tail = sql[open_at : end + 1], sql[end + 1 :]
+    names, sources = _NAMED.findall(group), {name: rest for name, *rest in named}
+    if _NAMED.search(tail) or sorted(names) != sorted(sources):
+        return None
+    ordered = tuple((sources[name][0], sources[name][1], sources[name][2]) for name in names)
+    binder = _binder(ordered)
+    fixed = Compiled(sql=sql, positional=ordered, named=None, results=None, row=Row)
+    return MultiRow(sql[:open_at], _NAMED.sub("%s", group), tail, binder or fixed.bind)
 
 
 #: (statement, dialect, parameter names, executemany) -> compiled; bounded by :data:`MAX_SHAPES` (a throw-away
@@ -201,6 +261,9 @@ def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], 
         results = tuple(col[3]._cached_result_processor(dialect, None) for col in comp._result_columns)
         fields = [col[0] for col in comp._result_columns]
     converted = tuple((i, proc) for i, proc in enumerate(results or ()) if proc is not None)
+    values = None
+    if many and comp.isinsert and results is None and named is not None and dialect.name == "postgresql":
+        values = _multirow(state.statement, named)
     return Compiled(
         sql=state.statement,
         positional=positional,
@@ -209,6 +272,7 @@ def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], 
         row=_row_class(fields),
         converted=converted,
         binder=_binder(positional),
+        values=values,
     )
 
 
@@ -283,35 +347,52 @@ def execute(conn: Connection, statement: ClauseElement, params: Params) -> Resul
     rows: Sequence[Mapping[str, Any]] = params if many else [params]  # type: ignore[list-item,assignment]
     shape = compiled(statement, conn.dialect, tuple(rows[0]), many=many)
     dbapi = _ready(conn)
-    bind = shape.binder or shape.bind
-    bound: Any = list(map(bind, rows)) if many else bind(rows[0])
     # An engine with any connection listener (ours have "begin") has events: ask for these two, on the
     # engine's own listeners unless the connection has some of its own (fewer levels to look through).
     dispatch = conn.dispatch if conn._has_events else conn.engine.dispatch if conn.engine._has_events else None
     before = dispatch.before_cursor_execute if dispatch is not None else None
     after = dispatch.after_cursor_execute if dispatch is not None else None
+    sql, bound, rowcount = shape.sql, None, 0
+    fetched: Sequence[Sequence[Any]] = []
     cursor = dbapi.cursor()
     try:
-        if before:
-            for fn in before:
-                _, bound = fn(conn, cursor, shape.sql, bound, None, many)
-        if many:
-            cursor.executemany(shape.sql, bound)
+        if many and shape.values is not None:
+            values = shape.values
+            for at in range(0, len(rows), MAX_VALUES_ROWS):
+                chunk = rows[at : at + MAX_VALUES_ROWS]
+                sql = values.sql(len(chunk))
+                bound = list(itertools.chain.from_iterable(map(values.bind, chunk)))
+                _send(conn, cursor, sql, bound, many=False, before=before, after=after)
+                rowcount += cursor.rowcount
         else:
-            cursor.execute(shape.sql, bound)
-        if after:
-            after(conn, cursor, shape.sql, bound, None, many)
-        fetched = cursor.fetchall() if shape.results is not None else []
-        rowcount = cursor.rowcount
+            bind = shape.binder or shape.bind
+            bound = list(map(bind, rows)) if many else bind(rows[0])
+            _send(conn, cursor, sql, bound, many=many, before=before, after=after)
+            fetched = cursor.fetchall() if shape.results is not None else []
+            rowcount = cursor.rowcount
     except BaseException as exc:
         # The connection's own handler: a driver error wrapped (with the statement) into SQLAlchemy's tree,
         # a lost connection or an interrupt invalidating it. Anything else (a listener's error) is raised as
         # it is, as SQLAlchemy raises it: without an execution context the handler would wrap it.
         driver = isinstance(exc, conn.dialect.loaded_dbapi.Error)
-        conn._handle_dbapi_exception(exc, shape.sql if driver else None, bound if driver else None, cursor, None)
+        conn._handle_dbapi_exception(exc, sql if driver else None, bound if driver else None, cursor, None)
     finally:
         cursor.close()
     return Result(shape.rows(fetched) if fetched else [], rowcount)
+
+
+def _send(conn: Connection, cursor: Any, sql: str, bound: Any, *, many: bool, before: Any, after: Any) -> None:
+    """One statement to the driver, between the ``before_cursor_execute`` listeners (which may replace its
+    parameters) and the ``after_cursor_execute`` ones, as SQLAlchemy calls them."""
+    if before:
+        for fn in before:
+            _, bound = fn(conn, cursor, sql, bound, None, many)
+    if many:
+        cursor.executemany(sql, bound)
+    else:
+        cursor.execute(sql, bound)
+    if after:
+        after(conn, cursor, sql, bound, None, many)
 
 
 def _ready(conn: Connection) -> Any:

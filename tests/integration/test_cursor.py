@@ -14,6 +14,7 @@ from gateway.db import cursor
 from gateway.db.engine import throwaway_engine, transaction, translated
 from gateway.db.repo import (
     _GET_RESOURCE,
+    _INSERT_INDEX,
     _INSERT_RESOURCE,
     _LISTENING_ALL,
     _UPDATE_RESOURCE,
@@ -97,6 +98,59 @@ def test_executemany_rowcount_and_padded_lists(db: Engine) -> None:
         query = _get_resources_statement(1, 2)
         found = cursor.execute(conn, query, {"t0": "Patient", "i0": "p0", "i1": "p1"}).all()
         assert sorted((r.id, r.version_id) for r in found) == [("p0", 1), ("p1", 2)]
+
+
+def test_a_multi_row_insert_writes_every_row_as_sqlalchemy_does(db: Engine) -> None:
+    """PostgreSQL sends an INSERT's rows as ``VALUES (…), (…)`` statements of at most ``MAX_VALUES_ROWS``
+    rows (here 100 + 100 + 50), SQLite as an executemany: the same rows either way, the same as
+    SQLAlchemy's, a rowcount of every row written, and ``ON CONFLICT DO NOTHING`` counting only those."""
+    n = 2 * cursor.MAX_VALUES_ROWS + 50
+    statements: list[str] = []
+
+    def count(conn: Any, cur: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    with transaction(db) as conn:
+        event.listen(db, "before_cursor_execute", count)
+        try:
+            written = cursor.execute(conn, _INSERT_RESOURCE, [_resource(f"fast{i:03}") for i in range(n)])
+            index = _INSERT_INDEX[db.dialect.name]
+            entry = {"code": 1, "value": "v", "system": "s"}
+            again = cursor.execute(conn, index, [{**entry, "id": "a"}, {**entry, "id": "b"}, {**entry, "id": "a"}])
+        finally:
+            event.remove(db, "before_cursor_execute", count)
+        conn.execute(_INSERT_RESOURCE, [_resource(f"slow{i:03}") for i in range(n)])
+    assert written.rowcount == n and again.rowcount == 2
+    assert len(statements) == (4 if db.dialect.name == "postgresql" else 2)
+    with db.connect() as conn:
+        rows = conn.execute(select(resources).order_by(resources.c.id)).all()
+    fast, slow = rows[:n], rows[n:]
+    assert [r.id for r in fast] == [f"fast{i:03}" for i in range(n)]
+    assert [tuple(r)[2:] for r in fast] == [tuple(r)[2:] for r in slow]
+
+
+def test_a_multi_row_insert_fails_as_a_whole_and_is_translated(db: Engine) -> None:
+    """A duplicate in any row of the statement: an ``IntegrityError``, no row of it written."""
+    with transaction(db) as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, _resource("dup"))
+    with pytest.raises(StorageConflictError), translated(), transaction(db) as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, [_resource("new"), _resource("dup")])
+    with db.connect() as conn:
+        assert [r.id for r in conn.execute(select(resources.c.id))] == ["dup"]
+
+
+def test_only_a_plain_insert_is_cut_into_rows() -> None:
+    """The cut keeps each placeholder in its group, in order; any other text stays an executemany."""
+    named = (("a", "a", None, None), ("b", "b", None, None))
+    plain = cursor._multirow(
+        "INSERT INTO t (a, b) VALUES (%(a)s::NUMERIC(3, 1), lower(%(b)s)) ON CONFLICT DO NOTHING", named
+    )
+    assert plain is not None
+    group = "(%s::NUMERIC(3, 1), lower(%s))"
+    assert plain.sql(2) == f"INSERT INTO t (a, b) VALUES {group}, {group} ON CONFLICT DO NOTHING"
+    assert plain.bind({"b": 2, "a": 1}) == (1, 2)
+    assert cursor._multirow("INSERT INTO t (a, b) SELECT %(a)s, %(b)s", named) is None
+    assert cursor._multirow("INSERT INTO t (a) VALUES (%(a)s) ON CONFLICT (a) DO UPDATE SET b = %(b)s", named) is None
 
 
 def test_a_literal_in_list_is_rendered_once(db: Engine) -> None:
@@ -185,7 +239,8 @@ def test_cursor_events_fire_with_the_drivers_parameters(db: Engine) -> None:
             event.remove(db, "before_cursor_execute", before)
             event.remove(db, "after_cursor_execute", done)
     assert [s.split()[0] for s, _, _ in seen] == ["INSERT", "SELECT"]
-    assert [many for _, _, many in seen] == [True, False]
+    # PostgreSQL: the rows of an INSERT go as one multi-row statement, not an executemany
+    assert [many for _, _, many in seen] == [db.dialect.name == "sqlite", False]
     assert after == [s for s, _, _ in seen]
     params = seen[1][1]
     assert ("Patient" in params and "e1" in params) or params == {"rtype": "Patient", "rid": "e1"}
