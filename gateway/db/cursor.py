@@ -19,15 +19,14 @@ is registered, which the statement-count pins and the benchmarks rely on.
 Only statements whose SQL does not depend on the values qualify: no expanding ``IN`` (a literal list is
 rendered once, as the values it holds), no Python-side default computed per row.
 
-On PostgreSQL an INSERT given several rows is one multi-row ``INSERT … VALUES (…), (…)`` per
-:data:`MAX_VALUES_ROWS` rows rather than psycopg's ``executemany``, which sends each row as its own
+On PostgreSQL an INSERT given several rows is one statement of column arrays (``INSERT … SELECT * FROM
+unnest(…)``, see :class:`Unnested`) rather than psycopg's ``executemany``, which sends each row as its own
 statement (a ``sendto`` and two ``poll`` a row, even pipelined): one round trip for a message's facts,
 versions or index rows. SQLite keeps ``executemany``: in-process, it has no round trip to save.
 """
 
 from __future__ import annotations
 
-import itertools
 import operator
 import re
 import sqlite3
@@ -46,10 +45,6 @@ _Processor = Callable[[Any], Any] | None
 #: a positional statement's sources (:attr:`Compiled.positional`), and what reads a row's values from them
 _Sources = tuple[tuple[str | None, Any, _Processor], ...]
 _Binder = Callable[[Mapping[str, Any]], Any]
-
-#: Rows in one multi-row INSERT at most: the SQL text of each row count is cached (a shape per count up to
-#: here), and a statement's parameters stay far below PostgreSQL's limit (65,535).
-MAX_VALUES_ROWS = 100
 
 #: Statement shapes compiled per dialect; past this many a dialect's cache is emptied (the hot path has a
 #: few dozen shapes: a growing cache means a statement built per call reached this module).
@@ -120,8 +115,8 @@ class Compiled:
     converted: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
     #: :meth:`bind` as built once for this statement's sources (see :func:`_binder`)
     binder: _Binder | None = field(default=None, compare=False, repr=False)
-    #: an INSERT's rows sent as one multi-row statement (PostgreSQL ``executemany``), or None
-    values: MultiRow | None = field(default=None, compare=False, repr=False)
+    #: an INSERT's rows sent as one statement of column arrays (PostgreSQL ``executemany``), or None
+    values: Unnested | None = field(default=None, compare=False, repr=False)
 
     def bind(self, params: Mapping[str, Any]) -> Any:
         """The driver's parameters for one row of ``params``."""
@@ -157,51 +152,55 @@ class Compiled:
         return out
 
 
-class MultiRow:
-    """An INSERT's single-row SQL cut around its ``VALUES (…)`` group, to be sent as one statement of
-    ``n`` groups with positional placeholders (``%s``, a flat list of every row's values): no renamed
-    parameters to build per row, one :func:`_binder` ``itemgetter`` a row."""
+class Unnested:
+    """An INSERT of many rows as one statement whose text does not depend on how many:
+    ``INSERT INTO t (a, b) SELECT * FROM unnest(%s::A[], %s::B[])``, one array parameter a column.
 
-    __slots__ = ("_group", "_head", "_sql", "_tail", "bind")
+    Not ``VALUES (…), (…)``: psycopg parses a statement's text again on every run past 50 parameters or
+    4 KiB (its cache's limits, a third of a millisecond for a message's index rows), and each row count
+    would be a statement of its own to prepare; here one text, a handful of parameters, prepared once.
+    ``unnest`` yields the rows in order: a serial key (``facts.id``) numbers them as ``executemany`` did."""
 
-    def __init__(self, head: str, group: str, tail: str, bind: Callable[[Mapping[str, Any]], Sequence[Any]]) -> None:
-        self._head, self._group, self._tail = head, group, tail
-        self._sql: dict[int, str] = {}
+    __slots__ = ("bind", "sql")
+
+    def __init__(self, sql: str, bind: _Binder) -> None:
+        self.sql = sql
         self.bind = bind
 
-    def sql(self, n: int) -> str:
-        """The statement of ``n`` rows (cached per count, at most :data:`MAX_VALUES_ROWS` of them)."""
-        found = self._sql.get(n)
-        if found is None:
-            found = self._sql[n] = f"{self._head}{', '.join([self._group] * n)}{self._tail}"
-        return found
+    def columns(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        """The statement's parameters: each column's values, in the rows' order."""
+        return [list(column) for column in zip(*map(self.bind, rows), strict=True)]
 
 
-#: a pyformat placeholder, as psycopg's dialect writes each bound parameter
-_NAMED = re.compile(r"%\((\w+)\)s")
+#: a pyformat placeholder, as psycopg's dialect writes each bound parameter, and the cast it may carry
+_NAMED = re.compile(r"%\((\w+)\)s(?:::([A-Z][A-Z ]*))?")
+#: an INSERT's ``VALUES`` group of placeholders alone (no expression, no literal)
+_VALUES = re.compile(rf" VALUES \(((?:{_NAMED.pattern})(?:, (?:{_NAMED.pattern}))*)\)")
 
 
-def _multirow(sql: str, named: tuple[tuple[str, str | None, Any, _Processor], ...]) -> MultiRow | None:
-    """``sql`` (a PostgreSQL INSERT of one row, no RETURNING) cut for :class:`MultiRow`, or None when its
-    text is not the plain ``INSERT … VALUES (…) [ON CONFLICT …]`` this expects (then ``executemany``)."""
-    start = sql.find(" VALUES (")
-    if start < 0 or sql.find(" VALUES (", start + 1) >= 0:
+def _unnested(
+    sql: str, named: tuple[tuple[str, str | None, Any, _Processor], ...], types: Mapping[str, str]
+) -> Unnested | None:
+    """``sql`` (a PostgreSQL INSERT of one row, no RETURNING) as :class:`Unnested`, or None when its text
+    is not the plain ``INSERT … VALUES (%(a)s[::TYPE], …) [ON CONFLICT …]`` this expects (then the driver's
+    ``executemany``). ``types``: each parameter's SQL type, for those the driver's SQL does not cast; a type
+    with a length is refused (a cast to ``VARCHAR(n)`` would cut a longer value instead of refusing it)."""
+    group = _VALUES.search(sql)
+    if group is None or " VALUES (" in sql[group.end() :]:
         return None
-    open_at, depth = start + len(" VALUES "), 0
-    for end in range(open_at, len(sql)):
-        depth += {"(": 1, ")": -1}.get(sql[end], 0)
-        if depth == 0:
-            break
-    else:
+    start, end = group.span()
+    matched = [_NAMED.fullmatch(item) for item in group[1].split(", ")]
+    sources = {name: rest for name, *rest in named}
+    if not all(matched) or sorted(m[1] for m in matched if m) != sorted(sources):
         return None
-    group, tail = sql[open_at : end + 1], sql[end + 1 :]
-    names, sources = _NAMED.findall(group), {name: rest for name, *rest in named}
-    if _NAMED.search(tail) or sorted(names) != sorted(sources):
+    casts = [(m[1], m[2] or types.get(m[1], "")) for m in matched if m]
+    if any(not kind or "(" in kind for _, kind in casts) or "%(" in sql[end:]:
         return None
-    ordered = tuple((sources[name][0], sources[name][1], sources[name][2]) for name in names)
-    binder = _binder(ordered)
-    fixed = Compiled(sql=sql, positional=ordered, named=None, results=None, row=Row)
-    return MultiRow(sql[:open_at], _NAMED.sub("%s", group), tail, binder or fixed.bind)
+    ordered = tuple((sources[name][0], sources[name][1], sources[name][2]) for name, _ in casts)
+    arrays = ", ".join(f"%b::{kind}[]" for _, kind in casts)
+    plain = Compiled(sql=sql, positional=ordered, named=None, results=None, row=Row)
+    text = f"{sql[:start]} SELECT * FROM unnest({arrays}){sql[end:]}"  # noqa: S608 (SQLAlchemy's text, no value)
+    return Unnested(text, _binder(ordered) or plain.bind)
 
 
 #: (statement, dialect, parameter names, executemany) -> compiled; bounded by :data:`MAX_SHAPES` (a throw-away
@@ -263,7 +262,8 @@ def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], 
     converted = tuple((i, proc) for i, proc in enumerate(results or ()) if proc is not None)
     values = None
     if many and comp.isinsert and results is None and named is not None and dialect.name == "postgresql":
-        values = _multirow(state.statement, named)
+        types = {name: bind.type.compile(dialect=dialect) for name, bind in comp.binds.items()}
+        values = _unnested(state.statement, named, types)
     return Compiled(
         sql=state.statement,
         positional=positional,
@@ -357,13 +357,9 @@ def execute(conn: Connection, statement: ClauseElement, params: Params) -> Resul
     cursor = dbapi.cursor()
     try:
         if many and shape.values is not None:
-            values = shape.values
-            for at in range(0, len(rows), MAX_VALUES_ROWS):
-                chunk = rows[at : at + MAX_VALUES_ROWS]
-                sql = values.sql(len(chunk))
-                bound = list(itertools.chain.from_iterable(map(values.bind, chunk)))
-                _send(conn, cursor, sql, bound, many=False, before=before, after=after)
-                rowcount += cursor.rowcount
+            sql, bound = shape.values.sql, shape.values.columns(rows)
+            _send(conn, cursor, sql, bound, many=False, before=before, after=after)
+            rowcount = cursor.rowcount
         else:
             bind = shape.binder or shape.bind
             bound = list(map(bind, rows)) if many else bind(rows[0])

@@ -14,6 +14,7 @@ from gateway.db import cursor
 from gateway.db.engine import throwaway_engine, transaction, translated
 from gateway.db.repo import (
     _GET_RESOURCE,
+    _INSERT_FACT,
     _INSERT_INDEX,
     _INSERT_RESOURCE,
     _LISTENING_ALL,
@@ -22,7 +23,7 @@ from gateway.db.repo import (
     _get_resources_statement,
     _search_statements,
 )
-from gateway.db.schema import resources, subscriptions
+from gateway.db.schema import facts, messages, resources, search_index, subscriptions
 from gateway.errors import StorageConflictError
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -38,6 +39,11 @@ def _resource(rid: str, *, at: datetime = NOW) -> dict[str, Any]:
         "content": "",
         "body": b"\x00z",
     }
+
+
+def _message() -> dict[str, Any]:
+    return {"received_at": NOW, "transport": "t", "content_sha256": "00" * 32, "raw": b"", "outcome": "AA",
+            "status": "applied"}  # fmt: skip
 
 
 def test_rows_written_on_the_cursor_equal_sqlalchemys_byte_for_byte(db: Engine) -> None:
@@ -101,32 +107,41 @@ def test_executemany_rowcount_and_padded_lists(db: Engine) -> None:
 
 
 def test_a_multi_row_insert_writes_every_row_as_sqlalchemy_does(db: Engine) -> None:
-    """PostgreSQL sends an INSERT's rows as ``VALUES (…), (…)`` statements of at most ``MAX_VALUES_ROWS``
-    rows (here 100 + 100 + 50), SQLite as an executemany: the same rows either way, the same as
-    SQLAlchemy's, a rowcount of every row written, and ``ON CONFLICT DO NOTHING`` counting only those."""
-    n = 2 * cursor.MAX_VALUES_ROWS + 50
+    """PostgreSQL sends an INSERT's rows as one statement of column arrays, SQLite as an executemany: the
+    same rows either way, the same as SQLAlchemy's, in order (a serial key numbers them as given), a
+    rowcount of every row written, and ``ON CONFLICT DO NOTHING`` counting only those."""
+    n = 250
     statements: list[str] = []
 
     def count(conn: Any, cur: Any, statement: str, *_: Any) -> None:
         statements.append(statement)
 
     with transaction(db) as conn:
+        message = conn.execute(insert(messages).values(**_message()).returning(messages.c.id)).scalar_one()
         event.listen(db, "before_cursor_execute", count)
         try:
             written = cursor.execute(conn, _INSERT_RESOURCE, [_resource(f"fast{i:03}") for i in range(n)])
             index = _INSERT_INDEX[db.dialect.name]
-            entry = {"code": 1, "value": "v", "system": "s"}
+            entry = {"code": 1, "value": "v", "system": ""}
             again = cursor.execute(conn, index, [{**entry, "id": "a"}, {**entry, "id": "b"}, {**entry, "id": "a"}])
+            fact = {"message_id": message, "event_time": NOW, "kind": "k", "payload": "", "body": b"\x00"}
+            cursor.execute(conn, _INSERT_FACT, [{**fact, "stream": f"s{i:03}"} for i in range(n)])
         finally:
             event.remove(db, "before_cursor_execute", count)
         conn.execute(_INSERT_RESOURCE, [_resource(f"slow{i:03}") for i in range(n)])
     assert written.rowcount == n and again.rowcount == 2
-    assert len(statements) == (4 if db.dialect.name == "postgresql" else 2)
+    assert len(statements) == 3
+    if db.dialect.name == "postgresql":
+        assert all(" SELECT * FROM unnest(" in statement for statement in statements), statements
     with db.connect() as conn:
         rows = conn.execute(select(resources).order_by(resources.c.id)).all()
+        streams = list(conn.execute(select(facts.c.stream).order_by(facts.c.id)).scalars())
+        index_ids = sorted(conn.execute(select(search_index.c.id)).scalars())
     fast, slow = rows[:n], rows[n:]
     assert [r.id for r in fast] == [f"fast{i:03}" for i in range(n)]
     assert [tuple(r)[2:] for r in fast] == [tuple(r)[2:] for r in slow]
+    assert streams == [f"s{i:03}" for i in range(n)]
+    assert index_ids == ["a", "b"]
 
 
 def test_a_multi_row_insert_fails_as_a_whole_and_is_translated(db: Engine) -> None:
@@ -139,18 +154,20 @@ def test_a_multi_row_insert_fails_as_a_whole_and_is_translated(db: Engine) -> No
         assert [r.id for r in conn.execute(select(resources.c.id))] == ["dup"]
 
 
-def test_only_a_plain_insert_is_cut_into_rows() -> None:
-    """The cut keeps each placeholder in its group, in order; any other text stays an executemany."""
+def test_only_a_plain_insert_goes_as_column_arrays() -> None:
+    """Each placeholder becomes its column's array, cast as the driver's SQL casts it or to the column's
+    type; an expression, a type with a length or any other text stays an executemany."""
     named = (("a", "a", None, None), ("b", "b", None, None))
-    plain = cursor._multirow(
-        "INSERT INTO t (a, b) VALUES (%(a)s::NUMERIC(3, 1), lower(%(b)s)) ON CONFLICT DO NOTHING", named
-    )
+    types = {"a": "BIGINT", "b": "BYTEA"}
+    plain = cursor._unnested("INSERT INTO t (a, b) VALUES (%(a)s::VARCHAR, %(b)s) ON CONFLICT DO NOTHING", named, types)
     assert plain is not None
-    group = "(%s::NUMERIC(3, 1), lower(%s))"
-    assert plain.sql(2) == f"INSERT INTO t (a, b) VALUES {group}, {group} ON CONFLICT DO NOTHING"
-    assert plain.bind({"b": 2, "a": 1}) == (1, 2)
-    assert cursor._multirow("INSERT INTO t (a, b) SELECT %(a)s, %(b)s", named) is None
-    assert cursor._multirow("INSERT INTO t (a) VALUES (%(a)s) ON CONFLICT (a) DO UPDATE SET b = %(b)s", named) is None
+    assert plain.sql == "INSERT INTO t (a, b) SELECT * FROM unnest(%b::VARCHAR[], %b::BYTEA[]) ON CONFLICT DO NOTHING"
+    assert plain.columns([{"b": 2, "a": 1}, {"a": 3, "b": 4}]) == [[1, 3], [2, 4]]
+    assert cursor._unnested("INSERT INTO t (a, b) VALUES (%(a)s, lower(%(b)s))", named, types) is None
+    assert cursor._unnested("INSERT INTO t (a, b) VALUES (%(a)s, %(b)s)", named, {**types, "b": "VARCHAR(9)"}) is None
+    assert cursor._unnested("INSERT INTO t (a, b) SELECT %(a)s, %(b)s", named, types) is None
+    update = "INSERT INTO t (a) VALUES (%(a)s) ON CONFLICT (a) DO UPDATE SET b = %(b)s"
+    assert cursor._unnested(update, named, types) is None
 
 
 def test_a_literal_in_list_is_rendered_once(db: Engine) -> None:
