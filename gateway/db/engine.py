@@ -180,27 +180,30 @@ def _begin_retrying(conn: Any, *, limit: float) -> None:
         time.sleep(QUICK_RETRY_SECONDS)
 
 
+#: every statement planned for its parameters, prepared or not (see :func:`postgres_connect_args`)
+PLAN_CACHE_MODE = "force_custom_plan"
+
+
 def postgres_connect_args(settings: Settings) -> dict[str, Any]:
     """libpq time limits: a database that does not answer fails the request instead of holding it forever.
 
-    And no server-side prepared statements: psycopg prepares a statement after 5 runs, and PostgreSQL may
-    then keep a generic plan chosen while the tables were empty (no ANALYZE yet on a fresh database): the
-    stays lookup went from ~1 ms to seconds after a few hundred messages. Planned on each run, it follows
-    the tables' real size.
+    And server-side prepared statements (psycopg prepares a statement after its 5th run: from then on each
+    run sends only its parameters, and the server skips parsing it) without their trap: once prepared,
+    PostgreSQL may switch to a generic plan, chosen once for any parameters, and on a fresh database it
+    chose it while the tables were still empty (no ANALYZE yet): the stays lookup went from ~1 ms to
+    seconds after a few hundred messages. ``plan_cache_mode=force_custom_plan`` keeps each run planned for
+    its own parameters against the tables' real size, as an unprepared statement is.
     """
-    options = " ".join(
+    limits = [
         f"-c {name}={max(1, int(seconds * 1000))}"
         for name, seconds in (
             ("statement_timeout", settings.db_statement_timeout),
             ("lock_timeout", settings.db_lock_timeout),
         )
         if seconds > 0
-    )
+    ]
     args: dict[str, Any] = {"connect_timeout": max(1, round(settings.db_connect_timeout))}
-    if make_url(settings.database_url).get_driver_name() == "psycopg":
-        args["prepare_threshold"] = None
-    if options:
-        args["options"] = options
+    args["options"] = " ".join([*limits, f"-c plan_cache_mode={PLAN_CACHE_MODE}"])
     return args
 
 

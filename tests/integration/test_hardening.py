@@ -248,7 +248,7 @@ def test_item4_postgres_sessions_get_connect_statement_and_lock_timeouts() -> No
     settings = Settings(db_connect_timeout=3, db_statement_timeout=1.5, db_lock_timeout=0.25)
     assert postgres_connect_args(settings) == {
         "connect_timeout": 3,
-        "options": "-c statement_timeout=1500 -c lock_timeout=250",
+        "options": "-c statement_timeout=1500 -c lock_timeout=250 -c plan_cache_mode=force_custom_plan",
     }
 
 
