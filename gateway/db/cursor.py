@@ -173,7 +173,7 @@ class Unnested:
 
 
 #: a pyformat placeholder, as psycopg's dialect writes each bound parameter, and the cast it may carry
-_NAMED = re.compile(r"%\((\w+)\)s(?:::([A-Z][A-Z ]*))?")
+_NAMED = re.compile(r"%\((\w+)\)s(?:::([A-Z]+(?: WITH(?:OUT)? TIME ZONE| PRECISION| VARYING)?))?")
 #: an INSERT's ``VALUES`` group of placeholders alone (no expression, no literal)
 _VALUES = re.compile(rf" VALUES \(((?:{_NAMED.pattern})(?:, (?:{_NAMED.pattern}))*)\)")
 
@@ -200,6 +200,34 @@ def _unnested(
     arrays = ", ".join(f"%b::{kind}[]" for _, kind in casts)
     plain = Compiled(sql=sql, positional=ordered, named=None, results=None, row=Row)
     text = f"{sql[:start]} SELECT * FROM unnest({arrays}){sql[end:]}"  # noqa: S608 (SQLAlchemy's text, no value)
+    return Unnested(text, _binder(ordered) or plain.bind)
+
+
+def _unnested_where(
+    sql: str, named: tuple[tuple[str, str | None, Any, _Processor], ...], types: Mapping[str, str]
+) -> Unnested | None:
+    """``sql`` (a PostgreSQL UPDATE or DELETE run for many rows, no RETURNING) as one statement joined to
+    the rows' column arrays: ``UPDATE t SET a=_rows.a FROM unnest(…) AS _rows(a, k) WHERE t.k = _rows.k``,
+    ``DELETE FROM t USING unnest(…) AS _rows(…) WHERE …``; or None (then ``executemany``). The rowcount is
+    the target rows changed, the sum ``executemany`` gives when no two rows match the same target row (the
+    hot path's rows are keyed: one resource, one index entry each)."""
+    kind = "FROM" if sql.startswith("UPDATE ") else "USING" if sql.startswith("DELETE FROM ") else None
+    if kind is None or sql.count(" WHERE ") != 1 or " RETURNING " in sql:
+        return None
+    found = list(_NAMED.finditer(sql))
+    sources = {name: rest for name, *rest in named}
+    names = list(dict.fromkeys(m[1] for m in found))
+    if not names or sorted(names) != sorted(sources) or sql.count("%") != len(found):
+        return None
+    casts = {name: next((m[2] for m in found if m[1] == name and m[2]), None) or types.get(name, "") for name in names}
+    if any(not cast or "(" in cast for cast in casts.values()):
+        return None
+    ordered = tuple((sources[name][0], sources[name][1], sources[name][2]) for name in names)
+    arrays = ", ".join(f"%b::{casts[name]}[]" for name in names)
+    joined = _NAMED.sub(lambda m: f"_rows.{m[1]}", sql)
+    head, where = joined.split(" WHERE ")
+    text = f"{head} {kind} unnest({arrays}) AS _rows({', '.join(names)}) WHERE {where}"
+    plain = Compiled(sql=sql, positional=ordered, named=None, results=None, row=Row)
     return Unnested(text, _binder(ordered) or plain.bind)
 
 
@@ -261,9 +289,10 @@ def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], 
         fields = [col[0] for col in comp._result_columns]
     converted = tuple((i, proc) for i, proc in enumerate(results or ()) if proc is not None)
     values = None
-    if many and comp.isinsert and results is None and named is not None and dialect.name == "postgresql":
+    if many and results is None and named is not None and dialect.name == "postgresql":
         types = {name: bind.type.compile(dialect=dialect) for name, bind in comp.binds.items()}
-        values = _unnested(state.statement, named, types)
+        rows_of = _unnested if comp.isinsert else _unnested_where if comp.isupdate or comp.isdelete else None
+        values = rows_of(state.statement, named, types) if rows_of is not None else None
     return Compiled(
         sql=state.statement,
         positional=positional,

@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from gateway.db import cursor
 from gateway.db.engine import throwaway_engine, transaction, translated
 from gateway.db.repo import (
+    _DELETE_INDEX,
     _GET_RESOURCE,
     _INSERT_FACT,
     _INSERT_INDEX,
@@ -168,6 +169,60 @@ def test_only_a_plain_insert_goes_as_column_arrays() -> None:
     assert cursor._unnested("INSERT INTO t (a, b) SELECT %(a)s, %(b)s", named, types) is None
     update = "INSERT INTO t (a) VALUES (%(a)s) ON CONFLICT (a) DO UPDATE SET b = %(b)s"
     assert cursor._unnested(update, named, types) is None
+
+
+def test_an_update_or_delete_of_many_rows_matches_each_row_as_executemany_does(db: Engine) -> None:
+    """PostgreSQL joins an UPDATE's or DELETE's rows as column arrays, in one statement: each row changes
+    what its own WHERE matches, a stale row (another version) nothing, and the rowcount is the rows changed
+    (the optimistic update's conflict check reads it); SQLite runs an executemany, to the same effect."""
+    statements: list[str] = []
+
+    def count(conn: Any, cur: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    index = _INSERT_INDEX[db.dialect.name]
+    entries = [{"code": 1, "value": f"v{i}", "id": f"r{i}", "system": ""} for i in range(4)]
+    with transaction(db) as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, [_resource(f"p{i}") for i in range(4)])
+        cursor.execute(conn, index, entries)
+        later = NOW + timedelta(seconds=1)
+        changes = [
+            {**_resource(f"p{i}", at=later), "rtype": "Patient", "rid": f"p{i}", "expected": 1 if i != 2 else 5,
+             "version_id": 2, "content": f"c{i}"}
+            for i in range(4)
+        ]  # fmt: skip
+        event.listen(db, "before_cursor_execute", count)
+        try:
+            updated = cursor.execute(conn, _UPDATE_RESOURCE, changes)
+            gone = [{f"k_{k}": v for k, v in e.items()} for e in entries[1:3]]
+            deleted = cursor.execute(conn, _DELETE_INDEX, gone)
+        finally:
+            event.remove(db, "before_cursor_execute", count)
+    assert (updated.rowcount, deleted.rowcount) == (3, 2)
+    assert len(statements) == 2
+    if db.dialect.name == "postgresql":
+        assert all(" unnest(" in statement for statement in statements), statements
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(resources.c.id, resources.c.version_id, resources.c.content).order_by(resources.c.id)
+        )
+        assert [tuple(r) for r in rows] == [("p0", 2, "c0"), ("p1", 2, "c1"), ("p2", 1, ""), ("p3", 2, "c3")]
+        assert sorted(conn.execute(select(search_index.c.id)).scalars()) == ["r0", "r3"]
+
+
+def test_only_a_keyed_update_or_delete_goes_as_column_arrays() -> None:
+    named = (("a", "a", None, None), ("k", "k", None, None))
+    types = {"a": "BIGINT", "k": "VARCHAR(9)"}
+    update = cursor._unnested_where("UPDATE t SET a=%(a)s WHERE t.k = %(k)s::VARCHAR AND t.z = 0", named, types)
+    assert update is not None
+    assert update.sql == (
+        "UPDATE t SET a=_rows.a FROM unnest(%b::BIGINT[], %b::VARCHAR[]) AS _rows(a, k) WHERE t.k = _rows.k AND t.z = 0"
+    )
+    delete = cursor._unnested_where("DELETE FROM t WHERE t.a = %(a)s AND t.k = %(k)s::VARCHAR", named, types)
+    assert delete is not None and delete.sql.startswith("DELETE FROM t USING unnest(")
+    assert cursor._unnested_where("UPDATE t SET a=%(a)s WHERE t.k = %(k)s", named, types) is None  # VARCHAR(9)
+    assert cursor._unnested_where("UPDATE t SET a=%(a)s WHERE t.k = %(k)s::VARCHAR RETURNING t.a", named, types) is None
+    assert cursor._unnested_where("UPDATE t SET a=%(a)s WHERE t.k LIKE 'x%%'", named, types) is None
 
 
 def test_a_literal_in_list_is_rendered_once(db: Engine) -> None:
