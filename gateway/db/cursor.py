@@ -18,11 +18,17 @@ is registered, which the statement-count pins and the benchmarks rely on.
 
 Only statements whose SQL does not depend on the values qualify: no expanding ``IN`` (a literal list is
 rendered once, as the values it holds), no Python-side default computed per row.
+
+On PostgreSQL an INSERT given several rows is one statement of column arrays (``INSERT … SELECT * FROM
+unnest(…)``, see :class:`Unnested`) rather than psycopg's ``executemany``, which sends each row as its own
+statement (a ``sendto`` and two ``poll`` a row, even pipelined): one round trip for a message's facts,
+versions or index rows. SQLite keeps ``executemany``: in-process, it has no round trip to save.
 """
 
 from __future__ import annotations
 
 import operator
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +115,8 @@ class Compiled:
     converted: tuple[tuple[int, Callable[[Any], Any]], ...] = ()
     #: :meth:`bind` as built once for this statement's sources (see :func:`_binder`)
     binder: _Binder | None = field(default=None, compare=False, repr=False)
+    #: an INSERT's rows sent as one statement of column arrays (PostgreSQL ``executemany``), or None
+    values: Unnested | None = field(default=None, compare=False, repr=False)
 
     def bind(self, params: Mapping[str, Any]) -> Any:
         """The driver's parameters for one row of ``params``."""
@@ -142,6 +150,85 @@ class Compiled:
                 values[i] = proc(values[i])
             out.append(make(values))
         return out
+
+
+class Unnested:
+    """An INSERT of many rows as one statement whose text does not depend on how many:
+    ``INSERT INTO t (a, b) SELECT * FROM unnest(%s::A[], %s::B[])``, one array parameter a column.
+
+    Not ``VALUES (…), (…)``: psycopg parses a statement's text again on every run past 50 parameters or
+    4 KiB (its cache's limits, a third of a millisecond for a message's index rows), and each row count
+    would be a statement of its own to prepare; here one text, a handful of parameters, prepared once.
+    ``unnest`` yields the rows in order: a serial key (``facts.id``) numbers them as ``executemany`` did."""
+
+    __slots__ = ("bind", "sql")
+
+    def __init__(self, sql: str, bind: _Binder) -> None:
+        self.sql = sql
+        self.bind = bind
+
+    def columns(self, rows: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        """The statement's parameters: each column's values, in the rows' order."""
+        return [list(column) for column in zip(*map(self.bind, rows), strict=True)]
+
+
+#: a pyformat placeholder, as psycopg's dialect writes each bound parameter, and the cast it may carry
+_NAMED = re.compile(r"%\((\w+)\)s(?:::([A-Z]+(?: WITH(?:OUT)? TIME ZONE| PRECISION| VARYING)?))?")
+#: an INSERT's ``VALUES`` group of placeholders alone (no expression, no literal)
+_VALUES = re.compile(rf" VALUES \(((?:{_NAMED.pattern})(?:, (?:{_NAMED.pattern}))*)\)")
+
+
+def _unnested(
+    sql: str, named: tuple[tuple[str, str | None, Any, _Processor], ...], types: Mapping[str, str]
+) -> Unnested | None:
+    """``sql`` (a PostgreSQL INSERT of one row, no RETURNING) as :class:`Unnested`, or None when its text
+    is not the plain ``INSERT … VALUES (%(a)s[::TYPE], …) [ON CONFLICT …]`` this expects (then the driver's
+    ``executemany``). ``types``: each parameter's SQL type, for those the driver's SQL does not cast; a type
+    with a length is refused (a cast to ``VARCHAR(n)`` would cut a longer value instead of refusing it)."""
+    group = _VALUES.search(sql)
+    if group is None or " VALUES (" in sql[group.end() :]:
+        return None
+    start, end = group.span()
+    matched = [_NAMED.fullmatch(item) for item in group[1].split(", ")]
+    sources = {name: rest for name, *rest in named}
+    if not all(matched) or sorted(m[1] for m in matched if m) != sorted(sources):
+        return None
+    casts = [(m[1], m[2] or types.get(m[1], "")) for m in matched if m]
+    if any(not kind or "(" in kind for _, kind in casts) or "%(" in sql[end:]:
+        return None
+    ordered = tuple((sources[name][0], sources[name][1], sources[name][2]) for name, _ in casts)
+    arrays = ", ".join(f"%b::{kind}[]" for _, kind in casts)
+    plain = Compiled(sql=sql, positional=ordered, named=None, results=None, row=Row)
+    text = f"{sql[:start]} SELECT * FROM unnest({arrays}){sql[end:]}"  # noqa: S608 (SQLAlchemy's text, no value)
+    return Unnested(text, _binder(ordered) or plain.bind)
+
+
+def _unnested_where(
+    sql: str, named: tuple[tuple[str, str | None, Any, _Processor], ...], types: Mapping[str, str]
+) -> Unnested | None:
+    """``sql`` (a PostgreSQL UPDATE or DELETE run for many rows, no RETURNING) as one statement joined to
+    the rows' column arrays: ``UPDATE t SET a=_rows.a FROM unnest(…) AS _rows(a, k) WHERE t.k = _rows.k``,
+    ``DELETE FROM t USING unnest(…) AS _rows(…) WHERE …``; or None (then ``executemany``). The rowcount is
+    the target rows changed, the sum ``executemany`` gives when no two rows match the same target row (the
+    hot path's rows are keyed: one resource, one index entry each)."""
+    kind = "FROM" if sql.startswith("UPDATE ") else "USING" if sql.startswith("DELETE FROM ") else None
+    if kind is None or sql.count(" WHERE ") != 1 or " RETURNING " in sql:
+        return None
+    found = list(_NAMED.finditer(sql))
+    sources = {name: rest for name, *rest in named}
+    names = list(dict.fromkeys(m[1] for m in found))
+    if not names or sorted(names) != sorted(sources) or sql.count("%") != len(found):
+        return None
+    casts = {name: next((m[2] for m in found if m[1] == name and m[2]), None) or types.get(name, "") for name in names}
+    if any(not cast or "(" in cast for cast in casts.values()):
+        return None
+    ordered = tuple((sources[name][0], sources[name][1], sources[name][2]) for name in names)
+    arrays = ", ".join(f"%b::{casts[name]}[]" for name in names)
+    joined = _NAMED.sub(lambda m: f"_rows.{m[1]}", sql)
+    head, where = joined.split(" WHERE ")
+    text = f"{head} {kind} unnest({arrays}) AS _rows({', '.join(names)}) WHERE {where}"
+    plain = Compiled(sql=sql, positional=ordered, named=None, results=None, row=Row)
+    return Unnested(text, _binder(ordered) or plain.bind)
 
 
 #: (statement, dialect, parameter names, executemany) -> compiled; bounded by :data:`MAX_SHAPES` (a throw-away
@@ -203,6 +290,11 @@ def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], 
         results = tuple(col[3]._cached_result_processor(dialect, None) for col in comp._result_columns)
         fields = [col[0] for col in comp._result_columns]
     converted = tuple((i, proc) for i, proc in enumerate(results or ()) if proc is not None)
+    values = None
+    if many and results is None and named is not None and dialect.name == "postgresql":
+        types = {name: bind.type.compile(dialect=dialect) for name, bind in comp.binds.items()}
+        rows_of = _unnested if comp.isinsert else _unnested_where if comp.isupdate or comp.isdelete else None
+        values = rows_of(state.statement, named, types) if rows_of is not None else None
     return Compiled(
         sql=state.statement,
         positional=positional,
@@ -211,6 +303,7 @@ def _compile(statement: ClauseElement, dialect: Dialect, keys: tuple[str, ...], 
         row=_row_class(fields),
         converted=converted,
         binder=_binder(positional),
+        values=values,
     )
 
 
@@ -304,35 +397,48 @@ def execute(conn: Connection, statement: ClauseElement, params: Params) -> Resul
     rows: Sequence[Mapping[str, Any]] = params if many else [params]  # type: ignore[list-item,assignment]
     shape = compiled(statement, conn.dialect, tuple(rows[0]), many=many)
     dbapi = _ready(conn)
-    bind = shape.binder or shape.bind
-    bound: Any = list(map(bind, rows)) if many else bind(rows[0])
     # An engine with any connection listener (ours have "begin") has events: ask for these two, on the
     # engine's own listeners unless the connection has some of its own (fewer levels to look through).
     dispatch = conn.dispatch if conn._has_events else conn.engine.dispatch if conn.engine._has_events else None
     before = dispatch.before_cursor_execute if dispatch is not None else None
     after = dispatch.after_cursor_execute if dispatch is not None else None
+    sql, bound, rowcount = shape.sql, None, 0
+    fetched: Sequence[Sequence[Any]] = []
     cursor = dbapi.cursor()
     try:
-        if before:
-            for fn in before:
-                _, bound = fn(conn, cursor, shape.sql, bound, None, many)
-        if many:
-            cursor.executemany(shape.sql, bound)
+        if many and shape.values is not None:
+            sql, bound = shape.values.sql, shape.values.columns(rows)
+            _send(conn, cursor, sql, bound, many=False, before=before, after=after)
+            rowcount = cursor.rowcount
         else:
-            cursor.execute(shape.sql, bound)
-        if after:
-            after(conn, cursor, shape.sql, bound, None, many)
-        fetched = cursor.fetchall() if shape.results is not None else []
-        rowcount = cursor.rowcount
+            bind = shape.binder or shape.bind
+            bound = list(map(bind, rows)) if many else bind(rows[0])
+            _send(conn, cursor, sql, bound, many=many, before=before, after=after)
+            fetched = cursor.fetchall() if shape.results is not None else []
+            rowcount = cursor.rowcount
     except BaseException as exc:
         # The connection's own handler: a driver error wrapped (with the statement) into SQLAlchemy's tree,
         # a lost connection or an interrupt invalidating it. Anything else (a listener's error) is raised as
         # it is, as SQLAlchemy raises it: without an execution context the handler would wrap it.
         driver = isinstance(exc, conn.dialect.loaded_dbapi.Error)
-        conn._handle_dbapi_exception(exc, shape.sql if driver else None, bound if driver else None, cursor, None)
+        conn._handle_dbapi_exception(exc, sql if driver else None, bound if driver else None, cursor, None)
     finally:
         cursor.close()
     return Result(shape.rows(fetched) if fetched else [], rowcount)
+
+
+def _send(conn: Connection, cursor: Any, sql: str, bound: Any, *, many: bool, before: Any, after: Any) -> None:
+    """One statement to the driver, between the ``before_cursor_execute`` listeners (which may replace its
+    parameters) and the ``after_cursor_execute`` ones, as SQLAlchemy calls them."""
+    if before:
+        for fn in before:
+            _, bound = fn(conn, cursor, sql, bound, None, many)
+    if many:
+        cursor.executemany(sql, bound)
+    else:
+        cursor.execute(sql, bound)
+    if after:
+        after(conn, cursor, sql, bound, None, many)
 
 
 def _ready(conn: Connection) -> Any:

@@ -19,7 +19,14 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    IntegrityError,
+    InvalidatePoolError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.util import LRUCache
 
@@ -140,14 +147,51 @@ def make_engine(settings: Settings, *, quick_lock_retry: bool = False) -> Engine
         else:
             event.listen(engine, "begin", _begin_immediate)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=10,
         max_overflow=10,
         pool_timeout=settings.db_connect_timeout + settings.db_statement_timeout,
         connect_args=postgres_connect_args(settings) if make_url(url).get_backend_name() == "postgresql" else {},
     )
+    ping_when_idle(engine)
+    return engine
+
+
+#: A pooled connection idle longer than this is pinged before it is handed out (see :func:`ping_when_idle`)
+PING_IDLE_SECONDS = 1.0
+
+
+def ping_when_idle(engine: Engine) -> None:
+    """Ping a pooled connection on checkout only when it sat idle over :data:`PING_IDLE_SECONDS`.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: one more round trip per transaction (a
+    ``sendto``, its ``poll`` and ``recvfrom``) on a connection that served a message a millisecond ago.
+    A server restart, a backend killed or a connection dropped by a firewall shows on a connection left
+    idle: that one is pinged as ``pool_pre_ping`` pings it, and on a disconnect the pool is invalidated and
+    the checkout goes on with a new connection (``InvalidatePoolError``, as the pre-ping raises it). A
+    connection lost while busy fails its statement instead, invalidated by the disconnect handler
+    (``StorageUnavailableError``, retried by the caller), as it always did."""
+
+    @event.listens_for(engine, "connect")
+    def _fresh(_dbapi_conn: Any, record: Any) -> None:
+        record.info.pop(_CHECKED_IN, None)  # a new connection needs no ping
+
+    @event.listens_for(engine, "checkin")
+    def _idle_since(_dbapi_conn: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_CHECKED_IN] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get(_CHECKED_IN)
+        if since is not None and time.monotonic() - since > PING_IDLE_SECONDS:
+            record.info.pop(_CHECKED_IN, None)
+            if not engine.dialect._do_ping_w_event(dbapi_conn):
+                raise InvalidatePoolError("the database dropped a connection left idle")
+
+
+_CHECKED_IN = "gateway_checked_in"
 
 
 def _begin_immediate(conn: Any) -> None:
@@ -180,27 +224,30 @@ def _begin_retrying(conn: Any, *, limit: float) -> None:
         time.sleep(QUICK_RETRY_SECONDS)
 
 
+#: every statement planned for its parameters, prepared or not (see :func:`postgres_connect_args`)
+PLAN_CACHE_MODE = "force_custom_plan"
+
+
 def postgres_connect_args(settings: Settings) -> dict[str, Any]:
     """libpq time limits: a database that does not answer fails the request instead of holding it forever.
 
-    And no server-side prepared statements: psycopg prepares a statement after 5 runs, and PostgreSQL may
-    then keep a generic plan chosen while the tables were empty (no ANALYZE yet on a fresh database): the
-    stays lookup went from ~1 ms to seconds after a few hundred messages. Planned on each run, it follows
-    the tables' real size.
+    And server-side prepared statements (psycopg prepares a statement after its 5th run: from then on each
+    run sends only its parameters, and the server skips parsing it) without their trap: once prepared,
+    PostgreSQL may switch to a generic plan, chosen once for any parameters, and on a fresh database it
+    chose it while the tables were still empty (no ANALYZE yet): the stays lookup went from ~1 ms to
+    seconds after a few hundred messages. ``plan_cache_mode=force_custom_plan`` keeps each run planned for
+    its own parameters against the tables' real size, as an unprepared statement is.
     """
-    options = " ".join(
+    limits = [
         f"-c {name}={max(1, int(seconds * 1000))}"
         for name, seconds in (
             ("statement_timeout", settings.db_statement_timeout),
             ("lock_timeout", settings.db_lock_timeout),
         )
         if seconds > 0
-    )
+    ]
     args: dict[str, Any] = {"connect_timeout": max(1, round(settings.db_connect_timeout))}
-    if make_url(settings.database_url).get_driver_name() == "psycopg":
-        args["prepare_threshold"] = None
-    if options:
-        args["options"] = options
+    args["options"] = " ".join([*limits, f"-c plan_cache_mode={PLAN_CACHE_MODE}"])
     return args
 
 

@@ -13,7 +13,10 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from gateway.db import cursor
 from gateway.db.engine import throwaway_engine, transaction, translated
 from gateway.db.repo import (
+    _DELETE_INDEX,
     _GET_RESOURCE,
+    _INSERT_FACT,
+    _INSERT_INDEX,
     _INSERT_RESOURCE,
     _LISTENING_ALL,
     _UPDATE_RESOURCE,
@@ -21,7 +24,7 @@ from gateway.db.repo import (
     _get_resources_statement,
     _search_statements,
 )
-from gateway.db.schema import resources, subscriptions
+from gateway.db.schema import facts, messages, resources, search_index, subscriptions
 from gateway.errors import StorageConflictError
 
 NOW = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -37,6 +40,11 @@ def _resource(rid: str, *, at: datetime = NOW) -> dict[str, Any]:
         "content": "",
         "body": b"\x00z",
     }
+
+
+def _message() -> dict[str, Any]:
+    return {"received_at": NOW, "transport": "t", "content_sha256": "00" * 32, "raw": b"", "outcome": "AA",
+            "status": "applied"}  # fmt: skip
 
 
 def test_rows_written_on_the_cursor_equal_sqlalchemys_byte_for_byte(db: Engine) -> None:
@@ -116,6 +124,124 @@ def test_executemany_rowcount_and_padded_lists(db: Engine) -> None:
         query = _get_resources_statement(1, 2)
         found = cursor.execute(conn, query, {"t0": "Patient", "i0": "p0", "i1": "p1"}).all()
         assert sorted((r.id, r.version_id) for r in found) == [("p0", 1), ("p1", 2)]
+
+
+def test_a_multi_row_insert_writes_every_row_as_sqlalchemy_does(db: Engine) -> None:
+    """PostgreSQL sends an INSERT's rows as one statement of column arrays, SQLite as an executemany: the
+    same rows either way, the same as SQLAlchemy's, in order (a serial key numbers them as given), a
+    rowcount of every row written, and ``ON CONFLICT DO NOTHING`` counting only those."""
+    n = 250
+    statements: list[str] = []
+
+    def count(conn: Any, cur: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    with transaction(db) as conn:
+        message = conn.execute(insert(messages).values(**_message()).returning(messages.c.id)).scalar_one()
+        event.listen(db, "before_cursor_execute", count)
+        try:
+            written = cursor.execute(conn, _INSERT_RESOURCE, [_resource(f"fast{i:03}") for i in range(n)])
+            index = _INSERT_INDEX[db.dialect.name]
+            entry = {"code": 1, "value": "v", "system": ""}
+            again = cursor.execute(conn, index, [{**entry, "id": "a"}, {**entry, "id": "b"}, {**entry, "id": "a"}])
+            fact = {"message_id": message, "event_time": NOW, "kind": "k", "payload": "", "body": b"\x00"}
+            cursor.execute(conn, _INSERT_FACT, [{**fact, "stream": f"s{i:03}"} for i in range(n)])
+        finally:
+            event.remove(db, "before_cursor_execute", count)
+        conn.execute(_INSERT_RESOURCE, [_resource(f"slow{i:03}") for i in range(n)])
+    assert written.rowcount == n and again.rowcount == 2
+    assert len(statements) == 3
+    if db.dialect.name == "postgresql":
+        assert all(" SELECT * FROM unnest(" in statement for statement in statements), statements
+    with db.connect() as conn:
+        rows = conn.execute(select(resources).order_by(resources.c.id)).all()
+        streams = list(conn.execute(select(facts.c.stream).order_by(facts.c.id)).scalars())
+        index_ids = sorted(conn.execute(select(search_index.c.id)).scalars())
+    fast, slow = rows[:n], rows[n:]
+    assert [r.id for r in fast] == [f"fast{i:03}" for i in range(n)]
+    assert [tuple(r)[2:] for r in fast] == [tuple(r)[2:] for r in slow]
+    assert streams == [f"s{i:03}" for i in range(n)]
+    assert index_ids == ["a", "b"]
+
+
+def test_a_multi_row_insert_fails_as_a_whole_and_is_translated(db: Engine) -> None:
+    """A duplicate in any row of the statement: an ``IntegrityError``, no row of it written."""
+    with transaction(db) as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, _resource("dup"))
+    with pytest.raises(StorageConflictError), translated(), transaction(db) as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, [_resource("new"), _resource("dup")])
+    with db.connect() as conn:
+        assert [r.id for r in conn.execute(select(resources.c.id))] == ["dup"]
+
+
+def test_only_a_plain_insert_goes_as_column_arrays() -> None:
+    """Each placeholder becomes its column's array, cast as the driver's SQL casts it or to the column's
+    type; an expression, a type with a length or any other text stays an executemany."""
+    named = (("a", "a", None, None), ("b", "b", None, None))
+    types = {"a": "BIGINT", "b": "BYTEA"}
+    plain = cursor._unnested("INSERT INTO t (a, b) VALUES (%(a)s::VARCHAR, %(b)s) ON CONFLICT DO NOTHING", named, types)
+    assert plain is not None
+    assert plain.sql == "INSERT INTO t (a, b) SELECT * FROM unnest(%b::VARCHAR[], %b::BYTEA[]) ON CONFLICT DO NOTHING"
+    assert plain.columns([{"b": 2, "a": 1}, {"a": 3, "b": 4}]) == [[1, 3], [2, 4]]
+    assert cursor._unnested("INSERT INTO t (a, b) VALUES (%(a)s, lower(%(b)s))", named, types) is None
+    assert cursor._unnested("INSERT INTO t (a, b) VALUES (%(a)s, %(b)s)", named, {**types, "b": "VARCHAR(9)"}) is None
+    assert cursor._unnested("INSERT INTO t (a, b) SELECT %(a)s, %(b)s", named, types) is None
+    update = "INSERT INTO t (a) VALUES (%(a)s) ON CONFLICT (a) DO UPDATE SET b = %(b)s"
+    assert cursor._unnested(update, named, types) is None
+
+
+def test_an_update_or_delete_of_many_rows_matches_each_row_as_executemany_does(db: Engine) -> None:
+    """PostgreSQL joins an UPDATE's or DELETE's rows as column arrays, in one statement: each row changes
+    what its own WHERE matches, a stale row (another version) nothing, and the rowcount is the rows changed
+    (the optimistic update's conflict check reads it); SQLite runs an executemany, to the same effect."""
+    statements: list[str] = []
+
+    def count(conn: Any, cur: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+
+    index = _INSERT_INDEX[db.dialect.name]
+    entries = [{"code": 1, "value": f"v{i}", "id": f"r{i}", "system": ""} for i in range(4)]
+    with transaction(db) as conn:
+        cursor.execute(conn, _INSERT_RESOURCE, [_resource(f"p{i}") for i in range(4)])
+        cursor.execute(conn, index, entries)
+        later = NOW + timedelta(seconds=1)
+        changes = [
+            {**_resource(f"p{i}", at=later), "rtype": "Patient", "rid": f"p{i}", "expected": 1 if i != 2 else 5,
+             "version_id": 2, "content": f"c{i}"}
+            for i in range(4)
+        ]  # fmt: skip
+        event.listen(db, "before_cursor_execute", count)
+        try:
+            updated = cursor.execute(conn, _UPDATE_RESOURCE, changes)
+            gone = [{f"k_{k}": v for k, v in e.items()} for e in entries[1:3]]
+            deleted = cursor.execute(conn, _DELETE_INDEX, gone)
+        finally:
+            event.remove(db, "before_cursor_execute", count)
+    assert (updated.rowcount, deleted.rowcount) == (3, 2)
+    assert len(statements) == 2
+    if db.dialect.name == "postgresql":
+        assert all(" unnest(" in statement for statement in statements), statements
+    with db.connect() as conn:
+        rows = conn.execute(
+            select(resources.c.id, resources.c.version_id, resources.c.content).order_by(resources.c.id)
+        )
+        assert [tuple(r) for r in rows] == [("p0", 2, "c0"), ("p1", 2, "c1"), ("p2", 1, ""), ("p3", 2, "c3")]
+        assert sorted(conn.execute(select(search_index.c.id)).scalars()) == ["r0", "r3"]
+
+
+def test_only_a_keyed_update_or_delete_goes_as_column_arrays() -> None:
+    named = (("a", "a", None, None), ("k", "k", None, None))
+    types = {"a": "BIGINT", "k": "VARCHAR(9)"}
+    update = cursor._unnested_where("UPDATE t SET a=%(a)s WHERE t.k = %(k)s::VARCHAR AND t.z = 0", named, types)
+    assert update is not None
+    assert update.sql == (
+        "UPDATE t SET a=_rows.a FROM unnest(%b::BIGINT[], %b::VARCHAR[]) AS _rows(a, k) WHERE t.k = _rows.k AND t.z = 0"
+    )
+    delete = cursor._unnested_where("DELETE FROM t WHERE t.a = %(a)s AND t.k = %(k)s::VARCHAR", named, types)
+    assert delete is not None and delete.sql.startswith("DELETE FROM t USING unnest(")
+    assert cursor._unnested_where("UPDATE t SET a=%(a)s WHERE t.k = %(k)s", named, types) is None  # VARCHAR(9)
+    assert cursor._unnested_where("UPDATE t SET a=%(a)s WHERE t.k = %(k)s::VARCHAR RETURNING t.a", named, types) is None
+    assert cursor._unnested_where("UPDATE t SET a=%(a)s WHERE t.k LIKE 'x%%'", named, types) is None
 
 
 def test_a_literal_in_list_is_rendered_once(db: Engine) -> None:
@@ -204,7 +330,8 @@ def test_cursor_events_fire_with_the_drivers_parameters(db: Engine) -> None:
             event.remove(db, "before_cursor_execute", before)
             event.remove(db, "after_cursor_execute", done)
     assert [s.split()[0] for s, _, _ in seen] == ["INSERT", "SELECT"]
-    assert [many for _, _, many in seen] == [True, False]
+    # PostgreSQL: the rows of an INSERT go as one multi-row statement, not an executemany
+    assert [many for _, _, many in seen] == [db.dialect.name == "sqlite", False]
     assert after == [s for s, _, _ in seen]
     params = seen[1][1]
     assert ("Patient" in params and "e1" in params) or params == {"rtype": "Patient", "rid": "e1"}

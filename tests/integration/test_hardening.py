@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from gateway.api.app import create_app
 from gateway.config import Settings
+from gateway.db import engine as engine_module
 from gateway.db.engine import make_engine, postgres_connect_args
 from gateway.db.repo import MessageRepo
 from gateway.hl7 import er7
@@ -248,7 +249,7 @@ def test_item4_postgres_sessions_get_connect_statement_and_lock_timeouts() -> No
     settings = Settings(db_connect_timeout=3, db_statement_timeout=1.5, db_lock_timeout=0.25)
     assert postgres_connect_args(settings) == {
         "connect_timeout": 3,
-        "options": "-c statement_timeout=1500 -c lock_timeout=250",
+        "options": "-c statement_timeout=1500 -c lock_timeout=250 -c plan_cache_mode=force_custom_plan",
     }
 
 
@@ -260,6 +261,52 @@ def test_item4_postgres_statement_timeout_is_in_force(pg_database: str) -> None:
             assert conn.execute(text("SHOW statement_timeout")).scalar_one() == "200ms"
             with pytest.raises(OperationalError):
                 conn.execute(text("SELECT pg_sleep(2)"))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_connection_killed_while_idle_is_replaced_on_checkout(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection whose server backend was terminated while it sat idle past
+    ``PING_IDLE_SECONDS`` is pinged on checkout and replaced: the caller never sees the dead one."""
+    monkeypatch.setattr(engine_module, "PING_IDLE_SECONDS", 0.05)
+    engine = make_engine(Settings(database_url=pg_database))
+    admin = create_engine(pg_database, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            first = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with admin.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first}).scalar_one()
+        time.sleep(0.1)
+        with engine.connect() as conn:
+            second = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        assert second != first
+    finally:
+        admin.dispose()
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_connection_back_in_the_pool_a_moment_ago_is_not_pinged(
+    pg_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No round trip of its own for a connection that served a transaction less than
+    ``PING_IDLE_SECONDS`` ago (``pool_pre_ping`` pinged on every checkout); one idle longer is pinged."""
+    engine = make_engine(Settings(database_url=pg_database))
+    pings: list[object] = []
+    ping = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping", lambda dbapi_conn: pings.append(dbapi_conn) or ping(dbapi_conn))
+    try:
+        for _ in range(3):
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        assert pings == []
+        monkeypatch.setattr(engine_module, "PING_IDLE_SECONDS", 0.0)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        assert len(pings) == 1
     finally:
         engine.dispose()
 

@@ -142,6 +142,28 @@ def test_postgres_searches_probe_resources_by_id(pg_database: str, mapping_engin
         assert "Index Cond:" in conditions and "(id)::text = " in conditions, plan
 
 
+@pytest.mark.postgres
+def test_postgres_prepared_statements_are_planned_for_each_run(pg_database: str, mapping_engine: Engine) -> None:
+    """The hot path's statements are prepared on the server (psycopg, after 5 runs) and yet never run on a
+    generic plan: one chosen on a fresh, never analysed database, for tables then empty, scanned a whole
+    table on every stays lookup hundreds of messages later. ``plan_cache_mode=force_custom_plan`` on the
+    gateway's connections keeps every run planned for its parameters and the tables' real size."""
+    db = make_engine(Settings(database_url=pg_database))
+    pipeline = Pipeline(engine=mapping_engine, db=db)
+    for i in range(30):
+        message = Adt(control_id=f"G{i}", ipp=f"6{i:05d}", visit=f"G-{i}", movement=f"G{i}")
+        assert pipeline.ingest(message.bytes(), transport="t").code == "AA"
+    with db.connect() as conn:
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "force_custom_plan"
+        prepared = conn.exec_driver_sql(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements WHERE NOT from_sql"
+        ).all()
+    db.dispose()
+    lookups = [row for row in prepared if row.statement.lstrip().upper().startswith("SELECT")]
+    assert lookups and all(row.custom_plans >= 5 for row in lookups), prepared  # prepared, and run often
+    assert [row.statement[:60] for row in prepared if row.generic_plans] == []
+
+
 #: Tables read on the hot path that may be scanned: the subscriptions listening are a handful of rows,
 #: read once per transaction.
 SCANNABLE = ("subscriptions",)
@@ -151,8 +173,8 @@ SCANNABLE = ("subscriptions",)
 def test_postgres_ingest_reads_go_through_indexes(pg_database: str, mapping_engine: Engine) -> None:
     """Every SELECT of an admission and a discharge, explained on PostgreSQL with sequential scans priced
     out: a statement that no index can serve still shows a Seq Scan, and fails here. Plans are made per
-    execution (no server-side prepared statements, see ``make_engine``), so they follow the tables' size
-    without waiting for ANALYZE."""
+    execution (prepared statements too: ``force_custom_plan``, see ``postgres_connect_args``), so they
+    follow the tables' size without waiting for ANALYZE."""
     db = make_engine(Settings(database_url=pg_database))
     pipeline = Pipeline(engine=mapping_engine, db=db)
     for i in range(20):
