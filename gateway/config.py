@@ -117,6 +117,9 @@ class Settings(BaseSettings):
     db_statement_timeout: float = DEFAULT_DB_STATEMENT_TIMEOUT
     #: PostgreSQL ``lock_timeout``; SQLite's busy timeout.
     db_lock_timeout: float = DEFAULT_DB_LOCK_TIMEOUT
+    #: PostgreSQL server-side prepared statements (psycopg's, after a statement's 5th run); false behind a
+    #: connection pooler in transaction mode that cannot carry them (PgBouncer before 1.21)
+    db_prepared_statements: bool = True
     #: How long ``/health`` and ``/health/ready`` wait for the database before answering 503.
     health_timeout: float = DEFAULT_HEALTH_TIMEOUT
     max_fhir_body_bytes: int = DEFAULT_MAX_FHIR_BODY_BYTES

@@ -237,6 +237,8 @@ def postgres_connect_args(settings: Settings) -> dict[str, Any]:
     chose it while the tables were still empty (no ANALYZE yet): the stays lookup went from ~1 ms to
     seconds after a few hundred messages. ``plan_cache_mode=force_custom_plan`` keeps each run planned for
     its own parameters against the tables' real size, as an unprepared statement is.
+    ``GATEWAY_DB_PREPARED_STATEMENTS=false`` turns them off (each statement parsed on every run), for a
+    pooler in transaction mode that hands a session's prepared statements to another client.
     """
     limits = [
         f"-c {name}={max(1, int(seconds * 1000))}"
@@ -247,6 +249,8 @@ def postgres_connect_args(settings: Settings) -> dict[str, Any]:
         if seconds > 0
     ]
     args: dict[str, Any] = {"connect_timeout": max(1, round(settings.db_connect_timeout))}
+    if not settings.db_prepared_statements and make_url(settings.database_url).get_driver_name() == "psycopg":
+        args["prepare_threshold"] = None
     args["options"] = " ".join([*limits, f"-c plan_cache_mode={PLAN_CACHE_MODE}"])
     return args
 

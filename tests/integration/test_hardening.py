@@ -253,6 +253,27 @@ def test_item4_postgres_sessions_get_connect_statement_and_lock_timeouts() -> No
     }
 
 
+def test_postgres_prepared_statements_can_be_turned_off_for_a_pooler() -> None:
+    url = "postgresql+psycopg://u@db/gateway"
+    assert "prepare_threshold" not in postgres_connect_args(Settings(database_url=url))
+    off = postgres_connect_args(Settings(database_url=url, db_prepared_statements=False))
+    assert off["prepare_threshold"] is None
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("enabled", [True, False])
+def test_postgres_prepared_statements_follow_the_setting(pg_database: str, enabled: bool) -> None:
+    engine = make_engine(Settings(database_url=pg_database, db_prepared_statements=enabled))
+    try:
+        with engine.connect() as conn:
+            for _ in range(8):  # past psycopg's threshold (5 runs)
+                conn.exec_driver_sql("SELECT 1 WHERE 1 = %(one)s", {"one": 1})
+            prepared = conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar_one()
+        assert (prepared > 0) is enabled
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.postgres
 def test_item4_postgres_statement_timeout_is_in_force(pg_database: str) -> None:
     engine = make_engine(Settings(database_url=pg_database, db_statement_timeout=0.2))
