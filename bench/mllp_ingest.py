@@ -520,10 +520,13 @@ async def run(
             f"({server.cpu / max(server.messages, 1) * 1000:.2f} ms/message), peak RSS {server.rss_mb:.0f} MiB"
         )
     if served:
-        print(
-            f"  serve CPU       parent {served.parent_cpu:.2f} s, workers {served.workers_cpu:.2f} s "
-            f"({served.workers_cpu / total * 1000:.2f} ms/message)"
+        serving = served.workers_cpu if workers > 1 else served.parent_cpu  # one worker: serve is the process
+        parts = (
+            f"parent {served.parent_cpu:.2f} s, workers {served.workers_cpu:.2f} s"
+            if workers > 1
+            else f"one process {served.parent_cpu:.2f} s"
         )
+        print(f"  serve CPU       {parts} ({serving / total * 1000:.2f} ms/message serving)")
         for worker, frames in sorted(served.frames.items()):
             print(f"  worker {worker:<8} {frames} frames")
     compared_to = [
