@@ -63,14 +63,16 @@ def create_app(runtime: Runtime, *, start_services: bool = True, worker: str | N
         finally:
             if start_services:
                 app.state.live.stop()
-                if sampler is not None:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await sampler
-                await runtime.stop()
-                if copier is not None:  # after the stop: the last ACKs' counts are copied too
-                    copier.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await copier
+                try:
+                    if sampler is not None:
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sampler
+                finally:  # a sampler that failed (an unreadable metrics file) must not keep the writers running
+                    await runtime.stop()
+                    if copier is not None:  # after the stop: the last ACKs' counts are copied too
+                        copier.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await copier
 
     app = FastAPI(
         title="HL7 v2 → FHIR gateway",
