@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import struct
 import threading
 from pathlib import Path
 
@@ -18,7 +19,10 @@ import httpx
 import pytest
 
 from gateway import cli, workers
+from gateway.api.app import create_app
+from gateway.config import Settings
 from gateway.hl7.mllp import MLLPClient
+from gateway.runtime import Runtime
 from tests.messages import Adt
 
 
@@ -69,3 +73,35 @@ def test_a_worker_serves_the_inherited_sockets_until_its_lifeline_ends(
 async def _send(port: int, message: bytes) -> bytes:
     async with MLLPClient("127.0.0.1", port, timeout=30) as client:
         return await client.send(message)
+
+
+def test_the_runtime_is_stopped_even_when_the_live_sampler_failed(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sampler that died (say, on an unreadable multiprocess metrics file) must not leave the writers and
+    the MLLP listener running at shutdown: its error comes after the stop, not instead of it."""
+    runtime = Runtime.build(settings)
+    app = create_app(runtime)
+    stopped: list[bool] = []
+    real_stop = runtime.stop
+
+    async def stop() -> None:
+        await real_stop()
+        stopped.append(True)
+
+    async def broken() -> None:
+        raise struct.error("unpack_from requires a buffer")
+
+    monkeypatch.setattr(runtime, "stop", stop)
+    monkeypatch.setattr(app.state.live, "run", broken)
+
+    async def scenario() -> None:
+        async with app.router.lifespan_context(app):
+            await asyncio.sleep(0.01)
+
+    try:
+        with pytest.raises(struct.error):
+            asyncio.run(scenario())
+    finally:
+        runtime.close()
+    assert stopped == [True]
