@@ -10,12 +10,15 @@ waits for each ACK, as a hospital engine does) and prints throughput, ACK latenc
     .venv/bin/python bench/mllp_ingest.py --messages 2000 --connections 4
     .venv/bin/python bench/mllp_ingest.py --database-url postgresql+psycopg://postgres@127.0.0.1:5432/bench
     .venv/bin/python bench/mllp_ingest.py --instances 3 --connections 16 --database-url postgresql+psycopg://...
+    .venv/bin/python bench/mllp_ingest.py --workers 3 --connections 16 --database-url postgresql+psycopg://...
 
 The sender runs in the same process and event loop as the gateway, so the figures include its cost.
 With ``--instances N`` (N > 1) the gateway runs instead in N subprocesses on the same store (the
 ``Runtime``, each with its own MLLP port and delivery worker, as ``gateway serve`` runs), the
 connections spread over them round-robin; CPU is then the instances' and the sender's together, and
-each instance's own is printed beside.
+each instance's own is printed beside. With ``--workers N`` the real ``gateway serve --workers N`` runs
+instead (a subprocess: one MLLP port, N worker processes behind it; ``--workers 1`` is the plain serve);
+CPU is then its parent's, its workers' and the sender's, and a line per worker gives the frames it took.
 Exit status 1 when any message is not acknowledged AA.
 """
 
@@ -26,8 +29,11 @@ import asyncio
 import contextlib
 import gc
 import os
+import re
 import resource
 import secrets
+import signal
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -37,6 +43,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from floor import floor_server
 from peer import peer_server
 from sqlalchemy import create_engine, text
@@ -254,6 +261,117 @@ async def serve_instance(database_url: str) -> int:
     return 0
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _tree(pid: int) -> list[int]:
+    """The process and its children (``gateway serve --workers``' parent and workers)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return [pid]
+    return [pid, *(int(c) for c in children)]
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU of these processes so far (``/proc/PID/stat`` fields 14 and 15)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class Served:
+    """What ``--workers`` reports beside the common lines: CPU and peak RSS per process, frames per worker."""
+
+    parent_cpu: float = 0.0
+    workers_cpu: float = 0.0
+    peak_rss_mb: float = 0.0
+    frames: dict[str, int] = field(default_factory=dict)
+
+
+async def _until_serving(client: httpx.AsyncClient, process: asyncio.subprocess.Process, count: int) -> None:
+    """Every worker's series in /metrics (its app is built: it serves a moment later); one: /health/ready."""
+    deadline = time.monotonic() + INSTANCE_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.returncode is not None:
+            raise SystemExit(f"gateway serve --workers {count} exited with status {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if count == 1:
+                if (await client.get("/health/ready")).status_code == 200:
+                    return
+            elif len(_frames((await client.get("/metrics")).text)) == count:
+                return
+        await asyncio.sleep(0.2)
+    raise SystemExit(f"gateway serve --workers {count} did not start in {INSTANCE_TIMEOUT} s")
+
+
+def _frames(metrics: str) -> dict[str, int]:
+    return {
+        w: int(float(v)) for w, v in re.findall(r'^gateway_mllp_frames_total\{worker="(\d+)"\} (\S+)', metrics, re.M)
+    }
+
+
+async def ingest_in_workers(
+    database_url: str, per_connection: list[list[bytes]], *, count: int, rate: float
+) -> tuple[Results, float, float, Served]:
+    """(results, elapsed, CPU of the serve's processes and the sender, the rest): ``gateway serve --workers``."""
+    http_port, mllp_port = _free_port(), _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "--log-level",
+        "WARNING",  # as the in-process modes, which log nothing below it
+        "serve",
+        "--workers",
+        str(count),
+        "--database-url",
+        database_url,
+        "--http-port",
+        str(http_port),
+        "--mllp-port",
+        str(mllp_port),
+        cwd=ROOT,
+    )
+    served = Served()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as client:
+        try:
+            await _until_serving(client, process, count)
+            await asyncio.sleep(1.0)
+            pids = _tree(process.pid)
+            before = [_cpu_seconds([pid]) for pid in pids]
+            cpu = time.process_time()
+            results, elapsed = await send_all(mllp_port, per_connection, rate=rate)
+            cpu = time.process_time() - cpu
+            spent = [_cpu_seconds([pid]) - b for pid, b in zip(pids, before, strict=True)]
+            served.parent_cpu, served.workers_cpu = spent[0], sum(spent[1:])
+            served.peak_rss_mb = max(_peak_rss_mb(pid) for pid in pids[1:] or pids)
+            if count > 1:
+                await asyncio.sleep(1.0)  # the workers copy their counts every 0.5 s
+                served.frames = _frames((await client.get("/metrics")).text)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            status = await asyncio.wait_for(process.wait(), INSTANCE_TIMEOUT)
+    if status not in (0, -signal.SIGTERM):
+        raise SystemExit(f"gateway serve --workers {count} stopped with status {status}")
+    return results, elapsed, cpu + served.parent_cpu + served.workers_cpu, served
+
+
 class Stalls:
     """What can hold every connection's ACK at once, watched while the gateway runs (``--stalls``): the event
     loop's lag (how late a 5 ms ticker wakes: the loop busy, or waiting for the GIL a writer holds) and the
@@ -344,6 +462,7 @@ async def run(
     with_peer: bool = False,
     rate: float = 0.0,
     instances: int = 1,
+    workers: int = 0,
     stalls: bool = False,
 ) -> int:
     per_connection = spread(n_messages, connections)
@@ -355,8 +474,11 @@ async def run(
     db.dispose()
     size_before = store_bytes(database_url)
     servers: list[Instance] = []
-    watched = Stalls() if stalls and instances == 1 else None
-    if instances > 1:
+    served: Served | None = None
+    watched = Stalls() if stalls and instances == 1 and not workers else None
+    if workers:
+        results, elapsed, cpu, served = await ingest_in_workers(database_url, per_connection, count=workers, rate=rate)
+    elif instances > 1:
         results, elapsed, cpu, servers = await ingest_in_instances(
             database_url, per_connection, count=instances, rate=rate
         )
@@ -372,11 +494,13 @@ async def run(
     durability = f", synchronous={settings.sqlite_synchronous}" if backend.startswith("sqlite") else ""
     paced = f", paced at {rate:g} messages/s" if rate else ""
     spread_over = f", {instances} instances" if servers else ""
+    spread_over = f", gateway serve --workers {workers}" if served else spread_over
     print(f"mllp_ingest: {backend}{durability}, {connections} connections{paced}{spread_over}, {os.cpu_count()} CPUs")
     print(f"  messages        {total}")
     print(f"  elapsed         {elapsed:.2f} s")
     print(f"  throughput      {total / elapsed:.0f} messages/s")
     whose = f"{instances} instances and the sender" if servers else "whole process, sender included"
+    whose = "serve's parent and workers, and the sender" if served else whose
     print(f"  CPU             {cpu / total * 1000:.2f} ms/message ({whose})")
     print(f"  ACK latency p50 {percentile(results.latencies, 0.50) * 1000:.1f} ms")
     print(f"  ACK latency p99 {percentile(results.latencies, 0.99) * 1000:.1f} ms")
@@ -384,6 +508,8 @@ async def run(
     print(f"  AA              {results.codes['AA']}/{total}")
     if servers:
         peak_rss_mb = max(i.rss_mb for i in servers)  # the largest instance's
+    if served:
+        peak_rss_mb = served.peak_rss_mb  # the largest worker's
     print(f"  peak RSS        {peak_rss_mb:.0f} MiB")
     print(f"  store growth    {stored / total / 1024:.1f} KiB/message, {2 * stored / total / 1024:.1f} KiB/stay")
     if watched is not None:
@@ -393,6 +519,16 @@ async def run(
             f"  instance {k:<6} CPU {server.cpu:.2f} s, {server.messages} messages "
             f"({server.cpu / max(server.messages, 1) * 1000:.2f} ms/message), peak RSS {server.rss_mb:.0f} MiB"
         )
+    if served:
+        serving = served.workers_cpu if workers > 1 else served.parent_cpu  # one worker: serve is the process
+        parts = (
+            f"parent {served.parent_cpu:.2f} s, workers {served.workers_cpu:.2f} s"
+            if workers > 1
+            else f"one process {served.parent_cpu:.2f} s"
+        )
+        print(f"  serve CPU       {parts} ({serving / total * 1000:.2f} ms/message serving)")
+        for worker, frames in sorted(served.frames.items()):
+            print(f"  worker {worker:<8} {frames} frames")
     compared_to = [
         (f"floor, {'one commit/msg' if mode == 'one' else 'group commit'}", figures)
         for mode, figures in floor_figures.items()
@@ -425,19 +561,25 @@ def main() -> int:
         "--instances", type=int, default=1, help="gateway processes on the same store (1: in this process)"
     )
     parser.add_argument(
+        "--workers", type=int, default=0, help="run the real `gateway serve --workers N` (a subprocess) instead"
+    )
+    parser.add_argument(
         "--stalls", action="store_true", help="also watch the event loop's lag and GC pauses (in-process only)"
     )
     parser.add_argument("--serve-instance", action="store_true", help=argparse.SUPPRESS)  # one of --instances
     args = parser.parse_args()
     if args.serve_instance:
         return asyncio.run(serve_instance(args.database_url))
-    if args.messages < 1 or args.connections < 1 or args.rate < 0 or args.instances < 1:
-        parser.error("--messages, --connections and --instances must be positive, --rate not negative")
+    if args.messages < 1 or args.connections < 1 or args.rate < 0 or args.instances < 1 or args.workers < 0:
+        parser.error("--messages, --connections and --instances must be positive, --rate and --workers not negative")
+    if args.workers and args.instances > 1:
+        parser.error("--workers and --instances are two ways to run several processes: choose one")
     options = {
         "with_floors": args.floors,
         "with_peer": args.peer,
         "rate": args.rate,
         "instances": args.instances,
+        "workers": args.workers,
         "stalls": args.stalls,
     }
     if args.database_url:

@@ -40,6 +40,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "mllp_tls_key",
         "mllp_tls_client_ca",
         "log_level",
+        "workers",
     ):
         value = getattr(args, name, None)
         if value is not None:
@@ -101,6 +102,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.runtime import Runtime
 
     settings = _settings(args)
+    if args.worker_child:
+        return _serve_as_worker(settings, args.worker_child)
+    if settings.workers < 1:
+        raise UsageError(f"--workers (GATEWAY_WORKERS) must be at least 1, not {settings.workers}")
+    if settings.workers > 1:
+        return _serve_workers(settings, argv=args.argv)
     _probe_port(settings.mllp_host, settings.mllp_port, "MLLP", "--mllp-port or GATEWAY_MLLP_PORT")
     _probe_port(settings.http_host, settings.http_port, "HTTP", "--http-port or GATEWAY_HTTP_PORT")
     runtime = Runtime.build(settings)
@@ -132,6 +139,87 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.close()
         runtime.close()
     return 0
+
+
+def _serve_workers(settings: Settings, *, argv: list[str]) -> int:
+    """``serve --workers N``: check and migrate once here, bind both ports, then supervise N serving children
+    (``gateway.workers``)."""
+    from gateway import workers
+    from gateway.auth.mllp import context_from
+    from gateway.runtime import Runtime
+
+    if settings.database_url.startswith("sqlite"):
+        raise StartupError(
+            f"refusing to start {settings.workers} workers on SQLite: it has one writer, so they would only wait "
+            "for each other (measured: no gain); use PostgreSQL, or GATEWAY_WORKERS=1"
+        )
+    _probe_port(settings.mllp_host, settings.mllp_port, "MLLP", "--mllp-port or GATEWAY_MLLP_PORT")
+    _probe_port(settings.http_host, settings.http_port, "HTTP", "--http-port or GATEWAY_HTTP_PORT")
+    context_from(settings)  # a TLS mistake is said once here, not by each child at its start
+    runtime = Runtime.build(settings)  # the tables checked and the stores migrated once, before any child
+    try:
+        refusal = _exposed_without_auth(runtime)
+    finally:
+        runtime.close()
+    if refusal:
+        raise StartupError(f"refusing to start: {refusal}")
+    count = settings.workers
+    http = _listen(settings.http_host, settings.http_port, "HTTP", count=count, backlog=workers.HTTP_BACKLOG)
+    try:
+        mllp = _listen(settings.mllp_host, settings.mllp_port, "MLLP", count=count, backlog=workers.MLLP_BACKLOG)
+    except StartupError:
+        _close(http)
+        raise
+    logger.info(
+        "gateway: %d workers, HTTP on http://%s:%d (FHIR at /fhir), MLLP on %s:%d, store %s, public base %s",
+        count,
+        settings.http_host,
+        http[0].getsockname()[1],
+        settings.mllp_host,
+        mllp[0].getsockname()[1],
+        _safe_url(settings.database_url),
+        settings.public_base(),
+    )
+    try:
+        return workers.supervise(argv=argv, http=http, mllp=mllp)
+    finally:
+        _close(http + mllp)
+
+
+def _close(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
+def _listen(host: str, port: int, what: str, *, count: int, backlog: int) -> list[socket.socket]:
+    from gateway.workers import bind_listeners
+
+    try:
+        return bind_listeners(host, port, count=count, backlog=backlog)
+    except OSError as exc:
+        setting = f"--{what.lower()}-port or GATEWAY_{what}_PORT"
+        raise StartupError(f"{what} port {host}:{port} is not available ({exc.strerror}); set {setting}") from exc
+
+
+def _serve_as_worker(settings: Settings, flag: str) -> int:
+    """One child of ``serve --workers``: the whole serve on the sockets the parent bound (it migrated too)."""
+    from gateway import workers
+    from gateway.api.app import create_app
+    from gateway.api.server import uvicorn_config
+    from gateway.runtime import Runtime
+
+    inherited = workers.Inherited.parse(flag)
+    runtime = Runtime.build(settings, run_migrations=False)
+    try:
+        runtime.refresh_authorities()
+        runtime.mllp_socket = socket.socket(fileno=inherited.mllp_fd)
+        app = create_app(runtime, worker=str(inherited.index))
+    except BaseException:
+        runtime.close()
+        raise
+    heap.settle()
+    config = uvicorn_config(app, settings, log_config=None, log_level=settings.log_level.lower(), access_log=False)
+    return workers.serve_child(inherited, runtime=runtime, config=config)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -505,6 +593,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run HTTP API, MLLP listener and delivery worker")
     _add_common(serve)
     _add_ports(serve)
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="serving processes sharing the HTTP and MLLP ports (GATEWAY_WORKERS, default 1); PostgreSQL only "
+        "beyond 1, about one a core",
+    )
+    serve.add_argument("--worker-child", help=argparse.SUPPRESS)  # one of --workers' children (gateway.workers)
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser(
@@ -572,6 +667,7 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # serve --workers starts its children with them
     level = args.log_level or os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
     fmt = args.log_format or os.environ.get("GATEWAY_LOG_FORMAT", "text").lower()
     if level not in LOG_LEVELS or fmt not in LOG_FORMATS:

@@ -22,6 +22,7 @@ DEFAULT_MLLP_FRAME_TIMEOUT = 60.0
 DEFAULT_MLLP_MAX_CONNECTIONS = 256
 DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER = 32
 DEFAULT_DELIVERY_TIMEOUT = 10.0
+DEFAULT_WORKERS = 1
 #: Database time limits: a hung or locked database must fail a request, never hold it (and a thread) forever.
 DEFAULT_DB_CONNECT_TIMEOUT = 5.0
 DEFAULT_DB_STATEMENT_TIMEOUT = 30.0
@@ -142,6 +143,9 @@ class Settings(BaseSettings):
     smtp_username: str = ""
     smtp_password: str = ""
     run_worker: bool = True
+    #: ``gateway serve`` processes sharing one HTTP and one MLLP port (PostgreSQL only beyond 1; about the
+    #: machine's cores: one process is held by its GIL, PostgreSQL takes several writers)
+    workers: int = DEFAULT_WORKERS
     #: Threads committing MLLP/HTTP messages in groups; 0: one on SQLite, four on PostgreSQL.
     ingest_writers: int = Field(default=0, ge=0, le=64)
     #: Where the gateway may create its SQLite store's directories; a path elsewhere must exist already.

@@ -9,10 +9,20 @@ Store-level gauges (outbox backlog, oldest pending age, subscriptions by status,
 read from the database at scrape time by :class:`StoreCollector`, and the MLLP listener's and delivery
 worker's own counters from those objects by :class:`ServiceCollector`; both are registered per
 application on its own registry, so several apps in one process (the tests) do not collide.
+
+With ``gateway serve --workers N`` (N > 1) a scrape lands on any one worker, so each worker's metrics
+must reach every other's answer: the workers run in prometheus_client's multiprocess mode (the parent
+sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh directory), their counters and histograms are files there,
+summed at scrape time by :func:`aggregated_registry`. The MLLP listener's and delivery worker's ints are
+copied into such counters labelled ``worker`` by :class:`ServiceMirror`. What cannot be summed is either
+left out (``process_*``, ``python_*``: one process's) or labelled with the ``worker`` that answered (the
+connection pool gauges).
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
 import threading
 import time
@@ -21,10 +31,15 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Protocol
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+#: The directory of prometheus_client's multiprocess mode (read by the library at import).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Seconds between two copies of a worker's MLLP and delivery counts into the shared files.
+MIRROR_INTERVAL = 0.5
 #: Latency buckets for work measured in milliseconds to seconds (ACKs, commits, deliveries).
 FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MAX_LABEL_VALUES = 200
@@ -146,8 +161,11 @@ class StoreCollector(Collector):
         pool: Callable[[], dict[str, int]],
         *,
         clock: Callable[[], datetime] | None = None,
+        worker: str | None = None,
     ) -> None:
         self.read, self.pool, self.clock = read, pool, clock or (lambda: datetime.now(UTC))
+        #: with several workers, the pool gauges are the answering worker's: labelled so
+        self.worker = worker
 
     def collect(self) -> Iterable[Metric]:
         yield from self._pool()
@@ -181,7 +199,14 @@ class StoreCollector(Collector):
             ("checked_out", "Database connections in use"),
             ("overflow", "Connections opened beyond the pool size"),
         ):
-            yield GaugeMetricFamily(f"gateway_db_pool_{name}", help_text, value=figures.get(name, 0))
+            if self.worker is None:
+                yield GaugeMetricFamily(f"gateway_db_pool_{name}", help_text, value=figures.get(name, 0))
+                continue
+            gauge = GaugeMetricFamily(
+                f"gateway_db_pool_{name}", f"{help_text} (of the worker answering this scrape)", labels=["worker"]
+            )
+            gauge.add_metric([self.worker], figures.get(name, 0))
+            yield gauge
 
 
 class MLLPCounters(Protocol):
@@ -228,8 +253,71 @@ class ServiceCollector(Collector):
                 yield CounterMetricFamily(name, help_text, value=getattr(server, attribute))
         worker = self.worker()
         if worker is not None:
-            yield CounterMetricFamily(
-                "gateway_outbox_rows_delivered",
-                "Outbox rows (events, handshakes, heartbeats) delivered by this process's worker",
-                value=worker.delivered_total,
-            )
+            yield CounterMetricFamily("gateway_outbox_rows_delivered", DELIVERED_HELP, value=worker.delivered_total)
+
+
+def multiprocess_dir() -> str | None:
+    """The multiprocess directory when this process is one of ``gateway serve --workers``' workers."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def aggregated_registry() -> CollectorRegistry:
+    """Every worker's counters and histograms, summed from the multiprocess directory at each collect."""
+    if multiprocess_dir() is None:
+        raise RuntimeError(f"{MULTIPROC_ENV} is not set: this process is not one of several workers")
+    registry = CollectorRegistry(auto_describe=False)
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
+#: Help of the delivery worker's counter (also :class:`ServiceCollector`'s).
+DELIVERED_HELP = "Outbox rows (events, handshakes, heartbeats) delivered by this process's worker"
+
+
+class ServiceMirror:
+    """One worker's MLLP listener and delivery counts, copied into multiprocess counters labelled ``worker``.
+
+    They are plain ints on their objects (see :class:`ServiceCollector`), invisible to another worker; the
+    copy every :data:`MIRROR_INTERVAL` puts them in the shared files, so a scrape answered by any worker shows
+    every worker's (at most that late; ``sum without (worker)`` is the gateway's). A restarted worker keeps
+    its index: its counter goes on from its predecessor's (the files of dead processes are still summed).
+    """
+
+    def __init__(
+        self, *, worker: str, mllp: Callable[[], MLLPCounters | None], delivery: Callable[[], WorkerCounters | None]
+    ) -> None:
+        self.worker, self.mllp, self.delivery = worker, mllp, delivery
+        self._mllp = {
+            attribute: Counter(name, help_text, ["worker"], registry=None).labels(worker=worker)
+            for name, help_text, attribute in MLLP_COUNTERS
+        }
+        self._delivered = Counter(
+            "gateway_outbox_rows_delivered",
+            DELIVERED_HELP.replace("this process's", "each worker's"),
+            ["worker"],
+            registry=None,
+        ).labels(worker=worker)
+        self._seen: dict[str, int] = dict.fromkeys([*self._mllp, "delivered_total"], 0)
+
+    def sync(self) -> None:
+        server = self.mllp()
+        if server is not None:
+            for attribute, counter in self._mllp.items():
+                self._add(attribute, counter, getattr(server, attribute))
+        worker = self.delivery()
+        if worker is not None:
+            self._add("delivered_total", self._delivered, worker.delivered_total)
+
+    def _add(self, attribute: str, counter: Counter, value: int) -> None:
+        if value > self._seen[attribute]:
+            counter.inc(value - self._seen[attribute])
+            self._seen[attribute] = value
+
+    async def run(self, interval: float = MIRROR_INTERVAL) -> None:
+        """Copy until cancelled, and once more then: what the last moments counted is not lost."""
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                self.sync()
+        finally:
+            self.sync()

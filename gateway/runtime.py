@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,6 +45,8 @@ class Runtime:
     mllp: MLLPServer | None = None
     #: Where sandbox senders' messages go (``GATEWAY_SANDBOX_DATABASE_URL``); ``None``: no sandbox tenants.
     sandbox: SandboxStore | None = None
+    #: The MLLP listening socket bound by ``gateway serve --workers``' parent; ``None``: bind host and port.
+    mllp_socket: socket.socket | None = None
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     #: the mapping tables as the files give them; the registry's declarations are laid over them
     _file_tables: Tables | None = None
@@ -165,6 +168,7 @@ class Runtime:
                 max_connections_per_peer=self.settings.mllp_max_connections_per_peer,
                 on_oversize=self._oversize,
                 ssl_context=context_from(self.settings),
+                sock=self.mllp_socket,
             )
             await self.mllp.start()
             logger.info("MLLP listening on %s:%d", self.settings.mllp_host, self.mllp.port)

@@ -27,7 +27,7 @@ from gateway.api.rest import FhirRestMiddleware
 from gateway.db.stats import pool_figures, store_figures
 from gateway.errors import AuthenticationError, GatewayError
 from gateway.fhir.outcome import operation_outcome
-from gateway.metrics import ServiceCollector, StoreCollector
+from gateway.metrics import ServiceCollector, ServiceMirror, StoreCollector, aggregated_registry
 from gateway.runtime import Runtime
 from gateway.web.mount import install as install_pages
 
@@ -38,24 +38,41 @@ GZIP_MINIMUM_BYTES = 1000
 CORS_EXPOSED = ["ETag", "Last-Modified", "Location", "Content-Location", "X-Request-ID"]
 
 
-def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
-    """``start_services`` starts the MLLP listener and the delivery worker with the app (``gateway serve``)."""
+def create_app(runtime: Runtime, *, start_services: bool = True, worker: str | None = None) -> FastAPI:
+    """``start_services`` starts the MLLP listener and the delivery worker with the app (``gateway serve``).
+
+    ``worker``: this app is that worker of ``gateway serve --workers`` (its index): ``/metrics`` then sums
+    every worker's metrics (``gateway.metrics``, multiprocess mode), whichever worker the scrape reaches.
+    """
+    mirror = (
+        ServiceMirror(worker=worker, mllp=lambda: runtime.mllp, delivery=lambda: runtime.worker)
+        if worker is not None
+        else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sampler = None
+        sampler = copier = None
         if start_services:
             await runtime.start()
             sampler = asyncio.create_task(app.state.live.run(), name="live-sampler")
+            if mirror is not None:
+                copier = asyncio.create_task(mirror.run(), name="metrics-mirror")
         try:
             yield
         finally:
             if start_services:
                 app.state.live.stop()
-                if sampler is not None:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await sampler
-                await runtime.stop()
+                try:
+                    if sampler is not None:
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await sampler
+                finally:  # a sampler that failed (an unreadable metrics file) must not keep the writers running
+                    await runtime.stop()
+                    if copier is not None:  # after the stop: the last ACKs' counts are copied too
+                        copier.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await copier
 
     app = FastAPI(
         title="HL7 v2 → FHIR gateway",
@@ -77,15 +94,19 @@ def create_app(runtime: Runtime, *, start_services: bool = True) -> FastAPI:
     app.include_router(oauth.router)
 
     store = CollectorRegistry(auto_describe=False)
-    store.register(StoreCollector(lambda: store_figures(runtime.db), lambda: pool_figures(runtime.db)))
-    store.register(ServiceCollector(mllp=lambda: runtime.mllp, worker=lambda: runtime.worker))
-    install_pages(app, registries=(REGISTRY, store))  # the live view reads what /metrics serves
+    store.register(StoreCollector(lambda: store_figures(runtime.db), lambda: pool_figures(runtime.db), worker=worker))
+    if mirror is None:
+        store.register(ServiceCollector(mllp=lambda: runtime.mllp, worker=lambda: runtime.worker))
+    # One process: its own registry. Several workers: every worker's counters, summed from their files.
+    shared = REGISTRY if worker is None else aggregated_registry()
+    install_pages(app, registries=(shared, store))  # the live view reads what /metrics serves
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics")
     async def metrics() -> Response:
-        # The process-wide metrics, then this app's store gauges (read from the database now).
+        # The process-wide (or every worker's) metrics, then this app's store gauges (read from the database now).
         store_text = await run_in_threadpool(generate_latest, store)
-        return Response(generate_latest() + store_text, media_type=CONTENT_TYPE_LATEST)
+        shared_text = generate_latest() if worker is None else await run_in_threadpool(generate_latest, shared)
+        return Response(shared_text + store_text, media_type=CONTENT_TYPE_LATEST)
 
     _install_error_handlers(app)
     _install_middleware(app, runtime)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import socket
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -281,7 +282,10 @@ class MLLPServer:
         max_connections_per_peer: int = DEFAULT_MLLP_MAX_CONNECTIONS_PER_PEER,
         on_oversize: OversizeHandler | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
+        """``sock``: a listening socket bound already (``gateway serve --workers``: the parent's, shared by
+        every worker); ``host`` and ``port`` are then only what the logs say."""
         if max_message_bytes < 1:
             raise ValueError("max_message_bytes must be positive")
         self._handler = handler
@@ -294,6 +298,7 @@ class MLLPServer:
         self._max_per_peer = max_connections_per_peer
         self._on_oversize = on_oversize
         self._ssl = ssl_context
+        self._sock = sock
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._stopping = False
@@ -320,9 +325,12 @@ class MLLPServer:
         if self._server is not None:
             raise RuntimeError("MLLP server already started")
         self._stopped = asyncio.Event()
-        self._server = await asyncio.start_server(
-            self._on_connection, host=self._host, port=self._requested_port, ssl=self._ssl
-        )
+        if self._sock is not None:
+            self._server = await asyncio.start_server(self._on_connection, sock=self._sock, ssl=self._ssl)
+        else:
+            self._server = await asyncio.start_server(
+                self._on_connection, host=self._host, port=self._requested_port, ssl=self._ssl
+            )
         logger.info("MLLP server listening on %s:%d", self._host, self.port)
 
     async def serve_forever(self) -> None:

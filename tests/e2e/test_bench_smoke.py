@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -66,3 +68,14 @@ def test_import_bench_imports_every_message() -> None:
     assert "import: sqlite, 40 messages in 3 files" in out
     assert "imported 40 messages" in out and "AA 40" in out
     assert "import rate" in out
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_mllp_ingest_through_serve_with_two_workers(database_url: str) -> None:
+    """The real ``gateway serve --workers 2`` (PostgreSQL: SQLite refuses several workers), one MLLP port."""
+    out = run_bench("--messages", "24", "--connections", "6", "--workers", "2", "--database-url", database_url)
+    assert "gateway serve --workers 2" in out.splitlines()[0]
+    assert "AA              24/24" in out
+    assert "serve CPU       parent" in out
+    frames = [int(line.split()[2]) for line in out.splitlines() if line.startswith("  worker ")]
+    assert len(frames) == 2 and sum(frames) == 24  # what each worker took, from one scrape
