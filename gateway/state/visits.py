@@ -526,7 +526,10 @@ def _finish(encounter: JSON) -> JSON:
     if "class" not in encounter:
         # Encounter.class is required in R4; PV1-2 empty or unknown leaves it unknown, said plainly.
         encounter["class"] = dict(_UNKNOWN_CLASS)
-    return {k: encounter[k] for k in [*_ORDER, *sorted(encounter.keys() - _ORDERED)] if k in encounter}
+    out = {k: encounter[k] for k in _ORDER if k in encounter}
+    if len(out) < len(encounter):
+        out.update((k, encounter[k]) for k in sorted(encounter.keys() - _ORDERED))
+    return out
 
 
 # -- the movements -----------------------------------------------------------------------------
@@ -580,6 +583,8 @@ def _movement(
     nature = _nature(movement.get("nature"), natures)
     if nature:
         codings.append(nature)
+    # built in the order _finish gives (_ORDER, then the other keys sorted), with its class always set:
+    # _finish would only copy it again
     out: JSON = {
         "resourceType": "Encounter",
         "id": movement_id(str(stay["id"]), ident),
@@ -588,17 +593,17 @@ def _movement(
         "status": status,
         "class": klass,
         "type": [{"coding": codings}],
-        "partOf": {"reference": f"Encounter/{stay['id']}"},
-        "period": {k: v for k, v in (("start", _movement_time(fact)), ("end", end)) if v},
     }
     if "subject" in stay:
         out["subject"] = stay["subject"]
+    out["partOf"] = {"reference": f"Encounter/{stay['id']}"}
+    out["period"] = {k: v for k, v in (("start", _movement_time(fact)), ("end", end)) if v}
     if fact.encounter.get("location"):
         out["location"] = _locations(fact.encounter["location"], status)
     provider = _service_provider(movement)
     if provider:
         out["serviceProvider"] = provider
-    return _finish(out)
+    return out
 
 
 def movement_id(stay_id: str, identifier: JSON) -> str:
