@@ -27,6 +27,7 @@ from gateway.state.visits import (
     ContentOrder,
     Stay,
     VisitFact,
+    _finish,
     fold_stay,
     fold_visit,
 )
@@ -1462,3 +1463,10 @@ def test_a_facts_movement_key_and_rule_are_set_at_init_and_by_replace() -> None:
     assert bare.movement_key is None and bare.rule.rank == 9 and not bare.rule.movement  # no ZBE-1, inert
     # derived from the fields, they take no part in equality: the same fact read again is equal
     assert VisitFact.from_payload(admitted.to_payload()) == admitted
+
+
+def test_movements_are_built_in_the_key_order_finish_gives() -> None:
+    stay = fold_stay([admission(), fact("A02", at=T0 + timedelta(hours=2), control="C-2", movement_id="MV-2")])
+    assert stay.movements and any("serviceProvider" in m or "location" in m for m in stay.movements)
+    for movement in stay.movements:
+        assert list(movement) == list(_finish(dict(movement)))
