@@ -298,22 +298,53 @@ def stored_rows(rtype: str, rid: str, entries: Iterable[Entry]) -> dict[tuple[in
     :data:`PARAM_CODES` code, a date parameter's instant where a token's system goes, its value left empty
     (see ``gateway/db/schema.py``). An entry of a pair without a code (a type no search is declared for)
     is not stored: no search could read it; nor is a national id's idNatPs form beside its first form
-    (:func:`_spare_forms`, since 0009)."""
+    (:func:`_spare_forms`, since 0009).
+
+    Every written version's entries pass here (~50 a message): the pair's code and kind are one lookup
+    (:data:`_PLANS`), a system's stored form one more (:data:`_STORED_SYSTEMS`), not a function call each."""
     rows: dict[tuple[int, str, str], dict[str, Any]] = {}
-    codes = PARAM_CODES
+    plans = _PLANS.get(rtype)
+    if plans is None:
+        return rows
     entries = list(entries)
     spare = _spare_forms(entries)
+    systems = _STORED_SYSTEMS
     for entry in entries:
         param, system, value = entry
-        code = codes.get((rtype, param))
-        if code is None or (spare and entry in spare):
+        plan = plans.get(param)
+        if plan is None or (spare and entry in spare):
             continue
-        if param in DATE_PARAMS:
+        code, dated = plan
+        if dated:
             found_by, qualifier = "", value[:WIDTH]
         else:
-            found_by, qualifier = value[:WIDTH], stored_system(system)[:WIDTH]
+            stored = systems.get(system)
+            if stored is None:
+                stored = _stored_system(system)
+            found_by, qualifier = value[:WIDTH], stored
         rows[(code, found_by, qualifier)] = {"code": code, "value": found_by, "id": rid, "system": qualifier}
     return rows
+
+
+#: type → parameter → (its :data:`PARAM_CODES` code, whether it is a date parameter): what
+#: :func:`stored_rows` asks of every entry
+_PLANS: dict[str, dict[str, tuple[int, bool]]] = {}
+for (_type, _param), _code in PARAM_CODES.items():
+    _PLANS.setdefault(_type, {})[_param] = (_code, _param in DATE_PARAMS)
+#: system as given → ``stored_system(system)[:WIDTH]``: a few dozen systems recur in every message's
+#: entries; emptied past :data:`STORED_SYSTEMS` systems, and none longer than ``MEMO_LONGEST`` is kept
+_STORED_SYSTEMS: dict[str, str] = {}
+STORED_SYSTEMS = 512
+
+
+def _stored_system(system: str) -> str:
+    """``stored_system(system)`` cut to the column's width, remembered in :data:`_STORED_SYSTEMS`."""
+    stored = stored_system(system)[:WIDTH]
+    if len(system) <= MEMO_LONGEST:
+        if len(_STORED_SYSTEMS) >= STORED_SYSTEMS:
+            _STORED_SYSTEMS.clear()
+        _STORED_SYSTEMS[system] = stored
+    return stored
 
 
 def indexed_param(rtype: str, param: str) -> str:
@@ -323,14 +354,16 @@ def indexed_param(rtype: str, param: str) -> str:
 
 def _identifiers(resource: JSON) -> list[Entry]:
     """A professional's national id is found under each of its forms (RPPS, idNatPs, RPPS under the OID)."""
-    return list(
-        dict.fromkeys(
-            ("identifier", system, value)
-            for i in resource.get("identifier", [])
-            if i.get("value")
-            for system, value in ps_identifier_forms(str(i.get("system", "")), str(i["value"]))
-        )
-    )
+    out: list[Entry] = []
+    for i in resource.get("identifier", ()):
+        if i.get("value"):
+            out += [("identifier", system, value) for system, value in _forms(i)]
+    return list(dict.fromkeys(out)) if len(out) > 1 else out
+
+
+def _forms(identifier: JSON) -> list[tuple[str, str]]:
+    """:func:`ps_identifier_forms` of an identifier with a value."""
+    return ps_identifier_forms(str(identifier.get("system", "")), str(identifier["value"]))
 
 
 def instant_bounds(text: str) -> tuple[datetime, datetime] | None:
@@ -376,15 +409,12 @@ def _date(param: str, value: Any, *, upper: bool = False) -> list[Entry]:
     return [(param, "", instant)] if instant is not None else []
 
 
-def _careteam_dates(team: JSON) -> list[Entry]:
-    """CDS 2.0.1 ``start`` / ``end`` / ``participant-start`` / ``participant-end``, and R4 ``date`` (the
-    period: its start under ``date``, the instant it stops covering under ``date.end``)."""
+def _careteam_period(team: JSON) -> list[Entry]:
+    """CDS 2.0.1 ``start`` / ``end`` and R4 ``date`` of the circle's period: its start under ``date``, the
+    instant it stops covering under ``date.end`` (its participants' follow, in :func:`search_entries`)."""
     period = team.get("period") or {}
     out = _date("date", period.get("start")) + _date("end", period.get("end"))  # ``start`` reads ``date``
     out += _date(PERIOD_END, period.get("end"), upper=True) or [(PERIOD_END, "", OPEN_END)]
-    for participant in team.get("participant", []):
-        span = participant.get("period") or {}
-        out += _date("participant-start", span.get("start")) + _date("participant-end", span.get("end"))
     return out
 
 
@@ -421,6 +451,40 @@ def _declaration_entries(resource: JSON) -> list[Entry]:
     return out
 
 
+def _careteam_entries(team: JSON) -> list[Entry]:
+    """A circle's entries after its identifiers. One walk of the participants (a circle has dozens of
+    entries, and is written on most messages); their ``participant-start`` / ``participant-end`` entries
+    follow the circle's own period's."""
+    out = _reference("subject", team.get("subject"))  # ``patient`` reads it too (ALIASES)
+    spans: list[Entry] = []
+    for participant in team.get("participant", ()):
+        member = participant.get("member") or {}
+        reference = member.get("reference")
+        if reference:
+            out.append(("participant", "", str(reference)))
+            behind = practitioner_of_role(str(reference))
+            if behind:  # CDS members are roles: a practitioner still finds the circles he is in
+                out.append(("participant", "", behind))
+        for ext in participant.get("extension", ()):
+            if ext.get("url") == PARTICIPANT_SOURCE:
+                source = ext.get("valueString")
+                if source and str(source).startswith("platform:"):
+                    # who a platform follows: circles holding a member it added (gateway/db/access.py)
+                    out.append(("_platform-source", "", str(source)))
+                break
+        ident = member.get("identifier")
+        if ident and ident.get("value"):
+            out += [("participant.identifier", system, value) for system, value in _forms(ident)]
+        span = participant.get("period")
+        if span:
+            spans += _date("participant-start", span.get("start")) + _date("participant-end", span.get("end"))
+    if team.get("status"):
+        out.append(("status", "", str(team["status"])))
+    out += _careteam_period(team)
+    out += spans
+    return out
+
+
 def search_entries(resource: JSON) -> list[Entry]:
     """What ``Patient?identifier=``, ``Encounter?patient=`` and friends look up."""
     rtype = resource.get("resourceType")
@@ -443,27 +507,7 @@ def search_entries(resource: JSON) -> list[Entry]:
                 # confidential patients (PD1-12 = Y → R) are hidden from platforms by the access policy
                 out.append(("_security", str(label.get("system", "")), str(label["code"])))
     elif rtype == "CareTeam":
-        out += _reference("subject", resource.get("subject"))  # ``patient`` reads it too (ALIASES)
-        for participant in resource.get("participant", []):
-            member = participant.get("member", {})
-            out += _reference("participant", member)
-            behind = practitioner_of_role(str(member.get("reference", "")))
-            if behind:  # CDS members are roles: a practitioner still finds the circles he is in
-                out.append(("participant", "", behind))
-            source = next(
-                (e.get("valueString") for e in participant.get("extension", []) if e.get("url") == PARTICIPANT_SOURCE),
-                None,
-            )
-            if source and str(source).startswith("platform:"):
-                # who a platform follows: circles holding a member it added (gateway/db/access.py)
-                out.append(("_platform-source", "", str(source)))
-            ident = member.get("identifier")
-            if ident and ident.get("value"):
-                forms = ps_identifier_forms(str(ident.get("system", "")), str(ident["value"]))
-                out += [("participant.identifier", system, value) for system, value in forms]
-        if resource.get("status"):
-            out.append(("status", "", str(resource["status"])))
-        out += _careteam_dates(resource)
+        out += _careteam_entries(resource)
     elif rtype == "PractitionerRole":
         out += _reference("practitioner", resource.get("practitioner"))
         out += _reference("organization", resource.get("organization"))

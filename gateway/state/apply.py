@@ -73,6 +73,9 @@ class Unit:
     _survivors: dict[str, str] = field(default_factory=dict)
     #: PD1-12 = Y patients: notify platforms' subscriptions about them too (operator setting, #13)
     confidential_to_platforms: bool = False
+    #: topic URL → :meth:`listening`'s answer, asked once per unit: every change of a message asks about
+    #: each topic of its type (and the unit of work reads the subscriptions once per transaction anyway)
+    _heard: dict[str, list[SubscriptionRecord]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, storage: UnitOfWork, *, now: datetime, message_id: int, tables: Tables) -> Unit:
@@ -85,8 +88,16 @@ class Unit:
         return self._survivors[patient_id]
 
     def listening(self, topic_url: str) -> list[SubscriptionRecord]:
-        """Subscriptions recording ``topic_url`` and valid now (the unit of work reads them once)."""
-        return self.storage.listening(topic_url, now=self.now)
+        """Subscriptions recording ``topic_url`` and valid now (the unit of work reads them once), the
+        same list for the whole unit: read only."""
+        found = self._heard.get(topic_url)
+        if found is None:
+            found = self._heard[topic_url] = self.storage.listening(topic_url, now=self.now)
+        return found
+
+    def heard(self, topic: Topic) -> bool:
+        """Whether any subscription valid now records ``topic``: :func:`fired` asks before comparing versions."""
+        return bool(self.listening(topic.url))
 
     def notify_all(self) -> None:
         """Match the unit's changes only now, so that filters see the state after the whole message (a
@@ -450,7 +461,7 @@ def _put(unit: Unit, resource: JSON, *, action: str | None = None) -> StoredReso
 
 
 def _notify(unit: Unit, change: Change, stored: StoredResource) -> None:
-    topics = fired(stored.type, change, heard=lambda t: unit.listening(t.url))
+    topics = fired(stored.type, change, heard=unit.heard)
     if not topics:
         return  # most changes interest no subscription: skip building the match target
     patient, target = _target(unit, stored)

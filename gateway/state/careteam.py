@@ -154,8 +154,7 @@ def stay_entries(stay: JSON, movements: list[JSON], *, source: str) -> list[Entr
     period = stay.get("period", {})
     out = []
     for participant in stay.get("participant", []):
-        code = next((c.get("code") for t in participant.get("type", []) for c in t.get("coding", [])), None)
-        role = directory.STAY_ROLES.get(str(code))
+        role = directory.STAY_ROLES.get(str(_first_code(participant)))
         if role and participant.get("individual"):
             out.append(
                 Entry(
@@ -177,15 +176,32 @@ def stay_entries(stay: JSON, movements: list[JSON], *, source: str) -> list[Entr
     return _coalesce(out)
 
 
+def _first_code(participant: JSON) -> Any:
+    """The first coding's code of a stay participant's types (what says PV1-7, -8 or -17)."""
+    for kind in participant.get("type", ()):
+        for coding in kind.get("coding", ()):
+            return coding.get("code")
+    return None
+
+
 def _coalesce(entries: list[Entry]) -> list[Entry]:
     """One entry per member and role over touching or overlapping periods (consecutive movements in the
     same UF, the same doctor in two merged circles)."""
     by_key: dict[tuple[str, str], list[Entry]] = {}
     for entry in entries:
-        by_key.setdefault(entry.key(), []).append(entry)
+        member = entry.member
+        key = str(member.get("reference") or member.get("identifier")), entry.role  # Entry.key, inline
+        group = by_key.get(key)
+        if group is None:
+            by_key[key] = [entry]
+        else:
+            group.append(entry)
     out: list[Entry] = []
     for group in by_key.values():
-        group.sort(key=lambda e: e.start or "")
+        if len(group) == 1:  # most members hold one entry: nothing to sort or join
+            out.append(group[0])
+            continue
+        group.sort(key=_start)
         current = group[0]
         for nxt in group[1:]:
             if current.end is None or (nxt.start or "") <= current.end:
@@ -196,6 +212,10 @@ def _coalesce(entries: list[Entry]) -> list[Entry]:
             current = nxt
         out.append(current)
     return out
+
+
+def _start(entry: Entry) -> str:
+    return entry.start or ""
 
 
 #: (member as stated, role, source) → its Reference as :func:`directory.member` makes it: a circle is folded

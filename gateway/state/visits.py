@@ -109,6 +109,7 @@ _ORDER = [
     "partOf",
     "period",
 ]
+_ORDERED = frozenset(_ORDER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,15 +132,18 @@ class VisitFact:
     recorded_at: datetime = UNRECORDED
     #: :meth:`content_key`, computed once: a fold sorts on it many times (``replace`` computes it anew)
     _content: str | None = field(default=None, init=False, repr=False, compare=False)
+    #: ZBE-1 as ``system|value`` (the movement's identity), or None; set at init (``replace`` too): a fold
+    #: asks for it about ten times a fact, in its sorts, deduplication and cancels
+    movement_key: str | None = field(init=False, repr=False, compare=False)
+    #: what a live insert of this kind does (:data:`KINDS`); set at init, read some twenty times a fold
+    rule: KindRule = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.recorded_at == UNRECORDED:
             object.__setattr__(self, "recorded_at", self.event_time)
-
-    @property
-    def movement_key(self) -> str | None:
         ident = (self.movement or {}).get("identifier")
-        return f"{ident.get('system')}|{ident.get('value')}" if ident else None
+        object.__setattr__(self, "movement_key", f"{ident.get('system')}|{ident.get('value')}" if ident else None)
+        object.__setattr__(self, "rule", KINDS.get(self.kind, _INERT))
 
     @property
     def role(self) -> str | None:
@@ -149,10 +153,6 @@ class VisitFact:
         if self.kind == CORRECTION_KIND or self.action == "UPDATE":
             return "correct"
         return "insert" if self.kind in KINDS else None
-
-    @property
-    def rule(self) -> KindRule:
-        return KINDS.get(self.kind, _INERT)
 
     def content_key(self) -> str:
         """The whole fact as text: the last tie-break, so that no two different facts ever compare equal.
@@ -526,7 +526,10 @@ def _finish(encounter: JSON) -> JSON:
     if "class" not in encounter:
         # Encounter.class is required in R4; PV1-2 empty or unknown leaves it unknown, said plainly.
         encounter["class"] = dict(_UNKNOWN_CLASS)
-    return {k: encounter[k] for k in [*_ORDER, *sorted(set(encounter) - set(_ORDER))] if k in encounter}
+    out = {k: encounter[k] for k in _ORDER if k in encounter}
+    if len(out) < len(encounter):
+        out.update((k, encounter[k]) for k in sorted(encounter.keys() - _ORDERED))
+    return out
 
 
 # -- the movements -----------------------------------------------------------------------------
@@ -580,6 +583,8 @@ def _movement(
     nature = _nature(movement.get("nature"), natures)
     if nature:
         codings.append(nature)
+    # built in the order _finish gives (_ORDER, then the other keys sorted), with its class always set:
+    # _finish would only copy it again
     out: JSON = {
         "resourceType": "Encounter",
         "id": movement_id(str(stay["id"]), ident),
@@ -588,17 +593,17 @@ def _movement(
         "status": status,
         "class": klass,
         "type": [{"coding": codings}],
-        "partOf": {"reference": f"Encounter/{stay['id']}"},
-        "period": {k: v for k, v in (("start", _movement_time(fact)), ("end", end)) if v},
     }
     if "subject" in stay:
         out["subject"] = stay["subject"]
+    out["partOf"] = {"reference": f"Encounter/{stay['id']}"}
+    out["period"] = {k: v for k, v in (("start", _movement_time(fact)), ("end", end)) if v}
     if fact.encounter.get("location"):
         out["location"] = _locations(fact.encounter["location"], status)
     provider = _service_provider(movement)
     if provider:
         out["serviceProvider"] = provider
-    return _finish(out)
+    return out
 
 
 def movement_id(stay_id: str, identifier: JSON) -> str:

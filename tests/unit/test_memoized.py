@@ -8,7 +8,8 @@ from datetime import datetime
 
 import pytest
 
-from gateway.db.indexing import search_entries, stored_system
+from gateway.db import indexing
+from gateway.db.indexing import WIDTH, search_entries, stored_rows, stored_system
 from gateway.hl7.er7 import Path
 from gateway.mapping.engine import DEATH_RULE_MEMO_SIZE, death_rule
 from gateway.mapping.ids import MEMO_LONGEST, resource_id
@@ -58,3 +59,18 @@ def test_death_rules_read_as_unmemoized_and_the_memo_is_bounded() -> None:
     for _ in range(2):  # a malformed row raises every time it is read: nothing is kept for it
         with pytest.raises(ValueError, match="not an HL7 position"):
             death_rule("ZFM2=9")
+
+
+def test_stored_rows_code_systems_as_stored_system_does_and_the_memo_is_bounded() -> None:
+    indexing._STORED_SYSTEMS.clear()
+    systems = ["urn:oid:1.2.250.1.71.4.2.1", "urn:oid:1.2.250.1.999", "http://other.test/sid", "", f"urn:oid:{LONG}"]
+    entries = [("identifier", system, f"v{k}") for k, system in enumerate(systems)]
+    for _ in range(2):  # the first time computed, the second read back
+        rows = stored_rows("Patient", "p", entries)
+        assert [row["system"] for row in rows.values()] == [stored_system(s)[:WIDTH] for s in systems]
+        assert [row["value"] for row in rows.values()] == [f"v{k}" for k in range(len(systems))]
+    assert set(indexing._STORED_SYSTEMS) == set(systems[:-1])  # a long system is not kept
+    for k in range(2 * indexing.STORED_SYSTEMS):
+        stored_rows("Patient", "p", [("identifier", f"urn:oid:9.{k}", "v")])
+    assert 0 < len(indexing._STORED_SYSTEMS) <= indexing.STORED_SYSTEMS
+    assert stored_rows("Basic", "b", [("identifier", "s", "v")]) == {}  # a type no search is declared for

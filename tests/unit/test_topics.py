@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from itertools import pairwise
 from typing import Any
 
 import pytest
 
+from gateway.state.apply import Applied, Unit
 from gateway.subscriptions.topics import BY_URL, TOPIC_BASE, TOPICS, Change, fired, members_changed
 
 
@@ -157,3 +159,26 @@ def test_a_topic_nobody_hears_is_not_compared() -> None:
     end = Change(encounter("in-progress"), encounter("finished"))
     assert [t.code for t in fired("Encounter", end, heard=heard)] == ["encounter-end"]
     assert fired("Practitioner", end, heard=heard) == []
+
+
+class _Storage:
+    """The unit of work's ``listening``, counting what it is asked."""
+
+    def __init__(self, subs: dict[str, list[Any]]) -> None:
+        self.subs = subs
+        self.asked: list[str] = []
+
+    def listening(self, topic_url: str, *, now: Any = None) -> list[Any]:
+        self.asked.append(topic_url)
+        return list(self.subs.get(topic_url, []))
+
+
+def test_a_unit_asks_once_per_topic_who_listens() -> None:
+    start = BY_URL[f"{TOPIC_BASE}/encounter-start"]
+    storage = _Storage({start.url: ["sub"]})
+    unit = Unit(storage, datetime(2026, 3, 1, tzinfo=UTC), 0, None, None, None, Applied(), None)  # type: ignore[arg-type]
+    others = [t for t in TOPICS if t is not start]
+    for _ in range(3):
+        assert unit.heard(start) and unit.listening(start.url) == ["sub"]
+        assert not any(unit.heard(t) for t in others)
+    assert sorted(storage.asked) == sorted(t.url for t in TOPICS)  # each once, whatever the number of changes

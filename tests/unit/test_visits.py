@@ -27,6 +27,7 @@ from gateway.state.visits import (
     ContentOrder,
     Stay,
     VisitFact,
+    _finish,
     fold_stay,
     fold_visit,
 )
@@ -1450,3 +1451,22 @@ def test_fold_patient_order_independent(data: st.DataObject, stamps: list[tuple[
     folded = fold_patient(data.draw(st.permutations(snaps)))
     assert folded is not None
     assert folded["name"] == [{"family": f"NAME-{latest_minute}-{latest_control}"}]
+
+
+def test_a_facts_movement_key_and_rule_are_set_at_init_and_by_replace() -> None:
+    admitted = fact("A01", at=T0, control="C-1", movement_id="MV-1")
+    assert admitted.movement_key == f"{admitted.movement['identifier']['system']}|MV-1"  # type: ignore[index]
+    assert admitted.rule is KINDS["admit"]
+    moved = replace(admitted, kind="transfer", movement={"identifier": {"system": "s", "value": "MV-9"}})
+    assert (moved.movement_key, moved.rule) == ("s|MV-9", KINDS["transfer"])
+    bare = replace(admitted, kind=CORRECTION_KIND, movement=None)
+    assert bare.movement_key is None and bare.rule.rank == 9 and not bare.rule.movement  # no ZBE-1, inert
+    # derived from the fields, they take no part in equality: the same fact read again is equal
+    assert VisitFact.from_payload(admitted.to_payload()) == admitted
+
+
+def test_movements_are_built_in_the_key_order_finish_gives() -> None:
+    stay = fold_stay([admission(), fact("A02", at=T0 + timedelta(hours=2), control="C-2", movement_id="MV-2")])
+    assert stay.movements and any("serviceProvider" in m or "location" in m for m in stay.movements)
+    for movement in stay.movements:
+        assert list(movement) == list(_finish(dict(movement)))
