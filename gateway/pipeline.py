@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from gateway.clock import utcnow
 from gateway.db.engine import Database as DB
-from gateway.db.engine import reading, transaction
+from gateway.db.engine import KeptConnection, reading, transaction
 from gateway.db.repo import MessageRepo, StoredResource
 from gateway.db.schema import MESSAGE_KEY_LENGTHS
 from gateway.db.unit import UnitOfWork, batch, unit_of_work
@@ -407,12 +407,18 @@ class Pipeline:
         self._jobs.put(job)
 
     def _write_loop(self) -> None:
-        while True:
-            jobs, stop = _take(self._jobs, MAX_GROUP)
-            if jobs:
-                self._write(jobs)
-            if stop:
-                return
+        """Take and write groups until :data:`_STOP`, on one connection kept across them (given back at the end)."""
+        kept = KeptConnection(self.db)
+        try:
+            with kept.used():
+                while True:
+                    jobs, stop = _take(self._jobs, MAX_GROUP)
+                    if jobs:
+                        self._write(jobs)
+                    if stop:
+                        return
+        finally:
+            kept.close()
 
     def _write(self, jobs: list[_Job]) -> None:
         """Read, commit and answer one group. A loop boundary: every job gets an outcome."""
@@ -533,8 +539,14 @@ class Pipeline:
         PostgreSQL), each group's outcomes once it is committed, so that ``gateway import`` shows its
         progress."""
         size = size or (IMPORT_GROUP if self.db.dialect.name == "sqlite" else MAX_GROUP)
-        for offset in range(0, len(raws), size):
-            yield self._commit_reads(self._read_all(raws[offset : offset + size], transport))
+        kept = KeptConnection(self.db)  # one connection for all the groups (kept only while a group is written)
+        try:
+            for offset in range(0, len(raws), size):
+                with kept.used():
+                    outcomes = self._commit_reads(self._read_all(raws[offset : offset + size], transport))
+                yield outcomes
+        finally:
+            kept.close()
 
     def _read_all(self, raws: Sequence[bytes], transport: str) -> list[_Read]:
         return [self._read_one(raw, transport) for raw in raws]

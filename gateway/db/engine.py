@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -194,8 +194,29 @@ def ping_when_idle(engine: Engine) -> None:
 _CHECKED_IN = "gateway_checked_in"
 
 
-def _begin_immediate(conn: Any) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+def _begin_immediate(conn: Connection) -> None:
+    driver_statement(conn, "BEGIN IMMEDIATE")
+
+
+def driver_statement(conn: Connection, sql: str) -> None:
+    """``conn.exec_driver_sql(sql)`` for a statement without parameters nor rows (``BEGIN IMMEDIATE``), straight
+    on the DB-API cursor as :mod:`gateway.db.cursor` runs the hot path's statements: SQLAlchemy's execution
+    layer (an execution context, a cursor result and its metadata) was a third of an empty transaction's
+    CPU. What it guarantees is kept: the ``before_cursor_execute`` / ``after_cursor_execute`` listeners fire
+    (the statement counts include BEGIN), and a driver error goes through the connection's own handler
+    (wrapped into SQLAlchemy's tree, a disconnect invalidating the connection)."""
+    dispatch = conn.dispatch
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        for before in dispatch.before_cursor_execute:
+            before(conn, cursor, sql, (), None, False)
+        cursor.execute(sql)
+        dispatch.after_cursor_execute(conn, cursor, sql, (), None, False)
+    except BaseException as exc:
+        driver = isinstance(exc, conn.dialect.loaded_dbapi.Error)
+        conn._handle_dbapi_exception(exc, sql if driver else None, () if driver else None, cursor, None)
+    finally:
+        cursor.close()
 
 
 #: Seconds between two tries of SQLite's write lock with ``make_engine(quick_lock_retry=True)``, and the busy
@@ -216,7 +237,7 @@ def _begin_retrying(conn: Any, *, limit: float) -> None:
     deadline = time.monotonic() + limit
     while True:
         try:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            driver_statement(conn, "BEGIN IMMEDIATE")
             return
         except OperationalError as exc:
             if "locked" not in str(exc.orig) or time.monotonic() > deadline:
@@ -308,7 +329,13 @@ def translated() -> Iterator[None]:
 @contextlib.contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
     """A write transaction behind this process's SQLite write lock, its driver errors translated; its
-    commit is timed for ``/metrics``."""
+    commit is timed for ``/metrics``. On the connection this thread keeps (:class:`KeptConnection`) when
+    it keeps one for ``engine``, otherwise on one checked out of the pool for the transaction."""
+    kept: KeptConnection | None = getattr(_KEPT, "connection", None)
+    if kept is not None and kept.engine is engine:
+        with translated(), write_lock(engine):
+            yield from kept.transaction()
+        return
     with translated(), write_lock(engine), engine.connect() as conn:
         trans = conn.begin()
         try:
@@ -318,6 +345,89 @@ def transaction(engine: Engine) -> Iterator[Connection]:
             raise
         with timed(COMMIT_SECONDS):
             trans.commit()
+
+
+#: the :class:`KeptConnection` of this thread's writer, while :meth:`KeptConnection.used` runs
+_KEPT = threading.local()
+
+
+class KeptConnection:
+    """One connection a writer keeps across its transactions: no pool checkout, check-in and reset each.
+
+    A writer thread commits a group after another, on the same engine; through the pool each cost a
+    checkout and a check-in with their events and a ``Connection`` built anew. Kept, the connection is
+    used by every :func:`transaction` of the thread inside :meth:`used`, and given back by :meth:`close`.
+    It is given back, and a new one taken next time, whenever a transaction did not end cleanly (its
+    ``BEGIN`` or commit failed, a rollback failed, the connection was invalidated by a disconnect): the
+    pool's disconnect handling then applies as before. One left idle over :data:`PING_IDLE_SECONDS` is
+    pinged first, as :func:`ping_when_idle` pings a pooled one (PostgreSQL), and replaced when the server
+    dropped it. Not thread-safe: one per thread (:meth:`used` makes it the current thread's).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._conn: Connection | None = None
+        #: ``time.monotonic()`` when the last transaction ended
+        self._used = 0.0
+        self._ping = engine.dialect.name != "sqlite"
+
+    @contextlib.contextmanager
+    def used(self) -> Iterator[None]:
+        """This thread's write transactions on ``engine`` take this connection until the block ends."""
+        previous = getattr(_KEPT, "connection", None)
+        _KEPT.connection = self
+        try:
+            yield
+        finally:
+            _KEPT.connection = previous
+
+    def transaction(self) -> Generator[Connection, None, None]:
+        """The body of :func:`transaction` on the kept connection (inside its lock and translation)."""
+        conn = self._connection()
+        clean = False
+        try:
+            trans = conn.begin()
+            try:
+                yield conn
+            except BaseException:
+                trans.rollback()
+                clean = not conn.invalidated
+                raise
+            with timed(COMMIT_SECONDS):
+                trans.commit()
+        except BaseException:
+            if not clean:
+                self.close()
+            raise
+        finally:
+            self._used = time.monotonic()
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is not None and (conn.invalidated or conn.closed):
+            self.close()
+            conn = None
+        if conn is not None and self._ping and time.monotonic() - self._used > PING_IDLE_SECONDS:
+            dbapi = conn.connection.dbapi_connection
+            if dbapi is None or not self.engine.dialect._do_ping_w_event(dbapi):
+                conn.invalidate()
+                self.close()
+                conn = None
+        if conn is None:
+            conn = self._conn = self.engine.connect()
+        return conn
+
+    def close(self) -> None:
+        """Give the connection back to the pool (idempotent); the next transaction takes a new one."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.close()
+        except Exception:  # already failing (its rollback on return): the pool is left to discard it
+            logger.warning("a kept connection failed to close; invalidating it")
+            with contextlib.suppress(Exception):
+                conn.invalidate()
 
 
 @contextlib.contextmanager
