@@ -11,29 +11,13 @@ here="$(cd "$(dirname "$0")/.." && pwd)"
 tree="$(cd "${1:-$here}" && pwd)"
 python="${PYTHON:-$here/.venv/bin/python}"
 group="${GROUP:-20}"
-command -v valgrind >/dev/null || { echo "valgrind is needed (Debian: apt-get install valgrind)" >&2; exit 1; }
 out="$(mktemp -d "${TMPDIR:-/tmp}/groups.XXXXXX")"
 trap 'rm -rf "$out"' EXIT
-server="${GATEWAY_TEST_PG_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/postgres}"
+source "$here/bench/_callgrind.sh"
 for n in 200 400; do
   db=()
-  if [[ -n "${PG:-}" ]]; then
-    name="groups_$$_$n"
-    "$python" - "$server" "$name" <<'PY'
-import sys
-from sqlalchemy import create_engine, text
-engine = create_engine(sys.argv[1], isolation_level="AUTOCOMMIT")
-with engine.connect() as conn:
-    conn.execute(text(f'DROP DATABASE IF EXISTS "{sys.argv[2]}"'))
-    conn.execute(text(f'CREATE DATABASE "{sys.argv[2]}"'))
-PY
-    db=(--database-url "${server%/*}/$name")
-  fi
+  if [[ -n "${PG:-}" ]]; then db=(--database-url "$(fresh_database "groups_$$_$n")"); fi
   # the bench script is this tree's (an older tree may not have it), the code under test the tree's
-  (cd "$here/bench" && PYTHONHASHSEED=0 PYTHONPATH="$tree:$here/bench" valgrind --tool=callgrind \
-    --callgrind-out-file="$out/cg.$n" "$python" groups.py --messages "$n" --group "$group" "${db[@]}" \
-    >"$out/log.$n" 2>&1) || { cat "$out/log.$n" >&2; exit 1; }
+  callgrind "$n" "$here/bench" "$tree:$here/bench" groups.py --messages "$n" --group "$group" "${db[@]}"
 done
-ir() { grep -m1 '^summary:' "$1" | awk '{print $2}'; }
-"$python" -c "import sys; a, b = map(int, sys.argv[1:3]); print(f'{(b - a) / 200 / 1e6:.3f} M instructions a message, groups of {sys.argv[4]} ({sys.argv[3]})')" \
-  "$(ir "$out/cg.200")" "$(ir "$out/cg.400")" "$tree" "$group"
+per_message 200 400 "groups of $group, $tree"
